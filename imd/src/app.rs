@@ -1,0 +1,190 @@
+//! Composition root: builds the store, the business layer and the roles, serves, and
+//! shuts down in order.
+//!
+//! Shutdown (SIGTERM or SIGINT): stop accepting and finish in-flight HTTP requests,
+//! `kick` every session with reason `shutdown`, wait for the sessions (bounded by
+//! `shutdown_grace`), then let the commit task commit what is queued, and close the
+//! store. Every acknowledged message is already durable before this starts.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::business::Messaging;
+use crate::business::messaging::now_ms;
+use crate::config::{Config, Role};
+use crate::dispatch::Dispatcher;
+use crate::gateway::auth::TokenKeys;
+use crate::gateway::{self, AppState, Shared};
+use crate::secrets::Secrets;
+use crate::store::{EmbeddedStore, IDEMPOTENCY_WINDOW_MS, MessageStore};
+use crate::worker::session::{SessionCtx, SessionSettings};
+use crate::worker::{Clock, Hub};
+
+/// Runs `imd serve` until SIGTERM or SIGINT.
+pub async fn serve(cfg: Config) -> anyhow::Result<()> {
+    let stop = CancellationToken::new();
+    tokio::spawn(signals(stop.clone()));
+    serve_until(cfg, stop).await
+}
+
+/// Runs `imd serve` until `stop` is cancelled.
+pub async fn serve_until(cfg: Config, stop: CancellationToken) -> anyhow::Result<()> {
+    if cfg.redis.is_some() {
+        anyhow::bail!(
+            "--redis: cluster mode is not implemented yet; run without it for the embedded single-node store"
+        );
+    }
+    let all_roles = [Role::Gateway, Role::Dispatcher, Role::Worker];
+    if !all_roles.iter().all(|r| cfg.roles.contains(r)) {
+        anyhow::bail!(
+            "--roles: splitting roles needs cluster mode, which is not implemented yet; leave --roles out"
+        );
+    }
+    if cfg.words_file.is_some() {
+        anyhow::bail!("--words-file: the sensitive-word filter is not implemented yet");
+    }
+    raise_fd_limit();
+
+    let secrets = Secrets::resolve(&cfg)?;
+    let store: Arc<dyn MessageStore> = Arc::new(
+        EmbeddedStore::open(&cfg.data_dir)
+            .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?,
+    );
+    let background = CancellationToken::new();
+    let metrics = crate::metrics::install(background.clone());
+
+    let hub = Arc::new(Hub::new(cfg.outbox_capacity));
+    let dispatcher = Arc::new(Dispatcher::local(hub.clone()));
+    let commit_stop = CancellationToken::new();
+    let (messaging, commit_task) = Messaging::start(
+        store.clone(),
+        dispatcher,
+        cfg.commit_batch,
+        commit_stop.clone(),
+    );
+    tokio::spawn(expire_idempotency(store.clone(), background.clone()));
+
+    let ping_interval = cfg.ping_interval();
+    let clock = Clock::start(
+        Clock::period_for(cfg.ack_timeout, ping_interval),
+        background.clone(),
+    );
+    let settings = SessionSettings {
+        ack_timeout: cfg.ack_timeout,
+        ack_retries: cfg.ack_retries,
+        idle_timeout: cfg.idle_timeout,
+        ping_interval,
+        max_unacked: cfg.max_unacked,
+        write_timeout: cfg.idle_timeout,
+    };
+    let sessions = Arc::new(SessionCtx {
+        hub: hub.clone(),
+        messaging: messaging.clone(),
+        settings,
+        clock,
+        shutdown: stop.clone(),
+    });
+    let tracker = TaskTracker::new();
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("binding {}", cfg.listen))?;
+    let listen = listener.local_addr()?;
+    let node_id = cfg
+        .node_id
+        .clone()
+        .unwrap_or_else(|| format!("imd-{}", listen.port()));
+    let state = AppState::new(Shared {
+        keys: TokenKeys::new(&secrets.token_secret),
+        messaging,
+        sessions,
+        max_body: cfg.max_frame_bytes,
+        metrics,
+        tracker: tracker.clone(),
+        node_id: node_id.clone(),
+    });
+
+    // The one machine-readable line on stdout; logs go to stderr.
+    println!(
+        "{}",
+        serde_json::json!({"event": "ready", "listen": listen.to_string(), "node_id": node_id})
+    );
+    tracing::info!(%listen, node_id, data_dir = %cfg.data_dir.display(), "imd serving");
+
+    let app = gateway::router(state).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(stop.clone().cancelled_owned())
+        .await
+        .context("serving HTTP")?;
+
+    // The listener is closed and HTTP requests are answered; sessions saw `stop` too.
+    tracing::info!(sessions = hub.len(), "shutting down: closing sessions");
+    tracker.close();
+    if tokio::time::timeout(cfg.shutdown_grace, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            left = tracker.len(),
+            "sessions still open after the grace period"
+        );
+    }
+    commit_stop.cancel();
+    if tokio::time::timeout(cfg.shutdown_grace, commit_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!("commit task did not finish within the grace period");
+    }
+    background.cancel();
+    drop(store);
+    tracing::info!("imd stopped");
+    Ok(())
+}
+
+async fn signals(stop: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = int.recv() => tracing::info!("SIGINT"),
+    }
+    stop.cancel();
+}
+
+/// Raises the soft open-files limit to the hard one: each connection is a descriptor,
+/// and axum's accept loop sleeps a whole second on EMFILE.
+fn raise_fd_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(limit = n, "open-files limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-files limit"),
+    }
+}
+
+/// Forgets idempotency keys older than the window, every ten minutes.
+async fn expire_idempotency(store: Arc<dyn MessageStore>, stop: CancellationToken) {
+    let mut every = tokio::time::interval(Duration::from_secs(600));
+    loop {
+        tokio::select! {
+            _ = every.tick() => {
+                match store.expire_idempotency(now_ms() - IDEMPOTENCY_WINDOW_MS).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(expired = n, "idempotency keys expired"),
+                    Err(e) => tracing::warn!(error = %e, "expiring idempotency keys failed"),
+                }
+            }
+            _ = stop.cancelled() => break,
+        }
+    }
+}

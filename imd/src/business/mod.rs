@@ -1,0 +1,75 @@
+//! Business layer: the rules of messaging, free of any transport.
+//!
+//! It validates requests, resolves who a message goes to, commits through the store
+//! (group commit, in [`messaging`]) and hands committed messages to a [`Deliver`]
+//! sink in commit order. It never imports axum, tarpc or redis, so the same rules run
+//! behind HTTP, WebSocket and any store backend.
+
+pub mod messaging;
+
+pub use messaging::{Messaging, SendOutcome};
+
+use shared::protocol::ErrorCode;
+
+use crate::store::{Committed, StoreError};
+
+/// Who is asking: the verified claims of a client token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The user.
+    pub uid: String,
+    /// The device.
+    pub device: String,
+    /// The device's platform.
+    pub platform: shared::token::Platform,
+    /// Roles from the token, e.g. `agent`.
+    pub roles: Vec<String>,
+}
+
+/// Failures of a business operation, each mapped to one protocol code.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request breaks a rule of the protocol.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The caller may not do this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The conversation, shop or group does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The server is shutting down and takes no more messages.
+    #[error("server is shutting down")]
+    ShuttingDown,
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl Error {
+    /// The protocol code, which also decides the HTTP status.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Error::BadRequest(_) => ErrorCode::BadRequest,
+            Error::Forbidden(_) => ErrorCode::Forbidden,
+            Error::NotFound(_) => ErrorCode::NotFound,
+            Error::ShuttingDown | Error::Store(_) => ErrorCode::Internal,
+        }
+    }
+
+    /// What the client is told. Store details stay in the server's log.
+    pub fn client_message(&self) -> String {
+        match self {
+            Error::Store(_) => "internal error; retry with the same cid".into(),
+            e => e.to_string(),
+        }
+    }
+}
+
+/// Where committed messages go, in commit order: the dispatcher.
+///
+/// Called from the commit task, so it must not block: enqueue and return.
+pub trait Deliver: Send + Sync + 'static {
+    /// `msg` is committed; push it to every online device of every recipient.
+    fn deliver(&self, msg: &Committed);
+}

@@ -1,0 +1,409 @@
+//! Configuration: one serde tree, filled from defaults < TOML file < `IMD_*` environment
+//! < command-line flags.
+//!
+//! clap reads flags and the environment (each flag names its `IMD_*` variable), so
+//! [`ServeArgs`] holds only what was given; [`Config::load`] lays it over the TOML file,
+//! which lies over [`Config::default`].
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+/// A secret string whose `Debug` and `Display` print `***`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    /// The secret itself; never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.is_empty() {
+            return Err("must not be empty".into());
+        }
+        Ok(Secret(s.to_owned()))
+    }
+}
+
+/// What the sensitive-word filter does with a match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum WordsPolicy {
+    /// Replace each matched character with `*`.
+    #[default]
+    Mask,
+    /// Refuse the message with `blocked_content`.
+    Reject,
+}
+
+/// Roles a node can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// HTTP API and admin API.
+    Gateway,
+    /// Fan-out of committed messages to workers.
+    Dispatcher,
+    /// WebSocket connections, pushes, acks and retransmits.
+    Worker,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for production.
+    Json,
+}
+
+/// The whole configuration of `imd serve`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// HTTP and WebSocket listen address.
+    pub listen: SocketAddr,
+    /// Directory of the embedded store and the generated secrets.
+    pub data_dir: PathBuf,
+    /// HS256 secret that signs client tokens; generated into `data_dir` when absent.
+    pub token_secret: Option<Secret>,
+    /// Bearer token of the admin API; generated into `data_dir` when absent.
+    pub admin_token: Option<Secret>,
+    /// How long a push waits for its ack before it is resent.
+    #[serde(with = "humantime_serde")]
+    pub ack_timeout: Duration,
+    /// How many times an unacked push is resent before it is left to `sync`.
+    pub ack_retries: u32,
+    /// A connection that sends nothing (not even a pong) for this long is closed.
+    /// The server pings at a third of it.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Largest WebSocket frame or HTTP request body, in bytes.
+    pub max_frame_bytes: usize,
+    /// Sensitive words, one per line (UTF-8).
+    pub words_file: Option<PathBuf>,
+    /// What to do with a sensitive word.
+    pub words_policy: WordsPolicy,
+    /// Redis URL; absent means the embedded single-node store.
+    pub redis: Option<String>,
+    /// Roles this node runs.
+    pub roles: Vec<Role>,
+    /// This node's id in the cluster and in connection listings.
+    pub node_id: Option<String>,
+    /// Address of the RPC listener between roles.
+    pub rpc_listen: Option<SocketAddr>,
+    /// Frames queued for one connection before it counts as too slow and is closed.
+    pub outbox_capacity: usize,
+    /// Unacked pushes tracked for one connection before it counts as too slow.
+    pub max_unacked: usize,
+    /// Most messages committed in one store transaction.
+    pub commit_batch: usize,
+    /// How long shutdown waits for sessions and commits to finish.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./imd-data"),
+            token_secret: None,
+            admin_token: None,
+            ack_timeout: Duration::from_secs(18),
+            ack_retries: 3,
+            idle_timeout: Duration::from_secs(60),
+            max_frame_bytes: 64 * 1024,
+            words_file: None,
+            words_policy: WordsPolicy::Mask,
+            redis: None,
+            roles: vec![Role::Gateway, Role::Dispatcher, Role::Worker],
+            node_id: None,
+            rpc_listen: None,
+            outbox_capacity: 1024,
+            max_unacked: 4096,
+            commit_batch: 1024,
+            shutdown_grace: Duration::from_secs(10),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+fn duration(s: &str) -> Result<Duration, humantime::DurationError> {
+    humantime::parse_duration(s)
+}
+
+/// Flags shared by `imd serve`, `imd token` and `imd admin-token`, so that the helpers
+/// find the same secrets as the server.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct CommonArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "IMD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Directory of the embedded store and generated secrets [default: ./imd-data].
+    #[arg(long, env = "IMD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// HS256 secret for client tokens [default: generated into the data dir].
+    #[arg(long, env = "IMD_TOKEN_SECRET", hide_env_values = true)]
+    pub token_secret: Option<Secret>,
+    /// Admin bearer token [default: generated into the data dir].
+    #[arg(long, env = "IMD_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<Secret>,
+}
+
+/// Flags of `imd serve`. Each is also read from `IMD_<NAME>`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// HTTP and WebSocket listen address [default: 127.0.0.1:8080].
+    #[arg(long, env = "IMD_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Ack timeout before a push is resent, e.g. `18s`, `500ms` [default: 18s].
+    #[arg(long, env = "IMD_ACK_TIMEOUT", value_parser = duration)]
+    pub ack_timeout: Option<Duration>,
+    /// Resends of an unacked push [default: 3].
+    #[arg(long, env = "IMD_ACK_RETRIES")]
+    pub ack_retries: Option<u32>,
+    /// Close connections silent this long; pings go out at a third of it [default: 60s].
+    #[arg(long, env = "IMD_IDLE_TIMEOUT", value_parser = duration)]
+    pub idle_timeout: Option<Duration>,
+    /// Largest WebSocket frame or HTTP body in bytes [default: 65536].
+    #[arg(long, env = "IMD_MAX_FRAME_BYTES")]
+    pub max_frame_bytes: Option<usize>,
+    /// Sensitive-word list, one word per line.
+    #[arg(long, env = "IMD_WORDS_FILE")]
+    pub words_file: Option<PathBuf>,
+    /// `mask` or `reject` [default: mask].
+    #[arg(long, env = "IMD_WORDS_POLICY")]
+    pub words_policy: Option<WordsPolicy>,
+    /// Redis URL for cluster mode [default: embedded single-node store].
+    #[arg(long, env = "IMD_REDIS")]
+    pub redis: Option<String>,
+    /// Comma-separated roles: gateway,dispatcher,worker [default: all].
+    #[arg(long, env = "IMD_ROLES", value_delimiter = ',')]
+    pub roles: Option<Vec<Role>>,
+    /// Node id [default: imd-<listen port>].
+    #[arg(long, env = "IMD_NODE_ID")]
+    pub node_id: Option<String>,
+    /// RPC listen address between roles.
+    #[arg(long, env = "IMD_RPC_LISTEN")]
+    pub rpc_listen: Option<SocketAddr>,
+    /// Frames queued per connection before it is closed as too slow [default: 1024].
+    #[arg(long, env = "IMD_OUTBOX_CAPACITY")]
+    pub outbox_capacity: Option<usize>,
+    /// Unacked pushes per connection before it is closed as too slow [default: 4096].
+    #[arg(long, env = "IMD_MAX_UNACKED")]
+    pub max_unacked: Option<usize>,
+    /// Most messages per store transaction [default: 1024].
+    #[arg(long, env = "IMD_COMMIT_BATCH")]
+    pub commit_batch: Option<usize>,
+    /// Grace period of a shutdown [default: 10s].
+    #[arg(long, env = "IMD_SHUTDOWN_GRACE", value_parser = duration)]
+    pub shutdown_grace: Option<Duration>,
+    /// `text` or `json` [default: text].
+    #[arg(long, env = "IMD_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+impl Config {
+    /// Defaults, then the TOML file named by `common.config`, then what `common` gives.
+    pub fn from_common(common: &CommonArgs) -> anyhow::Result<Self> {
+        let mut cfg = match &common.config {
+            Some(path) => Self::from_file(path)?,
+            None => Config::default(),
+        };
+        if let Some(v) = &common.data_dir {
+            cfg.data_dir = v.clone();
+        }
+        if let Some(v) = &common.token_secret {
+            cfg.token_secret = Some(v.clone());
+        }
+        if let Some(v) = &common.admin_token {
+            cfg.admin_token = Some(v.clone());
+        }
+        Ok(cfg)
+    }
+
+    /// The configuration of `imd serve`: defaults < file < environment < flags.
+    pub fn load(args: &ServeArgs) -> anyhow::Result<Self> {
+        let mut cfg = Self::from_common(&args.common)?;
+        macro_rules! overlay {
+            ($($field:ident),*) => {$(
+                if let Some(v) = &args.$field {
+                    cfg.$field = v.clone().into();
+                }
+            )*};
+        }
+        overlay!(
+            listen,
+            ack_timeout,
+            ack_retries,
+            idle_timeout,
+            max_frame_bytes,
+            words_file,
+            words_policy,
+            redis,
+            roles,
+            node_id,
+            rpc_listen,
+            outbox_capacity,
+            max_unacked,
+            commit_batch,
+            shutdown_grace,
+            log_format
+        );
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn from_file(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
+    }
+
+    /// Rejects settings that cannot work.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !self.ack_timeout.is_zero(),
+            "ack-timeout must be above zero"
+        );
+        anyhow::ensure!(
+            self.idle_timeout >= Duration::from_millis(300),
+            "idle-timeout must be at least 300ms"
+        );
+        anyhow::ensure!(
+            (1024..=16 << 20).contains(&self.max_frame_bytes),
+            "max-frame-bytes must be between 1 KiB and 16 MiB"
+        );
+        anyhow::ensure!(
+            self.outbox_capacity >= 16,
+            "outbox-capacity must be at least 16"
+        );
+        anyhow::ensure!(self.max_unacked >= 16, "max-unacked must be at least 16");
+        anyhow::ensure!(
+            (1..=65536).contains(&self.commit_batch),
+            "commit-batch must be between 1 and 65536"
+        );
+        anyhow::ensure!(!self.roles.is_empty(), "roles must name at least one role");
+        if let Some(id) = &self.node_id {
+            anyhow::ensure!(
+                shared::ids::is_valid_id(id),
+                "node-id must be 1-64 of [A-Za-z0-9_.:@-]"
+            );
+        }
+        Ok(())
+    }
+
+    /// The interval of server pings: a third of the idle timeout.
+    pub fn ping_interval(&self) -> Duration {
+        self.idle_timeout / 3
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    #[test]
+    fn precedence_is_defaults_file_env_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("imd.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:9000\"\nack_timeout = \"5s\"\nack_retries = 7\nmax_frame_bytes = 2048\n",
+        )
+        .unwrap();
+        let cli = Cli::parse_from([
+            "imd",
+            "--config",
+            file.to_str().unwrap(),
+            "--ack-retries",
+            "2",
+            "--idle-timeout",
+            "2s",
+        ]);
+        let cfg = Config::load(&cli.serve).unwrap();
+        assert_eq!(cfg.listen.port(), 9000, "file over default");
+        assert_eq!(cfg.ack_timeout, Duration::from_secs(5), "file over default");
+        assert_eq!(cfg.ack_retries, 2, "flag over file");
+        assert_eq!(
+            cfg.idle_timeout,
+            Duration::from_secs(2),
+            "flag over default"
+        );
+        assert_eq!(cfg.max_frame_bytes, 2048);
+        assert_eq!(cfg.data_dir, PathBuf::from("./imd-data"));
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("imd.toml");
+        std::fs::write(&file, "listen_addr = \"127.0.0.1:1\"\n").unwrap();
+        let cli = Cli::parse_from(["imd", "--config", file.to_str().unwrap()]);
+        let err = Config::load(&cli.serve).unwrap_err();
+        assert!(format!("{err:#}").contains("unknown field"), "{err:#}");
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let cfg = Config {
+            token_secret: Some(Secret::new("hunter2")),
+            ..Config::default()
+        };
+        assert!(!format!("{cfg:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        for bad in [
+            Config {
+                max_frame_bytes: 10,
+                ..Config::default()
+            },
+            Config {
+                ack_timeout: Duration::ZERO,
+                ..Config::default()
+            },
+            Config {
+                node_id: Some("a b".into()),
+                ..Config::default()
+            },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! HTTP API handlers and the extractors that turn bad input into protocol errors.
+
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::header;
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use shared::protocol::{ErrorCode, SendRequest};
+
+use super::auth::{AuthError, bearer};
+use super::{ApiError, AppState};
+use crate::business::Identity;
+use crate::wire;
+
+/// The caller, authenticated by a client token.
+pub(super) struct Client(pub(super) Identity);
+
+impl FromRequestParts<AppState> for Client {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(&parts.headers, parts.uri.query()).ok_or(AuthError::Missing)?;
+        Ok(Client(app.keys.verify(&token)?))
+    }
+}
+
+/// A JSON body of at most `max_body` bytes: 413 `too_large` above, 400 when malformed.
+pub(super) struct JsonBody<T>(pub(super) T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, app: &AppState) -> Result<Self, ApiError> {
+        let too_large = || {
+            ApiError::new(
+                ErrorCode::TooLarge,
+                format!("body over {} bytes", app.max_body),
+            )
+        };
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > app.max_body as u64) {
+            return Err(too_large());
+        }
+        let bytes = axum::body::to_bytes(req.into_body(), app.max_body)
+            .await
+            .map_err(|e| {
+                let over = e
+                    .into_inner()
+                    .downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some();
+                if over {
+                    too_large()
+                } else {
+                    ApiError::new(ErrorCode::BadRequest, "could not read the request body")
+                }
+            })?;
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("invalid JSON body: {e}")))
+    }
+}
+
+/// Query parameters; 400 `bad_request` when they do not parse.
+pub(super) struct ApiQuery<T>(pub(super) T);
+
+impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
+        Query::<T>::from_request_parts(parts, app)
+            .await
+            .map(|q| ApiQuery(q.0))
+            .map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))
+    }
+}
+
+/// A path parameter; 400 `bad_request` when it does not parse.
+pub(super) struct ApiPath<T>(pub(super) T);
+
+impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
+        Path::<T>::from_request_parts(parts, app)
+            .await
+            .map(|p| ApiPath(p.0))
+            .map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))
+    }
+}
+
+/// `?after=&limit=` of sync and history reads.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PageQuery {
+    #[serde(default)]
+    after: u64,
+    limit: Option<u32>,
+    /// Allowed so that a token may ride in the query string.
+    #[serde(default, rename = "token")]
+    _token: Option<String>,
+}
+
+fn json(body: String) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+pub(super) async fn send(
+    State(app): State<AppState>,
+    Client(who): Client,
+    JsonBody(req): JsonBody<SendRequest>,
+) -> Result<Response, ApiError> {
+    let out = app.messaging.send_and_wait(&who, req).await?;
+    Ok(json(wire::send_response(&out.json)))
+}
+
+pub(super) async fn sync(
+    State(app): State<AppState>,
+    Client(who): Client,
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> Result<Response, ApiError> {
+    let page = app.messaging.sync(&who.uid, q.after, q.limit).await?;
+    Ok(json(wire::sync_response(&page.items, page.more)))
+}
+
+pub(super) async fn history(
+    State(app): State<AppState>,
+    Client(who): Client,
+    ApiPath(conv): ApiPath<String>,
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> Result<Response, ApiError> {
+    let page = app.messaging.history(&who, &conv, q.after, q.limit).await?;
+    Ok(json(wire::history_response(&page.items, page.more)))
+}
+
+pub(super) async fn healthz(State(app): State<AppState>) -> Response {
+    let body = serde_json::json!({
+        "status": "ok",
+        "node": app.node_id,
+        "connections": app.sessions.hub.len(),
+    });
+    axum::Json(body).into_response()
+}
+
+pub(super) async fn metrics(State(app): State<AppState>) -> Response {
+    let text = app.metrics.as_ref().map(|h| h.render()).unwrap_or_default();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+pub(super) async fn not_found() -> ApiError {
+    ApiError::new(ErrorCode::NotFound, "no such endpoint")
+}

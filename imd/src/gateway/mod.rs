@@ -1,0 +1,72 @@
+//! Presentation layer: the axum router, the HTTP API and the WebSocket upgrade.
+//!
+//! It authenticates, enforces size limits, decodes, and turns business results into
+//! HTTP answers. It holds no messaging rules (those are in `business`) and no session
+//! logic (that is the worker's, which the upgrade hands the socket to).
+
+pub mod auth;
+pub mod error;
+mod http;
+mod ws;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{get, post};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio_util::task::TaskTracker;
+
+use crate::business::Messaging;
+use crate::worker::session::SessionCtx;
+use auth::TokenKeys;
+
+pub use error::ApiError;
+
+/// Everything the handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Shared>);
+
+/// The inside of [`AppState`].
+pub struct Shared {
+    /// Verifies client tokens.
+    pub keys: TokenKeys,
+    /// The business layer.
+    pub messaging: Messaging,
+    /// What WebSocket sessions share.
+    pub sessions: Arc<SessionCtx>,
+    /// Largest HTTP body and WebSocket frame.
+    pub max_body: usize,
+    /// Renders `/metrics`; `None` when another recorder was installed first (tests).
+    pub metrics: Option<PrometheusHandle>,
+    /// Tracks WebSocket sessions so that shutdown can wait for them.
+    pub tracker: TaskTracker,
+    /// This node's id.
+    pub node_id: String,
+}
+
+impl AppState {
+    /// Wraps the shared state.
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The HTTP and WebSocket routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/messages", post(http::send))
+        .route("/v1/sync", get(http::sync))
+        .route("/v1/conversations/{conv}/messages", get(http::history))
+        .route("/v1/ws", get(ws::upgrade))
+        .route("/healthz", get(http::healthz))
+        .route("/metrics", get(http::metrics))
+        .fallback(http::not_found)
+        .with_state(state)
+}

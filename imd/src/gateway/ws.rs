@@ -1,0 +1,67 @@
+//! The WebSocket upgrade: authenticate before upgrading, configure small buffers, then
+//! hand the socket to a worker session tracked for shutdown.
+
+use std::net::SocketAddr;
+
+use axum::Extension;
+use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, Uri};
+use axum::response::{IntoResponse, Response};
+use shared::protocol::ErrorCode;
+
+use super::auth::{AuthError, bearer};
+use super::{ApiError, AppState};
+use crate::business::messaging::now_ms;
+use crate::worker::session;
+
+/// tungstenite's read chunk. Its default (128 KiB, allocated up front) would cost more
+/// than everything else an idle connection holds; frames larger than this are read
+/// in several chunks.
+const READ_BUFFER: usize = 1024;
+
+pub(super) async fn upgrade(
+    State(app): State<AppState>,
+    connect_info: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    uri: Uri,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    // Authentication comes first: a bad token is a 401 whatever else is wrong.
+    let who = match bearer(&headers, uri.query()).ok_or(AuthError::Missing) {
+        Ok(token) => match app.keys.verify(&token) {
+            Ok(who) => who,
+            Err(e) => return ApiError::from(e).into_response(),
+        },
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => {
+            let status = rejection.status();
+            let mut res =
+                ApiError::new(ErrorCode::BadRequest, rejection.body_text()).into_response();
+            *res.status_mut() = status;
+            return res;
+        }
+    };
+    let remote = connect_info.map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |c| c.0.0);
+    let ctx = app.sessions.clone();
+    let tracker = app.tracker.clone();
+    let max = app.max_body;
+    ws.read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+        // One sync page or one push at most, plus a frame's worth of slack.
+        .max_write_buffer_size(crate::store::PAGE_BYTES + 4 * max)
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
+        .on_upgrade(move |socket| {
+            tracker.track_future(async move {
+                let conn = ctx.hub.register(who, remote, now_ms());
+                let span =
+                    tracing::debug_span!("session", uid = %conn.who.uid, device = %conn.who.device);
+                tracing::Instrument::instrument(session::run(socket, conn, ctx), span).await
+            })
+        })
+}

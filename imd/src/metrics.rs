@@ -1,0 +1,101 @@
+//! Prometheus metrics: the recorder, its upkeep, and the names `imd` exports.
+
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio_util::sync::CancellationToken;
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5,
+];
+const BATCH_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
+
+/// Installs the process-wide recorder and starts its upkeep (which keeps histograms
+/// from growing). Returns `None` when a recorder is already installed.
+pub fn install(stop: CancellationToken) -> Option<PrometheusHandle> {
+    let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+        .ok()?
+        .set_buckets_for_metric(Matcher::Full("imd_commit_batch_size".into()), BATCH_BUCKETS)
+        .ok()?
+        .build_recorder();
+    let handle = recorder.handle();
+    metrics::set_global_recorder(recorder).ok()?;
+    describe();
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                _ = every.tick() => upkeep.run_upkeep(),
+                _ = stop.cancelled() => break,
+            }
+        }
+    });
+    Some(handle)
+}
+
+/// Describes every metric and registers the counters at zero, so that `/metrics`
+/// lists them before the first event.
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    for (name, help) in [
+        (
+            "imd_messages_committed_total",
+            "Messages committed to the store.",
+        ),
+        (
+            "imd_messages_duplicate_total",
+            "Sends answered with an earlier message (same cid).",
+        ),
+        ("imd_commit_failures_total", "Store commits that failed."),
+        (
+            "imd_pushes_total",
+            "Pushes queued to devices (one per device per message).",
+        ),
+        ("imd_acks_total", "Pushes acknowledged by devices."),
+        (
+            "imd_retransmits_total",
+            "Pushes resent after the ack timeout.",
+        ),
+        (
+            "imd_ack_timeouts_total",
+            "Pushes given up on after the last retry; left to sync.",
+        ),
+        (
+            "imd_slow_consumer_disconnects_total",
+            "Connections closed for not keeping up.",
+        ),
+        (
+            "imd_idle_disconnects_total",
+            "Connections closed after the idle timeout.",
+        ),
+        (
+            "imd_bad_frames_total",
+            "WebSocket frames that failed to decode.",
+        ),
+        (
+            "imd_frames_too_large_total",
+            "Connections closed for a frame over the limit.",
+        ),
+    ] {
+        describe_counter!(name, help);
+        metrics::counter!(name).increment(0);
+    }
+    describe_gauge!("imd_connections", "Open WebSocket connections.");
+    metrics::gauge!("imd_connections").increment(0.0);
+    describe_histogram!(
+        "imd_commit_latency_seconds",
+        Unit::Seconds,
+        "Time to commit one batch durably."
+    );
+    describe_histogram!("imd_commit_batch_size", "Messages per committed batch.");
+    describe_histogram!(
+        "imd_push_latency_seconds",
+        Unit::Seconds,
+        "Time from a push being queued to being written to its socket."
+    );
+}

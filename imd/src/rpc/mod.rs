@@ -1,0 +1,29 @@
+//! Service traits between roles.
+//!
+//! The dispatcher talks to workers only through [`WorkerApi`]. When every role shares
+//! one process, the worker's hub implements it directly; the cluster mode puts tarpc
+//! under the same trait. Calls carry owned, serializable data for that reason.
+
+use bytes::Bytes;
+
+/// One message for one user's devices on a worker.
+#[derive(Debug, Clone)]
+pub struct Push {
+    /// Recipient uid.
+    pub uid: String,
+    /// The message's position in the recipient's inbox.
+    pub useq: u64,
+    /// The message JSON, serialized once at commit and shared by every push of it.
+    pub msg: Bytes,
+}
+
+/// What a dispatcher may ask of a worker.
+pub trait WorkerApi: Send + Sync + 'static {
+    /// Queues `pushes` for every online device of each recipient, in the given order.
+    /// Never blocks: a device whose queue is full is disconnected as too slow, and the
+    /// message waits in its inbox.
+    fn push(&self, pushes: Vec<Push>);
+
+    /// Disconnects every device of `uid` with a `kick` of `reason`; returns how many.
+    fn kick_user(&self, uid: &str, reason: &str) -> usize;
+}

@@ -1,0 +1,318 @@
+//! The client contract: WebSocket frames, the message shape, HTTP bodies, error codes.
+//!
+//! Client → server frames are [`ClientFrame`]; server → client frames are
+//! [`ServerFrame`]. The server writes its hottest frames (`msg`, `synced`) from
+//! pre-serialized message bytes, so [`ServerFrame`] is what clients decode and what the
+//! server uses for the rest.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Longest client message id (`cid`), in bytes.
+pub const MAX_CID_LEN: usize = 64;
+/// `limit` of a sync or history read when the client gives none.
+pub const DEFAULT_PAGE: u32 = 100;
+/// Largest `limit` of a sync or history read; larger asks are clamped to it.
+pub const MAX_PAGE: u32 = 1000;
+
+/// A committed message, exactly as clients see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    /// Server-assigned unique id.
+    pub id: String,
+    /// Conversation id.
+    pub conv: String,
+    /// Position in the conversation: from 1, gapless, in commit order.
+    pub seq: u64,
+    /// Sender uid.
+    pub from: String,
+    /// Application payload, any JSON.
+    pub body: Value,
+    /// Commit time, unix milliseconds.
+    pub ts: i64,
+    /// The sender's client message id, when it gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cid: Option<String>,
+}
+
+/// What a client sends to post a message (WebSocket `send` frame or `POST /v1/messages`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendRequest {
+    /// Client message id for idempotent resends (≤ 64 bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cid: Option<String>,
+    /// Direct message to this uid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// Message into an existing conversation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conv: Option<String>,
+    /// Customer-service message to this shop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shop: Option<String>,
+    /// Application payload.
+    #[serde(default)]
+    pub body: Value,
+}
+
+/// Client → server WebSocket frames.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientFrame {
+    /// Post a message.
+    Send(SendRequest),
+    /// Acknowledge pushes by their inbox positions.
+    Ack {
+        /// The acknowledged `useq`s.
+        useqs: Vec<u64>,
+    },
+    /// Read the inbox after `after`.
+    Sync {
+        /// Last `useq` the device has; 0 reads from the start.
+        #[serde(default)]
+        after: u64,
+        /// Page size (default 100, at most 1000).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
+    },
+    /// Application-level liveness check; answered with `pong`.
+    Ping,
+}
+
+/// One inbox position and its message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InboxItem {
+    /// Position in the user's inbox.
+    pub useq: u64,
+    /// The message.
+    pub msg: Message,
+}
+
+/// Server → client WebSocket frames.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    /// The sender's message is committed.
+    Sent {
+        /// Echo of the request's `cid`.
+        #[serde(default)]
+        cid: Option<String>,
+        /// The committed message.
+        msg: Message,
+    },
+    /// A push; the client must `ack` its `useq`.
+    Msg {
+        /// Inbox position.
+        useq: u64,
+        /// The message.
+        msg: Message,
+    },
+    /// Answer to `sync`.
+    Synced {
+        /// Inbox items in `useq` order.
+        msgs: Vec<InboxItem>,
+        /// Whether more items follow the last one.
+        more: bool,
+    },
+    /// Answer to `ping`.
+    Pong,
+    /// A request failed.
+    Error {
+        /// The failed request's `cid`, when known.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cid: Option<String>,
+        /// Machine-readable code.
+        code: ErrorCode,
+        /// Human-readable explanation.
+        message: String,
+    },
+    /// The server is about to close the connection.
+    Kick {
+        /// Why: `replaced`, `shutdown`, `slow`, `idle`, `blacklisted`, `admin`, …
+        reason: String,
+    },
+}
+
+/// Protocol error codes, shared by WebSocket `error` frames and HTTP error bodies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The request is malformed or breaks a rule.
+    BadRequest,
+    /// No valid credentials.
+    Unauthorized,
+    /// Valid credentials, but not allowed.
+    Forbidden,
+    /// The thing asked for does not exist.
+    NotFound,
+    /// The request or frame is over the size limit.
+    TooLarge,
+    /// Over a rate limit; retry later.
+    RateLimited,
+    /// The content was refused by the sensitive-word filter.
+    BlockedContent,
+    /// The server failed; retrying may help.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The HTTP status that goes with the code.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::BadRequest | ErrorCode::BlockedContent => 400,
+            ErrorCode::Unauthorized => 401,
+            ErrorCode::Forbidden => 403,
+            ErrorCode::NotFound => 404,
+            ErrorCode::TooLarge => 413,
+            ErrorCode::RateLimited => 429,
+            ErrorCode::Internal => 500,
+        }
+    }
+
+    /// The wire name, as in `"code": "…"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::BlockedContent => "blocked_content",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+/// HTTP error body: `{"error":{"code":…,"message":…}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorResponse {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// The inside of [`ErrorResponse`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// Machine-readable code.
+    pub code: ErrorCode,
+    /// Human-readable explanation.
+    pub message: String,
+}
+
+/// `POST /v1/messages` answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SendResponse {
+    /// The committed message.
+    pub msg: Message,
+}
+
+/// `GET /v1/sync` answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SyncResponse {
+    /// Inbox items in `useq` order.
+    pub msgs: Vec<InboxItem>,
+    /// Whether more items follow.
+    pub more: bool,
+}
+
+/// `GET /v1/conversations/{conv}/messages` answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryResponse {
+    /// Messages in `seq` order.
+    pub msgs: Vec<Message>,
+    /// Whether more messages follow.
+    pub more: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn client_frames_decode() {
+        let f: ClientFrame =
+            serde_json::from_str(r#"{"type":"send","cid":"c1","to":"bob","body":{"t":"hi"}}"#)
+                .unwrap();
+        let ClientFrame::Send(req) = f else {
+            panic!("not a send")
+        };
+        assert_eq!(req.cid.as_deref(), Some("c1"));
+        assert_eq!(req.to.as_deref(), Some("bob"));
+        assert_eq!(req.body, json!({"t":"hi"}));
+
+        let f: ClientFrame = serde_json::from_str(r#"{"type":"ack","useqs":[1,2]}"#).unwrap();
+        assert_eq!(f, ClientFrame::Ack { useqs: vec![1, 2] });
+        let f: ClientFrame = serde_json::from_str(r#"{"type":"sync","after":5}"#).unwrap();
+        assert_eq!(
+            f,
+            ClientFrame::Sync {
+                after: 5,
+                limit: None
+            }
+        );
+        let f: ClientFrame = serde_json::from_str(r#"{"type":"ping"}"#).unwrap();
+        assert_eq!(f, ClientFrame::Ping);
+    }
+
+    #[test]
+    fn bad_client_frames_fail() {
+        for bad in [
+            "",
+            "{",
+            "[]",
+            r#"{"type":"nope"}"#,
+            r#"{"no_type":1}"#,
+            r#"{"type":"ack"}"#,
+            r#"{"type":"ack","useqs":[-1]}"#,
+            r#"{"type":"send","to":"b","body":1,"extra":true}"#,
+        ] {
+            assert!(serde_json::from_str::<ClientFrame>(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn message_shape_is_the_contract() {
+        let m = Message {
+            id: "x".into(),
+            conv: "d:a~b".into(),
+            seq: 1,
+            from: "a".into(),
+            body: json!("hi"),
+            ts: 5,
+            cid: None,
+        };
+        assert_eq!(
+            serde_json::to_value(&m).unwrap(),
+            json!({"id":"x","conv":"d:a~b","seq":1,"from":"a","body":"hi","ts":5})
+        );
+        let e = ServerFrame::Error {
+            cid: None,
+            code: ErrorCode::TooLarge,
+            message: "m".into(),
+        };
+        assert_eq!(
+            serde_json::to_value(&e).unwrap(),
+            json!({"type":"error","code":"too_large","message":"m"})
+        );
+    }
+
+    #[test]
+    fn codes_map_to_statuses() {
+        for (code, status, name) in [
+            (ErrorCode::BadRequest, 400, "bad_request"),
+            (ErrorCode::Unauthorized, 401, "unauthorized"),
+            (ErrorCode::Forbidden, 403, "forbidden"),
+            (ErrorCode::NotFound, 404, "not_found"),
+            (ErrorCode::TooLarge, 413, "too_large"),
+            (ErrorCode::RateLimited, 429, "rate_limited"),
+            (ErrorCode::Internal, 500, "internal"),
+        ] {
+            assert_eq!(code.http_status(), status);
+            assert_eq!(code.as_str(), name);
+            assert_eq!(serde_json::to_value(code).unwrap(), json!(name));
+        }
+    }
+}
