@@ -33,6 +33,123 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     serve_until(cfg, stop).await
 }
 
+/// A built node: every layer wired together, not yet listening.
+pub struct App {
+    /// The state the router serves from.
+    pub state: AppState,
+    /// The worker's connections.
+    pub hub: Arc<Hub>,
+    store: Arc<dyn MessageStore>,
+    commit_stop: CancellationToken,
+    commit_task: tokio::task::JoinHandle<()>,
+    background: CancellationToken,
+    grace: Duration,
+}
+
+impl App {
+    /// Opens the store and starts the commit task, the clock and the metrics upkeep.
+    /// Sessions end when `stop` is cancelled. `listen` is the bound address, for the
+    /// default node id.
+    pub fn build(
+        cfg: &Config,
+        listen: SocketAddr,
+        stop: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let secrets = Secrets::resolve(cfg)?;
+        let store: Arc<dyn MessageStore> = Arc::new(
+            EmbeddedStore::open(&cfg.data_dir)
+                .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?,
+        );
+        let background = CancellationToken::new();
+        let metrics = crate::metrics::install(background.clone());
+
+        let hub = Arc::new(Hub::new(cfg.outbox_capacity));
+        let dispatcher = Arc::new(Dispatcher::local(hub.clone()));
+        let commit_stop = CancellationToken::new();
+        let (messaging, commit_task) = Messaging::start(
+            store.clone(),
+            dispatcher,
+            cfg.commit_batch,
+            commit_stop.clone(),
+        );
+        tokio::spawn(expire_idempotency(store.clone(), background.clone()));
+
+        let ping_interval = cfg.ping_interval();
+        let clock = Clock::start(
+            Clock::period_for(cfg.ack_timeout, ping_interval),
+            background.clone(),
+        );
+        let settings = SessionSettings {
+            ack_timeout: cfg.ack_timeout,
+            ack_retries: cfg.ack_retries,
+            idle_timeout: cfg.idle_timeout,
+            ping_interval,
+            max_unacked: cfg.max_unacked,
+            write_timeout: cfg.idle_timeout,
+        };
+        let sessions = Arc::new(SessionCtx {
+            hub: hub.clone(),
+            messaging: messaging.clone(),
+            settings,
+            clock,
+            shutdown: stop,
+        });
+        let node_id = cfg
+            .node_id
+            .clone()
+            .unwrap_or_else(|| format!("imd-{}", listen.port()));
+        let state = AppState::new(Shared {
+            keys: TokenKeys::new(&secrets.token_secret),
+            messaging,
+            sessions,
+            max_body: cfg.max_frame_bytes,
+            metrics,
+            tracker: TaskTracker::new(),
+            node_id,
+        });
+        Ok(Self {
+            state,
+            hub,
+            store,
+            commit_stop,
+            commit_task,
+            background,
+            grace: cfg.shutdown_grace,
+        })
+    }
+
+    /// The HTTP and WebSocket routes.
+    pub fn router(&self) -> axum::Router {
+        gateway::router(self.state.clone())
+    }
+
+    /// After `stop` was cancelled and the listener closed: waits for the sessions, then
+    /// commits what is queued and closes the store.
+    pub async fn shutdown(self) {
+        let tracker = &self.state.tracker;
+        tracing::info!(sessions = self.hub.len(), "shutting down: closing sessions");
+        tracker.close();
+        if tokio::time::timeout(self.grace, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                left = tracker.len(),
+                "sessions still open after the grace period"
+            );
+        }
+        self.commit_stop.cancel();
+        if tokio::time::timeout(self.grace, self.commit_task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("commit task did not finish within the grace period");
+        }
+        self.background.cancel();
+        drop(self.store);
+    }
+}
+
 /// Runs `imd serve` until `stop` is cancelled.
 pub async fn serve_until(cfg: Config, stop: CancellationToken) -> anyhow::Result<()> {
     if cfg.redis.is_some() {
@@ -51,64 +168,12 @@ pub async fn serve_until(cfg: Config, stop: CancellationToken) -> anyhow::Result
     }
     raise_fd_limit();
 
-    let secrets = Secrets::resolve(&cfg)?;
-    let store: Arc<dyn MessageStore> = Arc::new(
-        EmbeddedStore::open(&cfg.data_dir)
-            .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?,
-    );
-    let background = CancellationToken::new();
-    let metrics = crate::metrics::install(background.clone());
-
-    let hub = Arc::new(Hub::new(cfg.outbox_capacity));
-    let dispatcher = Arc::new(Dispatcher::local(hub.clone()));
-    let commit_stop = CancellationToken::new();
-    let (messaging, commit_task) = Messaging::start(
-        store.clone(),
-        dispatcher,
-        cfg.commit_batch,
-        commit_stop.clone(),
-    );
-    tokio::spawn(expire_idempotency(store.clone(), background.clone()));
-
-    let ping_interval = cfg.ping_interval();
-    let clock = Clock::start(
-        Clock::period_for(cfg.ack_timeout, ping_interval),
-        background.clone(),
-    );
-    let settings = SessionSettings {
-        ack_timeout: cfg.ack_timeout,
-        ack_retries: cfg.ack_retries,
-        idle_timeout: cfg.idle_timeout,
-        ping_interval,
-        max_unacked: cfg.max_unacked,
-        write_timeout: cfg.idle_timeout,
-    };
-    let sessions = Arc::new(SessionCtx {
-        hub: hub.clone(),
-        messaging: messaging.clone(),
-        settings,
-        clock,
-        shutdown: stop.clone(),
-    });
-    let tracker = TaskTracker::new();
     let listener = TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("binding {}", cfg.listen))?;
     let listen = listener.local_addr()?;
-    let node_id = cfg
-        .node_id
-        .clone()
-        .unwrap_or_else(|| format!("imd-{}", listen.port()));
-    let state = AppState::new(Shared {
-        keys: TokenKeys::new(&secrets.token_secret),
-        messaging,
-        sessions,
-        max_body: cfg.max_frame_bytes,
-        metrics,
-        tracker: tracker.clone(),
-        node_id: node_id.clone(),
-    });
-
+    let app = App::build(&cfg, listen, stop.clone())?;
+    let node_id = app.state.node_id.clone();
     // The one machine-readable line on stdout; logs go to stderr.
     println!(
         "{}",
@@ -116,33 +181,15 @@ pub async fn serve_until(cfg: Config, stop: CancellationToken) -> anyhow::Result
     );
     tracing::info!(%listen, node_id, data_dir = %cfg.data_dir.display(), "imd serving");
 
-    let app = gateway::router(state).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app)
+    let routes = app
+        .router()
+        .into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, routes)
         .with_graceful_shutdown(stop.clone().cancelled_owned())
         .await
         .context("serving HTTP")?;
-
     // The listener is closed and HTTP requests are answered; sessions saw `stop` too.
-    tracing::info!(sessions = hub.len(), "shutting down: closing sessions");
-    tracker.close();
-    if tokio::time::timeout(cfg.shutdown_grace, tracker.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            left = tracker.len(),
-            "sessions still open after the grace period"
-        );
-    }
-    commit_stop.cancel();
-    if tokio::time::timeout(cfg.shutdown_grace, commit_task)
-        .await
-        .is_err()
-    {
-        tracing::warn!("commit task did not finish within the grace period");
-    }
-    background.cancel();
-    drop(store);
+    app.shutdown().await;
     tracing::info!("imd stopped");
     Ok(())
 }

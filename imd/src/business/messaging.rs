@@ -91,12 +91,12 @@ impl Messaging {
     }
 
     fn prepare(&self, who: &Identity, req: SendRequest) -> Result<NewMessage, Error> {
-        if let Some(cid) = &req.cid {
-            if cid.is_empty() || cid.len() > MAX_CID_LEN {
-                return Err(Error::BadRequest(format!(
-                    "cid must be 1-{MAX_CID_LEN} bytes"
-                )));
-            }
+        if let Some(cid) = &req.cid
+            && (cid.is_empty() || cid.len() > MAX_CID_LEN)
+        {
+            return Err(Error::BadRequest(format!(
+                "cid must be 1-{MAX_CID_LEN} bytes"
+            )));
         }
         if req.body.is_null() {
             return Err(Error::BadRequest("body is required".into()));
@@ -260,9 +260,12 @@ mod tests {
     use shared::token::Platform;
     use std::sync::Mutex;
 
+    /// `(conv, seq, recipients)` of one delivered message.
+    type Delivered = (String, u64, Vec<(String, u64)>);
+
     /// Records what was delivered, in order.
     #[derive(Default)]
-    struct Recorder(Mutex<Vec<(String, u64, Vec<(String, u64)>)>>);
+    struct Recorder(Mutex<Vec<Delivered>>);
     impl Deliver for Recorder {
         fn deliver(&self, c: &Committed) {
             self.0

@@ -70,3 +70,6 @@ pub fn router(state: AppState) -> Router {
         .fallback(http::not_found)
         .with_state(state)
 }
+
+#[cfg(test)]
+mod tests;

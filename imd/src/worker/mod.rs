@@ -132,9 +132,12 @@ pub struct Conn {
     pub outbox: Outbox,
 }
 
+/// One shard of the hub: uid → that user's connected devices.
+type Shard = HashMap<String, Vec<Arc<Conn>>>;
+
 /// The connections of this worker, by uid.
 pub struct Hub {
-    shards: Box<[Mutex<HashMap<String, Vec<Arc<Conn>>>>]>,
+    shards: Box<[Mutex<Shard>]>,
     hasher: RandomState,
     next_id: AtomicU64,
     outbox_capacity: usize,
@@ -151,7 +154,7 @@ impl Hub {
         }
     }
 
-    fn shard(&self, uid: &str) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Arc<Conn>>>> {
+    fn shard(&self, uid: &str) -> std::sync::MutexGuard<'_, Shard> {
         let i = self.hasher.hash_one(uid) as usize % SHARDS;
         // Every critical section below leaves the map consistent, even if it panicked.
         self.shards[i].lock().unwrap_or_else(|e| e.into_inner())

@@ -121,10 +121,10 @@ where
                     Message::Close(_) => break End::Gone,
                     Message::Ping(_) | Message::Pong(_) => None,
                 };
-                if let Some(frame) = reply {
-                    if send_all(&mut socket, [Message::Text(frame.into())], s).await.is_err() {
-                        break End::Gone;
-                    }
+                if let Some(frame) = reply
+                    && send_all(&mut socket, [Message::Text(frame.into())], s).await.is_err()
+                {
+                    break End::Gone;
                 }
             }
             changed = ticks.changed() => {
@@ -347,6 +347,7 @@ fn cid_of(text: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::worker::Hub;
 
     fn settings() -> SessionSettings {
         SessionSettings {
@@ -430,6 +431,217 @@ mod tests {
             on_tick(t0 + Duration::from_secs(3), &mut st, &s),
             Err(End::Kick(reason, _)) if reason == "idle"
         ));
+    }
+
+    /// A socket made of two channels: the test plays the client on the other ends.
+    struct TestSocket {
+        incoming: tokio::sync::mpsc::UnboundedReceiver<Result<Message, axum::Error>>,
+        outgoing: tokio::sync::mpsc::UnboundedSender<Message>,
+    }
+
+    impl Stream for TestSocket {
+        type Item = Result<Message, axum::Error>;
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Self::Item>> {
+            self.incoming.poll_recv(cx)
+        }
+    }
+
+    impl Sink<Message> for TestSocket {
+        type Error = axum::Error;
+        fn poll_ready(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), axum::Error>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn start_send(self: std::pin::Pin<&mut Self>, m: Message) -> Result<(), axum::Error> {
+            self.outgoing.send(m).map_err(axum::Error::new)
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), axum::Error>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn poll_close(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), axum::Error>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    /// The client's end of a [`TestSocket`].
+    struct Client {
+        to_server: tokio::sync::mpsc::UnboundedSender<Result<Message, axum::Error>>,
+        from_server: tokio::sync::mpsc::UnboundedReceiver<Message>,
+    }
+
+    impl Client {
+        fn send(&self, v: serde_json::Value) {
+            self.to_server
+                .send(Ok(Message::Text(v.to_string().into())))
+                .unwrap();
+        }
+
+        /// The next text frame, skipping pings; `None` once the session closed.
+        async fn next(&mut self) -> Option<serde_json::Value> {
+            loop {
+                let m = tokio::time::timeout(Duration::from_secs(5), self.from_server.recv())
+                    .await
+                    .expect("no frame within 5 s")?;
+                match m {
+                    Message::Text(t) => return Some(serde_json::from_str(t.as_str()).unwrap()),
+                    Message::Close(c) => {
+                        return Some(serde_json::json!({"close": c.map(|c| c.code)}));
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    struct Rig {
+        ctx: Arc<SessionCtx>,
+        stop: CancellationToken,
+        _dir: tempfile::TempDir,
+    }
+
+    fn rig() -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(crate::store::EmbeddedStore::open(dir.path()).unwrap());
+        let hub = Arc::new(Hub::new(64));
+        let dispatcher = Arc::new(crate::dispatch::Dispatcher::local(hub.clone()));
+        let stop = CancellationToken::new();
+        let (messaging, _) = Messaging::start(store, dispatcher, 64, CancellationToken::new());
+        let ctx = Arc::new(SessionCtx {
+            hub,
+            messaging,
+            // Long enough that an ack sent at once always beats the resend.
+            settings: SessionSettings {
+                ack_timeout: Duration::from_millis(500),
+                ..settings()
+            },
+            clock: Clock::start(Duration::from_millis(20), stop.clone()),
+            shutdown: stop.clone(),
+        });
+        Rig {
+            ctx,
+            stop,
+            _dir: dir,
+        }
+    }
+
+    fn connect(rig: &Rig, uid: &str, device: &str) -> (Client, tokio::task::JoinHandle<()>) {
+        let (to_server, incoming) = tokio::sync::mpsc::unbounded_channel();
+        let (outgoing, from_server) = tokio::sync::mpsc::unbounded_channel();
+        let who = crate::business::Identity {
+            uid: uid.into(),
+            device: device.into(),
+            platform: shared::token::Platform::Web,
+            roles: vec![],
+        };
+        let conn = rig.ctx.hub.register(who, "127.0.0.1:9".parse().unwrap(), 0);
+        let task = tokio::spawn(run(
+            TestSocket { incoming, outgoing },
+            conn,
+            rig.ctx.clone(),
+        ));
+        (
+            Client {
+                to_server,
+                from_server,
+            },
+            task,
+        )
+    }
+
+    #[tokio::test]
+    async fn send_reaches_every_device_and_ack_stops_resends() {
+        let rig = rig();
+        let (mut a, _) = connect(&rig, "alice", "phone");
+        let (mut b1, _) = connect(&rig, "bob", "phone");
+        let (mut b2, _) = connect(&rig, "bob", "laptop");
+        a.send(serde_json::json!({"type": "send", "cid": "c1", "to": "bob", "body": "hi"}));
+
+        // The sender hears `sent` and gets its own push, in either order.
+        let mut kinds = vec![];
+        for _ in 0..2 {
+            let f = a.next().await.unwrap();
+            kinds.push(f["type"].as_str().unwrap().to_owned());
+            if f["type"] == "sent" {
+                assert_eq!(f["cid"], "c1");
+                assert_eq!(f["msg"]["seq"], 1);
+            }
+        }
+        kinds.sort();
+        assert_eq!(kinds, ["msg", "sent"]);
+        for b in [&mut b1, &mut b2] {
+            let f = b.next().await.unwrap();
+            assert_eq!(
+                (f["type"].as_str(), f["useq"].as_u64()),
+                (Some("msg"), Some(1))
+            );
+            assert_eq!(f["msg"]["body"], "hi");
+        }
+        // b1 acks; b2 does not and gets the push again after the ack timeout.
+        b1.send(serde_json::json!({"type": "ack", "useqs": [1]}));
+        let again = b2.next().await.unwrap();
+        assert_eq!(
+            (again["type"].as_str(), again["useq"].as_u64()),
+            (Some("msg"), Some(1))
+        );
+        // b1 proves it is still served, and got nothing but the pong.
+        b1.send(serde_json::json!({"type": "ping"}));
+        assert_eq!(b1.next().await.unwrap()["type"], "pong");
+    }
+
+    #[tokio::test]
+    async fn bad_frames_get_errors_and_the_session_goes_on() {
+        let rig = rig();
+        let (mut a, _) = connect(&rig, "alice", "phone");
+        a.to_server.send(Ok(Message::Text("{nope".into()))).unwrap();
+        assert_eq!(a.next().await.unwrap()["code"], "bad_request");
+        a.send(serde_json::json!({"type": "fly", "cid": "x1"}));
+        let f = a.next().await.unwrap();
+        assert_eq!(
+            (f["code"].as_str(), f["cid"].as_str()),
+            (Some("bad_request"), Some("x1"))
+        );
+        a.send(serde_json::json!({"type": "send", "cid": "x2", "body": 1}));
+        let f = a.next().await.unwrap();
+        assert_eq!(
+            (f["code"].as_str(), f["cid"].as_str()),
+            (Some("bad_request"), Some("x2"))
+        );
+        a.to_server
+            .send(Ok(Message::Binary(bytes::Bytes::from_static(b"\x00"))))
+            .unwrap();
+        assert_eq!(a.next().await.unwrap()["code"], "bad_request");
+        a.send(serde_json::json!({"type": "sync", "after": 0}));
+        let f = a.next().await.unwrap();
+        assert_eq!(
+            (f["type"].as_str(), f["more"].as_bool()),
+            (Some("synced"), Some(false))
+        );
+    }
+
+    #[tokio::test]
+    async fn replaced_and_shutdown_sessions_are_kicked() {
+        let rig = rig();
+        let (mut first, task) = connect(&rig, "alice", "phone");
+        let (mut second, _) = connect(&rig, "alice", "phone");
+        assert_eq!(first.next().await.unwrap()["reason"], "replaced");
+        assert_eq!(first.next().await.unwrap()["close"], close_code::NORMAL);
+        task.await.unwrap();
+        assert_eq!(rig.ctx.hub.len(), 1, "the replacement stays registered");
+
+        rig.stop.cancel();
+        assert_eq!(second.next().await.unwrap()["reason"], "shutdown");
+        assert_eq!(second.next().await.unwrap()["close"], close_code::AWAY);
     }
 
     #[test]
