@@ -15,8 +15,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::business::Messaging;
-use crate::business::messaging::now_ms;
+use crate::business::blacklist::Blacklist;
+use crate::business::limits::{Limits, Rate};
+use crate::business::messaging::{Deps, now_ms};
+use crate::business::words::Words;
+use crate::business::{Admin, Messaging};
 use crate::config::{Config, Role};
 use crate::dispatch::Dispatcher;
 use crate::gateway::auth::TokenKeys;
@@ -56,23 +59,57 @@ impl App {
         stop: CancellationToken,
     ) -> anyhow::Result<Self> {
         let secrets = Secrets::resolve(cfg)?;
-        let store: Arc<dyn MessageStore> = Arc::new(
+        let store = Arc::new(
             EmbeddedStore::open(&cfg.data_dir)
                 .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?,
         );
         let background = CancellationToken::new();
         let metrics = crate::metrics::install(background.clone());
+        let node_id = cfg
+            .node_id
+            .clone()
+            .unwrap_or_else(|| format!("imd-{}", listen.port()));
 
-        let hub = Arc::new(Hub::new(cfg.outbox_capacity));
+        let blacklist = Arc::new(Blacklist::new());
+        let words = Arc::new(
+            Words::load(cfg.words_file.as_deref(), cfg.words_policy).map_err(anyhow::Error::msg)?,
+        );
+        let limits = Arc::new(Limits::new(
+            Rate {
+                per_second: cfg.send_rate,
+                burst: cfg.send_burst,
+            },
+            Rate {
+                per_second: cfg.connect_rate,
+                burst: cfg.connect_burst,
+            },
+        ));
+        let hub = Arc::new(Hub::new(
+            cfg.outbox_capacity,
+            node_id.clone(),
+            blacklist.clone(),
+        ));
         let dispatcher = Arc::new(Dispatcher::local(hub.clone()));
         let commit_stop = CancellationToken::new();
-        let (messaging, commit_task) = Messaging::start(
+        let deps = Deps {
+            store: store.clone(),
+            dir: store.clone(),
+            presence: hub.clone(),
+            deliver: dispatcher,
+            blacklist: blacklist.clone(),
+            words: words.clone(),
+            limits: limits.clone(),
+        };
+        let (messaging, commit_task) =
+            Messaging::start(deps, cfg.commit_batch, commit_stop.clone());
+        let admin = Admin::new(store.clone(), blacklist, words, messaging.clone());
+        let store: Arc<dyn MessageStore> = store;
+        tokio::spawn(housekeeping(
             store.clone(),
-            dispatcher,
-            cfg.commit_batch,
-            commit_stop.clone(),
-        );
-        tokio::spawn(expire_idempotency(store.clone(), background.clone()));
+            admin.clone(),
+            limits.clone(),
+            background.clone(),
+        ));
 
         let ping_interval = cfg.ping_interval();
         let clock = Clock::start(
@@ -94,12 +131,11 @@ impl App {
             clock,
             shutdown: stop,
         });
-        let node_id = cfg
-            .node_id
-            .clone()
-            .unwrap_or_else(|| format!("imd-{}", listen.port()));
         let state = AppState::new(Shared {
             keys: TokenKeys::new(&secrets.token_secret),
+            admin_token: secrets.admin_token,
+            admin,
+            limits,
             messaging,
             sessions,
             max_body: cfg.max_frame_bytes,
@@ -116,6 +152,18 @@ impl App {
             background,
             grace: cfg.shutdown_grace,
         })
+    }
+
+    /// Loads what the caches start from (the blacklist). Call once before serving.
+    pub async fn load(&self) -> anyhow::Result<()> {
+        let n = self
+            .state
+            .admin
+            .load_blacklist()
+            .await
+            .context("loading the blacklist")?;
+        tracing::debug!(entries = n, "blacklist loaded");
+        Ok(())
     }
 
     /// The HTTP and WebSocket routes.
@@ -163,9 +211,6 @@ pub async fn serve_until(cfg: Config, stop: CancellationToken) -> anyhow::Result
             "--roles: splitting roles needs cluster mode, which is not implemented yet; leave --roles out"
         );
     }
-    if cfg.words_file.is_some() {
-        anyhow::bail!("--words-file: the sensitive-word filter is not implemented yet");
-    }
     raise_fd_limit();
 
     let listener = TcpListener::bind(cfg.listen)
@@ -173,6 +218,8 @@ pub async fn serve_until(cfg: Config, stop: CancellationToken) -> anyhow::Result
         .with_context(|| format!("binding {}", cfg.listen))?;
     let listen = listener.local_addr()?;
     let app = App::build(&cfg, listen, stop.clone())?;
+    app.load().await?;
+    tokio::spawn(reload_on_sighup(app.state.admin.clone(), stop.clone()));
     let node_id = app.state.node_id.clone();
     // The one machine-readable line on stdout; logs go to stderr.
     println!(
@@ -219,19 +266,53 @@ fn raise_fd_limit() {
     }
 }
 
-/// Forgets idempotency keys older than the window, every ten minutes.
-async fn expire_idempotency(store: Arc<dyn MessageStore>, stop: CancellationToken) {
-    let mut every = tokio::time::interval(Duration::from_secs(600));
+/// Reloads the words file on SIGHUP.
+async fn reload_on_sighup(admin: Admin, stop: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot install the SIGHUP handler");
+        return;
+    };
     loop {
         tokio::select! {
-            _ = every.tick() => {
-                match store.expire_idempotency(now_ms() - IDEMPOTENCY_WINDOW_MS).await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::debug!(expired = n, "idempotency keys expired"),
-                    Err(e) => tracing::warn!(error = %e, "expiring idempotency keys failed"),
-                }
-            }
+            _ = hup.recv() => match admin.reload_words() {
+                Ok(n) => tracing::info!(words = n, "SIGHUP: word list reloaded"),
+                Err(e) => tracing::error!(error = %e, "SIGHUP: word list not reloaded; the old one stays"),
+            },
             _ = stop.cancelled() => break,
         }
+    }
+}
+
+/// Periodic upkeep: idempotency keys past their window (every ten minutes), expired
+/// blacklist entries, and idle rate-limiter keys (every ten seconds).
+async fn housekeeping(
+    store: Arc<dyn MessageStore>,
+    admin: Admin,
+    limits: Arc<Limits>,
+    stop: CancellationToken,
+) {
+    let mut every = tokio::time::interval(Duration::from_secs(10));
+    let mut ticks = 0u64;
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = stop.cancelled() => break,
+        }
+        limits.retain_recent();
+        if ticks.is_multiple_of(60) {
+            match store
+                .expire_idempotency(now_ms() - IDEMPOTENCY_WINDOW_MS)
+                .await
+            {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(expired = n, "idempotency keys expired"),
+                Err(e) => tracing::warn!(error = %e, "expiring idempotency keys failed"),
+            }
+            if let Err(e) = admin.purge_blacklist().await {
+                tracing::warn!(error = %e, "purging the blacklist failed");
+            }
+        }
+        ticks += 1;
     }
 }

@@ -125,6 +125,14 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Log format.
     pub log_format: LogFormat,
+    /// Messages per second one uid may send (0: no limit).
+    pub send_rate: u32,
+    /// Messages one uid may send at once.
+    pub send_burst: u32,
+    /// WebSocket connections per second one ip may open (0: no limit).
+    pub connect_rate: u32,
+    /// Connections one ip may open at once.
+    pub connect_burst: u32,
 }
 
 impl Default for Config {
@@ -149,6 +157,10 @@ impl Default for Config {
             commit_batch: 1024,
             shutdown_grace: Duration::from_secs(10),
             log_format: LogFormat::Text,
+            send_rate: 100,
+            send_burst: 200,
+            connect_rate: 20,
+            connect_burst: 100,
         }
     }
 }
@@ -228,6 +240,18 @@ pub struct ServeArgs {
     /// `text` or `json` [default: text].
     #[arg(long, env = "IMD_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// Messages per second per uid; 0 turns the limit off [default: 100].
+    #[arg(long, env = "IMD_SEND_RATE")]
+    pub send_rate: Option<u32>,
+    /// Burst of messages per uid [default: 200].
+    #[arg(long, env = "IMD_SEND_BURST")]
+    pub send_burst: Option<u32>,
+    /// WebSocket connections per second per ip; 0 turns the limit off [default: 20].
+    #[arg(long, env = "IMD_CONNECT_RATE")]
+    pub connect_rate: Option<u32>,
+    /// Burst of connections per ip [default: 100].
+    #[arg(long, env = "IMD_CONNECT_BURST")]
+    pub connect_burst: Option<u32>,
 }
 
 impl Config {
@@ -275,7 +299,11 @@ impl Config {
             max_unacked,
             commit_batch,
             shutdown_grace,
-            log_format
+            log_format,
+            send_rate,
+            send_burst,
+            connect_rate,
+            connect_burst
         );
         cfg.validate()?;
         Ok(cfg)

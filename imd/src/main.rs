@@ -20,7 +20,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the server (all roles, embedded store, unless configured otherwise).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print a client token signed with the server's token secret.
     Token(TokenArgs),
     /// Print the admin token.

@@ -1,10 +1,11 @@
 //! Sending, syncing and reading history; the group-commit task.
 //!
-//! Every send, from any transport, is validated here, queued to one commit task per
-//! process, and committed in batches: one store transaction (one fsync) for everything
-//! that queued while the previous batch was being written. The commit task then hands
-//! each new message to the [`Deliver`] sink and answers its sender, both in commit
-//! order, so pushes leave in the same order as `seq` and `useq` were given.
+//! Every send, from any transport, is checked here (blacklist, rate limit, rules,
+//! sensitive words), resolved to its recipients, queued to one commit task per process,
+//! and committed in batches: one store transaction (one fsync) for everything that
+//! queued while the previous batch was being written. The commit task then hands each
+//! new message to the [`Deliver`] sink and answers its sender, both in commit order, so
+//! pushes leave in the same order as `seq` and `useq` were given.
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -15,8 +16,12 @@ use shared::protocol::{DEFAULT_PAGE, MAX_CID_LEN, MAX_PAGE, SendRequest};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::{Deliver, Error, Identity};
-use crate::store::{CommitOutcome, MessageStore, NewMessage, Page};
+use super::blacklist::Blacklist;
+use super::limits::Limits;
+use super::service::CustomerService;
+use super::words::Words;
+use super::{Deliver, Error, Identity, Presence};
+use crate::store::{CommitOutcome, DirectoryStore, MessageStore, NewMessage, Op, Page};
 
 /// How a queued send is answered: called once, from the commit task, so it must not block.
 pub type Reply = Box<dyn FnOnce(Result<SendOutcome, Error>) + Send>;
@@ -33,16 +38,42 @@ pub struct SendOutcome {
 }
 
 struct Queued {
-    msg: NewMessage,
-    reply: Reply,
+    op: Op,
+    cid: Option<String>,
+    reply: Option<Reply>,
+}
+
+/// What the business layer is built on.
+pub struct Deps {
+    /// Messages, sequences, inboxes.
+    pub store: Arc<dyn MessageStore>,
+    /// Blacklists, shops, groups, assignments.
+    pub dir: Arc<dyn DirectoryStore>,
+    /// Who is online.
+    pub presence: Arc<dyn Presence>,
+    /// Where committed messages go.
+    pub deliver: Arc<dyn Deliver>,
+    /// The blacklist cache.
+    pub blacklist: Arc<Blacklist>,
+    /// The sensitive-word filter.
+    pub words: Arc<Words>,
+    /// Rate limits.
+    pub limits: Arc<Limits>,
+}
+
+struct Inner {
+    store: Arc<dyn MessageStore>,
+    dir: Arc<dyn DirectoryStore>,
+    blacklist: Arc<Blacklist>,
+    words: Arc<Words>,
+    limits: Arc<Limits>,
+    service: Arc<CustomerService>,
+    queue: mpsc::Sender<Queued>,
 }
 
 /// The messaging service. Cheap to clone.
 #[derive(Clone)]
-pub struct Messaging {
-    store: Arc<dyn MessageStore>,
-    queue: mpsc::Sender<Queued>,
-}
+pub struct Messaging(Arc<Inner>);
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
@@ -52,30 +83,65 @@ pub fn now_ms() -> i64 {
 }
 
 impl Messaging {
-    /// Starts the commit task. It commits at most `batch_max` messages per transaction,
-    /// and on `shutdown` stops taking sends, commits what is queued, and returns.
+    /// Starts the commit task. It commits at most `batch_max` operations per
+    /// transaction, and on `shutdown` stops taking sends, commits what is queued, and
+    /// returns.
     pub fn start(
-        store: Arc<dyn MessageStore>,
-        deliver: Arc<dyn Deliver>,
+        deps: Deps,
         batch_max: usize,
         shutdown: CancellationToken,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         // A queue of a few batches: deep enough to keep the store busy, shallow enough
         // that senders feel backpressure instead of growing memory.
         let (tx, rx) = mpsc::channel(batch_max * 4);
-        let task = tokio::spawn(commit_loop(store.clone(), deliver, rx, batch_max, shutdown));
-        (Self { store, queue: tx }, task)
+        let task = tokio::spawn(commit_loop(
+            deps.store.clone(),
+            deps.deliver,
+            rx,
+            batch_max,
+            shutdown,
+        ));
+        let service = Arc::new(CustomerService::new(deps.dir.clone(), deps.presence));
+        let inner = Inner {
+            store: deps.store,
+            dir: deps.dir,
+            blacklist: deps.blacklist,
+            words: deps.words,
+            limits: deps.limits,
+            service,
+            queue: tx,
+        };
+        (Self(Arc::new(inner)), task)
     }
 
-    /// Validates `req`, resolves its members, and queues it for commit. `reply` is called
-    /// once the message is committed (or refused by the store). A request that breaks a
-    /// rule is refused here, and `reply` is never called.
+    /// The customer-service rules.
+    pub fn service(&self) -> &Arc<CustomerService> {
+        &self.0.service
+    }
+
+    /// The blacklist cache.
+    pub fn blacklist(&self) -> &Arc<Blacklist> {
+        &self.0.blacklist
+    }
+
+    /// Checks `req`, resolves its recipients, and queues it for commit. `reply` is called
+    /// once the message is committed (or refused by the store). A request refused here
+    /// returns the error, and `reply` is never called.
     pub async fn send(&self, who: &Identity, req: SendRequest, reply: Reply) -> Result<(), Error> {
-        let msg = self.prepare(who, req)?;
-        self.queue
-            .send(Queued { msg, reply })
-            .await
-            .map_err(|_| Error::ShuttingDown)
+        let cid = req.cid.clone();
+        let ops = self.prepare(who, req).await?;
+        let last = ops.len() - 1;
+        let mut reply = Some(reply);
+        for (i, op) in ops.into_iter().enumerate() {
+            let reply = if i == last { reply.take() } else { None };
+            let cid = if i == last { cid.clone() } else { None };
+            self.0
+                .queue
+                .send(Queued { op, cid, reply })
+                .await
+                .map_err(|_| Error::ShuttingDown)?;
+        }
+        Ok(())
     }
 
     /// [`Messaging::send`], waiting for the commit.
@@ -90,7 +156,44 @@ impl Messaging {
         rx.await.map_err(|_| Error::ShuttingDown)?
     }
 
-    fn prepare(&self, who: &Identity, req: SendRequest) -> Result<NewMessage, Error> {
+    /// Queues operations that answer nobody (joins of agents), in order.
+    pub async fn submit(&self, ops: Vec<Op>) -> Result<(), Error> {
+        for op in ops {
+            self.0
+                .queue
+                .send(Queued {
+                    op,
+                    cid: None,
+                    reply: None,
+                })
+                .await
+                .map_err(|_| Error::ShuttingDown)?;
+        }
+        Ok(())
+    }
+
+    /// A device connected: if its user is an agent, hand it waiting conversations.
+    pub async fn connected(&self, who: &Identity) -> Result<(), Error> {
+        let joins = self.0.service.agent_online(&who.uid).await?;
+        self.submit(joins).await
+    }
+
+    fn refuse_blocked(&self, who: &Identity) -> Result<(), Error> {
+        let now = now_ms();
+        let bl = &self.0.blacklist;
+        if bl.uid_blocked(&who.uid, now) || who.ip.is_some_and(|ip| bl.ip_blocked(ip, now)) {
+            return Err(Error::Forbidden("blacklisted".into()));
+        }
+        Ok(())
+    }
+
+    async fn prepare(&self, who: &Identity, mut req: SendRequest) -> Result<Vec<Op>, Error> {
+        self.refuse_blocked(who)?;
+        if !self.0.limits.allow_send(&who.uid) {
+            return Err(Error::RateLimited(
+                "sending too fast; slow down and resend".into(),
+            ));
+        }
         if let Some(cid) = &req.cid
             && (cid.is_empty() || cid.len() > MAX_CID_LEN)
         {
@@ -101,27 +204,34 @@ impl Messaging {
         if req.body.is_null() {
             return Err(Error::BadRequest("body is required".into()));
         }
-        let (conv, members) = match (&req.to, &req.conv, &req.shop) {
+        let (conv, members, mut ops) = match (&req.to, &req.conv, &req.shop) {
             (Some(to), None, None) => {
                 if !is_valid_id(to) {
                     return Err(Error::BadRequest(format!(
                         "invalid uid {to:?}: 1-64 characters of [A-Za-z0-9_.:@-]"
                     )));
                 }
-                (direct_conv(&who.uid, to), pair(&who.uid, to))
+                (direct_conv(&who.uid, to), pair(&who.uid, to), Vec::new())
             }
-            (None, Some(conv), None) => {
-                let members = self.members(conv)?;
-                if !members.contains(&who.uid) {
-                    return Err(Error::Forbidden(format!("not a member of {conv}")));
+            (None, Some(conv), None) => match ConvRef::parse(conv) {
+                Some(ConvRef::Service { shop, customer }) => {
+                    let route = self.0.service.from_member(&who.uid, shop, customer).await?;
+                    (route.conv, route.recipients, route.joins)
                 }
-                (conv.clone(), members)
-            }
+                _ => {
+                    let members = self.members(conv).await?;
+                    if !members.contains(&who.uid) {
+                        return Err(Error::Forbidden(format!("not a member of {conv}")));
+                    }
+                    (conv.clone(), members, Vec::new())
+                }
+            },
             (None, None, Some(shop)) => {
                 if !is_valid_id(shop) {
                     return Err(Error::BadRequest(format!("invalid shop id {shop:?}")));
                 }
-                return Err(Error::NotFound(format!("no such shop {shop:?}")));
+                let route = self.0.service.from_customer(&who.uid, shop).await?;
+                (route.conv, route.recipients, route.joins)
             }
             _ => {
                 return Err(Error::BadRequest(
@@ -129,7 +239,14 @@ impl Messaging {
                 ));
             }
         };
-        Ok(NewMessage {
+        // Filter after routing, so that a refused target is reported as such, and
+        // before commit, so that what is stored is what was filtered.
+        self.0
+            .words
+            .get()
+            .apply(&mut req.body)
+            .map_err(|_| Error::BlockedContent)?;
+        ops.push(Op::Message(NewMessage {
             id: uuid::Uuid::now_v7().to_string(),
             conv,
             from: who.uid.clone(),
@@ -137,17 +254,33 @@ impl Messaging {
             body: req.body,
             ts: now_ms(),
             members,
-        })
+        }));
+        Ok(ops)
     }
 
-    /// The members of a conversation.
-    fn members(&self, conv: &str) -> Result<Vec<String>, Error> {
+    /// The members of a direct or group conversation.
+    async fn members(&self, conv: &str) -> Result<Vec<String>, Error> {
         match ConvRef::parse(conv) {
             Some(ConvRef::Direct(a, b)) => Ok(pair(a, b)),
-            Some(ConvRef::Group(name)) => Err(Error::NotFound(format!("no such group {name:?}"))),
+            Some(ConvRef::Group(name)) => self
+                .0
+                .dir
+                .group_members(name)
+                .await?
+                .ok_or_else(|| Error::NotFound(format!("no such group {name:?}"))),
             Some(ConvRef::Service { .. }) | None => {
                 Err(Error::NotFound(format!("no such conversation {conv:?}")))
             }
+        }
+    }
+
+    /// Whether `uid` may read `conv`.
+    async fn can_read(&self, uid: &str, conv: &str) -> Result<bool, Error> {
+        match ConvRef::parse(conv) {
+            Some(ConvRef::Service { shop, customer }) => {
+                self.0.service.can_read(uid, shop, customer).await
+            }
+            _ => Ok(self.members(conv).await?.iter().any(|m| m == uid)),
         }
     }
 
@@ -158,7 +291,7 @@ impl Messaging {
         after: u64,
         limit: Option<u32>,
     ) -> Result<Page<(u64, Bytes)>, Error> {
-        Ok(self.store.inbox(uid, after, page_size(limit)).await?)
+        Ok(self.0.store.inbox(uid, after, page_size(limit)).await?)
     }
 
     /// Messages of `conv` after `seq`, for a member of it.
@@ -169,10 +302,23 @@ impl Messaging {
         after: u64,
         limit: Option<u32>,
     ) -> Result<Page<Bytes>, Error> {
-        if !self.members(conv)?.contains(&who.uid) {
+        if !self.can_read(&who.uid, conv).await? {
             return Err(Error::Forbidden(format!("not a member of {conv}")));
         }
-        Ok(self.store.history(conv, after, page_size(limit)).await?)
+        Ok(self.0.store.history(conv, after, page_size(limit)).await?)
+    }
+
+    /// Messages of any conversation, for the admin API.
+    pub async fn history_any(
+        &self,
+        conv: &str,
+        after: u64,
+        limit: Option<u32>,
+    ) -> Result<Page<Bytes>, Error> {
+        if ConvRef::parse(conv).is_none() {
+            return Err(Error::NotFound(format!("no such conversation {conv:?}")));
+        }
+        Ok(self.0.store.history(conv, after, page_size(limit)).await?)
     }
 }
 
@@ -210,18 +356,19 @@ async fn commit_loop(
         if n == 0 {
             break;
         }
-        let (batch, replies): (Vec<_>, Vec<_>) = queued
-            .drain(..)
-            .map(|q| ((q.msg.cid.clone(), q.msg), q.reply))
-            .unzip();
-        let (cids, msgs): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        let mut ops = Vec::with_capacity(n);
+        let mut answers = Vec::with_capacity(n);
+        for q in queued.drain(..) {
+            ops.push(q.op);
+            answers.push((q.cid, q.reply));
+        }
         let started = Instant::now();
-        let result = store.commit(msgs).await;
+        let result = store.commit(ops).await;
         metrics::histogram!("imd_commit_latency_seconds").record(started.elapsed().as_secs_f64());
         metrics::histogram!("imd_commit_batch_size").record(n as f64);
         match result {
             Ok(outcomes) => {
-                for ((outcome, reply), cid) in outcomes.into_iter().zip(replies).zip(cids) {
+                for (outcome, (cid, reply)) in outcomes.into_iter().zip(answers) {
                     let (json, duplicate) = match outcome {
                         CommitOutcome::New(c) => {
                             deliver.deliver(&c);
@@ -232,19 +379,29 @@ async fn commit_loop(
                             metrics::counter!("imd_messages_duplicate_total").increment(1);
                             (json, true)
                         }
+                        CommitOutcome::Joined(entries) => {
+                            for c in &entries {
+                                deliver.deliver(c);
+                            }
+                            continue;
+                        }
                     };
-                    reply(Ok(SendOutcome {
-                        json,
-                        cid,
-                        duplicate,
-                    }));
+                    if let Some(reply) = reply {
+                        reply(Ok(SendOutcome {
+                            json,
+                            cid,
+                            duplicate,
+                        }));
+                    }
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, messages = n, "commit failed");
+                tracing::error!(error = %e, ops = n, "commit failed");
                 metrics::counter!("imd_commit_failures_total").increment(1);
-                for reply in replies {
-                    reply(Err(Error::Store(e.clone())));
+                for (_, reply) in answers {
+                    if let Some(reply) = reply {
+                        reply(Err(Error::Store(e.clone())));
+                    }
                 }
             }
         }
@@ -281,6 +438,7 @@ mod tests {
             device: "d1".into(),
             platform: Platform::Web,
             roles: vec![],
+            ip: None,
         }
     }
 
@@ -288,18 +446,85 @@ mod tests {
         serde_json::from_value(v).unwrap()
     }
 
-    fn setup() -> (
-        Messaging,
-        Arc<Recorder>,
-        tempfile::TempDir,
-        CancellationToken,
-    ) {
+    /// Presence as a test sets it.
+    #[derive(Default)]
+    struct Online(Mutex<std::collections::HashSet<String>>);
+    impl Presence for Online {
+        fn online(&self, uid: &str) -> bool {
+            self.0.lock().unwrap().contains(uid)
+        }
+    }
+    impl Online {
+        fn set(&self, uid: &str, on: bool) {
+            let mut s = self.0.lock().unwrap();
+            if on {
+                s.insert(uid.into());
+            } else {
+                s.remove(uid);
+            }
+        }
+    }
+
+    struct Rig {
+        m: Messaging,
+        rec: Arc<Recorder>,
+        online: Arc<Online>,
+        store: Arc<EmbeddedStore>,
+        stop: CancellationToken,
+        _dir: tempfile::TempDir,
+    }
+
+    fn rig_with(limits: Limits, words: Words) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
         let rec = Arc::new(Recorder::default());
+        let online = Arc::new(Online::default());
         let stop = CancellationToken::new();
-        let (m, _task) = Messaging::start(store, rec.clone(), 64, stop.clone());
-        (m, rec, dir, stop)
+        let deps = Deps {
+            store: store.clone(),
+            dir: store.clone(),
+            presence: online.clone(),
+            deliver: rec.clone(),
+            blacklist: Arc::new(Blacklist::new()),
+            words: Arc::new(words),
+            limits: Arc::new(limits),
+        };
+        let (m, _task) = Messaging::start(deps, 64, stop.clone());
+        Rig {
+            m,
+            rec,
+            online,
+            store,
+            stop,
+            _dir: dir,
+        }
+    }
+
+    fn no_limits() -> Limits {
+        use crate::business::limits::Rate;
+        Limits::new(
+            Rate {
+                per_second: 0,
+                burst: 0,
+            },
+            Rate {
+                per_second: 0,
+                burst: 0,
+            },
+        )
+    }
+
+    fn rig() -> Rig {
+        rig_with(
+            no_limits(),
+            Words::load(None, crate::business::words::WordsPolicy::Mask).unwrap(),
+        )
+    }
+
+    fn setup() -> (Messaging, Arc<Recorder>, Rig, CancellationToken) {
+        let r = rig();
+        let (m, rec, stop) = (r.m.clone(), r.rec.clone(), r.stop.clone());
+        (m, rec, r, stop)
     }
 
     #[tokio::test]
@@ -318,6 +543,8 @@ mod tests {
             (json!({"conv": "nope", "body": 1}), NotFound),
             (json!({"conv": "g:none", "body": 1}), NotFound),
             (json!({"shop": "s1", "body": 1}), NotFound),
+            (json!({"shop": "s 1", "body": 1}), BadRequest),
+            (json!({"conv": "s:s1~a", "body": 1}), NotFound),
         ] {
             let err = m
                 .send_and_wait(&who("a"), req(r.clone()))
@@ -419,5 +646,172 @@ mod tests {
             }
             tokio::task::yield_now().await;
         }
+    }
+
+    async fn send(m: &Messaging, uid: &str, v: serde_json::Value) -> serde_json::Value {
+        let out = m.send_and_wait(&who(uid), req(v)).await.unwrap();
+        serde_json::from_slice(&out.json).unwrap()
+    }
+
+    fn sorted<const N: usize>(uids: [&str; N]) -> Vec<String> {
+        let mut v: Vec<String> = uids.iter().map(|u| u.to_string()).collect();
+        v.sort();
+        v
+    }
+
+    /// Who received message `seq` of `conv`, per the recorder.
+    fn receivers(rec: &Recorder, conv: &str, seq: u64) -> Vec<String> {
+        let all = rec.0.lock().unwrap();
+        let mut out: Vec<String> = all
+            .iter()
+            .filter(|d| d.0 == conv && d.1 == seq)
+            .flat_map(|d| d.2.iter().map(|r| r.0.clone()))
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[tokio::test]
+    async fn service_assigns_least_loaded_sticks_and_reassigns() {
+        let r = rig();
+        r.store
+            .set_shop_agents("shop", vec!["a1".into(), "a2".into()])
+            .await
+            .unwrap();
+        r.online.set("a1", true);
+        r.online.set("a2", true);
+        // Two customers: one each, least loaded first.
+        let m1 = send(&r.m, "c1", json!({"shop": "shop", "body": "hi"})).await;
+        let m2 = send(&r.m, "c2", json!({"shop": "shop", "body": "hi"})).await;
+        assert_eq!(m1["conv"], "s:shop~c1");
+        let first = receivers(&r.rec, "s:shop~c1", 1);
+        let second = receivers(&r.rec, "s:shop~c2", 1);
+        assert_eq!(first.len(), 2);
+        assert_ne!(first, second, "the second customer goes to the other agent");
+        let agent1 = first.iter().find(|u| *u != "c1").unwrap().clone();
+        let agent2 = if agent1 == "a1" { "a2" } else { "a1" }.to_owned();
+        // Sticky while online.
+        send(&r.m, "c1", json!({"shop": "shop", "body": "again"})).await;
+        assert_eq!(receivers(&r.rec, "s:shop~c1", 2), sorted(["c1", &agent1]));
+        // The agent replies by conv; an outsider may not.
+        send(&r.m, &agent1, json!({"conv": m1["conv"], "body": "hello"})).await;
+        let err =
+            r.m.send_and_wait(&who("x"), req(json!({"conv": m1["conv"], "body": 1})))
+                .await;
+        assert_eq!(
+            err.unwrap_err().code(),
+            shared::protocol::ErrorCode::Forbidden
+        );
+        // Offline: the next message moves to the other agent, who gets the history.
+        r.online.set(&agent1, false);
+        send(&r.m, "c1", json!({"shop": "shop", "body": "anyone?"})).await;
+        assert_eq!(receivers(&r.rec, "s:shop~c1", 4), sorted(["c1", &agent2]));
+        let history: Vec<u64> = r
+            .rec
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|d| d.0 == "s:shop~c1" && d.2.iter().any(|(u, _)| *u == agent2))
+            .map(|d| d.1)
+            .collect();
+        assert_eq!(
+            history,
+            [1, 2, 3, 4],
+            "the new agent received the whole history in order"
+        );
+        let page =
+            r.m.history(&who(&agent2), "s:shop~c1", 0, None)
+                .await
+                .unwrap();
+        assert_eq!(page.items.len(), 4);
+        drop(m2);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_conversation_goes_to_the_first_agent_to_connect() {
+        let r = rig();
+        r.store
+            .set_shop_agents("shop", vec!["a1".into()])
+            .await
+            .unwrap();
+        send(&r.m, "c1", json!({"shop": "shop", "body": "hello?"})).await;
+        assert_eq!(receivers(&r.rec, "s:shop~c1", 1), ["c1"]);
+        r.online.set("a1", true);
+        r.m.connected(&who("a1")).await.unwrap();
+        // The join commits through the queue; a send after it is delivered after it.
+        send(&r.m, "c1", json!({"shop": "shop", "body": "still there?"})).await;
+        let page = r.m.sync("a1", 0, None).await.unwrap();
+        let seqs: Vec<u64> = page
+            .items
+            .iter()
+            .map(|(_, j)| {
+                serde_json::from_slice::<serde_json::Value>(j).unwrap()["seq"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(seqs, [1, 2]);
+    }
+
+    #[tokio::test]
+    async fn groups_fan_out_to_members_only() {
+        let r = rig();
+        r.store
+            .set_group_members("team", vec!["a".into(), "b".into(), "c".into()])
+            .await
+            .unwrap();
+        send(&r.m, "a", json!({"conv": "g:team", "body": "standup"})).await;
+        assert_eq!(receivers(&r.rec, "g:team", 1), ["a", "b", "c"]);
+        let err =
+            r.m.send_and_wait(&who("z"), req(json!({"conv": "g:team", "body": 1})))
+                .await;
+        assert_eq!(
+            err.unwrap_err().code(),
+            shared::protocol::ErrorCode::Forbidden
+        );
+        let err = r.m.history(&who("z"), "g:team", 0, None).await.unwrap_err();
+        assert_eq!(err.code(), shared::protocol::ErrorCode::Forbidden);
+    }
+
+    #[tokio::test]
+    async fn blacklist_words_and_rate_limits_refuse_sends() {
+        use crate::business::limits::Rate;
+        use crate::business::words::{WordFilter, WordsPolicy};
+        let words = Words::load(None, WordsPolicy::Reject).unwrap();
+        words.set(WordFilter::new(["SPAM"], WordsPolicy::Reject).unwrap());
+        let limits = Limits::new(
+            Rate {
+                per_second: 1,
+                burst: 2,
+            },
+            Rate {
+                per_second: 0,
+                burst: 0,
+            },
+        );
+        let r = rig_with(limits, words);
+        use shared::protocol::ErrorCode::*;
+        let err =
+            r.m.send_and_wait(&who("a"), req(json!({"to": "b", "body": "spam!"})))
+                .await;
+        assert_eq!(err.unwrap_err().code(), BlockedContent);
+        r.m.send_and_wait(&who("a"), req(json!({"to": "b", "body": "ok"})))
+            .await
+            .unwrap();
+        let err =
+            r.m.send_and_wait(&who("a"), req(json!({"to": "b", "body": "ok"})))
+                .await;
+        assert_eq!(err.unwrap_err().code(), RateLimited);
+        r.m.blacklist().upsert(&shared::admin::BlacklistEntry {
+            kind: shared::admin::BlacklistKind::Uid,
+            value: "b".into(),
+            reason: None,
+            expires_at: None,
+        });
+        let err =
+            r.m.send_and_wait(&who("b"), req(json!({"to": "a", "body": "x"})))
+                .await;
+        assert_eq!(err.unwrap_err().code(), Forbidden);
     }
 }

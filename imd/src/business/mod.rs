@@ -5,8 +5,15 @@
 //! sink in commit order. It never imports axum, tarpc or redis, so the same rules run
 //! behind HTTP, WebSocket and any store backend.
 
+pub mod admin;
+pub mod assignment;
+pub mod blacklist;
+pub mod limits;
 pub mod messaging;
+pub mod service;
+pub mod words;
 
+pub use admin::Admin;
 pub use messaging::{Messaging, SendOutcome};
 
 use shared::protocol::ErrorCode;
@@ -24,6 +31,8 @@ pub struct Identity {
     pub platform: shared::token::Platform,
     /// Roles from the token, e.g. `agent`.
     pub roles: Vec<String>,
+    /// The address the request came from, when known.
+    pub ip: Option<std::net::IpAddr>,
 }
 
 /// Failures of a business operation, each mapped to one protocol code.
@@ -38,6 +47,12 @@ pub enum Error {
     /// The conversation, shop or group does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// Over a rate limit.
+    #[error("{0}")]
+    RateLimited(String),
+    /// Refused by the sensitive-word filter.
+    #[error("the message contains a blocked word")]
+    BlockedContent,
     /// The server is shutting down and takes no more messages.
     #[error("server is shutting down")]
     ShuttingDown,
@@ -53,6 +68,8 @@ impl Error {
             Error::BadRequest(_) => ErrorCode::BadRequest,
             Error::Forbidden(_) => ErrorCode::Forbidden,
             Error::NotFound(_) => ErrorCode::NotFound,
+            Error::RateLimited(_) => ErrorCode::RateLimited,
+            Error::BlockedContent => ErrorCode::BlockedContent,
             Error::ShuttingDown | Error::Store(_) => ErrorCode::Internal,
         }
     }
@@ -72,4 +89,10 @@ impl Error {
 pub trait Deliver: Send + Sync + 'static {
     /// `msg` is committed; push it to every online device of every recipient.
     fn deliver(&self, msg: &Committed);
+}
+
+/// Who is online: the business rules ask it, the worker role answers.
+pub trait Presence: Send + Sync + 'static {
+    /// Whether any device of `uid` is connected.
+    fn online(&self, uid: &str) -> bool;
 }

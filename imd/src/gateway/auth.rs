@@ -75,6 +75,7 @@ impl TokenKeys {
             device: c.dev,
             platform: c.plat,
             roles: c.roles,
+            ip: None,
         })
     }
 }

@@ -1,6 +1,8 @@
 //! HTTP API handlers and the extractors that turn bad input into protocol errors.
 
-use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::header;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
@@ -21,47 +23,65 @@ impl FromRequestParts<AppState> for Client {
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
         let token = bearer(&parts.headers, parts.uri.query()).ok_or(AuthError::Missing)?;
-        Ok(Client(app.keys.verify(&token)?))
+        let mut who = app.keys.verify(&token)?;
+        who.ip = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        Ok(Client(who))
     }
 }
 
-/// A JSON body of at most `max_body` bytes: 413 `too_large` above, 400 when malformed.
+/// Reads a JSON body of at most `limit` bytes: 413 `too_large` above, 400 when malformed.
+async fn read_json<T: DeserializeOwned>(req: Request, limit: usize) -> Result<T, ApiError> {
+    let too_large = || ApiError::new(ErrorCode::TooLarge, format!("body over {limit} bytes"));
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let bytes = axum::body::to_bytes(req.into_body(), limit)
+        .await
+        .map_err(|e| {
+            let over = e
+                .into_inner()
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some();
+            if over {
+                too_large()
+            } else {
+                ApiError::new(ErrorCode::BadRequest, "could not read the request body")
+            }
+        })?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("invalid JSON body: {e}")))
+}
+
+/// A client's JSON body, of at most `max-frame-bytes`, like a WebSocket frame.
 pub(super) struct JsonBody<T>(pub(super) T);
 
 impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, app: &AppState) -> Result<Self, ApiError> {
-        let too_large = || {
-            ApiError::new(
-                ErrorCode::TooLarge,
-                format!("body over {} bytes", app.max_body),
-            )
-        };
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > app.max_body as u64) {
-            return Err(too_large());
-        }
-        let bytes = axum::body::to_bytes(req.into_body(), app.max_body)
-            .await
-            .map_err(|e| {
-                let over = e
-                    .into_inner()
-                    .downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some();
-                if over {
-                    too_large()
-                } else {
-                    ApiError::new(ErrorCode::BadRequest, "could not read the request body")
-                }
-            })?;
-        serde_json::from_slice(&bytes)
-            .map(JsonBody)
-            .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("invalid JSON body: {e}")))
+        read_json(req, app.max_body).await.map(JsonBody)
+    }
+}
+
+/// Largest admin request body: a word list can be long.
+const ADMIN_BODY_LIMIT: usize = 8 << 20;
+
+/// An admin call's JSON body, of at most 8 MiB.
+pub(super) struct AdminBody<T>(pub(super) T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for AdminBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _: &AppState) -> Result<Self, ApiError> {
+        read_json(req, ADMIN_BODY_LIMIT).await.map(AdminBody)
     }
 }
 
@@ -98,8 +118,8 @@ impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for ApiPath<T> {
 #[serde(deny_unknown_fields)]
 pub(super) struct PageQuery {
     #[serde(default)]
-    after: u64,
-    limit: Option<u32>,
+    pub(super) after: u64,
+    pub(super) limit: Option<u32>,
     /// Allowed so that a token may ride in the query string.
     #[serde(default, rename = "token")]
     _token: Option<String>,

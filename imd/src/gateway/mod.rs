@@ -4,6 +4,7 @@
 //! HTTP answers. It holds no messaging rules (those are in `business`) and no session
 //! logic (that is the worker's, which the upgrade hands the socket to).
 
+mod admin;
 pub mod auth;
 pub mod error;
 mod http;
@@ -16,7 +17,9 @@ use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::task::TaskTracker;
 
-use crate::business::Messaging;
+use crate::business::limits::Limits;
+use crate::business::{Admin, Messaging};
+use crate::config::Secret;
 use crate::worker::session::SessionCtx;
 use auth::TokenKeys;
 
@@ -30,6 +33,12 @@ pub struct AppState(Arc<Shared>);
 pub struct Shared {
     /// Verifies client tokens.
     pub keys: TokenKeys,
+    /// The admin API's bearer token.
+    pub admin_token: Secret,
+    /// Admin operations.
+    pub admin: Admin,
+    /// Rate limits (connections per ip are checked at the upgrade).
+    pub limits: Arc<Limits>,
     /// The business layer.
     pub messaging: Messaging,
     /// What WebSocket sessions share.
@@ -67,6 +76,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/ws", get(ws::upgrade))
         .route("/healthz", get(http::healthz))
         .route("/metrics", get(http::metrics))
+        .nest("/admin/v1", admin::routes())
         .fallback(http::not_found)
         .with_state(state)
 }

@@ -46,7 +46,18 @@ pub(super) async fn upgrade(
         }
     };
     let remote = connect_info.map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |c| c.0.0);
+    let now = now_ms();
+    let blacklist = app.messaging.blacklist();
+    if blacklist.uid_blocked(&who.uid, now) || blacklist.ip_blocked(remote.ip(), now) {
+        return ApiError::new(ErrorCode::Forbidden, "blacklisted").into_response();
+    }
+    if !app.limits.allow_connect(remote.ip()) {
+        return ApiError::new(ErrorCode::RateLimited, "connecting too fast; retry later")
+            .into_response();
+    }
     let ctx = app.sessions.clone();
+    let mut who = who;
+    who.ip = Some(remote.ip());
     let tracker = app.tracker.clone();
     let max = app.max_body;
     ws.read_buffer_size(READ_BUFFER)
@@ -59,6 +70,10 @@ pub(super) async fn upgrade(
         .on_upgrade(move |socket| {
             tracker.track_future(async move {
                 let conn = ctx.hub.register(who, remote, now_ms());
+                // An agent coming online takes the conversations waiting for one.
+                if let Err(e) = ctx.messaging.connected(&conn.who).await {
+                    tracing::warn!(uid = %conn.who.uid, error = %e, "assigning waiting conversations failed");
+                }
                 let span =
                     tracing::debug_span!("session", uid = %conn.who.uid, device = %conn.who.device);
                 tracing::Instrument::instrument(session::run(socket, conn, ctx), span).await

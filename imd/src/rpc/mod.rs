@@ -5,6 +5,7 @@
 //! under the same trait. Calls carry owned, serializable data for that reason.
 
 use bytes::Bytes;
+use shared::admin::ConnectionInfo;
 
 /// One message for one user's devices on a worker.
 #[derive(Debug, Clone)]
@@ -26,4 +27,17 @@ pub trait WorkerApi: Send + Sync + 'static {
 
     /// Disconnects every device of `uid` with a `kick` of `reason`; returns how many.
     fn kick_user(&self, uid: &str, reason: &str) -> usize;
+
+    /// Disconnects, with `kick` `blacklisted`, every connection whose uid or ip the
+    /// worker's blacklist cache now blocks; returns how many.
+    fn enforce_blacklist(&self) -> usize;
+
+    /// Connections of `uid`, or a page of all connections ordered by (uid, device)
+    /// after the cursor `after` (`"uid/device"`). Returns the page and the next cursor.
+    fn connections(
+        &self,
+        uid: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> (Vec<ConnectionInfo>, Option<String>);
 }

@@ -11,6 +11,7 @@ pub use embedded::EmbeddedStore;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use shared::admin::{BlacklistEntry, BlacklistKind};
 
 /// Failures of the data layer. All of them are the server's fault, never the client's.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -45,6 +46,24 @@ pub struct NewMessage {
     pub members: Vec<String>,
 }
 
+/// One operation of a commit batch.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// Commit a new message.
+    Message(NewMessage),
+    /// Give `uid` every message of `conv` so far, as new entries of its inbox: an agent
+    /// taking a customer-service conversation over reads its whole history.
+    Join {
+        /// The conversation.
+        conv: String,
+        /// The user who joins it.
+        uid: String,
+    },
+}
+
+/// How many of a join's inbox entries are pushed; the rest wait for `sync`.
+pub const JOIN_PUSH_TAIL: usize = 256;
+
 /// A committed message: its serialized form and where it landed in each inbox.
 #[derive(Debug, Clone)]
 pub struct Committed {
@@ -68,6 +87,9 @@ pub enum CommitOutcome {
     /// A resend of an earlier message with the same `(from, cid)`; nothing was written.
     /// Holds the earlier message's JSON.
     Duplicate(Bytes),
+    /// A join: the last [`JOIN_PUSH_TAIL`] messages the joiner's inbox received, each
+    /// with the joiner as its one recipient.
+    Joined(Vec<Committed>),
 }
 
 /// One page of a read.
@@ -91,12 +113,12 @@ pub const IDEMPOTENCY_WINDOW_MS: i64 = 24 * 3600 * 1000;
 /// Messages, sequences, inboxes and idempotency keys.
 #[async_trait]
 pub trait MessageStore: Send + Sync + 'static {
-    /// Commits `batch` in order, durably, before returning.
+    /// Commits `batch` in order, durably, before returning; one outcome per op.
     ///
     /// Each message either gets the next `seq` of its conversation and the next `useq`
     /// of each member, or is recognised as a duplicate of an earlier `(from, cid)`
     /// within [`IDEMPOTENCY_WINDOW_MS`] (also within the same batch).
-    async fn commit(&self, batch: Vec<NewMessage>) -> Result<Vec<CommitOutcome>, StoreError>;
+    async fn commit(&self, batch: Vec<Op>) -> Result<Vec<CommitOutcome>, StoreError>;
 
     /// Inbox entries of `uid` with `useq > after`, at most `limit`, as `(useq, message JSON)`.
     async fn inbox(
@@ -114,4 +136,53 @@ pub trait MessageStore: Send + Sync + 'static {
 
     /// Forgets idempotency keys committed before `before_ms`; returns how many.
     async fn expire_idempotency(&self, before_ms: i64) -> Result<u64, StoreError>;
+}
+
+/// A customer-service conversation's state.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ServiceState {
+    /// The shop.
+    pub shop: String,
+    /// The assigned agent; `None` while it waits for one.
+    pub agent: Option<String>,
+    /// Open (assigned or waiting) or closed.
+    pub open: bool,
+}
+
+/// Blacklists, shops, groups and customer-service assignments: the state the business
+/// rules read and the admin API changes.
+#[async_trait]
+pub trait DirectoryStore: Send + Sync + 'static {
+    /// Every blacklist entry, expired ones included until purged.
+    async fn blacklist(&self) -> Result<Vec<BlacklistEntry>, StoreError>;
+    /// Adds or replaces an entry.
+    async fn blacklist_put(&self, entry: BlacklistEntry) -> Result<(), StoreError>;
+    /// Removes an entry; whether it existed.
+    async fn blacklist_remove(&self, kind: BlacklistKind, value: &str) -> Result<bool, StoreError>;
+    /// Removes entries expired at `now_ms`; how many.
+    async fn blacklist_purge(&self, now_ms: i64) -> Result<u64, StoreError>;
+
+    /// A shop's agents; `None` for a shop never set.
+    async fn shop_agents(&self, shop: &str) -> Result<Option<Vec<String>>, StoreError>;
+    /// Sets a shop's agents.
+    async fn set_shop_agents(&self, shop: &str, agents: Vec<String>) -> Result<(), StoreError>;
+    /// The shops `uid` is an agent of.
+    async fn agent_shops(&self, uid: &str) -> Result<Vec<String>, StoreError>;
+
+    /// A group's members; `None` for a group never set.
+    async fn group_members(&self, name: &str) -> Result<Option<Vec<String>>, StoreError>;
+    /// Sets a group's members.
+    async fn set_group_members(&self, name: &str, members: Vec<String>) -> Result<(), StoreError>;
+
+    /// A customer-service conversation's state; `None` before its first message.
+    async fn service(&self, conv: &str) -> Result<Option<ServiceState>, StoreError>;
+    /// Opens `conv` of `shop` and assigns it to `agent`, or leaves it waiting when `None`.
+    /// Moves the open-conversation count from the previous agent to the new one.
+    async fn assign(&self, conv: &str, shop: &str, agent: Option<&str>) -> Result<(), StoreError>;
+    /// Closes `conv`; whether it was open.
+    async fn close_service(&self, conv: &str) -> Result<bool, StoreError>;
+    /// Open conversations assigned to each of `agents`, in the same order.
+    async fn agent_loads(&self, agents: &[String]) -> Result<Vec<u64>, StoreError>;
+    /// Conversations of `shop` waiting for an agent, oldest first.
+    async fn waiting(&self, shop: &str) -> Result<Vec<String>, StoreError>;
 }

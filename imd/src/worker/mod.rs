@@ -20,8 +20,10 @@ use std::time::Instant;
 use axum::extract::ws::Utf8Bytes;
 use tokio::sync::Notify;
 
-use crate::business::Identity;
+use crate::business::blacklist::Blacklist;
+use crate::business::{Identity, Presence};
 use crate::rpc::{Push, WorkerApi};
+use shared::admin::ConnectionInfo;
 
 const SHARDS: usize = 64;
 
@@ -141,16 +143,47 @@ pub struct Hub {
     hasher: RandomState,
     next_id: AtomicU64,
     outbox_capacity: usize,
+    node_id: String,
+    blacklist: Arc<Blacklist>,
 }
 
 impl Hub {
-    /// An empty hub whose connections queue at most `outbox_capacity` frames.
-    pub fn new(outbox_capacity: usize) -> Self {
+    /// An empty hub of node `node_id`, whose connections queue at most
+    /// `outbox_capacity` frames, and which enforces `blacklist`.
+    pub fn new(outbox_capacity: usize, node_id: String, blacklist: Arc<Blacklist>) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
             next_id: AtomicU64::new(1),
             outbox_capacity,
+            node_id,
+            blacklist,
+        }
+    }
+
+    /// Every connection, unordered.
+    fn all(&self) -> Vec<Arc<Conn>> {
+        self.shards
+            .iter()
+            .flat_map(|s| {
+                s.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .values()
+                    .flatten()
+                    .cloned()
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    fn info(&self, c: &Conn) -> ConnectionInfo {
+        ConnectionInfo {
+            uid: c.who.uid.clone(),
+            device: c.who.device.clone(),
+            platform: c.who.platform,
+            node: self.node_id.clone(),
+            remote: c.remote.to_string(),
+            connected_at: c.connected_at_ms,
         }
     }
 
@@ -202,7 +235,7 @@ impl Hub {
     }
 
     /// The connections of `uid`.
-    pub fn connections(&self, uid: &str) -> Vec<Arc<Conn>> {
+    pub fn devices(&self, uid: &str) -> Vec<Arc<Conn>> {
         self.shard(uid).get(uid).cloned().unwrap_or_default()
     }
 
@@ -230,7 +263,7 @@ impl WorkerApi for Hub {
     fn push(&self, pushes: Vec<Push>) {
         let now = Instant::now();
         for p in pushes {
-            let conns = self.connections(&p.uid);
+            let conns = self.devices(&p.uid);
             if conns.is_empty() {
                 continue;
             }
@@ -249,11 +282,59 @@ impl WorkerApi for Hub {
     }
 
     fn kick_user(&self, uid: &str, reason: &str) -> usize {
-        let conns = self.connections(uid);
+        let conns = self.devices(uid);
         for c in &conns {
             c.outbox.close(reason);
         }
         conns.len()
+    }
+
+    fn enforce_blacklist(&self) -> usize {
+        let now = crate::business::messaging::now_ms();
+        let mut kicked = 0;
+        for c in self.all() {
+            if self.blacklist.uid_blocked(&c.who.uid, now)
+                || self.blacklist.ip_blocked(c.remote.ip(), now)
+            {
+                c.outbox.close("blacklisted");
+                kicked += 1;
+            }
+        }
+        kicked
+    }
+
+    fn connections(
+        &self,
+        uid: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> (Vec<ConnectionInfo>, Option<String>) {
+        let mut conns = match uid {
+            Some(uid) => self.devices(uid),
+            None => self.all(),
+        };
+        conns.sort_by(|a, b| (&a.who.uid, &a.who.device).cmp(&(&b.who.uid, &b.who.device)));
+        let start = after
+            .and_then(|cursor| cursor.split_once('/'))
+            .map_or(0, |(u, d)| {
+                conns.partition_point(|c| (c.who.uid.as_str(), c.who.device.as_str()) <= (u, d))
+            });
+        let page: Vec<_> = conns
+            .iter()
+            .skip(start)
+            .take(limit)
+            .map(|c| self.info(c))
+            .collect();
+        let next = (start + page.len() < conns.len())
+            .then(|| page.last().map(|c| format!("{}/{}", c.uid, c.device)))
+            .flatten();
+        (page, next)
+    }
+}
+
+impl Presence for Hub {
+    fn online(&self, uid: &str) -> bool {
+        self.shard(uid).get(uid).is_some_and(|d| !d.is_empty())
     }
 }
 
@@ -268,7 +349,12 @@ mod tests {
             device: device.into(),
             platform: Platform::Web,
             roles: vec![],
+            ip: None,
         }
+    }
+
+    fn hub() -> Hub {
+        Hub::new(16, "n1".into(), Arc::new(Blacklist::new()))
     }
 
     fn addr() -> SocketAddr {
@@ -289,7 +375,7 @@ mod tests {
 
     #[test]
     fn same_device_replaces_other_devices_coexist() {
-        let hub = Hub::new(16);
+        let hub = hub();
         let a1 = hub.register(who("a", "phone"), addr(), 0);
         let a2 = hub.register(who("a", "laptop"), addr(), 0);
         let a1b = hub.register(who("a", "phone"), addr(), 0);
@@ -306,7 +392,7 @@ mod tests {
 
     #[test]
     fn pushes_reach_every_device_in_order() {
-        let hub = Hub::new(16);
+        let hub = hub();
         let a1 = hub.register(who("a", "1"), addr(), 0);
         let a2 = hub.register(who("a", "2"), addr(), 0);
         let b = hub.register(who("b", "1"), addr(), 0);
@@ -340,7 +426,7 @@ mod tests {
 
     #[test]
     fn a_full_outbox_closes_the_connection_as_slow() {
-        let hub = Hub::new(16);
+        let hub = hub();
         let a = hub.register(who("a", "1"), addr(), 0);
         let msg = bytes::Bytes::from_static(b"{}");
         let pushes = (1..=20).map(|u| Push {
@@ -357,12 +443,60 @@ mod tests {
 
     #[test]
     fn kick_user_closes_every_device() {
-        let hub = Hub::new(16);
+        let hub = hub();
         let a1 = hub.register(who("a", "1"), addr(), 0);
         let a2 = hub.register(who("a", "2"), addr(), 0);
         assert_eq!(hub.kick_user("a", "admin"), 2);
         assert_eq!(hub.kick_user("zed", "admin"), 0);
         assert_eq!(frames(&a1).1.as_deref(), Some("admin"));
         assert_eq!(frames(&a2).1.as_deref(), Some("admin"));
+    }
+
+    #[test]
+    fn listing_pages_in_uid_device_order() {
+        let hub = hub();
+        for (uid, dev) in [("b", "1"), ("a", "2"), ("a", "1"), ("c", "1")] {
+            hub.register(who(uid, dev), addr(), 0);
+        }
+        let (page, next) = hub.connections(None, None, 2);
+        let ids: Vec<_> = page
+            .iter()
+            .map(|c| format!("{}/{}", c.uid, c.device))
+            .collect();
+        assert_eq!(ids, ["a/1", "a/2"]);
+        assert_eq!(next.as_deref(), Some("a/2"));
+        let (page, next) = hub.connections(None, next.as_deref(), 2);
+        let ids: Vec<_> = page
+            .iter()
+            .map(|c| format!("{}/{}", c.uid, c.device))
+            .collect();
+        assert_eq!(ids, ["b/1", "c/1"]);
+        assert_eq!(next, None);
+        let (page, _) = hub.connections(Some("a"), None, 100);
+        assert_eq!(page.len(), 2);
+        assert_eq!(page[0].node, "n1");
+        assert!(hub.online("a") && !hub.online("z"));
+    }
+
+    #[test]
+    fn enforcing_the_blacklist_kicks_matching_connections() {
+        let bl = Arc::new(Blacklist::new());
+        let hub = Hub::new(16, "n1".into(), bl.clone());
+        let a = hub.register(who("a", "1"), "10.1.2.3:5".parse().unwrap(), 0);
+        let b = hub.register(who("b", "1"), "127.0.0.1:5".parse().unwrap(), 0);
+        let c = hub.register(who("c", "1"), "127.0.0.1:6".parse().unwrap(), 0);
+        assert_eq!(hub.enforce_blacklist(), 0);
+        let entry = |kind, value: &str| shared::admin::BlacklistEntry {
+            kind,
+            value: value.into(),
+            reason: None,
+            expires_at: None,
+        };
+        bl.upsert(&entry(shared::admin::BlacklistKind::Ip, "10.1.0.0/16"));
+        bl.upsert(&entry(shared::admin::BlacklistKind::Uid, "b"));
+        assert_eq!(hub.enforce_blacklist(), 2);
+        assert_eq!(frames(&a).1.as_deref(), Some("blacklisted"));
+        assert_eq!(frames(&b).1.as_deref(), Some("blacklisted"));
+        assert_eq!(frames(&c).1, None);
     }
 }

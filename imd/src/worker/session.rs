@@ -513,10 +513,27 @@ mod tests {
     fn rig() -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(crate::store::EmbeddedStore::open(dir.path()).unwrap());
-        let hub = Arc::new(Hub::new(64));
+        let blacklist = Arc::new(crate::business::blacklist::Blacklist::new());
+        let hub = Arc::new(Hub::new(64, "n1".into(), blacklist.clone()));
         let dispatcher = Arc::new(crate::dispatch::Dispatcher::local(hub.clone()));
         let stop = CancellationToken::new();
-        let (messaging, _) = Messaging::start(store, dispatcher, 64, CancellationToken::new());
+        let off = crate::business::limits::Rate {
+            per_second: 0,
+            burst: 0,
+        };
+        let deps = crate::business::messaging::Deps {
+            store: store.clone(),
+            dir: store,
+            presence: hub.clone(),
+            deliver: dispatcher,
+            blacklist,
+            words: Arc::new(
+                crate::business::words::Words::load(None, crate::config::WordsPolicy::Mask)
+                    .unwrap(),
+            ),
+            limits: Arc::new(crate::business::limits::Limits::new(off, off)),
+        };
+        let (messaging, _) = Messaging::start(deps, 64, CancellationToken::new());
         let ctx = Arc::new(SessionCtx {
             hub,
             messaging,
@@ -543,6 +560,7 @@ mod tests {
             device: device.into(),
             platform: shared::token::Platform::Web,
             roles: vec![],
+            ip: None,
         };
         let conn = rig.ctx.hub.register(who, "127.0.0.1:9".parse().unwrap(), 0);
         let task = tokio::spawn(run(

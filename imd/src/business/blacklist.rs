@@ -1,0 +1,266 @@
+//! Blacklists of uids and ip ranges, and the in-memory cache that the hot path reads.
+//!
+//! Entries live in the store; every node keeps all of them in a [`Blacklist`] cache,
+//! loaded at start and kept fresh by change notifications, so a check costs a read lock
+//! and a hash lookup (plus a scan of the CIDR ranges), never a store round trip.
+//! Expired entries stop applying at once, because each check compares the expiry with
+//! the current time; a periodic purge removes them from the store.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::RwLock;
+
+pub use shared::admin::{BlacklistEntry as Entry, BlacklistKind as Kind};
+
+/// An IPv4 or IPv6 network: an address and a prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IpNet {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+/// IPv4-mapped IPv6 addresses (`::ffff:1.2.3.4`) are the IPv4 address they carry.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+impl IpNet {
+    /// Parses `1.2.3.4`, `10.1.0.0/16`, `::1` or `fe80::/10`. Host bits are cleared,
+    /// so `10.1.2.3/16` is `10.1.0.0/16`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("invalid ip address {addr:?}"))?;
+        let addr = canonical(addr);
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("invalid prefix length {p:?} (0-{max})"))?,
+        };
+        let addr = match addr {
+            IpAddr::V4(a) => {
+                let mask = u32::MAX.checked_shl(32 - prefix as u32).unwrap_or(0);
+                IpAddr::V4((u32::from(a) & mask).into())
+            }
+            IpAddr::V6(a) => {
+                let mask = u128::MAX.checked_shl(128 - prefix as u32).unwrap_or(0);
+                IpAddr::V6((u128::from(a) & mask).into())
+            }
+        };
+        Ok(Self { addr, prefix })
+    }
+
+    /// Whether `ip` lies in this network.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, canonical(ip)) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - self.prefix as u32).unwrap_or(0);
+                u32::from(ip) & mask == u32::from(net)
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX.checked_shl(128 - self.prefix as u32).unwrap_or(0);
+                u128::from(ip) & mask == u128::from(net)
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether this is a single address.
+    pub fn is_host(&self) -> bool {
+        self.prefix == if self.addr.is_ipv4() { 32 } else { 128 }
+    }
+}
+
+impl std::fmt::Display for IpNet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.is_host() {
+            write!(f, "{}", self.addr)
+        } else {
+            write!(f, "{}/{}", self.addr, self.prefix)
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Cache {
+    uids: HashMap<String, Option<i64>>,
+    hosts: HashMap<IpAddr, Option<i64>>,
+    ranges: Vec<(IpNet, Option<i64>)>,
+}
+
+fn live(expires_at: Option<i64>, now_ms: i64) -> bool {
+    expires_at.is_none_or(|t| t > now_ms)
+}
+
+/// The node's copy of every blacklist entry. A `std::sync::RwLock`: checks are short
+/// reads on every send and upgrade; writes come only from admin changes.
+#[derive(Debug, Default)]
+pub struct Blacklist {
+    cache: RwLock<Cache>,
+}
+
+impl Blacklist {
+    /// An empty blacklist.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Replaces every entry (at start, or after missing notifications).
+    pub fn replace_all(&self, entries: &[Entry]) {
+        let mut cache = Cache::default();
+        for e in entries {
+            Self::insert(&mut cache, e);
+        }
+        *self.cache.write().unwrap_or_else(|e| e.into_inner()) = cache;
+    }
+
+    fn insert(cache: &mut Cache, e: &Entry) {
+        match e.kind {
+            Kind::Uid => {
+                cache.uids.insert(e.value.clone(), e.expires_at);
+            }
+            Kind::Ip => {
+                if let Ok(net) = IpNet::parse(&e.value) {
+                    if net.is_host() {
+                        cache.hosts.insert(net.addr, e.expires_at);
+                    } else {
+                        cache.ranges.retain(|(n, _)| *n != net);
+                        cache.ranges.push((net, e.expires_at));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Adds or replaces one entry.
+    pub fn upsert(&self, e: &Entry) {
+        Self::insert(
+            &mut self.cache.write().unwrap_or_else(|e| e.into_inner()),
+            e,
+        );
+    }
+
+    /// Removes one entry.
+    pub fn remove(&self, kind: Kind, value: &str) {
+        let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
+        match kind {
+            Kind::Uid => {
+                cache.uids.remove(value);
+            }
+            Kind::Ip => {
+                if let Ok(net) = IpNet::parse(value) {
+                    cache.hosts.remove(&net.addr);
+                    cache.ranges.retain(|(n, _)| *n != net);
+                }
+            }
+        }
+    }
+
+    /// Whether `uid` is blocked at `now_ms`.
+    pub fn uid_blocked(&self, uid: &str, now_ms: i64) -> bool {
+        let cache = self.cache.read().unwrap_or_else(|e| e.into_inner());
+        cache.uids.get(uid).is_some_and(|exp| live(*exp, now_ms))
+    }
+
+    /// Whether `ip` is blocked at `now_ms`.
+    pub fn ip_blocked(&self, ip: IpAddr, now_ms: i64) -> bool {
+        let ip = canonical(ip);
+        let cache = self.cache.read().unwrap_or_else(|e| e.into_inner());
+        cache.hosts.get(&ip).is_some_and(|exp| live(*exp, now_ms))
+            || cache
+                .ranges
+                .iter()
+                .any(|(net, exp)| live(*exp, now_ms) && net.contains(ip))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn cidr_parsing_and_matching() {
+        for (net, inside, outside) in [
+            ("10.1.0.0/16", "10.1.255.3", "10.2.0.1"),
+            ("10.1.2.3/16", "10.1.0.0", "11.1.0.0"),
+            ("127.0.0.9", "127.0.0.9", "127.0.0.1"),
+            ("0.0.0.0/0", "8.8.8.8", "::1"),
+            ("fe80::/10", "fe80::1", "fec0::1"),
+            ("::1", "::1", "::2"),
+            ("1.2.3.0/24", "::ffff:1.2.3.4", "::ffff:1.2.4.4"),
+        ] {
+            let n = IpNet::parse(net).unwrap();
+            assert!(n.contains(ip(inside)), "{net} ∋ {inside}");
+            assert!(!n.contains(ip(outside)), "{net} ∌ {outside}");
+        }
+        assert_eq!(
+            IpNet::parse("10.1.2.3/16").unwrap().to_string(),
+            "10.1.0.0/16"
+        );
+        assert_eq!(
+            IpNet::parse("127.0.0.9/32").unwrap().to_string(),
+            "127.0.0.9"
+        );
+        for bad in [
+            "",
+            "10.1.0.0/33",
+            "10.1/8",
+            "::1/129",
+            "x",
+            "1.2.3.4/",
+            "1.2.3.4/-1",
+        ] {
+            assert!(IpNet::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn entries_apply_until_they_expire_or_are_removed() {
+        let bl = Blacklist::new();
+        let entry = |kind, value: &str, expires_at| Entry {
+            kind,
+            value: value.into(),
+            reason: None,
+            expires_at,
+        };
+        bl.replace_all(&[
+            entry(Kind::Uid, "mallory", None),
+            entry(Kind::Uid, "eve", Some(1000)),
+            entry(Kind::Ip, "10.1.0.0/16", None),
+            entry(Kind::Ip, "127.0.0.9", Some(1000)),
+        ]);
+        assert!(bl.uid_blocked("mallory", 5000));
+        assert!(bl.uid_blocked("eve", 999));
+        assert!(
+            !bl.uid_blocked("eve", 1000),
+            "expired entries stop applying"
+        );
+        assert!(!bl.uid_blocked("alice", 0));
+        assert!(bl.ip_blocked(ip("10.1.9.9"), 0));
+        assert!(bl.ip_blocked(ip("127.0.0.9"), 999));
+        assert!(!bl.ip_blocked(ip("127.0.0.9"), 1000));
+        assert!(!bl.ip_blocked(ip("127.0.0.1"), 0));
+
+        bl.remove(Kind::Uid, "mallory");
+        bl.remove(Kind::Ip, "10.1.0.0/16");
+        assert!(!bl.uid_blocked("mallory", 0));
+        assert!(!bl.ip_blocked(ip("10.1.9.9"), 0));
+        bl.upsert(&entry(Kind::Ip, "10.1.0.0/16", None));
+        assert!(bl.ip_blocked(ip("10.1.9.9"), 0));
+    }
+}

@@ -1,0 +1,257 @@
+//! Customer-service conversations: routing a customer's message to an agent of the
+//! shop, and the assignment rules around it.
+//!
+//! - A customer's first message opens `s:{shop}~{customer}` and assigns the online agent
+//!   with the fewest open conversations (ties: the one assigned longest ago).
+//! - The assignment sticks while that agent is online. If the agent is offline when the
+//!   customer writes again, another online agent takes over and receives the history.
+//!   If nobody else is online either, the conversation stays with the offline agent.
+//! - With no agent online for a new conversation, the message is stored and the
+//!   conversation waits; the first agent of the shop to connect gets it, history
+//!   included.
+//! - Any agent of the shop may read the conversation and reply into it; a reply to a
+//!   waiting conversation assigns it to the replying agent.
+//!
+//! Decisions are serialized by one lock per process, held across the store reads and
+//! writes of one decision, so two messages cannot assign the same conversation twice.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use shared::ids::service_conv;
+
+use super::assignment::{Candidate, choose};
+use super::{Error, Presence};
+use crate::store::{DirectoryStore, Op};
+
+/// Where a service message goes, and which joins must commit before it.
+#[derive(Debug)]
+pub struct Route {
+    /// The conversation.
+    pub conv: String,
+    /// Who gets the message in their inbox.
+    pub recipients: Vec<String>,
+    /// Joins of newly assigned agents, to commit before the message.
+    pub joins: Vec<Op>,
+}
+
+#[derive(Debug, Default)]
+struct Turns {
+    clock: u64,
+    last: HashMap<String, u64>,
+}
+
+/// The customer-service rules.
+pub struct CustomerService {
+    dir: Arc<dyn DirectoryStore>,
+    presence: Arc<dyn Presence>,
+    // A tokio Mutex: a decision awaits the store while holding it.
+    turns: tokio::sync::Mutex<Turns>,
+}
+
+fn recipients(of: &[&str]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(of.len());
+    for uid in of {
+        if !out.iter().any(|u| u == uid) {
+            out.push((*uid).to_owned());
+        }
+    }
+    out
+}
+
+impl CustomerService {
+    /// Rules over `dir`, asking `presence` who is online.
+    pub fn new(dir: Arc<dyn DirectoryStore>, presence: Arc<dyn Presence>) -> Self {
+        Self {
+            dir,
+            presence,
+            turns: tokio::sync::Mutex::new(Turns::default()),
+        }
+    }
+
+    async fn agents(&self, shop: &str) -> Result<Vec<String>, Error> {
+        self.dir
+            .shop_agents(shop)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("no such shop {shop:?}")))
+    }
+
+    /// Picks an online agent of `agents`, and records the pick for the tie-break.
+    async fn pick(&self, agents: &[String], turns: &mut Turns) -> Result<Option<String>, Error> {
+        let loads = self.dir.agent_loads(agents).await?;
+        let candidates: Vec<Candidate<'_>> = agents
+            .iter()
+            .zip(loads)
+            .map(|(uid, load)| Candidate {
+                uid,
+                online: self.presence.online(uid),
+                load,
+                last_assigned: turns.last.get(uid).copied().unwrap_or(0),
+            })
+            .collect();
+        let chosen = choose(&candidates).map(str::to_owned);
+        if let Some(a) = &chosen {
+            turns.clock += 1;
+            let clock = turns.clock;
+            turns.last.insert(a.clone(), clock);
+        }
+        Ok(chosen)
+    }
+
+    async fn assign(&self, conv: &str, shop: &str, agent: &str) -> Result<Op, Error> {
+        self.dir.assign(conv, shop, Some(agent)).await?;
+        tracing::debug!(conv, agent, "conversation assigned");
+        Ok(Op::Join {
+            conv: conv.to_owned(),
+            uid: agent.to_owned(),
+        })
+    }
+
+    /// A customer writes to `shop` (with `"shop"`, or `"conv"` of their own conversation).
+    pub async fn from_customer(&self, customer: &str, shop: &str) -> Result<Route, Error> {
+        let agents = self.agents(shop).await?;
+        let conv = service_conv(shop, customer);
+        let mut turns = self.turns.lock().await;
+        let state = self.dir.service(&conv).await?;
+        let current = state
+            .filter(|s| s.open)
+            .and_then(|s| s.agent)
+            .filter(|a| agents.contains(a));
+        if let Some(a) = &current
+            && self.presence.online(a)
+        {
+            return Ok(Route {
+                recipients: recipients(&[customer, a]),
+                conv,
+                joins: vec![],
+            });
+        }
+        match (self.pick(&agents, &mut turns).await?, current) {
+            (Some(b), _) => {
+                let join = self.assign(&conv, shop, &b).await?;
+                Ok(Route {
+                    recipients: recipients(&[customer, &b]),
+                    conv,
+                    joins: vec![join],
+                })
+            }
+            // Nobody else is online: it stays with its (offline) agent's inbox.
+            (None, Some(a)) => Ok(Route {
+                recipients: recipients(&[customer, &a]),
+                conv,
+                joins: vec![],
+            }),
+            (None, None) => {
+                self.dir.assign(&conv, shop, None).await?;
+                Ok(Route {
+                    recipients: recipients(&[customer]),
+                    conv,
+                    joins: vec![],
+                })
+            }
+        }
+    }
+
+    /// Someone writes into `s:{shop}~{customer}` with `"conv"`.
+    pub async fn from_member(&self, uid: &str, shop: &str, customer: &str) -> Result<Route, Error> {
+        if uid == customer {
+            return self.from_customer(customer, shop).await;
+        }
+        let agents = self.agents(shop).await?;
+        if !agents.iter().any(|a| a == uid) {
+            return Err(Error::Forbidden(format!("not an agent of shop {shop:?}")));
+        }
+        let conv = service_conv(shop, customer);
+        let _turns = self.turns.lock().await;
+        let state = self
+            .dir
+            .service(&conv)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("no such conversation {conv:?}")))?;
+        match state.agent.filter(|_| state.open) {
+            Some(current) => Ok(Route {
+                recipients: recipients(&[customer, &current, uid]),
+                conv,
+                joins: vec![],
+            }),
+            // Waiting or closed: the agent who answers takes it.
+            None => {
+                let join = self.assign(&conv, shop, uid).await?;
+                Ok(Route {
+                    recipients: recipients(&[customer, uid]),
+                    conv,
+                    joins: vec![join],
+                })
+            }
+        }
+    }
+
+    /// Whether `uid` may read `s:{shop}~{customer}`: the customer and the shop's agents.
+    pub async fn can_read(&self, uid: &str, shop: &str, customer: &str) -> Result<bool, Error> {
+        if uid == customer {
+            return Ok(true);
+        }
+        Ok(self.agents(shop).await?.iter().any(|a| a == uid))
+    }
+
+    /// An agent came online: hands it (or a less loaded online colleague) the
+    /// conversations of its shops that wait for an agent. Returns the joins to commit.
+    pub async fn agent_online(&self, uid: &str) -> Result<Vec<Op>, Error> {
+        let shops = self.dir.agent_shops(uid).await?;
+        let mut joins = Vec::new();
+        if shops.is_empty() {
+            return Ok(joins);
+        }
+        let mut turns = self.turns.lock().await;
+        for shop in shops {
+            let agents = self.agents(&shop).await?;
+            for conv in self.dir.waiting(&shop).await? {
+                match self.pick(&agents, &mut turns).await? {
+                    Some(agent) => joins.push(self.assign(&conv, &shop, &agent).await?),
+                    None => break,
+                }
+            }
+        }
+        Ok(joins)
+    }
+
+    /// [`CustomerService::agent_online`], if `uid` is online.
+    pub async fn agent_online_if(&self, uid: &str) -> Result<Vec<Op>, Error> {
+        if self.presence.online(uid) {
+            self.agent_online(uid).await
+        } else {
+            Ok(Vec::new())
+        }
+    }
+
+    /// Hands `conv` to `agent` (an agent of its shop). Returns the join to commit.
+    pub async fn transfer(&self, conv: &str, agent: &str) -> Result<Op, Error> {
+        let Some(shared::ids::ConvRef::Service { shop, .. }) = shared::ids::ConvRef::parse(conv)
+        else {
+            return Err(Error::NotFound(format!(
+                "no such service conversation {conv:?}"
+            )));
+        };
+        let agents = self.agents(shop).await?;
+        if !agents.iter().any(|a| a == agent) {
+            return Err(Error::BadRequest(format!(
+                "{agent:?} is not an agent of shop {shop:?}"
+            )));
+        }
+        let _turns = self.turns.lock().await;
+        if self.dir.service(conv).await?.is_none() {
+            return Err(Error::NotFound(format!("no such conversation {conv:?}")));
+        }
+        self.assign(conv, shop, agent).await
+    }
+
+    /// Ends `conv`'s assignment; the customer's next message opens it again.
+    pub async fn close(&self, conv: &str) -> Result<(), Error> {
+        let _turns = self.turns.lock().await;
+        if self.dir.close_service(conv).await? {
+            Ok(())
+        } else {
+            Err(Error::NotFound(format!("no open conversation {conv:?}")))
+        }
+    }
+}

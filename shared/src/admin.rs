@@ -1,0 +1,171 @@
+//! Admin API types: request and answer bodies of `/admin/v1/…`.
+
+use serde::{Deserialize, Serialize};
+
+/// What a blacklist entry blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BlacklistKind {
+    /// A user.
+    Uid,
+    /// An address or a CIDR range.
+    Ip,
+}
+
+impl BlacklistKind {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BlacklistKind::Uid => "uid",
+            BlacklistKind::Ip => "ip",
+        }
+    }
+}
+
+impl std::str::FromStr for BlacklistKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "uid" => Ok(BlacklistKind::Uid),
+            "ip" => Ok(BlacklistKind::Ip),
+            _ => Err(format!("unknown blacklist kind {s:?} (uid|ip)")),
+        }
+    }
+}
+
+/// One blacklist entry, as stored and as `GET /admin/v1/blacklist` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlacklistEntry {
+    /// `uid` or `ip`.
+    pub kind: BlacklistKind,
+    /// The uid, or the address or range in canonical form (`10.1.0.0/16`, `::1`).
+    pub value: String,
+    /// Why, for operators.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// When it stops applying, unix milliseconds; absent means never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<i64>,
+}
+
+impl BlacklistEntry {
+    /// Whether the entry applies at `now_ms`.
+    pub fn live(&self, now_ms: i64) -> bool {
+        self.expires_at.is_none_or(|t| t > now_ms)
+    }
+}
+
+/// `POST /admin/v1/blacklist` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddBlacklist {
+    /// `uid` or `ip`.
+    pub kind: BlacklistKind,
+    /// A uid, an address, or a CIDR range.
+    pub value: String,
+    /// Lifetime in seconds; absent means until removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_s: Option<u64>,
+    /// Why, for operators.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// `GET /admin/v1/blacklist` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlacklistList {
+    /// Every live entry.
+    pub entries: Vec<BlacklistEntry>,
+}
+
+/// One connected device, as `GET /admin/v1/connections` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionInfo {
+    /// The user.
+    pub uid: String,
+    /// The device.
+    pub device: String,
+    /// The device's platform.
+    pub platform: crate::token::Platform,
+    /// The node holding the connection.
+    pub node: String,
+    /// The peer address.
+    pub remote: String,
+    /// When it connected, unix milliseconds.
+    pub connected_at: i64,
+}
+
+/// `GET /admin/v1/connections` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionList {
+    /// Connections ordered by (uid, device).
+    pub connections: Vec<ConnectionInfo>,
+    /// When more follow: pass it as `?after=` to get the next page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+/// `DELETE /admin/v1/connections/{uid}` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Kicked {
+    /// How many devices were disconnected.
+    pub kicked: usize,
+}
+
+/// `PUT`/`GET /admin/v1/shops/{shop}/agents` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShopAgents {
+    /// The shop's agents.
+    pub agents: Vec<String>,
+}
+
+/// `PUT`/`GET /admin/v1/groups/{name}/members` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupMembers {
+    /// The group's members.
+    pub members: Vec<String>,
+}
+
+/// `POST /admin/v1/conversations/{conv}/transfer` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Transfer {
+    /// The agent who takes the conversation over.
+    pub agent: String,
+}
+
+/// A customer-service conversation's assignment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// The conversation.
+    pub conv: String,
+    /// The assigned agent; absent while it waits for one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// Whether the conversation is open (assigned or waiting).
+    pub open: bool,
+}
+
+/// `PUT /admin/v1/words` body; `GET` answers with it (the words themselves are not
+/// listed back, only their number, in `count`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Words {
+    /// The new word list; replaces the old one.
+    #[serde(default)]
+    pub words: Vec<String>,
+    /// `mask` or `reject`; unchanged when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+}
+
+/// `GET`/`PUT /admin/v1/words` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WordsStatus {
+    /// How many words the filter holds.
+    pub count: usize,
+    /// `mask` or `reject`.
+    pub policy: String,
+}
