@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# imd's resident memory per idle WebSocket connection.
+#
+# Builds release binaries, starts imd on a temp data dir, records its VmRSS, opens
+# CONNECTIONS idle connections with one imbench agent process over several source
+# addresses, samples imd's VmRSS while they are all open, prints the growth per
+# connection, then stops everything it started (by PID). Bounded: about
+# CONNECTIONS/RAMP + HOLD + 30 s after the build.
+#
+#   imbench/scripts/idle-memory.sh            # 15000 connections
+#   CONNECTIONS=5000 HOLD=10 imbench/scripts/idle-memory.sh
+source "$(dirname "$0")/lib.sh"
+
+CONNECTIONS=${CONNECTIONS:-15000}
+RAMP=${RAMP:-3000}
+HOLD=${HOLD:-15}
+SOURCES=${SOURCES:-127.0.0.2-127.0.0.10}
+SECRET="idle-memory-$$"
+RAMP_S=$(( (CONNECTIONS + RAMP - 1) / RAMP ))
+BUDGET=$(( RAMP_S + HOLD + 60 ))
+
+[ "${SKIP_BUILD:-0}" = 1 ] || build
+start_imd "$SECRET" "$BUDGET"
+sleep 1
+RSS0=$(rss_kb "$IMD_PID")
+FD0=$(fds "$IMD_PID")
+echo "== imd before: VmRSS ${RSS0} KiB, ${FD0} fds" >&2
+
+timeout "$BUDGET" "$IMBENCH_BIN" run --target "$IMD_URL" --token-secret "$SECRET" \
+    --scenario idle --connections "$CONNECTIONS" --ramp "$RAMP" --duration "${HOLD}s" \
+    --source-ips "$SOURCES" --local-agents 1 --report "$WORK/idle.json" \
+    >"$WORK/bench.out" 2>"$WORK/bench.err" &
+BENCH_PID=$!
+PIDS+=("$BENCH_PID")
+
+# Wait until imd holds every connection (its fd count), at most the ramp + 20 s.
+deadline=$(( SECONDS + RAMP_S + 20 ))
+while [ $(( $(fds "$IMD_PID") - FD0 )) -lt "$CONNECTIONS" ] && [ $SECONDS -lt $deadline ]; do
+    kill -0 "$BENCH_PID" 2>/dev/null || break
+    sleep 0.5
+done
+sleep 2 # let the last handshakes settle
+OPEN=$(( $(fds "$IMD_PID") - FD0 ))
+RSS1=0
+for _ in 1 2 3; do
+    r=$(rss_kb "$IMD_PID"); [ "${r:-0}" -gt "$RSS1" ] && RSS1=$r
+    sleep 1
+done
+# $BENCH_PID is `timeout`; imbench is its child, and the agent is imbench's child.
+children() { cat "/proc/$1/task/$1/children" 2>/dev/null | awk '{print $1}' || true; }
+IMBENCH_PID=$(children "$BENCH_PID")
+AGENT_PID=""
+[ -n "$IMBENCH_PID" ] && AGENT_PID=$(children "$IMBENCH_PID")
+AGENT_RSS=""
+[ -n "$AGENT_PID" ] && AGENT_RSS=$(rss_kb "$AGENT_PID")
+echo "== imd while holding: VmRSS ${RSS1} KiB, ${OPEN} connection fds" >&2
+
+wait "$BENCH_PID" || echo "imbench exited with $?" >&2
+cat "$WORK/bench.out"
+OPENED=$(json "$WORK/idle.json" .connections.opened)
+FAILED=$(json "$WORK/idle.json" .connections.failed)
+DROPPED=$(json "$WORK/idle.json" .connections.dropped)
+HS=$(json "$WORK/idle.json" .connections.handshakes_per_s)
+
+echo
+echo "connections: target ${CONNECTIONS}, opened ${OPENED}, failed ${FAILED}, dropped ${DROPPED}, held at sample ${OPEN}"
+echo "handshakes per second (avg over the ramp): ${HS}"
+echo "imd VmRSS: ${RSS0} KiB before, ${RSS1} KiB with ${OPEN} open"
+if [ "$OPEN" -gt 0 ]; then
+    echo "imd RSS growth per idle connection: $(( (RSS1 - RSS0) * 1024 / OPEN )) bytes"
+    if [ -n "$AGENT_RSS" ]; then
+        echo "imbench agent VmRSS: ${AGENT_RSS} KiB, $(( AGENT_RSS * 1024 / OPEN )) bytes per connection (whole process)"
+    fi
+fi

@@ -1,0 +1,84 @@
+# Shared helpers of the imbench scripts: build, start imd on a temp data dir, wait for
+# its ready line, read a process's RSS, and stop everything we started by PID.
+# Sourced, not run.
+
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+BIN="$ROOT/target/release"
+# Override to measure other builds (SKIP_BUILD=1 skips `cargo build`).
+IMD_BIN=${IMD_BIN:-$BIN/imd}
+IMBENCH_BIN=${IMBENCH_BIN:-$BIN/imbench}
+WORK=$(mktemp -d -t imbench.XXXXXX)
+PIDS=()
+
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        # give each a moment, then make sure
+        for _ in 1 2 3 4 5 6 7 8 9 10; do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.5
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Every process here may hold thousands of sockets.
+ulimit -n "$(ulimit -Hn)"
+
+build() {
+    echo "== building release binaries" >&2
+    (cd "$ROOT" && timeout 1800 cargo build --release --locked -p imd -p imbench >&2)
+}
+
+# start_imd SECRET MAX_SECONDS: starts imd, sets IMD_PID and IMD_URL.
+start_imd() {
+    local secret=$1 max=$2
+    "$IMD_BIN" serve --listen 127.0.0.1:0 --data-dir "$WORK/data" --token-secret "$secret" \
+        >"$WORK/imd.out" 2>"$WORK/imd.err" &
+    IMD_PID=$!
+    PIDS+=("$IMD_PID")
+    # watchdog: imd never outlives the script's time budget
+    (sleep "$max"; kill -TERM "$IMD_PID" 2>/dev/null) &
+    PIDS+=("$!")
+    local listen=""
+    for _ in $(seq 1 100); do
+        listen=$(grep -o '"listen":"[^"]*"' "$WORK/imd.out" 2>/dev/null | head -1 | cut -d'"' -f4 || true)
+        [ -n "$listen" ] && break
+        kill -0 "$IMD_PID" 2>/dev/null || { cat "$WORK/imd.err" >&2; echo "imd exited" >&2; exit 1; }
+        sleep 0.2
+    done
+    [ -n "$listen" ] || { echo "imd printed no ready line in 20 s" >&2; exit 1; }
+    IMD_URL="http://$listen"
+    echo "== imd pid $IMD_PID on $IMD_URL" >&2
+}
+
+# rss_kb PID: resident set size in KiB (VmRSS), empty if the process is gone.
+rss_kb() {
+    awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || true
+}
+
+# fds PID: number of open file descriptors.
+fds() {
+    ls "/proc/$1/fd" 2>/dev/null | wc -l
+}
+
+# json FILE EXPR: one value from a JSON file (jq, or python3).
+json() {
+    if command -v jq >/dev/null; then
+        jq -r "$2" "$1"
+    else
+        python3 -c 'import json,sys
+v=json.load(open(sys.argv[1]))
+for k in sys.argv[2].lstrip(".").split("."):
+    v=v[k]
+print(v)' "$1" "$2"
+    fi
+}

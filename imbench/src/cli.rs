@@ -1,0 +1,183 @@
+//! The command line of `imbench`: `run` (the coordinator) and `agent`.
+//!
+//! Only parsing and flag documentation live here; [`crate::plan`] validates the values
+//! against each other and against this machine.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::{Deserialize, Serialize};
+
+use crate::plan::Secret;
+
+/// Load generator for imd.
+#[derive(Debug, Parser)]
+#[command(name = "imbench", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a benchmark: plan it, start the agents, report.
+    Run(Box<RunArgs>),
+    /// Run one load agent (normally started by `imbench run --local-agents K`).
+    Agent(AgentArgs),
+}
+
+/// What each connection does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scenario {
+    /// Connections that only answer the server's heartbeats.
+    Idle,
+    /// Pairs of users exchanging direct messages, acking every push.
+    Chat,
+    /// Customers messaging shops whose agents reply (not implemented yet).
+    Service,
+    /// Fan-out to groups (not implemented yet).
+    Group,
+}
+
+impl Scenario {
+    /// The flag value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scenario::Idle => "idle",
+            Scenario::Chat => "chat",
+            Scenario::Service => "service",
+            Scenario::Group => "group",
+        }
+    }
+}
+
+/// Flags of `imbench run`.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// imd base URL (`http://host:port`); repeat for several worker nodes.
+    /// Connection i goes to target i mod (number of targets).
+    #[arg(long = "target", required = true, value_name = "URL")]
+    pub targets: Vec<String>,
+
+    /// The token secret of the imd deployment; client tokens are minted locally.
+    #[arg(long, env = "IMBENCH_TOKEN_SECRET", hide_env_values = true)]
+    pub token_secret: Secret,
+
+    /// Number of WebSocket connections (one user and device each).
+    #[arg(long, default_value_t = 100)]
+    pub connections: u64,
+
+    /// Connections opened per second, in total over all agents.
+    #[arg(long, default_value_t = 1000.0)]
+    pub ramp: f64,
+
+    /// What the connections do.
+    #[arg(long, value_enum, default_value_t = Scenario::Idle)]
+    pub scenario: Scenario,
+
+    /// Messages per second in total (open loop; chat only).
+    #[arg(long, default_value_t = 100.0)]
+    pub rate: f64,
+
+    /// How long the load lasts once every connection has been opened.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+
+    /// How long to keep reading after the last send before counting losses.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    pub drain: Duration,
+
+    /// Source addresses to bind, round-robin: `127.0.0.2-127.0.0.40`, or a
+    /// comma-separated list of addresses and ranges. Default: the kernel's choice.
+    #[arg(long, value_name = "RANGE")]
+    pub source_ips: Option<String>,
+
+    /// Check delivery: every acknowledged message must reach its recipient's device
+    /// (and the sender's own device) exactly once, in order; loss exits non-zero.
+    #[arg(long)]
+    pub verify: bool,
+
+    /// Write the JSON report here.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+
+    /// Spawn this many agent processes on this machine and split the plan across
+    /// them. 0 runs the load inside this process. Default: inside this process when
+    /// the plan fits under the open-files limit, else as many agents as it needs.
+    #[arg(long, value_name = "K")]
+    pub local_agents: Option<usize>,
+
+    /// Give up on a connection attempt (TCP + WebSocket handshake) after this long.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
+
+    /// Send an application `ping` this often on every connection (0: never; the
+    /// server's WebSocket pings are always answered).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub heartbeat: Duration,
+
+    /// Read buffer of each client WebSocket, in bytes (tungstenite's default is
+    /// 128 KiB allocated up front; the frames here are small).
+    #[arg(long, default_value_t = 4096)]
+    pub read_buffer: usize,
+
+    /// Program to start as `PROGRAM agent` for local agents (default: this binary).
+    #[arg(long, hide = true)]
+    pub agent_bin: Option<PathBuf>,
+}
+
+/// Flags of `imbench agent`.
+#[derive(Debug, Clone, Args)]
+pub struct AgentArgs {
+    /// Serve a remote coordinator on this address (not implemented yet: today an
+    /// agent reads its plan from stdin, as `--local-agents` starts it).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "imbench",
+            "run",
+            "--target",
+            "http://127.0.0.1:1",
+            "--target",
+            "http://127.0.0.1:2",
+            "--token-secret",
+            "s",
+            "--scenario",
+            "chat",
+            "--duration",
+            "1m",
+            "--source-ips",
+            "127.0.0.2-127.0.0.4",
+            "--verify",
+            "--local-agents",
+            "2",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(args.targets.len(), 2);
+        assert_eq!(args.scenario, Scenario::Chat);
+        assert_eq!(args.duration, Duration::from_secs(60));
+        assert!(args.verify);
+        assert_eq!(args.local_agents, Some(2));
+    }
+}

@@ -1,0 +1,446 @@
+//! `imbench run`: the coordinator. It checks the plan against this machine, starts the
+//! agents (in this process, or as `imbench agent` children), starts them together,
+//! prints one progress line a second on stderr, stops them at the end of the plan (or
+//! on Ctrl-C, or when they overrun), and turns their final reports into the summary,
+//! the JSON report and the exit code.
+//!
+//! It owns no sockets to imd. An agent that dies, fails or overruns is recorded in
+//! the report and fails the run; it does not crash the coordinator.
+
+use std::path::PathBuf;
+use std::process::{ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+use crate::agent::{self, AgentEvent, Clock, Control};
+use crate::cli::{RunArgs, Scenario};
+use crate::limits;
+use crate::plan::{AgentPlan, RunPlan};
+use crate::report::{self, AgentReport, Counters, LatencySummary, Report, RunSection};
+
+/// How long agents get to say `ready`.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Slack after the plan's end before agents are told to stop, then killed.
+const OVERRUN_SLACK: Duration = Duration::from_secs(15);
+/// Delay between `start` and the plan's time zero, so that every agent has it.
+const START_DELAY: Duration = Duration::from_millis(500);
+
+/// Runs `imbench run` and returns the process exit code: 0 when the run passed, 1
+/// when it ran but failed (loss, dead agent), errors before the run starts as `Err`.
+pub async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let plan = RunPlan::from_args(&args)?;
+    let fd = limits::raise_nofile()?;
+    let per_process = limits::sockets_per_process(fd);
+    let agents = plan.agent_count(args.local_agents, per_process);
+    plan.check_capacity(agents, per_process, limits::ephemeral_ports())?;
+    if plan.scenario == Scenario::Idle && args.rate != 100.0 {
+        eprintln!("imbench: --rate has no effect on the idle scenario");
+    }
+    let agent_bin = match &args.agent_bin {
+        Some(p) => p.clone(),
+        None => std::env::current_exe().context("locating this binary to start agents")?,
+    };
+    let report = run_plan(&plan, agents, agent_bin).await?;
+    print!("{}", report::summary(&report));
+    if let Some(path) = &args.report {
+        write_report(path, &report)?;
+        eprintln!("imbench: report written to {}", path.display());
+    }
+    Ok(if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Writes the JSON report.
+pub fn write_report(path: &PathBuf, report: &Report) -> anyhow::Result<()> {
+    let json = serde_json::to_string_pretty(report).context("encoding the report")?;
+    std::fs::write(path, json + "\n").with_context(|| format!("writing {}", path.display()))
+}
+
+enum Incoming {
+    Event(Box<AgentEvent>),
+    Closed,
+}
+
+struct Link {
+    control: Option<mpsc::Sender<Control>>,
+    child: Option<Child>,
+}
+
+#[derive(Default)]
+struct AgentState {
+    ready: bool,
+    closed: bool,
+    pid: u32,
+    counters: Counters,
+    final_report: Option<AgentReport>,
+    failure: Option<String>,
+}
+
+/// Runs `plan` on `agents` child processes (0: in this process) and returns the
+/// combined report.
+pub async fn run_plan(plan: &RunPlan, agents: usize, agent_bin: PathBuf) -> anyhow::Result<Report> {
+    let wall = Instant::now();
+    let plans = plan.agent_plans(agents);
+    let planned: Vec<u64> = plans.iter().map(|p| p.count).collect();
+    let (tx, mut rx) = mpsc::channel::<(usize, Incoming)>(256);
+    let mut links = Vec::with_capacity(plans.len());
+    if agents == 0 {
+        links.push(spawn_in_process(plans[0].clone(), tx.clone()));
+    } else {
+        for p in plans {
+            links.push(spawn_child(&agent_bin, p, tx.clone())?);
+        }
+    }
+    drop(tx);
+    let mut states: Vec<AgentState> = links.iter().map(|_| AgentState::default()).collect();
+    let mut latency = report::new_histogram();
+
+    // Everyone ready, or out of time.
+    let ready_deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+    while !states.iter().all(|s| s.ready || s.closed) {
+        tokio::select! {
+            incoming = rx.recv() => match incoming {
+                Some((i, msg)) => on_incoming(&mut states[i], msg, &mut latency),
+                None => break,
+            },
+            _ = tokio::time::sleep_until(ready_deadline) => break,
+        }
+    }
+    for s in states
+        .iter_mut()
+        .filter(|s| !s.ready && s.failure.is_none())
+    {
+        s.failure = Some(if s.closed {
+            "exited before ready".into()
+        } else {
+            "never ready".into()
+        });
+    }
+    if !states.iter().any(|s| s.ready) {
+        stop_all(&mut links);
+        kill_all(&mut links).await;
+        anyhow::bail!(
+            "no agent started: {}",
+            states
+                .iter()
+                .filter_map(|s| s.failure.clone())
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
+
+    let at = agent::unix_ms() + START_DELAY.as_millis() as u64;
+    for (link, s) in links.iter().zip(&states) {
+        if let (true, Some(control)) = (s.ready, &link.control) {
+            let _ = control.send(Control::Start { at_unix_ms: at }).await;
+        }
+    }
+    let clock = Clock::starting_at(at);
+    eprintln!(
+        "imbench: {} {} connection(s), {} agent process(es), ramp {} conn/s, {:?} load{}; ends in about {:.0}s",
+        plan.scenario.as_str(),
+        plan.connections,
+        agents,
+        plan.ramp_per_s,
+        Duration::from_millis(plan.duration_ms),
+        if plan.scenario == Scenario::Chat {
+            format!(" at {} msg/s", plan.rate_per_s)
+        } else {
+            String::new()
+        },
+        (START_DELAY.as_millis() as u64 + plan.total_ms()) as f64 / 1000.0,
+    );
+
+    let plan_end =
+        clock.t0 + Duration::from_millis(plan.total_ms() + plan.connect_timeout_ms) + OVERRUN_SLACK;
+    let mut stop_deadline = tokio::time::Instant::from_std(plan_end);
+    let mut kill_deadline: Option<tokio::time::Instant> = None;
+    // Agents tick on whole seconds of the plan; print just after, so that each line
+    // has this second's ticks.
+    let mut progress = tokio::time::interval_at(
+        tokio::time::Instant::from_std(clock.t0 + Duration::from_millis(1_150)),
+        Duration::from_secs(1),
+    );
+    let mut view = Progress::new(plan.connections, plan.scenario);
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let mut stopping = false;
+    while !states.iter().all(|s| s.closed) {
+        tokio::select! {
+            incoming = rx.recv() => match incoming {
+                Some((i, msg)) => on_incoming(&mut states[i], msg, &mut latency),
+                None => break,
+            },
+            _ = progress.tick() => {
+                eprintln!("{}", view.line(clock.elapsed_ms(), &states, &latency));
+            }
+            _ = &mut ctrl_c, if !stopping => {
+                eprintln!("imbench: stopping (Ctrl-C)");
+                stopping = true;
+                stop_all(&mut links);
+                kill_deadline = Some(tokio::time::Instant::now() + OVERRUN_SLACK);
+            }
+            _ = tokio::time::sleep_until(stop_deadline), if !stopping => {
+                eprintln!("imbench: agents overran the plan; stopping them");
+                stopping = true;
+                stop_all(&mut links);
+                kill_deadline = Some(tokio::time::Instant::now() + OVERRUN_SLACK);
+            }
+            _ = async { tokio::time::sleep_until(kill_deadline.expect("guarded")).await }, if kill_deadline.is_some() => {
+                eprintln!("imbench: agents did not stop; killing them");
+                break;
+            }
+        }
+        // Keep the stop branch armed only until it fires.
+        if stopping {
+            stop_deadline = tokio::time::Instant::now() + Duration::from_secs(3600);
+        }
+    }
+    stop_all(&mut links);
+    let exits = kill_all(&mut links).await;
+
+    let mut finals = Vec::with_capacity(states.len());
+    let mut statuses = Vec::with_capacity(states.len());
+    for (s, exit) in states.into_iter().zip(exits) {
+        let status = match (&s.final_report, &s.failure, exit) {
+            (Some(_), _, _) => "ok".to_string(),
+            (None, Some(f), _) => format!("failed: {f}"),
+            (None, None, Some(e)) => format!("died without a report ({e})"),
+            (None, None, None) => "died without a report".to_string(),
+        };
+        statuses.push(status);
+        finals.push(s.final_report);
+    }
+    let run = RunSection {
+        run_id: plan.run_id.clone(),
+        scenario: plan.scenario.as_str().into(),
+        targets: plan.targets.iter().map(|t| t.ws_url.clone()).collect(),
+        rate: plan.rate_per_s,
+        ramp: plan.ramp_per_s,
+        duration_s: plan.duration_ms as f64 / 1000.0,
+        verify: plan.verify,
+        local_agents: agents,
+        wall_s: wall.elapsed().as_secs_f64(),
+    };
+    Ok(report::combine(
+        run,
+        &planned,
+        &finals,
+        &statuses,
+        view.peak_handshakes,
+    ))
+}
+
+fn on_incoming(state: &mut AgentState, msg: Incoming, latency: &mut Histogram<u64>) {
+    let msg = match msg {
+        Incoming::Event(event) => *event,
+        Incoming::Closed => {
+            state.closed = true;
+            return;
+        }
+    };
+    match msg {
+        AgentEvent::Ready { pid, .. } => {
+            state.ready = true;
+            state.pid = pid;
+        }
+        AgentEvent::Tick {
+            counters,
+            latency: delta,
+            ..
+        } => {
+            state.counters = counters;
+            delta.add_to(latency);
+        }
+        AgentEvent::Final(r) => {
+            state.counters = r.counters;
+            state.final_report = Some(r);
+        }
+        AgentEvent::Failed { message, .. } => state.failure = Some(message),
+    }
+}
+
+/// Tells every agent to stop (dropping the control channel: a child sees EOF).
+fn stop_all(links: &mut [Link]) {
+    for link in links.iter_mut() {
+        if let Some(control) = link.control.take() {
+            let _ = control.try_send(Control::Stop);
+        }
+    }
+}
+
+/// Waits a little for child agents to exit, then kills the rest (by their handle,
+/// i.e. by PID). Returns each agent's exit status, if it was a process.
+async fn kill_all(links: &mut [Link]) -> Vec<Option<String>> {
+    let mut out = Vec::with_capacity(links.len());
+    for link in links.iter_mut() {
+        let Some(child) = link.child.as_mut() else {
+            out.push(None);
+            continue;
+        };
+        let status = match tokio::time::timeout(Duration::from_secs(5), child.wait()).await {
+            Ok(Ok(status)) => status.to_string(),
+            Ok(Err(e)) => format!("wait failed: {e}"),
+            Err(_) => {
+                let _ = child.kill().await;
+                "killed after overrunning".to_string()
+            }
+        };
+        out.push(Some(status));
+    }
+    out
+}
+
+fn spawn_in_process(plan: AgentPlan, tx: mpsc::Sender<(usize, Incoming)>) -> Link {
+    let (control_tx, control_rx) = mpsc::channel(4);
+    let (events_tx, mut events_rx) = mpsc::channel(64);
+    let agent = plan.agent;
+    tokio::spawn(async move {
+        if let Err(error) = agent::serve(plan, control_rx, events_tx).await {
+            tracing::warn!(%error, "in-process agent failed");
+        }
+    });
+    tokio::spawn(async move {
+        while let Some(event) = events_rx.recv().await {
+            if tx
+                .send((agent, Incoming::Event(Box::new(event))))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        let _ = tx.send((agent, Incoming::Closed)).await;
+    });
+    Link {
+        control: Some(control_tx),
+        child: None,
+    }
+}
+
+fn spawn_child(
+    bin: &PathBuf,
+    plan: AgentPlan,
+    tx: mpsc::Sender<(usize, Incoming)>,
+) -> anyhow::Result<Link> {
+    let agent = plan.agent;
+    let mut child = Command::new(bin)
+        .arg("agent")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting agent {agent} ({})", bin.display()))?;
+    let mut stdin = child.stdin.take().context("agent stdin")?;
+    let stdout = child.stdout.take().context("agent stdout")?;
+    let mut first = serde_json::to_string(&plan).context("encoding an agent plan")?;
+    first.push('\n');
+    let (control_tx, mut control_rx) = mpsc::channel::<Control>(4);
+    tokio::spawn(async move {
+        if stdin.write_all(first.as_bytes()).await.is_err() {
+            return;
+        }
+        while let Some(c) = control_rx.recv().await {
+            let mut line = serde_json::to_string(&c).expect("a control line serializes");
+            line.push('\n');
+            if stdin.write_all(line.as_bytes()).await.is_err() || stdin.flush().await.is_err() {
+                return;
+            }
+        }
+        // Dropping stdin here: the agent sees EOF and stops.
+    });
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stdout).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            match serde_json::from_str::<AgentEvent>(&line) {
+                Ok(event) => {
+                    if tx
+                        .send((agent, Incoming::Event(Box::new(event))))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Err(error) => tracing::warn!(agent, %error, "ignoring a bad agent line"),
+            }
+        }
+        let _ = tx.send((agent, Incoming::Closed)).await;
+    });
+    Ok(Link {
+        control: Some(control_tx),
+        child: Some(child),
+    })
+}
+
+/// The one-line-a-second progress view.
+struct Progress {
+    target: u64,
+    scenario: Scenario,
+    last: Counters,
+    last_ms: u64,
+    peak_handshakes: f64,
+}
+
+impl Progress {
+    fn new(target: u64, scenario: Scenario) -> Self {
+        Progress {
+            target,
+            scenario,
+            last: Counters::default(),
+            last_ms: 0,
+            peak_handshakes: 0.0,
+        }
+    }
+
+    fn line(&mut self, elapsed_ms: u64, states: &[AgentState], latency: &Histogram<u64>) -> String {
+        let mut c = Counters::default();
+        for s in states {
+            c.add(&s.counters);
+        }
+        let dt = elapsed_ms.saturating_sub(self.last_ms).max(1);
+        let rate = |now: u64, before: u64| report::per_second(now.saturating_sub(before), dt);
+        let handshakes = rate(
+            c.opened + c.reconnects,
+            self.last.opened + self.last.reconnects,
+        );
+        self.peak_handshakes = self.peak_handshakes.max(handshakes);
+        let errors = c.failed + c.dropped + c.refused + c.server_errors + c.kicks;
+        let mut line = format!(
+            "[{:>4}s] open {}/{} failed {} | {:.0} hs/s",
+            elapsed_ms / 1000,
+            c.open,
+            self.target,
+            c.failed,
+            handshakes
+        );
+        if self.scenario == Scenario::Chat {
+            let l = LatencySummary::from_histogram(latency);
+            line += &format!(
+                " | sent {:.0}/s deliv {:.0}/s | p50 {:.2} p99 {:.2} ms",
+                rate(c.sent, self.last.sent),
+                rate(c.delivered, self.last.delivered),
+                l.p50,
+                l.p99
+            );
+        }
+        let live = states.iter().filter(|s| s.ready && !s.closed).count();
+        line += &format!(" | errors {errors} | agents {live}/{}", states.len());
+        if states.len() > 1 && states.len() <= 8 {
+            let per: Vec<String> = states.iter().map(|s| s.counters.open.to_string()).collect();
+            line += &format!(" [{}]", per.join(" "));
+        }
+        self.last = c;
+        self.last_ms = elapsed_ms;
+        line
+    }
+}

@@ -1,0 +1,47 @@
+//! `imbench`: the load generator of the imd instant-messaging system.
+//!
+//! It opens many WebSocket connections to one or more imd nodes, drives open-loop
+//! traffic (each message has an intended send time, and latency counts from it, so a
+//! slow server cannot hide behind a slow client), acknowledges every push like a real
+//! client, and with `--verify` proves that every acknowledged message reached every
+//! device it should have.
+//!
+//! A run has one coordinator and one or more agents. The coordinator (`imbench run`)
+//! turns the command line into a [`plan::RunPlan`], splits it into one
+//! [`plan::AgentPlan`] per agent, starts the agents together, merges their per-second
+//! counters and latency histograms into a progress line, and writes the report. An
+//! agent (`imbench agent`, or a task inside the coordinator) owns the sockets. The
+//! coordinator talks to child agents with JSON lines over their stdin/stdout
+//! ([`agent::Control`] down, [`agent::AgentEvent`] up); the same messages could travel
+//! over TCP or tarpc to remote agents later without touching the scenarios.
+//!
+//! Code map:
+//! - [`cli`]: the command line (clap derive).
+//! - [`plan`]: run plan, agent plans, source-address ranges, capacity checks.
+//! - [`coordinator`]: `imbench run`: agents, progress view, final report, exit code.
+//! - [`agent`]: one agent: connection schedule, counters, ticks, final report.
+//! - [`dial`]: token minting, source-address binding, the WebSocket handshake.
+//! - [`scenario`]: what each connection does (`idle`, `chat`).
+//! - [`verify`]: per-device sequence bookkeeping and the loss/duplicate arithmetic.
+//! - [`report`]: histogram transport, latency summaries, the JSON report, the summary.
+//! - [`limits`]: the open-files limit.
+
+pub mod agent;
+pub mod cli;
+pub mod coordinator;
+pub mod dial;
+pub mod limits;
+pub mod plan;
+pub mod report;
+pub mod scenario;
+pub mod verify;
+
+use std::process::ExitCode;
+
+/// Runs the parsed command line; what `main` calls.
+pub async fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        cli::Command::Run(args) => coordinator::run_command(*args).await,
+        cli::Command::Agent(args) => agent::run_stdio(args).await.map(|()| ExitCode::SUCCESS),
+    }
+}

@@ -1,0 +1,608 @@
+//! The plan of a run: what the command line asks for, checked against this machine,
+//! and split into one share per agent.
+//!
+//! Everything here is plain data and arithmetic, so that it can be unit-tested and
+//! shipped to an agent as JSON. It must not open sockets or spawn anything.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+use std::str::FromStr;
+
+use anyhow::{Context, bail, ensure};
+use serde::{Deserialize, Serialize};
+
+use crate::cli::{RunArgs, Scenario};
+
+/// File descriptors an agent keeps for itself besides its sockets (stdio, epoll,
+/// eventfds, the odd log file).
+pub const FD_HEADROOM: u64 = 256;
+
+/// The most source addresses one `--source-ips` may name.
+pub const MAX_SOURCE_IPS: usize = 65_536;
+
+/// Time between the last scheduled connection and the first message, so that the
+/// last handshakes finish before the traffic starts.
+pub const SETTLE_MS: u64 = 1_000;
+
+/// A secret whose `Debug` does not print it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.is_empty() {
+            return Err("the token secret is empty".into());
+        }
+        Ok(Secret(s.to_owned()))
+    }
+}
+
+/// Parses `--source-ips`: comma-separated IPv4/IPv6 addresses and IPv4 ranges
+/// `A-B` (inclusive, `A <= B`), in the order given.
+pub fn parse_source_ips(spec: &str) -> anyhow::Result<Vec<IpAddr>> {
+    let mut out = Vec::new();
+    for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        if let Some((a, b)) = item.split_once('-') {
+            let a: Ipv4Addr = a
+                .trim()
+                .parse()
+                .with_context(|| format!("bad range start in {item:?}"))?;
+            let b: Ipv4Addr = b
+                .trim()
+                .parse()
+                .with_context(|| format!("bad range end in {item:?}"))?;
+            let (a, b) = (u32::from(a), u32::from(b));
+            ensure!(a <= b, "range {item:?} runs backwards");
+            let len = u64::from(b - a) + 1;
+            ensure!(
+                out.len() as u64 + len <= MAX_SOURCE_IPS as u64,
+                "--source-ips names more than {MAX_SOURCE_IPS} addresses"
+            );
+            out.extend((a..=b).map(|n| IpAddr::V4(Ipv4Addr::from(n))));
+        } else {
+            let ip: IpAddr = item
+                .parse()
+                .with_context(|| format!("bad address {item:?}"))?;
+            ensure!(
+                out.len() < MAX_SOURCE_IPS,
+                "--source-ips names more than {MAX_SOURCE_IPS} addresses"
+            );
+            out.push(ip);
+        }
+    }
+    ensure!(!out.is_empty(), "--source-ips {spec:?} names no address");
+    Ok(out)
+}
+
+/// A WebSocket endpoint of one imd node, from a `--target` base URL.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Target {
+    /// `host:port` as given (for the Host header and resolution).
+    pub authority: String,
+    /// `ws://host:port/v1/ws` (no token).
+    pub ws_url: String,
+}
+
+impl Target {
+    /// Parses `http://host:port` (or `ws://`, or a bare `host:port`).
+    pub fn parse(url: &str) -> anyhow::Result<Self> {
+        let rest = if let Some(r) = url.strip_prefix("http://") {
+            r
+        } else if let Some(r) = url.strip_prefix("ws://") {
+            r
+        } else if url.starts_with("https://") || url.starts_with("wss://") {
+            bail!("target {url:?}: TLS is not supported by imbench yet");
+        } else if url.contains("://") {
+            bail!("target {url:?}: expected http://host:port");
+        } else {
+            url
+        };
+        let authority = rest.split('/').next().unwrap_or_default();
+        ensure!(
+            authority
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()),
+            "target {url:?}: expected http://host:port"
+        );
+        Ok(Target {
+            authority: authority.to_owned(),
+            ws_url: format!("ws://{authority}/v1/ws"),
+        })
+    }
+}
+
+/// The whole run, as the coordinator sees it.
+#[derive(Debug, Clone)]
+pub struct RunPlan {
+    /// Random tag in every uid, so that runs against one data dir never share users.
+    pub run_id: String,
+    /// What the connections do.
+    pub scenario: Scenario,
+    /// imd nodes.
+    pub targets: Vec<Target>,
+    /// Token secret.
+    pub token_secret: Secret,
+    /// Connections in total.
+    pub connections: u64,
+    /// Connections opened per second in total.
+    pub ramp_per_s: f64,
+    /// Messages per second in total.
+    pub rate_per_s: f64,
+    /// Load phase, after the ramp.
+    pub duration_ms: u64,
+    /// Reading-only phase after the load.
+    pub drain_ms: u64,
+    /// Source addresses (empty: the kernel's choice).
+    pub source_ips: Vec<IpAddr>,
+    /// Whether to check delivery.
+    pub verify: bool,
+    /// Per-connection handshake timeout.
+    pub connect_timeout_ms: u64,
+    /// Application ping period (0: none).
+    pub heartbeat_ms: u64,
+    /// Client WebSocket read buffer.
+    pub read_buffer: usize,
+}
+
+impl RunPlan {
+    /// Checks the flags and builds the plan.
+    pub fn from_args(args: &RunArgs) -> anyhow::Result<Self> {
+        match args.scenario {
+            Scenario::Idle | Scenario::Chat => {}
+            Scenario::Service | Scenario::Group => bail!(
+                "scenario {:?} is not implemented yet (this build has idle and chat)",
+                args.scenario.as_str()
+            ),
+        }
+        ensure!(args.connections > 0, "--connections must be at least 1");
+        ensure!(
+            args.ramp.is_finite() && args.ramp > 0.0,
+            "--ramp must be a positive number"
+        );
+        ensure!(
+            args.rate.is_finite() && args.rate >= 0.0,
+            "--rate must be zero or positive"
+        );
+        if args.scenario == Scenario::Chat {
+            ensure!(
+                args.connections >= 2,
+                "chat needs at least 2 connections (one pair)"
+            );
+            ensure!(args.rate > 0.0, "chat needs --rate above 0");
+        }
+        ensure!(
+            args.read_buffer >= 256,
+            "--read-buffer below 256 bytes makes no sense"
+        );
+        let targets = args
+            .targets
+            .iter()
+            .map(|t| Target::parse(t))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let source_ips = match &args.source_ips {
+            Some(spec) => parse_source_ips(spec)?,
+            None => Vec::new(),
+        };
+        Ok(RunPlan {
+            run_id: new_run_id(),
+            scenario: args.scenario,
+            targets,
+            token_secret: args.token_secret.clone(),
+            connections: args.connections,
+            ramp_per_s: args.ramp,
+            rate_per_s: args.rate,
+            duration_ms: args.duration.as_millis() as u64,
+            drain_ms: args.drain.as_millis() as u64,
+            source_ips,
+            verify: args.verify,
+            connect_timeout_ms: args.connect_timeout.as_millis().max(1) as u64,
+            heartbeat_ms: args.heartbeat.as_millis() as u64,
+            read_buffer: args.read_buffer,
+        })
+    }
+
+    /// Time from the start until the last connection is scheduled.
+    pub fn ramp_ms(&self) -> u64 {
+        (self.connections as f64 / self.ramp_per_s * 1000.0).ceil() as u64
+    }
+
+    /// Reading-only phase after the load (chat only: idle has nothing to drain).
+    pub fn effective_drain_ms(&self) -> u64 {
+        if self.scenario == Scenario::Chat {
+            self.drain_ms
+        } else {
+            0
+        }
+    }
+
+    /// Time from the start until the agents close their connections.
+    pub fn total_ms(&self) -> u64 {
+        self.ramp_ms() + SETTLE_MS + self.duration_ms + self.effective_drain_ms()
+    }
+
+    /// Message rate of one sending connection (chat: every paired connection sends).
+    pub fn per_connection_rate(&self) -> f64 {
+        match self.scenario {
+            Scenario::Chat => {
+                let senders = self.connections / 2 * 2;
+                if senders == 0 {
+                    0.0
+                } else {
+                    self.rate_per_s / senders as f64
+                }
+            }
+            _ => 0.0,
+        }
+    }
+
+    /// Checks that `agents` processes can hold the plan: each under `per_process`
+    /// sockets, and each (source address, target) pair under `ports` ephemeral ports.
+    pub fn check_capacity(
+        &self,
+        agents: usize,
+        per_process: u64,
+        ports: u64,
+    ) -> anyhow::Result<()> {
+        let shares = split(self.connections, agents.max(1), self.scenario);
+        let biggest = shares.iter().map(|s| s.count).max().unwrap_or(0);
+        ensure!(
+            biggest <= per_process,
+            "the plan cannot fit: {} connections over {} agent process(es) puts {biggest} in one \
+             process, over the {per_process} one process may hold (open-files hard limit minus \
+             {FD_HEADROOM}); use --local-agents {} or more",
+            self.connections,
+            agents.max(1),
+            self.connections.div_ceil(per_process.max(1))
+        );
+        let sources = self.source_ips.len().max(1) as u64;
+        let per_pair = self
+            .connections
+            .div_ceil(sources * self.targets.len() as u64);
+        ensure!(
+            per_pair <= ports,
+            "the plan cannot fit: {per_pair} connections per (source address, target) pair, over \
+             the {ports} ephemeral ports of ip_local_port_range; give more --source-ips"
+        );
+        Ok(())
+    }
+
+    /// How many agent processes to start for `--local-agents` (None: decide).
+    /// 0 means "inside the coordinator".
+    pub fn agent_count(&self, asked: Option<usize>, per_process: u64) -> usize {
+        match asked {
+            Some(k) => k,
+            None if self.connections <= per_process => 0,
+            None => self.connections.div_ceil(per_process.max(1)) as usize,
+        }
+    }
+
+    /// One plan per agent (`agents` = 0 is one in-process agent).
+    pub fn agent_plans(&self, agents: usize) -> Vec<AgentPlan> {
+        let per_conn_rate = self.per_connection_rate();
+        split(self.connections, agents.max(1), self.scenario)
+            .into_iter()
+            .enumerate()
+            .map(|(i, share)| AgentPlan {
+                agent: i,
+                run_id: self.run_id.clone(),
+                scenario: self.scenario,
+                targets: self.targets.clone(),
+                token_secret: self.token_secret.clone(),
+                total_connections: self.connections,
+                first: share.first,
+                count: share.count,
+                ramp_per_s: self.ramp_per_s,
+                per_conn_rate,
+                ramp_ms: self.ramp_ms(),
+                settle_ms: SETTLE_MS,
+                duration_ms: self.duration_ms,
+                drain_ms: self.effective_drain_ms(),
+                source_ips: self.source_ips.clone(),
+                verify: self.verify,
+                connect_timeout_ms: self.connect_timeout_ms,
+                heartbeat_ms: self.heartbeat_ms,
+                read_buffer: self.read_buffer,
+            })
+            .collect()
+    }
+}
+
+/// A contiguous range of global connection indices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Share {
+    /// First global index.
+    pub first: u64,
+    /// Number of connections.
+    pub count: u64,
+}
+
+/// Splits `total` connections into `agents` contiguous shares as even as possible.
+/// For chat the cut falls between pairs (2k, 2k+1), so that each agent can verify its
+/// own pairs; an odd last connection (which has no peer) goes to the last agent.
+pub fn split(total: u64, agents: usize, scenario: Scenario) -> Vec<Share> {
+    let agents = agents.max(1) as u64;
+    let unit = if scenario == Scenario::Chat { 2 } else { 1 };
+    let units = total / unit;
+    let (base, extra) = (units / agents, units % agents);
+    let mut out = Vec::with_capacity(agents as usize);
+    let mut first = 0;
+    for i in 0..agents {
+        let mut count = (base + u64::from(i < extra)) * unit;
+        if i == agents - 1 {
+            count = total - first;
+        }
+        out.push(Share { first, count });
+        first += count;
+    }
+    out
+}
+
+fn new_run_id() -> String {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    // Good enough to tell runs apart; not a security boundary.
+    let mixed = (nanos as u64) ^ (u64::from(std::process::id()) << 32);
+    format!("{:08x}", (mixed ^ (mixed >> 29)) as u32)
+}
+
+/// One agent's share of the run. Sent to the agent as JSON.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentPlan {
+    /// Agent index, from 0.
+    pub agent: usize,
+    /// Tag in every uid.
+    pub run_id: String,
+    /// What the connections do.
+    pub scenario: Scenario,
+    /// imd nodes; global connection i goes to `targets[i % len]`.
+    pub targets: Vec<Target>,
+    /// Token secret.
+    pub token_secret: Secret,
+    /// Connections over all agents (the ramp schedule is global).
+    pub total_connections: u64,
+    /// First global connection index of this agent.
+    pub first: u64,
+    /// Connections of this agent.
+    pub count: u64,
+    /// Connections per second over all agents: global connection i opens at
+    /// `start + i / ramp_per_s`.
+    pub ramp_per_s: f64,
+    /// Messages per second of each sending connection.
+    pub per_conn_rate: f64,
+    /// Ramp length over all agents.
+    pub ramp_ms: u64,
+    /// Pause between the ramp and the load.
+    pub settle_ms: u64,
+    /// Load phase.
+    pub duration_ms: u64,
+    /// Reading-only phase after the load.
+    pub drain_ms: u64,
+    /// Source addresses; global connection i binds `source_ips[i % len]`.
+    pub source_ips: Vec<IpAddr>,
+    /// Whether to check delivery.
+    pub verify: bool,
+    /// Handshake timeout.
+    pub connect_timeout_ms: u64,
+    /// Application ping period (0: none).
+    pub heartbeat_ms: u64,
+    /// Client WebSocket read buffer.
+    pub read_buffer: usize,
+}
+
+impl AgentPlan {
+    /// The uid of global connection `i`.
+    pub fn uid(&self, i: u64) -> String {
+        uid(&self.run_id, i)
+    }
+
+    /// Global indices of this agent's connections.
+    pub fn indices(&self) -> std::ops::Range<u64> {
+        self.first..self.first + self.count
+    }
+
+    /// The chat peer of global connection `i`, if it has one.
+    pub fn peer(&self, i: u64) -> Option<u64> {
+        let p = i ^ 1;
+        (p < self.total_connections).then_some(p)
+    }
+}
+
+/// The uid of global connection `i` of run `run_id`.
+pub fn uid(run_id: &str, i: u64) -> String {
+    format!("b{run_id}u{i}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn source_ip_ranges_parse() {
+        assert_eq!(
+            parse_source_ips("127.0.0.2-127.0.0.4").unwrap(),
+            vec![ip("127.0.0.2"), ip("127.0.0.3"), ip("127.0.0.4")]
+        );
+        assert_eq!(
+            parse_source_ips("127.0.0.9").unwrap(),
+            vec![ip("127.0.0.9")]
+        );
+        assert_eq!(
+            parse_source_ips("127.0.0.2, 127.0.1.254-127.0.2.1,::1").unwrap(),
+            vec![
+                ip("127.0.0.2"),
+                ip("127.0.1.254"),
+                ip("127.0.1.255"),
+                ip("127.0.2.0"),
+                ip("127.0.2.1"),
+                ip("::1")
+            ]
+        );
+        assert_eq!(parse_source_ips("127.0.0.2-127.0.0.40").unwrap().len(), 39);
+        for bad in [
+            "",
+            ",",
+            "127.0.0.5-127.0.0.4",
+            "127.0.0.x",
+            "1-2",
+            "::1-::2",
+            "10.0.0.0-10.1.0.0",
+        ] {
+            assert!(parse_source_ips(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn targets_parse() {
+        let t = Target::parse("http://127.0.0.1:8080").unwrap();
+        assert_eq!(t.ws_url, "ws://127.0.0.1:8080/v1/ws");
+        assert_eq!(t.authority, "127.0.0.1:8080");
+        assert_eq!(Target::parse("ws://h:1/").unwrap().ws_url, "ws://h:1/v1/ws");
+        assert_eq!(
+            Target::parse("localhost:9").unwrap().authority,
+            "localhost:9"
+        );
+        for bad in [
+            "https://h:1",
+            "http://h",
+            "http://:1",
+            "ftp://h:1",
+            "h:port",
+        ] {
+            assert!(Target::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn splits_cover_everything_once() {
+        for (total, agents, scenario) in [
+            (10, 3, Scenario::Idle),
+            (10, 3, Scenario::Chat),
+            (11, 3, Scenario::Chat),
+            (1, 4, Scenario::Idle),
+            (15_000, 1, Scenario::Idle),
+            (1_000_000, 51, Scenario::Chat),
+        ] {
+            let shares = split(total, agents, scenario);
+            assert_eq!(shares.len(), agents);
+            let mut next = 0;
+            for s in &shares {
+                assert_eq!(s.first, next);
+                next += s.count;
+            }
+            assert_eq!(next, total);
+            let max = shares.iter().map(|s| s.count).max().unwrap();
+            let min = shares.iter().map(|s| s.count).min().unwrap();
+            assert!(max - min <= 3, "{total}/{agents}: {shares:?}");
+            if scenario == Scenario::Chat {
+                // every share but the last starts and ends on a pair boundary
+                for s in &shares[..agents - 1] {
+                    assert_eq!(s.first % 2, 0);
+                    assert_eq!(s.count % 2, 0);
+                }
+            }
+        }
+        assert_eq!(
+            split(10, 3, Scenario::Chat),
+            vec![
+                Share { first: 0, count: 4 },
+                Share { first: 4, count: 4 },
+                Share { first: 8, count: 2 }
+            ]
+        );
+    }
+
+    fn plan(connections: u64, scenario: Scenario) -> RunPlan {
+        RunPlan {
+            run_id: "r".into(),
+            scenario,
+            targets: vec![Target::parse("http://127.0.0.1:1").unwrap()],
+            token_secret: "s".parse().unwrap(),
+            connections,
+            ramp_per_s: 1000.0,
+            rate_per_s: 2000.0,
+            duration_ms: 20_000,
+            drain_ms: 3_000,
+            source_ips: Vec::new(),
+            verify: true,
+            connect_timeout_ms: 10_000,
+            heartbeat_ms: 0,
+            read_buffer: 4096,
+        }
+    }
+
+    #[test]
+    fn capacity_and_agent_count() {
+        let per_process = 20_000 - FD_HEADROOM;
+        let p = plan(15_000, Scenario::Idle);
+        assert_eq!(p.agent_count(None, per_process), 0);
+        assert!(p.check_capacity(1, per_process, 28_232).is_ok());
+
+        let p = plan(100_000, Scenario::Idle);
+        assert_eq!(p.agent_count(None, per_process), 6);
+        let err = p
+            .check_capacity(2, per_process, 1_000_000)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("cannot fit") && err.contains("--local-agents 6"),
+            "{err}"
+        );
+        // one source address: ports run out before sockets do
+        assert!(
+            p.check_capacity(6, per_process, 28_232)
+                .unwrap_err()
+                .to_string()
+                .contains("--source-ips")
+        );
+        let mut p = p;
+        p.source_ips = parse_source_ips("127.0.0.2-127.0.0.10").unwrap();
+        assert!(p.check_capacity(6, per_process, 28_232).is_ok());
+    }
+
+    #[test]
+    fn rates_and_schedule() {
+        let p = plan(200, Scenario::Chat);
+        assert_eq!(p.per_connection_rate(), 10.0);
+        assert_eq!(p.ramp_ms(), 200);
+        assert_eq!(p.total_ms(), 200 + SETTLE_MS + 20_000 + 3_000);
+        // an odd connection has no peer and does not send
+        let p = plan(201, Scenario::Chat);
+        assert_eq!(p.per_connection_rate(), 10.0);
+        let plans = p.agent_plans(2);
+        assert_eq!(plans[1].indices(), 100..201);
+        assert_eq!(plans[1].peer(200), None);
+        assert_eq!(plans[1].peer(199), Some(198));
+        assert_eq!(plans[0].peer(0), Some(1));
+        assert_eq!(plan(10, Scenario::Idle).per_connection_rate(), 0.0);
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let s: Secret = "hunter2".parse().unwrap();
+        assert_eq!(format!("{s:?}"), "***");
+        assert_eq!(serde_json::to_string(&s).unwrap(), "\"hunter2\"");
+    }
+}

@@ -1,0 +1,123 @@
+//! What one connection does during a run, per scenario, and the pieces they share:
+//! opening a counted connection, closing it politely, reading server frames.
+//!
+//! A scenario task owns its WebSocket and all of its bookkeeping (one task per
+//! connection, no locks on the hot path); it touches the agent only through the
+//! atomic counters in [`crate::agent::Stats`]. It must return by itself once the
+//! agent's stop token is cancelled.
+
+pub mod chat;
+pub mod idle;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::SinkExt;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+use crate::agent::{Ctx, bump};
+use crate::cli::Scenario;
+use crate::dial::{self, Ws};
+
+/// What a connection task hands back at the end.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Its first handshake failed (or the run stopped first).
+    NeverOpened,
+    /// An idle connection.
+    Idle,
+    /// A chat connection and what it sent and saw.
+    Chat(Box<chat::ChatLog>),
+}
+
+/// Runs global connection `i` of the agent's plan until the stop.
+pub async fn run_connection(ctx: Arc<Ctx>, i: u64) -> Outcome {
+    match ctx.plan.scenario {
+        Scenario::Chat => chat::run(ctx, i).await,
+        // The plan refuses the scenarios that do not exist yet; idle is the safe
+        // behaviour for anything else.
+        _ => idle::run(ctx, i).await,
+    }
+}
+
+/// Dials connection `i` as `uid`, counting a failure by kind. `None` when it failed
+/// or the run stopped first.
+pub(crate) async fn connect(ctx: &Ctx, i: u64, uid: &str) -> Option<Ws> {
+    let attempt = dial::dial(
+        ctx.endpoint(i),
+        ctx.source(i),
+        &ctx.minter,
+        uid,
+        ctx.ws_config,
+        Duration::from_millis(ctx.plan.connect_timeout_ms),
+    );
+    tokio::select! {
+        result = attempt => match result {
+            Ok(ws) => Some(ws),
+            Err((kind, sample)) => {
+                ctx.stats.error(&kind.to_string(), &sample);
+                None
+            }
+        },
+        _ = ctx.stop.cancelled() => None,
+    }
+}
+
+/// Opens connection `i` for the first time, counting it as opened or failed.
+pub(crate) async fn open_first(ctx: &Ctx, i: u64, uid: &str) -> Option<Ws> {
+    match connect(ctx, i, uid).await {
+        Some(ws) => {
+            ctx.stats.opened_at(ctx.clock.elapsed_ms());
+            Some(ws)
+        }
+        None => {
+            bump(&ctx.stats.failed);
+            None
+        }
+    }
+}
+
+/// Reconnects connection `i` after a drop, retrying with backoff until it works or
+/// the run stops.
+pub(crate) async fn reconnect(ctx: &Ctx, i: u64, uid: &str) -> Option<Ws> {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if ctx.stop.is_cancelled() {
+            return None;
+        }
+        if let Some(ws) = connect(ctx, i, uid).await {
+            bump(&ctx.stats.reconnects);
+            bump(&ctx.stats.open);
+            return Some(ws);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = ctx.stop.cancelled() => return None,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Counts a connection the server or the network closed.
+pub(crate) fn dropped(ctx: &Ctx, why: &str) {
+    bump(&ctx.stats.dropped);
+    ctx.stats
+        .open
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    ctx.stats.error("closed", why);
+}
+
+/// Closes a connection at the end of the run without waiting long for the server.
+pub(crate) async fn close(ctx: &Ctx, mut ws: Ws) {
+    ctx.stats
+        .open
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
+}
+
+/// Writes one text frame (flushed: the write buffer is off).
+pub(crate) async fn send_text(ws: &mut Ws, text: String) -> Result<(), String> {
+    ws.send(WsMessage::text(text))
+        .await
+        .map_err(|e| format!("write: {e}"))
+}

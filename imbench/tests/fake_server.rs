@@ -1,0 +1,178 @@
+//! imbench against an in-process fake of imd's WebSocket contract: the coordinator,
+//! child agents, the chat schedule and the delivery check, including faults the
+//! check must catch (a skipped push) and ones it must ride out (a dropped sender).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{FakeImd, Faults, SECRET, run_imbench};
+
+fn chat_args<'a>(url: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "--target",
+        url,
+        "--token-secret",
+        SECRET,
+        "--scenario",
+        "chat",
+        "--connections",
+        "20",
+        "--ramp",
+        "500",
+        "--rate",
+        "200",
+        "--duration",
+        "2s",
+        "--drain",
+        "1s",
+        "--verify",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_agent_chat_delivers_everything() {
+    let server = FakeImd::start(Faults::default()).await;
+    let r = run_imbench(
+        &chat_args(
+            &server.url,
+            &["--local-agents", "2", "--source-ips", "127.0.0.2-127.0.0.3"],
+        ),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(
+        r.code,
+        Some(0),
+        "stdout:\n{}\nstderr:\n{}",
+        r.stdout,
+        r.stderr
+    );
+    let m = &r.report["messages"];
+    assert_eq!(m["lost"], 0, "{}", r.report);
+    assert_eq!(m["lost_echo"], 0, "{}", r.report);
+    assert_eq!(m["duplicated"], 0);
+    assert_eq!(m["out_of_order"], 0);
+    // 200 msg/s for 2 s, give or take the edges of the schedule
+    let sent = m["sent"].as_u64().unwrap();
+    assert!((390..=410).contains(&sent), "sent {sent}");
+    assert_eq!(m["delivered"], m["acked"]);
+    assert_eq!(m["echoed"], m["acked"]);
+    assert_eq!(r.report["connections"]["opened"], 20);
+    assert_eq!(r.report["agents"].as_array().unwrap().len(), 2);
+    let p50 = r.report["latency_ms"]["p50"].as_f64().unwrap();
+    assert!(p50 > 0.0 && p50 < 500.0, "p50 {p50}");
+    assert!(r.stdout.contains("result       OK"), "{}", r.stdout);
+    assert!(r.stderr.contains("open 20/20"), "{}", r.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_skipped_push_is_a_loss_and_fails_the_run() {
+    let server = FakeImd::start(Faults {
+        skip_push_every: Some(10),
+        ..Default::default()
+    })
+    .await;
+    let r = run_imbench(&chat_args(&server.url, &[]), Duration::from_secs(60)).await;
+    assert_eq!(
+        r.code,
+        Some(1),
+        "stdout:\n{}\nstderr:\n{}",
+        r.stdout,
+        r.stderr
+    );
+    let lost = r.report["messages"]["lost"].as_u64().unwrap();
+    let sent = r.report["messages"]["sent"].as_u64().unwrap();
+    assert_eq!(lost, sent / 10, "{}", r.report);
+    assert_eq!(r.report["ok"], false);
+    assert!(r.stdout.contains("FAILED"), "{}", r.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_senders_reconnect_resend_and_lose_nothing() {
+    let server = FakeImd::start(Faults {
+        drop_sender_every: Some(25),
+        ..Default::default()
+    })
+    .await;
+    let r = run_imbench(&chat_args(&server.url, &[]), Duration::from_secs(60)).await;
+    assert_eq!(
+        r.code,
+        Some(0),
+        "stdout:\n{}\nstderr:\n{}",
+        r.stdout,
+        r.stderr
+    );
+    let c = &r.report["connections"];
+    assert!(c["reconnects"].as_u64().unwrap() > 0, "{}", r.report);
+    let m = &r.report["messages"];
+    assert_eq!(m["lost"], 0, "{}", r.report);
+    // every resend with the same cid was answered with the first message
+    assert_eq!(m["duplicated"], 0, "{}", r.report);
+    assert_eq!(m["unacked"], 0, "{}", r.report);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_open_and_hold() {
+    let server = FakeImd::start(Faults::default()).await;
+    let r = run_imbench(
+        &[
+            "--target",
+            &server.url,
+            "--token-secret",
+            SECRET,
+            "--scenario",
+            "idle",
+            "--connections",
+            "300",
+            "--ramp",
+            "1000",
+            "--duration",
+            "1s",
+            "--heartbeat",
+            "200ms",
+        ],
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(
+        r.code,
+        Some(0),
+        "stdout:\n{}\nstderr:\n{}",
+        r.stdout,
+        r.stderr
+    );
+    let c = &r.report["connections"];
+    assert_eq!(c["opened"], 300, "{}", r.report);
+    assert_eq!(c["failed"], 0);
+    assert_eq!(c["dropped"], 0);
+    assert!(
+        c["handshakes_per_s"].as_f64().unwrap() > 100.0,
+        "{}",
+        r.report
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_secret_is_counted_not_fatal() {
+    let server = FakeImd::start(Faults::default()).await;
+    let r = run_imbench(
+        &[
+            "--target",
+            &server.url,
+            "--token-secret",
+            "wrong",
+            "--connections",
+            "5",
+            "--duration",
+            "1s",
+        ],
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(r.report["connections"]["failed"], 5);
+    assert_eq!(r.report["errors"][0]["kind"], "http 401", "{}", r.report);
+}

@@ -1,0 +1,86 @@
+//! imbench against a real `imd serve` process: the "done when" check, a
+//! verified chat run with two agent processes and zero loss.
+//!
+//! Needs the imd binary next to imbench's (`cargo test --workspace` builds it;
+//! alone, run `cargo build -p imd` first).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Imd, SECRET, run_imbench};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_agent_verified_chat_against_imd_loses_nothing() {
+    let imd = tokio::task::spawn_blocking(|| Imd::start(SECRET))
+        .await
+        .unwrap();
+    let r = run_imbench(
+        &[
+            "--target",
+            &imd.url,
+            "--token-secret",
+            SECRET,
+            "--scenario",
+            "chat",
+            "--connections",
+            "40",
+            "--ramp",
+            "400",
+            "--rate",
+            "400",
+            "--duration",
+            "3s",
+            "--drain",
+            "2s",
+            "--verify",
+            "--local-agents",
+            "2",
+        ],
+        Duration::from_secs(90),
+    )
+    .await;
+    assert_eq!(
+        r.code,
+        Some(0),
+        "stdout:\n{}\nstderr:\n{}",
+        r.stdout,
+        r.stderr
+    );
+    let rep = &r.report;
+    assert_eq!(rep["ok"], true, "{rep}");
+    assert_eq!(rep["connections"]["opened"], 40, "{rep}");
+    let agents = rep["agents"].as_array().unwrap();
+    assert_eq!(agents.len(), 2);
+    assert!(agents.iter().all(|a| a["status"] == "ok"), "{rep}");
+    let m = &rep["messages"];
+    for field in [
+        "lost",
+        "lost_echo",
+        "duplicated",
+        "out_of_order",
+        "unacked",
+        "refused",
+    ] {
+        assert_eq!(m[field], 0, "{field} in {rep}");
+    }
+    let sent = m["sent"].as_u64().unwrap();
+    assert!(
+        (1_150..=1_250).contains(&sent),
+        "sent {sent} for 400 msg/s over 3 s: {rep}"
+    );
+    assert_eq!(m["acked"], sent, "{rep}");
+    assert_eq!(m["delivered"], sent, "{rep}");
+    assert_eq!(m["echoed"], sent, "{rep}");
+    let l = &rep["latency_ms"];
+    let (p50, p99, max) = (
+        l["p50"].as_f64().unwrap(),
+        l["p99"].as_f64().unwrap(),
+        l["max"].as_f64().unwrap(),
+    );
+    assert!(
+        0.0 < p50 && p50 <= p99 && p99 <= max && max < 5_000.0,
+        "latency {l}"
+    );
+    assert_eq!(l["count"], sent);
+}
