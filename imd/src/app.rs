@@ -8,6 +8,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -142,7 +143,12 @@ impl App {
             metrics,
             tracker: TaskTracker::new(),
             node_id,
+            roles: cfg.roles.clone(),
+            listen,
+            started_at_ms: now_ms(),
+            committed_per_s: AtomicU64::new(0),
         });
+        tokio::spawn(sample_rate(state.clone(), background.clone()));
         Ok(Self {
             state,
             hub,
@@ -263,6 +269,21 @@ fn raise_fd_limit() {
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(n) => tracing::debug!(limit = n, "open-files limit"),
         Err(e) => tracing::warn!(error = %e, "could not raise the open-files limit"),
+    }
+}
+
+/// Samples the commit rate once a second, for the cluster view.
+async fn sample_rate(state: AppState, stop: CancellationToken) {
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    let mut last = state.messaging.committed_total();
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = stop.cancelled() => break,
+        }
+        let now = state.messaging.committed_total();
+        state.committed_per_s.store(now - last, Ordering::Relaxed);
+        last = now;
     }
 }
 

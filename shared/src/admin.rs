@@ -169,3 +169,59 @@ pub struct WordsStatus {
     /// `mask` or `reject`.
     pub policy: String,
 }
+
+/// `POST /admin/v1/replay` body: re-push part of a user's inbox to the devices online now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Replay {
+    /// The user.
+    pub uid: String,
+    /// Replay entries with `useq > after`.
+    pub after: u64,
+    /// … and `useq <= until` (default: to the end of the inbox).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<u64>,
+}
+
+/// `POST /admin/v1/replay` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replayed {
+    /// Inbox entries pushed.
+    pub messages: usize,
+    /// Devices they were pushed to.
+    pub devices: usize,
+}
+
+/// One node, as `GET /admin/v1/cluster` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// The node's id.
+    pub node_id: String,
+    /// Its roles.
+    pub roles: Vec<String>,
+    /// Its HTTP/WebSocket address.
+    pub listen: String,
+    /// Its version.
+    pub version: String,
+    /// When it started, unix milliseconds.
+    pub started_at: i64,
+    /// Open WebSocket connections.
+    pub connections: u64,
+    /// Pushes written and not acked yet.
+    pub unacked: i64,
+    /// Messages committed since start.
+    pub committed: u64,
+    /// Messages committed in the last second.
+    pub committed_per_s: u64,
+    /// Pushes queued since start.
+    pub pushes: u64,
+    /// Pushes resent since start.
+    pub retransmits: u64,
+}
+
+/// `GET /admin/v1/cluster` answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    /// Every live node.
+    pub nodes: Vec<NodeInfo>,
+}

@@ -8,6 +8,7 @@
 //! pushes leave in the same order as `seq` and `useq` were given.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -21,7 +22,7 @@ use super::limits::Limits;
 use super::service::CustomerService;
 use super::words::Words;
 use super::{Deliver, Error, Identity, Presence};
-use crate::store::{CommitOutcome, DirectoryStore, MessageStore, NewMessage, Op, Page};
+use crate::store::{CommitOutcome, Committed, DirectoryStore, MessageStore, NewMessage, Op, Page};
 
 /// How a queued send is answered: called once, from the commit task, so it must not block.
 pub type Reply = Box<dyn FnOnce(Result<SendOutcome, Error>) + Send>;
@@ -61,7 +62,34 @@ pub struct Deps {
     pub limits: Arc<Limits>,
 }
 
+/// Committed messages as they commit, for followers such as the admin tail, and the
+/// count of them.
+pub struct Feed {
+    tx: tokio::sync::broadcast::Sender<Arc<Committed>>,
+    committed: AtomicU64,
+}
+
+impl Feed {
+    fn new() -> Self {
+        // Followers that fall this far behind are told they lagged, and catch up from
+        // the store.
+        let (tx, _) = tokio::sync::broadcast::channel(1024);
+        Self {
+            tx,
+            committed: AtomicU64::new(0),
+        }
+    }
+
+    fn publish(&self, c: &Committed) {
+        self.committed.fetch_add(1, Ordering::Relaxed);
+        if self.tx.receiver_count() > 0 {
+            let _ = self.tx.send(Arc::new(c.clone()));
+        }
+    }
+}
+
 struct Inner {
+    feed: Arc<Feed>,
     store: Arc<dyn MessageStore>,
     dir: Arc<dyn DirectoryStore>,
     blacklist: Arc<Blacklist>,
@@ -94,15 +122,18 @@ impl Messaging {
         // A queue of a few batches: deep enough to keep the store busy, shallow enough
         // that senders feel backpressure instead of growing memory.
         let (tx, rx) = mpsc::channel(batch_max * 4);
+        let feed = Arc::new(Feed::new());
         let task = tokio::spawn(commit_loop(
             deps.store.clone(),
             deps.deliver,
+            feed.clone(),
             rx,
             batch_max,
             shutdown,
         ));
         let service = Arc::new(CustomerService::new(deps.dir.clone(), deps.presence));
         let inner = Inner {
+            feed,
             store: deps.store,
             dir: deps.dir,
             blacklist: deps.blacklist,
@@ -122,6 +153,46 @@ impl Messaging {
     /// The blacklist cache.
     pub fn blacklist(&self) -> &Arc<Blacklist> {
         &self.0.blacklist
+    }
+
+    /// Follows messages as they commit (only new ones, not joins).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<Committed>> {
+        self.0.feed.tx.subscribe()
+    }
+
+    /// Messages committed since start.
+    pub fn committed_total(&self) -> u64 {
+        self.0.feed.committed.load(Ordering::Relaxed)
+    }
+
+    /// The highest `seq` of `conv`.
+    pub async fn last_seq(&self, conv: &str) -> Result<u64, Error> {
+        Ok(self.0.store.last_seq(conv).await?)
+    }
+
+    /// Inbox entries of `uid` with `after < useq <= until`, at most `cap` of them.
+    pub async fn inbox_range(
+        &self,
+        uid: &str,
+        after: u64,
+        until: u64,
+        cap: usize,
+    ) -> Result<Vec<(u64, Bytes)>, Error> {
+        let mut out = Vec::new();
+        let mut from = after;
+        while out.len() < cap && from < until {
+            let page = self.0.store.inbox(uid, from, MAX_PAGE).await?;
+            let Some(&(last, _)) = page.items.last() else {
+                break;
+            };
+            out.extend(page.items.into_iter().filter(|(u, _)| *u <= until));
+            from = last;
+            if !page.more {
+                break;
+            }
+        }
+        out.truncate(cap);
+        Ok(out)
     }
 
     /// Checks `req`, resolves its recipients, and queues it for commit. `reply` is called
@@ -337,6 +408,7 @@ fn page_size(limit: Option<u32>) -> u32 {
 async fn commit_loop(
     store: Arc<dyn MessageStore>,
     deliver: Arc<dyn Deliver>,
+    feed: Arc<Feed>,
     mut rx: mpsc::Receiver<Queued>,
     batch_max: usize,
     shutdown: CancellationToken,
@@ -372,6 +444,7 @@ async fn commit_loop(
                     let (json, duplicate) = match outcome {
                         CommitOutcome::New(c) => {
                             deliver.deliver(&c);
+                            feed.publish(&c);
                             metrics::counter!("imd_messages_committed_total").increment(1);
                             (c.json, false)
                         }

@@ -8,16 +8,20 @@ use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use serde::Deserialize;
+use std::sync::atomic::Ordering;
+
+use axum::response::sse::{Event, KeepAlive, Sse};
 use shared::admin::{
-    AddBlacklist, BlacklistKind, BlacklistList, ConnectionList, GroupMembers, Kicked, ShopAgents,
-    Transfer, Words, WordsStatus,
+    AddBlacklist, BlacklistKind, BlacklistList, ClusterInfo, ConnectionList, GroupMembers, Kicked,
+    NodeInfo, Replay, Replayed, ShopAgents, Transfer, Words, WordsStatus,
 };
 use shared::protocol::ErrorCode;
+use tokio::sync::broadcast::error::RecvError;
 
 use super::auth::{AuthError, bearer};
 use super::http::{AdminBody, ApiPath, ApiQuery, PageQuery};
 use super::{ApiError, AppState};
-use crate::rpc::WorkerApi;
+use crate::rpc::{Push, WorkerApi};
 use crate::wire;
 
 /// The admin routes, to nest under `/admin/v1`.
@@ -40,6 +44,9 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/conversations/{conv}/transfer", post(transfer))
         .route("/conversations/{conv}/close", post(close))
         .route("/words", get(words).put(set_words))
+        .route("/conversations/{conv}/stream", get(stream))
+        .route("/replay", post(replay))
+        .route("/cluster", get(cluster))
 }
 
 /// Compares without leaking, through timing, how much of a guess was right.
@@ -246,4 +253,187 @@ async fn set_words(
     Ok(words_status(
         app.admin.set_words(body.words, body.policy.as_deref())?,
     ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StreamQuery {
+    /// Start at this `seq` (default: only messages committed from now on).
+    from_seq: Option<u64>,
+    #[serde(default, rename = "token")]
+    _token: Option<String>,
+}
+
+/// Just the `seq` of a stored message.
+#[derive(Deserialize)]
+struct SeqOf {
+    seq: u64,
+}
+
+/// Sends `conv`'s messages after `*last` from the store, advancing `*last`.
+/// `Err` when the follower has gone.
+async fn catch_up(
+    app: &AppState,
+    conv: &str,
+    last: &mut u64,
+    tx: &tokio::sync::mpsc::Sender<Event>,
+) -> Result<(), ()> {
+    loop {
+        let page = match app.messaging.history_any(conv, *last, Some(1000)).await {
+            Ok(page) => page,
+            Err(e) => {
+                tracing::warn!(conv, error = %e, "tail: reading history failed");
+                return Err(());
+            }
+        };
+        for json in &page.items {
+            let Ok(SeqOf { seq }) = serde_json::from_slice(json) else {
+                continue;
+            };
+            let data = String::from_utf8_lossy(json).into_owned();
+            tx.send(Event::default().event("msg").data(data))
+                .await
+                .map_err(drop)?;
+            *last = seq;
+        }
+        if !page.more {
+            return Ok(());
+        }
+    }
+}
+
+/// `GET /admin/v1/conversations/{conv}/stream`: server-sent events, one `msg` event per
+/// message (its JSON as data), from `from_seq` (or from now) on, gapless and in `seq`
+/// order: live messages come from the commit feed, and any gap (a follower that lagged,
+/// a message committed between the catch-up and the subscription) is filled from the
+/// store.
+async fn stream(
+    _: AdminAuth,
+    State(app): State<AppState>,
+    ApiPath(conv): ApiPath<String>,
+    ApiQuery(q): ApiQuery<StreamQuery>,
+) -> Result<Response, ApiError> {
+    if shared::ids::ConvRef::parse(&conv).is_none() {
+        return Err(ApiError::new(
+            ErrorCode::NotFound,
+            format!("no such conversation {conv:?}"),
+        ));
+    }
+    // Subscribe before reading where to start, so that nothing falls in between.
+    let mut feed = app.messaging.subscribe();
+    let mut last = match q.from_seq {
+        Some(n) => n.saturating_sub(1),
+        None => app.messaging.last_seq(&conv).await?,
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Event>(256);
+    let stop = app.sessions.shutdown.clone();
+    tokio::spawn(async move {
+        if catch_up(&app, &conv, &mut last, &tx).await.is_err() {
+            return;
+        }
+        loop {
+            tokio::select! {
+                next = feed.recv() => match next {
+                    Ok(c) if c.conv != conv || c.seq <= last => {}
+                    Ok(c) if c.seq == last + 1 => {
+                        let data = String::from_utf8_lossy(&c.json).into_owned();
+                        if tx.send(Event::default().event("msg").data(data)).await.is_err() {
+                            break;
+                        }
+                        last = c.seq;
+                    }
+                    Ok(_) | Err(RecvError::Lagged(_)) => {
+                        if catch_up(&app, &conv, &mut last, &tx).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(RecvError::Closed) => break,
+                },
+                _ = tx.closed() => break,
+                _ = stop.cancelled() => break,
+            }
+        }
+    });
+    let events = futures_util::stream::poll_fn(move |cx| {
+        rx.poll_recv(cx)
+            .map(|e| e.map(Ok::<_, std::convert::Infallible>))
+    });
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+/// Most inbox entries one replay pushes; a larger range needs several calls.
+const REPLAY_CAP: usize = 10_000;
+
+async fn replay(
+    _: AdminAuth,
+    State(app): State<AppState>,
+    AdminBody(req): AdminBody<Replay>,
+) -> Result<Response, ApiError> {
+    if !shared::ids::is_valid_id(&req.uid) {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            format!("invalid uid {:?}", req.uid),
+        ));
+    }
+    let until = req.until.unwrap_or(u64::MAX);
+    if until <= req.after {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            "until must be above after",
+        ));
+    }
+    let devices = app.sessions.hub.devices(&req.uid).len();
+    let entries = if devices == 0 {
+        Vec::new()
+    } else {
+        app.messaging
+            .inbox_range(&req.uid, req.after, until, REPLAY_CAP)
+            .await?
+    };
+    let messages = entries.len();
+    let pushes = entries
+        .into_iter()
+        .map(|(useq, msg)| Push {
+            uid: req.uid.clone(),
+            useq,
+            msg,
+        })
+        .collect();
+    app.sessions.hub.push(pushes);
+    tracing::info!(uid = %req.uid, messages, devices, "replayed");
+    Ok(axum::Json(Replayed {
+        messages,
+        devices: if messages == 0 { 0 } else { devices },
+    })
+    .into_response())
+}
+
+async fn cluster(_: AdminAuth, State(app): State<AppState>) -> Response {
+    let hub = &app.sessions.hub;
+    let roles = app
+        .roles
+        .iter()
+        .map(|r| match r {
+            crate::config::Role::Gateway => "gateway",
+            crate::config::Role::Dispatcher => "dispatcher",
+            crate::config::Role::Worker => "worker",
+        })
+        .map(str::to_owned)
+        .collect();
+    let node = NodeInfo {
+        node_id: app.node_id.clone(),
+        roles,
+        listen: app.listen.to_string(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        started_at: app.started_at_ms,
+        connections: hub.len() as u64,
+        unacked: hub.stats.unacked.load(Ordering::Relaxed),
+        committed: app.messaging.committed_total(),
+        committed_per_s: app.committed_per_s.load(Ordering::Relaxed),
+        pushes: hub.stats.pushes.load(Ordering::Relaxed),
+        retransmits: hub.stats.retransmits.load(Ordering::Relaxed),
+    };
+    axum::Json(ClusterInfo { nodes: vec![node] }).into_response()
 }

@@ -51,6 +51,14 @@ pub struct Shared {
     pub tracker: TaskTracker,
     /// This node's id.
     pub node_id: String,
+    /// This node's roles.
+    pub roles: Vec<crate::config::Role>,
+    /// The bound HTTP/WebSocket address.
+    pub listen: std::net::SocketAddr,
+    /// When the node started, unix ms.
+    pub started_at_ms: i64,
+    /// Messages committed in the last second, sampled.
+    pub committed_per_s: std::sync::atomic::AtomicU64,
 }
 
 impl AppState {

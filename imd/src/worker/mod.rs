@@ -137,8 +137,22 @@ pub struct Conn {
 /// One shard of the hub: uid → that user's connected devices.
 type Shard = HashMap<String, Vec<Arc<Conn>>>;
 
+/// Counters of a worker, for the admin API's cluster view (the same events also go
+/// to Prometheus).
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    /// Pushes written and not acked yet, over all sessions.
+    pub unacked: std::sync::atomic::AtomicI64,
+    /// Pushes queued since start.
+    pub pushes: AtomicU64,
+    /// Pushes resent since start.
+    pub retransmits: AtomicU64,
+}
+
 /// The connections of this worker, by uid.
 pub struct Hub {
+    /// Counters.
+    pub stats: WorkerStats,
     shards: Box<[Mutex<Shard>]>,
     hasher: RandomState,
     next_id: AtomicU64,
@@ -158,6 +172,7 @@ impl Hub {
             outbox_capacity,
             node_id,
             blacklist,
+            stats: WorkerStats::default(),
         }
     }
 

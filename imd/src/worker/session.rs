@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, close_code};
@@ -88,10 +89,21 @@ where
         unacked: BTreeMap::new(),
     };
     let s = &ctx.settings;
+    // How many of this session's unacked pushes the hub's total counts.
+    let mut counted = 0usize;
+    let stats = &ctx.hub.stats;
 
     let end = loop {
+        let len = st.unacked.len();
+        if len != counted {
+            stats
+                .unacked
+                .fetch_add(len as i64 - counted as i64, Ordering::Relaxed);
+            counted = len;
+        }
+        // Unbiased: a flood of pushes must not starve the client's acks, nor a flood of
+        // client frames the pushes.
         tokio::select! {
-            biased;
             _ = ctx.shutdown.cancelled() => break End::Kick("shutdown".into(), close_code::AWAY),
             _ = conn.outbox.notified() => {
                 let (queue, closing) = conn.outbox.take();
@@ -136,6 +148,8 @@ where
                     Err(end) => break end,
                     Ok(frames) if frames.is_empty() => {}
                     Ok(frames) => {
+                        let resent = frames.iter().filter(|f| matches!(f, Message::Text(_))).count();
+                        stats.retransmits.fetch_add(resent as u64, Ordering::Relaxed);
                         if send_all(&mut socket, frames, s).await.is_err() {
                             break End::Gone;
                         }
@@ -145,6 +159,7 @@ where
         }
     };
 
+    stats.unacked.fetch_sub(counted as i64, Ordering::Relaxed);
     ctx.hub.unregister(&conn);
     let farewell = match end {
         End::Kick(reason, code) => {
