@@ -1,23 +1,53 @@
-//! The command line of `imctl`.
+//! The command line of `imctl`: flags, commands and their arguments, parsed by clap.
+//!
+//! It owns what the operator can type and how the admin token is found; it must not talk
+//! to the server (that is [`crate::client`]) nor print anything.
 
-use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-/// Operator CLI and TUI for imd.
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use shared::admin::BlacklistKind;
+
+/// The server imctl talks to when none is given.
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8080";
+/// imd's data dir when none is given, as `imd serve` uses it.
+pub const DEFAULT_DATA_DIR: &str = "./imd-data";
+
+/// Operator CLI and TUI for imd: blacklists, connections, conversations, the cluster.
 #[derive(Debug, Parser)]
-#[command(name = "imctl", version, about)]
+#[command(name = "imctl", version, about, propagate_version = true)]
 pub struct Cli {
-    /// imd base URL.
+    /// imd's base URL (any gateway of a cluster).
     #[arg(
         long,
         env = "IMCTL_SERVER",
-        default_value = "http://127.0.0.1:8080",
-        global = true
+        default_value = DEFAULT_SERVER,
+        global = true,
+        value_name = "URL"
     )]
     pub server: String,
-    /// Admin token [default: read from the default imd data dir].
-    #[arg(long, env = "IMCTL_TOKEN", hide_env_values = true, global = true)]
+    /// The admin token [default: `admin_token` of <DATA_DIR>/secrets.toml, as
+    /// `imd admin-token` prints it].
+    #[arg(
+        long,
+        env = "IMCTL_TOKEN",
+        hide_env_values = true,
+        global = true,
+        value_name = "TOKEN"
+    )]
     pub token: Option<String>,
-    /// One JSON object per line instead of tables.
+    /// imd's data dir, read for the admin token when no token is given.
+    #[arg(
+        long,
+        env = "IMD_DATA_DIR",
+        default_value = DEFAULT_DATA_DIR,
+        global = true,
+        value_name = "DIR"
+    )]
+    pub data_dir: PathBuf,
+    /// One JSON object per line instead of tables, for scripts.
     #[arg(long, global = true)]
     pub json: bool,
     /// What to do.
@@ -28,53 +58,314 @@ pub struct Cli {
 /// imctl's commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Manage uid and ip blacklists.
-    Blacklist,
-    /// List connections.
-    Conns,
-    /// Disconnect every device of a user.
+    /// Block or unblock users and addresses.
+    #[command(subcommand)]
+    Blacklist(BlacklistCmd),
+    /// List live connections: uid, device, platform, node, remote, connected since.
+    Conns(ConnsArgs),
+    /// Disconnect every device of a user (kick reason `admin`).
     Kick {
         /// The user.
         uid: String,
     },
-    /// Follow a conversation.
-    Tail,
-    /// Re-push a range of a user's inbox.
-    Replay,
-    /// Show the cluster's nodes.
+    /// Follow a conversation live.
+    #[command(subcommand)]
+    Tail(TailCmd),
+    /// Re-push a range of a user's inbox to the devices online now.
+    Replay(ReplayArgs),
+    /// Show the cluster's nodes: roles, address, uptime, connections, message rates.
     Cluster,
-    /// Show or set a shop's agents.
-    Shop,
-    /// Show or set a group's members.
-    Group,
-    /// The live console.
+    /// Customer-service shops.
+    #[command(subcommand)]
+    Shop(ShopCmd),
+    /// Group conversations.
+    #[command(subcommand)]
+    Group(GroupCmd),
+    /// The live console: dashboard, connections, blacklist, conversation tail.
     Tui,
 }
 
-impl Command {
-    /// The command's name as typed.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Command::Blacklist => "blacklist",
-            Command::Conns => "conns",
-            Command::Kick { .. } => "kick",
-            Command::Tail => "tail",
-            Command::Replay => "replay",
-            Command::Cluster => "cluster",
-            Command::Shop => "shop",
-            Command::Group => "group",
-            Command::Tui => "tui",
+/// `imctl blacklist …`
+#[derive(Debug, Subcommand)]
+pub enum BlacklistCmd {
+    /// Block a uid, an ip address or a CIDR range; its live connections are kicked.
+    Add {
+        /// `uid` or `ip`.
+        kind: BlacklistKind,
+        /// The uid, or the address or range (`10.1.0.0/16`).
+        value: String,
+        /// How long it applies (`90s`, `1h`, `7d`) [default: until removed].
+        #[arg(long, value_parser = parse_ttl, value_name = "DURATION")]
+        ttl: Option<Duration>,
+        /// Why, for the other operators.
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+    },
+    /// List the live entries with their reason and expiry.
+    #[command(visible_alias = "list")]
+    Ls,
+    /// Remove an entry.
+    #[command(visible_alias = "remove")]
+    Rm {
+        /// `uid` or `ip`.
+        kind: BlacklistKind,
+        /// The uid, or the address or range as listed.
+        value: String,
+    },
+}
+
+/// `imctl conns …`
+#[derive(Debug, Args)]
+pub struct ConnsArgs {
+    /// Only this user's devices.
+    #[arg(long, value_name = "UID")]
+    pub uid: Option<String>,
+    /// Only connections held by this node.
+    #[arg(long, value_name = "NODE")]
+    pub node: Option<String>,
+}
+
+/// `imctl tail …`
+#[derive(Debug, Subcommand)]
+pub enum TailCmd {
+    /// Print a conversation's messages, one line each, following it until interrupted.
+    Conversation {
+        /// The conversation id (`d:alice~bob`, `g:team`, `s:shop~carol`).
+        conv: String,
+        /// Start at this seq [default: only messages committed from now on].
+        #[arg(long, value_name = "SEQ")]
+        from_seq: Option<u64>,
+        /// Exit after this many messages.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+    },
+}
+
+/// `imctl replay …`
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// The user.
+    pub uid: String,
+    /// Re-push inbox entries with useq above this.
+    #[arg(long, value_name = "USEQ")]
+    pub after: u64,
+    /// … and at most this [default: to the end of the inbox].
+    #[arg(long, value_name = "USEQ")]
+    pub until: Option<u64>,
+}
+
+/// `imctl shop …`
+#[derive(Debug, Subcommand)]
+pub enum ShopCmd {
+    /// Show a shop's agents, or set them.
+    Agents {
+        /// The shop.
+        shop: String,
+        /// The new agents; replace the old list.
+        #[arg(value_name = "UID", conflicts_with = "clear")]
+        uids: Vec<String>,
+        /// Remove every agent.
+        #[arg(long)]
+        clear: bool,
+    },
+}
+
+/// `imctl group …`
+#[derive(Debug, Subcommand)]
+pub enum GroupCmd {
+    /// Show a group's members, or set them.
+    Members {
+        /// The group (its conversation is `g:NAME`).
+        name: String,
+        /// The new members; replace the old list.
+        #[arg(value_name = "UID", conflicts_with = "clear")]
+        uids: Vec<String>,
+        /// Remove every member.
+        #[arg(long)]
+        clear: bool,
+    },
+}
+
+/// Parses a humantime duration of at least one second (`90s`, `1h`, `7d`).
+fn parse_ttl(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (try 90s, 1h, 7d)"))?;
+    if d < Duration::from_secs(1) {
+        return Err("must be at least 1s".into());
+    }
+    Ok(d)
+}
+
+/// The secrets file imd writes into its data dir.
+#[derive(serde::Deserialize)]
+struct SecretsFile {
+    admin_token: String,
+}
+
+impl Cli {
+    /// The admin token: `--token`/`IMCTL_TOKEN`, else the one imd generated into the
+    /// data dir.
+    pub fn admin_token(&self) -> anyhow::Result<String> {
+        match &self.token {
+            Some(t) if !t.is_empty() => Ok(t.clone()),
+            Some(_) => anyhow::bail!("--token is empty"),
+            None => token_from_data_dir(&self.data_dir),
         }
     }
+}
+
+/// Reads `admin_token` from `dir/secrets.toml`.
+fn token_from_data_dir(dir: &Path) -> anyhow::Result<String> {
+    let path = dir.join("secrets.toml");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => anyhow::bail!(
+            "no admin token: pass --token or set IMCTL_TOKEN \
+             (there is no {} to read it from; `imd admin-token` prints it)",
+            path.display()
+        ),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let secrets: SecretsFile = toml::from_str(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "{} is not imd's secrets file: {}",
+            path.display(),
+            e.message()
+        )
+    })?;
+    Ok(secrets.admin_token)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::CommandFactory;
 
     #[test]
     fn cli_is_well_formed() {
-        use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("imctl").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn commands_parse_as_documented() {
+        let cli = parse(&[
+            "blacklist",
+            "add",
+            "ip",
+            "10.1.0.0/16",
+            "--ttl",
+            "1h",
+            "--reason",
+            "scraper",
+        ])
+        .unwrap();
+        let Command::Blacklist(BlacklistCmd::Add {
+            kind,
+            value,
+            ttl,
+            reason,
+        }) = cli.command
+        else {
+            panic!("not blacklist add")
+        };
+        assert_eq!(kind, BlacklistKind::Ip);
+        assert_eq!(value, "10.1.0.0/16");
+        assert_eq!(ttl, Some(Duration::from_secs(3600)));
+        assert_eq!(reason.as_deref(), Some("scraper"));
+
+        let cli = parse(&["--json", "conns", "--uid", "alice", "--node", "imd-1"]).unwrap();
+        assert!(cli.json);
+        let Command::Conns(a) = cli.command else {
+            panic!("not conns")
+        };
+        assert_eq!(
+            (a.uid.as_deref(), a.node.as_deref()),
+            (Some("alice"), Some("imd-1"))
+        );
+
+        // Global flags go after the command too.
+        let cli = parse(&["tail", "conversation", "d:a~b", "--from-seq", "3", "--json"]).unwrap();
+        assert!(cli.json);
+        let Command::Tail(TailCmd::Conversation {
+            conv,
+            from_seq,
+            count,
+        }) = cli.command
+        else {
+            panic!("not tail")
+        };
+        assert_eq!((conv.as_str(), from_seq, count), ("d:a~b", Some(3), None));
+
+        let cli = parse(&["replay", "bob", "--after", "2", "--until", "5"]).unwrap();
+        let Command::Replay(r) = cli.command else {
+            panic!("not replay")
+        };
+        assert_eq!((r.uid.as_str(), r.after, r.until), ("bob", 2, Some(5)));
+
+        let cli = parse(&["shop", "agents", "s1", "ann", "bob"]).unwrap();
+        let Command::Shop(ShopCmd::Agents { shop, uids, clear }) = cli.command else {
+            panic!("not shop")
+        };
+        assert_eq!((shop.as_str(), uids.len(), clear), ("s1", 2, false));
+
+        for ok in [
+            &["blacklist", "ls"][..],
+            &["blacklist", "rm", "uid", "mallory"],
+            &["kick", "alice"],
+            &["cluster"],
+            &["group", "members", "team"],
+            &["group", "members", "team", "--clear"],
+            &["tui"],
+        ] {
+            parse(ok).unwrap_or_else(|e| panic!("{ok:?}: {e}"));
+        }
+    }
+
+    #[test]
+    fn bad_arguments_are_refused() {
+        for bad in [
+            &["blacklist", "add", "user", "x"][..],
+            &["blacklist", "add", "uid", "x", "--ttl", "soon"],
+            &["blacklist", "add", "uid", "x", "--ttl", "10ms"],
+            &["replay", "bob"],
+            &["replay", "bob", "--after", "-1"],
+            &["tail", "conversation"],
+            &["kick"],
+            &["shop", "agents", "s1", "ann", "--clear"],
+            &["nope"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} parsed");
+        }
+    }
+
+    #[test]
+    fn token_comes_from_the_flag_or_the_data_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        let err = parse(&["--data-dir", d, "cluster"])
+            .unwrap()
+            .admin_token()
+            .unwrap_err();
+        assert!(err.to_string().contains("no admin token"), "{err}");
+
+        std::fs::write(
+            dir.path().join("secrets.toml"),
+            "token_secret = \"s\"\nadmin_token = \"adm\"\n",
+        )
+        .unwrap();
+        let cli = parse(&["--data-dir", d, "cluster"]).unwrap();
+        assert_eq!(cli.admin_token().unwrap(), "adm");
+        let cli = parse(&["--data-dir", d, "--token", "given", "cluster"]).unwrap();
+        assert_eq!(cli.admin_token().unwrap(), "given");
+
+        std::fs::write(dir.path().join("secrets.toml"), "garbage").unwrap();
+        let err = parse(&["--data-dir", d, "cluster"])
+            .unwrap()
+            .admin_token()
+            .unwrap_err();
+        assert!(err.to_string().contains("secrets file"), "{err}");
     }
 }
