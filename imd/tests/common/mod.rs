@@ -15,7 +15,7 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::future::Future;
 use std::io::{BufRead, BufReader, Read};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
@@ -316,6 +316,11 @@ impl Imd {
         self.signal("INT");
     }
 
+    /// Sends SIGHUP (reload).
+    pub(crate) fn sighup(&self) {
+        self.signal("HUP");
+    }
+
     /// Sends a signal by name with `kill(1)`, to this process's pid only.
     fn signal(&self, name: &str) {
         let status = Command::new("kill")
@@ -493,6 +498,47 @@ impl Http {
         Self::finish(req.send().await.expect("POST")).await
     }
 
+    /// The same server through a client whose connections leave from `local`
+    /// (e.g. `127.0.0.9`, another loopback address).
+    pub(crate) fn bound_to(&self, local: IpAddr) -> Http {
+        Http {
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(20))
+                .local_address(local)
+                .build()
+                .expect("http client"),
+            base: self.base.clone(),
+        }
+    }
+
+    /// POST this JSON to `path`.
+    pub(crate) async fn post_json(&self, path: &str, token: Option<&str>, body: &Value) -> Resp {
+        self.post_raw(path, token, body.to_string().into_bytes())
+            .await
+    }
+
+    /// PUT this JSON to `path`.
+    pub(crate) async fn put_json(&self, path: &str, token: Option<&str>, body: &Value) -> Resp {
+        let mut req = self
+            .client
+            .put(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        Self::finish(req.send().await.expect("PUT")).await
+    }
+
+    /// DELETE `path`.
+    pub(crate) async fn delete(&self, path: &str, token: Option<&str>) -> Resp {
+        let mut req = self.client.delete(format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        Self::finish(req.send().await.expect("DELETE")).await
+    }
+
     /// `POST /v1/messages` with this JSON body.
     pub(crate) async fn post_message(&self, token: &str, body: &Value) -> Resp {
         self.post_raw("/v1/messages", Some(token), body.to_string().into_bytes())
@@ -657,6 +703,63 @@ pub(crate) async fn try_ws(url: &str, auth: Auth<'_>) -> Result<WsClient, u16> {
     }
 }
 
+/// Tries the WebSocket upgrade over a TCP connection bound to the local source address
+/// `local` (port chosen by the system); `Ok(client)` on 101, `Err(answer)` (status and
+/// body) when refused with an HTTP answer.
+pub(crate) async fn try_ws_from(
+    url: &str,
+    auth: Auth<'_>,
+    local: IpAddr,
+) -> Result<WsClient, Resp> {
+    let url = match auth {
+        Auth::Query(t) => format!("{url}?token={t}"),
+        _ => url.to_owned(),
+    };
+    let mut req = url.as_str().into_client_request().expect("ws request");
+    if let Auth::Header(t) = auth {
+        req.headers_mut().insert(
+            "authorization",
+            HeaderValue::from_str(&format!("Bearer {t}")).expect("header value"),
+        );
+    }
+    let uri = req.uri();
+    let host: IpAddr = uri
+        .host()
+        .and_then(|h| h.trim_matches(['[', ']']).parse().ok())
+        .unwrap_or_else(|| panic!("{url}: the host must be an IP address"));
+    let server = SocketAddr::new(host, uri.port_u16().unwrap_or(80));
+    let upgrade = async {
+        let socket = match local {
+            IpAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+            IpAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+        }
+        .expect("tcp socket");
+        socket
+            .bind(SocketAddr::new(local, 0))
+            .unwrap_or_else(|e| panic!("bind to {local}: {e}"));
+        let stream = socket
+            .connect(server)
+            .await
+            .unwrap_or_else(|e| panic!("connect from {local} to {server}: {e}"));
+        tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(stream)).await
+    };
+    match tokio::time::timeout(FRAME_DEADLINE, upgrade).await {
+        Err(_) => panic!("WebSocket upgrade to {url} from {local} timed out"),
+        Ok(Ok((ws, _))) => Ok(WsClient {
+            ws,
+            pending: VecDeque::new(),
+        }),
+        Ok(Err(tungstenite::Error::Http(resp))) => {
+            let status = resp.status().as_u16();
+            let text =
+                String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default()).into_owned();
+            let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+            Err(Resp { status, body })
+        }
+        Ok(Err(e)) => panic!("WebSocket upgrade to {url} from {local} failed: {e}"),
+    }
+}
+
 /// A WebSocket client that decodes server frames. Frames read while waiting for
 /// another kind are kept, in order, for the next read.
 pub(crate) struct WsClient {
@@ -680,6 +783,27 @@ impl WsClient {
         };
         c.ping_pong().await;
         c
+    }
+
+    /// [`WsClient::connect`] over a TCP connection from the local address `local`.
+    pub(crate) async fn connect_from(url: &str, auth: Auth<'_>, local: IpAddr) -> WsClient {
+        let mut c = match try_ws_from(url, auth, local).await {
+            Ok(c) => c,
+            Err(resp) => panic!(
+                "WebSocket upgrade from {local} refused with HTTP {}: {}",
+                resp.status, resp.body
+            ),
+        };
+        c.ping_pong().await;
+        c
+    }
+
+    /// The client's end of the TCP connection.
+    pub(crate) fn local_addr(&self) -> SocketAddr {
+        match self.ws.get_ref() {
+            MaybeTlsStream::Plain(s) => s.local_addr().expect("local address"),
+            _ => panic!("not a plain TCP connection"),
+        }
     }
 
     /// Sends a text frame as is.
