@@ -127,6 +127,14 @@ async fn connections(
     State(app): State<AppState>,
     ApiQuery(q): ApiQuery<ConnQuery>,
 ) -> Result<Response, ApiError> {
+    if let Some(uid) = &q.uid
+        && !shared::ids::is_valid_id(uid)
+    {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            format!("invalid uid {uid:?}"),
+        ));
+    }
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let (connections, next) =
         app.sessions

@@ -58,6 +58,11 @@ pub(super) async fn upgrade(
     let ctx = app.sessions.clone();
     let mut who = who;
     who.ip = Some(remote.ip());
+    // Registered here, in the order the upgrades were accepted, not in the order their
+    // sessions happen to start: of two connections of one device, the later one must
+    // be the one that stays. Pushes queue in the outbox until the session runs.
+    let conn = ctx.hub.register(who, remote, now_ms());
+    let (failed, failed_hub) = (conn.clone(), ctx.hub.clone());
     let tracker = app.tracker.clone();
     let max = app.max_body;
     ws.read_buffer_size(READ_BUFFER)
@@ -66,10 +71,12 @@ pub(super) async fn upgrade(
         .max_write_buffer_size(crate::store::PAGE_BYTES + 4 * max)
         .max_message_size(max)
         .max_frame_size(max)
-        .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
+        .on_failed_upgrade(move |e| {
+            tracing::debug!(error = %e, "websocket upgrade failed");
+            failed_hub.unregister(&failed);
+        })
         .on_upgrade(move |socket| {
             tracker.track_future(async move {
-                let conn = ctx.hub.register(who, remote, now_ms());
                 // An agent coming online takes the conversations waiting for one.
                 if let Err(e) = ctx.messaging.connected(&conn.who).await {
                     tracing::warn!(uid = %conn.who.uid, error = %e, "assigning waiting conversations failed");
