@@ -16,15 +16,22 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// A span of milliseconds in its largest unit: `45s`, `3m`, `2h`, `4d`.
+/// A span of milliseconds in its largest unit, rounded to the nearest: `45s`, `3m`, `2h`,
+/// `4d` (so that a ttl of 2h, a moment later, still reads `in 2h`, not `in 1h`).
 fn coarse(ms: i64) -> String {
-    let s = ms / 1000;
-    match s {
-        0..60 => format!("{s}s"),
-        60..3600 => format!("{}m", s / 60),
-        3600..86_400 => format!("{}h", s / 3600),
-        _ => format!("{}d", s / 86_400),
+    let s = (ms + 500) / 1000;
+    if s < 60 {
+        return format!("{s}s");
     }
+    let m = (s + 30) / 60;
+    if m < 60 {
+        return format!("{m}m");
+    }
+    let h = (m + 30) / 60;
+    if h < 24 {
+        return format!("{h}h");
+    }
+    format!("{}d", (h + 12) / 24)
 }
 
 /// `at_ms` relative to `now_ms`: `just now`, `3m ago`, `in 59m`.
@@ -234,15 +241,20 @@ mod tests {
             (999, "just now"),
             (-999, "just now"),
             (1_000, "1s ago"),
-            (59_999, "59s ago"),
+            (59_000, "59s ago"),
+            (59_600, "1m ago"),
             (60_000, "1m ago"),
-            (3 * 60_000 + 59_000, "3m ago"),
+            (3 * 60_000 + 29_000, "3m ago"),
+            (3 * 60_000 + 31_000, "4m ago"),
             (3_600_000, "1h ago"),
-            (86_399_000, "23h ago"),
-            (86_400_000, "1d ago"),
+            (22 * 3_600_000 + 29 * 60_000, "22h ago"),
+            (86_399_000, "1d ago"),
             (40 * 86_400_000, "40d ago"),
             (-5_000, "in 5s"),
-            (-(59 * 60_000 + 59_000), "in 59m"),
+            (-(58 * 60_000 + 10_000), "in 58m"),
+            // A ttl of 1h or 2h, a moment after it was set.
+            (-(59 * 60_000 + 59_000), "in 1h"),
+            (-(2 * 3_600_000 - 700), "in 2h"),
             (-7 * 86_400_000, "in 7d"),
         ] {
             assert_eq!(relative(now, now - delta_ms), want, "{delta_ms}");

@@ -35,7 +35,7 @@ pub(super) async fn run(client: &Client, out: &Out, cmd: BlacklistCmd) -> anyhow
                 .map(|r| format!(", reason: {r}"))
                 .unwrap_or_default();
             out.line(&format!(
-                "blacklisted {} {} {until}{reason}; its live connections were kicked",
+                "blacklisted {} {} {until}{reason}; live connections it matches were kicked",
                 entry.kind.as_str(),
                 out.paint(Paint::Cyan, &entry.value),
             ))

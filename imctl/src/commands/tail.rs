@@ -28,6 +28,10 @@ pub(super) async fn run(client: &Client, out: &Out, cmd: TailCmd) -> anyhow::Res
     }
     // Connect once up front: a bad token or an unknown conversation fails right away.
     let mut stream = client.stream(&conv, from_seq).await?;
+    // On stderr, so that stdout stays one line per message; scripts (and tests) may wait
+    // for it to know that nothing sent from now on can be missed.
+    let from = from_seq.map_or_else(|| "new messages".to_owned(), |n| format!("seq {n}"));
+    eprintln!("imctl: following {conv} from {from} (Ctrl-C stops)");
     let mut next = from_seq;
     let mut printed = 0u64;
     loop {

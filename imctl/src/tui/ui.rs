@@ -312,7 +312,7 @@ fn draw_form(frame: &mut Frame<'_>, area: Rect, form: &BlacklistForm) {
     } else {
         lines.push(Line::from("uid: a user · ip: 10.1.2.3 or 10.1.0.0/16").dark_gray());
     }
-    frame.render_widget(Paragraph::new(lines).wrap(Wrap { trim: true }), inner);
+    frame.render_widget(Paragraph::new(lines).wrap(Wrap { trim: false }), inner);
 }
 
 fn draw_tail(frame: &mut Frame<'_>, area: Rect, app: &App) {
