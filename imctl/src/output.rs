@@ -67,6 +67,21 @@ pub fn clock(ts_ms: i64) -> String {
     format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
 }
 
+/// The UTC date and time of `ts_ms`: `2026-11-27 11:30:55`.
+pub fn datetime(ts_ms: i64) -> String {
+    // Howard Hinnant's civil_from_days: days since 1970-01-01 to a proleptic Gregorian date.
+    let z = ts_ms.div_euclid(86_400_000) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {}", clock(ts_ms))
+}
+
 /// A message body for one line: its `text` when it has one, else its JSON.
 pub fn body_text(body: &serde_json::Value) -> String {
     let text = match body {
@@ -275,6 +290,15 @@ mod tests {
         }
         assert_eq!(clock(0), "00:00:00");
         assert_eq!(clock(1_795_778_030_410), "11:13:50");
+        for (ms, want) in [
+            (0, "1970-01-01 00:00:00"),
+            (1_795_778_030_410, "2026-11-27 11:13:50"),
+            (951_782_400_000, "2000-02-29 00:00:00"),
+            (4_107_542_399_000, "2100-02-28 23:59:59"),
+            (-1_000, "1969-12-31 23:59:59"),
+        ] {
+            assert_eq!(datetime(ms), want, "{ms}");
+        }
     }
 
     #[test]

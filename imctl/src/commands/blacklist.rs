@@ -5,7 +5,7 @@ use shared::admin::{AddBlacklist, BlacklistEntry};
 
 use crate::cli::BlacklistCmd;
 use crate::client::Client;
-use crate::output::{Out, Paint, Table, clock, now_ms, relative};
+use crate::output::{Out, Paint, Table, datetime, now_ms, relative};
 
 pub(super) async fn run(client: &Client, out: &Out, cmd: BlacklistCmd) -> anyhow::Result<()> {
     match cmd {
@@ -26,7 +26,7 @@ pub(super) async fn run(client: &Client, out: &Out, cmd: BlacklistCmd) -> anyhow
                 return out.json_line(&entry);
             }
             let until = match entry.expires_at {
-                Some(t) => format!("until {} UTC ({})", clock(t), relative(now_ms(), t)),
+                Some(t) => format!("until {} UTC ({})", datetime(t), relative(now_ms(), t)),
                 None => "until removed".to_owned(),
             };
             let reason = entry
