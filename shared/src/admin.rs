@@ -190,6 +190,10 @@ pub struct Replayed {
     pub messages: usize,
     /// Devices they were pushed to.
     pub devices: usize,
+    /// Set when the range was longer than one call pushes (half a device's outbox, so
+    /// that a replay never overflows it): call again with `after` set to this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<u64>,
 }
 
 /// One node, as `GET /admin/v1/cluster` lists it.

@@ -371,9 +371,6 @@ async fn stream(
         .into_response())
 }
 
-/// Most inbox entries one replay pushes; a larger range needs several calls.
-const REPLAY_CAP: usize = 10_000;
-
 async fn replay(
     _: AdminAuth,
     State(app): State<AppState>,
@@ -393,13 +390,20 @@ async fn replay(
         ));
     }
     let devices = app.sessions.hub.devices(&req.uid).len();
-    let entries = if devices == 0 {
+    // Half an outbox per call: a replay must never overflow a device's queue, which
+    // would disconnect it as too slow. Longer ranges take several calls.
+    let cap = app.sessions.hub.outbox_capacity() / 2;
+    let mut entries = if devices == 0 {
         Vec::new()
     } else {
         app.messaging
-            .inbox_range(&req.uid, req.after, until, REPLAY_CAP)
+            .inbox_range(&req.uid, req.after, until, cap + 1)
             .await?
     };
+    let next_after = (entries.len() > cap).then(|| {
+        entries.truncate(cap);
+        entries.last().map_or(req.after, |e| e.0)
+    });
     let messages = entries.len();
     let pushes = entries
         .into_iter()
@@ -411,9 +415,11 @@ async fn replay(
         .collect();
     app.sessions.hub.push(pushes);
     tracing::info!(uid = %req.uid, messages, devices, "replayed");
+    let devices = if messages == 0 { 0 } else { devices };
     Ok(axum::Json(Replayed {
         messages,
-        devices: if messages == 0 { 0 } else { devices },
+        devices,
+        next_after,
     })
     .into_response())
 }

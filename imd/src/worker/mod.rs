@@ -176,6 +176,11 @@ impl Hub {
         }
     }
 
+    /// Frames one connection may queue.
+    pub fn outbox_capacity(&self) -> usize {
+        self.outbox_capacity
+    }
+
     /// Every connection, unordered.
     fn all(&self) -> Vec<Arc<Conn>> {
         self.shards
