@@ -92,20 +92,6 @@ impl Tmux {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-
-    /// `(pane_dead, pane_dead_status)`.
-    fn pane_state(&self) -> (bool, String) {
-        let out = self.tmux(&[
-            "display-message",
-            "-p",
-            "-t",
-            "tui",
-            "#{pane_dead} #{pane_dead_status}",
-        ]);
-        let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        let (dead, status) = text.split_once(' ').unwrap_or((&text, ""));
-        (dead == "1", status.to_owned())
-    }
 }
 
 impl Drop for Tmux {
@@ -125,6 +111,8 @@ async fn the_console_in_a_real_terminal() {
     let bin = common::imctl_bin();
     let server = format!("IMCTL_SERVER={}", imd.url());
     let token = format!("IMCTL_TOKEN={}", imd.admin);
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let status_file = scratch.path().join("status");
     tmux.tmux(&[
         "new-session",
         "-d",
@@ -140,7 +128,13 @@ async fn the_console_in_a_real_terminal() {
         &token,
         "-e",
         "RUST_BACKTRACE=1",
-        &format!("'{}' tui", bin.display()),
+        // sh waits for imctl and writes its exit status down: tmux may mark the pane dead
+        // (the pty closed) without ever reporting the status.
+        &format!(
+            "'{}' tui; echo \"exit=$?\" > '{}'",
+            bin.display(),
+            status_file.display()
+        ),
     ]);
     // Keep the pane after imctl exits, to read its exit status and its last screen.
     tmux.tmux(&["set-option", "-t", "tui", "remain-on-exit", "on"]);
@@ -188,15 +182,20 @@ async fn the_console_in_a_real_terminal() {
     tmux.keys(&["q"]);
     let end = Instant::now() + SCREEN_DEADLINE;
     let status = loop {
-        let (dead, status) = tmux.pane_state();
-        if dead {
-            break status;
+        if let Ok(text) = std::fs::read_to_string(&status_file)
+            && text.ends_with('\n')
+        {
+            break text.trim().to_owned();
         }
-        assert!(Instant::now() < end, "imctl tui did not exit on q");
+        assert!(
+            Instant::now() < end,
+            "imctl tui did not exit on q; screen:\n{}",
+            tmux.screen()
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     let screen = tmux.screen();
-    assert_eq!(status, "0", "exit status; screen:\n{screen}");
+    assert_eq!(status, "exit=0", "screen:\n{screen}");
     assert!(
         !screen.contains("1 Dashboard"),
         "terminal not restored:\n{screen}"
