@@ -75,6 +75,9 @@ async fn run_loop(terminal: &mut ratatui::DefaultTerminal, client: Client) -> an
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut busy = Busy::default();
     let mut tail: Option<JoinHandle<()>> = None;
+    // SIGTERM and SIGHUP (the terminal closed) quit like `q`, so the terminal is restored.
+    let mut term = signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut hangup = signal(tokio::signal::unix::SignalKind::hangup())?;
     let result = loop {
         app.now_ms = now_ms();
         if let Err(e) = terminal.draw(|f| ui::draw(f, &app)) {
@@ -85,6 +88,8 @@ async fn run_loop(terminal: &mut ratatui::DefaultTerminal, client: Client) -> an
         }
         tokio::select! {
             _ = tick.tick() => poll(&client, &app, &tx, &mut busy),
+            _ = term.recv() => break Ok(()),
+            _ = hangup.recv() => break Ok(()),
             key = keys.next() => match key {
                 Some(Ok(TermEvent::Key(key))) => {
                     if let Some(action) = app.on_key(key) {
@@ -113,6 +118,10 @@ async fn run_loop(terminal: &mut ratatui::DefaultTerminal, client: Client) -> an
         t.abort();
     }
     result
+}
+
+fn signal(kind: tokio::signal::unix::SignalKind) -> anyhow::Result<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(kind).context("listening for signals")
 }
 
 /// Applies a task's report; true when the lists should be fetched again.
