@@ -152,6 +152,10 @@ pub struct ReplayArgs {
     /// … and at most this [default: to the end of the inbox].
     #[arg(long, value_name = "USEQ")]
     pub until: Option<u64>,
+    /// A long range goes in batches; how long the devices may take to ack one before
+    /// the replay stops (saying how to resume).
+    #[arg(long, value_parser = parse_duration, default_value = "15s", value_name = "DURATION")]
+    pub ack_wait: Duration,
 }
 
 /// `imctl shop …`
@@ -188,11 +192,16 @@ pub enum GroupCmd {
 
 /// Parses a humantime duration of at least one second (`90s`, `1h`, `7d`).
 fn parse_ttl(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (try 90s, 1h, 7d)"))?;
+    let d = parse_duration(s)?;
     if d < Duration::from_secs(1) {
         return Err("must be at least 1s".into());
     }
     Ok(d)
+}
+
+/// Parses a humantime duration (`500ms`, `15s`).
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (try 500ms, 90s, 1h, 7d)"))
 }
 
 /// The secrets file imd writes into its data dir.

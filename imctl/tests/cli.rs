@@ -229,6 +229,56 @@ async fn replay_repushes_exactly_the_range_asked_for() {
 }
 
 #[tokio::test]
+async fn a_long_replay_goes_in_paced_batches() {
+    // The smallest outbox, 16, makes imd push at most 8 entries per replay call.
+    let imd = Imd::start_with(&["--outbox-capacity", "16"]);
+    let alice = imd.token("alice", "laptop");
+    let mut bob = imd.device("bob", "phone").await;
+    for i in 1..=20 {
+        imd.send(&alice, "bob", &format!("m{i}")).await;
+        assert_eq!(bob.push().await, (i, format!("m{i}")));
+    }
+    // imctl waits for bob's acks between batches: bob must read while it runs.
+    let cmd = imd.imctl();
+    let replay = tokio::task::spawn_blocking(move || {
+        let mut cmd = cmd;
+        common::Run::of(
+            cmd.args(["replay", "bob", "--after", "0", "--until", "19"])
+                .output()
+                .unwrap(),
+            &["replay"],
+        )
+    });
+    for i in 1..=19 {
+        assert_eq!(bob.push().await, (i, format!("m{i}")));
+    }
+    let out = replay.await.unwrap();
+    assert_eq!(
+        out.ok().trim(),
+        "pushed 19 messages (useq 1..=19) to 1 device of bob, in 3 batches"
+    );
+    bob.expect_silence(Duration::from_millis(300)).await;
+
+    // A device that does not ack stops the replay, with the command that resumes it.
+    let mut cmd = imd.imctl();
+    let out = tokio::task::spawn_blocking(move || {
+        let args = ["replay", "bob", "--after", "0", "--ack-wait", "300ms"];
+        common::Run::of(cmd.args(args).output().unwrap(), &args)
+    })
+    .await
+    .unwrap();
+    out.fails(
+        1,
+        "replay paused after useq 8 (8 messages pushed so far): the devices of bob did not \
+         ack the last batch within 300ms; resume with `imctl replay bob --after 8`",
+    );
+    for i in 1..=8 {
+        assert_eq!(bob.push().await, (i, format!("m{i}")));
+    }
+    bob.expect_silence(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
 async fn cluster_reports_the_live_connection() {
     let imd = Imd::start();
     let _alice = imd.device("alice", "laptop").await;

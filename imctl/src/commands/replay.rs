@@ -1,47 +1,109 @@
 //! `imctl replay UID --after USEQ [--until USEQ]`.
+//!
+//! imd pushes at most half a device's outbox per call and says where to go on
+//! (`next_after`), so that a replay never overflows a device's queue. imctl makes as many
+//! calls as the range needs, and between two of them waits until the cluster's unacked
+//! pushes show that the devices took the last batch; a device that does not ack stops
+//! the replay with the command that resumes it, rather than being pushed into a `slow`
+//! disconnect.
+
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 use shared::admin::Replay;
 
 use super::plural;
 use crate::cli::ReplayArgs;
-use crate::client::Client;
+use crate::client::{Client, ClientError};
 use crate::output::{Out, Paint};
+
+/// How often the pacing looks at the cluster's unacked pushes.
+const PACE_POLL: Duration = Duration::from_millis(50);
+
+/// Pushes written and not acked yet, over the whole cluster.
+async fn unacked(client: &Client) -> Result<i64, ClientError> {
+    Ok(client
+        .cluster()
+        .await?
+        .nodes
+        .iter()
+        .map(|n| n.unacked)
+        .sum())
+}
 
 pub(super) async fn run(client: &Client, out: &Out, args: ReplayArgs) -> anyhow::Result<()> {
     if args.until.is_some_and(|u| u <= args.after) {
         anyhow::bail!("--until must be above --after");
     }
-    let req = Replay {
-        uid: args.uid.clone(),
-        after: args.after,
-        until: args.until,
-    };
-    let done = client.replay(&req).await?;
+    let uid = args.uid.as_str();
+    let (mut messages, mut devices, mut batches) = (0usize, 0usize, 0usize);
+    let mut after = args.after;
+    loop {
+        let before = unacked(client).await?;
+        let done = client
+            .replay(&Replay {
+                uid: uid.to_owned(),
+                after,
+                until: args.until,
+            })
+            .await?;
+        batches += 1;
+        messages += done.messages;
+        devices = devices.max(done.devices);
+        // A cursor that does not move would loop forever.
+        let Some(next) = done.next_after.filter(|n| *n > after) else {
+            break;
+        };
+        after = next;
+        let pushed = i64::try_from(done.messages * done.devices).unwrap_or(i64::MAX);
+        let enough = before.saturating_add(pushed / 2);
+        let deadline = Instant::now() + args.ack_wait;
+        while unacked(client).await? > enough {
+            if Instant::now() >= deadline {
+                let until = args
+                    .until
+                    .map(|u| format!(" --until {u}"))
+                    .unwrap_or_default();
+                anyhow::bail!(
+                    "replay paused after useq {after} ({} pushed so far): the devices of {uid} \
+                     did not ack the last batch within {}; resume with \
+                     `imctl replay {uid} --after {after}{until}`",
+                    plural(messages, "message", "messages"),
+                    humantime::format_duration(args.ack_wait)
+                );
+            }
+            tokio::time::sleep(PACE_POLL).await;
+        }
+    }
     if out.json {
         return out.json_line(&json!({
-            "uid": args.uid,
-            "messages": done.messages,
-            "devices": done.devices,
+            "uid": uid,
+            "messages": messages,
+            "devices": devices,
         }));
     }
     let range = match args.until {
         Some(u) => format!("useq {}..={u}", args.after + 1),
         None => format!("useq {}..", args.after + 1),
     };
-    let uid = out.paint(Paint::Cyan, &args.uid);
-    if done.messages == 0 {
+    let who = out.paint(Paint::Cyan, uid);
+    if messages == 0 {
         // imd reads nothing when the user has no device online; say which it was.
-        let online = client.connections(Some(&args.uid)).await?.len();
+        let online = client.connections(Some(uid)).await?.len();
         return out.line(&if online == 0 {
-            format!("pushed nothing: {uid} has no device online")
+            format!("pushed nothing: {who} has no device online")
         } else {
-            format!("pushed nothing: {uid}'s inbox has no entries in {range}")
+            format!("pushed nothing: {who}'s inbox has no entries in {range}")
         });
     }
+    let in_batches = if batches > 1 {
+        format!(", in {batches} batches")
+    } else {
+        String::new()
+    };
     out.line(&format!(
-        "pushed {} ({range}) to {} of {uid}",
-        plural(done.messages, "message", "messages"),
-        plural(done.devices, "device", "devices"),
+        "pushed {} ({range}) to {} of {who}{in_batches}",
+        plural(messages, "message", "messages"),
+        plural(devices, "device", "devices"),
     ))
 }

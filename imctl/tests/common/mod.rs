@@ -59,11 +59,18 @@ pub(crate) struct Imd {
     dir: tempfile::TempDir,
     /// The admin token.
     pub(crate) admin: String,
+    /// Extra flags of `imd serve`.
+    args: Vec<String>,
 }
 
 impl Imd {
     /// Starts imd on a free port in a fresh data dir.
     pub(crate) fn start() -> Imd {
+        Imd::start_with(&[])
+    }
+
+    /// Starts imd with extra flags of `imd serve`.
+    pub(crate) fn start_with(args: &[&str]) -> Imd {
         let dir = tempfile::Builder::new()
             .prefix("imctl-test-")
             .tempdir()
@@ -74,6 +81,7 @@ impl Imd {
             node_id: String::new(),
             dir,
             admin: String::new(),
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
         };
         imd.spawn("127.0.0.1:0");
         imd.admin = imd.helper(&["admin-token"]);
@@ -107,6 +115,7 @@ impl Imd {
             .arg("serve")
             .args(["--listen", listen, "--connect-rate", "0", "--data-dir"])
             .arg(self.data_dir())
+            .args(&self.args)
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
