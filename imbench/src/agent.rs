@@ -200,7 +200,6 @@ pub struct Stats {
     pub(crate) foreign: AtomicU64,
     first_open_ms: AtomicU64,
     last_open_ms: AtomicU64,
-    open_at_stop: AtomicU64,
     // std Mutexes: a record is a few nanoseconds and never awaits.
     latency_delta: Mutex<Option<Histogram<u64>>>,
     ack_latency: Mutex<Option<Histogram<u64>>>,
@@ -445,11 +444,12 @@ async fn run_load(
         .take();
     let first = ctx.stats.first_open_ms.load(Ordering::Relaxed);
     let last = ctx.stats.last_open_ms.load(Ordering::Relaxed);
+    let counters = ctx.stats.counters();
     let report = AgentReport {
         agent: ctx.plan.agent,
         pid: std::process::id(),
         connections: ctx.plan.count,
-        counters: ctx.stats.counters(),
+        counters,
         latency: HistData::from_histogram(&latency),
         ack_latency: ack_latency
             .as_ref()
@@ -459,7 +459,9 @@ async fn run_load(
         first_open_ms: (first != u64::MAX).then_some(first),
         last_open_ms: (first != u64::MAX).then_some(last),
         traffic_ms,
-        open_at_stop: ctx.stats.open_at_stop.load(Ordering::Relaxed),
+        // Up when the stop came: every open minus every drop (the closes that
+        // follow the stop are imbench's own).
+        open_at_stop: counters.opened + counters.reconnects - counters.dropped,
         errors: ctx
             .stats
             .errors
@@ -489,9 +491,6 @@ async fn spawn_connections(ctx: Arc<Ctx>) -> HashMap<u64, Outcome> {
         tasks.push((i, tokio::spawn(scenario::run_connection(task_ctx, i))));
     }
     ctx.stop.cancelled().await;
-    ctx.stats
-        .open_at_stop
-        .store(ctx.stats.open.load(Ordering::Relaxed), Ordering::Relaxed);
     let deadline = tokio::time::Instant::now() + CLOSE_GRACE;
     let mut outcomes = HashMap::with_capacity(tasks.len());
     for (i, mut task) in tasks {

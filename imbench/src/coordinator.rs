@@ -244,6 +244,10 @@ fn on_incoming(state: &mut AgentState, msg: Incoming, latency: &mut Histogram<u6
         Incoming::Event(event) => *event,
         Incoming::Closed => {
             state.closed = true;
+            if state.final_report.is_none() {
+                // died: whatever it held is gone
+                state.counters.open = 0;
+            }
             return;
         }
     };

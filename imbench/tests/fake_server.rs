@@ -176,3 +176,72 @@ async fn a_wrong_secret_is_counted_not_fatal() {
     assert_eq!(r.report["connections"]["failed"], 5);
     assert_eq!(r.report["errors"][0]["kind"], "http 401", "{}", r.report);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_agent_fails_the_run_not_the_coordinator() {
+    use std::process::Stdio;
+    let server = FakeImd::start(Faults::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("r.json");
+    let mut args = chat_args(&server.url, &["--local-agents", "2"]);
+    let report_arg = report.to_str().unwrap().to_owned();
+    args.extend_from_slice(&["--report", &report_arg]);
+    let mut child = tokio::process::Command::new(common::imbench_bin())
+        .arg("run")
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap();
+    // wait for both agents to be up, then SIGKILL the second by its PID
+    // Children may be started from any thread of the runtime: read every thread's list.
+    let children = move || -> Vec<String> {
+        let mut pids = Vec::new();
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let list = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            pids.extend(list.split_whitespace().map(str::to_owned));
+        }
+        pids
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let agents = loop {
+        let pids = children();
+        if pids.len() == 2 {
+            break pids;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "agents not seen: {pids:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &agents[1]])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(1));
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(r["agents"][0]["status"], "ok", "{r}");
+    assert!(
+        r["agents"][1]["status"]
+            .as_str()
+            .unwrap()
+            .starts_with("died"),
+        "{r}"
+    );
+    assert_eq!(r["connections"]["failed"], 10, "{r}");
+    assert_eq!(r["messages"]["lost"], 0, "{r}");
+}
