@@ -93,6 +93,9 @@ pub struct ConnectionInfo {
     pub remote: String,
     /// When it connected, unix milliseconds.
     pub connected_at: i64,
+    /// Pushes written to it and not acked yet.
+    #[serde(default)]
+    pub unacked: u64,
 }
 
 /// `GET /admin/v1/connections` answer.

@@ -71,6 +71,7 @@ mod tests {
             node: "imd-8080".into(),
             remote: "127.0.0.1:50000".into(),
             connected_at: now - ago_ms,
+            unacked: 0,
         };
         let conns = [
             c("alice", "laptop", Platform::Web, 180_000),

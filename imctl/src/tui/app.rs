@@ -670,6 +670,7 @@ mod tests {
             node: "imd-1".into(),
             remote: "127.0.0.1:1".into(),
             connected_at: 0,
+            unacked: 0,
         }
     }
 

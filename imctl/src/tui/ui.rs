@@ -497,6 +497,7 @@ mod tests {
             node: "imd-40123".into(),
             remote: "127.0.0.1:50001".into(),
             connected_at: NOW - ago_ms,
+            unacked: 0,
         }
     }
 

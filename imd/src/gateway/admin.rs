@@ -116,6 +116,8 @@ async fn blacklist_remove(
 #[serde(deny_unknown_fields)]
 struct ConnQuery {
     uid: Option<String>,
+    /// Only connections held by this node.
+    node: Option<String>,
     after: Option<String>,
     limit: Option<usize>,
     #[serde(default, rename = "token")]
@@ -136,6 +138,13 @@ async fn connections(
         ));
     }
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    if q.node.as_ref().is_some_and(|n| *n != app.node_id) {
+        return Ok(axum::Json(ConnectionList {
+            connections: Vec::new(),
+            next: None,
+        })
+        .into_response());
+    }
     let (connections, next) =
         app.sessions
             .hub

@@ -132,6 +132,8 @@ pub struct Conn {
     pub connected_at_ms: i64,
     /// Outgoing frames.
     pub outbox: Outbox,
+    /// Pushes written and not acked yet (kept by the session, read by listings).
+    pub unacked: std::sync::atomic::AtomicU64,
 }
 
 /// One shard of the hub: uid → that user's connected devices.
@@ -204,6 +206,7 @@ impl Hub {
             node: self.node_id.clone(),
             remote: c.remote.to_string(),
             connected_at: c.connected_at_ms,
+            unacked: c.unacked.load(Ordering::Relaxed),
         }
     }
 
@@ -222,6 +225,7 @@ impl Hub {
             remote,
             connected_at_ms,
             outbox: Outbox::new(self.outbox_capacity),
+            unacked: std::sync::atomic::AtomicU64::new(0),
         });
         let replaced = {
             let mut shard = self.shard(&conn.who.uid);
