@@ -42,6 +42,7 @@ build() {
 start_imd() {
     local secret=$1 max=$2
     "$IMD_BIN" serve --listen 127.0.0.1:0 --data-dir "$WORK/data" --token-secret "$secret" \
+        --connect-rate 0 --send-rate 0 \
         >"$WORK/imd.out" 2>"$WORK/imd.err" &
     IMD_PID=$!
     PIDS+=("$IMD_PID")

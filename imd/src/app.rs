@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -237,6 +238,13 @@ pub async fn serve_until(cfg: Config, stop: CancellationToken) -> anyhow::Result
     let routes = app
         .router()
         .into_make_service_with_connect_info::<SocketAddr>();
+    // Without TCP_NODELAY, a small push waits for the client's delayed ack (Nagle):
+    // about 40 ms at p90 on loopback.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, routes)
         .with_graceful_shutdown(stop.clone().cancelled_owned())
         .await
