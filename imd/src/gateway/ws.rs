@@ -9,16 +9,18 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 use shared::protocol::ErrorCode;
+use tracing::Instrument;
 
 use super::auth::{AuthError, bearer};
 use super::{ApiError, AppState};
 use crate::business::messaging::now_ms;
 use crate::worker::session;
 
-/// tungstenite's read chunk. Its default (128 KiB, allocated up front) would cost more
-/// than everything else an idle connection holds; frames larger than this are read
-/// in several chunks.
-const READ_BUFFER: usize = 1024;
+/// tungstenite's read buffer, allocated up front for every connection and kept for its
+/// life. Its default (128 KiB) would dwarf everything else an idle connection holds;
+/// at 512 B a typical chat frame is still one read, and a larger frame is read in
+/// several (its full length is reserved once its header is known).
+const READ_BUFFER: usize = 512;
 
 pub(super) async fn upgrade(
     State(app): State<AppState>,
@@ -63,7 +65,16 @@ pub(super) async fn upgrade(
     // be the one that stays. Pushes queue in the outbox until the session runs.
     let conn = ctx.hub.register(who, remote, now_ms());
     let (failed, failed_hub) = (conn.clone(), ctx.hub.clone());
+    // An agent coming online takes the conversations waiting for one; off the upgrade's
+    // path, and its pushes queue in the outbox until the session runs.
+    let (messaging, agent) = (ctx.messaging.clone(), conn.who.clone());
+    tokio::spawn(async move {
+        if let Err(e) = messaging.connected(&agent).await {
+            tracing::warn!(uid = %agent.uid, error = %e, "assigning waiting conversations failed");
+        }
+    });
     let tracker = app.tracker.clone();
+    let span = tracing::debug_span!("session", uid = %conn.who.uid, device = %conn.who.device);
     let max = app.max_body;
     ws.read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
@@ -75,15 +86,9 @@ pub(super) async fn upgrade(
             tracing::debug!(error = %e, "websocket upgrade failed");
             failed_hub.unregister(&failed);
         })
+        // The session future is handed over as is, with no async block around it: an
+        // async block would keep its own copy of the socket for the session's life.
         .on_upgrade(move |socket| {
-            tracker.track_future(async move {
-                // An agent coming online takes the conversations waiting for one.
-                if let Err(e) = ctx.messaging.connected(&conn.who).await {
-                    tracing::warn!(uid = %conn.who.uid, error = %e, "assigning waiting conversations failed");
-                }
-                let span =
-                    tracing::debug_span!("session", uid = %conn.who.uid, device = %conn.who.device);
-                tracing::Instrument::instrument(session::run(socket, conn, ctx), span).await
-            })
+            tracker.track_future(session::run(socket, conn, ctx).instrument(span))
         })
 }

@@ -93,6 +93,8 @@ where
     let mut counted = 0usize;
     let stats = &ctx.hub.stats;
 
+    // Every write is boxed: the write futures (with their timeout) are three times the
+    // size of everything else, and an idle session would carry their space for life.
     let end = loop {
         let len = st.unacked.len();
         if len != counted {
@@ -107,7 +109,7 @@ where
             _ = ctx.shutdown.cancelled() => break End::Kick("shutdown".into(), close_code::AWAY),
             _ = conn.outbox.notified() => {
                 let (queue, closing) = conn.outbox.take();
-                if let Err(end) = write_queued(&mut socket, queue, &mut st, s).await {
+                if let Err(end) = Box::pin(write_queued(&mut socket, queue, &mut st, s)).await {
                     break end;
                 }
                 if let Some(reason) = closing {
@@ -134,7 +136,7 @@ where
                     Message::Ping(_) | Message::Pong(_) => None,
                 };
                 if let Some(frame) = reply
-                    && send_all(&mut socket, [Message::Text(frame.into())], s).await.is_err()
+                    && Box::pin(send_all(&mut socket, [Message::Text(frame.into())], s)).await.is_err()
                 {
                     break End::Gone;
                 }
@@ -150,7 +152,7 @@ where
                     Ok(frames) => {
                         let resent = frames.iter().filter(|f| matches!(f, Message::Text(_))).count();
                         stats.retransmits.fetch_add(resent as u64, Ordering::Relaxed);
-                        if send_all(&mut socket, frames, s).await.is_err() {
+                        if Box::pin(send_all(&mut socket, frames, s)).await.is_err() {
                             break End::Gone;
                         }
                     }
@@ -176,7 +178,7 @@ where
         End::Gone => Vec::new(),
     };
     if !farewell.is_empty() {
-        let _ = send_all(&mut socket, farewell, s).await;
+        let _ = Box::pin(send_all(&mut socket, farewell, s)).await;
     }
     if !st.unacked.is_empty() {
         tracing::debug!(uid = %conn.who.uid, unacked = st.unacked.len(), "closed with unacked pushes; they wait in the inbox");
@@ -685,5 +687,23 @@ mod tests {
         );
         assert_eq!(cid_of(r#"{"type":"nope","cid":7}"#), None);
         assert_eq!(cid_of("{"), None);
+    }
+}
+/// An idle connection's memory is mostly this future; docs/benchmarks.md has the
+/// figure it buys. Growing it (an inline write future, a new select branch) costs
+/// every connection, so it is checked.
+#[cfg(test)]
+mod footprint {
+    fn output_size<F, A, B, C, R>(_: F) -> usize
+    where
+        F: Fn(A, B, C) -> R,
+    {
+        std::mem::size_of::<R>()
+    }
+
+    #[test]
+    fn the_session_future_stays_small() {
+        let size = output_size(super::run::<axum::extract::ws::WebSocket>);
+        assert!(size <= 1400, "the session future grew to {size} bytes");
     }
 }
