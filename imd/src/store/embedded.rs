@@ -413,6 +413,15 @@ fn from_json<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, StoreError> 
     serde_json::from_slice(b).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
+/// The JSON value at `key` of a `&str → &[u8]` table.
+fn json_at<T: serde::de::DeserializeOwned>(
+    t: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+) -> Result<Option<T>, StoreError> {
+    let v = t.get(key).map_err(db_err)?;
+    v.map(|g| from_json(g.value())).transpose()
+}
+
 /// Reads one JSON value of a `&str → &[u8]` table.
 fn get_json<T: serde::de::DeserializeOwned>(
     db: &Database,
@@ -420,9 +429,27 @@ fn get_json<T: serde::de::DeserializeOwned>(
     key: &str,
 ) -> Result<Option<T>, StoreError> {
     let txn = db.begin_read().map_err(db_err)?;
-    let t = txn.open_table(table).map_err(db_err)?;
-    let v = t.get(key).map_err(db_err)?;
-    v.map(|g| from_json(g.value())).transpose()
+    json_at(&txn.open_table(table).map_err(db_err)?, key)
+}
+
+/// Every entry of a `(&str, &str)`-keyed table whose first part is `first`, as
+/// `f(second part, value)`, in key order.
+fn scan_second<V: redb::Value + 'static, T>(
+    t: &impl ReadableTable<(&'static str, &'static str), V>,
+    first: &str,
+    mut f: impl FnMut(&str, redb::AccessGuard<'_, V>) -> T,
+) -> Result<Vec<T>, StoreError> {
+    let mut out = Vec::new();
+    // Ids are never empty, so (first, "") sorts below every key that starts with first.
+    for entry in t.range((first, "")..).map_err(db_err)? {
+        let (k, v) = entry.map_err(db_err)?;
+        let (a, b) = k.value();
+        if a != first {
+            break;
+        }
+        out.push(f(b, v));
+    }
+    Ok(out)
 }
 
 fn load_of(t: &impl ReadableTable<&'static str, u64>, agent: &str) -> Result<u64, StoreError> {
@@ -513,10 +540,7 @@ impl DirectoryStore for EmbeddedStore {
             {
                 let mut shops = txn.open_table(SHOPS).map_err(db_err)?;
                 let mut reverse = txn.open_table(AGENT_SHOPS).map_err(db_err)?;
-                let old: Vec<String> = match shops.get(shop.as_str()).map_err(db_err)? {
-                    Some(g) => from_json(g.value())?,
-                    None => Vec::new(),
-                };
+                let old: Vec<String> = json_at(&shops, &shop)?.unwrap_or_default();
                 for a in &old {
                     reverse
                         .remove((a.as_str(), shop.as_str()))
@@ -541,17 +565,7 @@ impl DirectoryStore for EmbeddedStore {
         self.blocking(move |db| {
             let txn = db.begin_read().map_err(db_err)?;
             let t = txn.open_table(AGENT_SHOPS).map_err(db_err)?;
-            let mut out = Vec::new();
-            // Shop ids are never empty, so ("uid", "") is below every key of the uid.
-            for entry in t.range((uid.as_str(), "")..).map_err(db_err)? {
-                let (k, _) = entry.map_err(db_err)?;
-                let (agent, shop) = k.value();
-                if agent != uid {
-                    break;
-                }
-                out.push(shop.to_owned());
-            }
-            Ok(out)
+            scan_second(&t, &uid, |shop, _| shop.to_owned())
         })
         .await
     }
@@ -588,10 +602,7 @@ impl DirectoryStore for EmbeddedStore {
                 let mut service = txn.open_table(SERVICE).map_err(db_err)?;
                 let mut loads = txn.open_table(LOADS).map_err(db_err)?;
                 let mut waiting = txn.open_table(WAITING).map_err(db_err)?;
-                let prev: Option<ServiceState> = match service.get(conv.as_str()).map_err(db_err)? {
-                    Some(g) => Some(from_json(g.value())?),
-                    None => None,
-                };
+                let prev: Option<ServiceState> = json_at(&service, &conv)?;
                 if let Some(ServiceState {
                     agent: Some(p),
                     open: true,
@@ -646,10 +657,7 @@ impl DirectoryStore for EmbeddedStore {
                 let mut service = txn.open_table(SERVICE).map_err(db_err)?;
                 let mut loads = txn.open_table(LOADS).map_err(db_err)?;
                 let mut waiting = txn.open_table(WAITING).map_err(db_err)?;
-                let prev: Option<ServiceState> = match service.get(conv.as_str()).map_err(db_err)? {
-                    Some(g) => Some(from_json(g.value())?),
-                    None => None,
-                };
+                let prev: Option<ServiceState> = json_at(&service, &conv)?;
                 match prev {
                     Some(mut st) if st.open => {
                         if let Some(p) = &st.agent {
@@ -691,15 +699,7 @@ impl DirectoryStore for EmbeddedStore {
         self.blocking(move |db| {
             let txn = db.begin_read().map_err(db_err)?;
             let t = txn.open_table(WAITING).map_err(db_err)?;
-            let mut out = Vec::new();
-            for entry in t.range((shop.as_str(), "")..).map_err(db_err)? {
-                let (k, v) = entry.map_err(db_err)?;
-                let (s, conv) = k.value();
-                if s != shop {
-                    break;
-                }
-                out.push((v.value(), conv.to_owned()));
-            }
+            let mut out = scan_second(&t, &shop, |conv, since| (since.value(), conv.to_owned()))?;
             out.sort();
             Ok(out.into_iter().map(|(_, conv)| conv).collect())
         })
