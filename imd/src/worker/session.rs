@@ -59,6 +59,9 @@ struct Unacked {
     sends: u32,
 }
 
+/// How long a closing session waits to write its `kick` and close frames.
+const FAREWELL: Duration = Duration::from_secs(2);
+
 /// Why a session ends.
 enum End {
     /// Tell the client why, then close with this code.
@@ -101,6 +104,7 @@ where
             stats
                 .unacked
                 .fetch_add(len as i64 - counted as i64, Ordering::Relaxed);
+            conn.unacked.store(len as u64, Ordering::Relaxed);
             counted = len;
         }
         // Unbiased: a flood of pushes must not starve the client's acks, nor a flood of
@@ -178,7 +182,13 @@ where
         End::Gone => Vec::new(),
     };
     if !farewell.is_empty() {
-        let _ = Box::pin(send_all(&mut socket, farewell, s)).await;
+        // A client that is being closed gets a short grace to read why, not the full
+        // write timeout: a slow consumer would otherwise hold its socket that long.
+        let quick = SessionSettings {
+            write_timeout: s.write_timeout.min(FAREWELL),
+            ..*s
+        };
+        let _ = Box::pin(send_all(&mut socket, farewell, &quick)).await;
     }
     if !st.unacked.is_empty() {
         tracing::debug!(uid = %conn.who.uid, unacked = st.unacked.len(), "closed with unacked pushes; they wait in the inbox");
@@ -632,6 +642,19 @@ mod tests {
         // b1 proves it is still served, and got nothing but the pong.
         b1.send(serde_json::json!({"type": "ping"}));
         assert_eq!(b1.next().await.unwrap()["type"], "pong");
+        // The listing's per-device count: b1 acked, b2 did not.
+        let unacked = |device: &str| {
+            let conns = rig.ctx.hub.devices("bob");
+            let c = conns.iter().find(|c| c.who.device == device).unwrap();
+            c.unacked.load(Ordering::Relaxed)
+        };
+        assert_eq!(unacked("phone"), 0);
+        assert_eq!(unacked("laptop"), 1);
+        assert_eq!(
+            rig.ctx.hub.stats.unacked.load(Ordering::Relaxed),
+            2,
+            "b2 and alice's own push"
+        );
     }
 
     #[tokio::test]
