@@ -3,11 +3,12 @@
 //! and a latency histogram delta every second, and a final report with the delivery
 //! check at the end.
 //!
-//! An agent runs inside the coordinator ([`serve`] on channels) or as a child process
-//! (`imbench agent`, [`run_stdio`]: plan and [`Control`] as JSON lines on stdin,
-//! [`AgentEvent`]s as JSON lines on stdout). It must never print anything else on
-//! stdout, and it stops by itself: at the end of its plan, on `stop`, or when its
-//! stdin closes (the coordinator is gone).
+//! An agent runs inside the coordinator ([`serve`] on channels), as a child process
+//! (`imbench agent`: plan and [`Control`] as JSON lines on stdin, [`AgentEvent`]s as
+//! JSON lines on stdout), or as a TCP server for remote coordinators (`imbench agent
+//! --listen`); [`crate::link`] carries the lines. A child must never print anything
+//! else on stdout, and every agent stops by itself: at the end of its plan, on
+//! `stop`, or when its link closes (the coordinator is gone).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,7 +18,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
@@ -537,52 +537,14 @@ fn check_pairs(plan: &AgentPlan, outcomes: &HashMap<u64, Outcome>) -> VerifyCoun
     v
 }
 
-/// `imbench agent`: the plan is the first JSON line on stdin, then [`Control`] lines;
-/// [`AgentEvent`]s go to stdout, one JSON line each.
-pub async fn run_stdio(args: AgentArgs) -> anyhow::Result<()> {
-    if args.listen.is_some() {
-        anyhow::bail!(
-            "imbench agent --listen is not implemented yet; start agents on this machine with \
-             imbench run --local-agents K"
-        );
+/// `imbench agent`: with `--listen`, serve coordinators over TCP; without, the plan
+/// is the first JSON line on stdin, then [`Control`] lines, and [`AgentEvent`]s go to
+/// stdout, one JSON line each (how `--local-agents` starts it).
+pub async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
+    match &args.listen {
+        Some(addr) => crate::link::listen(addr, args.once).await,
+        None => crate::link::serve_agent(tokio::io::stdin(), tokio::io::stdout()).await,
     }
-    let mut lines = BufReader::new(tokio::io::stdin()).lines();
-    let first = lines
-        .next_line()
-        .await
-        .context("reading the plan")?
-        .context("no plan on stdin")?;
-    let plan: AgentPlan = serde_json::from_str(&first).context("decoding the plan")?;
-
-    let (control_tx, control_rx) = mpsc::channel(4);
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
-            match serde_json::from_str::<Control>(&line) {
-                Ok(c) => {
-                    if control_tx.send(c).await.is_err() {
-                        break;
-                    }
-                }
-                Err(error) => tracing::warn!(%error, "ignoring a bad control line"),
-            }
-        }
-        // EOF: dropping the sender tells the agent to stop.
-    });
-
-    let (events_tx, mut events_rx) = mpsc::channel::<AgentEvent>(64);
-    let writer = tokio::spawn(async move {
-        let mut out = tokio::io::stdout();
-        while let Some(event) = events_rx.recv().await {
-            let mut line = serde_json::to_string(&event)?;
-            line.push('\n');
-            out.write_all(line.as_bytes()).await?;
-            out.flush().await?;
-        }
-        anyhow::Ok(())
-    });
-    let result = serve(plan, control_rx, events_tx).await;
-    writer.await.context("stdout writer panicked")??;
-    result
 }
 
 #[cfg(test)]

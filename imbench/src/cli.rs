@@ -106,8 +106,9 @@ pub struct RunArgs {
     pub report: Option<PathBuf>,
 
     /// Spawn this many agent processes on this machine and split the plan across
-    /// them. 0 runs the load inside this process. Default: inside this process when
-    /// the plan fits under the open-files limit, else as many agents as it needs.
+    /// them (and the `--agents`). 0 with no `--agents` runs the load inside this
+    /// process. Default: none with `--agents`; otherwise inside this process when the
+    /// plan fits under the open-files limit, else as many agents as it needs.
     #[arg(long, value_name = "K")]
     pub local_agents: Option<usize>,
 
@@ -125,6 +126,12 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 4096)]
     pub read_buffer: usize,
 
+    /// Remote agents (`imbench agent --listen`) to use, `host:port,…`; the plan is
+    /// split over these and the `--local-agents`. Their clocks should agree (NTP):
+    /// they start at one unix time.
+    #[arg(long = "agents", value_name = "HOST:PORT", value_delimiter = ',')]
+    pub remote_agents: Vec<String>,
+
     /// Program to start as `PROGRAM agent` for local agents (default: this binary).
     #[arg(long, hide = true)]
     pub agent_bin: Option<PathBuf>,
@@ -133,10 +140,16 @@ pub struct RunArgs {
 /// Flags of `imbench agent`.
 #[derive(Debug, Clone, Args)]
 pub struct AgentArgs {
-    /// Serve a remote coordinator on this address (not implemented yet: today an
-    /// agent reads its plan from stdin, as `--local-agents` starts it).
+    /// Serve coordinators over TCP on this address (`0.0.0.0:7070`; port 0 picks
+    /// one), one run at a time, printing `{"event":"listening","listen":…}` once
+    /// bound. Without it, the agent reads its plan from stdin (how `--local-agents`
+    /// starts it). The link is not authenticated: listen on a lab network only.
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
+
+    /// With `--listen`: exit after the first run.
+    #[arg(long, requires = "listen")]
+    pub once: bool,
 }
 
 #[cfg(test)]

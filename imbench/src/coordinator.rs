@@ -13,13 +13,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use hdrhistogram::Histogram;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
 use crate::agent::{self, AgentEvent, Clock, Control};
 use crate::cli::{RunArgs, Scenario};
 use crate::limits;
+use crate::link;
 use crate::plan::{AgentPlan, RunPlan};
 use crate::report::{self, AgentReport, Counters, LatencySummary, Report, RunSection};
 
@@ -36,8 +36,21 @@ pub async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
     let plan = RunPlan::from_args(&args)?;
     let fd = limits::raise_nofile()?;
     let per_process = limits::sockets_per_process(fd);
-    let agents = plan.agent_count(args.local_agents, per_process);
-    plan.check_capacity(agents, per_process, limits::ephemeral_ports())?;
+    let agents = AgentSet {
+        local: if args.remote_agents.is_empty() {
+            plan.agent_count(args.local_agents, per_process)
+        } else {
+            args.local_agents.unwrap_or(0)
+        },
+        remote: args.remote_agents.clone(),
+    };
+    if agents.remote.is_empty() {
+        plan.check_capacity(agents.local, per_process, limits::ephemeral_ports())?;
+    } else if agents.local > 0 {
+        // Remote agents check their own share against their limit when they say
+        // ready; ports are per machine, so only the local sockets are checked here.
+        plan.check_capacity(agents.shares(), per_process, u64::MAX)?;
+    }
     if plan.scenario == Scenario::Idle && args.rate != 100.0 {
         eprintln!("imbench: --rate has no effect on the idle scenario");
     }
@@ -45,7 +58,7 @@ pub async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
         Some(p) => p.clone(),
         None => std::env::current_exe().context("locating this binary to start agents")?,
     };
-    let report = run_plan(&plan, agents, agent_bin).await?;
+    let report = run_plan(&plan, &agents, agent_bin).await?;
     print!("{}", report::summary(&report));
     if let Some(path) = &args.report {
         write_report(path, &report)?;
@@ -64,14 +77,16 @@ pub fn write_report(path: &PathBuf, report: &Report) -> anyhow::Result<()> {
     std::fs::write(path, json + "\n").with_context(|| format!("writing {}", path.display()))
 }
 
-enum Incoming {
-    Event(Box<AgentEvent>),
-    Closed,
-}
+/// What an agent link delivers: an event, or `None` when the link closed.
+type Incoming = Option<AgentEvent>;
 
 struct Link {
     control: Option<mpsc::Sender<Control>>,
     child: Option<Child>,
+    /// Where the agent runs: `in-process`, `local`, or the remote `host:port`.
+    addr: String,
+    /// Why the agent never came up (a remote agent that could not be reached).
+    failed: Option<String>,
 }
 
 #[derive(Default)]
@@ -84,23 +99,65 @@ struct AgentState {
     failure: Option<String>,
 }
 
-/// Runs `plan` on `agents` child processes (0: in this process) and returns the
-/// combined report.
-pub async fn run_plan(plan: &RunPlan, agents: usize, agent_bin: PathBuf) -> anyhow::Result<Report> {
+/// Where the agents of a run come from.
+#[derive(Debug, Clone, Default)]
+pub struct AgentSet {
+    /// Child processes on this machine (0 and no remote: one agent in this process).
+    pub local: usize,
+    /// Remote agents, `host:port`.
+    pub remote: Vec<String>,
+}
+
+impl AgentSet {
+    /// Number of agent shares of the plan.
+    pub fn shares(&self) -> usize {
+        (self.local + self.remote.len()).max(1)
+    }
+
+    /// Agent processes (0: the in-process agent).
+    pub fn processes(&self) -> usize {
+        self.local + self.remote.len()
+    }
+}
+
+/// Runs `plan` on `agents` (child processes, remote agents, or this process) and
+/// returns the combined report.
+pub async fn run_plan(
+    plan: &RunPlan,
+    agents: &AgentSet,
+    agent_bin: PathBuf,
+) -> anyhow::Result<Report> {
     let wall = Instant::now();
-    let plans = plan.agent_plans(agents);
+    let plans = plan.agent_plans(agents.shares());
     let planned: Vec<u64> = plans.iter().map(|p| p.count).collect();
     let (tx, mut rx) = mpsc::channel::<(usize, Incoming)>(256);
     let mut links = Vec::with_capacity(plans.len());
-    if agents == 0 {
+    if agents.processes() == 0 {
         links.push(spawn_in_process(plans[0].clone(), tx.clone()));
     } else {
-        for p in plans {
-            links.push(spawn_child(&agent_bin, p, tx.clone())?);
+        let (local, remote) = plans.split_at(agents.local);
+        for p in local {
+            links.push(spawn_child(&agent_bin, p.clone(), tx.clone())?);
         }
+        // Reach the remote agents together, so that one dead host costs one timeout.
+        let remote = futures_util::future::join_all(
+            remote
+                .iter()
+                .zip(&agents.remote)
+                .map(|(p, addr)| spawn_remote(addr, p.clone(), tx.clone())),
+        )
+        .await;
+        links.extend(remote);
     }
     drop(tx);
-    let mut states: Vec<AgentState> = links.iter().map(|_| AgentState::default()).collect();
+    let mut states: Vec<AgentState> = links
+        .iter()
+        .map(|l| AgentState {
+            closed: l.failed.is_some(),
+            failure: l.failed.clone(),
+            ..Default::default()
+        })
+        .collect();
     let mut latency = report::new_histogram();
 
     // Everyone ready, or out of time.
@@ -108,10 +165,16 @@ pub async fn run_plan(plan: &RunPlan, agents: usize, agent_bin: PathBuf) -> anyh
     while !states.iter().all(|s| s.ready || s.closed) {
         tokio::select! {
             incoming = rx.recv() => match incoming {
-                Some((i, msg)) => on_incoming(&mut states[i], msg, &mut latency),
+                Some((i, msg)) => on_incoming(&mut states[i], msg, planned[i], &mut latency),
                 None => break,
             },
             _ = tokio::time::sleep_until(ready_deadline) => break,
+        }
+    }
+    // An agent that came up but cannot run its share is let go now.
+    for (link, s) in links.iter_mut().zip(&states) {
+        if s.ready && s.failure.is_some() {
+            link.control = None;
         }
     }
     for s in states
@@ -124,7 +187,7 @@ pub async fn run_plan(plan: &RunPlan, agents: usize, agent_bin: PathBuf) -> anyh
             "never ready".into()
         });
     }
-    if !states.iter().any(|s| s.ready) {
+    if !states.iter().any(|s| s.ready && s.failure.is_none()) {
         stop_all(&mut links);
         kill_all(&mut links).await;
         anyhow::bail!(
@@ -139,7 +202,7 @@ pub async fn run_plan(plan: &RunPlan, agents: usize, agent_bin: PathBuf) -> anyh
 
     let at = agent::unix_ms() + START_DELAY.as_millis() as u64;
     for (link, s) in links.iter().zip(&states) {
-        if let (true, Some(control)) = (s.ready, &link.control) {
+        if let (true, None, Some(control)) = (s.ready, &s.failure, &link.control) {
             let _ = control.send(Control::Start { at_unix_ms: at }).await;
         }
     }
@@ -148,7 +211,7 @@ pub async fn run_plan(plan: &RunPlan, agents: usize, agent_bin: PathBuf) -> anyh
         "imbench: {} {} connection(s), {} agent process(es), ramp {} conn/s, {:?} load{}; ends in about {:.0}s",
         plan.scenario.as_str(),
         plan.connections,
-        agents,
+        agents.processes(),
         plan.ramp_per_s,
         Duration::from_millis(plan.duration_ms),
         if plan.scenario == Scenario::Chat {
@@ -176,7 +239,7 @@ pub async fn run_plan(plan: &RunPlan, agents: usize, agent_bin: PathBuf) -> anyh
     while !states.iter().all(|s| s.closed) {
         tokio::select! {
             incoming = rx.recv() => match incoming {
-                Some((i, msg)) => on_incoming(&mut states[i], msg, &mut latency),
+                Some((i, msg)) => on_incoming(&mut states[i], msg, planned[i], &mut latency),
                 None => break,
             },
             _ = progress.tick() => {
@@ -227,22 +290,21 @@ pub async fn run_plan(plan: &RunPlan, agents: usize, agent_bin: PathBuf) -> anyh
         ramp: plan.ramp_per_s,
         duration_s: plan.duration_ms as f64 / 1000.0,
         verify: plan.verify,
-        local_agents: agents,
+        local_agents: agents.local,
+        remote_agents: agents.remote.clone(),
         wall_s: wall.elapsed().as_secs_f64(),
     };
-    Ok(report::combine(
-        run,
-        &planned,
-        &finals,
-        &statuses,
-        view.peak_handshakes,
-    ))
+    let mut report = report::combine(run, &planned, &finals, &statuses, view.peak_handshakes);
+    for (section, link) in report.agents.iter_mut().zip(&links) {
+        section.addr = link.addr.clone();
+    }
+    Ok(report)
 }
 
-fn on_incoming(state: &mut AgentState, msg: Incoming, latency: &mut Histogram<u64>) {
+fn on_incoming(state: &mut AgentState, msg: Incoming, planned: u64, latency: &mut Histogram<u64>) {
     let msg = match msg {
-        Incoming::Event(event) => *event,
-        Incoming::Closed => {
+        Some(event) => event,
+        None => {
             state.closed = true;
             if state.final_report.is_none() {
                 // died: whatever it held is gone
@@ -252,9 +314,19 @@ fn on_incoming(state: &mut AgentState, msg: Incoming, latency: &mut Histogram<u6
         }
     };
     match msg {
-        AgentEvent::Ready { pid, .. } => {
+        AgentEvent::Ready { pid, fd_soft, .. } => {
             state.ready = true;
             state.pid = pid;
+            let room = limits::sockets_per_process(limits::FdLimits {
+                soft: fd_soft,
+                hard: fd_soft,
+            });
+            if planned > room {
+                state.failure = Some(format!(
+                    "cannot hold its {planned} connections: its open-files limit {fd_soft} \
+                     leaves room for {room}; add agents"
+                ));
+            }
         }
         AgentEvent::Tick {
             counters,
@@ -314,19 +386,17 @@ fn spawn_in_process(plan: AgentPlan, tx: mpsc::Sender<(usize, Incoming)>) -> Lin
     });
     tokio::spawn(async move {
         while let Some(event) = events_rx.recv().await {
-            if tx
-                .send((agent, Incoming::Event(Box::new(event))))
-                .await
-                .is_err()
-            {
+            if tx.send((agent, Some(event))).await.is_err() {
                 return;
             }
         }
-        let _ = tx.send((agent, Incoming::Closed)).await;
+        let _ = tx.send((agent, None)).await;
     });
     Link {
         control: Some(control_tx),
         child: None,
+        addr: "in-process".into(),
+        failed: None,
     }
 }
 
@@ -344,46 +414,37 @@ fn spawn_child(
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("starting agent {agent} ({})", bin.display()))?;
-    let mut stdin = child.stdin.take().context("agent stdin")?;
+    let stdin = child.stdin.take().context("agent stdin")?;
     let stdout = child.stdout.take().context("agent stdout")?;
-    let mut first = serde_json::to_string(&plan).context("encoding an agent plan")?;
-    first.push('\n');
-    let (control_tx, mut control_rx) = mpsc::channel::<Control>(4);
-    tokio::spawn(async move {
-        if stdin.write_all(first.as_bytes()).await.is_err() {
-            return;
-        }
-        while let Some(c) = control_rx.recv().await {
-            let mut line = serde_json::to_string(&c).expect("a control line serializes");
-            line.push('\n');
-            if stdin.write_all(line.as_bytes()).await.is_err() || stdin.flush().await.is_err() {
-                return;
-            }
-        }
-        // Dropping stdin here: the agent sees EOF and stops.
-    });
-    tokio::spawn(async move {
-        let mut lines = BufReader::new(stdout).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            match serde_json::from_str::<AgentEvent>(&line) {
-                Ok(event) => {
-                    if tx
-                        .send((agent, Incoming::Event(Box::new(event))))
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-                Err(error) => tracing::warn!(agent, %error, "ignoring a bad agent line"),
-            }
-        }
-        let _ = tx.send((agent, Incoming::Closed)).await;
-    });
+    let control = link::attach(&plan, stdout, stdin, tx);
     Ok(Link {
-        control: Some(control_tx),
+        control: Some(control),
         child: Some(child),
+        addr: "local".into(),
+        failed: None,
     })
+}
+
+/// Reaches a remote agent (`imbench agent --listen`) and hands it its plan. A remote
+/// agent that cannot be reached is a failed agent, not a failed run.
+async fn spawn_remote(addr: &str, plan: AgentPlan, tx: mpsc::Sender<(usize, Incoming)>) -> Link {
+    match link::connect(addr).await {
+        Ok(socket) => {
+            let (r, w) = socket.into_split();
+            Link {
+                control: Some(link::attach(&plan, r, w, tx)),
+                child: None,
+                addr: addr.to_owned(),
+                failed: None,
+            }
+        }
+        Err(error) => Link {
+            control: None,
+            child: None,
+            addr: addr.to_owned(),
+            failed: Some(format!("unreachable: {error:#}")),
+        },
+    }
 }
 
 /// The one-line-a-second progress view.

@@ -11,9 +11,9 @@
 //! [`plan::AgentPlan`] per agent, starts the agents together, merges their per-second
 //! counters and latency histograms into a progress line, and writes the report. An
 //! agent (`imbench agent`, or a task inside the coordinator) owns the sockets. The
-//! coordinator talks to child agents with JSON lines over their stdin/stdout
-//! ([`agent::Control`] down, [`agent::AgentEvent`] up); the same messages could travel
-//! over TCP or tarpc to remote agents later without touching the scenarios.
+//! coordinator talks to agents with JSON lines ([`agent::Control`] down,
+//! [`agent::AgentEvent`] up): over a child's stdin/stdout for `--local-agents`, over
+//! TCP for remote agents (`imbench agent --listen`, `imbench run --agents`).
 //!
 //! Code map:
 //! - [`cli`]: the command line (clap derive).
@@ -24,6 +24,7 @@
 //! - [`scenario`]: what each connection does (`idle`, `chat`).
 //! - [`verify`]: per-device sequence bookkeeping and the loss/duplicate arithmetic.
 //! - [`report`]: histogram transport, latency summaries, the JSON report, the summary.
+//! - [`link`]: the JSON-lines link between coordinator and agents (stdio or TCP).
 //! - [`limits`]: the open-files limit.
 
 pub mod agent;
@@ -31,6 +32,7 @@ pub mod cli;
 pub mod coordinator;
 pub mod dial;
 pub mod limits;
+pub mod link;
 pub mod plan;
 pub mod report;
 pub mod scenario;
@@ -42,6 +44,6 @@ use std::process::ExitCode;
 pub async fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         cli::Command::Run(args) => coordinator::run_command(*args).await,
-        cli::Command::Agent(args) => agent::run_stdio(args).await.map(|()| ExitCode::SUCCESS),
+        cli::Command::Agent(args) => agent::run_agent(args).await.map(|()| ExitCode::SUCCESS),
     }
 }

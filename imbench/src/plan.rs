@@ -299,6 +299,7 @@ impl RunPlan {
             .into_iter()
             .enumerate()
             .map(|(i, share)| AgentPlan {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
                 agent: i,
                 run_id: self.run_id.clone(),
                 scenario: self.scenario,
@@ -367,6 +368,8 @@ fn new_run_id() -> String {
 /// One agent's share of the run. Sent to the agent as JSON.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AgentPlan {
+    /// imbench version of the coordinator; an agent of another version refuses.
+    pub version: String,
     /// Agent index, from 0.
     pub agent: usize,
     /// Tag in every uid.

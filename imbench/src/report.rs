@@ -302,6 +302,9 @@ pub struct AgentSection {
     pub agent: usize,
     /// Process id.
     pub pid: u32,
+    /// Where it ran: `in-process`, `local`, or a remote agent's `host:port`.
+    #[serde(default)]
+    pub addr: String,
     /// `ok`, or what went wrong with it.
     pub status: String,
     /// Planned connections.
@@ -331,8 +334,11 @@ pub struct RunSection {
     pub duration_s: f64,
     /// Whether delivery was checked.
     pub verify: bool,
-    /// Agent processes (0: in the coordinator).
+    /// Local agent processes (0 and no remote agents: in the coordinator).
     pub local_agents: usize,
+    /// Remote agents (`host:port`).
+    #[serde(default)]
+    pub remote_agents: Vec<String>,
     /// Wall time of the whole run, seconds.
     pub wall_s: f64,
 }
@@ -414,6 +420,7 @@ pub fn combine(
         agents.push(AgentSection {
             agent: i,
             pid: r.pid,
+            addr: String::new(),
             status,
             connections: r.connections,
             counters: r.counters,
@@ -499,7 +506,7 @@ pub fn summary(r: &Report) -> String {
         run.run_id,
         r.connections.target,
         run.targets.len(),
-        run.local_agents,
+        run.local_agents + run.remote_agents.len(),
         run.duration_s,
         if run.scenario == "chat" {
             format!(" at {} msg/s", run.rate)

@@ -245,3 +245,32 @@ async fn a_killed_agent_fails_the_run_not_the_coordinator() {
     assert_eq!(r["connections"]["failed"], 10, "{r}");
     assert_eq!(r["messages"]["lost"], 0, "{r}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_remote_agent_is_a_failed_agent() {
+    let server = FakeImd::start(Faults::default()).await;
+    // a port that was just free: nothing listens there
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let r = run_imbench(
+        &chat_args(&server.url, &["--agents", &dead, "--local-agents", "1"]),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    let agents = r.report["agents"].as_array().unwrap();
+    assert_eq!(agents[0]["status"], "ok", "{}", r.report);
+    assert_eq!(agents[0]["addr"], "local");
+    assert!(
+        agents[1]["status"]
+            .as_str()
+            .unwrap()
+            .contains("unreachable"),
+        "{}",
+        r.report
+    );
+    assert_eq!(agents[1]["addr"], dead.as_str());
+    assert_eq!(r.report["connections"]["failed"], 10, "{}", r.report);
+}

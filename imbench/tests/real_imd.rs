@@ -1,5 +1,6 @@
 //! imbench against a real `imd serve` process: the "done when" check, a
-//! verified chat run with two agent processes and zero loss.
+//! verified chat run with two agent processes and zero loss, over stdio children and
+//! over TCP to `imbench agent --listen` processes.
 //!
 //! Needs the imd binary next to imbench's (`cargo test --workspace` builds it;
 //! alone, run `cargo build -p imd` first).
@@ -8,38 +9,77 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Imd, SECRET, run_imbench};
+use common::{Imd, RemoteAgent, SECRET, run_imbench};
+
+async fn start_imd() -> Imd {
+    tokio::task::spawn_blocking(|| Imd::start(SECRET))
+        .await
+        .unwrap()
+}
+
+fn chat_args<'a>(url: &'a str, agents: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "--target",
+        url,
+        "--token-secret",
+        SECRET,
+        "--scenario",
+        "chat",
+        "--connections",
+        "40",
+        "--ramp",
+        "400",
+        "--rate",
+        "400",
+        "--duration",
+        "3s",
+        "--drain",
+        "2s",
+        "--verify",
+    ];
+    args.extend_from_slice(agents);
+    args
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_agent_verified_chat_against_imd_loses_nothing() {
-    let imd = tokio::task::spawn_blocking(|| Imd::start(SECRET))
-        .await
-        .unwrap();
+    let imd = start_imd().await;
     let r = run_imbench(
-        &[
-            "--target",
-            &imd.url,
-            "--token-secret",
-            SECRET,
-            "--scenario",
-            "chat",
-            "--connections",
-            "40",
-            "--ramp",
-            "400",
-            "--rate",
-            "400",
-            "--duration",
-            "3s",
-            "--drain",
-            "2s",
-            "--verify",
-            "--local-agents",
-            "2",
-        ],
+        &chat_args(&imd.url, &["--local-agents", "2"]),
         Duration::from_secs(90),
     )
     .await;
+    check_clean_chat(&r);
+    assert_eq!(r.report["agents"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_remote_agents_over_tcp_verified_chat_loses_nothing() {
+    let imd = start_imd().await;
+    let (a, b) = tokio::task::spawn_blocking(|| (RemoteAgent::start(), RemoteAgent::start()))
+        .await
+        .unwrap();
+    let agents = format!("{},{}", a.addr, b.addr);
+    let r = run_imbench(
+        &chat_args(&imd.url, &["--agents", &agents]),
+        Duration::from_secs(90),
+    )
+    .await;
+    check_clean_chat(&r);
+    let rep = &r.report;
+    assert_eq!(rep["agents"][0]["addr"], a.addr.as_str(), "{rep}");
+    assert_eq!(rep["agents"][1]["addr"], b.addr.as_str(), "{rep}");
+    // the agents outlive the run and serve the next one
+    let r = run_imbench(
+        &chat_args(&imd.url, &["--agents", &agents, "--local-agents", "1"]),
+        Duration::from_secs(90),
+    )
+    .await;
+    assert_eq!(r.report["agents"].as_array().unwrap().len(), 3);
+    check_clean_chat(&r);
+}
+
+fn check_clean_chat(r: &common::RunResult) {
     assert_eq!(
         r.code,
         Some(0),
@@ -51,7 +91,6 @@ async fn two_agent_verified_chat_against_imd_loses_nothing() {
     assert_eq!(rep["ok"], true, "{rep}");
     assert_eq!(rep["connections"]["opened"], 40, "{rep}");
     let agents = rep["agents"].as_array().unwrap();
-    assert_eq!(agents.len(), 2);
     assert!(agents.iter().all(|a| a["status"] == "ok"), "{rep}");
     let m = &rep["messages"];
     for field in [

@@ -24,6 +24,7 @@ use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, 
 use tokio_tungstenite::tungstenite::http::StatusCode;
 
 pub const SECRET: &str = "test-secret";
+pub const ADMIN: &str = "test-admin-token";
 
 /// Faults the fake server can inject.
 #[derive(Debug, Clone, Copy, Default)]
@@ -311,6 +312,12 @@ impl Imd {
                 "127.0.0.1:0",
                 "--token-secret",
                 secret,
+                "--admin-token",
+                ADMIN,
+                "--connect-rate",
+                "0",
+                "--send-rate",
+                "0",
                 "--data-dir",
             ])
             .arg(dir.path())
@@ -351,6 +358,49 @@ impl Imd {
 }
 
 impl Drop for Imd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `imbench agent --listen 127.0.0.1:0`, killed (by its handle) on drop.
+pub struct RemoteAgent {
+    child: Child,
+    pub addr: String,
+}
+
+impl RemoteAgent {
+    pub fn start() -> RemoteAgent {
+        let mut child = Command::new(imbench_bin())
+            .args(["agent", "--listen", "127.0.0.1:0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line)
+                    && v["event"] == "listening"
+                {
+                    let _ = tx.send(v["listen"].as_str().unwrap_or_default().to_owned());
+                }
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(addr) => RemoteAgent { child, addr },
+            Err(_) => {
+                let _ = child.kill();
+                panic!("imbench agent --listen printed no listening line within 20 s");
+            }
+        }
+    }
+}
+
+impl Drop for RemoteAgent {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
