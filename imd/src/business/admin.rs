@@ -149,8 +149,8 @@ impl Admin {
         let agents = ids(agents, "uid")?;
         self.dir.set_shop_agents(shop, agents.clone()).await?;
         for agent in agents {
-            let joins = self.messaging.service().agent_online_if(&agent).await?;
-            self.messaging.submit(joins).await?;
+            let decision = self.messaging.service().agent_online_if(&agent).await?;
+            self.messaging.submit(decision).await?;
         }
         Ok(())
     }
@@ -181,8 +181,8 @@ impl Admin {
     /// Hands a service conversation to `agent`, who receives its history.
     pub async fn transfer(&self, conv: &str, agent: &str) -> Result<(), Error> {
         name(agent, "uid")?;
-        let join = self.messaging.service().transfer(conv, agent).await?;
-        self.messaging.submit(vec![join]).await
+        let decision = self.messaging.service().transfer(conv, agent).await?;
+        self.messaging.submit(decision).await
     }
 
     /// Ends a service conversation's assignment.

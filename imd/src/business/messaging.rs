@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::blacklist::Blacklist;
 use super::limits::Limits;
-use super::service::CustomerService;
+use super::service::{CustomerService, Decision};
 use super::words::Words;
 use super::{Deliver, Error, Identity, Presence};
 use crate::store::{CommitOutcome, Committed, DirectoryStore, MessageStore, NewMessage, Op, Page};
@@ -200,7 +200,9 @@ impl Messaging {
     /// returns the error, and `reply` is never called.
     pub async fn send(&self, who: &Identity, req: SendRequest, reply: Reply) -> Result<(), Error> {
         let cid = req.cid.clone();
-        let ops = self.prepare(who, req).await?;
+        // `_decided` holds the customer-service lock, when routing took it, until the
+        // ops are queued.
+        let (ops, _decided) = self.prepare(who, req).await?;
         let last = ops.len() - 1;
         let mut reply = Some(reply);
         for (i, op) in ops.into_iter().enumerate() {
@@ -227,9 +229,10 @@ impl Messaging {
         rx.await.map_err(|_| Error::ShuttingDown)?
     }
 
-    /// Queues operations that answer nobody (joins of agents), in order.
-    pub async fn submit(&self, ops: Vec<Op>) -> Result<(), Error> {
-        for op in ops {
+    /// Queues a decision's operations (joins of agents), in order, then lets the next
+    /// decision go.
+    pub async fn submit(&self, mut decision: Decision) -> Result<(), Error> {
+        for op in std::mem::take(&mut decision.ops) {
             self.0
                 .queue
                 .send(Queued {
@@ -245,8 +248,8 @@ impl Messaging {
 
     /// A device connected: if its user is an agent, hand it waiting conversations.
     pub async fn connected(&self, who: &Identity) -> Result<(), Error> {
-        let joins = self.0.service.agent_online(&who.uid).await?;
-        self.submit(joins).await
+        let decision = self.0.service.agent_online(&who.uid).await?;
+        self.submit(decision).await
     }
 
     fn refuse_blocked(&self, who: &Identity) -> Result<(), Error> {
@@ -258,7 +261,11 @@ impl Messaging {
         Ok(())
     }
 
-    async fn prepare(&self, who: &Identity, mut req: SendRequest) -> Result<Vec<Op>, Error> {
+    async fn prepare(
+        &self,
+        who: &Identity,
+        mut req: SendRequest,
+    ) -> Result<(Vec<Op>, Decision), Error> {
         self.refuse_blocked(who)?;
         if !self.0.limits.allow_send(&who.uid) {
             return Err(Error::RateLimited(
@@ -275,14 +282,18 @@ impl Messaging {
         if req.body.is_null() {
             return Err(Error::BadRequest("body is required".into()));
         }
-        let (conv, members, mut ops) = match (&req.to, &req.conv, &req.shop) {
+        let (conv, members, mut decision) = match (&req.to, &req.conv, &req.shop) {
             (Some(to), None, None) => {
                 if !is_valid_id(to) {
                     return Err(Error::BadRequest(format!(
                         "invalid uid {to:?}: 1-64 characters of [A-Za-z0-9_.:@-]"
                     )));
                 }
-                (direct_conv(&who.uid, to), pair(&who.uid, to), Vec::new())
+                (
+                    direct_conv(&who.uid, to),
+                    pair(&who.uid, to),
+                    Decision::default(),
+                )
             }
             (None, Some(conv), None) => match ConvRef::parse(conv) {
                 Some(ConvRef::Service { shop, customer }) => {
@@ -294,7 +305,7 @@ impl Messaging {
                     if !members.contains(&who.uid) {
                         return Err(Error::Forbidden(format!("not a member of {conv}")));
                     }
-                    (conv.clone(), members, Vec::new())
+                    (conv.clone(), members, Decision::default())
                 }
             },
             (None, None, Some(shop)) => {
@@ -317,6 +328,7 @@ impl Messaging {
             .get()
             .apply(&mut req.body)
             .map_err(|_| Error::BlockedContent)?;
+        let mut ops = std::mem::take(&mut decision.ops);
         ops.push(Op::Message(NewMessage {
             id: uuid::Uuid::now_v7().to_string(),
             conv,
@@ -326,7 +338,7 @@ impl Messaging {
             ts: now_ms(),
             members,
         }));
-        Ok(ops)
+        Ok((ops, decision))
     }
 
     /// The members of a direct or group conversation.
@@ -886,5 +898,49 @@ mod tests {
             r.m.send_and_wait(&who("b"), req(json!({"to": "a", "body": "x"})))
                 .await;
         assert_eq!(err.unwrap_err().code(), Forbidden);
+    }
+
+    /// A reassignment and a reply racing for the same conversation: the new agent must
+    /// still get the whole history, whichever of the two commits first.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reply_racing_a_reassignment_leaves_no_hole_in_the_history() {
+        for round in 0..20 {
+            let r = rig();
+            r.store
+                .set_shop_agents("shop", vec!["a1".into(), "a2".into()])
+                .await
+                .unwrap();
+            r.online.set("a1", true);
+            for i in 0..3 {
+                send(&r.m, "c", json!({"shop": "shop", "body": i})).await;
+            }
+            r.online.set("a1", false);
+            r.online.set("a2", true);
+            let (m1, m2) = (r.m.clone(), r.m.clone());
+            let customer = tokio::spawn(async move {
+                send(&m1, "c", json!({"shop": "shop", "body": "anyone?"})).await
+            });
+            let agent = tokio::spawn(async move {
+                send(&m2, "a2", json!({"conv": "s:shop~c", "body": "here"})).await
+            });
+            customer.await.unwrap();
+            agent.await.unwrap();
+            let page = r.m.sync("a2", 0, None).await.unwrap();
+            let mut seqs: Vec<u64> = page
+                .items
+                .iter()
+                .map(|(_, j)| {
+                    serde_json::from_slice::<serde_json::Value>(j).unwrap()["seq"]
+                        .as_u64()
+                        .unwrap()
+                })
+                .collect();
+            seqs.sort();
+            assert_eq!(
+                seqs,
+                [1, 2, 3, 4, 5],
+                "round {round}: a2's inbox has a hole"
+            );
+        }
     }
 }

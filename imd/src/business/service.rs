@@ -24,6 +24,26 @@ use super::assignment::{Candidate, choose};
 use super::{Error, Presence};
 use crate::store::{DirectoryStore, Op};
 
+/// What a decision must commit, with the decision lock still held: the ops must enter
+/// the commit queue before any later decision's, or a message routed to a newly
+/// assigned agent could commit before that agent's join and leave a hole in the
+/// history the join copies. Drop it once the ops are queued.
+#[derive(Debug, Default)]
+pub struct Decision {
+    /// Joins to commit, in order.
+    pub ops: Vec<Op>,
+    _held: Option<tokio::sync::OwnedMutexGuard<Turns>>,
+}
+
+impl Decision {
+    fn held(ops: Vec<Op>, guard: tokio::sync::OwnedMutexGuard<Turns>) -> Self {
+        Self {
+            ops,
+            _held: Some(guard),
+        }
+    }
+}
+
 /// Where a service message goes, and which joins must commit before it.
 #[derive(Debug)]
 pub struct Route {
@@ -31,8 +51,8 @@ pub struct Route {
     pub conv: String,
     /// Who gets the message in their inbox.
     pub recipients: Vec<String>,
-    /// Joins of newly assigned agents, to commit before the message.
-    pub joins: Vec<Op>,
+    /// Joins of newly assigned agents, to commit before the message, and the lock.
+    pub joins: Decision,
 }
 
 #[derive(Debug, Default)]
@@ -45,8 +65,9 @@ struct Turns {
 pub struct CustomerService {
     dir: Arc<dyn DirectoryStore>,
     presence: Arc<dyn Presence>,
-    // A tokio Mutex: a decision awaits the store while holding it.
-    turns: tokio::sync::Mutex<Turns>,
+    // A tokio Mutex: a decision awaits the store while holding it, and its caller keeps
+    // it until the decision's ops are queued (see `Decision`).
+    turns: Arc<tokio::sync::Mutex<Turns>>,
 }
 
 fn recipients(of: &[&str]) -> Vec<String> {
@@ -65,7 +86,7 @@ impl CustomerService {
         Self {
             dir,
             presence,
-            turns: tokio::sync::Mutex::new(Turns::default()),
+            turns: Arc::new(tokio::sync::Mutex::new(Turns::default())),
         }
     }
 
@@ -111,7 +132,7 @@ impl CustomerService {
     pub async fn from_customer(&self, customer: &str, shop: &str) -> Result<Route, Error> {
         let agents = self.agents(shop).await?;
         let conv = service_conv(shop, customer);
-        let mut turns = self.turns.lock().await;
+        let mut turns = self.turns.clone().lock_owned().await;
         let state = self.dir.service(&conv).await?;
         let current = state
             .filter(|s| s.open)
@@ -120,33 +141,39 @@ impl CustomerService {
         if let Some(a) = &current
             && self.presence.online(a)
         {
+            let recipients = recipients(&[customer, a]);
             return Ok(Route {
-                recipients: recipients(&[customer, a]),
                 conv,
-                joins: vec![],
+                recipients,
+                joins: Decision::held(vec![], turns),
             });
         }
         match (self.pick(&agents, &mut turns).await?, current) {
             (Some(b), _) => {
                 let join = self.assign(&conv, shop, &b).await?;
+                let recipients = recipients(&[customer, &b]);
                 Ok(Route {
-                    recipients: recipients(&[customer, &b]),
                     conv,
-                    joins: vec![join],
+                    recipients,
+                    joins: Decision::held(vec![join], turns),
                 })
             }
             // Nobody else is online: it stays with its (offline) agent's inbox.
-            (None, Some(a)) => Ok(Route {
-                recipients: recipients(&[customer, &a]),
-                conv,
-                joins: vec![],
-            }),
+            (None, Some(a)) => {
+                let recipients = recipients(&[customer, &a]);
+                Ok(Route {
+                    conv,
+                    recipients,
+                    joins: Decision::held(vec![], turns),
+                })
+            }
             (None, None) => {
                 self.dir.assign(&conv, shop, None).await?;
+                let recipients = recipients(&[customer]);
                 Ok(Route {
-                    recipients: recipients(&[customer]),
                     conv,
-                    joins: vec![],
+                    recipients,
+                    joins: Decision::held(vec![], turns),
                 })
             }
         }
@@ -162,25 +189,41 @@ impl CustomerService {
             return Err(Error::Forbidden(format!("not an agent of shop {shop:?}")));
         }
         let conv = service_conv(shop, customer);
-        let _turns = self.turns.lock().await;
+        let turns = self.turns.clone().lock_owned().await;
         let state = self
             .dir
             .service(&conv)
             .await?
             .ok_or_else(|| Error::NotFound(format!("no such conversation {conv:?}")))?;
         match state.agent.filter(|_| state.open) {
-            Some(current) => Ok(Route {
-                recipients: recipients(&[customer, &current, uid]),
-                conv,
-                joins: vec![],
-            }),
+            Some(current) => {
+                // A colleague of the assigned agent joins before its reply lands in its
+                // inbox: an inbox entry without the history before it would hide that
+                // history from any later join (a join copies what comes after the last
+                // message the member has).
+                let joins = if current == uid {
+                    vec![]
+                } else {
+                    vec![Op::Join {
+                        conv: conv.clone(),
+                        uid: uid.to_owned(),
+                    }]
+                };
+                let recipients = recipients(&[customer, &current, uid]);
+                Ok(Route {
+                    conv,
+                    recipients,
+                    joins: Decision::held(joins, turns),
+                })
+            }
             // Waiting or closed: the agent who answers takes it.
             None => {
                 let join = self.assign(&conv, shop, uid).await?;
+                let recipients = recipients(&[customer, uid]);
                 Ok(Route {
-                    recipients: recipients(&[customer, uid]),
                     conv,
-                    joins: vec![join],
+                    recipients,
+                    joins: Decision::held(vec![join], turns),
                 })
             }
         }
@@ -195,14 +238,14 @@ impl CustomerService {
     }
 
     /// An agent came online: hands it (or a less loaded online colleague) the
-    /// conversations of its shops that wait for an agent. Returns the joins to commit.
-    pub async fn agent_online(&self, uid: &str) -> Result<Vec<Op>, Error> {
+    /// conversations of its shops that wait for an agent.
+    pub async fn agent_online(&self, uid: &str) -> Result<Decision, Error> {
         let shops = self.dir.agent_shops(uid).await?;
-        let mut joins = Vec::new();
         if shops.is_empty() {
-            return Ok(joins);
+            return Ok(Decision::default());
         }
-        let mut turns = self.turns.lock().await;
+        let mut turns = self.turns.clone().lock_owned().await;
+        let mut joins = Vec::new();
         for shop in shops {
             let agents = self.agents(&shop).await?;
             for conv in self.dir.waiting(&shop).await? {
@@ -212,20 +255,20 @@ impl CustomerService {
                 }
             }
         }
-        Ok(joins)
+        Ok(Decision::held(joins, turns))
     }
 
     /// [`CustomerService::agent_online`], if `uid` is online.
-    pub async fn agent_online_if(&self, uid: &str) -> Result<Vec<Op>, Error> {
+    pub async fn agent_online_if(&self, uid: &str) -> Result<Decision, Error> {
         if self.presence.online(uid) {
             self.agent_online(uid).await
         } else {
-            Ok(Vec::new())
+            Ok(Decision::default())
         }
     }
 
-    /// Hands `conv` to `agent` (an agent of its shop). Returns the join to commit.
-    pub async fn transfer(&self, conv: &str, agent: &str) -> Result<Op, Error> {
+    /// Hands `conv` to `agent` (an agent of its shop), who joins it.
+    pub async fn transfer(&self, conv: &str, agent: &str) -> Result<Decision, Error> {
         let Some(shared::ids::ConvRef::Service { shop, .. }) = shared::ids::ConvRef::parse(conv)
         else {
             return Err(Error::NotFound(format!(
@@ -238,11 +281,12 @@ impl CustomerService {
                 "{agent:?} is not an agent of shop {shop:?}"
             )));
         }
-        let _turns = self.turns.lock().await;
+        let turns = self.turns.clone().lock_owned().await;
         if self.dir.service(conv).await?.is_none() {
             return Err(Error::NotFound(format!("no such conversation {conv:?}")));
         }
-        self.assign(conv, shop, agent).await
+        let join = self.assign(conv, shop, agent).await?;
+        Ok(Decision::held(vec![join], turns))
     }
 
     /// Ends `conv`'s assignment; the customer's next message opens it again.
