@@ -25,9 +25,8 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::{AgentArgs, Scenario};
 use crate::dial::{Endpoint, TokenMinter};
 use crate::plan::AgentPlan;
-use crate::report::{self, AgentReport, Counters, ErrorSample, HistData, VerifyCounts};
+use crate::report::{self, AgentReport, Counters, ErrorSample, HistData};
 use crate::scenario::{self, Outcome};
-use crate::verify::check_stream;
 
 /// How long an agent waits for `start` before giving up.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -297,9 +296,9 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    /// Target of global connection `i`.
+    /// Target of global connection `i` (every connection of a unit on one).
     pub fn endpoint(&self, i: u64) -> &Endpoint {
-        &self.endpoints[(i % self.endpoints.len() as u64) as usize]
+        &self.endpoints[self.plan.target_of(i)]
     }
 
     /// Source address of global connection `i`.
@@ -428,8 +427,9 @@ async fn run_load(
     if let Some(d) = ctx.stats.take_latency() {
         latency.add(&d).expect("histograms share bounds");
     }
-    let verify = (ctx.plan.scenario == Scenario::Chat).then(|| check_pairs(&ctx.plan, &outcomes));
-    let traffic_ms = if ctx.plan.scenario == Scenario::Chat {
+    let messaging = ctx.plan.scenario != Scenario::Idle;
+    let verify = messaging.then(|| scenario::traffic::check(&ctx.plan, &outcomes));
+    let traffic_ms = if messaging {
         let end = Instant::now().min(timeline.traffic_end);
         end.saturating_duration_since(timeline.traffic_start)
             .as_millis() as u64
@@ -509,32 +509,6 @@ async fn spawn_connections(ctx: Arc<Ctx>) -> HashMap<u64, Outcome> {
         }
     }
     outcomes
-}
-
-/// The delivery check over this agent's pairs (both ends of a pair live in the same
-/// agent by construction of the split).
-fn check_pairs(plan: &AgentPlan, outcomes: &HashMap<u64, Outcome>) -> VerifyCounts {
-    let mut v = VerifyCounts::default();
-    for i in plan.indices() {
-        let Some(Outcome::Chat(me)) = outcomes.get(&i) else {
-            continue;
-        };
-        let sender = me.sender_log();
-        v.unacked += sender.unacked.len() as u64;
-        v.lost_echo += check_stream(&sender, &me.echo).lost;
-        let Some(p) = plan.peer(i) else { continue };
-        match outcomes.get(&p) {
-            Some(Outcome::Chat(peer)) => {
-                let s = check_stream(&sender, &peer.from_peer);
-                v.lost += s.lost;
-                v.received_unacked += s.received_unacked;
-            }
-            // The recipient never connected: its inbox holds the messages for a
-            // later sync; nothing was owed to a live device.
-            _ => v.undeliverable += sender.acked_count(),
-        }
-    }
-    v
 }
 
 /// `imbench agent`: with `--listen`, serve coordinators over TCP; without, the plan

@@ -37,9 +37,9 @@ pub enum Scenario {
     Idle,
     /// Pairs of users exchanging direct messages, acking every push.
     Chat,
-    /// Customers messaging shops whose agents reply (not implemented yet).
+    /// Customers messaging shops whose agents reply to every message.
     Service,
-    /// Fan-out to groups (not implemented yet).
+    /// Members of groups of `--group-size` each sending to their group.
     Group,
 }
 
@@ -58,8 +58,9 @@ impl Scenario {
 /// Flags of `imbench run`.
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
-    /// imd base URL (`http://host:port`); repeat for several worker nodes.
-    /// Connection i goes to target i mod (number of targets).
+    /// imd base URL (`http://host:port`); repeat for several nodes. Connections go
+    /// to the targets by unit (a chat pair, a group, a shop stays on one target):
+    /// unit k to target k mod (number of targets).
     #[arg(long = "target", required = true, value_name = "URL")]
     pub targets: Vec<String>,
 
@@ -79,9 +80,32 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = Scenario::Idle)]
     pub scenario: Scenario,
 
-    /// Messages per second in total (open loop; chat only).
+    /// Messages per second in total, open loop (chat, group: every member; service:
+    /// the customers, whose messages each get one reply on top).
     #[arg(long, default_value_t = 100.0)]
     pub rate: f64,
+
+    /// Admin API base URL for the groups' and shops' set-up (a cluster's gateway).
+    /// Default: each group's or shop's own target, which is the first target when
+    /// there is one, and right for independent nodes.
+    #[arg(long, value_name = "URL")]
+    pub api: Option<String>,
+
+    /// Admin bearer token (`imd admin-token`), for the service and group scenarios.
+    #[arg(long, env = "IMBENCH_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<Secret>,
+
+    /// Members per group (group scenario); each message fans out to all of them.
+    #[arg(long, default_value_t = 10)]
+    pub group_size: u64,
+
+    /// Connections per shop, agents included (service scenario).
+    #[arg(long, default_value_t = 10)]
+    pub shop_size: u64,
+
+    /// Agents per shop (service scenario): the first connections of each shop.
+    #[arg(long, default_value_t = 2)]
+    pub shop_agents: u64,
 
     /// How long the load lasts once every connection has been opened.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]

@@ -22,6 +22,7 @@ use crate::limits;
 use crate::link;
 use crate::plan::{AgentPlan, RunPlan};
 use crate::report::{self, AgentReport, Counters, LatencySummary, Report, RunSection};
+use crate::setup;
 
 /// How long agents get to say `ready`.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -53,6 +54,19 @@ pub async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     if plan.scenario == Scenario::Idle && args.rate != 100.0 {
         eprintln!("imbench: --rate has no effect on the idle scenario");
+    }
+    let setup = setup::admin_setup(&plan).await.context("admin set-up")?;
+    if setup.units > 0 {
+        eprintln!(
+            "imbench: set up {} {} through the admin API in {:.1}s",
+            setup.units,
+            if plan.scenario == Scenario::Group {
+                "group(s)"
+            } else {
+                "shop(s)"
+            },
+            setup.elapsed.as_secs_f64()
+        );
     }
     let agent_bin = match &args.agent_bin {
         Some(p) => p.clone(),
@@ -214,7 +228,7 @@ pub async fn run_plan(
         agents.processes(),
         plan.ramp_per_s,
         Duration::from_millis(plan.duration_ms),
-        if plan.scenario == Scenario::Chat {
+        if plan.scenario != Scenario::Idle {
             format!(" at {} msg/s", plan.rate_per_s)
         } else {
             String::new()
@@ -290,6 +304,9 @@ pub async fn run_plan(
         ramp: plan.ramp_per_s,
         duration_s: plan.duration_ms as f64 / 1000.0,
         verify: plan.verify,
+        group_size: (plan.scenario == Scenario::Group).then_some(plan.group_size),
+        shop_size: (plan.scenario == Scenario::Service).then_some(plan.shop_size),
+        shop_agents: (plan.scenario == Scenario::Service).then_some(plan.shop_agents),
         local_agents: agents.local,
         remote_agents: agents.remote.clone(),
         wall_s: wall.elapsed().as_secs_f64(),
@@ -488,7 +505,7 @@ impl Progress {
             c.failed,
             handshakes
         );
-        if self.scenario == Scenario::Chat {
+        if self.scenario != Scenario::Idle {
             let l = LatencySummary::from_histogram(latency);
             line += &format!(
                 " | sent {:.0}/s deliv {:.0}/s | p50 {:.2} p99 {:.2} ms",

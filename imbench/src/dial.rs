@@ -43,14 +43,14 @@ impl TokenMinter {
         }
     }
 
-    /// A token for `uid` on the bench device.
-    pub fn token(&self, uid: &str) -> anyhow::Result<String> {
+    /// A token for `uid` on the bench device, with `roles` (e.g. `agent`).
+    pub fn token(&self, uid: &str, roles: &[&str]) -> anyhow::Result<String> {
         let claims = Claims {
             sub: uid.to_owned(),
             dev: DEVICE.to_owned(),
             plat: Platform::Other,
             exp: self.exp,
-            roles: Vec::new(),
+            roles: roles.iter().map(|r| (*r).to_owned()).collect(),
         };
         jsonwebtoken::encode(&self.header, &claims, &self.key).context("minting a token")
     }
@@ -147,11 +147,12 @@ pub async fn dial(
     source: Option<IpAddr>,
     minter: &TokenMinter,
     uid: &str,
+    roles: &[&str],
     config: WebSocketConfig,
     timeout: Duration,
 ) -> Result<Ws, (DialError, String)> {
     let token = minter
-        .token(uid)
+        .token(uid, roles)
         .map_err(|e| (DialError::Token, format!("{e:#}")))?;
     let url = format!("{}?token={token}", endpoint.ws_url);
     let attempt = async {

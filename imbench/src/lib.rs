@@ -21,7 +21,8 @@
 //! - [`coordinator`]: `imbench run`: agents, progress view, final report, exit code.
 //! - [`agent`]: one agent: connection schedule, counters, ticks, final report.
 //! - [`dial`]: token minting, source-address binding, the WebSocket handshake.
-//! - [`scenario`]: what each connection does (`idle`, `chat`).
+//! - [`scenario`]: what each connection does (`idle`; `chat`, `group`, `service`).
+//! - [`setup`]: groups' members and shops' agents through the admin API.
 //! - [`verify`]: per-device sequence bookkeeping and the loss/duplicate arithmetic.
 //! - [`report`]: histogram transport, latency summaries, the JSON report, the summary.
 //! - [`link`]: the JSON-lines link between coordinator and agents (stdio or TCP).
@@ -36,6 +37,7 @@ pub mod link;
 pub mod plan;
 pub mod report;
 pub mod scenario;
+pub mod setup;
 pub mod verify;
 
 use std::process::ExitCode;

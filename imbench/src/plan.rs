@@ -158,19 +158,61 @@ pub struct RunPlan {
     pub heartbeat_ms: u64,
     /// Client WebSocket read buffer.
     pub read_buffer: usize,
+    /// Admin API for the whole run (`--api`); None: each group's or shop's own target.
+    pub api: Option<String>,
+    /// Admin bearer token (service and group set-up).
+    pub admin_token: Option<Secret>,
+    /// Connections per group (group scenario).
+    pub group_size: u64,
+    /// Connections per shop, its agents first (service scenario).
+    pub shop_size: u64,
+    /// Agents per shop (service scenario).
+    pub shop_agents: u64,
 }
 
 impl RunPlan {
     /// Checks the flags and builds the plan.
     pub fn from_args(args: &RunArgs) -> anyhow::Result<Self> {
-        match args.scenario {
-            Scenario::Idle | Scenario::Chat => {}
-            Scenario::Service | Scenario::Group => bail!(
-                "scenario {:?} is not implemented yet (this build has idle and chat)",
-                args.scenario.as_str()
-            ),
-        }
         ensure!(args.connections > 0, "--connections must be at least 1");
+        match args.scenario {
+            Scenario::Group => {
+                ensure!(args.group_size >= 2, "--group-size must be at least 2");
+                ensure!(
+                    args.connections >= args.group_size,
+                    "group needs --connections of at least --group-size"
+                );
+            }
+            Scenario::Service => {
+                ensure!(args.shop_agents >= 1, "--shop-agents must be at least 1");
+                ensure!(
+                    args.shop_size > args.shop_agents,
+                    "--shop-size must be above --shop-agents (a shop needs customers)"
+                );
+                ensure!(
+                    args.connections >= args.shop_size,
+                    "service needs --connections of at least --shop-size"
+                );
+            }
+            Scenario::Idle | Scenario::Chat => {}
+        }
+        if matches!(args.scenario, Scenario::Group | Scenario::Service) {
+            ensure!(
+                args.admin_token.is_some(),
+                "the {} scenario sets up its {} through the admin API: give --admin-token \
+                 (`imd admin-token --data-dir …` prints it)",
+                args.scenario.as_str(),
+                if args.scenario == Scenario::Group {
+                    "groups"
+                } else {
+                    "shops"
+                }
+            );
+            ensure!(
+                args.rate > 0.0,
+                "{} needs --rate above 0",
+                args.scenario.as_str()
+            );
+        }
         ensure!(
             args.ramp.is_finite() && args.ramp > 0.0,
             "--ramp must be a positive number"
@@ -199,6 +241,10 @@ impl RunPlan {
             Some(spec) => parse_source_ips(spec)?,
             None => Vec::new(),
         };
+        let api = match &args.api {
+            Some(url) => Some(api_base(url)?),
+            None => None,
+        };
         Ok(RunPlan {
             run_id: new_run_id(),
             scenario: args.scenario,
@@ -214,7 +260,57 @@ impl RunPlan {
             connect_timeout_ms: args.connect_timeout.as_millis().max(1) as u64,
             heartbeat_ms: args.heartbeat.as_millis() as u64,
             read_buffer: args.read_buffer,
+            api,
+            admin_token: args.admin_token.clone(),
+            group_size: args.group_size,
+            shop_size: args.shop_size,
+            shop_agents: args.shop_agents,
         })
+    }
+
+    /// Connections that belong together and must share an agent process (for the
+    /// delivery check) and a target (independent nodes do not share users): a chat
+    /// pair, a group, a shop. 1 for idle.
+    pub fn unit(&self) -> u64 {
+        unit_size(
+            self.scenario,
+            self.group_size,
+            self.shop_size,
+            self.connections,
+        )
+    }
+
+    /// Number of units (pairs, groups, shops), the last one possibly short.
+    pub fn units(&self) -> u64 {
+        self.connections.div_ceil(self.unit())
+    }
+
+    /// The HTTP base URL of the admin API for unit `k`: `--api`, or the unit's target.
+    pub fn api_for(&self, k: u64) -> String {
+        match &self.api {
+            Some(api) => api.clone(),
+            None => format!(
+                "http://{}",
+                self.targets[(k % self.targets.len() as u64) as usize].authority
+            ),
+        }
+    }
+
+    /// Connections that send on a schedule: both ends of every pair (chat), every
+    /// member (group), every customer (service).
+    pub fn senders(&self) -> u64 {
+        let n = self.connections;
+        match self.scenario {
+            Scenario::Idle => 0,
+            Scenario::Chat => n / 2 * 2,
+            Scenario::Group => n,
+            Scenario::Service => (0..self.units())
+                .map(|k| {
+                    let len = (n - k * self.shop_size).min(self.shop_size);
+                    len.saturating_sub(self.shop_agents)
+                })
+                .sum(),
+        }
     }
 
     /// Time from the start until the last connection is scheduled.
@@ -222,12 +318,12 @@ impl RunPlan {
         (self.connections as f64 / self.ramp_per_s * 1000.0).ceil() as u64
     }
 
-    /// Reading-only phase after the load (chat only: idle has nothing to drain).
+    /// Reading-only phase after the load (idle has nothing to drain).
     pub fn effective_drain_ms(&self) -> u64 {
-        if self.scenario == Scenario::Chat {
-            self.drain_ms
-        } else {
+        if self.scenario == Scenario::Idle {
             0
+        } else {
+            self.drain_ms
         }
     }
 
@@ -236,18 +332,11 @@ impl RunPlan {
         self.ramp_ms() + SETTLE_MS + self.duration_ms + self.effective_drain_ms()
     }
 
-    /// Message rate of one sending connection (chat: every paired connection sends).
+    /// Message rate of one sending connection ([`RunPlan::senders`] share `--rate`).
     pub fn per_connection_rate(&self) -> f64 {
-        match self.scenario {
-            Scenario::Chat => {
-                let senders = self.connections / 2 * 2;
-                if senders == 0 {
-                    0.0
-                } else {
-                    self.rate_per_s / senders as f64
-                }
-            }
-            _ => 0.0,
+        match self.senders() {
+            0 => 0.0,
+            senders => self.rate_per_s / senders as f64,
         }
     }
 
@@ -259,7 +348,7 @@ impl RunPlan {
         per_process: u64,
         ports: u64,
     ) -> anyhow::Result<()> {
-        let shares = split(self.connections, agents.max(1), self.scenario);
+        let shares = split(self.connections, agents.max(1), self.unit());
         let biggest = shares.iter().map(|s| s.count).max().unwrap_or(0);
         ensure!(
             biggest <= per_process,
@@ -295,7 +384,9 @@ impl RunPlan {
     /// One plan per agent (`agents` = 0 is one in-process agent).
     pub fn agent_plans(&self, agents: usize) -> Vec<AgentPlan> {
         let per_conn_rate = self.per_connection_rate();
-        split(self.connections, agents.max(1), self.scenario)
+        let senders = self.senders();
+        let unit = self.unit();
+        split(self.connections, agents.max(1), unit)
             .into_iter()
             .enumerate()
             .map(|(i, share)| AgentPlan {
@@ -310,6 +401,9 @@ impl RunPlan {
                 count: share.count,
                 ramp_per_s: self.ramp_per_s,
                 per_conn_rate,
+                senders,
+                unit,
+                shop_agents: self.shop_agents,
                 ramp_ms: self.ramp_ms(),
                 settle_ms: SETTLE_MS,
                 duration_ms: self.duration_ms,
@@ -333,12 +427,23 @@ pub struct Share {
     pub count: u64,
 }
 
-/// Splits `total` connections into `agents` contiguous shares as even as possible.
-/// For chat the cut falls between pairs (2k, 2k+1), so that each agent can verify its
-/// own pairs; an odd last connection (which has no peer) goes to the last agent.
-pub fn split(total: u64, agents: usize, scenario: Scenario) -> Vec<Share> {
+/// Connections per unit of `scenario` (see [`RunPlan::unit`]).
+pub fn unit_size(scenario: Scenario, group_size: u64, shop_size: u64, connections: u64) -> u64 {
+    let unit = match scenario {
+        Scenario::Idle => 1,
+        Scenario::Chat => 2,
+        Scenario::Group => group_size,
+        Scenario::Service => shop_size,
+    };
+    unit.clamp(1, connections.max(1))
+}
+
+/// Splits `total` connections into `agents` contiguous shares as even as possible,
+/// cutting only between units of `unit` connections (chat pairs, groups, shops), so
+/// that each agent can verify its own units; a short last unit goes to the last agent.
+pub fn split(total: u64, agents: usize, unit: u64) -> Vec<Share> {
     let agents = agents.max(1) as u64;
-    let unit = if scenario == Scenario::Chat { 2 } else { 1 };
+    let unit = unit.max(1);
     let units = total / unit;
     let (base, extra) = (units / agents, units % agents);
     let mut out = Vec::with_capacity(agents as usize);
@@ -391,6 +496,13 @@ pub struct AgentPlan {
     pub ramp_per_s: f64,
     /// Messages per second of each sending connection.
     pub per_conn_rate: f64,
+    /// Sending connections over all agents.
+    pub senders: u64,
+    /// Connections per unit (pair, group, shop; 1 for idle): unit k is
+    /// `k*unit .. (k+1)*unit`, on target `k % targets`.
+    pub unit: u64,
+    /// Agents per shop (service): the first connections of each shop.
+    pub shop_agents: u64,
     /// Ramp length over all agents.
     pub ramp_ms: u64,
     /// Pause between the ramp and the load.
@@ -427,11 +539,119 @@ impl AgentPlan {
         let p = i ^ 1;
         (p < self.total_connections).then_some(p)
     }
+
+    /// The global index of a uid of this run (None for anyone else).
+    pub fn index_of(&self, uid: &str) -> Option<u64> {
+        uid.strip_prefix('b')?
+            .strip_prefix(self.run_id.as_str())?
+            .strip_prefix('u')?
+            .parse()
+            .ok()
+            .filter(|i| *i < self.total_connections)
+    }
+
+    /// Unit (pair, group, shop) of global connection `i`.
+    pub fn unit_of(&self, i: u64) -> u64 {
+        i / self.unit.max(1)
+    }
+
+    /// Global indices of unit `k`.
+    pub fn unit_range(&self, k: u64) -> std::ops::Range<u64> {
+        let unit = self.unit.max(1);
+        (k * unit).min(self.total_connections)..((k + 1) * unit).min(self.total_connections)
+    }
+
+    /// Target index of global connection `i`: every connection of a unit on one.
+    pub fn target_of(&self, i: u64) -> usize {
+        (self.unit_of(i) % self.targets.len().max(1) as u64) as usize
+    }
+
+    /// What global connection `i` does.
+    pub fn role(&self, i: u64) -> Role {
+        let k = self.unit_of(i);
+        match self.scenario {
+            Scenario::Idle => Role::Idle,
+            Scenario::Chat => match self.peer(i) {
+                Some(peer) => Role::Peer { peer },
+                None => Role::Silent,
+            },
+            Scenario::Group => Role::Member { group: k },
+            Scenario::Service => {
+                if i - self.unit_range(k).start < self.shop_agents {
+                    Role::ShopAgent { shop: k }
+                } else {
+                    Role::Customer { shop: k }
+                }
+            }
+        }
+    }
+
+    /// The agents of shop `k`.
+    pub fn shop_agents_of(&self, k: u64) -> std::ops::Range<u64> {
+        let r = self.unit_range(k);
+        r.start..(r.start + self.shop_agents).min(r.end)
+    }
+
+    /// The name of group `k` (the conversation is `g:{name}`).
+    pub fn group_name(&self, k: u64) -> String {
+        group_name(&self.run_id, k)
+    }
+
+    /// The id of shop `k`.
+    pub fn shop_id(&self, k: u64) -> String {
+        shop_id(&self.run_id, k)
+    }
+}
+
+/// What one connection does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Stays open.
+    Idle,
+    /// Chat: sends to and hears from `peer`.
+    Peer {
+        /// The peer's global index.
+        peer: u64,
+    },
+    /// Chat's odd last connection: no peer, sends nothing.
+    Silent,
+    /// Group: sends to the group, hears every other member.
+    Member {
+        /// Group index.
+        group: u64,
+    },
+    /// Service: writes to the shop, hears the replies.
+    Customer {
+        /// Shop index.
+        shop: u64,
+    },
+    /// Service: one of the shop's agents (token role `agent`); replies to every
+    /// customer message it is pushed.
+    ShopAgent {
+        /// Shop index.
+        shop: u64,
+    },
 }
 
 /// The uid of global connection `i` of run `run_id`.
 pub fn uid(run_id: &str, i: u64) -> String {
     format!("b{run_id}u{i}")
+}
+
+/// The name of group `k` of run `run_id`.
+pub fn group_name(run_id: &str, k: u64) -> String {
+    format!("b{run_id}g{k}")
+}
+
+/// The id of shop `k` of run `run_id`.
+pub fn shop_id(run_id: &str, k: u64) -> String {
+    format!("b{run_id}s{k}")
+}
+
+/// Parses `--api`: an `http://host:port` base URL, without a trailing slash.
+pub fn api_base(url: &str) -> anyhow::Result<String> {
+    let t = Target::parse(url).with_context(|| format!("--api {url:?}"))?;
+    Ok(format!("http://{}", t.authority))
 }
 
 #[cfg(test)]
@@ -508,7 +728,8 @@ mod tests {
             (15_000, 1, Scenario::Idle),
             (1_000_000, 51, Scenario::Chat),
         ] {
-            let shares = split(total, agents, scenario);
+            let unit = unit_size(scenario, 5, 5, total);
+            let shares = split(total, agents, unit);
             assert_eq!(shares.len(), agents);
             let mut next = 0;
             for s in &shares {
@@ -518,7 +739,7 @@ mod tests {
             assert_eq!(next, total);
             let max = shares.iter().map(|s| s.count).max().unwrap();
             let min = shares.iter().map(|s| s.count).min().unwrap();
-            assert!(max - min <= 3, "{total}/{agents}: {shares:?}");
+            assert!(max - min <= 3 + unit, "{total}/{agents}: {shares:?}");
             if scenario == Scenario::Chat {
                 // every share but the last starts and ends on a pair boundary
                 for s in &shares[..agents - 1] {
@@ -528,7 +749,7 @@ mod tests {
             }
         }
         assert_eq!(
-            split(10, 3, Scenario::Chat),
+            split(10, 3, 2),
             vec![
                 Share { first: 0, count: 4 },
                 Share { first: 4, count: 4 },
@@ -553,7 +774,72 @@ mod tests {
             connect_timeout_ms: 10_000,
             heartbeat_ms: 0,
             read_buffer: 4096,
+            api: None,
+            admin_token: None,
+            group_size: 5,
+            shop_size: 5,
+            shop_agents: 2,
         }
+    }
+
+    #[test]
+    fn units_stay_together_on_one_target_and_one_agent() {
+        for scenario in [
+            Scenario::Chat,
+            Scenario::Group,
+            Scenario::Service,
+            Scenario::Idle,
+        ] {
+            let mut p = plan(103, scenario);
+            p.targets = (1..=3)
+                .map(|port| Target::parse(&format!("http://127.0.0.1:{port}")).unwrap())
+                .collect();
+            let plans = p.agent_plans(4);
+            let unit = p.unit();
+            for a in &plans {
+                for i in a.indices() {
+                    let k = a.unit_of(i);
+                    for j in a.unit_range(k) {
+                        assert!(a.indices().contains(&j), "{scenario:?}: {j} of unit {k}");
+                        assert_eq!(a.target_of(j), a.target_of(i));
+                    }
+                }
+            }
+            // every target gets its share of units
+            let mut per_target = [0u64; 3];
+            for i in 0..103 {
+                per_target[plans[0].target_of(i)] += 1;
+            }
+            assert!(
+                per_target.iter().all(|&n| n + 2 * unit >= 103 / 3),
+                "{scenario:?}: {per_target:?}"
+            );
+            if scenario == Scenario::Chat {
+                assert_eq!(plans[0].target_of(0), plans[0].target_of(1));
+                assert_ne!(plans[0].target_of(1), plans[0].target_of(2));
+            }
+        }
+    }
+
+    #[test]
+    fn roles_and_senders() {
+        let p = plan(12, Scenario::Service); // shops of 5: 2 agents + 3 customers; 2 + 0
+        let a = &p.agent_plans(1)[0];
+        assert_eq!(a.role(0), Role::ShopAgent { shop: 0 });
+        assert_eq!(a.role(2), Role::Customer { shop: 0 });
+        assert_eq!(a.role(6), Role::ShopAgent { shop: 1 });
+        assert_eq!(a.role(11), Role::ShopAgent { shop: 2 });
+        assert_eq!(a.shop_agents_of(1), 5..7);
+        assert_eq!(p.senders(), 6);
+        assert_eq!(p.per_connection_rate(), 2000.0 / 6.0);
+        assert_eq!(a.index_of(&a.uid(7)), Some(7));
+        assert_eq!(a.index_of("bzzzu7"), None);
+        assert_eq!(a.index_of(&a.uid(12)), None);
+        let p = plan(12, Scenario::Group);
+        assert_eq!(p.senders(), 12);
+        assert_eq!(p.agent_plans(1)[0].unit_range(2), 10..12);
+        assert_eq!(p.agent_plans(1)[0].role(11), Role::Member { group: 2 });
+        assert_eq!(p.api_for(1), "http://127.0.0.1:1");
     }
 
     #[test]

@@ -334,6 +334,15 @@ pub struct RunSection {
     pub duration_s: f64,
     /// Whether delivery was checked.
     pub verify: bool,
+    /// Members per group (group).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_size: Option<u64>,
+    /// Connections per shop (service).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shop_size: Option<u64>,
+    /// Agents per shop (service).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shop_agents: Option<u64>,
     /// Local agent processes (0 and no remote agents: in the coordinator).
     pub local_agents: usize,
     /// Remote agents (`host:port`).
@@ -508,7 +517,7 @@ pub fn summary(r: &Report) -> String {
         run.targets.len(),
         run.local_agents + run.remote_agents.len(),
         run.duration_s,
-        if run.scenario == "chat" {
+        if run.scenario != "idle" {
             format!(" at {} msg/s", run.rate)
         } else {
             String::new()
@@ -528,7 +537,7 @@ pub fn summary(r: &Report) -> String {
         c.handshakes_per_s,
         c.handshakes_per_s_peak
     );
-    if run.scenario == "chat" {
+    if run.scenario != "idle" {
         let m = &r.messages;
         let _ = writeln!(
             s,

@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Imd, RemoteAgent, SECRET, run_imbench};
+use common::{ADMIN, Imd, RemoteAgent, SECRET, run_imbench};
 
 async fn start_imd() -> Imd {
     tokio::task::spawn_blocking(|| Imd::start(SECRET))
@@ -122,4 +122,98 @@ fn check_clean_chat(r: &common::RunResult) {
         "latency {l}"
     );
     assert_eq!(l["count"], sent);
+}
+
+fn fanout_args<'a>(url: &'a str, scenario: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "--target",
+        url,
+        "--token-secret",
+        SECRET,
+        "--admin-token",
+        ADMIN,
+        "--scenario",
+        scenario,
+        "--connections",
+        "30",
+        "--ramp",
+        "300",
+        "--duration",
+        "3s",
+        "--drain",
+        "2s",
+        "--verify",
+        "--local-agents",
+        "2",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+fn assert_no_loss(r: &common::RunResult) -> (u64, u64) {
+    assert_eq!(
+        r.code,
+        Some(0),
+        "stdout:\n{}\nstderr:\n{}",
+        r.stdout,
+        r.stderr
+    );
+    let rep = &r.report;
+    assert_eq!(rep["ok"], true, "{rep}");
+    assert_eq!(rep["connections"]["opened"], 30, "{rep}");
+    let m = &rep["messages"];
+    for field in [
+        "lost",
+        "lost_echo",
+        "duplicated",
+        "out_of_order",
+        "unacked",
+        "refused",
+        "undeliverable",
+    ] {
+        assert_eq!(m[field], 0, "{field} in {rep}");
+    }
+    let sent = m["sent"].as_u64().unwrap();
+    assert_eq!(m["acked"], sent, "{rep}");
+    assert_eq!(m["echoed"], sent, "{rep}");
+    assert_eq!(rep["errors"].as_array().unwrap().len(), 0, "{rep}");
+    let l = &rep["latency_ms"];
+    let (p50, p99) = (l["p50"].as_f64().unwrap(), l["p99"].as_f64().unwrap());
+    assert!(0.0 < p50 && p50 <= p99 && p99 < 5_000.0, "latency {l}");
+    (sent, m["delivered"].as_u64().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_fanout_reaches_every_member_device() {
+    let imd = start_imd().await;
+    let r = run_imbench(
+        &fanout_args(&imd.url, "group", &["--group-size", "5", "--rate", "150"]),
+        Duration::from_secs(90),
+    )
+    .await;
+    let (sent, delivered) = assert_no_loss(&r);
+    assert!((420..=480).contains(&sent), "sent {sent}: {}", r.report);
+    // every message reaches the 4 other members of its group
+    assert_eq!(delivered, sent * 4, "{}", r.report);
+    assert_eq!(r.report["run"]["group_size"], 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_customers_reach_an_agent_and_get_every_reply() {
+    let imd = start_imd().await;
+    let r = run_imbench(
+        &fanout_args(
+            &imd.url,
+            "service",
+            &["--shop-size", "5", "--shop-agents", "2", "--rate", "120"],
+        ),
+        Duration::from_secs(90),
+    )
+    .await;
+    let (sent, delivered) = assert_no_loss(&r);
+    // 120 customer messages a second for 3 s, and one reply to each
+    assert!((680..=760).contains(&sent), "sent {sent}: {}", r.report);
+    assert_eq!(sent % 2, 0, "one reply per customer message: {}", r.report);
+    // each message has one recipient device: the assigned agent, or the customer
+    assert_eq!(delivered, sent, "{}", r.report);
 }

@@ -12,11 +12,12 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use super::{Outcome, close, dropped, open_first, send_text};
 use crate::agent::{Ctx, bump};
+use crate::plan::Role;
 
 /// Runs idle connection `i` until the stop.
 pub async fn run(ctx: Arc<Ctx>, i: u64) -> Outcome {
     let uid = ctx.plan.uid(i);
-    let Some(mut ws) = open_first(&ctx, i, &uid).await else {
+    let Some(mut ws) = open_first(&ctx, i, &uid, Role::Idle).await else {
         return Outcome::NeverOpened;
     };
     let ping = serde_json::to_string(&ClientFrame::Ping).expect("a ping serializes");

@@ -6,8 +6,8 @@
 //! atomic counters in [`crate::agent::Stats`]. It must return by itself once the
 //! agent's stop token is cancelled.
 
-pub mod chat;
 pub mod idle;
+pub mod traffic;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +18,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use crate::agent::{Ctx, bump};
 use crate::cli::Scenario;
 use crate::dial::{self, Ws};
+use crate::plan::Role;
 
 /// What a connection task hands back at the end.
 #[derive(Debug)]
@@ -26,28 +27,32 @@ pub enum Outcome {
     NeverOpened,
     /// An idle connection.
     Idle,
-    /// A chat connection and what it sent and saw.
-    Chat(Box<chat::ChatLog>),
+    /// A messaging connection (chat, group, service) and what it sent and saw.
+    Traffic(Box<traffic::TrafficLog>),
 }
 
 /// Runs global connection `i` of the agent's plan until the stop.
 pub async fn run_connection(ctx: Arc<Ctx>, i: u64) -> Outcome {
     match ctx.plan.scenario {
-        Scenario::Chat => chat::run(ctx, i).await,
-        // The plan refuses the scenarios that do not exist yet; idle is the safe
-        // behaviour for anything else.
-        _ => idle::run(ctx, i).await,
+        Scenario::Idle => idle::run(ctx, i).await,
+        Scenario::Chat | Scenario::Group | Scenario::Service => traffic::run(ctx, i).await,
     }
 }
 
-/// Dials connection `i` as `uid`, counting a failure by kind. `None` when it failed
-/// or the run stopped first.
-pub(crate) async fn connect(ctx: &Ctx, i: u64, uid: &str) -> Option<Ws> {
+/// Dials connection `i` as `uid` (a shop agent's token carries role `agent`),
+/// counting a failure by kind. `None` when it failed or the run stopped first.
+pub(crate) async fn connect(ctx: &Ctx, i: u64, uid: &str, role: Role) -> Option<Ws> {
+    let roles: &[&str] = if matches!(role, Role::ShopAgent { .. }) {
+        &["agent"]
+    } else {
+        &[]
+    };
     let attempt = dial::dial(
         ctx.endpoint(i),
         ctx.source(i),
         &ctx.minter,
         uid,
+        roles,
         ctx.ws_config,
         Duration::from_millis(ctx.plan.connect_timeout_ms),
     );
@@ -64,8 +69,8 @@ pub(crate) async fn connect(ctx: &Ctx, i: u64, uid: &str) -> Option<Ws> {
 }
 
 /// Opens connection `i` for the first time, counting it as opened or failed.
-pub(crate) async fn open_first(ctx: &Ctx, i: u64, uid: &str) -> Option<Ws> {
-    match connect(ctx, i, uid).await {
+pub(crate) async fn open_first(ctx: &Ctx, i: u64, uid: &str, role: Role) -> Option<Ws> {
+    match connect(ctx, i, uid, role).await {
         Some(ws) => {
             ctx.stats.opened_at(ctx.clock.elapsed_ms());
             Some(ws)
@@ -77,15 +82,21 @@ pub(crate) async fn open_first(ctx: &Ctx, i: u64, uid: &str) -> Option<Ws> {
     }
 }
 
-/// Reconnects connection `i` after a drop, retrying with backoff until it works or
-/// the run stops.
-pub(crate) async fn reconnect(ctx: &Ctx, i: u64, uid: &str) -> Option<Ws> {
-    let mut backoff = Duration::from_millis(100);
+/// First wait between reconnection attempts; it doubles up to [`RECONNECT_MAX`].
+pub const RECONNECT_FIRST: Duration = Duration::from_millis(100);
+/// Longest wait between reconnection attempts: a restarted server is found again
+/// within about this long.
+pub const RECONNECT_MAX: Duration = Duration::from_secs(2);
+
+/// Reconnects connection `i` after a drop, retrying with bounded backoff (100 ms
+/// doubling to 2 s) until it works or the run stops.
+pub(crate) async fn reconnect(ctx: &Ctx, i: u64, uid: &str, role: Role) -> Option<Ws> {
+    let mut backoff = RECONNECT_FIRST;
     loop {
         if ctx.stop.is_cancelled() {
             return None;
         }
-        if let Some(ws) = connect(ctx, i, uid).await {
+        if let Some(ws) = connect(ctx, i, uid, role).await {
             bump(&ctx.stats.reconnects);
             bump(&ctx.stats.open);
             return Some(ws);
@@ -94,7 +105,7 @@ pub(crate) async fn reconnect(ctx: &Ctx, i: u64, uid: &str) -> Option<Ws> {
             _ = tokio::time::sleep(backoff) => {}
             _ = ctx.stop.cancelled() => return None,
         }
-        backoff = (backoff * 2).min(Duration::from_secs(2));
+        backoff = (backoff * 2).min(RECONNECT_MAX);
     }
 }
 
