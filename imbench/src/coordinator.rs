@@ -76,13 +76,25 @@ pub async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
     print!("{}", report::summary(&report));
     if let Some(path) = &args.report {
         write_report(path, &report)?;
-        eprintln!("imbench: report written to {}", path.display());
+        let chart = chart_path(path);
+        std::fs::write(&chart, crate::chart::html(&report))
+            .with_context(|| format!("writing {}", chart.display()))?;
+        eprintln!(
+            "imbench: report written to {}, latency chart to {}",
+            path.display(),
+            chart.display()
+        );
     }
     Ok(if report.ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Where the chart of the report at `path` goes: `r.json` → `r.html`.
+pub fn chart_path(path: &std::path::Path) -> PathBuf {
+    path.with_extension("html")
 }
 
 /// Writes the JSON report.

@@ -25,10 +25,12 @@
 //! - [`setup`]: groups' members and shops' agents through the admin API.
 //! - [`verify`]: per-device sequence bookkeeping and the loss/duplicate arithmetic.
 //! - [`report`]: histogram transport, latency summaries, the JSON report, the summary.
+//! - [`chart`]: the HTML page with the SVG percentile chart next to the report.
 //! - [`link`]: the JSON-lines link between coordinator and agents (stdio or TCP).
 //! - [`limits`]: the open-files limit.
 
 pub mod agent;
+pub mod chart;
 pub mod cli;
 pub mod coordinator;
 pub mod dial;

@@ -227,6 +227,29 @@ impl LatencySummary {
     }
 }
 
+/// One point of a latency distribution.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Quantile {
+    /// Fraction of samples at or below `ms` (0…1).
+    pub quantile: f64,
+    /// Latency, milliseconds.
+    pub ms: f64,
+}
+
+/// The percentile distribution of a microsecond histogram, as HdrHistogram prints it
+/// (5 steps per halving of the distance to 100%), in milliseconds.
+pub fn distribution(h: &Histogram<u64>) -> Vec<Quantile> {
+    if h.is_empty() {
+        return Vec::new();
+    }
+    h.iter_quantiles(5)
+        .map(|v| Quantile {
+            quantile: v.quantile_iterated_to(),
+            ms: v.value_iterated_to() as f64 / 1000.0,
+        })
+        .collect()
+}
+
 /// Events per second, 0 for an empty window.
 pub fn per_second(count: u64, millis: u64) -> f64 {
     if millis == 0 {
@@ -365,6 +388,12 @@ pub struct Report {
     pub latency_ms: LatencySummary,
     /// Intended send → `sent` acknowledgement.
     pub ack_latency_ms: LatencySummary,
+    /// The distribution behind `latency_ms` (for the chart).
+    #[serde(default)]
+    pub latency_distribution: Vec<Quantile>,
+    /// The distribution behind `ack_latency_ms`.
+    #[serde(default)]
+    pub ack_latency_distribution: Vec<Quantile>,
     /// Rates.
     pub throughput: ThroughputSection,
     /// Per agent.
@@ -492,6 +521,8 @@ pub fn combine(
         },
         latency_ms: LatencySummary::from_histogram(&latency),
         ack_latency_ms: LatencySummary::from_histogram(&ack_latency),
+        latency_distribution: distribution(&latency),
+        ack_latency_distribution: distribution(&ack_latency),
         throughput: ThroughputSection {
             sent_per_s: per_second(counters.sent, traffic_ms),
             delivered_per_s: per_second(counters.delivered, traffic_ms),

@@ -51,6 +51,10 @@ async fn two_agent_verified_chat_against_imd_loses_nothing() {
     .await;
     check_clean_chat(&r);
     assert_eq!(r.report["agents"].as_array().unwrap().len(), 2);
+    // the chart next to the report, with the run's p99 on it
+    let p99 = r.report["latency_ms"]["p99"].as_f64().unwrap();
+    assert!(r.chart.contains("<svg"), "no chart");
+    assert!(r.chart.contains(&format!("p99 {p99:.3}")), "{}", r.chart);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -242,6 +242,8 @@ pub struct RunResult {
     pub stdout: String,
     pub stderr: String,
     pub report: Value,
+    /// The HTML chart written next to the report.
+    pub chart: String,
 }
 
 /// The `imbench` binary under test.
@@ -275,7 +277,9 @@ pub async fn run_imbench(args: &[&str], limit: Duration) -> RunResult {
     let report = std::fs::read_to_string(&report_path)
         .map(|s| serde_json::from_str(&s).unwrap())
         .unwrap_or_else(|e| panic!("no report ({e}); stdout:\n{stdout}\nstderr:\n{stderr}"));
+    let chart = std::fs::read_to_string(dir.path().join("report.html")).unwrap_or_default();
     RunResult {
+        chart,
         code: out.status.code(),
         stdout,
         stderr,
