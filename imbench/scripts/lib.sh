@@ -38,27 +38,40 @@ build() {
     (cd "$ROOT" && timeout 1800 cargo build --release --locked -p imd -p imbench >&2)
 }
 
-# start_imd SECRET MAX_SECONDS: starts imd, sets IMD_PID and IMD_URL.
+# start_imd SECRET MAX_SECONDS [LISTEN] [DATA_DIR]: starts imd (default: a free port
+# on 127.0.0.1 and $WORK/data), sets IMD_PID, IMD_URL, IMD_WATCHDOG and IMD_OUT.
 start_imd() {
-    local secret=$1 max=$2
-    "$IMD_BIN" serve --listen 127.0.0.1:0 --data-dir "$WORK/data" --token-secret "$secret" \
+    local secret=$1 max=$2 listen_arg=${3:-127.0.0.1:0} data=${4:-$WORK/data}
+    IMD_OUT="$WORK/imd.$RANDOM$RANDOM.out"
+    "$IMD_BIN" serve --listen "$listen_arg" --data-dir "$data" --token-secret "$secret" \
         --connect-rate 0 --send-rate 0 \
-        >"$WORK/imd.out" 2>"$WORK/imd.err" &
+        >"$IMD_OUT" 2>>"$WORK/imd.err" &
     IMD_PID=$!
     PIDS+=("$IMD_PID")
     # watchdog: imd never outlives the script's time budget
     (sleep "$max"; kill -TERM "$IMD_PID" 2>/dev/null) &
-    PIDS+=("$!")
+    IMD_WATCHDOG=$!
+    PIDS+=("$IMD_WATCHDOG")
     local listen=""
     for _ in $(seq 1 100); do
-        listen=$(grep -o '"listen":"[^"]*"' "$WORK/imd.out" 2>/dev/null | head -1 | cut -d'"' -f4 || true)
+        listen=$(grep -o '"listen":"[^"]*"' "$IMD_OUT" 2>/dev/null | head -1 | cut -d'"' -f4 || true)
         [ -n "$listen" ] && break
         kill -0 "$IMD_PID" 2>/dev/null || { cat "$WORK/imd.err" >&2; echo "imd exited" >&2; exit 1; }
-        sleep 0.2
+        sleep 0.1
     done
-    [ -n "$listen" ] || { echo "imd printed no ready line in 20 s" >&2; exit 1; }
+    [ -n "$listen" ] || { echo "imd printed no ready line in 10 s" >&2; exit 1; }
     IMD_URL="http://$listen"
     echo "== imd pid $IMD_PID on $IMD_URL" >&2
+}
+
+# forget_pid PID: drop a process we already ended and reaped from the cleanup list, so
+# that cleanup never signals a PID the kernel may have handed to someone else.
+forget_pid() {
+    local keep=() pid
+    for pid in "${PIDS[@]}"; do
+        [ "$pid" = "$1" ] || keep+=("$pid")
+    done
+    PIDS=("${keep[@]}")
 }
 
 # rss_kb PID: resident set size in KiB (VmRSS), empty if the process is gone.

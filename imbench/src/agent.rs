@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::{AgentArgs, Scenario};
 use crate::dial::{Endpoint, TokenMinter};
 use crate::plan::AgentPlan;
-use crate::report::{self, AgentReport, Counters, ErrorSample, HistData};
+use crate::report::{self, AgentReport, Counters, ErrorSample, HistData, PushTimes};
 use crate::scenario::{self, Outcome};
 
 /// How long an agent waits for `start` before giving up.
@@ -203,6 +203,36 @@ pub struct Stats {
     latency_delta: Mutex<Option<Histogram<u64>>>,
     ack_latency: Mutex<Option<Histogram<u64>>>,
     errors: Mutex<Vec<ErrorSample>>,
+    gaps: Mutex<GapTracker>,
+}
+
+/// When this agent's devices received pushes: the first and last, and every pause of
+/// at least [`GAP_MIN_US`] between two, so that the coordinator can find the longest
+/// time during which no device of any agent received anything.
+#[derive(Debug, Default)]
+struct GapTracker {
+    span: Option<[u64; 2]>,
+    gaps: Vec<[u64; 2]>,
+}
+
+/// Pauses shorter than this are not recorded (a global pause of at least this long is
+/// a recorded pause on every agent, so the coordinator's figure is exact above it).
+pub const GAP_MIN_US: u64 = 50_000;
+/// Most pauses one agent records (a 50 ms pause at least: 20 a second).
+const MAX_GAPS: usize = 20_000;
+
+impl GapTracker {
+    fn record(&mut self, unix_us: u64) {
+        match &mut self.span {
+            None => self.span = Some([unix_us, unix_us]),
+            Some([_, last]) => {
+                if unix_us >= *last + GAP_MIN_US && self.gaps.len() < MAX_GAPS {
+                    self.gaps.push([*last, unix_us]);
+                }
+                *last = (*last).max(unix_us);
+            }
+        }
+    }
 }
 
 /// Adds one to a counter.
@@ -246,6 +276,14 @@ impl Stats {
         bump(&self.open);
         self.first_open_ms.fetch_min(elapsed_ms, Ordering::Relaxed);
         self.last_open_ms.fetch_max(elapsed_ms, Ordering::Relaxed);
+    }
+
+    /// Records that a device received a new push now (unix µs).
+    pub(crate) fn record_push(&self, unix_us: u64) {
+        self.gaps
+            .lock()
+            .expect("gaps lock poisoned")
+            .record(unix_us);
     }
 
     /// Records a delivery latency.
@@ -462,6 +500,13 @@ async fn run_load(
         // Up when the stop came: every open minus every drop (the closes that
         // follow the stop are imbench's own).
         open_at_stop: counters.opened + counters.reconnects - counters.dropped,
+        pushes: {
+            let g = std::mem::take(&mut *ctx.stats.gaps.lock().expect("gaps lock poisoned"));
+            g.span.map(|span| PushTimes {
+                span_us: span,
+                gaps_us: g.gaps,
+            })
+        },
         errors: ctx
             .stats
             .errors
@@ -540,6 +585,18 @@ mod tests {
             now + 2_100_000 > at * 1000 && now < at * 1000,
             "{now} vs {at}"
         );
+    }
+
+    #[test]
+    fn gaps_are_pauses_between_pushes() {
+        let mut g = GapTracker::default();
+        for t in [
+            1_000_000, 1_010_000, 1_100_000, 1_100_500, 2_000_000, 1_999_000,
+        ] {
+            g.record(t);
+        }
+        assert_eq!(g.span, Some([1_000_000, 2_000_000]));
+        assert_eq!(g.gaps, vec![[1_010_000, 1_100_000], [1_100_500, 2_000_000]]);
     }
 
     #[test]

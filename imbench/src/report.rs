@@ -187,6 +187,57 @@ pub struct AgentReport {
     pub open_at_stop: u64,
     /// Errors by kind.
     pub errors: Vec<ErrorSample>,
+    /// When its devices received new pushes (None: never).
+    #[serde(default)]
+    pub pushes: Option<PushTimes>,
+}
+
+/// When one agent's devices received new pushes (unix µs): the first and the last,
+/// and the pauses between two pushes of at least 50 ms.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushTimes {
+    /// First and last push.
+    pub span_us: [u64; 2],
+    /// Pauses, in time order.
+    pub gaps_us: Vec<[u64; 2]>,
+}
+
+/// The longest time during which no device of any agent received a push, between the
+/// first push and the last (intervals in unix µs). Each agent was silent outside its
+/// span and during its gaps; the run was silent where all of them were.
+pub fn longest_silence(agents: &[&PushTimes]) -> Option<[u64; 2]> {
+    let first = agents.iter().map(|a| a.span_us[0]).min()?;
+    let last = agents.iter().map(|a| a.span_us[1]).max()?;
+    let silent = |a: &PushTimes| -> Vec<[u64; 2]> {
+        let mut v = Vec::with_capacity(a.gaps_us.len() + 2);
+        v.push([0, a.span_us[0]]);
+        v.extend_from_slice(&a.gaps_us);
+        v.push([a.span_us[1], u64::MAX]);
+        v
+    };
+    let mut common = silent(agents[0]);
+    for a in &agents[1..] {
+        let other = silent(a);
+        let (mut i, mut j, mut out) = (0, 0, Vec::new());
+        while i < common.len() && j < other.len() {
+            let lo = common[i][0].max(other[j][0]);
+            let hi = common[i][1].min(other[j][1]);
+            if lo < hi {
+                out.push([lo, hi]);
+            }
+            if common[i][1] < other[j][1] {
+                i += 1;
+            } else {
+                j += 1;
+            }
+        }
+        common = out;
+    }
+    common
+        .into_iter()
+        .map(|[lo, hi]| [lo.max(first), hi.min(last)])
+        .filter(|[lo, hi]| lo < hi)
+        .max_by_key(|[lo, hi]| hi - lo)
 }
 
 /// Latency percentiles in milliseconds.
@@ -309,6 +360,18 @@ pub struct MessagesSection {
     pub undeliverable: u64,
 }
 
+/// `delivery_gap` of the report: the longest time during which no device received a
+/// push (pauses under 50 ms are not seen), e.g. while a killed server restarts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DeliveryGap {
+    /// Its length, milliseconds (0: no pause of 50 ms or more).
+    pub longest_ms: f64,
+    /// When it began (unix ms), if there was one.
+    pub from_unix_ms: Option<u64>,
+    /// When it ended (unix ms).
+    pub to_unix_ms: Option<u64>,
+}
+
 /// `throughput` of the report.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ThroughputSection {
@@ -396,6 +459,9 @@ pub struct Report {
     pub ack_latency_distribution: Vec<Quantile>,
     /// Rates.
     pub throughput: ThroughputSection,
+    /// The longest pause in deliveries.
+    #[serde(default)]
+    pub delivery_gap: DeliveryGap,
     /// Per agent.
     pub agents: Vec<AgentSection>,
     /// Errors by kind, all agents.
@@ -466,6 +532,19 @@ pub fn combine(
             latency_ms: LatencySummary::from_histogram(&h),
         });
     }
+    let pushes: Vec<&PushTimes> = finals
+        .iter()
+        .flatten()
+        .filter_map(|r| r.pushes.as_ref())
+        .collect();
+    let delivery_gap = match longest_silence(&pushes) {
+        Some([from, to]) => DeliveryGap {
+            longest_ms: (to - from) as f64 / 1000.0,
+            from_unix_ms: Some(from / 1000),
+            to_unix_ms: Some(to / 1000),
+        },
+        None => DeliveryGap::default(),
+    };
     let ramp_ms = match (first_open, last_open) {
         (Some(a), Some(b)) if b > a => b - a,
         _ => 0,
@@ -527,6 +606,7 @@ pub fn combine(
             sent_per_s: per_second(counters.sent, traffic_ms),
             delivered_per_s: per_second(counters.delivered, traffic_ms),
         },
+        delivery_gap,
         ok: failures.is_empty(),
         failures,
         agents,
@@ -590,8 +670,8 @@ pub fn summary(r: &Report) -> String {
         let t = &r.throughput;
         let _ = writeln!(
             s,
-            "  throughput   sent {:.1}/s  delivered {:.1}/s",
-            t.sent_per_s, t.delivered_per_s
+            "  throughput   sent {:.1}/s  delivered {:.1}/s  longest delivery gap {:.0} ms",
+            t.sent_per_s, t.delivered_per_s, r.delivery_gap.longest_ms
         );
         if run.verify {
             let _ = writeln!(
@@ -789,6 +869,37 @@ mod tests {
             assert!(v.pointer(path).is_some(), "{path} missing in {v}");
         }
         assert!(summary(&r).contains("result       OK"));
+    }
+
+    #[test]
+    fn the_longest_silence_is_where_every_agent_was_silent() {
+        let a = PushTimes {
+            span_us: [100, 10_000],
+            gaps_us: vec![[1_000, 5_000], [6_000, 9_000]],
+        };
+        let b = PushTimes {
+            span_us: [200, 12_000],
+            gaps_us: vec![[2_000, 7_000]],
+        };
+        // a: silent 1000-5000 and 6000-9000; b: 2000-7000 → both 2000-5000, 6000-7000
+        assert_eq!(longest_silence(&[&a, &b]), Some([2_000, 5_000]));
+        assert_eq!(longest_silence(&[&a]), Some([1_000, 5_000]));
+        // one agent finished before the other began: the run was silent between
+        let c = PushTimes {
+            span_us: [100, 3_000],
+            gaps_us: vec![],
+        };
+        let d = PushTimes {
+            span_us: [8_000, 9_000],
+            gaps_us: vec![],
+        };
+        assert_eq!(longest_silence(&[&c, &d]), Some([3_000, 8_000]));
+        assert_eq!(longest_silence(&[]), None);
+        let e = PushTimes {
+            span_us: [5, 5],
+            gaps_us: vec![],
+        };
+        assert_eq!(longest_silence(&[&e]), None);
     }
 
     #[test]

@@ -364,6 +364,7 @@ impl<'a> Traffic<'a> {
         if sender == self.i {
             if self.log.seen.entry(sender).or_default().insert(n) {
                 bump(&stats.echoed);
+                stats.record_push(self.ctx.clock.now_us());
             } else {
                 bump(&stats.duplicated);
             }
@@ -378,8 +379,10 @@ impl<'a> Traffic<'a> {
             return;
         }
         bump(&stats.delivered);
+        let now = self.ctx.clock.now_us();
+        stats.record_push(now);
         if let Some(t) = msg.body.get("t").and_then(Value::as_u64) {
-            stats.record_latency(self.ctx.clock.now_us().saturating_sub(t));
+            stats.record_latency(now.saturating_sub(t));
         }
         if matches!(self.role, Role::ShopAgent { .. })
             && matches!(plan.role(sender), Role::Customer { .. })

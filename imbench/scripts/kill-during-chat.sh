@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# A server kill -9 during a verified chat run: does anything get lost, and how long do
+# deliveries stop?
+#
+# Builds release binaries, starts imd on a temp data dir (rate limits off), runs a
+# verified chat (RATE msg/s over CONNECTIONS connections for DURATION s), and
+# KILL_AFTER s into the traffic kill -9s imd and restarts it at once on the SAME port
+# and data dir. imbench's clients reconnect (100 ms backoff doubling to 2 s), resend
+# their unacknowledged messages with the same cid and sync their inboxes. Prints lost
+# (must be 0), duplicated, the longest delivery gap (the longest time no device
+# received any push) and imd's restart time, then stops everything it started (by
+# PID). Exits non-zero when a message was lost. Bounded: about DURATION + DRAIN + 60 s
+# after the build.
+#
+#   imbench/scripts/kill-during-chat.sh
+#   RATE=2000 CONNECTIONS=200 DURATION=30 KILL_AFTER=10 imbench/scripts/kill-during-chat.sh
+source "$(dirname "$0")/lib.sh"
+
+RATE=${RATE:-1000}
+CONNECTIONS=${CONNECTIONS:-100}
+DURATION=${DURATION:-30}
+KILL_AFTER=${KILL_AFTER:-10}
+DRAIN=${DRAIN:-10}
+SECRET="kill-during-chat-$$"
+BUDGET=$(( DURATION + DRAIN + 60 ))
+
+[ "${SKIP_BUILD:-0}" = 1 ] || build
+start_imd "$SECRET" "$BUDGET"
+PORT=${IMD_URL##*:}
+
+timeout "$BUDGET" "$IMBENCH_BIN" run --target "$IMD_URL" --token-secret "$SECRET" \
+    --scenario chat --connections "$CONNECTIONS" --rate "$RATE" --duration "${DURATION}s" \
+    --drain "${DRAIN}s" --verify --local-agents 1 --report "$WORK/kill.json" \
+    >"$WORK/bench.out" 2>"$WORK/bench.err" &
+BENCH_PID=$!
+PIDS+=("$BENCH_PID")
+
+# Traffic starts about 0.5 s (start) + the ramp (1000 conn/s) + 1 s (settle) in.
+START_S=$(( 2 + CONNECTIONS / 1000 ))
+sleep $(( START_S + KILL_AFTER ))
+kill -0 "$BENCH_PID" 2>/dev/null || { cat "$WORK/bench.err" >&2; echo "imbench ended early" >&2; exit 1; }
+OLD_PID=$IMD_PID
+KILLED_AT=$(date +%s%3N)
+kill -KILL "$OLD_PID"
+wait "$OLD_PID" 2>/dev/null || true
+kill "$IMD_WATCHDOG" 2>/dev/null || true
+wait "$IMD_WATCHDOG" 2>/dev/null || true
+forget_pid "$OLD_PID"
+forget_pid "$IMD_WATCHDOG"
+echo "== killed imd $OLD_PID (kill -9); restarting on 127.0.0.1:$PORT, same data dir" >&2
+start_imd "$SECRET" "$BUDGET" "127.0.0.1:$PORT"
+READY_AT=$(date +%s%3N)
+[ "$IMD_URL" = "http://127.0.0.1:$PORT" ] || { echo "imd came back on $IMD_URL" >&2; exit 1; }
+
+rc=0
+wait "$BENCH_PID" || rc=$?
+forget_pid "$BENCH_PID"
+cat "$WORK/bench.out"
+grep -v '^\[' "$WORK/bench.err" | tail -5 >&2 || true
+
+R="$WORK/kill.json"
+LOST=$(json "$R" .messages.lost)
+GAP_MS=$(json "$R" .delivery_gap.longest_ms)
+GAP_FROM=$(json "$R" .delivery_gap.from_unix_ms)
+echo
+echo "kill -9 of imd ${KILL_AFTER}s into a verified chat at ${RATE} msg/s, ${CONNECTIONS} connections, ${DURATION}s:"
+echo "  sent $(json "$R" .messages.sent), acked $(json "$R" .messages.acked), delivered $(json "$R" .messages.delivered), \
+unacked at end $(json "$R" .messages.unacked)"
+echo "  lost ${LOST}, lost_echo $(json "$R" .messages.lost_echo), duplicated $(json "$R" .messages.duplicated), \
+out_of_order $(json "$R" .messages.out_of_order), retransmits $(json "$R" .messages.retransmits)"
+echo "  dropped $(json "$R" .connections.dropped) connections, reconnects $(json "$R" .connections.reconnects)"
+echo "  imd restart: ready $(( READY_AT - KILLED_AT )) ms after the kill"
+if [ "$GAP_FROM" != "None" ] && [ "$GAP_FROM" != "null" ]; then
+    echo "  longest delivery gap: ${GAP_MS} ms, starting $(( GAP_FROM - KILLED_AT )) ms from the kill"
+else
+    echo "  longest delivery gap: none of 50 ms or more"
+fi
+echo "  latency ms: p50 $(json "$R" .latency_ms.p50), p99 $(json "$R" .latency_ms.p99), \
+p99.9 $(json "$R" .latency_ms.p999), max $(json "$R" .latency_ms.max)"
+[ "$LOST" = 0 ] || { echo "FAILED: ${LOST} message(s) lost" >&2; exit 1; }
+exit "$rc"
