@@ -42,8 +42,6 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
 pub struct App {
     /// The state the router serves from.
     pub state: AppState,
-    /// The worker's connections.
-    pub hub: Arc<Hub>,
     store: Arc<dyn MessageStore>,
     commit_stop: CancellationToken,
     commit_task: tokio::task::JoinHandle<()>,
@@ -152,7 +150,6 @@ impl App {
         tokio::spawn(sample_rate(state.clone(), background.clone()));
         Ok(Self {
             state,
-            hub,
             store,
             commit_stop,
             commit_task,
@@ -182,7 +179,10 @@ impl App {
     /// commits what is queued and closes the store.
     pub async fn shutdown(self) {
         let tracker = &self.state.tracker;
-        tracing::info!(sessions = self.hub.len(), "shutting down: closing sessions");
+        tracing::info!(
+            sessions = self.state.sessions.hub.len(),
+            "shutting down: closing sessions"
+        );
         tracker.close();
         if tokio::time::timeout(self.grace, tracker.wait())
             .await
