@@ -822,6 +822,25 @@ mod tests {
     }
 
     #[test]
+    fn the_million_plan_fits_51_independent_imds() {
+        let mut p = plan(1_000_000, Scenario::Idle);
+        p.targets = (0..51)
+            .map(|n| Target::parse(&format!("http://127.0.0.1:{}", 9000 + n)).unwrap())
+            .collect();
+        p.source_ips = parse_source_ips("127.0.0.2-127.0.0.201").unwrap();
+        // 51 agents under the 20,000 open files of each process, ports to spare
+        assert!(p.check_capacity(51, 20_000 - FD_HEADROOM, 64_512).is_ok());
+        let a = &p.agent_plans(51)[0];
+        let mut per_target = vec![0u64; 51];
+        for i in 0..1_000_000 {
+            per_target[a.target_of(i)] += 1;
+        }
+        // each imd holds about 19,608, under its own limit
+        assert_eq!(per_target.iter().max(), Some(&19_608));
+        assert_eq!(per_target.iter().min(), Some(&19_607));
+    }
+
+    #[test]
     fn roles_and_senders() {
         let p = plan(12, Scenario::Service); // shops of 5: 2 agents + 3 customers; 2 + 0
         let a = &p.agent_plans(1)[0];
