@@ -274,7 +274,14 @@ async fn signals(stop: CancellationToken) {
 /// Raises the soft open-files limit to the hard one: each connection is a descriptor,
 /// and axum's accept loop sleeps a whole second on EMFILE.
 fn raise_fd_limit() {
-    match rlimit::increase_nofile_limit(u64::MAX) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let raised = getrlimit(Resource::RLIMIT_NOFILE).and_then(|(soft, hard)| {
+        if soft < hard {
+            setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+        }
+        Ok(hard)
+    });
+    match raised {
         Ok(n) => tracing::debug!(limit = n, "open-files limit"),
         Err(e) => tracing::warn!(error = %e, "could not raise the open-files limit"),
     }
