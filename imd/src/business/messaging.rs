@@ -744,6 +744,14 @@ mod tests {
         v
     }
 
+    /// The `seq`s of the messages in `uid`'s inbox, in inbox order.
+    async fn inbox_seqs(m: &Messaging, uid: &str) -> Vec<u64> {
+        let page = m.sync(uid, 0, None).await.unwrap();
+        let seq =
+            |j: &Bytes| serde_json::from_slice::<serde_json::Value>(j).unwrap()["seq"].as_u64();
+        page.items.iter().map(|(_, j)| seq(j).unwrap()).collect()
+    }
+
     /// Who received message `seq` of `conv`, per the recorder.
     fn receivers(rec: &Recorder, conv: &str, seq: u64) -> Vec<String> {
         let all = rec.0.lock().unwrap();
@@ -826,17 +834,7 @@ mod tests {
         r.m.connected(&who("a1")).await.unwrap();
         // The join commits through the queue; a send after it is delivered after it.
         send(&r.m, "c1", json!({"shop": "shop", "body": "still there?"})).await;
-        let page = r.m.sync("a1", 0, None).await.unwrap();
-        let seqs: Vec<u64> = page
-            .items
-            .iter()
-            .map(|(_, j)| {
-                serde_json::from_slice::<serde_json::Value>(j).unwrap()["seq"]
-                    .as_u64()
-                    .unwrap()
-            })
-            .collect();
-        assert_eq!(seqs, [1, 2]);
+        assert_eq!(inbox_seqs(&r.m, "a1").await, [1, 2]);
     }
 
     #[tokio::test]
@@ -925,16 +923,7 @@ mod tests {
             });
             customer.await.unwrap();
             agent.await.unwrap();
-            let page = r.m.sync("a2", 0, None).await.unwrap();
-            let mut seqs: Vec<u64> = page
-                .items
-                .iter()
-                .map(|(_, j)| {
-                    serde_json::from_slice::<serde_json::Value>(j).unwrap()["seq"]
-                        .as_u64()
-                        .unwrap()
-                })
-                .collect();
+            let mut seqs = inbox_seqs(&r.m, "a2").await;
             seqs.sort();
             assert_eq!(
                 seqs,
