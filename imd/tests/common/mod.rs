@@ -678,9 +678,14 @@ pub(crate) enum Auth<'a> {
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// Tries the WebSocket upgrade; `Ok(client)` on 101, `Err(status)` when refused with an
-/// HTTP answer.
-pub(crate) async fn try_ws(url: &str, auth: Auth<'_>) -> Result<WsClient, u16> {
+/// The upgrade request to `url`, with the token where `auth` puts it; and the URL.
+fn ws_request(
+    url: &str,
+    auth: Auth<'_>,
+) -> (
+    String,
+    tokio_tungstenite::tungstenite::handshake::client::Request,
+) {
     let url = match auth {
         Auth::Query(t) => format!("{url}?token={t}"),
         _ => url.to_owned(),
@@ -692,6 +697,13 @@ pub(crate) async fn try_ws(url: &str, auth: Auth<'_>) -> Result<WsClient, u16> {
             HeaderValue::from_str(&format!("Bearer {t}")).expect("header value"),
         );
     }
+    (url, req)
+}
+
+/// Tries the WebSocket upgrade; `Ok(client)` on 101, `Err(status)` when refused with an
+/// HTTP answer.
+pub(crate) async fn try_ws(url: &str, auth: Auth<'_>) -> Result<WsClient, u16> {
+    let (url, req) = ws_request(url, auth);
     match tokio::time::timeout(FRAME_DEADLINE, tokio_tungstenite::connect_async(req)).await {
         Err(_) => panic!("WebSocket upgrade to {url} timed out"),
         Ok(Ok((ws, _))) => Ok(WsClient {
@@ -711,17 +723,7 @@ pub(crate) async fn try_ws_from(
     auth: Auth<'_>,
     local: IpAddr,
 ) -> Result<WsClient, Resp> {
-    let url = match auth {
-        Auth::Query(t) => format!("{url}?token={t}"),
-        _ => url.to_owned(),
-    };
-    let mut req = url.as_str().into_client_request().expect("ws request");
-    if let Auth::Header(t) = auth {
-        req.headers_mut().insert(
-            "authorization",
-            HeaderValue::from_str(&format!("Bearer {t}")).expect("header value"),
-        );
-    }
+    let (url, req) = ws_request(url, auth);
     let uri = req.uri();
     let host: IpAddr = uri
         .host()
