@@ -6,8 +6,10 @@
 //! sessions or transports.
 
 mod embedded;
+mod redis;
 
 pub use embedded::EmbeddedStore;
+pub use redis::RedisStore;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -136,6 +138,22 @@ pub trait MessageStore: Send + Sync + 'static {
 
     /// Forgets idempotency keys committed before `before_ms`; returns how many.
     async fn expire_idempotency(&self, before_ms: i64) -> Result<u64, StoreError>;
+
+    /// Finishes fan-outs that some writer began and did not finish (it died between
+    /// storing a message and writing its inbox entries); returns how many messages it
+    /// finished. Their [`Committed`] records wait in [`MessageStore::take_relayed`].
+    ///
+    /// A backend that commits in one atomic write never leaves one unfinished.
+    async fn sweep(&self) -> Result<usize, StoreError> {
+        Ok(0)
+    }
+
+    /// Messages committed by other writers whose inbox entries this store wrote (while
+    /// committing or sweeping) since the last call. The caller delivers them, as it
+    /// delivers its own: whoever writes an inbox entry pushes it.
+    fn take_relayed(&self) -> Vec<Committed> {
+        Vec::new()
+    }
 }
 
 /// A customer-service conversation's state.

@@ -11,6 +11,8 @@
 //! Each test file uses a different part of the harness, hence `dead_code` is allowed.
 #![allow(dead_code)]
 
+pub(crate) mod redis;
+
 use std::collections::VecDeque;
 use std::fs::File;
 use std::future::Future;
