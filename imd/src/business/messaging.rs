@@ -534,8 +534,9 @@ mod tests {
     /// Presence as a test sets it.
     #[derive(Default)]
     struct Online(Mutex<std::collections::HashSet<String>>);
+    #[async_trait::async_trait]
     impl Presence for Online {
-        fn online(&self, uid: &str) -> bool {
+        async fn online(&self, uid: &str) -> bool {
             self.0.lock().unwrap().contains(uid)
         }
     }

@@ -91,8 +91,10 @@ pub trait Deliver: Send + Sync + 'static {
     fn deliver(&self, msg: &Committed);
 }
 
-/// Who is online: the business rules ask it, the worker role answers.
+/// Who is online: the business rules ask it; the worker role answers on one node, the
+/// cluster's connection routes in cluster mode.
+#[async_trait::async_trait]
 pub trait Presence: Send + Sync + 'static {
     /// Whether any device of `uid` is connected.
-    fn online(&self, uid: &str) -> bool;
+    async fn online(&self, uid: &str) -> bool;
 }

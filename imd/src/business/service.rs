@@ -100,12 +100,17 @@ impl CustomerService {
     /// Picks an online agent of `agents`, and records the pick for the tie-break.
     async fn pick(&self, agents: &[String], turns: &mut Turns) -> Result<Option<String>, Error> {
         let loads = self.dir.agent_loads(agents).await?;
+        let mut online = Vec::with_capacity(agents.len());
+        for uid in agents {
+            online.push(self.presence.online(uid).await);
+        }
         let candidates: Vec<Candidate<'_>> = agents
             .iter()
             .zip(loads)
-            .map(|(uid, load)| Candidate {
+            .zip(online)
+            .map(|((uid, load), online)| Candidate {
                 uid,
-                online: self.presence.online(uid),
+                online,
                 load,
                 last_assigned: turns.last.get(uid).copied().unwrap_or(0),
             })
@@ -139,7 +144,7 @@ impl CustomerService {
             .and_then(|s| s.agent)
             .filter(|a| agents.contains(a));
         if let Some(a) = &current
-            && self.presence.online(a)
+            && self.presence.online(a).await
         {
             let recipients = recipients(&[customer, a]);
             return Ok(Route {
@@ -260,7 +265,7 @@ impl CustomerService {
 
     /// [`CustomerService::agent_online`], if `uid` is online.
     pub async fn agent_online_if(&self, uid: &str) -> Result<Decision, Error> {
-        if self.presence.online(uid) {
+        if self.presence.online(uid).await {
             self.agent_online(uid).await
         } else {
             Ok(Decision::default())

@@ -3,12 +3,17 @@
 //! The dispatcher talks to workers only through [`WorkerApi`]. When every role shares
 //! one process, the worker's hub implements it directly; the cluster mode puts tarpc
 //! under the same trait. Calls carry owned, serializable data for that reason.
+//!
+//! [`remote`] is the network form: the [`remote::WorkerRpc`] tarpc service, its server
+//! over a node's hub, and [`remote::RemoteWorker`], a client that batches deliveries.
+
+pub mod remote;
 
 use bytes::Bytes;
 use shared::admin::ConnectionInfo;
 
 /// One message for one user's devices on a worker.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Push {
     /// Recipient uid.
     pub uid: String,

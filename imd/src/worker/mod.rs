@@ -14,11 +14,11 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use axum::extract::ws::Utf8Bytes;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 
 use crate::business::blacklist::Blacklist;
 use crate::business::{Identity, Presence};
@@ -151,6 +151,25 @@ pub struct WorkerStats {
     pub retransmits: AtomicU64,
 }
 
+/// A change of the hub's connections, for the cluster's connection routes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteChange {
+    /// Device `device` of `uid` connected here.
+    Connected {
+        /// The user.
+        uid: String,
+        /// The device.
+        device: String,
+    },
+    /// Device `device` of `uid` left, and no replacement took its place here.
+    Disconnected {
+        /// The user.
+        uid: String,
+        /// The device.
+        device: String,
+    },
+}
+
 /// The connections of this worker, by uid.
 pub struct Hub {
     /// Counters.
@@ -161,6 +180,10 @@ pub struct Hub {
     outbox_capacity: usize,
     node_id: String,
     blacklist: Arc<Blacklist>,
+    /// Where connection changes go in cluster mode. Unbounded, but at most two changes
+    /// per connection are ever in it, and connections are bounded by the rate limits
+    /// and the open-files limit.
+    routes: OnceLock<mpsc::UnboundedSender<RouteChange>>,
 }
 
 impl Hub {
@@ -175,7 +198,37 @@ impl Hub {
             node_id,
             blacklist,
             stats: WorkerStats::default(),
+            routes: OnceLock::new(),
         }
+    }
+
+    /// From now on, reports every connection change (cluster mode publishes them as
+    /// connection routes). Only the first call gets a receiver.
+    pub fn watch_routes(&self) -> Option<mpsc::UnboundedReceiver<RouteChange>> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.routes.set(tx).ok().map(|()| rx)
+    }
+
+    fn route_change(&self, change: RouteChange) {
+        if let Some(tx) = self.routes.get() {
+            let _ = tx.send(change);
+        }
+    }
+
+    /// This worker's node id.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// Disconnects device `device` of `uid` with a `kick` of `reason`; how many (0 or 1).
+    pub fn kick_device(&self, uid: &str, device: &str, reason: &str) -> usize {
+        let conns = self.devices(uid);
+        let mut kicked = 0;
+        for c in conns.iter().filter(|c| c.who.device == device) {
+            c.outbox.close(reason);
+            kicked += 1;
+        }
+        kicked
     }
 
     /// Frames one connection may queue.
@@ -241,6 +294,10 @@ impl Hub {
             Some(old) => old.outbox.close("replaced"),
             None => metrics::gauge!("imd_connections").increment(1.0),
         }
+        self.route_change(RouteChange::Connected {
+            uid: conn.who.uid.clone(),
+            device: conn.who.device.clone(),
+        });
         conn
     }
 
@@ -251,6 +308,10 @@ impl Hub {
             if let Some(i) = devices.iter().position(|c| c.id == conn.id) {
                 devices.swap_remove(i);
                 metrics::gauge!("imd_connections").decrement(1.0);
+                self.route_change(RouteChange::Disconnected {
+                    uid: conn.who.uid.clone(),
+                    device: conn.who.device.clone(),
+                });
             }
             if devices.is_empty() {
                 shard.remove(&conn.who.uid);
@@ -261,6 +322,11 @@ impl Hub {
     /// The connections of `uid`.
     pub fn devices(&self, uid: &str) -> Vec<Arc<Conn>> {
         self.shard(uid).get(uid).cloned().unwrap_or_default()
+    }
+
+    /// Whether any device of `uid` is connected here.
+    pub fn is_online(&self, uid: &str) -> bool {
+        self.shard(uid).get(uid).is_some_and(|d| !d.is_empty())
     }
 
     /// How many connections the hub holds.
@@ -356,9 +422,10 @@ impl WorkerApi for Hub {
     }
 }
 
+#[async_trait::async_trait]
 impl Presence for Hub {
-    fn online(&self, uid: &str) -> bool {
-        self.shard(uid).get(uid).is_some_and(|d| !d.is_empty())
+    async fn online(&self, uid: &str) -> bool {
+        self.is_online(uid)
     }
 }
 
@@ -499,7 +566,7 @@ mod tests {
         let (page, _) = hub.connections(Some("a"), None, 100);
         assert_eq!(page.len(), 2);
         assert_eq!(page[0].node, "n1");
-        assert!(hub.online("a") && !hub.online("z"));
+        assert!(hub.is_online("a") && !hub.is_online("z"));
     }
 
     #[test]

@@ -1,0 +1,347 @@
+//! The worker's service over the network: tarpc on TCP, bincode frames.
+//!
+//! A node calls the workers of other nodes through a [`RemoteWorker`]. Deliveries are
+//! queued and sent in batches, one call per batch and one batch in flight per worker,
+//! so that they arrive in the order they were queued; the worker executes the requests
+//! of one connection one after another (they only enqueue, never wait), which keeps
+//! that order on its side too.
+//!
+//! Every connection gets `TCP_NODELAY`: a small push batch must not wait for the
+//! peer's delayed ack.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use shared::admin::{ConnectionInfo, NodeInfo};
+use tarpc::client::RpcError;
+use tarpc::server::{BaseChannel, Channel};
+use tarpc::tokio_serde::formats::Bincode;
+use tarpc::tokio_util::codec::LengthDelimitedCodec;
+use tarpc::{context, serde_transport};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{Push, WorkerApi};
+use crate::worker::Hub;
+
+/// Largest RPC frame. A batch is at most [`BATCH_MAX`] deliveries of messages of at
+/// most the configured frame size; larger frames would show up as a bare disconnect.
+const MAX_FRAME: usize = 256 * 1024 * 1024;
+/// Most deliveries in one `push` call.
+const BATCH_MAX: usize = 256;
+/// Deliveries queued for one worker before new ones are dropped (they wait in inboxes).
+const QUEUE: usize = 16 * 1024;
+/// Deadline of a push batch.
+const PUSH_DEADLINE: Duration = Duration::from_secs(5);
+/// Deadline of the other calls.
+const CALL_DEADLINE: Duration = Duration::from_secs(3);
+/// How long connecting to a worker may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One committed message for some of its recipients on one worker: the JSON once,
+/// and each recipient's `useq`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Delivery {
+    /// The message JSON.
+    pub msg: Bytes,
+    /// `(uid, useq)` of each recipient on that worker.
+    pub to: Vec<(String, u64)>,
+}
+
+impl Delivery {
+    /// The per-recipient pushes.
+    pub fn into_pushes(self) -> impl Iterator<Item = Push> {
+        let msg = self.msg;
+        self.to.into_iter().map(move |(uid, useq)| Push {
+            uid,
+            useq,
+            msg: msg.clone(),
+        })
+    }
+}
+
+/// What one node may ask of another node's worker.
+#[tarpc::service]
+pub trait WorkerRpc {
+    /// Queues `deliveries` for the online devices of their recipients, in order.
+    async fn push(deliveries: Vec<Delivery>);
+    /// Disconnects every device of `uid` with `kick` `reason`; how many.
+    async fn kick_user(uid: String, reason: String) -> usize;
+    /// Disconnects device `device` of `uid` with `kick` `reason`; how many (0 or 1).
+    async fn kick_device(uid: String, device: String, reason: String) -> usize;
+    /// A page of this worker's connections (see [`WorkerApi::connections`]).
+    async fn connections(
+        uid: Option<String>,
+        after: Option<String>,
+        limit: usize,
+    ) -> (Vec<ConnectionInfo>, Option<String>);
+    /// This node's figures, for the cluster view.
+    async fn stats() -> NodeInfo;
+}
+
+/// Serves [`WorkerRpc`] from a node's hub.
+#[derive(Clone)]
+pub struct WorkerServer {
+    hub: Arc<Hub>,
+    stats: Arc<dyn Fn() -> NodeInfo + Send + Sync>,
+}
+
+impl WorkerServer {
+    /// Serves `hub`; `stats` describes the node.
+    pub fn new(hub: Arc<Hub>, stats: Arc<dyn Fn() -> NodeInfo + Send + Sync>) -> Self {
+        Self { hub, stats }
+    }
+
+    /// Accepts RPC connections on `listener` until `stop` is cancelled.
+    pub async fn run(self, listener: TcpListener, stop: CancellationToken) {
+        loop {
+            let (tcp, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "rpc accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = stop.cancelled() => break,
+            };
+            let _ = tcp.set_nodelay(true);
+            tracing::debug!(%peer, "rpc connection");
+            let transport = serde_transport::new(framed(tcp), Bincode::default());
+            let server = self.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                // One request after another: each only enqueues, and order matters.
+                let requests = BaseChannel::with_defaults(transport)
+                    .execute(server.serve())
+                    .for_each(|handle| handle);
+                tokio::select! {
+                    _ = requests => {}
+                    _ = stop.cancelled() => {}
+                }
+            });
+        }
+    }
+}
+
+impl WorkerRpc for WorkerServer {
+    async fn push(self, _: context::Context, deliveries: Vec<Delivery>) {
+        let pushes = deliveries
+            .into_iter()
+            .flat_map(Delivery::into_pushes)
+            .collect();
+        self.hub.push(pushes);
+    }
+
+    async fn kick_user(self, _: context::Context, uid: String, reason: String) -> usize {
+        self.hub.kick_user(&uid, &reason)
+    }
+
+    async fn kick_device(
+        self,
+        _: context::Context,
+        uid: String,
+        device: String,
+        reason: String,
+    ) -> usize {
+        self.hub.kick_device(&uid, &device, &reason)
+    }
+
+    async fn connections(
+        self,
+        _: context::Context,
+        uid: Option<String>,
+        after: Option<String>,
+        limit: usize,
+    ) -> (Vec<ConnectionInfo>, Option<String>) {
+        self.hub
+            .connections(uid.as_deref(), after.as_deref(), limit.min(1000))
+    }
+
+    async fn stats(self, _: context::Context) -> NodeInfo {
+        (self.stats)()
+    }
+}
+
+fn framed(tcp: TcpStream) -> tokio_util::codec::Framed<TcpStream, LengthDelimitedCodec> {
+    LengthDelimitedCodec::builder()
+        .max_frame_length(MAX_FRAME)
+        .new_framed(tcp)
+}
+
+fn deadline(d: Duration) -> context::Context {
+    let mut ctx = context::current();
+    ctx.deadline = Instant::now() + d;
+    ctx
+}
+
+/// A connection to another node's worker.
+pub struct RemoteWorker {
+    node: String,
+    addr: SocketAddr,
+    client: WorkerRpcClient,
+    queue: mpsc::Sender<Delivery>,
+    broken: Arc<AtomicBool>,
+    stop: CancellationToken,
+}
+
+impl RemoteWorker {
+    /// Connects to the worker of node `node` at `addr`, and starts its delivery task.
+    pub async fn connect(node: &str, addr: SocketAddr) -> std::io::Result<Self> {
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+        tcp.set_nodelay(true)?;
+        let transport = serde_transport::new(framed(tcp), Bincode::default());
+        let client = WorkerRpcClient::new(tarpc::client::Config::default(), transport).spawn();
+        let (queue, rx) = mpsc::channel(QUEUE);
+        let broken = Arc::new(AtomicBool::new(false));
+        let stop = CancellationToken::new();
+        tokio::spawn(deliver_loop(
+            node.to_owned(),
+            client.clone(),
+            rx,
+            broken.clone(),
+            stop.clone(),
+        ));
+        Ok(Self {
+            node: node.to_owned(),
+            addr,
+            client,
+            queue,
+            broken,
+            stop,
+        })
+    }
+
+    /// The node this worker belongs to.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// The address connected to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Whether a call failed because the connection is gone: discovery replaces it.
+    pub fn is_broken(&self) -> bool {
+        self.broken.load(Ordering::Relaxed)
+    }
+
+    /// Queues `d` without waiting. When the queue is full the delivery is dropped: the
+    /// message is already in every inbox, and the devices catch up with `sync`.
+    pub fn push(&self, d: Delivery) {
+        if self.queue.try_send(d).is_err() {
+            metrics::counter!("imd_rpc_deliveries_dropped_total").increment(1);
+        }
+    }
+
+    fn note<T>(&self, r: Result<T, RpcError>) -> Result<T, RpcError> {
+        if let Err(RpcError::Shutdown | RpcError::Channel(_) | RpcError::Send(_)) = &r {
+            self.broken.store(true, Ordering::Relaxed);
+        }
+        r
+    }
+
+    /// See [`WorkerRpc::kick_user`].
+    pub async fn kick_user(&self, uid: &str, reason: &str) -> Result<usize, RpcError> {
+        let r = self
+            .client
+            .kick_user(deadline(CALL_DEADLINE), uid.into(), reason.into())
+            .await;
+        self.note(r)
+    }
+
+    /// See [`WorkerRpc::kick_device`].
+    pub async fn kick_device(
+        &self,
+        uid: &str,
+        device: &str,
+        reason: &str,
+    ) -> Result<usize, RpcError> {
+        let r = self
+            .client
+            .kick_device(
+                deadline(CALL_DEADLINE),
+                uid.into(),
+                device.into(),
+                reason.into(),
+            )
+            .await;
+        self.note(r)
+    }
+
+    /// See [`WorkerRpc::connections`].
+    pub async fn connections(
+        &self,
+        uid: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<ConnectionInfo>, Option<String>), RpcError> {
+        let r = self
+            .client
+            .connections(
+                deadline(CALL_DEADLINE),
+                uid.map(str::to_owned),
+                after.map(str::to_owned),
+                limit,
+            )
+            .await;
+        self.note(r)
+    }
+
+    /// See [`WorkerRpc::stats`].
+    pub async fn stats(&self) -> Result<NodeInfo, RpcError> {
+        let r = self.client.stats(deadline(CALL_DEADLINE)).await;
+        self.note(r)
+    }
+}
+
+impl Drop for RemoteWorker {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Sends queued deliveries in batches, one batch in flight, until the worker is dropped.
+async fn deliver_loop(
+    node: String,
+    client: WorkerRpcClient,
+    mut rx: mpsc::Receiver<Delivery>,
+    broken: Arc<AtomicBool>,
+    stop: CancellationToken,
+) {
+    let mut batch = Vec::with_capacity(BATCH_MAX);
+    loop {
+        let n = tokio::select! {
+            n = rx.recv_many(&mut batch, BATCH_MAX) => n,
+            _ = stop.cancelled() => break,
+        };
+        if n == 0 {
+            break;
+        }
+        let deliveries = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_MAX));
+        let started = Instant::now();
+        match client.push(deadline(PUSH_DEADLINE), deliveries).await {
+            Ok(()) => {
+                metrics::histogram!("imd_rpc_push_seconds").record(started.elapsed().as_secs_f64());
+            }
+            Err(e) => {
+                // The messages are in the inboxes; the devices catch up with `sync`.
+                metrics::counter!("imd_rpc_push_failures_total").increment(1);
+                tracing::warn!(node, error = %e, batch = n, "push to worker failed");
+                if matches!(e, RpcError::Shutdown | RpcError::Channel(_) | RpcError::Send(_)) {
+                    broken.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
