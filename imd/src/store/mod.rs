@@ -9,7 +9,7 @@ mod embedded;
 mod redis;
 
 pub use embedded::EmbeddedStore;
-pub use redis::RedisStore;
+pub use redis::{NodeInfo, RedisStore};
 
 use async_trait::async_trait;
 use bytes::Bytes;

@@ -20,6 +20,11 @@ use redis::{Cmd, Pipeline, RedisFuture, Value};
 
 use super::StoreError;
 
+mod directory;
+mod registry;
+
+pub use registry::NodeInfo;
+
 /// How long one command may take before it fails (redis-rs defaults to 500 ms).
 pub(crate) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long connecting may take.
