@@ -400,3 +400,36 @@ async fn subscription_survives_reconnect(redis: Redis) {
     })
     .await;
 }
+
+/// Every registry call can run in a spawned task (its future is `Send`), as the
+/// cluster's background tasks run them.
+#[tokio::test]
+async fn calls_run_in_spawned_tasks() {
+    let redis = Redis::standalone();
+    let s = connect(&redis).await;
+    tokio::spawn(async move {
+        s.heartbeat(&node("n1"), Duration::from_secs(60))
+            .await
+            .unwrap();
+        s.route_add("u1", "d1", "n1").await.unwrap();
+        assert_eq!(s.live_nodes().await.unwrap().len(), 1);
+        assert_eq!(s.dead_nodes().await.unwrap().len(), 0);
+        assert_eq!(s.routes(&["u1".into()]).await.unwrap().len(), 1);
+        assert!(s.route_remove("u1", "d1", "n1").await.unwrap());
+        assert_eq!(s.clean_node("n1").await.unwrap(), 0);
+        assert_eq!(s.deregister("n1").await.unwrap(), 0);
+        s.publish_blacklist_changed().await.unwrap();
+        s.subscribe_blacklist().await.unwrap();
+        s.blacklist_put(BlacklistEntry {
+            kind: BlacklistKind::Ip,
+            value: "::1".into(),
+            reason: None,
+            expires_at: None,
+        })
+        .await
+        .unwrap();
+        assert_eq!(s.blacklist_purge(0).await.unwrap(), 0);
+    })
+    .await
+    .unwrap();
+}

@@ -168,20 +168,18 @@ impl RedisStore {
     /// Nodes whose registration has not expired, by id.
     pub async fn live_nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {
         let ids = self.registered_nodes().await?;
-        let infos: Vec<Option<String>> = stream::iter(ids)
-            .map(|id| {
-                let mut conn = self.conn.clone();
-                async move {
-                    redis::cmd("GET")
-                        .arg(info_key(&id))
-                        .query_async::<Option<String>>(&mut conn)
-                        .await
-                        .map_err(db)
-                }
-            })
-            .buffered(FAN_OUT)
-            .try_collect()
-            .await?;
+        let infos: Vec<Option<String>> = fan_out(ids.iter().map(|id| {
+            let mut conn = self.conn.clone();
+            let key = info_key(id);
+            async move {
+                redis::cmd("GET")
+                    .arg(key)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(db)
+            }
+        }))
+        .await?;
         let mut nodes = infos
             .into_iter()
             .flatten()
@@ -198,20 +196,18 @@ impl RedisStore {
     /// cleaned, sorted.
     pub async fn dead_nodes(&self) -> Result<Vec<String>, StoreError> {
         let ids = self.registered_nodes().await?;
-        let alive: Vec<bool> = stream::iter(ids.iter())
-            .map(|id| {
-                let mut conn = self.conn.clone();
-                async move {
-                    redis::cmd("EXISTS")
-                        .arg(info_key(id))
-                        .query_async::<bool>(&mut conn)
-                        .await
-                        .map_err(db)
-                }
-            })
-            .buffered(FAN_OUT)
-            .try_collect()
-            .await?;
+        let alive: Vec<bool> = fan_out(ids.iter().map(|id| {
+            let mut conn = self.conn.clone();
+            let key = info_key(id);
+            async move {
+                redis::cmd("EXISTS")
+                    .arg(key)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(db)
+            }
+        }))
+        .await?;
         Ok(ids
             .into_iter()
             .zip(alive)
@@ -240,21 +236,19 @@ impl RedisStore {
                 .query_async(&mut conn)
                 .await
                 .map_err(db)?;
-            let counts: Vec<u64> = stream::iter(uids)
-                .map(|uid| {
-                    let mut conn = self.conn.clone();
-                    async move {
-                        ROUTES_DROP_NODE
-                            .key(conns_key(&uid))
-                            .arg(node_id)
-                            .invoke_async::<u64>(&mut conn)
-                            .await
-                            .map_err(db)
-                    }
-                })
-                .buffer_unordered(FAN_OUT)
-                .try_collect()
-                .await?;
+            let counts: Vec<u64> = fan_out(uids.iter().map(|uid| {
+                let mut conn = self.conn.clone();
+                let (key, node) = (conns_key(uid), node_id.to_owned());
+                async move {
+                    ROUTES_DROP_NODE
+                        .key(key)
+                        .arg(node)
+                        .invoke_async(&mut conn)
+                        .await
+                        .map_err(db)
+                }
+            }))
+            .await?;
             removed += counts.iter().sum::<u64>();
             if next == 0 {
                 break;
@@ -337,22 +331,20 @@ impl RedisStore {
     /// The routes of each of `uids`, as (device, node) pairs sorted by device, in the
     /// order of `uids` (concurrent single-slot reads).
     pub async fn routes(&self, uids: &[String]) -> Result<Vec<Vec<(String, String)>>, StoreError> {
-        stream::iter(uids)
-            .map(|uid| {
-                let mut conn = self.conn.clone();
-                async move {
-                    let mut routes: Vec<(String, String)> = redis::cmd("HGETALL")
-                        .arg(conns_key(uid))
-                        .query_async(&mut conn)
-                        .await
-                        .map_err(db)?;
-                    routes.sort();
-                    Ok(routes)
-                }
-            })
-            .buffered(FAN_OUT)
-            .try_collect()
-            .await
+        fan_out(uids.iter().map(|uid| {
+            let mut conn = self.conn.clone();
+            let key = conns_key(uid);
+            async move {
+                let mut routes: Vec<(String, String)> = redis::cmd("HGETALL")
+                    .arg(key)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(db)?;
+                routes.sort();
+                Ok(routes)
+            }
+        }))
+        .await
     }
 
     /// Tells every node that the blacklist changed.
@@ -403,6 +395,20 @@ impl RedisStore {
         ids.sort();
         Ok(ids)
     }
+}
+
+/// Runs `requests` (single-slot, each owning what it needs) with at most [`FAN_OUT`] in
+/// flight; the results in the order of `requests`.
+///
+/// The requests are built before they are polled and borrow nothing: a stream that maps
+/// borrowed items to futures makes the caller's future fail to be `Send` for spawned
+/// tasks (rustc's higher-ranked lifetime limitation, rust-lang/rust#102211).
+async fn fan_out<T, F>(requests: impl Iterator<Item = F>) -> Result<Vec<T>, StoreError>
+where
+    F: Future<Output = Result<T, StoreError>>,
+{
+    let requests: Vec<F> = requests.collect();
+    stream::iter(requests).buffered(FAN_OUT).try_collect().await
 }
 
 /// The subscription's own connection, which delivers pushes to the sender it was built
