@@ -6,11 +6,13 @@
 //! - `imd:{c:<conv>}:…` per conversation;
 //! - `imd:{u:<uid>}:…` per user;
 //! - `imd:{n:<node>}:…` per node;
+//! - `imd:{f:<k>}:…` for the 16 fan-out shards (spread over slots: every commit writes one);
 //! - `imd:{g}:…` for the few global keys (directory tables, node list).
 //!
 //! Work that spans slots (a message's fan-out into its members' inboxes) is a sequence
 //! of single-slot scripts, each safe to re-run; see `messages`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -21,6 +23,7 @@ use redis::{Cmd, Pipeline, RedisFuture, Value};
 use super::StoreError;
 
 mod directory;
+mod messages;
 mod registry;
 
 pub use registry::NodeInfo;
@@ -47,7 +50,11 @@ impl Conn {
     /// Connects to `spec`: one `redis://` URL, or several separated by commas (seeds of
     /// a cluster). Whether the server runs in cluster mode is asked, not configured.
     pub(crate) async fn connect(spec: &str) -> Result<Self, StoreError> {
-        let urls: Vec<&str> = spec.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+        let urls: Vec<&str> = spec
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
         let Some(first) = urls.first() else {
             return Err(StoreError::Db("no Redis URL given".into()));
         };
@@ -55,8 +62,15 @@ impl Conn {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT));
-        let mut probe = client.get_connection_manager_with_config(config.clone()).await.map_err(db)?;
-        let info: String = redis::cmd("INFO").arg("cluster").query_async(&mut probe).await.map_err(db)?;
+        let mut probe = client
+            .get_connection_manager_with_config(config.clone())
+            .await
+            .map_err(db)?;
+        let info: String = redis::cmd("INFO")
+            .arg("cluster")
+            .query_async(&mut probe)
+            .await
+            .map_err(db)?;
         if !info.contains("cluster_enabled:1") {
             return Ok(Conn::Single(probe));
         }
@@ -66,7 +80,9 @@ impl Conn {
             .response_timeout(RESPONSE_TIMEOUT)
             .build()
             .map_err(db)?;
-        Ok(Conn::Cluster(cluster.get_async_connection().await.map_err(db)?))
+        Ok(Conn::Cluster(
+            cluster.get_async_connection().await.map_err(db)?,
+        ))
     }
 
     /// Whether this is a Redis Cluster.
@@ -134,6 +150,8 @@ pub(crate) fn global_key(part: &str) -> String {
 pub struct RedisStore {
     pub(crate) conn: Conn,
     pub(crate) spec: String,
+    /// Other writers' messages whose inbox entries this store wrote (see `messages`).
+    pub(crate) relayed: Arc<messages::Relayed>,
 }
 
 impl RedisStore {
@@ -142,6 +160,7 @@ impl RedisStore {
         Ok(Self {
             conn: Conn::connect(spec).await?,
             spec: spec.to_string(),
+            relayed: Arc::default(),
         })
     }
 
