@@ -71,8 +71,9 @@ fn store_commit(c: &mut Criterion) {
 }
 
 struct Nobody;
+#[async_trait::async_trait]
 impl imd::business::Presence for Nobody {
-    fn online(&self, _: &str) -> bool {
+    async fn online(&self, _: &str) -> bool {
         false
     }
 }

@@ -1,10 +1,16 @@
 //! Composition root: builds the store, the business layer and the roles, serves, and
 //! shuts down in order.
 //!
+//! Without `--redis` every role runs in this process on the embedded store. With it,
+//! the store is Redis, the dispatcher routes through the cluster's connection routes,
+//! a worker serves RPC on `--rpc-listen`, and the node joins the cluster
+//! ([`crate::cluster`]).
+//!
 //! Shutdown (SIGTERM or SIGINT): stop accepting and finish in-flight HTTP requests,
 //! `kick` every session with reason `shutdown`, wait for the sessions (bounded by
-//! `shutdown_grace`), then let the commit task commit what is queued, and close the
-//! store. Every acknowledged message is already durable before this starts.
+//! `shutdown_grace`), then let the commit task commit what is queued, leave the
+//! cluster (deregister), and close the store. Every acknowledged message is already
+//! durable before this starts.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,17 +23,23 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::business::Presence;
 use crate::business::blacklist::Blacklist;
 use crate::business::limits::{Limits, Rate};
 use crate::business::messaging::{Deps, now_ms};
 use crate::business::words::Words;
 use crate::business::{Admin, Messaging};
+use crate::cluster::{Membership, RoutedPresence};
 use crate::config::{Config, Role};
-use crate::dispatch::Dispatcher;
+use crate::dispatch::{Dispatcher, Workers};
 use crate::gateway::auth::TokenKeys;
 use crate::gateway::{self, AppState, Shared};
+use crate::rpc::remote::WorkerServer;
 use crate::secrets::Secrets;
-use crate::store::{EmbeddedStore, IDEMPOTENCY_WINDOW_MS, MessageStore};
+use crate::store::{
+    DirectoryStore, EmbeddedStore, IDEMPOTENCY_WINDOW_MS, MessageStore, NodeInfo as Registration,
+    RedisStore,
+};
 use crate::worker::session::{SessionCtx, SessionSettings};
 use crate::worker::{Clock, Hub};
 
@@ -43,6 +55,9 @@ pub struct App {
     /// The state the router serves from.
     pub state: AppState,
     store: Arc<dyn MessageStore>,
+    /// The cluster's store and this node's registration, in cluster mode.
+    cluster: Option<(Arc<RedisStore>, Registration)>,
+    membership_stop: CancellationToken,
     commit_stop: CancellationToken,
     commit_task: tokio::task::JoinHandle<()>,
     background: CancellationToken,
@@ -53,22 +68,36 @@ impl App {
     /// Opens the store and starts the commit task, the clock and the metrics upkeep.
     /// Sessions end when `stop` is cancelled. `listen` is the bound address, for the
     /// default node id.
-    pub fn build(
+    pub async fn build(
         cfg: &Config,
         listen: SocketAddr,
         stop: CancellationToken,
     ) -> anyhow::Result<Self> {
         let secrets = Secrets::resolve(cfg)?;
-        let store = Arc::new(
-            EmbeddedStore::open(&cfg.data_dir)
-                .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?,
-        );
+        let redis = match &cfg.redis {
+            Some(url) => Some(Arc::new(
+                RedisStore::connect(url)
+                    .await
+                    .with_context(|| format!("connecting to Redis at {url}"))?,
+            )),
+            None => None,
+        };
+        let (store, dir): (Arc<dyn MessageStore>, Arc<dyn DirectoryStore>) = match &redis {
+            Some(r) => (r.clone(), r.clone()),
+            None => {
+                let e =
+                    Arc::new(EmbeddedStore::open(&cfg.data_dir).with_context(|| {
+                        format!("opening the store in {}", cfg.data_dir.display())
+                    })?);
+                (e.clone(), e)
+            }
+        };
         let background = CancellationToken::new();
         let metrics = crate::metrics::install(background.clone());
         let node_id = cfg
             .node_id
             .clone()
-            .unwrap_or_else(|| format!("imd-{}", listen.port()));
+            .unwrap_or_else(|| default_node_id(cfg.redis.is_some(), listen));
 
         let blacklist = Arc::new(Blacklist::new());
         let words = Arc::new(
@@ -89,21 +118,35 @@ impl App {
             node_id.clone(),
             blacklist.clone(),
         ));
-        let dispatcher = Arc::new(Dispatcher::local(hub.clone()));
+        let is_worker = cfg.roles.contains(&Role::Worker);
+        let workers = Arc::new(Workers::new(
+            node_id.clone(),
+            is_worker.then(|| hub.clone()),
+        ));
+        let (dispatcher, presence): (Arc<Dispatcher>, Arc<dyn Presence>) = match &redis {
+            Some(r) => (
+                Arc::new(Dispatcher::cluster(
+                    r.clone(),
+                    workers.clone(),
+                    background.clone(),
+                )),
+                Arc::new(RoutedPresence::new(r.clone(), workers.clone())),
+            ),
+            None => (Arc::new(Dispatcher::local(hub.clone())), hub.clone()),
+        };
         let commit_stop = CancellationToken::new();
         let deps = Deps {
             store: store.clone(),
-            dir: store.clone(),
-            presence: hub.clone(),
-            deliver: dispatcher,
+            dir: dir.clone(),
+            presence,
+            deliver: dispatcher.clone(),
             blacklist: blacklist.clone(),
             words: words.clone(),
             limits: limits.clone(),
         };
         let (messaging, commit_task) =
             Messaging::start(deps, cfg.commit_batch, commit_stop.clone());
-        let admin = Admin::new(store.clone(), blacklist, words, messaging.clone());
-        let store: Arc<dyn MessageStore> = store;
+        let admin = Admin::new(dir, blacklist, words, messaging.clone());
         tokio::spawn(housekeeping(
             store.clone(),
             admin.clone(),
@@ -146,11 +189,26 @@ impl App {
             listen,
             started_at_ms: now_ms(),
             committed_per_s: AtomicU64::new(0),
+            workers,
+            dispatcher,
+            registry: redis.clone(),
         });
         tokio::spawn(sample_rate(state.clone(), background.clone()));
+        let cluster = redis.map(|r| {
+            let me = Registration {
+                id: state.node_id.clone(),
+                roles: cfg.roles.iter().map(|r| r.as_str().to_owned()).collect(),
+                listen: listen.to_string(),
+                rpc: None,
+                started_ms: state.started_at_ms,
+            };
+            (r, me)
+        });
         Ok(Self {
             state,
             store,
+            cluster,
+            membership_stop: CancellationToken::new(),
             commit_stop,
             commit_task,
             background,
@@ -168,6 +226,41 @@ impl App {
             .context("loading the blacklist")?;
         tracing::debug!(entries = n, "blacklist loaded");
         Ok(())
+    }
+
+    /// In cluster mode: serves the worker's RPC on `rpc` (when this node is a worker)
+    /// and joins the cluster. Returns the bound RPC address.
+    pub async fn join(&mut self, rpc: Option<SocketAddr>) -> anyhow::Result<Option<SocketAddr>> {
+        let Some((store, me)) = &mut self.cluster else {
+            return Ok(None);
+        };
+        let mut bound = None;
+        if let (Some(addr), Some(hub)) = (rpc, self.state.workers.local()) {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the RPC listener {addr}"))?;
+            let local = listener.local_addr()?;
+            let state = self.state.clone();
+            let stats: Arc<dyn Fn() -> shared::admin::NodeInfo + Send + Sync> =
+                Arc::new(move || gateway::node_info(&state));
+            tokio::spawn(
+                WorkerServer::new(hub.clone(), stats).run(listener, self.background.clone()),
+            );
+            me.rpc = Some(local.to_string());
+            bound = Some(local);
+        }
+        Membership {
+            store: store.clone(),
+            me: me.clone(),
+            workers: self.state.workers.clone(),
+            dispatcher: self.state.dispatcher.clone(),
+            admin: self.state.admin.clone(),
+            dispatcher_role: me.roles.iter().any(|r| r == "dispatcher"),
+        }
+        .start(self.membership_stop.clone())
+        .await
+        .context("joining the cluster")?;
+        Ok(bound)
     }
 
     /// The HTTP and WebSocket routes.
@@ -200,6 +293,10 @@ impl App {
         {
             tracing::warn!("commit task did not finish within the grace period");
         }
+        self.membership_stop.cancel();
+        if let Some((store, me)) = &self.cluster {
+            Membership::leave(store, &me.id).await;
+        }
         self.background.cancel();
         drop(self.store);
     }
@@ -207,33 +304,25 @@ impl App {
 
 /// Runs `imd serve` until `stop` is cancelled.
 pub async fn serve_until(cfg: Config, stop: CancellationToken) -> anyhow::Result<()> {
-    if cfg.redis.is_some() {
-        anyhow::bail!(
-            "--redis: cluster mode is not implemented yet; run without it for the embedded single-node store"
-        );
-    }
-    let all_roles = [Role::Gateway, Role::Dispatcher, Role::Worker];
-    if !all_roles.iter().all(|r| cfg.roles.contains(r)) {
-        anyhow::bail!(
-            "--roles: splitting roles needs cluster mode, which is not implemented yet; leave --roles out"
-        );
-    }
     raise_fd_limit();
 
     let listener = TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("binding {}", cfg.listen))?;
     let listen = listener.local_addr()?;
-    let app = App::build(&cfg, listen, stop.clone())?;
+    let mut app = App::build(&cfg, listen, stop.clone()).await?;
     app.load().await?;
+    let rpc = app.join(cfg.rpc_address()).await?;
     tokio::spawn(reload_on_sighup(app.state.admin.clone(), stop.clone()));
     let node_id = app.state.node_id.clone();
     // The one machine-readable line on stdout; logs go to stderr.
-    println!(
-        "{}",
-        serde_json::json!({"event": "ready", "listen": listen.to_string(), "node_id": node_id})
-    );
-    tracing::info!(%listen, node_id, data_dir = %cfg.data_dir.display(), "imd serving");
+    let mut ready =
+        serde_json::json!({"event": "ready", "listen": listen.to_string(), "node_id": node_id});
+    if let Some(rpc) = rpc {
+        ready["rpc"] = rpc.to_string().into();
+    }
+    println!("{ready}");
+    tracing::info!(%listen, node_id, cluster = cfg.redis.is_some(), "imd serving");
 
     let routes = app
         .router()
@@ -269,6 +358,20 @@ async fn signals(stop: CancellationToken) {
         _ = int.recv() => tracing::info!("SIGINT"),
     }
     stop.cancel();
+}
+
+/// `imd-<port>` on one node; in a cluster, where several machines may use the same
+/// port, `<hostname>-<port>`.
+fn default_node_id(cluster: bool, listen: SocketAddr) -> String {
+    let host = cluster
+        .then(|| nix::unistd::gethostname().ok())
+        .flatten()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| shared::ids::is_valid_id(&format!("{h}-{}", listen.port())));
+    match host {
+        Some(h) => format!("{h}-{}", listen.port()),
+        None => format!("imd-{}", listen.port()),
+    }
 }
 
 /// Raises the soft open-files limit to the hard one: each connection is a descriptor,

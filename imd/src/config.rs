@@ -62,10 +62,22 @@ pub enum WordsPolicy {
 pub enum Role {
     /// HTTP API and admin API.
     Gateway,
-    /// Fan-out of committed messages to workers.
+    /// Fan-out of committed messages to workers; in a cluster also the sweep of
+    /// unfinished fan-outs and the cleanup of dead nodes.
     Dispatcher,
     /// WebSocket connections, pushes, acks and retransmits.
     Worker,
+}
+
+impl Role {
+    /// The name on the command line and in the node registry.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Gateway => "gateway",
+            Role::Dispatcher => "dispatcher",
+            Role::Worker => "worker",
+        }
+    }
 }
 
 /// Log output format.
@@ -106,13 +118,15 @@ pub struct Config {
     pub words_file: Option<PathBuf>,
     /// What to do with a sensitive word.
     pub words_policy: WordsPolicy,
-    /// Redis URL; absent means the embedded single-node store.
+    /// Redis URL, or several comma-separated (seeds of a Redis Cluster, detected by
+    /// asking the server); absent means the embedded single-node store.
     pub redis: Option<String>,
     /// Roles this node runs.
     pub roles: Vec<Role>,
     /// This node's id in the cluster and in connection listings.
     pub node_id: Option<String>,
-    /// Address of the RPC listener between roles.
+    /// Address of a worker's RPC listener in a cluster, as other nodes reach it
+    /// (default 127.0.0.1 on an ephemeral port: one machine only).
     pub rpc_listen: Option<SocketAddr>,
     /// Frames queued for one connection before it counts as too slow and is closed.
     pub outbox_capacity: usize,
@@ -339,6 +353,17 @@ impl Config {
             "commit-batch must be between 1 and 65536"
         );
         anyhow::ensure!(!self.roles.is_empty(), "roles must name at least one role");
+        let all = [Role::Gateway, Role::Dispatcher, Role::Worker];
+        anyhow::ensure!(
+            self.redis.is_some() || all.iter().all(|r| self.roles.contains(r)),
+            "--roles: splitting roles needs --redis (nodes share state through it); leave --roles out for one node"
+        );
+        if let Some(rpc) = self.rpc_listen {
+            anyhow::ensure!(
+                !rpc.ip().is_unspecified(),
+                "rpc-listen must be the address other nodes reach (not {rpc})"
+            );
+        }
         if let Some(id) = &self.node_id {
             anyhow::ensure!(
                 shared::ids::is_valid_id(id),
@@ -346,6 +371,15 @@ impl Config {
             );
         }
         Ok(())
+    }
+
+    /// Where a worker serves RPC: only in a cluster, on `rpc_listen` or else on an
+    /// ephemeral port of 127.0.0.1.
+    pub fn rpc_address(&self) -> Option<SocketAddr> {
+        (self.redis.is_some() && self.roles.contains(&Role::Worker)).then(|| {
+            self.rpc_listen
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)))
+        })
     }
 
     /// The interval of server pings: a third of the idle timeout.

@@ -7,8 +7,11 @@
 //! - [`business`]: messaging rules, validation, group commit; transport-free.
 //! - [`dispatch`]: the dispatcher role: committed messages → pushes for workers.
 //! - [`worker`]: the worker role: connection hub, sessions, acks, retransmits.
-//! - [`rpc`]: the service traits between roles (direct calls in one process).
-//! - [`store`]: the data layer: traits and the embedded redb backend.
+//! - [`rpc`]: the service traits between roles (direct calls in one process, tarpc
+//!   between nodes).
+//! - [`cluster`]: membership through Redis: heartbeats, discovery, failover cleanup,
+//!   connection routes, blacklist notifications.
+//! - [`store`]: the data layer: traits, the embedded redb backend, the Redis backend.
 //! - [`wire`]: frames spliced from pre-serialized message JSON.
 //! - [`app`]: the composition root and the shutdown sequence.
 //! - [`config`], [`secrets`], [`metrics`]: configuration, generated secrets, Prometheus.
@@ -17,6 +20,7 @@
 
 pub mod app;
 pub mod business;
+pub mod cluster;
 pub mod config;
 pub mod dispatch;
 pub mod gateway;

@@ -35,6 +35,12 @@ impl Secrets {
                 admin_token: admin_token.clone(),
             });
         }
+        // Generated secrets live in one node's data dir; the nodes of a cluster would
+        // each make their own and refuse each other's tokens.
+        anyhow::ensure!(
+            cfg.redis.is_none(),
+            "cluster mode (--redis) needs --token-secret and --admin-token, the same on every node"
+        );
         let stored = load_or_create(&cfg.data_dir)?;
         Ok(Self {
             token_secret: cfg.token_secret.clone().unwrap_or(stored.token_secret),

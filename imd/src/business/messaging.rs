@@ -490,6 +490,12 @@ async fn commit_loop(
                 }
             }
         }
+        // Other writers' messages whose inbox entries this commit wrote (cluster mode):
+        // whoever writes an entry pushes it.
+        for c in store.take_relayed() {
+            deliver.deliver(&c);
+            feed.publish(&c);
+        }
     }
     tracing::debug!("commit task stopped");
 }

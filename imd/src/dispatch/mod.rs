@@ -1,39 +1,252 @@
 //! Dispatcher role: turns each committed message into pushes for the workers that hold
 //! its recipients' devices.
 //!
-//! In one process there is one worker, and the dispatcher hands it every recipient;
-//! the worker knows which of them are online. It must not block (it runs on the commit
-//! task) and must keep commit order, so it calls the worker synchronously.
+//! - On one node ([`Dispatcher::local`]) there is one worker, and the dispatcher hands
+//!   it every recipient; the worker knows which of them are online. It runs on the
+//!   commit task, so it calls the worker synchronously and keeps commit order.
+//! - In a cluster ([`Dispatcher::cluster`]) the commit task only queues the message. One
+//!   routing task reads, per batch, the connection routes of every recipient (a Redis
+//!   hash per user: device → node) and hands each live worker one [`Delivery`] per
+//!   message, in commit order: its own hub directly, the others over RPC (see
+//!   [`Workers`]). A route naming a node it does not know yet (a worker that just
+//!   started) makes it follow discovery at once, at most every
+//!   [`REFRESH_AT_MOST_EVERY`]; a route naming a dead node is skipped, and the dead
+//!   node's cleanup removes it.
 
+mod workers;
+
+pub use workers::Workers;
+
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
 use crate::business::Deliver;
+use crate::rpc::remote::Delivery;
 use crate::rpc::{Push, WorkerApi};
-use crate::store::Committed;
+use crate::store::{Committed, RedisStore};
+
+/// Committed messages waiting for their routes; beyond this they are dropped from
+/// pushing (they are in every inbox already, and the devices catch up with `sync`).
+const ROUTING_QUEUE: usize = 64 * 1024;
+/// Most messages routed with one round of route lookups.
+const ROUTING_BATCH: usize = 256;
+/// How often a route to an unknown node may trigger a discovery refresh.
+const REFRESH_AT_MOST_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Fans committed messages out to workers.
 pub struct Dispatcher {
-    worker: Arc<dyn WorkerApi>,
+    mode: Mode,
+}
+
+enum Mode {
+    Local(Arc<dyn WorkerApi>),
+    Cluster {
+        queue: mpsc::Sender<Committed>,
+        store: Arc<RedisStore>,
+        workers: Arc<Workers>,
+    },
 }
 
 impl Dispatcher {
     /// A dispatcher for a single, in-process worker.
     pub fn local(worker: Arc<dyn WorkerApi>) -> Self {
-        Self { worker }
+        Self {
+            mode: Mode::Local(worker),
+        }
+    }
+
+    /// A dispatcher that finds recipients' devices through the connection routes in
+    /// `store` and reaches them through `workers`. Its routing task ends with `stop`.
+    pub fn cluster(store: Arc<RedisStore>, workers: Arc<Workers>, stop: CancellationToken) -> Self {
+        let (queue, rx) = mpsc::channel(ROUTING_QUEUE);
+        tokio::spawn(route_loop(store.clone(), workers.clone(), rx, stop));
+        Self {
+            mode: Mode::Cluster {
+                queue,
+                store,
+                workers,
+            },
+        }
+    }
+
+    /// How many devices of `uid` are connected (in a cluster: on live workers).
+    pub async fn devices(&self, uid: &str) -> usize {
+        match &self.mode {
+            Mode::Local(w) => w.connections(Some(uid), None, usize::MAX).0.len(),
+            Mode::Cluster { store, workers, .. } => {
+                match store.routes(std::slice::from_ref(&uid.to_owned())).await {
+                    Ok(r) => r[0].iter().filter(|(_, n)| workers.is_live(n)).count(),
+                    Err(e) => {
+                        tracing::warn!(uid, error = %e, "route lookup failed");
+                        0
+                    }
+                }
+            }
+        }
+    }
+
+    /// Pushes inbox entries `(useq, message JSON)` of `uid` to its devices again.
+    pub fn replay(&self, uid: &str, entries: Vec<(u64, bytes::Bytes)>) {
+        match &self.mode {
+            Mode::Local(w) => w.push(
+                entries
+                    .into_iter()
+                    .map(|(useq, msg)| Push {
+                        uid: uid.to_owned(),
+                        useq,
+                        msg,
+                    })
+                    .collect(),
+            ),
+            Mode::Cluster { .. } => {
+                for (useq, json) in entries {
+                    self.deliver(&Committed {
+                        json,
+                        conv: String::new(),
+                        seq: 0,
+                        ts: 0,
+                        recipients: vec![(uid.to_owned(), useq)],
+                    });
+                }
+            }
+        }
     }
 }
 
 impl Deliver for Dispatcher {
     fn deliver(&self, msg: &Committed) {
-        let pushes = msg
-            .recipients
+        match &self.mode {
+            Mode::Local(worker) => {
+                let pushes = msg
+                    .recipients
+                    .iter()
+                    .map(|(uid, useq)| Push {
+                        uid: uid.clone(),
+                        useq: *useq,
+                        msg: msg.json.clone(),
+                    })
+                    .collect();
+                worker.push(pushes);
+            }
+            Mode::Cluster { queue, .. } => {
+                if msg.recipients.is_empty() {
+                    return;
+                }
+                if queue.try_send(msg.clone()).is_err() {
+                    metrics::counter!("imd_routing_dropped_total").increment(1);
+                }
+            }
+        }
+    }
+}
+
+/// Routes queued messages in batches: one round of route lookups per batch, then one
+/// delivery per (message, worker) in commit order.
+async fn route_loop(
+    store: Arc<RedisStore>,
+    workers: Arc<Workers>,
+    mut rx: mpsc::Receiver<Committed>,
+    stop: CancellationToken,
+) {
+    let mut batch = Vec::with_capacity(ROUTING_BATCH);
+    let mut refreshed = std::time::Instant::now() - REFRESH_AT_MOST_EVERY;
+    loop {
+        let n = tokio::select! {
+            n = rx.recv_many(&mut batch, ROUTING_BATCH) => n,
+            _ = stop.cancelled() => break,
+        };
+        if n == 0 {
+            break;
+        }
+        let uids: Vec<String> = batch
             .iter()
-            .map(|(uid, useq)| Push {
-                uid: uid.clone(),
-                useq: *useq,
-                msg: msg.json.clone(),
+            .flat_map(|m| m.recipients.iter().map(|(u, _)| u.clone()))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let routes = match store.routes(&uids).await {
+            Ok(r) => r,
+            Err(e) => {
+                // The messages are in the inboxes; devices catch up with `sync`.
+                tracing::warn!(error = %e, messages = n, "route lookup failed; pushes skipped");
+                metrics::counter!("imd_routing_failures_total").increment(1);
+                batch.clear();
+                continue;
+            }
+        };
+        let nodes_of: HashMap<&str, Vec<&str>> = uids
+            .iter()
+            .zip(&routes)
+            .map(|(uid, r)| {
+                let mut nodes: Vec<&str> = r.iter().map(|(_, n)| n.as_str()).collect();
+                nodes.sort_unstable();
+                nodes.dedup();
+                (uid.as_str(), nodes)
             })
             .collect();
-        self.worker.push(pushes);
+        let unknown = nodes_of.values().flatten().any(|n| !workers.is_live(n));
+        if unknown && refreshed.elapsed() >= REFRESH_AT_MOST_EVERY {
+            refreshed = std::time::Instant::now();
+            match store.live_nodes().await {
+                Ok(live) => workers.follow(&live).await,
+                Err(e) => tracing::warn!(error = %e, "reading the node registry failed"),
+            }
+        }
+        for msg in batch.drain(..) {
+            for (node, to) in split_by_node(&msg.recipients, &nodes_of) {
+                if !workers.deliver(
+                    node,
+                    Delivery {
+                        msg: msg.json.clone(),
+                        to,
+                    },
+                ) {
+                    metrics::counter!("imd_routing_dead_routes_total").increment(1);
+                }
+            }
+        }
+    }
+}
+
+/// Groups `recipients` by the nodes their devices are on, in first-seen node order.
+fn split_by_node<'a>(
+    recipients: &[(String, u64)],
+    nodes_of: &HashMap<&str, Vec<&'a str>>,
+) -> Vec<(&'a str, Vec<(String, u64)>)> {
+    let mut out: Vec<(&'a str, Vec<(String, u64)>)> = Vec::new();
+    for (uid, useq) in recipients {
+        for node in nodes_of.get(uid.as_str()).into_iter().flatten() {
+            match out.iter_mut().find(|(n, _)| n == node) {
+                Some((_, to)) => to.push((uid.clone(), *useq)),
+                None => out.push((node, vec![(uid.clone(), *useq)])),
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recipients_are_grouped_per_node_once_per_user() {
+        let nodes_of = HashMap::from([("a", vec!["n1", "n2"]), ("b", vec!["n2"]), ("c", vec![])]);
+        let recipients = vec![
+            ("a".to_owned(), 7),
+            ("b".to_owned(), 3),
+            ("c".to_owned(), 1),
+        ];
+        let split = split_by_node(&recipients, &nodes_of);
+        assert_eq!(
+            split,
+            vec![
+                ("n1", vec![("a".to_owned(), 7)]),
+                ("n2", vec![("a".to_owned(), 7), ("b".to_owned(), 3)]),
+            ]
+        );
     }
 }

@@ -21,7 +21,7 @@ use tokio::sync::broadcast::error::RecvError;
 use super::auth::{AuthError, bearer};
 use super::http::{AdminBody, ApiPath, ApiQuery, PageQuery};
 use super::{ApiError, AppState};
-use crate::rpc::{Push, WorkerApi};
+use crate::rpc::WorkerApi;
 use crate::wire;
 
 /// The admin routes, to nest under `/admin/v1`.
@@ -93,6 +93,7 @@ async fn blacklist_add(
     AdminBody(req): AdminBody<AddBlacklist>,
 ) -> Result<Response, ApiError> {
     let entry = app.admin.blacklist_add(req).await?;
+    // Here at once; other workers when the store's change notification reaches them.
     let kicked = app.sessions.hub.enforce_blacklist();
     if kicked > 0 {
         tracing::info!(kicked, value = %entry.value, "blacklisted connections kicked");
@@ -138,17 +139,15 @@ async fn connections(
         ));
     }
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    if q.node.as_ref().is_some_and(|n| *n != app.node_id) {
-        return Ok(axum::Json(ConnectionList {
-            connections: Vec::new(),
-            next: None,
-        })
-        .into_response());
-    }
-    let (connections, next) =
-        app.sessions
-            .hub
-            .connections(q.uid.as_deref(), q.after.as_deref(), limit);
+    let (connections, next) = app
+        .workers
+        .connections(
+            q.uid.as_deref(),
+            q.node.as_deref(),
+            q.after.as_deref(),
+            limit,
+        )
+        .await;
     Ok(axum::Json(ConnectionList { connections, next }).into_response())
 }
 
@@ -157,7 +156,7 @@ async fn kick(
     State(app): State<AppState>,
     ApiPath(uid): ApiPath<String>,
 ) -> Result<Response, ApiError> {
-    let kicked = app.sessions.hub.kick_user(&uid, "admin");
+    let kicked = app.workers.kick_user(&uid, "admin").await;
     if kicked == 0 {
         return Err(ApiError::new(
             ErrorCode::NotFound,
@@ -398,7 +397,7 @@ async fn replay(
             "until must be above after",
         ));
     }
-    let devices = app.sessions.hub.devices(&req.uid).len();
+    let devices = app.dispatcher.devices(&req.uid).await;
     // Half an outbox per call: a replay must never overflow a device's queue, which
     // would disconnect it as too slow. Longer ranges take several calls.
     let cap = app.sessions.hub.outbox_capacity() / 2;
@@ -414,15 +413,7 @@ async fn replay(
         entries.last().map_or(req.after, |e| e.0)
     });
     let messages = entries.len();
-    let pushes = entries
-        .into_iter()
-        .map(|(useq, msg)| Push {
-            uid: req.uid.clone(),
-            useq,
-            msg,
-        })
-        .collect();
-    app.sessions.hub.push(pushes);
+    app.dispatcher.replay(&req.uid, entries);
     tracing::info!(uid = %req.uid, messages, devices, "replayed");
     let devices = if messages == 0 { 0 } else { devices };
     Ok(axum::Json(Replayed {
@@ -433,21 +424,43 @@ async fn replay(
     .into_response())
 }
 
-async fn cluster(_: AdminAuth, State(app): State<AppState>) -> Response {
+async fn cluster(_: AdminAuth, State(app): State<AppState>) -> Result<Response, ApiError> {
+    let mut nodes = vec![node_info(&app)];
+    if let Some(registry) = &app.registry {
+        nodes.extend(app.workers.stats().await);
+        // Live nodes without a worker (no RPC to ask): what the registry says.
+        let live = registry
+            .live_nodes()
+            .await
+            .map_err(crate::business::Error::from)?;
+        for n in live {
+            if nodes.iter().all(|known| known.node_id != n.id) {
+                nodes.push(NodeInfo {
+                    node_id: n.id,
+                    roles: n.roles,
+                    listen: n.listen,
+                    version: String::new(),
+                    started_at: n.started_ms,
+                    connections: 0,
+                    unacked: 0,
+                    committed: 0,
+                    committed_per_s: 0,
+                    pushes: 0,
+                    retransmits: 0,
+                });
+            }
+        }
+        nodes.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+    }
+    Ok(axum::Json(ClusterInfo { nodes }).into_response())
+}
+
+/// This node's entry of the cluster view.
+pub fn node_info(app: &AppState) -> NodeInfo {
     let hub = &app.sessions.hub;
-    let roles = app
-        .roles
-        .iter()
-        .map(|r| match r {
-            crate::config::Role::Gateway => "gateway",
-            crate::config::Role::Dispatcher => "dispatcher",
-            crate::config::Role::Worker => "worker",
-        })
-        .map(str::to_owned)
-        .collect();
-    let node = NodeInfo {
+    NodeInfo {
         node_id: app.node_id.clone(),
-        roles,
+        roles: app.roles.iter().map(|r| r.as_str().to_owned()).collect(),
         listen: app.listen.to_string(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         started_at: app.started_at_ms,
@@ -457,6 +470,5 @@ async fn cluster(_: AdminAuth, State(app): State<AppState>) -> Response {
         committed_per_s: app.committed_per_s.load(Ordering::Relaxed),
         pushes: hub.stats.pushes.load(Ordering::Relaxed),
         retransmits: hub.stats.retransmits.load(Ordering::Relaxed),
-    };
-    axum::Json(ClusterInfo { nodes: vec![node] }).into_response()
+    }
 }

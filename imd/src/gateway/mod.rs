@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::business::limits::Limits;
 use crate::business::{Admin, Messaging};
-use crate::config::Secret;
+use crate::config::{Role, Secret};
 use crate::worker::session::SessionCtx;
 use auth::TokenKeys;
 
@@ -59,6 +59,12 @@ pub struct Shared {
     pub started_at_ms: i64,
     /// Messages committed in the last second, sampled.
     pub committed_per_s: std::sync::atomic::AtomicU64,
+    /// The workers this node reaches (only its own hub on a single node).
+    pub workers: Arc<crate::dispatch::Workers>,
+    /// Routes pushes (admin replay).
+    pub dispatcher: Arc<crate::dispatch::Dispatcher>,
+    /// The cluster's registry, in cluster mode (for the cluster view).
+    pub registry: Option<Arc<crate::store::RedisStore>>,
 }
 
 impl AppState {
@@ -75,18 +81,26 @@ impl std::ops::Deref for AppState {
     }
 }
 
-/// The HTTP and WebSocket routes.
+pub use admin::node_info;
+
+/// The routes of this node's roles: every node serves `/healthz` and `/metrics`; a
+/// gateway the HTTP API and the admin API; a worker `/v1/ws`.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/v1/messages", post(http::send))
-        .route("/v1/sync", get(http::sync))
-        .route("/v1/conversations/{conv}/messages", get(http::history))
-        .route("/v1/ws", get(ws::upgrade))
+    let roles = &state.roles;
+    let mut router = Router::new()
         .route("/healthz", get(http::healthz))
-        .route("/metrics", get(http::metrics))
-        .nest("/admin/v1", admin::routes())
-        .fallback(http::not_found)
-        .with_state(state)
+        .route("/metrics", get(http::metrics));
+    if roles.contains(&Role::Gateway) {
+        router = router
+            .route("/v1/messages", post(http::send))
+            .route("/v1/sync", get(http::sync))
+            .route("/v1/conversations/{conv}/messages", get(http::history))
+            .nest("/admin/v1", admin::routes());
+    }
+    if roles.contains(&Role::Worker) {
+        router = router.route("/v1/ws", get(ws::upgrade));
+    }
+    router.fallback(http::not_found).with_state(state)
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ struct Fixture {
     _dir: tempfile::TempDir,
 }
 
-fn fixture() -> Fixture {
+async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let cfg = Config {
         data_dir: dir.path().to_owned(),
@@ -27,7 +27,9 @@ fn fixture() -> Fixture {
         max_frame_bytes: 2048,
         ..Config::default()
     };
-    let app = App::build(&cfg, cfg.listen, CancellationToken::new()).unwrap();
+    let app = App::build(&cfg, cfg.listen, CancellationToken::new())
+        .await
+        .unwrap();
     Fixture {
         app,
         keys: TokenKeys::new(&Secret::new("test-secret")),
@@ -79,7 +81,7 @@ fn code(body: &Value) -> &str {
 
 #[tokio::test]
 async fn send_then_sync_and_history() {
-    let f = fixture();
+    let f = fixture().await;
     let (status, body) = f
         .post(
             Some("alice"),
@@ -108,7 +110,7 @@ async fn send_then_sync_and_history() {
 
 #[tokio::test]
 async fn bad_requests_get_protocol_errors() {
-    let f = fixture();
+    let f = fixture().await;
     let (status, body) = f.post(None, "{}").await;
     assert_eq!(
         (status, code(&body)),
@@ -141,7 +143,7 @@ async fn bad_requests_get_protocol_errors() {
 
 #[tokio::test]
 async fn a_body_without_length_is_still_limited() {
-    let f = fixture();
+    let f = fixture().await;
     let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = (0..10)
         .map(|_| Ok(bytes::Bytes::from(vec![b' '; 1000])))
         .collect();
@@ -155,7 +157,7 @@ async fn a_body_without_length_is_still_limited() {
 
 #[tokio::test]
 async fn websocket_upgrade_needs_a_valid_token_first() {
-    let f = fixture();
+    let f = fixture().await;
     let req = Request::get("/v1/ws")
         .header("connection", "upgrade")
         .header("upgrade", "websocket")
@@ -177,7 +179,7 @@ async fn websocket_upgrade_needs_a_valid_token_first() {
 
 #[tokio::test]
 async fn healthz_answers() {
-    let f = fixture();
+    let f = fixture().await;
     let req = Request::get("/healthz").body(Body::empty()).unwrap();
     let (status, body) = f.call(req).await;
     assert_eq!(status, StatusCode::OK);

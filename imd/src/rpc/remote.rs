@@ -197,7 +197,9 @@ impl RemoteWorker {
     pub async fn connect(node: &str, addr: SocketAddr) -> std::io::Result<Self> {
         let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
             .await
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
+            })??;
         tcp.set_nodelay(true)?;
         let transport = serde_transport::new(framed(tcp), Bincode::default());
         let client = WorkerRpcClient::new(tarpc::client::Config::default(), transport).spawn();
@@ -338,7 +340,10 @@ async fn deliver_loop(
                 // The messages are in the inboxes; the devices catch up with `sync`.
                 metrics::counter!("imd_rpc_push_failures_total").increment(1);
                 tracing::warn!(node, error = %e, batch = n, "push to worker failed");
-                if matches!(e, RpcError::Shutdown | RpcError::Channel(_) | RpcError::Send(_)) {
+                if matches!(
+                    e,
+                    RpcError::Shutdown | RpcError::Channel(_) | RpcError::Send(_)
+                ) {
                     broken.store(true, Ordering::Relaxed);
                 }
             }

@@ -70,17 +70,27 @@ fn start_server(dir: &std::path::Path, extra: &[String]) -> Server {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("start redis-server (install it: apt-get install redis-server; bash .ci/test does)");
+            .expect(
+                "start redis-server (install it: apt-get install redis-server; bash .ci/test does)",
+            );
         let mut server = Server { child, port };
         let end = Instant::now() + READY_DEADLINE;
         loop {
             if raw_command(port, "PING").is_some_and(|r| r.starts_with("+PONG")) {
                 return server;
             }
-            if server.child.try_wait().expect("poll redis-server").is_some() {
+            if server
+                .child
+                .try_wait()
+                .expect("poll redis-server")
+                .is_some()
+            {
                 break; // the port was taken; try another
             }
-            assert!(Instant::now() < end, "redis-server on port {port} never answered PING");
+            assert!(
+                Instant::now() < end,
+                "redis-server on port {port} never answered PING"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -96,7 +106,10 @@ pub(crate) struct Redis {
 impl Redis {
     /// One standalone server.
     pub(crate) fn standalone() -> Redis {
-        let dir = tempfile::Builder::new().prefix("imd-redis-").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("imd-redis-")
+            .tempdir()
+            .expect("tempdir");
         let server = start_server(dir.path(), &[]);
         Redis {
             servers: vec![server],
@@ -106,7 +119,10 @@ impl Redis {
 
     /// A Redis Cluster of three masters without replicas, every slot assigned.
     pub(crate) fn cluster() -> Redis {
-        let dir = tempfile::Builder::new().prefix("imd-redis-cluster-").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("imd-redis-cluster-")
+            .tempdir()
+            .expect("tempdir");
         let servers: Vec<Server> = (0..3)
             .map(|_| {
                 let bus = free_port();
@@ -147,7 +163,10 @@ impl Redis {
                 if info.contains("cluster_state:ok") {
                     break;
                 }
-                assert!(Instant::now() < end, "cluster never reached cluster_state:ok: {info}");
+                assert!(
+                    Instant::now() < end,
+                    "cluster never reached cluster_state:ok: {info}"
+                );
                 std::thread::sleep(Duration::from_millis(50));
             }
         }

@@ -1,0 +1,268 @@
+//! Cluster membership, through Redis: registration with a TTL'd heartbeat, discovery of
+//! the live workers, failover cleanup, connection routes, and change notifications.
+//!
+//! Every node registers itself (id, roles, addresses) under a key that expires
+//! [`NODE_TTL`] after its last heartbeat, and follows the registry every
+//! [`HEARTBEAT`] to keep an RPC client to each live worker ([`Workers::follow`]).
+//! A worker killed with `kill -9` stops heartbeating: within `NODE_TTL` its
+//! registration expires, within one more tick every node drops its client, and the
+//! nodes with the dispatcher role remove the dead node's connection routes. Until then
+//! pushes to it fail fast (its TCP connection is gone) and its users' messages wait in
+//! their inboxes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+
+use crate::business::{Admin, Deliver, Presence};
+use crate::dispatch::{Dispatcher, Workers};
+use crate::rpc::WorkerApi;
+use crate::store::{MessageStore, NodeInfo, RedisStore};
+use crate::worker::{Hub, RouteChange};
+
+/// How often a node heartbeats, follows discovery, and (dispatcher role) sweeps.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+/// How long a registration outlives its last heartbeat.
+pub const NODE_TTL: Duration = Duration::from_secs(3);
+/// How often the blacklist is reloaded even without a notification (pub/sub is
+/// fire-and-forget; this bounds how long a missed one matters).
+const BLACKLIST_RELOAD: Duration = Duration::from_secs(10);
+
+/// What a node's membership runs on.
+pub struct Membership {
+    /// The shared store.
+    pub store: Arc<RedisStore>,
+    /// This node as registered.
+    pub me: NodeInfo,
+    /// The reachable workers.
+    pub workers: Arc<Workers>,
+    /// Delivers what the sweeper finished.
+    pub dispatcher: Arc<Dispatcher>,
+    /// Reloads the blacklist cache.
+    pub admin: Admin,
+    /// Whether this node sweeps unfinished fan-outs and cleans dead nodes.
+    pub dispatcher_role: bool,
+}
+
+impl Membership {
+    /// Registers the node (forgetting routes a previous life of the same id left
+    /// behind), connects to the live workers, and starts the background tasks, which
+    /// end with `stop`.
+    pub async fn start(self, stop: CancellationToken) -> anyhow::Result<()> {
+        let cleaned = self.store.clean_node(&self.me.id).await?;
+        if cleaned > 0 {
+            tracing::info!(
+                routes = cleaned,
+                "routes of a previous run of this node removed"
+            );
+        }
+        self.store.heartbeat(&self.me, NODE_TTL).await?;
+        self.workers.follow(&self.store.live_nodes().await?).await;
+        if let Some(hub) = self.workers.local()
+            && let Some(changes) = hub.watch_routes()
+        {
+            tokio::spawn(write_routes(
+                self.store.clone(),
+                self.workers.clone(),
+                hub.node_id().to_owned(),
+                changes,
+                stop.clone(),
+            ));
+        }
+        let notifications = self.store.subscribe_blacklist().await?;
+        tokio::spawn(follow_blacklist(
+            self.admin.clone(),
+            self.workers.local().cloned(),
+            notifications,
+            stop.clone(),
+        ));
+        tokio::spawn(self.tick(stop));
+        Ok(())
+    }
+
+    /// Heartbeat, discovery and (dispatcher role) sweeping, once per [`HEARTBEAT`].
+    async fn tick(self, stop: CancellationToken) {
+        let mut every = tokio::time::interval(HEARTBEAT);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                _ = stop.cancelled() => break,
+            }
+            let live = self.store.live_nodes().await;
+            if let Err(e) = self.store.heartbeat(&self.me, NODE_TTL).await {
+                tracing::warn!(error = %e, "heartbeat failed");
+            }
+            match live {
+                Ok(live) => {
+                    if !live.iter().any(|n| n.id == self.me.id) {
+                        // Our registration had expired (Redis or this node stalled), and
+                        // a dispatcher may have cleaned our routes: write them again.
+                        tracing::warn!("registration had expired; re-registered");
+                        self.republish_routes().await;
+                    }
+                    self.workers.follow(&live).await;
+                }
+                Err(e) => tracing::warn!(error = %e, "reading the node registry failed"),
+            }
+            if self.dispatcher_role {
+                self.clean_dead().await;
+                self.sweep().await;
+            }
+        }
+    }
+
+    /// Writes the route of every local connection again.
+    async fn republish_routes(&self) {
+        let Some(hub) = self.workers.local() else {
+            return;
+        };
+        let mut after: Option<String> = None;
+        loop {
+            let (page, next) = hub.connections(None, after.as_deref(), 1000);
+            for c in &page {
+                if let Err(e) = self.store.route_add(&c.uid, &c.device, &self.me.id).await {
+                    tracing::warn!(uid = c.uid, error = %e, "rewriting a route failed");
+                }
+            }
+            match next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+    }
+
+    async fn clean_dead(&self) {
+        let dead = match self.store.dead_nodes().await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading dead nodes failed");
+                return;
+            }
+        };
+        for node in dead {
+            match self.store.clean_node(&node).await {
+                Ok(routes) => tracing::info!(node, routes, "dead node cleaned"),
+                Err(e) => tracing::warn!(node, error = %e, "cleaning a dead node failed"),
+            }
+        }
+    }
+
+    async fn sweep(&self) {
+        match self.store.sweep().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(messages = n, "unfinished fan-outs finished"),
+            Err(e) => tracing::warn!(error = %e, "sweeping fan-outs failed"),
+        }
+        for c in self.store.take_relayed() {
+            self.dispatcher.deliver(&c);
+        }
+    }
+
+    /// Leaves the cluster: removes the registration and this node's routes.
+    pub async fn leave(store: &RedisStore, node: &str) {
+        match store.deregister(node).await {
+            Ok(routes) => tracing::info!(routes, "deregistered"),
+            Err(e) => tracing::warn!(error = %e, "deregistering failed; the registration expires"),
+        }
+    }
+}
+
+/// Publishes the hub's connection changes as routes, in order. A device that was held
+/// by another worker until now is kicked there with `replaced`.
+async fn write_routes(
+    store: Arc<RedisStore>,
+    workers: Arc<Workers>,
+    me: String,
+    mut changes: tokio::sync::mpsc::UnboundedReceiver<RouteChange>,
+    stop: CancellationToken,
+) {
+    loop {
+        let change = tokio::select! {
+            c = changes.recv() => c,
+            _ = stop.cancelled() => None,
+        };
+        let Some(change) = change else { break };
+        match change {
+            RouteChange::Connected { uid, device } => {
+                match store.route_add(&uid, &device, &me).await {
+                    Ok(Some(previous)) => {
+                        let kicked = workers
+                            .kick_device(&previous, &uid, &device, "replaced")
+                            .await;
+                        tracing::debug!(uid, device, previous, kicked, "device moved here");
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(uid, device, error = %e, "writing a route failed"),
+                }
+            }
+            RouteChange::Disconnected { uid, device } => {
+                if let Err(e) = store.route_remove(&uid, &device, &me).await {
+                    tracing::warn!(uid, device, error = %e, "removing a route failed");
+                }
+            }
+        }
+    }
+}
+
+/// Reloads the blacklist cache on every notification (and every [`BLACKLIST_RELOAD`]),
+/// and kicks the connections it now blocks.
+async fn follow_blacklist(
+    admin: Admin,
+    hub: Option<Arc<Hub>>,
+    mut notifications: tokio::sync::mpsc::Receiver<()>,
+    stop: CancellationToken,
+) {
+    let mut every = tokio::time::interval(BLACKLIST_RELOAD);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            n = notifications.recv() => if n.is_none() { break },
+            _ = every.tick() => {}
+            _ = stop.cancelled() => break,
+        }
+        if let Err(e) = admin.load_blacklist().await {
+            tracing::warn!(error = %e, "reloading the blacklist failed");
+            continue;
+        }
+        if let Some(hub) = &hub {
+            let kicked = hub.enforce_blacklist();
+            if kicked > 0 {
+                tracing::info!(kicked, "blacklisted connections kicked");
+            }
+        }
+    }
+}
+
+/// Presence from the connection routes: a user is online when a live worker holds one
+/// of its devices.
+pub struct RoutedPresence {
+    store: Arc<RedisStore>,
+    workers: Arc<Workers>,
+}
+
+impl RoutedPresence {
+    /// Presence over `store`'s routes and `workers`' liveness.
+    pub fn new(store: Arc<RedisStore>, workers: Arc<Workers>) -> Self {
+        Self { store, workers }
+    }
+}
+
+#[async_trait]
+impl Presence for RoutedPresence {
+    async fn online(&self, uid: &str) -> bool {
+        match self
+            .store
+            .routes(std::slice::from_ref(&uid.to_owned()))
+            .await
+        {
+            Ok(r) => r[0].iter().any(|(_, node)| self.workers.is_live(node)),
+            Err(e) => {
+                tracing::warn!(uid, error = %e, "presence lookup failed; taken as offline");
+                false
+            }
+        }
+    }
+}

@@ -1,0 +1,295 @@
+//! The workers a node can reach: its own hub, and an RPC client per live worker of the
+//! cluster, kept in step with discovery.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use shared::admin::{ConnectionInfo, NodeInfo};
+
+use crate::rpc::WorkerApi;
+use crate::rpc::remote::{Delivery, RemoteWorker};
+use crate::store::NodeInfo as Registration;
+use crate::worker::Hub;
+
+/// How long a worker that could not be reached is left alone before the next try
+/// (a host that is down costs a whole connect timeout per try).
+const RETRY_AFTER: Duration = Duration::from_secs(3);
+
+/// The reachable workers, by node id.
+pub struct Workers {
+    local_id: String,
+    local: Option<Arc<Hub>>,
+    remote: RwLock<HashMap<String, Arc<RemoteWorker>>>,
+    /// When connecting to a worker last failed.
+    failed: Mutex<HashMap<String, Instant>>,
+}
+
+impl Workers {
+    /// This node (`local_id`), with its hub when it is a worker, and no remote yet.
+    pub fn new(local_id: String, local: Option<Arc<Hub>>) -> Self {
+        Self {
+            local_id,
+            local,
+            remote: RwLock::new(HashMap::new()),
+            failed: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// This node's hub, when it is a worker.
+    pub fn local(&self) -> Option<&Arc<Hub>> {
+        self.local.as_ref()
+    }
+
+    fn remote(&self, node: &str) -> Option<Arc<RemoteWorker>> {
+        self.remote
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(node)
+            .cloned()
+    }
+
+    fn remotes(&self) -> Vec<Arc<RemoteWorker>> {
+        self.remote
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Whether `node` is a worker this node can reach now.
+    pub fn is_live(&self, node: &str) -> bool {
+        (node == self.local_id && self.local.is_some()) || self.remote(node).is_some()
+    }
+
+    /// Ids of every reachable worker, this node's first.
+    pub fn ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.local.iter().map(|_| self.local_id.clone()).collect();
+        let mut remote: Vec<String> = self
+            .remote
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        remote.sort();
+        ids.extend(remote);
+        ids
+    }
+
+    /// Follows discovery: connects to live workers not connected yet (or whose
+    /// connection broke, or moved), and drops those no longer live.
+    pub async fn follow(&self, live: &[Registration]) {
+        let wanted: HashMap<&str, SocketAddr> = live
+            .iter()
+            .filter(|n| n.id != self.local_id && n.roles.iter().any(|r| r == "worker"))
+            .filter_map(|n| Some((n.id.as_str(), n.rpc.as_deref()?.parse().ok()?)))
+            .collect();
+        let stale: Vec<String> = {
+            let remote = self.remote.read().unwrap_or_else(|e| e.into_inner());
+            remote
+                .iter()
+                .filter(|(id, w)| wanted.get(id.as_str()) != Some(&w.addr()) || w.is_broken())
+                .map(|(id, _)| id.clone())
+                .collect()
+        };
+        if !stale.is_empty() {
+            let mut remote = self.remote.write().unwrap_or_else(|e| e.into_inner());
+            for id in &stale {
+                remote.remove(id);
+                tracing::info!(node = %id, "worker dropped");
+            }
+        }
+        let now = Instant::now();
+        self.failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|id, at| wanted.contains_key(id.as_str()) && now - *at < RETRY_AFTER);
+        for (id, addr) in wanted {
+            let recently_failed = self
+                .failed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains_key(id);
+            if self.remote(id).is_some() || recently_failed {
+                continue;
+            }
+            match RemoteWorker::connect(id, addr).await {
+                Ok(w) => {
+                    tracing::info!(node = %id, %addr, "worker connected");
+                    self.remote
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(id.to_owned(), Arc::new(w));
+                }
+                Err(e) => {
+                    tracing::warn!(node = %id, %addr, error = %e, "cannot reach worker");
+                    self.failed
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(id.to_owned(), Instant::now());
+                }
+            }
+        }
+    }
+
+    /// Hands `d` to the worker of `node`; false when that worker is not reachable.
+    pub fn deliver(&self, node: &str, d: Delivery) -> bool {
+        if node == self.local_id
+            && let Some(hub) = &self.local
+        {
+            hub.push(d.into_pushes().collect());
+            return true;
+        }
+        match self.remote(node) {
+            Some(w) => {
+                w.push(d);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Disconnects every device of `uid` on every worker; how many.
+    pub async fn kick_user(&self, uid: &str, reason: &str) -> usize {
+        let mut kicked = self.local.as_ref().map_or(0, |h| h.kick_user(uid, reason));
+        let calls = self.remotes();
+        let answers =
+            futures_util::future::join_all(calls.iter().map(|w| w.kick_user(uid, reason))).await;
+        for (w, a) in calls.iter().zip(answers) {
+            match a {
+                Ok(n) => kicked += n,
+                Err(e) => tracing::warn!(node = w.node(), error = %e, "kick on worker failed"),
+            }
+        }
+        kicked
+    }
+
+    /// Disconnects device `device` of `uid` on worker `node`; how many (0 or 1).
+    pub async fn kick_device(&self, node: &str, uid: &str, device: &str, reason: &str) -> usize {
+        if node == self.local_id
+            && let Some(hub) = &self.local
+        {
+            return hub.kick_device(uid, device, reason);
+        }
+        let Some(w) = self.remote(node) else {
+            return 0;
+        };
+        w.kick_device(uid, device, reason)
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!(node, error = %e, "kick on worker failed");
+                0
+            })
+    }
+
+    /// A page of connections over every worker (or only `node`'s), ordered by
+    /// (uid, device) after the cursor `after`, and the next cursor. Workers that do not
+    /// answer are left out of the page (and logged).
+    pub async fn connections(
+        &self,
+        uid: Option<&str>,
+        node: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> (Vec<ConnectionInfo>, Option<String>) {
+        let mut all = Vec::new();
+        let mut more = false;
+        if let Some(hub) = &self.local
+            && node.is_none_or(|n| n == self.local_id)
+        {
+            let (page, next) = hub.connections(uid, after, limit);
+            more |= next.is_some();
+            all.extend(page);
+        }
+        let calls: Vec<_> = self
+            .remotes()
+            .into_iter()
+            .filter(|w| node.is_none_or(|n| n == w.node()))
+            .collect();
+        let answers =
+            futures_util::future::join_all(calls.iter().map(|w| w.connections(uid, after, limit)))
+                .await;
+        for (w, a) in calls.iter().zip(answers) {
+            match a {
+                Ok((page, next)) => {
+                    more |= next.is_some();
+                    all.extend(page);
+                }
+                Err(e) => tracing::warn!(node = w.node(), error = %e, "listing on worker failed"),
+            }
+        }
+        merge_page(all, more, limit)
+    }
+
+    /// The figures of every remote worker that answers.
+    pub async fn stats(&self) -> Vec<NodeInfo> {
+        let calls = self.remotes();
+        let answers = futures_util::future::join_all(calls.iter().map(|w| w.stats())).await;
+        calls
+            .iter()
+            .zip(answers)
+            .filter_map(|(w, a)| {
+                a.inspect_err(|e| tracing::warn!(node = w.node(), error = %e, "stats failed"))
+                    .ok()
+            })
+            .collect()
+    }
+}
+
+/// Merges per-worker pages (each sorted, each at most `limit`) into one page of at most
+/// `limit`, with a next cursor when anything was left over.
+fn merge_page(
+    mut all: Vec<ConnectionInfo>,
+    more: bool,
+    limit: usize,
+) -> (Vec<ConnectionInfo>, Option<String>) {
+    all.sort_by(|a, b| (&a.uid, &a.device).cmp(&(&b.uid, &b.device)));
+    let cut = all.len() > limit;
+    all.truncate(limit);
+    let next = (cut || more)
+        .then(|| all.last().map(|c| format!("{}/{}", c.uid, c.device)))
+        .flatten();
+    (all, next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::token::Platform;
+
+    fn conn(uid: &str, device: &str, node: &str) -> ConnectionInfo {
+        ConnectionInfo {
+            uid: uid.into(),
+            device: device.into(),
+            platform: Platform::Web,
+            node: node.into(),
+            remote: "127.0.0.1:1".into(),
+            connected_at: 0,
+            unacked: 0,
+        }
+    }
+
+    #[test]
+    fn pages_merge_in_order_with_a_cursor_when_cut() {
+        let all = vec![
+            conn("b", "1", "n2"),
+            conn("a", "2", "n1"),
+            conn("a", "1", "n2"),
+        ];
+        let (page, next) = merge_page(all.clone(), false, 2);
+        let ids: Vec<_> = page
+            .iter()
+            .map(|c| format!("{}/{}", c.uid, c.device))
+            .collect();
+        assert_eq!(ids, ["a/1", "a/2"]);
+        assert_eq!(next.as_deref(), Some("a/2"));
+        let (page, next) = merge_page(all, false, 3);
+        assert_eq!(page.len(), 3);
+        assert_eq!(next, None, "nothing left over");
+        let (_, next) = merge_page(vec![conn("a", "1", "n1")], true, 5);
+        assert_eq!(next.as_deref(), Some("a/1"), "a worker had more");
+    }
+}

@@ -1,0 +1,446 @@
+//! Cluster mode against real processes: `redis-server` (standalone, or a 3-node Redis
+//! Cluster), gateways and workers as separate `imd serve` processes on loopback.
+//!
+//! Each test names the guarantee it checks. Waits are for conditions (a frame, a route
+//! in Redis, a node leaving the cluster view) under deadlines.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::redis::Redis;
+use common::{FRAME_DEADLINE, Imd, WsClient, wait_until};
+use serde_json::{Value, json};
+use shared::admin::ClusterInfo;
+use shared::ids::direct_conv;
+use shared::protocol::{HistoryResponse, Message};
+
+/// Every node of a cluster shares these (generated secrets would differ per node).
+const SECRETS: [&str; 4] = [
+    "--token-secret",
+    "cluster-test-secret",
+    "--admin-token",
+    "cluster-test-admin",
+];
+/// How long a killed worker may take to leave the cluster view: its registration's
+/// TTL (3 s), one discovery tick (1 s), and slack for a loaded machine.
+const FAILOVER_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Starts one node with `roles` and `id` on `redis`.
+fn node(redis: &Redis, roles: &str, id: &str) -> Imd {
+    let url = redis.url();
+    let mut args = vec!["--redis", &url, "--roles", roles, "--node-id", id];
+    args.extend(SECRETS);
+    Imd::start(&args)
+}
+
+/// One gateway (with the dispatcher role) and two workers.
+struct Cluster {
+    redis: Redis,
+    gateway: Imd,
+    w1: Imd,
+    w2: Imd,
+}
+
+impl Cluster {
+    async fn start(redis: Redis) -> Cluster {
+        let gateway = node(&redis, "gateway,dispatcher", "gw1");
+        let w1 = node(&redis, "worker", "w1");
+        let w2 = node(&redis, "worker", "w2");
+        let c = Cluster {
+            redis,
+            gateway,
+            w1,
+            w2,
+        };
+        c.wait_for_nodes(&["gw1", "w1", "w2"]).await;
+        c
+    }
+
+    /// Waits until the gateway's cluster view lists exactly `ids`, each worker with
+    /// its own figures (the gateway reached it over RPC).
+    async fn wait_for_nodes(&self, ids: &[&str]) {
+        let want: BTreeSet<String> = ids.iter().map(|s| s.to_string()).collect();
+        let gw = &self.gateway;
+        wait_until(FAILOVER_DEADLINE, &format!("cluster view {want:?}"), || {
+            let want = want.clone();
+            async move { cluster_ids(gw).await == want }
+        })
+        .await;
+    }
+
+    /// Connects `uid`'s `device` to `worker` and waits until its route is in Redis.
+    async fn connect(&self, worker: &Imd, uid: &str, device: &str) -> WsClient {
+        let ws = worker.ws_as(uid, device).await;
+        let want = (device.to_owned(), worker.node_id.clone());
+        wait_until(FRAME_DEADLINE, &format!("route of {uid}/{device}"), || {
+            let want = want.clone();
+            async move { routes(&self.redis, uid).await.contains(&want) }
+        })
+        .await;
+        ws
+    }
+}
+
+/// Ids of the nodes in `gateway`'s cluster view that it reached (a node only in the
+/// registry has no version).
+async fn cluster_ids(gateway: &Imd) -> BTreeSet<String> {
+    let resp = gateway
+        .http()
+        .get("/admin/v1/cluster", Some(SECRETS[3]))
+        .await;
+    let view: ClusterInfo = serde_json::from_value(resp.assert_ok().clone()).expect("cluster view");
+    view.nodes
+        .into_iter()
+        .filter(|n| !n.version.is_empty())
+        .map(|n| n.node_id)
+        .collect()
+}
+
+/// `uid`'s connection routes in Redis, as (device, node).
+async fn routes(redis: &Redis, uid: &str) -> Vec<(String, String)> {
+    let store = imd::store::RedisStore::connect(&redis.url())
+        .await
+        .expect("connect to redis");
+    store
+        .routes(&[uid.to_owned()])
+        .await
+        .expect("read routes")
+        .remove(0)
+}
+
+/// The whole history of `conv`, read through `gateway`.
+async fn history(gateway: &Imd, token: &str, conv: &str) -> Vec<Message> {
+    let resp = gateway.http().history(token, conv, 0, Some(1000)).await;
+    let page: HistoryResponse = serde_json::from_value(resp.assert_ok().clone()).expect("history");
+    assert!(!page.more);
+    page.msgs
+}
+
+/// Reads pushes until one carries message `id`; acks every push on the way.
+async fn expect_push_of(ws: &mut WsClient, id: &str) -> (u64, Message) {
+    let until = Instant::now() + FRAME_DEADLINE;
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        let (useq, msg) = ws.expect_push_within(left).await;
+        ws.ack(&[useq]).await;
+        if msg.id == id {
+            return (useq, msg);
+        }
+    }
+}
+
+/// Alice on one worker and Bob on the other reach each other both ways, over
+/// WebSocket and over the gateway's HTTP API; a second device of Bob's on the other
+/// worker gets the same pushes.
+async fn cross_worker_delivery(redis: Redis) {
+    let c = Cluster::start(redis).await;
+    let mut alice = c.connect(&c.w1, "alice", "a1").await;
+    let mut bob = c.connect(&c.w2, "bob", "b1").await;
+    let mut bob_phone = c.connect(&c.w1, "bob", "b2").await;
+
+    alice.send_to("bob", "c1", json!("hello from w1")).await;
+    let sent = alice.expect_sent("c1").await;
+    let (useq_b1, got) = expect_push_of(&mut bob, &sent.id).await;
+    assert_eq!(got, sent, "the push is the committed message");
+    let (useq_b2, _) = expect_push_of(&mut bob_phone, &sent.id).await;
+    assert_eq!(useq_b1, useq_b2, "both devices read one inbox");
+    expect_push_of(&mut alice, &sent.id).await;
+
+    bob.send_to("alice", "c2", json!("hello from w2")).await;
+    let reply = bob.expect_sent("c2").await;
+    let (_, got) = expect_push_of(&mut alice, &reply.id).await;
+    assert_eq!(got.seq, sent.seq + 1, "one conversation, seq in order");
+    expect_push_of(&mut bob_phone, &reply.id).await;
+
+    let carol = c.gateway.token("carol", "c1");
+    let over_http = c
+        .gateway
+        .http()
+        .send_to(&carol, "bob", Some("h1"), json!("via the gateway"))
+        .await;
+    expect_push_of(&mut bob, &over_http.id).await;
+    expect_push_of(&mut bob_phone, &over_http.id).await;
+}
+
+#[tokio::test]
+async fn cross_worker_delivery_on_standalone_redis() {
+    cross_worker_delivery(Redis::standalone()).await;
+}
+
+#[tokio::test]
+async fn cross_worker_delivery_on_redis_cluster() {
+    cross_worker_delivery(Redis::cluster()).await;
+}
+
+/// A blacklist entry added on the gateway kicks the user's connection on another
+/// worker within one second, and leaves others alone.
+#[tokio::test]
+async fn blacklist_on_the_gateway_kicks_on_every_worker_within_a_second() {
+    let c = Cluster::start(Redis::standalone()).await;
+    let mut mallory = c.connect(&c.w2, "mallory", "m1").await;
+    let mut mallory_too = c.connect(&c.w1, "mallory", "m2").await;
+    let mut dave = c.connect(&c.w2, "dave", "d1").await;
+
+    let started = Instant::now();
+    c.gateway
+        .http()
+        .post_json(
+            "/admin/v1/blacklist",
+            Some(SECRETS[3]),
+            &json!({"kind": "uid", "value": "mallory", "reason": "test"}),
+        )
+        .await
+        .assert_ok();
+    assert_eq!(mallory.expect_kick().await, "blacklisted");
+    assert_eq!(mallory_too.expect_kick().await, "blacklisted");
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "kicked on both workers after {took:?}"
+    );
+    dave.ping_pong().await;
+    let refused = common::try_ws(
+        &c.w1.ws_url(),
+        common::Auth::Header(&c.w1.token("mallory", "m3")),
+    )
+    .await;
+    assert_eq!(
+        refused.err(),
+        Some(403),
+        "a blacklisted uid is refused at the door"
+    );
+}
+
+/// Sends through the gateway keep succeeding while the recipient's worker is killed
+/// with `kill -9`; the worker leaves the cluster within seconds and its routes are
+/// removed; the recipient reconnects to the other worker and finds every acknowledged
+/// message in its inbox, gapless.
+#[tokio::test]
+async fn a_worker_killed_mid_stream_loses_nothing() {
+    let mut c = Cluster::start(Redis::standalone()).await;
+    let alice = c.gateway.token("alice", "a1");
+    let bob_token = c.gateway.token("bob", "b1");
+    let mut bob = c.connect(&c.w2, "bob", "b1").await;
+    let http = c.gateway.http();
+
+    let mut acked = Vec::new();
+    for i in 0..60 {
+        if i == 20 {
+            // Bob has seen some of them live.
+            let first: &Message = &acked[0];
+            expect_push_of(&mut bob, &first.id).await;
+            c.w2.kill9();
+        }
+        let m = http
+            .send_to(&alice, "bob", Some(&format!("k{i}")), json!(i))
+            .await;
+        acked.push(m);
+    }
+    let killed_at = Instant::now();
+    c.wait_for_nodes(&["gw1", "w1"]).await;
+    let gone_after = killed_at.elapsed();
+    eprintln!("killed worker left the cluster view after {gone_after:?}");
+    let redis = &c.redis;
+    wait_until(FAILOVER_DEADLINE, "w2's routes removed", || async {
+        routes(redis, "bob").await.iter().all(|(_, n)| n != "w2")
+    })
+    .await;
+
+    let mut bob = c.w1.ws(&bob_token).await;
+    let mut inbox = Vec::new();
+    let mut after = 0;
+    loop {
+        let (page, more) = bob.sync(after, Some(1000)).await;
+        if let Some(last) = page.last() {
+            after = last.useq;
+        }
+        inbox.extend(page);
+        if !more {
+            break;
+        }
+    }
+    let useqs: Vec<u64> = inbox.iter().map(|i| i.useq).collect();
+    assert_eq!(useqs, (1..=60).collect::<Vec<u64>>(), "gapless inbox");
+    let ids: Vec<&str> = inbox.iter().map(|i| i.msg.id.as_str()).collect();
+    let sent: Vec<&str> = acked.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(ids, sent, "every acknowledged message, in order");
+}
+
+/// A gateway restarted (SIGTERM, then started again) goes on with the same sequences:
+/// they live in Redis, not in the node.
+#[tokio::test]
+async fn a_gateway_restart_keeps_sequences() {
+    let mut c = Cluster::start(Redis::standalone()).await;
+    let alice = c.gateway.token("alice", "a1");
+    let bob = c.gateway.token("bob", "b1");
+    for i in 0..3 {
+        c.gateway
+            .http()
+            .send_to(&alice, "bob", None, json!(i))
+            .await;
+    }
+    c.gateway.sigterm();
+    assert!(c.gateway.wait_exit(Duration::from_secs(20)).await.success());
+    c.gateway.restart();
+    let m = c
+        .gateway
+        .http()
+        .send_to(&bob, "alice", None, json!("after"))
+        .await;
+    assert_eq!(m.seq, 4, "seq goes on after the restart");
+    let seqs: Vec<u64> = history(&c.gateway, &alice, &direct_conv("alice", "bob"))
+        .await
+        .iter()
+        .map(|m| m.seq)
+        .collect();
+    assert_eq!(seqs, [1, 2, 3, 4]);
+    let inbox = c.gateway.http().sync_all(&bob, 0, 100).await;
+    let useqs: Vec<u64> = inbox.iter().map(|i| i.useq).collect();
+    assert_eq!(useqs, [1, 2, 3, 4]);
+}
+
+/// Two gateways commit to one conversation at the same time: its `seq` stays gapless,
+/// every message is there once, and each member's inbox is gapless and in seq order.
+async fn interleaved_gateways(redis: Redis) {
+    let g1 = node(&redis, "gateway,dispatcher", "gw1");
+    let g2 = node(&redis, "gateway,dispatcher", "gw2");
+    let alice = g1.token("alice", "a1");
+    let bob = g1.token("bob", "b1");
+    const EACH: usize = 40;
+    let send = |gw: &Imd, token: String, to: &'static str, tag: &'static str| {
+        let http = gw.http();
+        async move {
+            let mut out = Vec::new();
+            for i in 0..EACH {
+                out.push(
+                    http.send_to(&token, to, Some(&format!("{tag}{i}")), json!(i))
+                        .await,
+                );
+            }
+            out
+        }
+    };
+    let (a, b) = tokio::join!(
+        send(&g1, alice.clone(), "bob", "g1-"),
+        send(&g2, bob.clone(), "alice", "g2-")
+    );
+    let conv = direct_conv("alice", "bob");
+    let hist = history(&g2, &alice, &conv).await;
+    let seqs: Vec<u64> = hist.iter().map(|m| m.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=2 * EACH as u64).collect::<Vec<_>>(),
+        "gapless seq"
+    );
+    let acked: BTreeSet<&str> = a.iter().chain(&b).map(|m| m.id.as_str()).collect();
+    let stored: BTreeSet<&str> = hist.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(acked, stored, "every acknowledged message once");
+    for token in [&alice, &bob] {
+        let inbox = g1.http().sync_all(token, 0, 1000).await;
+        let useqs: Vec<u64> = inbox.iter().map(|i| i.useq).collect();
+        assert_eq!(
+            useqs,
+            (1..=2 * EACH as u64).collect::<Vec<_>>(),
+            "gapless inbox"
+        );
+        let seqs: Vec<u64> = inbox.iter().map(|i| i.msg.seq).collect();
+        assert_eq!(
+            seqs,
+            (1..=2 * EACH as u64).collect::<Vec<_>>(),
+            "inbox in seq order"
+        );
+    }
+}
+
+#[tokio::test]
+async fn two_gateways_interleave_gapless_on_standalone_redis() {
+    interleaved_gateways(Redis::standalone()).await;
+}
+
+#[tokio::test]
+async fn two_gateways_interleave_gapless_on_redis_cluster() {
+    interleaved_gateways(Redis::cluster()).await;
+}
+
+/// SIGTERM drains a worker: its clients get `kick` `shutdown`, it deregisters (its
+/// routes are gone at once, not after the TTL), and it exits cleanly.
+#[tokio::test]
+async fn sigterm_drains_a_worker() {
+    let mut c = Cluster::start(Redis::standalone()).await;
+    let mut alice = c.connect(&c.w1, "alice", "a1").await;
+    c.w1.sigterm();
+    assert_eq!(alice.expect_kick().await, "shutdown");
+    assert!(c.w1.wait_exit(Duration::from_secs(20)).await.success());
+    assert!(
+        routes(&c.redis, "alice").await.is_empty(),
+        "deregistering removed the routes"
+    );
+    let store = imd::store::RedisStore::connect(&c.redis.url())
+        .await
+        .expect("connect to redis");
+    let live: Vec<String> = store
+        .live_nodes()
+        .await
+        .expect("live nodes")
+        .into_iter()
+        .map(|n| n.id)
+        .collect();
+    assert!(
+        !live.contains(&"w1".to_owned()),
+        "w1 left the registry at once, not after its TTL: {live:?}"
+    );
+}
+
+/// The admin API of the gateway lists connections held by every worker, and an admin
+/// kick reaches them.
+#[tokio::test]
+async fn admin_connections_span_workers() {
+    let c = Cluster::start(Redis::standalone()).await;
+    let _a = c.connect(&c.w1, "alice", "a1").await;
+    let _b = c.connect(&c.w2, "bob", "b1").await;
+    let mut b2 = c.connect(&c.w1, "bob", "b2").await;
+    let resp = c
+        .gateway
+        .http()
+        .get("/admin/v1/connections?limit=2", Some(SECRETS[3]))
+        .await;
+    let body: Value = resp.assert_ok().clone();
+    let page: Vec<(String, String, String)> = body["connections"]
+        .as_array()
+        .expect("connections")
+        .iter()
+        .map(|c| {
+            (
+                c["uid"].as_str().unwrap().to_owned(),
+                c["device"].as_str().unwrap().to_owned(),
+                c["node"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        page,
+        [
+            ("alice".into(), "a1".into(), "w1".into()),
+            ("bob".into(), "b1".into(), "w2".into())
+        ]
+    );
+    let next = body["next"].as_str().expect("a next cursor").to_owned();
+    let resp = c
+        .gateway
+        .http()
+        .get(
+            &format!("/admin/v1/connections?after={next}"),
+            Some(SECRETS[3]),
+        )
+        .await;
+    assert_eq!(resp.assert_ok()["connections"][0]["device"], "b2");
+    let kicked = c
+        .gateway
+        .http()
+        .delete("/admin/v1/connections/bob", Some(SECRETS[3]))
+        .await;
+    assert_eq!(kicked.assert_ok()["kicked"], 2);
+    assert_eq!(b2.expect_kick().await, "admin");
+}
