@@ -40,11 +40,13 @@ build() {
 
 # start_imd SECRET MAX_SECONDS [LISTEN] [DATA_DIR]: starts imd (default: a free port
 # on 127.0.0.1 and $WORK/data), sets IMD_PID, IMD_URL, IMD_WATCHDOG and IMD_OUT.
+# Flags in the array IMD_ARGS are added (cluster mode: --redis, --roles, …).
+IMD_ARGS=()
 start_imd() {
     local secret=$1 max=$2 listen_arg=${3:-127.0.0.1:0} data=${4:-$WORK/data}
     IMD_OUT="$WORK/imd.$RANDOM$RANDOM.out"
     "$IMD_BIN" serve --listen "$listen_arg" --data-dir "$data" --token-secret "$secret" \
-        --connect-rate 0 --send-rate 0 \
+        --connect-rate 0 --send-rate 0 "${IMD_ARGS[@]}" \
         >"$IMD_OUT" 2>>"$WORK/imd.err" &
     IMD_PID=$!
     PIDS+=("$IMD_PID")
@@ -95,4 +97,32 @@ for k in sys.argv[2].lstrip(".").split("."):
     v=v[k]
 print(v)' "$1" "$2"
     fi
+}
+
+# start_redis MAX_SECONDS [EXTRA…]: starts redis-server on a free port in $WORK with
+# the extra settings, sets REDIS_PID and REDIS_URL. Stopped by cleanup like the rest.
+start_redis() {
+    local max=$1 port
+    shift
+    command -v redis-server >/dev/null || { echo "redis-server is missing (apt-get install redis-server)" >&2; exit 1; }
+    for _ in 1 2 3 4 5; do
+        port=$(( 20000 + RANDOM % 20000 ))
+        redis-server --port "$port" --bind 127.0.0.1 --dir "$WORK" --save '' "$@" \
+            >>"$WORK/redis.log" 2>&1 &
+        REDIS_PID=$!
+        PIDS+=("$REDIS_PID")
+        (sleep "$max"; kill -TERM "$REDIS_PID" 2>/dev/null) &
+        PIDS+=("$!")
+        for _ in $(seq 1 50); do
+            if redis-cli -p "$port" ping 2>/dev/null | grep -q PONG; then
+                REDIS_URL="redis://127.0.0.1:$port"
+                echo "== redis pid $REDIS_PID on $REDIS_URL ($*)" >&2
+                return 0
+            fi
+            kill -0 "$REDIS_PID" 2>/dev/null || break
+            sleep 0.1
+        done
+    done
+    echo "could not start redis-server" >&2
+    exit 1
 }

@@ -145,6 +145,12 @@ pub struct RunArgs {
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     pub heartbeat: Duration,
 
+    /// Spread the connections of each unit over the targets (connection j of unit k
+    /// on target (k + j) mod targets) instead of keeping a unit on one target. For the
+    /// workers of one cluster, which share users: every message then crosses workers.
+    #[arg(long)]
+    pub spread: bool,
+
     /// Read buffer of each client WebSocket, in bytes (tungstenite's default is
     /// 128 KiB allocated up front; the frames here are small).
     #[arg(long, default_value_t = 4096)]

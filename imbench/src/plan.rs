@@ -158,6 +158,8 @@ pub struct RunPlan {
     pub heartbeat_ms: u64,
     /// Client WebSocket read buffer.
     pub read_buffer: usize,
+    /// Whether a unit's connections are spread over the targets.
+    pub spread: bool,
     /// Admin API for the whole run (`--api`); None: each group's or shop's own target.
     pub api: Option<String>,
     /// Admin bearer token (service and group set-up).
@@ -260,6 +262,7 @@ impl RunPlan {
             connect_timeout_ms: args.connect_timeout.as_millis().max(1) as u64,
             heartbeat_ms: args.heartbeat.as_millis() as u64,
             read_buffer: args.read_buffer,
+            spread: args.spread,
             api,
             admin_token: args.admin_token.clone(),
             group_size: args.group_size,
@@ -413,6 +416,7 @@ impl RunPlan {
                 connect_timeout_ms: self.connect_timeout_ms,
                 heartbeat_ms: self.heartbeat_ms,
                 read_buffer: self.read_buffer,
+                spread: self.spread,
             })
             .collect()
     }
@@ -521,6 +525,10 @@ pub struct AgentPlan {
     pub heartbeat_ms: u64,
     /// Client WebSocket read buffer.
     pub read_buffer: usize,
+    /// Whether a unit's connections are spread over the targets (see
+    /// [`AgentPlan::target_of`]).
+    #[serde(default)]
+    pub spread: bool,
 }
 
 impl AgentPlan {
@@ -561,9 +569,16 @@ impl AgentPlan {
         (k * unit).min(self.total_connections)..((k + 1) * unit).min(self.total_connections)
     }
 
-    /// Target index of global connection `i`: every connection of a unit on one.
+    /// Target index of global connection `i`: every connection of a unit on one, or
+    /// with `spread` connection j of unit k on target (k + j) mod targets.
     pub fn target_of(&self, i: u64) -> usize {
-        (self.unit_of(i) % self.targets.len().max(1) as u64) as usize
+        let k = self.unit_of(i);
+        let j = if self.spread {
+            i - self.unit_range(k).start
+        } else {
+            0
+        };
+        ((k + j) % self.targets.len().max(1) as u64) as usize
     }
 
     /// What global connection `i` does.
@@ -758,6 +773,26 @@ mod tests {
         );
     }
 
+    #[test]
+    fn spread_puts_each_units_connections_on_different_targets() {
+        let mut p = plan(8, Scenario::Chat);
+        p.targets = (1..=2)
+            .map(|i| Target::parse(&format!("http://127.0.0.1:{i}")).unwrap())
+            .collect();
+        p.spread = true;
+        let a = p.agent_plans(1).remove(0);
+        let targets: Vec<usize> = (0..8).map(|i| a.target_of(i)).collect();
+        assert_eq!(
+            targets,
+            [0, 1, 1, 0, 0, 1, 1, 0],
+            "each pair across both targets"
+        );
+        p.spread = false;
+        let a = p.agent_plans(1).remove(0);
+        let targets: Vec<usize> = (0..8).map(|i| a.target_of(i)).collect();
+        assert_eq!(targets, [0, 0, 1, 1, 0, 0, 1, 1], "each pair on one target");
+    }
+
     fn plan(connections: u64, scenario: Scenario) -> RunPlan {
         RunPlan {
             run_id: "r".into(),
@@ -774,6 +809,7 @@ mod tests {
             connect_timeout_ms: 10_000,
             heartbeat_ms: 0,
             read_buffer: 4096,
+            spread: false,
             api: None,
             admin_token: None,
             group_size: 5,

@@ -214,7 +214,7 @@ pub struct NodeInfo {
     pub started_at: i64,
     /// Open WebSocket connections.
     pub connections: u64,
-    /// Pushes written and not acked yet.
+    /// Pushes not acked yet: queued for writing, or written and waiting for the ack.
     pub unacked: i64,
     /// Messages committed since start.
     pub committed: u64,

@@ -489,6 +489,7 @@ mod tests {
             connect_timeout_ms: 1000,
             heartbeat_ms: 0,
             read_buffer: 4096,
+            spread: false,
             api: None,
             admin_token: None,
             group_size: 3,

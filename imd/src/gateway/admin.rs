@@ -465,7 +465,8 @@ pub fn node_info(app: &AppState) -> NodeInfo {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         started_at: app.started_at_ms,
         connections: hub.len() as u64,
-        unacked: hub.stats.unacked.load(Ordering::Relaxed),
+        // Queued pushes count too: they are not acked either.
+        unacked: hub.stats.unacked.load(Ordering::Relaxed) + hub.queued_pushes() as i64,
         committed: app.messaging.committed_total(),
         committed_per_s: app.committed_per_s.load(Ordering::Relaxed),
         pushes: hub.stats.pushes.load(Ordering::Relaxed),

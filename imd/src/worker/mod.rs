@@ -43,6 +43,8 @@ pub(crate) enum Out {
 #[derive(Debug, Default)]
 struct OutboxState {
     queue: VecDeque<Out>,
+    /// How many of `queue` are pushes.
+    pushes: usize,
     /// Set once the connection must close; the session sends `kick` with this reason.
     closing: Option<String>,
 }
@@ -80,16 +82,25 @@ impl Outbox {
         }
         if st.queue.len() >= self.capacity {
             st.queue = VecDeque::new();
+            st.pushes = 0;
             st.closing = Some("slow".into());
             drop(st);
             metrics::counter!("imd_slow_consumer_disconnects_total").increment(1);
             self.wake.notify_one();
             return false;
         }
+        if matches!(out, Out::Push { .. }) {
+            st.pushes += 1;
+        }
         st.queue.push_back(out);
         drop(st);
         self.wake.notify_one();
         true
+    }
+
+    /// Pushes queued and not taken by the session yet.
+    pub fn queued_pushes(&self) -> usize {
+        self.lock().pushes
     }
 
     /// Queues a plain frame.
@@ -110,6 +121,7 @@ impl Outbox {
     /// Takes everything queued, and the close reason if there is one.
     pub(crate) fn take(&self) -> (VecDeque<Out>, Option<String>) {
         let mut st = self.lock();
+        st.pushes = 0;
         (std::mem::take(&mut st.queue), st.closing.clone())
     }
 
@@ -322,6 +334,16 @@ impl Hub {
     /// The connections of `uid`.
     pub fn devices(&self, uid: &str) -> Vec<Arc<Conn>> {
         self.shard(uid).get(uid).cloned().unwrap_or_default()
+    }
+
+    /// Pushes queued on outboxes and not written yet, over all connections. Together
+    /// with [`WorkerStats::unacked`] it is every push not acked yet; a replay paces on
+    /// the sum (a push counted only once written would look acked while queued).
+    pub fn queued_pushes(&self) -> u64 {
+        self.all()
+            .iter()
+            .map(|c| c.outbox.queued_pushes() as u64)
+            .sum()
     }
 
     /// Whether any device of `uid` is connected here.
