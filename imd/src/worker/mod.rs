@@ -6,6 +6,7 @@
 //! not decide who receives what: that is the business layer's and the dispatcher's.
 
 mod clock;
+mod reorder;
 pub mod session;
 
 pub use clock::Clock;

@@ -16,6 +16,7 @@ use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use shared::protocol::{ClientFrame, ErrorCode};
 use tokio_util::sync::CancellationToken;
 
+use super::reorder::{Held, Reorder};
 use super::{Clock, Conn, Hub, Out};
 use crate::business::Messaging;
 use crate::wire;
@@ -76,6 +77,8 @@ struct State {
     last_recv: Instant,
     last_ping: Instant,
     unacked: BTreeMap<u64, Unacked>,
+    /// Pushes that overtook a missing `useq` (cluster mode), held briefly.
+    reorder: Reorder,
 }
 
 /// Runs the session of `conn` over `socket` until either side ends it, then removes
@@ -90,6 +93,7 @@ where
         last_recv: now,
         last_ping: now,
         unacked: BTreeMap::new(),
+        reorder: Reorder::default(),
     };
     let s = &ctx.settings;
     // How many of this session's unacked pushes the hub's total counts.
@@ -143,6 +147,11 @@ where
                     && Box::pin(send_all(&mut socket, [Message::Text(frame.into())], s)).await.is_err()
                 {
                     break End::Gone;
+                }
+            }
+            _ = st.reorder.expired(), if st.reorder.holding() => {
+                if let Err(end) = Box::pin(write_held(&mut socket, &mut st, s)).await {
+                    break end;
                 }
             }
             changed = ticks.changed() => {
@@ -233,7 +242,8 @@ where
     }
 }
 
-/// Writes what the outbox held; pushes start waiting for their acks.
+/// Writes what the outbox held, pushes in `useq` order (see `reorder`); pushes start
+/// waiting for their acks.
 async fn write_queued<S>(
     socket: &mut S,
     queue: std::collections::VecDeque<Out>,
@@ -248,6 +258,7 @@ where
     }
     let now = Instant::now();
     let mut frames = Vec::with_capacity(queue.len());
+    let mut ready = Vec::new();
     for out in queue {
         match out {
             Out::Push {
@@ -255,24 +266,71 @@ where
                 frame,
                 queued,
             } => {
-                metrics::histogram!("imd_push_latency_seconds")
-                    .record(now.saturating_duration_since(queued).as_secs_f64());
-                st.unacked.insert(
-                    useq,
-                    Unacked {
-                        frame: frame.clone(),
-                        deadline: now + s.ack_timeout,
-                        sends: 1,
+                st.reorder.offer(
+                    Held {
+                        useq,
+                        frame,
+                        queued,
                     },
+                    now,
+                    &mut ready,
                 );
-                frames.push(Message::Text(frame));
+                for p in ready.drain(..) {
+                    track(p, now, st, s, &mut frames);
+                }
             }
             Out::Frame(frame) => frames.push(Message::Text(frame)),
         }
     }
+    write_tracked(socket, frames, st, s).await
+}
+
+/// The reorder window ended: writes the held pushes, past their gap.
+async fn write_held<S>(socket: &mut S, st: &mut State, s: &SessionSettings) -> Result<(), End>
+where
+    S: Sink<Message, Error = axum::Error> + Unpin,
+{
+    let now = Instant::now();
+    let mut ready = Vec::new();
+    st.reorder.release_all(&mut ready);
+    let mut frames = Vec::with_capacity(ready.len());
+    for p in ready {
+        track(p, now, st, s, &mut frames);
+    }
+    write_tracked(socket, frames, st, s).await
+}
+
+/// A push about to be written starts waiting for its ack.
+fn track(p: Held, now: Instant, st: &mut State, s: &SessionSettings, frames: &mut Vec<Message>) {
+    metrics::histogram!("imd_push_latency_seconds")
+        .record(now.saturating_duration_since(p.queued).as_secs_f64());
+    st.unacked.insert(
+        p.useq,
+        Unacked {
+            frame: p.frame.clone(),
+            deadline: now + s.ack_timeout,
+            sends: 1,
+        },
+    );
+    frames.push(Message::Text(p.frame));
+}
+
+/// Writes `frames` unless the device has too many pushes in flight.
+async fn write_tracked<S>(
+    socket: &mut S,
+    frames: Vec<Message>,
+    st: &mut State,
+    s: &SessionSettings,
+) -> Result<(), End>
+where
+    S: Sink<Message, Error = axum::Error> + Unpin,
+{
     if st.unacked.len() > s.max_unacked {
         metrics::counter!("imd_slow_consumer_disconnects_total").increment(1);
         return Err(End::Kick("slow".into(), close_code::POLICY));
+    }
+    if frames.is_empty() {
+        return Ok(());
     }
     send_all(socket, frames, s).await.map_err(|()| End::Gone)
 }
@@ -392,6 +450,7 @@ mod tests {
             last_recv: now,
             last_ping: now,
             unacked: BTreeMap::new(),
+            reorder: Reorder::default(),
         }
     }
 

@@ -1,0 +1,172 @@
+//! Puts a device's pushes back in `useq` order when they arrive out of it.
+//!
+//! On one node pushes reach a session in commit order. In a cluster the entries of one
+//! inbox are written, and pushed, by whichever node holds the conversation's fan-out
+//! lease: one node's pushes come straight from its own hub, another's over RPC, so a
+//! later `useq` can overtake an earlier one. A session holds a push that arrives ahead
+//! of a missing `useq` for at most [`WINDOW`] (or until [`MAX_HELD`] are held), and
+//! releases everything in order as soon as the gap fills. A gap that does not fill
+//! (a push that was dropped: its message waits in the inbox) is released past after
+//! the window; the client's `sync` covers it. A late push below the released ones is
+//! written at once.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::Utf8Bytes;
+use tokio::time::Sleep;
+
+/// Longest a push waits for a missing predecessor.
+pub(crate) const WINDOW: Duration = Duration::from_millis(50);
+/// Most pushes held at once; one more releases them all.
+pub(crate) const MAX_HELD: usize = 256;
+
+/// A push as the outbox queued it.
+pub(crate) struct Held {
+    pub(crate) useq: u64,
+    pub(crate) frame: Utf8Bytes,
+    pub(crate) queued: Instant,
+}
+
+/// One session's reorder buffer: two words, and no allocation, while pushes come in
+/// order (every connection carries one).
+#[derive(Default)]
+pub(crate) struct Reorder {
+    /// The `useq` after the highest one released; 0 before the first (useqs start at 1).
+    next: u64,
+    holding: Option<Box<Holding>>,
+}
+
+/// What a session holds while a `useq` is missing.
+struct Holding {
+    held: BTreeMap<u64, Held>,
+    /// Fires when the oldest hold's window ends.
+    timer: Pin<Box<Sleep>>,
+}
+
+impl Reorder {
+    /// Takes one push; appends to `out`, in order, what may be written now.
+    pub(crate) fn offer(&mut self, push: Held, now: Instant, out: &mut Vec<Held>) {
+        if self.next != 0 && push.useq > self.next {
+            let h = self.holding.get_or_insert_with(|| {
+                Box::new(Holding {
+                    held: BTreeMap::new(),
+                    timer: Box::pin(tokio::time::sleep_until((now + WINDOW).into())),
+                })
+            });
+            h.held.insert(push.useq, push);
+            if h.held.len() > MAX_HELD {
+                self.release_all(out);
+            }
+        } else if push.useq < self.next {
+            out.push(push);
+        } else {
+            self.next = push.useq + 1;
+            out.push(push);
+            self.release_consecutive(out);
+        }
+    }
+
+    /// Whether something is held (and [`Reorder::expired`] will fire).
+    pub(crate) fn holding(&self) -> bool {
+        self.holding.is_some()
+    }
+
+    /// Waits for the window of the oldest hold to end; pending forever when nothing is
+    /// held.
+    pub(crate) fn expired(&mut self) -> impl std::future::Future<Output = ()> + '_ {
+        std::future::poll_fn(|cx| match &mut self.holding {
+            Some(h) => h.timer.as_mut().poll(cx),
+            None => std::task::Poll::Pending,
+        })
+    }
+
+    /// The window ended: appends everything held to `out`, in order, past the gap.
+    pub(crate) fn release_all(&mut self, out: &mut Vec<Held>) {
+        if let Some(h) = self.holding.take() {
+            if let Some((&last, _)) = h.held.last_key_value() {
+                self.next = self.next.max(last + 1);
+            }
+            out.extend(h.held.into_values());
+        }
+    }
+
+    fn release_consecutive(&mut self, out: &mut Vec<Held>) {
+        let Some(h) = &mut self.holding else {
+            return;
+        };
+        while let Some(p) = h.held.remove(&self.next) {
+            self.next += 1;
+            out.push(p);
+        }
+        if h.held.is_empty() {
+            self.holding = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn push(useq: u64) -> Held {
+        Held {
+            useq,
+            frame: Utf8Bytes::from(useq.to_string()),
+            queued: Instant::now(),
+        }
+    }
+
+    fn offer(r: &mut Reorder, useqs: &[u64]) -> Vec<u64> {
+        let mut out = Vec::new();
+        for &u in useqs {
+            r.offer(push(u), Instant::now(), &mut out);
+        }
+        out.iter().map(|p| p.useq).collect()
+    }
+
+    #[tokio::test]
+    async fn in_order_pushes_pass_straight_through() {
+        let mut r = Reorder::default();
+        assert_eq!(offer(&mut r, &[7, 8, 9]), [7, 8, 9]);
+        assert!(!r.holding());
+    }
+
+    #[tokio::test]
+    async fn an_overtaking_push_waits_for_the_gap_to_fill() {
+        let mut r = Reorder::default();
+        assert_eq!(offer(&mut r, &[1, 3, 4]), [1]);
+        assert!(r.holding());
+        assert_eq!(offer(&mut r, &[2]), [2, 3, 4]);
+        assert!(!r.holding(), "nothing held, no timer");
+        assert_eq!(offer(&mut r, &[5]), [5]);
+    }
+
+    #[tokio::test]
+    async fn a_gap_that_does_not_fill_is_passed_after_the_window() {
+        let mut r = Reorder::default();
+        assert_eq!(offer(&mut r, &[1, 3, 5]), [1]);
+        let started = Instant::now();
+        r.expired().await;
+        assert!(started.elapsed() >= WINDOW);
+        let mut out = Vec::new();
+        r.release_all(&mut out);
+        assert_eq!(out.iter().map(|p| p.useq).collect::<Vec<_>>(), [3, 5]);
+        assert_eq!(offer(&mut r, &[2]), [2], "a late push goes out at once");
+        assert_eq!(offer(&mut r, &[6]), [6], "and the order goes on after 5");
+    }
+
+    #[tokio::test]
+    async fn too_many_held_releases_them_all() {
+        let mut r = Reorder::default();
+        assert_eq!(offer(&mut r, &[1]), [1]);
+        let ahead: Vec<u64> = (3..3 + MAX_HELD as u64).collect();
+        assert!(offer(&mut r, &ahead).is_empty());
+        let released = offer(&mut r, &[1000]);
+        assert_eq!(released.len(), MAX_HELD + 1);
+        assert_eq!(offer(&mut r, &[1001]), [1001], "in order again after 1000");
+        assert!(released.windows(2).all(|w| w[0] < w[1]), "in order");
+        assert!(!r.holding());
+    }
+}
