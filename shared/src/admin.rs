@@ -93,7 +93,7 @@ pub struct ConnectionInfo {
     pub remote: String,
     /// When it connected, unix milliseconds.
     pub connected_at: i64,
-    /// Pushes written to it and not acked yet.
+    /// Pushes to it not acked yet: queued for writing, or written and waiting.
     #[serde(default)]
     pub unacked: u64,
 }

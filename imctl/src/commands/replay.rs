@@ -2,10 +2,12 @@
 //!
 //! imd pushes at most half a device's outbox per call and says where to go on
 //! (`next_after`), so that a replay never overflows a device's queue. imctl makes as many
-//! calls as the range needs, and between two of them waits until the cluster's unacked
-//! pushes show that the devices took the last batch; a device that does not ack stops
-//! the replay with the command that resumes it, rather than being pushed into a `slow`
-//! disconnect.
+//! calls as the range needs, and between two of them waits until the user's devices
+//! have acked at least half of the last batch (their `unacked`, which counts pushes
+//! queued and written, is at most half of it); a device that does not ack stops the
+//! replay with the command that resumes it, rather than being pushed into a `slow`
+//! disconnect. The threshold is absolute, not relative to a baseline: acks of earlier
+//! pushes still on their way can only make it wait longer, never go on too early.
 
 use std::time::{Duration, Instant};
 
@@ -17,17 +19,16 @@ use crate::cli::ReplayArgs;
 use crate::client::{Client, ClientError};
 use crate::output::{Out, Paint};
 
-/// How often the pacing looks at the cluster's unacked pushes.
+/// How often the pacing looks at the user's unacked pushes.
 const PACE_POLL: Duration = Duration::from_millis(50);
 
-/// Pushes written and not acked yet, over the whole cluster.
-async fn unacked(client: &Client) -> Result<i64, ClientError> {
+/// Pushes to `uid`'s devices not acked yet (queued or written), over the cluster.
+async fn unacked(client: &Client, uid: &str) -> Result<u64, ClientError> {
     Ok(client
-        .cluster()
+        .connections(Some(uid))
         .await?
-        .nodes
         .iter()
-        .map(|n| n.unacked)
+        .map(|c| c.unacked)
         .sum())
 }
 
@@ -39,7 +40,6 @@ pub(super) async fn run(client: &Client, out: &Out, args: ReplayArgs) -> anyhow:
     let (mut messages, mut devices, mut batches) = (0usize, 0usize, 0usize);
     let mut after = args.after;
     loop {
-        let before = unacked(client).await?;
         let done = client
             .replay(&Replay {
                 uid: uid.to_owned(),
@@ -55,10 +55,9 @@ pub(super) async fn run(client: &Client, out: &Out, args: ReplayArgs) -> anyhow:
             break;
         };
         after = next;
-        let pushed = i64::try_from(done.messages * done.devices).unwrap_or(i64::MAX);
-        let enough = before.saturating_add(pushed / 2);
+        let enough = (done.messages * done.devices / 2) as u64;
         let deadline = Instant::now() + args.ack_wait;
-        while unacked(client).await? > enough {
+        while unacked(client, uid).await? > enough {
             if Instant::now() >= deadline {
                 let until = args
                     .until

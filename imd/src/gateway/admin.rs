@@ -323,6 +323,9 @@ async fn catch_up(
 /// order: live messages come from the commit feed, and any gap (a follower that lagged,
 /// a message committed between the catch-up and the subscription) is filled from the
 /// store.
+/// How often a conversation stream reads the store in cluster mode.
+const CLUSTER_TAIL_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
 async fn stream(
     _: AdminAuth,
     State(app): State<AppState>,
@@ -343,12 +346,22 @@ async fn stream(
     };
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Event>(256);
     let stop = app.sessions.shutdown.clone();
+    // In a cluster other nodes commit too, and this node's feed only sees what it
+    // committed or relayed: the store is read again every CLUSTER_TAIL_POLL.
+    let cluster = app.registry.is_some();
+    let mut poll = tokio::time::interval(CLUSTER_TAIL_POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     tokio::spawn(async move {
         if catch_up(&app, &conv, &mut last, &tx).await.is_err() {
             return;
         }
         loop {
             tokio::select! {
+                _ = poll.tick(), if cluster => {
+                    if catch_up(&app, &conv, &mut last, &tx).await.is_err() {
+                        break;
+                    }
+                }
                 next = feed.recv() => match next {
                     Ok(c) if c.conv != conv || c.seq <= last => {}
                     Ok(c) if c.seq == last + 1 => {

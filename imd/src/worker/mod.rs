@@ -272,7 +272,8 @@ impl Hub {
             node: self.node_id.clone(),
             remote: c.remote.to_string(),
             connected_at: c.connected_at_ms,
-            unacked: c.unacked.load(Ordering::Relaxed),
+            // Queued pushes are not acked either (a replay paces on this).
+            unacked: c.unacked.load(Ordering::Relaxed) + c.outbox.queued_pushes() as u64,
         }
     }
 
