@@ -569,3 +569,62 @@ async fn imctl_works_against_a_cluster_gateway() {
     assert_eq!(kicked[0]["kicked"], 1);
     assert_eq!(bob.expect_kick().await, "admin");
 }
+
+/// Customer-service assignment sees agents online on any worker: a customer on w1
+/// writing to a shop whose only online agent is on w2 is assigned that agent, who gets
+/// the message pushed; an agent whose worker was killed is no longer picked.
+#[tokio::test]
+async fn assignment_sees_agents_on_every_worker() {
+    let mut c = Cluster::start(Redis::standalone()).await;
+    let http = c.gateway.http();
+    http.put_json(
+        "/admin/v1/shops/shoe/agents",
+        Some(SECRETS[3]),
+        &json!({"agents": ["ann", "abe"]}),
+    )
+    .await
+    .assert_ok();
+    let mut ann = c.connect(&c.w2, "ann", "desk").await;
+    let mut carol = c.connect(&c.w1, "carol", "phone").await;
+
+    carol
+        .send_json(&json!({"type": "send", "cid": "q1", "shop": "shoe", "body": "in stock?"}))
+        .await;
+    let question = carol.expect_sent("q1").await;
+    let (_, got) = expect_push_of(&mut ann, &question.id).await;
+    assert_eq!(got.conv, "s:shoe~carol");
+    let assigned = http
+        .get("/admin/v1/conversations/s:shoe~carol", Some(SECRETS[3]))
+        .await;
+    assert_eq!(assigned.assert_ok()["agent"], "ann");
+
+    // ann's worker dies; abe comes online on w1: the next question goes to abe.
+    c.w2.kill9();
+    c.wait_for_nodes(&["gw1", "w1"]).await;
+    let mut abe = c.connect(&c.w1, "abe", "desk").await;
+    carol
+        .send_json(&json!({"type": "send", "cid": "q2", "shop": "shoe", "body": "hello?"}))
+        .await;
+    let again = carol.expect_sent("q2").await;
+    expect_push_of(&mut abe, &again.id).await;
+    let reassigned = http
+        .get("/admin/v1/conversations/s:shoe~carol", Some(SECRETS[3]))
+        .await;
+    assert_eq!(reassigned.assert_ok()["agent"], "abe");
+}
+
+/// One connection per (uid, device) across the cluster: the same device connecting to
+/// another worker replaces its connection on the first, which is told `replaced`.
+#[tokio::test]
+async fn a_device_moving_to_another_worker_replaces_its_old_connection() {
+    let c = Cluster::start(Redis::standalone()).await;
+    let mut old = c.connect(&c.w2, "bob", "phone").await;
+    let mut new = c.connect(&c.w1, "bob", "phone").await;
+    assert_eq!(old.expect_kick().await, "replaced");
+    new.ping_pong().await;
+    let redis = &c.redis;
+    wait_until(FRAME_DEADLINE, "one route, on w1", || async {
+        routes(redis, "bob").await == [("phone".to_owned(), "w1".to_owned())]
+    })
+    .await;
+}

@@ -59,9 +59,11 @@ impl Workers {
             .collect()
     }
 
-    /// Whether `node` is a worker this node can reach now.
+    /// Whether `node` is a worker this node can reach now (a worker whose connection
+    /// broke is not, even before discovery drops it).
     pub fn is_live(&self, node: &str) -> bool {
-        (node == self.local_id && self.local.is_some()) || self.remote(node).is_some()
+        (node == self.local_id && self.local.is_some())
+            || self.remote(node).is_some_and(|w| !w.is_broken())
     }
 
     /// Ids of every reachable worker, this node's first.
@@ -144,11 +146,11 @@ impl Workers {
             return true;
         }
         match self.remote(node) {
-            Some(w) => {
+            Some(w) if !w.is_broken() => {
                 w.push(d);
                 true
             }
-            None => false,
+            _ => false,
         }
     }
 

@@ -202,9 +202,20 @@ impl RemoteWorker {
             })??;
         tcp.set_nodelay(true)?;
         let transport = serde_transport::new(framed(tcp), Bincode::default());
-        let client = WorkerRpcClient::new(tarpc::client::Config::default(), transport).spawn();
-        let (queue, rx) = mpsc::channel(QUEUE);
+        let tarpc::client::NewClient { client, dispatch } =
+            WorkerRpcClient::new(tarpc::client::Config::default(), transport);
         let broken = Arc::new(AtomicBool::new(false));
+        // The dispatch ends when the connection does: a worker killed with `kill -9`
+        // counts as gone at once, without waiting for a call to fail.
+        let gone = broken.clone();
+        let peer = node.to_owned();
+        tokio::spawn(async move {
+            if let Err(e) = dispatch.await {
+                tracing::debug!(node = peer, error = %e, "rpc connection ended");
+            }
+            gone.store(true, Ordering::Relaxed);
+        });
+        let (queue, rx) = mpsc::channel(QUEUE);
         let stop = CancellationToken::new();
         tokio::spawn(deliver_loop(
             node.to_owned(),
