@@ -5,8 +5,9 @@
 #   1. end-to-end latency of verified chat whose pairs are split across the two
 #      workers (every message is committed in Redis by the sender's worker and pushed
 #      over tarpc by the other), at each rate of RATES;
-#   2. failover: how long after `kill -9` of a worker the gateway's cluster view
-#      drops it.
+#   2. failover: how long after `kill -9` of a worker the gateway stops reaching it
+#      (its RPC connection ends), and how long until it is out of the registry (its
+#      TTL'd registration expires).
 #
 # Redis runs with AOF fsync on every write (AOF=always, the durability promise;
 # AOF=everysec or AOF=no to compare). Bounded: about (DURATION + 40 s) per rate plus
@@ -32,24 +33,15 @@ else
     start_redis "$BUDGET" --appendonly yes --appendfsync "$AOF"
 fi
 
-node() { # node ROLES ID: starts one node of the cluster, sets IMD_URL and IMD_PID
-    IMD_ARGS=(--redis "$REDIS_URL" --roles "$1" --node-id "$2" --admin-token "$ADMIN")
-    start_imd "$SECRET" "$BUDGET" 127.0.0.1:0 "$WORK/data-$2"
-}
-node gateway,dispatcher gw1; GW_URL=$IMD_URL
-node worker w1; W1_URL=$IMD_URL
-node worker w2; W2_URL=$IMD_URL; W2_PID=$IMD_PID
+start_node "$SECRET" "$ADMIN" "$BUDGET" gateway,dispatcher gw1; GW_URL=$IMD_URL
+start_node "$SECRET" "$ADMIN" "$BUDGET" worker w1; W1_URL=$IMD_URL
+start_node "$SECRET" "$ADMIN" "$BUDGET" worker w2; W2_URL=$IMD_URL; W2_PID=$IMD_PID
 
-# cluster_nodes: ids of the live nodes in the gateway's cluster view
-cluster_nodes() {
-    curl -s -H "authorization: Bearer $ADMIN" "$GW_URL/admin/v1/cluster" |
-        grep -o '"node_id":"[^"]*"' | cut -d'"' -f4 | sort | tr '\n' ' '
-}
 for _ in $(seq 1 50); do
-    [ "$(cluster_nodes)" = "gw1 w1 w2 " ] && break
+    [ "$(cluster_nodes "$GW_URL" "$ADMIN")" = "gw1 w1 w2" ] && break
     sleep 0.1
 done
-echo "== cluster: $(cluster_nodes)" >&2
+echo "== cluster: $(cluster_nodes "$GW_URL" "$ADMIN")" >&2
 
 rc=0
 for rate in $RATES; do
@@ -70,10 +62,15 @@ killed=$(date +%s%N)
 kill -KILL "$W2_PID"
 wait "$W2_PID" 2>/dev/null || true
 forget_pid "$W2_PID"
+unreachable=""
 for _ in $(seq 1 300); do
-    [ "$(cluster_nodes)" = "gw1 w1 " ] && break
+    if [ -z "$unreachable" ] && [ "$(cluster_nodes "$GW_URL" "$ADMIN")" = "gw1 w1" ]; then
+        unreachable=$(date +%s%N)
+    fi
+    [ "$(cluster_nodes "$GW_URL" "$ADMIN" registered)" = "gw1 w1" ] && break
     sleep 0.05
 done
 gone=$(date +%s%N)
-echo "failover: w2 left the cluster view $(( (gone - killed) / 1000000 )) ms after kill -9 (now: $(cluster_nodes))"
+echo "failover: w2 unreachable from the gateway $(( (${unreachable:-$gone} - killed) / 1000000 )) ms after kill -9, \
+out of the registry after $(( (gone - killed) / 1000000 )) ms (now: $(cluster_nodes "$GW_URL" "$ADMIN" registered))"
 exit "$rc"

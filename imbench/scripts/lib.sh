@@ -126,3 +126,21 @@ start_redis() {
     echo "could not start redis-server" >&2
     exit 1
 }
+
+# start_node SECRET ADMIN MAX_SECONDS ROLES ID: starts one cluster node on $REDIS_URL
+# (start_redis first), on a free port; sets IMD_PID and IMD_URL like start_imd.
+start_node() {
+    IMD_ARGS=(--redis "$REDIS_URL" --roles "$4" --node-id "$5" --admin-token "$2")
+    start_imd "$1" "$3" 127.0.0.1:0 "$WORK/data-$5"
+    IMD_ARGS=()
+}
+
+# cluster_nodes GATEWAY_URL ADMIN [registered]: ids of the nodes in the gateway's
+# cluster view that it reached over RPC (with "registered": every node still in the
+# registry, reached or not), sorted, space-separated.
+cluster_nodes() {
+    curl -s -H "authorization: Bearer $2" "$1/admin/v1/cluster" |
+        python3 -c 'import json,sys
+every = len(sys.argv) > 1
+print(" ".join(sorted(n["node_id"] for n in json.load(sys.stdin)["nodes"] if every or n["version"])))' ${3:+"$3"}
+}

@@ -334,9 +334,14 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    /// Target of global connection `i` (every connection of a unit on one).
-    pub fn endpoint(&self, i: u64) -> &Endpoint {
-        &self.endpoints[self.plan.target_of(i)]
+    /// Target of global connection `i` for its try `attempt` (0: the first connection):
+    /// its own target, or with `--spread`, where the targets are one cluster's workers,
+    /// the `attempt`-th one after it.
+    pub fn endpoint_for(&self, i: u64, attempt: u64) -> &Endpoint {
+        let own = self.plan.target_of(i);
+        let shift = if self.plan.spread { attempt } else { 0 };
+        &self.endpoints
+            [(own + (shift % self.endpoints.len() as u64) as usize) % self.endpoints.len()]
     }
 
     /// Source address of global connection `i`.

@@ -147,7 +147,8 @@ pub struct RunArgs {
 
     /// Spread the connections of each unit over the targets (connection j of unit k
     /// on target (k + j) mod targets) instead of keeping a unit on one target. For the
-    /// workers of one cluster, which share users: every message then crosses workers.
+    /// workers of one cluster, which share users: every message then crosses workers,
+    /// and a dropped connection reconnects to the next worker.
     #[arg(long)]
     pub spread: bool,
 

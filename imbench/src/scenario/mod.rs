@@ -39,16 +39,17 @@ pub async fn run_connection(ctx: Arc<Ctx>, i: u64) -> Outcome {
     }
 }
 
-/// Dials connection `i` as `uid` (a shop agent's token carries role `agent`),
-/// counting a failure by kind. `None` when it failed or the run stopped first.
-pub(crate) async fn connect(ctx: &Ctx, i: u64, uid: &str, role: Role) -> Option<Ws> {
+/// Dials connection `i` as `uid` (a shop agent's token carries role `agent`) on its
+/// target for try `attempt` (see [`Ctx::endpoint_for`]), counting a failure by kind.
+/// `None` when it failed or the run stopped first.
+pub(crate) async fn connect(ctx: &Ctx, i: u64, attempt: u64, uid: &str, role: Role) -> Option<Ws> {
     let roles: &[&str] = if matches!(role, Role::ShopAgent { .. }) {
         &["agent"]
     } else {
         &[]
     };
     let attempt = dial::dial(
-        ctx.endpoint(i),
+        ctx.endpoint_for(i, attempt),
         ctx.source(i),
         &ctx.minter,
         uid,
@@ -70,7 +71,7 @@ pub(crate) async fn connect(ctx: &Ctx, i: u64, uid: &str, role: Role) -> Option<
 
 /// Opens connection `i` for the first time, counting it as opened or failed.
 pub(crate) async fn open_first(ctx: &Ctx, i: u64, uid: &str, role: Role) -> Option<Ws> {
-    match connect(ctx, i, uid, role).await {
+    match connect(ctx, i, 0, uid, role).await {
         Some(ws) => {
             ctx.stats.opened_at(ctx.clock.elapsed_ms());
             Some(ws)
@@ -89,14 +90,18 @@ pub const RECONNECT_FIRST: Duration = Duration::from_millis(100);
 pub const RECONNECT_MAX: Duration = Duration::from_secs(2);
 
 /// Reconnects connection `i` after a drop, retrying with bounded backoff (100 ms
-/// doubling to 2 s) until it works or the run stops.
+/// doubling to 2 s) until it works or the run stops. With `--spread` (the targets are
+/// workers of one cluster) each try goes to the next target, starting with the one
+/// after its own: the worker that dropped it may be gone.
 pub(crate) async fn reconnect(ctx: &Ctx, i: u64, uid: &str, role: Role) -> Option<Ws> {
     let mut backoff = RECONNECT_FIRST;
+    let mut attempt = 0;
     loop {
         if ctx.stop.is_cancelled() {
             return None;
         }
-        if let Some(ws) = connect(ctx, i, uid, role).await {
+        attempt += 1;
+        if let Some(ws) = connect(ctx, i, attempt, uid, role).await {
             bump(&ctx.stats.reconnects);
             bump(&ctx.stats.open);
             return Some(ws);

@@ -186,8 +186,14 @@ async fn write_routes(
         };
         let Some(change) = change else { break };
         match change {
-            RouteChange::Connected { uid, device } => {
-                match store.route_add(&uid, &device, &me).await {
+            RouteChange::Connected {
+                uid,
+                device,
+                written,
+            } => {
+                let added = store.route_add(&uid, &device, &me).await;
+                let _ = written.send(());
+                match added {
                     Ok(Some(previous)) => {
                         let kicked = workers
                             .kick_device(&previous, &uid, &device, "replaced")

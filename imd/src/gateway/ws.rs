@@ -22,6 +22,31 @@ use crate::worker::session;
 /// several (its full length is reserved once its header is known).
 const READ_BUFFER: usize = 512;
 
+/// Unregisters a connection whose upgrade handler was dropped before the upgrade.
+struct Unregister(
+    Option<(
+        std::sync::Arc<crate::worker::Hub>,
+        std::sync::Arc<crate::worker::Conn>,
+    )>,
+);
+
+impl Unregister {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Unregister {
+    fn drop(&mut self) {
+        if let Some((hub, conn)) = self.0.take() {
+            hub.unregister(&conn);
+        }
+    }
+}
+
+/// Longest an upgrade waits for its route to be written (cluster mode).
+const ROUTE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub(super) async fn upgrade(
     State(app): State<AppState>,
     connect_info: Option<Extension<ConnectInfo<SocketAddr>>>,
@@ -63,7 +88,18 @@ pub(super) async fn upgrade(
     // Registered here, in the order the upgrades were accepted, not in the order their
     // sessions happen to start: of two connections of one device, the later one must
     // be the one that stays. Pushes queue in the outbox until the session runs.
-    let conn = ctx.hub.register(who, remote, now_ms());
+    let (conn, route) = ctx.hub.register_routed(who, remote, now_ms());
+    // In a cluster, other nodes push to a device only once its route is written. The
+    // client may `sync` as soon as it has the 101, so the route is written first: a
+    // message whose push missed the route was in the inbox before that sync.
+    if let Some(route) = route {
+        // A client that leaves while we wait drops this handler: unregister then.
+        let pending = Unregister(Some((ctx.hub.clone(), conn.clone())));
+        if tokio::time::timeout(ROUTE_WAIT, route).await.is_err() {
+            tracing::warn!(uid = %conn.who.uid, "route not written in time; pushes from other nodes may wait for a sync");
+        }
+        pending.disarm();
+    }
     let (failed, failed_hub) = (conn.clone(), ctx.hub.clone());
     // An agent coming online takes the conversations waiting for one; off the upgrade's
     // path, and its pushes queue in the outbox until the session runs.

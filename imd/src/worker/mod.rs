@@ -165,7 +165,7 @@ pub struct WorkerStats {
 }
 
 /// A change of the hub's connections, for the cluster's connection routes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum RouteChange {
     /// Device `device` of `uid` connected here.
     Connected {
@@ -173,6 +173,8 @@ pub enum RouteChange {
         uid: String,
         /// The device.
         device: String,
+        /// Told when the route is written.
+        written: tokio::sync::oneshot::Sender<()>,
     },
     /// Device `device` of `uid` left, and no replacement took its place here.
     Disconnected {
@@ -286,6 +288,17 @@ impl Hub {
     /// Registers a new connection. A connection of the same (uid, device) is replaced:
     /// it is told to close with `kick` reason `replaced`.
     pub fn register(&self, who: Identity, remote: SocketAddr, connected_at_ms: i64) -> Arc<Conn> {
+        self.register_routed(who, remote, connected_at_ms).0
+    }
+
+    /// [`Hub::register`], and in cluster mode a receiver told when the connection's
+    /// route is written: until then other nodes do not push to it.
+    pub fn register_routed(
+        &self,
+        who: Identity,
+        remote: SocketAddr,
+        connected_at_ms: i64,
+    ) -> (Arc<Conn>, Option<tokio::sync::oneshot::Receiver<()>>) {
         let conn = Arc::new(Conn {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             who,
@@ -308,11 +321,16 @@ impl Hub {
             Some(old) => old.outbox.close("replaced"),
             None => metrics::gauge!("imd_connections").increment(1.0),
         }
-        self.route_change(RouteChange::Connected {
-            uid: conn.who.uid.clone(),
-            device: conn.who.device.clone(),
+        let written = self.routes.get().map(|tx| {
+            let (written, rx) = tokio::sync::oneshot::channel();
+            let _ = tx.send(RouteChange::Connected {
+                uid: conn.who.uid.clone(),
+                device: conn.who.device.clone(),
+                written,
+            });
+            rx
         });
-        conn
+        (conn, written)
     }
 
     /// Removes `conn`, unless a replacement already took its place.

@@ -6,9 +6,10 @@
 //! later `useq` can overtake an earlier one. A session holds a push that arrives ahead
 //! of a missing `useq` for at most [`WINDOW`] (or until [`MAX_HELD`] are held), and
 //! releases everything in order as soon as the gap fills. A gap that does not fill
-//! (a push that was dropped: its message waits in the inbox) is released past after
-//! the window; the client's `sync` covers it. A late push below the released ones is
-//! written at once.
+//! is a push lost on the way (the node that wrote those inbox entries died before
+//! pushing them, or its delivery was dropped): the session reads the missing entries
+//! from the inbox and pushes them, then the rest. A late push below the released ones
+//! is written at once.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -66,6 +67,23 @@ impl Reorder {
             out.push(push);
             self.release_consecutive(out);
         }
+    }
+
+    /// The range `(after, until]` of `useq`s from the first missing one to the last held
+    /// one, while something is held.
+    pub(crate) fn gap(&self) -> Option<(u64, u64)> {
+        let h = self.holding.as_ref()?;
+        let (&last, _) = h.held.last_key_value()?;
+        Some((self.next.saturating_sub(1), last))
+    }
+
+    /// Whether `useq` is one of the gap's missing pushes (not released, not held).
+    pub(crate) fn missing(&self, useq: u64) -> bool {
+        useq >= self.next
+            && self
+                .holding
+                .as_ref()
+                .is_none_or(|h| !h.held.contains_key(&useq))
     }
 
     /// Whether something is held (and [`Reorder::expired`] will fire).
@@ -155,6 +173,19 @@ mod tests {
         assert_eq!(out.iter().map(|p| p.useq).collect::<Vec<_>>(), [3, 5]);
         assert_eq!(offer(&mut r, &[2]), [2], "a late push goes out at once");
         assert_eq!(offer(&mut r, &[6]), [6], "and the order goes on after 5");
+    }
+
+    #[tokio::test]
+    async fn the_gap_spans_the_first_missing_to_the_last_held() {
+        let mut r = Reorder::default();
+        assert_eq!(r.gap(), None);
+        assert_eq!(offer(&mut r, &[4, 7, 9]), [4]);
+        assert_eq!(r.gap(), Some((4, 9)), "useqs 5..=9 to read, 7 and 9 held");
+        // The repair offers what it read and is missing: everything goes out in order.
+        let read: Vec<u64> = (5..=9).filter(|&u| r.missing(u)).collect();
+        assert_eq!(read, [5, 6, 8]);
+        assert_eq!(offer(&mut r, &read), [5, 6, 7, 8, 9]);
+        assert_eq!(r.gap(), None);
     }
 
     #[tokio::test]

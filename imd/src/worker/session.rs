@@ -150,7 +150,7 @@ where
                 }
             }
             _ = st.reorder.expired(), if st.reorder.holding() => {
-                if let Err(end) = Box::pin(write_held(&mut socket, &mut st, s)).await {
+                if let Err(end) = Box::pin(write_held(&mut socket, &conn, &ctx, &mut st)).await {
                     break end;
                 }
             }
@@ -285,13 +285,52 @@ where
     write_tracked(socket, frames, st, s).await
 }
 
-/// The reorder window ended: writes the held pushes, past their gap.
-async fn write_held<S>(socket: &mut S, st: &mut State, s: &SessionSettings) -> Result<(), End>
+/// The reorder window ended and the gap is still there: its pushes were lost on the
+/// way, so the missing entries are read from the inbox and pushed, in order with the
+/// held ones.
+async fn write_held<S>(
+    socket: &mut S,
+    conn: &Conn,
+    ctx: &SessionCtx,
+    st: &mut State,
+) -> Result<(), End>
 where
     S: Sink<Message, Error = axum::Error> + Unpin,
 {
+    let s = &ctx.settings;
     let now = Instant::now();
     let mut ready = Vec::new();
+    if let Some((after, until)) = st.reorder.gap() {
+        let cap = (until - after) as usize;
+        match ctx
+            .messaging
+            .inbox_range(&conn.who.uid, after, until, cap)
+            .await
+        {
+            Ok(entries) => {
+                metrics::counter!("imd_push_gaps_repaired_total").increment(1);
+                let missing: Vec<_> = entries
+                    .into_iter()
+                    .filter(|(u, _)| st.reorder.missing(*u))
+                    .collect();
+                for (useq, msg) in missing {
+                    let frame = Utf8Bytes::from(wire::push_frame(useq, &msg));
+                    st.reorder.offer(
+                        Held {
+                            useq,
+                            frame,
+                            queued: now,
+                        },
+                        now,
+                        &mut ready,
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::warn!(uid = %conn.who.uid, error = %e, "reading a push gap from the inbox failed; sync covers it");
+            }
+        }
+    }
     st.reorder.release_all(&mut ready);
     let mut frames = Vec::with_capacity(ready.len());
     for p in ready {
@@ -759,6 +798,54 @@ mod tests {
         rig.stop.cancel();
         assert_eq!(second.next().await.unwrap()["reason"], "shutdown");
         assert_eq!(second.next().await.unwrap()["close"], close_code::AWAY);
+    }
+
+    #[tokio::test]
+    async fn a_push_lost_on_the_way_is_read_from_the_inbox() {
+        let rig = rig();
+        let alice = crate::business::Identity {
+            uid: "alice".into(),
+            device: "a1".into(),
+            platform: shared::token::Platform::Web,
+            roles: vec![],
+            ip: None,
+        };
+        // Three messages to bob while he is away: in his inbox, not pushed.
+        for i in 1..=3 {
+            let req = shared::protocol::SendRequest {
+                cid: None,
+                to: Some("bob".into()),
+                conv: None,
+                shop: None,
+                body: serde_json::json!(i),
+            };
+            rig.ctx.messaging.send_and_wait(&alice, req).await.unwrap();
+        }
+        let (mut bob, _task) = connect(&rig, "bob", "b1");
+        // Pushes 1 and 3 arrive (as from two nodes); 2 was lost with the node that
+        // wrote it.
+        let inbox = rig.ctx.messaging.inbox_range("bob", 0, 3, 3).await.unwrap();
+        let push = |i: usize| crate::rpc::Push {
+            uid: "bob".into(),
+            useq: inbox[i].0,
+            msg: inbox[i].1.clone(),
+        };
+        crate::rpc::WorkerApi::push(&*rig.ctx.hub, vec![push(0), push(2)]);
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            let f = bob.next().await.unwrap();
+            assert_eq!(f["type"], "msg", "{f}");
+            got.push((
+                f["useq"].as_u64().unwrap(),
+                f["msg"]["body"].as_u64().unwrap(),
+            ));
+        }
+        assert_eq!(
+            got,
+            [(1, 1), (2, 2), (3, 3)],
+            "in order, the gap read from the inbox"
+        );
+        rig.stop.cancel();
     }
 
     #[test]

@@ -96,8 +96,12 @@ use crate::store::{
     PAGE_BYTES, Page, StoreError,
 };
 
-/// How long a fan-out lease lasts without renewal; renewed at every round.
-const LEASE_MS: u64 = 2000;
+/// How long a fan-out lease lasts without renewal; renewed at every round (a round is
+/// two round trips). When its holder dies, every writer with a message in that
+/// conversation waits this long, and on that node the whole commit batch with it: so
+/// it is short. A holder that overruns it loses nothing: the next holder redoes the
+/// round, and the inbox appends skip what is already there.
+const LEASE_MS: u64 = 500;
 /// Most pending entries one round processes.
 const ROUND_ENTRIES: u64 = 64;
 /// A round stops adding entries once this many member appends (plus one per entry) are
@@ -115,9 +119,13 @@ const SWEEP_LIMIT: u64 = 64;
 /// A group whose claims took longer than this marks its conversations again before
 /// storing (see the module doc).
 const REMARK_AFTER: Duration = Duration::from_millis(1000);
-/// How long a resend waits for the message its idempotency key names to be stored
-/// before it cancels that message and takes the key over.
-const TAKEOVER_AFTER: Duration = Duration::from_secs(5);
+/// How old a claim whose message is not stored may get before a resend cancels that
+/// message and takes the key over. A live writer stores within one round trip of its
+/// claim; a writer that died in between (a worker killed with `kill -9`) must not
+/// hold up the resend, which sits in the commit task of the node it reached: every
+/// batch behind it waits too. A slow writer that is overtaken loses nothing: its
+/// store script meets the cancelled id and it answers with the taker's message.
+const TAKEOVER_AFTER: Duration = Duration::from_millis(500);
 /// Most records waiting in [`Relayed`]; the oldest are dropped beyond it (their
 /// messages are in the inboxes, and reach clients at their next sync).
 const RELAYED_MAX: usize = 10_000;
@@ -794,15 +802,15 @@ impl RedisStore {
                 drains.push(async move { self.drain(conv, &token, step, false, true).await });
             }
         }
-        let waits = remote
-            .iter()
-            .zip(resolved)
-            .map(|((_, _, conv, id), r)| async move {
+        let waits = remote.iter().zip(resolved).map(|((i, _, conv, id), r)| {
+            let resend = &todo[*i];
+            async move {
                 match r {
-                    Resolved::Missing => self.await_stored(conv, id).await,
+                    Resolved::Missing => self.await_stored(resend, conv, id).await,
                     r => Ok(r),
                 }
-            });
+            }
+        });
         let (drained, waited) = tokio::join!(join_all(drains), try_join_all(waits));
         let mut fanned = Vec::new();
         let mut failed = None;
@@ -1136,10 +1144,32 @@ impl RedisStore {
         })
     }
 
-    /// Waits for message `id` of `conv`, which an idempotency key names, to be stored;
-    /// after [`TAKEOVER_AFTER`], cancels it.
-    async fn await_stored(&self, conv: &str, id: &str) -> Result<Resolved, StoreError> {
-        let deadline = Instant::now() + TAKEOVER_AFTER;
+    /// Waits for message `id` of `conv`, which the idempotency key of `resend` names, to
+    /// be stored; once the claim is [`TAKEOVER_AFTER`] old (its key's age, from its
+    /// remaining TTL), cancels it.
+    async fn await_stored(
+        &self,
+        resend: &Prepared,
+        conv: &str,
+        id: &str,
+    ) -> Result<Resolved, StoreError> {
+        let key = user_key(
+            &resend.from,
+            &format!("cid:{}", resend.cid.as_deref().unwrap_or_default()),
+        );
+        let mut conn = self.conn.clone();
+        let pttl: i64 = redis::cmd("PTTL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .map_err(db)?;
+        // -2: the key is gone, -1: no expiry (not ours): nothing to wait for.
+        let age = if pttl >= 0 {
+            Duration::from_millis((IDEMPOTENCY_WINDOW_MS - pttl).max(0) as u64)
+        } else {
+            TAKEOVER_AFTER
+        };
+        let deadline = Instant::now() + TAKEOVER_AFTER.saturating_sub(age);
         let mut backoff = Duration::from_millis(1);
         loop {
             tokio::time::sleep(backoff).await;

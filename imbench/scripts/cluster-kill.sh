@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# A worker kill -9 during a verified chat run across a cluster: is anything lost, and
+# how long are deliveries held up?
+#
+# Starts redis-server (AOF fsync always), one gateway (gateway,dispatcher) and two
+# workers, and runs verified chat with `imbench --spread` (the two ends of every pair
+# on different workers). KILL_AFTER s into the traffic it kill -9s worker w2 and does
+# NOT restart it: w2's clients reconnect to w1 (imbench moves to the next target),
+# resend their unacknowledged messages with the same cid and sync their inboxes, while
+# w1's clients keep sending to users whose worker is gone (those messages wait in the
+# inboxes). Prints lost (must be 0), duplicated, reconnects, the longest time no device
+# received anything, and when w2 left the registry. Exits non-zero when a message was
+# lost. Bounded: about DURATION + DRAIN + 60 s after the build.
+#
+#   imbench/scripts/cluster-kill.sh
+#   RATE=2000 CONNECTIONS=200 DURATION=30 KILL_AFTER=10 imbench/scripts/cluster-kill.sh
+source "$(dirname "$0")/lib.sh"
+
+RATE=${RATE:-1000}
+CONNECTIONS=${CONNECTIONS:-200}
+DURATION=${DURATION:-30}
+KILL_AFTER=${KILL_AFTER:-10}
+DRAIN=${DRAIN:-10}
+SECRET="cluster-kill-$$"
+ADMIN="cluster-kill-admin-$$"
+BUDGET=$(( DURATION + DRAIN + 60 ))
+
+[ "${SKIP_BUILD:-0}" = 1 ] || build
+start_redis "$BUDGET" --appendonly yes --appendfsync always
+start_node "$SECRET" "$ADMIN" "$BUDGET" gateway,dispatcher gw1; GW_URL=$IMD_URL
+start_node "$SECRET" "$ADMIN" "$BUDGET" worker w1; W1_URL=$IMD_URL
+start_node "$SECRET" "$ADMIN" "$BUDGET" worker w2; W2_URL=$IMD_URL; W2_PID=$IMD_PID
+for _ in $(seq 1 50); do
+    [ "$(cluster_nodes "$GW_URL" "$ADMIN")" = "gw1 w1 w2" ] && break
+    sleep 0.1
+done
+
+timeout "$BUDGET" "$IMBENCH_BIN" run --target "$W1_URL" --target "$W2_URL" --spread \
+    --token-secret "$SECRET" --scenario chat --connections "$CONNECTIONS" --rate "$RATE" \
+    --duration "${DURATION}s" --drain "${DRAIN}s" --verify --local-agents 1 \
+    --report "$WORK/kill.json" >"$WORK/bench.out" 2>"$WORK/bench.err" &
+BENCH_PID=$!
+PIDS+=("$BENCH_PID")
+
+# Traffic starts about 0.5 s (start) + the ramp (1000 conn/s) + 1 s (settle) in.
+sleep $(( 2 + CONNECTIONS / 1000 + KILL_AFTER ))
+kill -0 "$BENCH_PID" 2>/dev/null || { cat "$WORK/bench.err" >&2; echo "imbench ended early" >&2; exit 1; }
+KILLED_AT=$(date +%s%3N)
+kill -KILL "$W2_PID"
+wait "$W2_PID" 2>/dev/null || true
+forget_pid "$W2_PID"
+echo "== killed worker w2 ($W2_PID) with kill -9; not restarting it" >&2
+for _ in $(seq 1 200); do
+    [ "$(cluster_nodes "$GW_URL" "$ADMIN" registered)" = "gw1 w1" ] && break
+    sleep 0.05
+done
+GONE_AT=$(date +%s%3N)
+
+rc=0
+wait "$BENCH_PID" || rc=$?
+forget_pid "$BENCH_PID"
+cat "$WORK/bench.out"
+grep -v '^\[' "$WORK/bench.err" | tail -5 >&2 || true
+
+R="$WORK/kill.json"
+LOST=$(json "$R" .messages.lost)
+GAP_MS=$(json "$R" .delivery_gap.longest_ms)
+GAP_FROM=$(json "$R" .delivery_gap.from_unix_ms)
+echo
+echo "kill -9 of worker w2 ${KILL_AFTER}s into a verified chat across 2 workers at ${RATE} msg/s, ${CONNECTIONS} connections, ${DURATION}s:"
+echo "  sent $(json "$R" .messages.sent), acked $(json "$R" .messages.acked), delivered $(json "$R" .messages.delivered), \
+unacked at end $(json "$R" .messages.unacked)"
+echo "  lost ${LOST}, lost_echo $(json "$R" .messages.lost_echo), duplicated $(json "$R" .messages.duplicated), \
+out_of_order $(json "$R" .messages.out_of_order), retransmits $(json "$R" .messages.retransmits)"
+echo "  dropped $(json "$R" .connections.dropped) connections, reconnects $(json "$R" .connections.reconnects)"
+echo "  w2 out of the registry $(( GONE_AT - KILLED_AT )) ms after the kill"
+if [ "$GAP_FROM" != "None" ] && [ "$GAP_FROM" != "null" ]; then
+    echo "  longest delivery gap (no device received anything): ${GAP_MS} ms, starting $(( GAP_FROM - KILLED_AT )) ms from the kill"
+else
+    echo "  longest delivery gap (no device received anything): none of 50 ms or more"
+fi
+echo "  latency ms: p50 $(json "$R" .latency_ms.p50), p99 $(json "$R" .latency_ms.p99), \
+p99.9 $(json "$R" .latency_ms.p999), max $(json "$R" .latency_ms.max)"
+[ "$LOST" = 0 ] || { echo "FAILED: ${LOST} message(s) lost" >&2; exit 1; }
+exit "$rc"
