@@ -3,10 +3,12 @@
 # open-files limit of 20,000 per process, no Rust toolchain), from prebuilt release
 # binaries, in well under 10 minutes.
 #
-# imd has no cluster mode yet, so the load goes to IMDS independent imd processes (each
-# on its own port and data dir, rate limits off, each under the per-process fd limit);
-# imbench spreads the connections over them (connection i to target i mod IMDS for
-# idle) from AGENTS local agent processes over the SOURCES source addresses. The script
+# The load goes to one cluster: a redis-server, one gateway (gateway,dispatcher) and
+# IMDS worker processes (each on its own port, rate limits off, each under the
+# per-process fd limit; every connection's route is written to Redis before its 101).
+# CLUSTER=0 runs IMDS independent single-node imd processes instead. imbench spreads
+# the connections over the workers (connection i to target i mod IMDS for idle) from
+# AGENTS local agent processes over the SOURCES source addresses. The script
 # raises the kernel limits with sysctl -w when it runs as root (SYSCTL=0 skips that),
 # records every imd's RSS before the ramp, once everything is open and late in the
 # hold, imbench's own RSS (coordinator + agents), handshakes per second, then stops
@@ -18,8 +20,9 @@
 #       RAMP=3000 HOLD=10 SYSCTL=0 imbench/scripts/device-1m.sh      # small, anywhere
 #
 # Needs bash, coreutils, awk, grep, sed; nothing else (no jq, no python). To carry the
-# binaries, strip them first (`strip -o DIR/imd target/release/imd`, same for imbench):
-# the release profile keeps line tables, about 90 MB for the two.
+# binaries, pack them first: `imbench/scripts/device-pack.sh DIR` strips imd and
+# imbench into DIR and copies redis-server with its libraries and loader into
+# DIR/redis/, so that it runs on a box without Redis installed.
 set -euo pipefail
 
 BIN=${BIN:?set BIN to the folder holding the release imd and imbench binaries}
@@ -33,13 +36,27 @@ RAMP=${RAMP:-25000}       # connections per second over all agents: 40 s for 1M
 HOLD=${HOLD:-40}          # seconds with everything open
 BUDGET=${BUDGET:-570}     # hard bound of the whole script, seconds (under 10 minutes)
 SYSCTL=${SYSCTL:-1}
+CLUSTER=${CLUSTER:-1}
 OUT_DIR=${OUT_DIR:-$PWD/device-1m-out}
 SECRET="device-1m-$$-$RANDOM"
+ADMIN="device-1m-admin-$$-$RANDOM"
 
 T_START=$SECONDS
 for b in "$IMD_BIN" "$IMBENCH_BIN"; do
     [ -x "$b" ] || { echo "missing executable $b" >&2; exit 2; }
 done
+# redis-server: packed (with its own loader and libraries), else the installed one.
+REDIS_CMD=()
+if [ "$CLUSTER" = 1 ]; then
+    if [ -x "$BIN/redis/redis-server" ] && [ -e "$BIN/redis/ld-linux-x86-64.so.2" ]; then
+        REDIS_CMD=("$BIN/redis/ld-linux-x86-64.so.2" --library-path "$BIN/redis" "$BIN/redis/redis-server")
+    elif command -v redis-server >/dev/null; then
+        REDIS_CMD=(redis-server)
+    else
+        echo "CLUSTER=1 needs redis-server: pack it (device-pack.sh) or install it" >&2
+        exit 2
+    fi
+fi
 mkdir -p "$OUT_DIR"
 WORK=$(mktemp -d -t device-1m.XXXXXX)
 SUMMARY="$OUT_DIR/summary.txt"
@@ -48,6 +65,7 @@ say() { echo "$*" | tee -a "$SUMMARY"; }
 log() { echo "== [$(( SECONDS - T_START ))s] $*" >&2; }
 
 IMD_PIDS=()
+REDIS_PID=""
 BENCH_PID=""
 WATCHDOG=""
 cleanup() {
@@ -60,6 +78,13 @@ cleanup() {
         kill -KILL "$pid" 2>/dev/null || true
         wait "$pid" 2>/dev/null || true
     done
+    # Redis last: the workers deregister into it as they stop.
+    if [ -n "$REDIS_PID" ]; then
+        kill -TERM "$REDIS_PID" 2>/dev/null || true
+        for _ in $(seq 1 20); do kill -0 "$REDIS_PID" 2>/dev/null || break; sleep 0.25; done
+        kill -KILL "$REDIS_PID" 2>/dev/null || true
+        wait "$REDIS_PID" 2>/dev/null || true
+    fi
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -111,20 +136,43 @@ else
     say "sysctl: skipped ($( [ "$SYSCTL" = 1 ] && echo "not root" || echo "SYSCTL=0" )); ip_local_port_range $(tr '\t' ' ' </proc/sys/net/ipv4/ip_local_port_range)"
 fi
 
-# --- imd processes ------------------------------------------------------------------
+# --- redis and imd processes --------------------------------------------------------
+NODE_ARGS=()
+if [ "$CLUSTER" = 1 ]; then
+    REDIS_PORT=${REDIS_PORT:-6399}
+    # Idle connections write only their routes: no persistence needed for this test.
+    "${REDIS_CMD[@]}" --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
+        --maxclients 10000 --dir "$WORK" >"$WORK/redis.log" 2>&1 &
+    REDIS_PID=$!
+    for _ in $(seq 1 100); do
+        grep -q 'Ready to accept connections' "$WORK/redis.log" 2>/dev/null && break
+        kill -0 "$REDIS_PID" 2>/dev/null || { cat "$WORK/redis.log" >&2; echo "redis-server exited" >&2; exit 1; }
+        sleep 0.1
+    done
+    say "redis-server pid $REDIS_PID on 127.0.0.1:$REDIS_PORT"
+    NODE_ARGS=(--redis "redis://127.0.0.1:$REDIS_PORT" --admin-token "$ADMIN")
+    mkdir -p "$WORK/gw"
+    "$IMD_BIN" serve --listen 127.0.0.1:0 --data-dir "$WORK/gw" --token-secret "$SECRET" \
+        "${NODE_ARGS[@]}" --roles gateway,dispatcher --node-id gw \
+        >"$WORK/gw.out" 2>"$WORK/gw.err" &
+    GW_PID=$!
+fi
 log "starting $IMDS imd"
 for n in $(seq 1 "$IMDS"); do
     mkdir -p "$WORK/imd$n"
+    ROLE_ARGS=()
+    [ "$CLUSTER" = 1 ] && ROLE_ARGS=(--roles worker --node-id "w$n")
     "$IMD_BIN" serve --listen 127.0.0.1:0 --data-dir "$WORK/imd$n" --token-secret "$SECRET" \
-        --connect-rate 0 --send-rate 0 \
+        --connect-rate 0 --send-rate 0 "${NODE_ARGS[@]}" "${ROLE_ARGS[@]}" \
         >"$WORK/imd$n.out" 2>"$WORK/imd$n.err" &
     IMD_PIDS+=("$!")
 done
+[ "$CLUSTER" = 1 ] && IMD_PIDS+=("$GW_PID")
 # One watchdog for the whole script: nothing outlives the budget.
 (
     sleep "$BUDGET"
     echo "device-1m: budget of ${BUDGET}s spent; stopping" >&2
-    kill -TERM "${IMD_PIDS[@]}" 2>/dev/null
+    kill -TERM "${IMD_PIDS[@]}" $REDIS_PID 2>/dev/null
 ) &
 WATCHDOG=$!
 TARGETS=()
@@ -140,7 +188,9 @@ for n in $(seq 1 "$IMDS"); do
     TARGETS+=(--target "http://$listen")
     echo "$n ${IMD_PIDS[$((n - 1))]} $listen" >>"$WORK/imds"
 done
-sleep 1
+# Let the cluster form (workers keep an RPC connection to each other, found within a
+# discovery tick) before the baseline of descriptors and memory.
+sleep $( [ "$CLUSTER" = 1 ] && echo 4 || echo 1 )
 declare -A RSS0 FD0
 SUM0=0
 for pid in "${IMD_PIDS[@]}"; do
@@ -224,6 +274,7 @@ say "imd RSS, all $IMDS: ${SUM0} KiB before, ${SUM1} KiB all open, ${SUM2} KiB l
 say "imd RSS per connection: $(per $(( SUM1 - SUM0 )) "$OPEN") bytes all open, $(per $(( SUM2 - SUM0 )) "$OPEN2") bytes late in the hold (growth over the empty processes)"
 say "imbench RSS (coordinator + $(echo $AGENT_PIDS | wc -w) agents): ${BENCH_RSS} KiB all open, ${BENCH_RSS2} KiB late; $(per "$BENCH_RSS" "$OPEN") bytes per connection (whole processes)"
 say "kernel with all open: $SOCKSTAT"
+[ -n "$REDIS_PID" ] && say "redis-server RSS late in the hold: $(rss_kb "$REDIS_PID") KiB (every connection's route)"
 say "wall: $(( SECONDS - T_START ))s in total; imbench exit $rc"
 log "summary in $SUMMARY"
 cp "$WORK/imds" "$OUT_DIR/imds.list" 2>/dev/null || true
