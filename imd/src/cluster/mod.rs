@@ -170,8 +170,15 @@ impl Membership {
     }
 }
 
-/// Publishes the hub's connection changes as routes, in order. A device that was held
-/// by another worker until now is kicked there with `replaced`.
+/// Most connection changes written in one round.
+const ROUTE_BATCH: usize = 512;
+
+/// Publishes the hub's connection changes as routes. Changes are taken in rounds of up
+/// to [`ROUTE_BATCH`]; within a round those of different devices are written
+/// concurrently (the connection pipelines them) and those of one device in order, so
+/// that a ramp of thousands of connections per second does not queue up behind one
+/// round trip each. A device that was held by another worker until now is kicked there
+/// with `replaced`.
 async fn write_routes(
     store: Arc<RedisStore>,
     workers: Arc<Workers>,
@@ -179,35 +186,65 @@ async fn write_routes(
     mut changes: tokio::sync::mpsc::UnboundedReceiver<RouteChange>,
     stop: CancellationToken,
 ) {
+    let mut batch = Vec::with_capacity(ROUTE_BATCH);
     loop {
-        let change = tokio::select! {
-            c = changes.recv() => c,
-            _ = stop.cancelled() => None,
+        let n = tokio::select! {
+            n = changes.recv_many(&mut batch, ROUTE_BATCH) => n,
+            _ = stop.cancelled() => 0,
         };
-        let Some(change) = change else { break };
-        match change {
-            RouteChange::Connected {
-                uid,
-                device,
-                written,
-            } => {
-                let added = store.route_add(&uid, &device, &me).await;
-                let _ = written.send(());
-                match added {
-                    Ok(Some(previous)) => {
-                        let kicked = workers
-                            .kick_device(&previous, &uid, &device, "replaced")
-                            .await;
-                        tracing::debug!(uid, device, previous, kicked, "device moved here");
-                    }
-                    Ok(None) => {}
-                    Err(e) => tracing::warn!(uid, device, error = %e, "writing a route failed"),
+        if n == 0 {
+            break;
+        }
+        // Per device, in arrival order.
+        let mut per_device: Vec<Vec<RouteChange>> = Vec::new();
+        let mut index: std::collections::HashMap<(String, String), usize> =
+            std::collections::HashMap::new();
+        for change in batch.drain(..) {
+            let key = match &change {
+                RouteChange::Connected { uid, device, .. }
+                | RouteChange::Disconnected { uid, device } => (uid.clone(), device.clone()),
+            };
+            match index.get(&key) {
+                Some(&i) => per_device[i].push(change),
+                None => {
+                    index.insert(key, per_device.len());
+                    per_device.push(vec![change]);
                 }
             }
-            RouteChange::Disconnected { uid, device } => {
-                if let Err(e) = store.route_remove(&uid, &device, &me).await {
-                    tracing::warn!(uid, device, error = %e, "removing a route failed");
+        }
+        let (store, workers, me) = (&store, &workers, me.as_str());
+        futures_util::future::join_all(per_device.into_iter().map(|changes| async move {
+            for change in changes {
+                write_route(store, workers, me, change).await;
+            }
+        }))
+        .await;
+    }
+}
+
+async fn write_route(store: &RedisStore, workers: &Workers, me: &str, change: RouteChange) {
+    match change {
+        RouteChange::Connected {
+            uid,
+            device,
+            written,
+        } => {
+            let added = store.route_add(&uid, &device, me).await;
+            let _ = written.send(());
+            match added {
+                Ok(Some(previous)) => {
+                    let kicked = workers
+                        .kick_device(&previous, &uid, &device, "replaced")
+                        .await;
+                    tracing::debug!(uid, device, previous, kicked, "device moved here");
                 }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(uid, device, error = %e, "writing a route failed"),
+            }
+        }
+        RouteChange::Disconnected { uid, device } => {
+            if let Err(e) = store.route_remove(&uid, &device, me).await {
+                tracing::warn!(uid, device, error = %e, "removing a route failed");
             }
         }
     }
