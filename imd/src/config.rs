@@ -464,8 +464,37 @@ mod tests {
                 node_id: Some("a b".into()),
                 ..Config::default()
             },
+            // Split roles share state through Redis only.
+            Config {
+                roles: vec![Role::Worker],
+                ..Config::default()
+            },
+            // Other nodes cannot reach an unspecified address.
+            Config {
+                redis: Some("redis://127.0.0.1:6379".into()),
+                rpc_listen: Some("0.0.0.0:9000".parse().unwrap()),
+                ..Config::default()
+            },
         ] {
             assert!(bad.validate().is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_worker_serves_rpc_only_in_a_cluster() {
+        let one = Config::default();
+        assert_eq!(one.rpc_address(), None);
+        let worker = Config {
+            redis: Some("redis://127.0.0.1:6379".into()),
+            roles: vec![Role::Worker],
+            ..Config::default()
+        };
+        worker.validate().unwrap();
+        assert_eq!(worker.rpc_address(), Some("127.0.0.1:0".parse().unwrap()));
+        let gateway = Config {
+            roles: vec![Role::Gateway, Role::Dispatcher],
+            ..worker
+        };
+        assert_eq!(gateway.rpc_address(), None, "no worker, no RPC");
     }
 }

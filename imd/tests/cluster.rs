@@ -628,3 +628,34 @@ async fn a_device_moving_to_another_worker_replaces_its_old_connection() {
     })
     .await;
 }
+
+/// Cluster mode refuses to start, with a clear message, without shared secrets, with
+/// split roles and no Redis, and when Redis cannot be reached.
+#[test]
+fn cluster_mode_start_up_errors_are_clear() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_imd"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path())
+            .args(args)
+            .output()
+            .expect("run imd");
+        assert!(!out.status.success(), "imd serve {args:?} started");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = run(&["--redis", "redis://127.0.0.1:1"]);
+    assert!(
+        err.contains("needs --token-secret and --admin-token"),
+        "{err}"
+    );
+    let err = run(&["--roles", "worker"]);
+    assert!(err.contains("splitting roles needs --redis"), "{err}");
+    let mut unreachable = vec!["--redis", "redis://127.0.0.1:1"];
+    unreachable.extend(SECRETS);
+    let err = run(&unreachable);
+    assert!(
+        err.contains("connecting to Redis at redis://127.0.0.1:1"),
+        "{err}"
+    );
+}

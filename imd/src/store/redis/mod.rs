@@ -62,6 +62,16 @@ impl Conn {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT));
+        // One plain attempt first: the connection manager retries with backoff for
+        // several seconds, which at start-up only delays the error.
+        tokio::time::timeout(CONNECT_TIMEOUT, client.get_multiplexed_async_connection())
+            .await
+            .map_err(|_| {
+                StoreError::Db(format!(
+                    "redis: no answer from {first} in {CONNECT_TIMEOUT:?}"
+                ))
+            })?
+            .map_err(db)?;
         let mut probe = client
             .get_connection_manager_with_config(config.clone())
             .await
