@@ -24,6 +24,10 @@ pub struct Workers {
     remote: RwLock<HashMap<String, Arc<RemoteWorker>>>,
     /// When connecting to a worker last failed.
     failed: Mutex<HashMap<String, Instant>>,
+    /// One [`Workers::follow`] at a time (the discovery tick and the routing task both
+    /// call it): two would connect to the same new worker, and the second client would
+    /// replace the first with its queued deliveries.
+    following: tokio::sync::Mutex<()>,
 }
 
 impl Workers {
@@ -34,6 +38,7 @@ impl Workers {
             local,
             remote: RwLock::new(HashMap::new()),
             failed: Mutex::new(HashMap::new()),
+            following: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -84,6 +89,7 @@ impl Workers {
     /// Follows discovery: connects to live workers not connected yet (or whose
     /// connection broke, or moved), and drops those no longer live.
     pub async fn follow(&self, live: &[Registration]) {
+        let _one = self.following.lock().await;
         let wanted: HashMap<&str, SocketAddr> = live
             .iter()
             .filter(|n| n.id != self.local_id && n.roles.iter().any(|r| r == "worker"))
