@@ -60,6 +60,9 @@ struct Unacked {
     sends: u32,
 }
 
+/// Widest push gap a session reads from the inbox itself (see `reorder`).
+const REPAIR_MAX: u64 = 1024;
+
 /// How long a closing session waits to write its `kick` and close frames.
 const FAREWELL: Duration = Duration::from_secs(2);
 
@@ -300,7 +303,9 @@ where
     let s = &ctx.settings;
     let now = Instant::now();
     let mut ready = Vec::new();
-    if let Some((after, until)) = st.reorder.gap() {
+    // A wider gap is not read here: that many lost pushes mean the device is better
+    // served by its own `sync` (and reading them would cost memory for each session).
+    if let Some((after, until)) = st.reorder.gap().filter(|(a, u)| u - a <= REPAIR_MAX) {
         let cap = (until - after) as usize;
         match ctx
             .messaging
