@@ -233,6 +233,15 @@ async fn write_route(store: &RedisStore, workers: &Workers, me: &str, change: Ro
             let _ = written.send(());
             match added {
                 Ok(Some(previous)) => {
+                    if !workers.is_live(&previous) {
+                        // A worker started less than a discovery tick ago: look now.
+                        match store.live_nodes().await {
+                            Ok(live) => workers.follow(&live).await,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "reading the node registry failed")
+                            }
+                        }
+                    }
                     let kicked = workers
                         .kick_device(&previous, &uid, &device, "replaced")
                         .await;
@@ -296,16 +305,29 @@ impl RoutedPresence {
 #[async_trait]
 impl Presence for RoutedPresence {
     async fn online(&self, uid: &str) -> bool {
-        match self
+        let routes = match self
             .store
             .routes(std::slice::from_ref(&uid.to_owned()))
             .await
         {
-            Ok(r) => r[0].iter().any(|(_, node)| self.workers.is_live(node)),
+            Ok(mut r) => r.remove(0),
             Err(e) => {
                 tracing::warn!(uid, error = %e, "presence lookup failed; taken as offline");
-                false
+                return false;
             }
+        };
+        if routes.iter().any(|(_, node)| self.workers.is_live(node)) {
+            return true;
         }
+        if routes.is_empty() {
+            return false;
+        }
+        // A route to a worker this node does not know yet (it started less than a
+        // discovery tick ago): look at the registry now rather than call the user away.
+        match self.store.live_nodes().await {
+            Ok(live) => self.workers.follow(&live).await,
+            Err(e) => tracing::warn!(error = %e, "reading the node registry failed"),
+        }
+        routes.iter().any(|(_, node)| self.workers.is_live(node))
     }
 }
