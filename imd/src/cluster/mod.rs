@@ -235,12 +235,7 @@ async fn write_route(store: &RedisStore, workers: &Workers, me: &str, change: Ro
                 Ok(Some(previous)) => {
                     if !workers.is_live(&previous) {
                         // A worker started less than a discovery tick ago: look now.
-                        match store.live_nodes().await {
-                            Ok(live) => workers.follow(&live).await,
-                            Err(e) => {
-                                tracing::warn!(error = %e, "reading the node registry failed")
-                            }
-                        }
+                        workers.refresh(store).await;
                     }
                     let kicked = workers
                         .kick_device(&previous, &uid, &device, "replaced")
@@ -324,10 +319,7 @@ impl Presence for RoutedPresence {
         }
         // A route to a worker this node does not know yet (it started less than a
         // discovery tick ago): look at the registry now rather than call the user away.
-        match self.store.live_nodes().await {
-            Ok(live) => self.workers.follow(&live).await,
-            Err(e) => tracing::warn!(error = %e, "reading the node registry failed"),
-        }
+        self.workers.refresh(&self.store).await;
         routes.iter().any(|(_, node)| self.workers.is_live(node))
     }
 }

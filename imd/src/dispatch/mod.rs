@@ -190,10 +190,7 @@ async fn route_loop(
         let unknown = nodes_of.values().flatten().any(|n| !workers.is_live(n));
         if unknown && refreshed.elapsed() >= REFRESH_AT_MOST_EVERY {
             refreshed = std::time::Instant::now();
-            match store.live_nodes().await {
-                Ok(live) => workers.follow(&live).await,
-                Err(e) => tracing::warn!(error = %e, "reading the node registry failed"),
-            }
+            workers.refresh(&store).await;
         }
         for msg in batch.drain(..) {
             for (node, to) in split_by_node(&msg.recipients, &nodes_of) {

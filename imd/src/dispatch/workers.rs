@@ -143,6 +143,15 @@ impl Workers {
         }
     }
 
+    /// Reads the registry and [`Workers::follow`]s it now, between discovery ticks: for
+    /// a route naming a worker not known yet (one that started less than a tick ago).
+    pub async fn refresh(&self, store: &crate::store::RedisStore) {
+        match store.live_nodes().await {
+            Ok(live) => self.follow(&live).await,
+            Err(e) => tracing::warn!(error = %e, "reading the node registry failed"),
+        }
+    }
+
     /// Hands `d` to the worker of `node`; false when that worker is not reachable.
     pub fn deliver(&self, node: &str, d: Delivery) -> bool {
         if node == self.local_id

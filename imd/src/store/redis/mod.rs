@@ -50,14 +50,8 @@ impl Conn {
     /// Connects to `spec`: one `redis://` URL, or several separated by commas (seeds of
     /// a cluster). Whether the server runs in cluster mode is asked, not configured.
     pub(crate) async fn connect(spec: &str) -> Result<Self, StoreError> {
-        let urls: Vec<&str> = spec
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .collect();
-        let Some(first) = urls.first() else {
-            return Err(StoreError::Db("no Redis URL given".into()));
-        };
+        let urls = seeds(spec)?;
+        let first = &urls[0];
         let client = redis::Client::open(*first).map_err(db)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
@@ -127,6 +121,19 @@ impl ConnectionLike for Conn {
             Conn::Cluster(c) => c.get_db(),
         }
     }
+}
+
+/// The URLs of `spec` (comma-separated); at least one.
+pub(crate) fn seeds(spec: &str) -> Result<Vec<&str>, StoreError> {
+    let urls: Vec<&str> = spec
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    if urls.is_empty() {
+        return Err(StoreError::Db("no Redis URL given".into()));
+    }
+    Ok(urls)
 }
 
 /// Maps a Redis failure to the store's error.

@@ -427,14 +427,8 @@ impl Subscriber {
         cluster: bool,
         pushes: mpsc::UnboundedSender<PushInfo>,
     ) -> Result<Self, StoreError> {
-        let urls: Vec<&str> = spec
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .collect();
-        let Some(first) = urls.first() else {
-            return Err(StoreError::Db("no Redis URL given".into()));
-        };
+        let urls = super::seeds(spec)?;
+        let first = urls[0];
         if cluster {
             let client = ClusterClientBuilder::new(urls.iter().map(|u| u.to_string()))
                 .use_protocol(ProtocolVersion::RESP3)
