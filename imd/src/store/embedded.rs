@@ -22,7 +22,7 @@ use shared::admin::{BlacklistEntry, BlacklistKind};
 
 use super::{
     CommitOutcome, Committed, DirectoryStore, IDEMPOTENCY_WINDOW_MS, JOIN_PUSH_TAIL, MessageStore,
-    NewMessage, Op, PAGE_BYTES, Page, ServiceState, StoreError,
+    NewMessage, Op, Page, PageFill, ServiceState, StoreError,
 };
 
 /// `(conv, seq)` → message JSON.
@@ -299,16 +299,13 @@ impl MessageStore for EmbeddedStore {
             let inbox = txn.open_table(INBOX).map_err(db_err)?;
             let messages = txn.open_table(MESSAGES).map_err(db_err)?;
             let start = after.saturating_add(1);
-            let mut items: Vec<(u64, Bytes)> = Vec::new();
-            let mut bytes = 0;
-            let mut more = false;
+            let mut page = PageFill::new(limit);
             for entry in inbox
                 .range((uid.as_str(), start)..=(uid.as_str(), u64::MAX))
                 .map_err(db_err)?
             {
                 let (k, v) = entry.map_err(db_err)?;
-                if items.len() == limit as usize {
-                    more = true;
+                if !page.has_room() {
                     break;
                 }
                 let (_, useq) = k.value();
@@ -320,14 +317,12 @@ impl MessageStore for EmbeddedStore {
                     .ok_or_else(|| {
                         StoreError::Corrupt(format!("inbox of {uid} names missing {conv}#{seq}"))
                     })?;
-                bytes += json.len();
-                if bytes > PAGE_BYTES && !items.is_empty() {
-                    more = true;
+                let len = json.len();
+                if !page.push((useq, json), len) {
                     break;
                 }
-                items.push((useq, json));
             }
-            Ok(Page { items, more })
+            Ok(page.finish())
         })
         .await
     }
@@ -338,26 +333,21 @@ impl MessageStore for EmbeddedStore {
             let txn = db.begin_read().map_err(db_err)?;
             let messages = txn.open_table(MESSAGES).map_err(db_err)?;
             let start = after.saturating_add(1);
-            let mut items = Vec::new();
-            let mut bytes = 0;
-            let mut more = false;
+            let mut page = PageFill::new(limit);
             for entry in messages
                 .range((conv.as_str(), start)..=(conv.as_str(), u64::MAX))
                 .map_err(db_err)?
             {
                 let (_, v) = entry.map_err(db_err)?;
-                if items.len() == limit as usize {
-                    more = true;
+                if !page.has_room() {
                     break;
                 }
-                bytes += v.value().len();
-                if bytes > PAGE_BYTES && !items.is_empty() {
-                    more = true;
+                let len = v.value().len();
+                if !page.push(Bytes::copy_from_slice(v.value()), len) {
                     break;
                 }
-                items.push(Bytes::copy_from_slice(v.value()));
             }
-            Ok(Page { items, more })
+            Ok(page.finish())
         })
         .await
     }

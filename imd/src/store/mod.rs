@@ -109,6 +109,61 @@ pub struct Page<T> {
 /// the life of the connection, so pages are kept small and clients follow `more`.
 pub const PAGE_BYTES: usize = 64 * 1024;
 
+/// Fills a [`Page`] by the rule every backend follows: at most `limit` items, and at
+/// most [`PAGE_BYTES`] of message bytes, but never fewer than one item.
+pub(crate) struct PageFill<T> {
+    items: Vec<T>,
+    limit: usize,
+    bytes: usize,
+    more: bool,
+}
+
+impl<T> PageFill<T> {
+    /// An empty page of at most `limit` items.
+    pub(crate) fn new(limit: u32) -> Self {
+        Self {
+            items: Vec::new(),
+            limit: limit as usize,
+            bytes: 0,
+            more: false,
+        }
+    }
+
+    /// Items so far.
+    pub(crate) fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Whether another item may come (checked before reading it); when not, more
+    /// follow.
+    pub(crate) fn has_room(&mut self) -> bool {
+        if self.items.len() == self.limit {
+            self.more = true;
+        }
+        !self.more
+    }
+
+    /// Adds `item` of `len` message bytes; false when it does not fit (it is left out,
+    /// and more follow).
+    pub(crate) fn push(&mut self, item: T, len: usize) -> bool {
+        if !self.has_room() || (self.bytes + len > PAGE_BYTES && !self.items.is_empty()) {
+            self.more = true;
+            return false;
+        }
+        self.bytes += len;
+        self.items.push(item);
+        true
+    }
+
+    /// The page.
+    pub(crate) fn finish(self) -> Page<T> {
+        Page {
+            items: self.items,
+            more: self.more,
+        }
+    }
+}
+
 /// How long a `(sender, cid)` pair deduplicates resends.
 pub const IDEMPOTENCY_WINDOW_MS: i64 = 24 * 3600 * 1000;
 

@@ -93,7 +93,7 @@ use shared::protocol::Message;
 use super::{RedisStore, conv_key, db, user_key};
 use crate::store::{
     CommitOutcome, Committed, IDEMPOTENCY_WINDOW_MS, JOIN_PUSH_TAIL, MessageStore, NewMessage, Op,
-    PAGE_BYTES, Page, StoreError,
+    Page, PageFill, StoreError,
 };
 
 /// How long a fan-out lease lasts without renewal; renewed at every round (a round is
@@ -1294,15 +1294,13 @@ impl RedisStore {
         after: u64,
         limit: u32,
     ) -> Result<Page<(u64, Bytes)>, StoreError> {
-        let limit = limit as usize;
-        let mut items: Vec<(u64, Bytes)> = Vec::new();
+        let mut page = PageFill::new(limit);
         let Ok(mut start) = i64::try_from(after) else {
-            return Ok(Page { items, more: false });
+            return Ok(page.finish());
         };
         let mut conn = self.conn.clone();
-        let mut bytes = 0;
         loop {
-            let want = (limit - items.len() + 1).min(READ_CHUNK) as i64;
+            let want = (limit as usize - page.len() + 1).min(READ_CHUNK) as i64;
             let chunk: Vec<Vec<u8>> = redis::cmd("LRANGE")
                 .arg(&key)
                 .arg(start)
@@ -1312,17 +1310,13 @@ impl RedisStore {
                 .map_err(db)?;
             let got = chunk.len() as i64;
             for (k, item) in chunk.into_iter().enumerate() {
-                if items.len() == limit {
-                    return Ok(Page { items, more: true });
+                let len = item.len();
+                if !page.push((start as u64 + k as u64 + 1, Bytes::from(item)), len) {
+                    return Ok(page.finish());
                 }
-                bytes += item.len();
-                if bytes > PAGE_BYTES && !items.is_empty() {
-                    return Ok(Page { items, more: true });
-                }
-                items.push((start as u64 + k as u64 + 1, Bytes::from(item)));
             }
             if got < want {
-                return Ok(Page { items, more: false });
+                return Ok(page.finish());
             }
             start += got;
         }
