@@ -26,14 +26,7 @@ ADMIN="cluster-kill-admin-$$"
 BUDGET=$(( DURATION + DRAIN + 60 ))
 
 [ "${SKIP_BUILD:-0}" = 1 ] || build
-start_redis "$BUDGET" --appendonly yes --appendfsync always
-start_node "$SECRET" "$ADMIN" "$BUDGET" gateway,dispatcher gw1; GW_URL=$IMD_URL
-start_node "$SECRET" "$ADMIN" "$BUDGET" worker w1; W1_URL=$IMD_URL
-start_node "$SECRET" "$ADMIN" "$BUDGET" worker w2; W2_URL=$IMD_URL; W2_PID=$IMD_PID
-for _ in $(seq 1 50); do
-    [ "$(cluster_nodes "$GW_URL" "$ADMIN")" = "gw1 w1 w2" ] && break
-    sleep 0.1
-done
+start_test_cluster "$SECRET" "$ADMIN" "$BUDGET"
 
 timeout "$BUDGET" "$IMBENCH_BIN" run --target "$W1_URL" --target "$W2_URL" --spread \
     --token-secret "$SECRET" --scenario chat --connections "$CONNECTIONS" --rate "$RATE" \
@@ -62,24 +55,9 @@ forget_pid "$BENCH_PID"
 cat "$WORK/bench.out"
 grep -v '^\[' "$WORK/bench.err" | tail -5 >&2 || true
 
-R="$WORK/kill.json"
-LOST=$(json "$R" .messages.lost)
-GAP_MS=$(json "$R" .delivery_gap.longest_ms)
-GAP_FROM=$(json "$R" .delivery_gap.from_unix_ms)
 echo
 echo "kill -9 of worker w2 ${KILL_AFTER}s into a verified chat across 2 workers at ${RATE} msg/s, ${CONNECTIONS} connections, ${DURATION}s:"
-echo "  sent $(json "$R" .messages.sent), acked $(json "$R" .messages.acked), delivered $(json "$R" .messages.delivered), \
-unacked at end $(json "$R" .messages.unacked)"
-echo "  lost ${LOST}, lost_echo $(json "$R" .messages.lost_echo), duplicated $(json "$R" .messages.duplicated), \
-out_of_order $(json "$R" .messages.out_of_order), retransmits $(json "$R" .messages.retransmits)"
-echo "  dropped $(json "$R" .connections.dropped) connections, reconnects $(json "$R" .connections.reconnects)"
+kill_report "$WORK/kill.json" "$KILLED_AT"
 echo "  w2 out of the registry $(( GONE_AT - KILLED_AT )) ms after the kill"
-if [ "$GAP_FROM" != "None" ] && [ "$GAP_FROM" != "null" ]; then
-    echo "  longest delivery gap (no device received anything): ${GAP_MS} ms, starting $(( GAP_FROM - KILLED_AT )) ms from the kill"
-else
-    echo "  longest delivery gap (no device received anything): none of 50 ms or more"
-fi
-echo "  latency ms: p50 $(json "$R" .latency_ms.p50), p99 $(json "$R" .latency_ms.p99), \
-p99.9 $(json "$R" .latency_ms.p999), max $(json "$R" .latency_ms.max)"
 [ "$LOST" = 0 ] || { echo "FAILED: ${LOST} message(s) lost" >&2; exit 1; }
 exit "$rc"

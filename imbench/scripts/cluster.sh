@@ -27,21 +27,7 @@ n_rates=$(wc -w <<<"$RATES")
 BUDGET=$(( (${DURATION%s} + 40) * n_rates + 60 ))
 
 [ "${SKIP_BUILD:-0}" = 1 ] || build
-if [ "$AOF" = no ]; then
-    start_redis "$BUDGET" --appendonly no
-else
-    start_redis "$BUDGET" --appendonly yes --appendfsync "$AOF"
-fi
-
-start_node "$SECRET" "$ADMIN" "$BUDGET" gateway,dispatcher gw1; GW_URL=$IMD_URL
-start_node "$SECRET" "$ADMIN" "$BUDGET" worker w1; W1_URL=$IMD_URL
-start_node "$SECRET" "$ADMIN" "$BUDGET" worker w2; W2_URL=$IMD_URL; W2_PID=$IMD_PID
-
-for _ in $(seq 1 50); do
-    [ "$(cluster_nodes "$GW_URL" "$ADMIN")" = "gw1 w1 w2" ] && break
-    sleep 0.1
-done
-echo "== cluster: $(cluster_nodes "$GW_URL" "$ADMIN")" >&2
+start_test_cluster "$SECRET" "$ADMIN" "$BUDGET"
 
 rc=0
 for rate in $RATES; do

@@ -58,24 +58,9 @@ forget_pid "$BENCH_PID"
 cat "$WORK/bench.out"
 grep -v '^\[' "$WORK/bench.err" | tail -5 >&2 || true
 
-R="$WORK/kill.json"
-LOST=$(json "$R" .messages.lost)
-GAP_MS=$(json "$R" .delivery_gap.longest_ms)
-GAP_FROM=$(json "$R" .delivery_gap.from_unix_ms)
 echo
 echo "kill -9 of imd ${KILL_AFTER}s into a verified chat at ${RATE} msg/s, ${CONNECTIONS} connections, ${DURATION}s:"
-echo "  sent $(json "$R" .messages.sent), acked $(json "$R" .messages.acked), delivered $(json "$R" .messages.delivered), \
-unacked at end $(json "$R" .messages.unacked)"
-echo "  lost ${LOST}, lost_echo $(json "$R" .messages.lost_echo), duplicated $(json "$R" .messages.duplicated), \
-out_of_order $(json "$R" .messages.out_of_order), retransmits $(json "$R" .messages.retransmits)"
-echo "  dropped $(json "$R" .connections.dropped) connections, reconnects $(json "$R" .connections.reconnects)"
+kill_report "$WORK/kill.json" "$KILLED_AT"
 echo "  imd restart: ready $(( READY_AT - KILLED_AT )) ms after the kill"
-if [ "$GAP_FROM" != "None" ] && [ "$GAP_FROM" != "null" ]; then
-    echo "  longest delivery gap: ${GAP_MS} ms, starting $(( GAP_FROM - KILLED_AT )) ms from the kill"
-else
-    echo "  longest delivery gap: none of 50 ms or more"
-fi
-echo "  latency ms: p50 $(json "$R" .latency_ms.p50), p99 $(json "$R" .latency_ms.p99), \
-p99.9 $(json "$R" .latency_ms.p999), max $(json "$R" .latency_ms.max)"
 [ "$LOST" = 0 ] || { echo "FAILED: ${LOST} message(s) lost" >&2; exit 1; }
 exit "$rc"

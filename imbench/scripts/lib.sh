@@ -144,3 +144,45 @@ cluster_nodes() {
 every = len(sys.argv) > 1
 print(" ".join(sorted(n["node_id"] for n in json.load(sys.stdin)["nodes"] if every or n["version"])))' ${3:+"$3"}
 }
+
+# kill_report REPORT KILLED_AT_MS: the verified chat's outcome around a kill -9, from
+# imbench's JSON report, one indented line each; sets LOST.
+kill_report() {
+    local r=$1 killed=$2 gap_ms gap_from
+    LOST=$(json "$r" .messages.lost)
+    gap_ms=$(json "$r" .delivery_gap.longest_ms)
+    gap_from=$(json "$r" .delivery_gap.from_unix_ms)
+    echo "  sent $(json "$r" .messages.sent), acked $(json "$r" .messages.acked), delivered $(json "$r" .messages.delivered), \
+unacked at end $(json "$r" .messages.unacked)"
+    echo "  lost ${LOST}, lost_echo $(json "$r" .messages.lost_echo), duplicated $(json "$r" .messages.duplicated), \
+out_of_order $(json "$r" .messages.out_of_order), retransmits $(json "$r" .messages.retransmits)"
+    echo "  dropped $(json "$r" .connections.dropped) connections, reconnects $(json "$r" .connections.reconnects)"
+    if [ "$gap_from" != "None" ] && [ "$gap_from" != "null" ]; then
+        echo "  longest delivery gap (no device received anything): ${gap_ms} ms, starting $(( gap_from - killed )) ms from the kill"
+    else
+        echo "  longest delivery gap (no device received anything): none of 50 ms or more"
+    fi
+    echo "  latency ms: p50 $(json "$r" .latency_ms.p50), p99 $(json "$r" .latency_ms.p99), \
+p99.9 $(json "$r" .latency_ms.p999), max $(json "$r" .latency_ms.max)"
+}
+
+# start_test_cluster SECRET ADMIN MAX_SECONDS: start_redis (AOF per $AOF: always by
+# default, everysec, or no), then a gateway gw1 (gateway,dispatcher) and workers w1
+# and w2, and waits until the gateway reaches both; sets GW_URL, W1_URL, W2_URL,
+# W2_PID.
+start_test_cluster() {
+    local secret=$1 admin=$2 max=$3
+    if [ "${AOF:-always}" = no ]; then
+        start_redis "$max" --appendonly no
+    else
+        start_redis "$max" --appendonly yes --appendfsync "${AOF:-always}"
+    fi
+    start_node "$secret" "$admin" "$max" gateway,dispatcher gw1; GW_URL=$IMD_URL
+    start_node "$secret" "$admin" "$max" worker w1; W1_URL=$IMD_URL
+    start_node "$secret" "$admin" "$max" worker w2; W2_URL=$IMD_URL; W2_PID=$IMD_PID
+    for _ in $(seq 1 50); do
+        [ "$(cluster_nodes "$GW_URL" "$admin")" = "gw1 w1 w2" ] && break
+        sleep 0.1
+    done
+    echo "== cluster: $(cluster_nodes "$GW_URL" "$admin")" >&2
+}
