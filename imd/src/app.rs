@@ -34,6 +34,7 @@ use crate::config::{Config, Role};
 use crate::dispatch::{Dispatcher, Workers};
 use crate::gateway::auth::TokenKeys;
 use crate::gateway::{self, AppState, Shared};
+use crate::rpc::auth::LinkKey;
 use crate::rpc::remote::WorkerServer;
 use crate::secrets::Secrets;
 use crate::store::{
@@ -122,6 +123,7 @@ impl App {
         let workers = Arc::new(Workers::new(
             node_id.clone(),
             is_worker.then(|| hub.clone()),
+            LinkKey::derive(secrets.token_secret.expose().as_bytes()),
         ));
         let (dispatcher, presence): (Arc<Dispatcher>, Arc<dyn Presence>) = match &redis {
             Some(r) => (
@@ -244,7 +246,8 @@ impl App {
             let stats: Arc<dyn Fn() -> shared::admin::NodeInfo + Send + Sync> =
                 Arc::new(move || gateway::node_info(&state));
             tokio::spawn(
-                WorkerServer::new(hub.clone(), stats).run(listener, self.background.clone()),
+                WorkerServer::new(hub.clone(), stats, self.state.workers.link_key().clone())
+                    .run(listener, self.background.clone()),
             );
             me.rpc = Some(local.to_string());
             bound = Some(local);

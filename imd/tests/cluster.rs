@@ -10,7 +10,8 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use common::redis::Redis;
-use common::{FRAME_DEADLINE, Imd, WsClient, wait_until};
+use common::{FRAME_DEADLINE, Imd, WsClient, metric, wait_until};
+use imd::store::{MessageStore, NewMessage, Op};
 use serde_json::{Value, json};
 use shared::admin::ClusterInfo;
 use shared::ids::direct_conv;
@@ -266,6 +267,42 @@ async fn a_worker_killed_mid_stream_loses_nothing() {
     let ids: Vec<&str> = inbox.iter().map(|i| i.msg.id.as_str()).collect();
     let sent: Vec<&str> = acked.iter().map(|m| m.id.as_str()).collect();
     assert_eq!(ids, sent, "every acknowledged message, in order");
+}
+
+/// A message whose inbox entries were written by a node that died before pushing them
+/// still reaches the recipient's online device, with nothing after it to reveal the
+/// gap: when the dead node's link ends, the worker compares each session with its
+/// inbox and pushes what it missed. (The write is made here, straight into Redis, so
+/// that nobody pushes it; then the gateway is killed.)
+#[tokio::test]
+async fn a_push_lost_with_its_writer_still_reaches_an_online_device() {
+    let mut c = Cluster::start(Redis::standalone()).await;
+    let alice = c.gateway.token("alice", "a1");
+    let mut bob = c.connect(&c.w2, "bob", "b1").await;
+    let first = c
+        .gateway
+        .http()
+        .send_to(&alice, "bob", None, json!(1))
+        .await;
+    assert_eq!(expect_push_of(&mut bob, &first.id).await.0, 1);
+
+    let store = imd::store::RedisStore::connect(&c.redis.url())
+        .await
+        .expect("connect to redis");
+    let lost = NewMessage {
+        id: "written-then-lost".into(),
+        conv: direct_conv("alice", "bob"),
+        from: "alice".into(),
+        cid: None,
+        body: json!(2),
+        ts: first.ts,
+        members: vec!["alice".into(), "bob".into()],
+    };
+    store.commit(vec![Op::Message(lost)]).await.expect("commit");
+    c.gateway.kill9();
+
+    let (useq, msg) = expect_push_of(&mut bob, "written-then-lost").await;
+    assert_eq!((useq, msg.seq), (2, 2));
 }
 
 /// A gateway restarted (SIGTERM, then started again) goes on with the same sequences:
@@ -627,6 +664,52 @@ async fn a_device_moving_to_another_worker_replaces_its_old_connection() {
         routes(redis, "bob").await == [("phone".to_owned(), "w1".to_owned())]
     })
     .await;
+}
+
+/// The RPC links between nodes need the cluster's `--token-secret`: a worker started
+/// with another one registers, but every handshake with it fails, so no node reaches
+/// it (nor pushes to it), and the other workers stay reached.
+#[tokio::test]
+async fn rpc_links_need_the_clusters_secret() {
+    let c = Cluster::start(Redis::standalone()).await;
+    let url = c.redis.url();
+    let stranger = Imd::start(&[
+        "--redis",
+        &url,
+        "--roles",
+        "worker",
+        "--node-id",
+        "w3",
+        "--token-secret",
+        "not-the-cluster-secret",
+        "--admin-token",
+        SECRETS[3],
+    ]);
+    let w3 = stranger.http();
+    wait_until(
+        FAILOVER_DEADLINE,
+        "w3 refusing the others' links",
+        || async {
+            metric(&w3.metrics().await, "imd_rpc_handshake_failures_total")
+                .is_some_and(|v| v >= 1.0)
+        },
+    )
+    .await;
+    let view = c
+        .gateway
+        .http()
+        .get("/admin/v1/cluster", Some(SECRETS[3]))
+        .await;
+    let view: ClusterInfo = serde_json::from_value(view.assert_ok().clone()).expect("cluster view");
+    let w3 = view.nodes.iter().find(|n| n.node_id == "w3");
+    assert!(
+        w3.is_some_and(|n| n.version.is_empty()),
+        "w3 registered, not reached: {w3:?}"
+    );
+    assert_eq!(
+        cluster_ids(&c.gateway).await,
+        ["gw1", "w1", "w2"].map(String::from).into()
+    );
 }
 
 /// Cluster mode refuses to start, with a clear message, without shared secrets, with

@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use futures_util::{StreamExt, TryStreamExt, stream};
-use imd::store::{DirectoryStore, NodeInfo, RedisStore};
+use imd::store::{DirectoryStore, MessageStore, NewMessage, NodeInfo, Op, RedisStore, RouteAdded};
 use shared::admin::{BlacklistEntry, BlacklistKind};
 use tokio::sync::mpsc;
 
@@ -43,6 +43,7 @@ macro_rules! both {
 both!(
     heartbeat_live_dead,
     routes_add_remove,
+    routes_and_inbox_heads,
     clean_node_removes_only_its_routes,
     deregister_removes_node_and_routes,
     blacklist_notifications,
@@ -114,16 +115,17 @@ async fn routes_add_remove(redis: Redis) {
     let s = connect(&redis).await;
     let users = |v: &[&str]| v.iter().map(|u| u.to_string()).collect::<Vec<_>>();
 
-    assert_eq!(s.route_add("u1", "d1", "n1").await.unwrap(), None);
+    let previous = |added: RouteAdded| added.previous;
+    assert_eq!(previous(s.route_add("u1", "d1", "n1").await.unwrap()), None);
     // The same node again is no move.
-    assert_eq!(s.route_add("u1", "d1", "n1").await.unwrap(), None);
+    assert_eq!(previous(s.route_add("u1", "d1", "n1").await.unwrap()), None);
     // The device moved: the previous node is returned.
     assert_eq!(
-        s.route_add("u1", "d1", "n2").await.unwrap(),
+        previous(s.route_add("u1", "d1", "n2").await.unwrap()),
         Some("n1".into())
     );
-    assert_eq!(s.route_add("u1", "d2", "n1").await.unwrap(), None);
-    assert_eq!(s.route_add("u2", "d1", "n1").await.unwrap(), None);
+    assert_eq!(previous(s.route_add("u1", "d2", "n1").await.unwrap()), None);
+    assert_eq!(previous(s.route_add("u2", "d1", "n1").await.unwrap()), None);
 
     assert_eq!(
         s.routes(&users(&["u2", "nobody", "u1"])).await.unwrap(),
@@ -147,6 +149,36 @@ async fn routes_add_remove(redis: Redis) {
         s.routes(&users(&["u1", "u2"])).await.unwrap(),
         [vec![route("d2", "n1")], vec![route("d1", "n1")]]
     );
+}
+
+/// A route write reads the user's inbox head with it, and `inbox_heads` reads many.
+async fn routes_and_inbox_heads(redis: Redis) {
+    let s = connect(&redis).await;
+    let members = vec!["a".to_string(), "b".to_string()];
+    for i in 0..3 {
+        let op = Op::Message(NewMessage {
+            id: format!("m{i}"),
+            conv: "d:a~b".into(),
+            from: "a".into(),
+            cid: None,
+            body: serde_json::json!(i),
+            ts: 1,
+            members: members.clone(),
+        });
+        s.commit(vec![op]).await.unwrap();
+    }
+    let added = s.route_add("a", "phone", "n1").await.unwrap();
+    assert_eq!(added.inbox_head, 3);
+    assert_eq!(
+        s.route_add("nobody", "phone", "n1")
+            .await
+            .unwrap()
+            .inbox_head,
+        0
+    );
+    let uids = ["b", "nobody", "a"].map(String::from);
+    assert_eq!(s.inbox_heads(&uids).await.unwrap(), [3, 0, 3]);
+    assert!(s.inbox_heads(&[]).await.unwrap().is_empty());
 }
 
 async fn clean_node_removes_only_its_routes(redis: Redis) {

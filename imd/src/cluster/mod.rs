@@ -26,6 +26,11 @@ use crate::worker::{Hub, RouteChange};
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
 /// How long a registration outlives its last heartbeat.
 pub const NODE_TTL: Duration = Duration::from_secs(3);
+/// How long a catch-up waits after it is asked for: pushes still on their way from
+/// live nodes land first, and a burst of requests makes one pass.
+const CATCH_UP_DELAY: Duration = Duration::from_millis(500);
+/// Users whose inbox heads one round of a catch-up reads.
+const CATCH_UP_CHUNK: usize = 1024;
 /// How often the blacklist is reloaded even without a notification (pub/sub is
 /// fire-and-forget; this bounds how long a missed one matters).
 const BLACKLIST_RELOAD: Duration = Duration::from_secs(10);
@@ -60,16 +65,17 @@ impl Membership {
         }
         self.store.heartbeat(&self.me, NODE_TTL).await?;
         self.workers.follow(&self.store.live_nodes().await?).await;
-        if let Some(hub) = self.workers.local()
-            && let Some(changes) = hub.watch_routes()
-        {
-            tokio::spawn(write_routes(
-                self.store.clone(),
-                self.workers.clone(),
-                hub.node_id().to_owned(),
-                changes,
-                stop.clone(),
-            ));
+        if let Some(hub) = self.workers.local() {
+            if let Some(changes) = hub.watch_routes() {
+                tokio::spawn(write_routes(
+                    self.store.clone(),
+                    self.workers.clone(),
+                    hub.node_id().to_owned(),
+                    changes,
+                    stop.clone(),
+                ));
+            }
+            tokio::spawn(catch_up(hub.clone(), self.store.clone(), stop.clone()));
         }
         let notifications = self.store.subscribe_blacklist().await?;
         tokio::spawn(follow_blacklist(
@@ -230,8 +236,10 @@ async fn write_route(store: &RedisStore, workers: &Workers, me: &str, change: Ro
             written,
         } => {
             let added = store.route_add(&uid, &device, me).await;
-            let _ = written.send(());
-            match added {
+            // A failed write still lets the upgrade go on: without a known inbox head
+            // the session learns its place from the device's `sync` or first push.
+            let _ = written.send(added.as_ref().ok().map(|a| a.inbox_head));
+            match added.map(|a| a.previous) {
                 Ok(Some(previous)) => {
                     if !workers.is_live(&previous) {
                         // A worker started less than a discovery tick ago: look now.
@@ -251,6 +259,41 @@ async fn write_route(store: &RedisStore, workers: &Workers, me: &str, change: Ro
                 tracing::warn!(uid, device, error = %e, "removing a route failed");
             }
         }
+    }
+}
+
+/// Runs a catch-up pass each time the hub asks for one ([`Hub::catch_up_soon`]): reads
+/// the inbox head of every user connected here and hands it to their sessions, which
+/// read from the inbox whatever they should have been pushed and were not.
+///
+/// A pass costs one `LLEN` per connected user, pipelined; it runs only after a node
+/// left, a link broke or a sender lost deliveries, not on a timer.
+async fn catch_up(hub: Arc<Hub>, store: Arc<RedisStore>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = hub.catch_up_wanted() => {}
+            _ = stop.cancelled() => break,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(CATCH_UP_DELAY) => {}
+            _ = stop.cancelled() => break,
+        }
+        let uids = hub.uids();
+        for chunk in uids.chunks(CATCH_UP_CHUNK) {
+            match store.inbox_heads(chunk).await {
+                Ok(heads) => {
+                    for (uid, head) in chunk.iter().zip(heads) {
+                        hub.offer_inbox_head(uid, head);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading inbox heads failed; devices catch up at their next sync");
+                    break;
+                }
+            }
+        }
+        metrics::counter!("imd_catch_up_passes_total").increment(1);
+        tracing::info!(users = uids.len(), "catch-up pass after a lost peer");
     }
 }
 

@@ -1,7 +1,7 @@
 //! The workers a node can reach: its own hub, and an RPC client per live worker of the
 //! cluster, kept in step with discovery.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use shared::admin::{ConnectionInfo, NodeInfo};
 
 use crate::rpc::WorkerApi;
+use crate::rpc::auth::LinkKey;
 use crate::rpc::remote::{Delivery, RemoteWorker};
 use crate::store::NodeInfo as Registration;
 use crate::worker::Hub;
@@ -21,9 +22,13 @@ const RETRY_AFTER: Duration = Duration::from_secs(3);
 pub struct Workers {
     local_id: String,
     local: Option<Arc<Hub>>,
+    /// What this node's RPC links prove, both ways.
+    link: LinkKey,
     remote: RwLock<HashMap<String, Arc<RemoteWorker>>>,
     /// When connecting to a worker last failed.
     failed: Mutex<HashMap<String, Instant>>,
+    /// Ids of every node (any role) live at the last [`Workers::follow`].
+    nodes: Mutex<HashSet<String>>,
     /// One [`Workers::follow`] at a time (the discovery tick and the routing task both
     /// call it): two would connect to the same new worker, and the second client would
     /// replace the first with its queued deliveries.
@@ -31,15 +36,23 @@ pub struct Workers {
 }
 
 impl Workers {
-    /// This node (`local_id`), with its hub when it is a worker, and no remote yet.
-    pub fn new(local_id: String, local: Option<Arc<Hub>>) -> Self {
+    /// This node (`local_id`), with its hub when it is a worker, and no remote yet;
+    /// its links prove `link`.
+    pub fn new(local_id: String, local: Option<Arc<Hub>>, link: LinkKey) -> Self {
         Self {
             local_id,
             local,
+            link,
             remote: RwLock::new(HashMap::new()),
             failed: Mutex::new(HashMap::new()),
+            nodes: Mutex::new(HashSet::new()),
             following: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// The key this node's RPC links prove (its worker server asks it of callers).
+    pub fn link_key(&self) -> &LinkKey {
+        &self.link
     }
 
     /// This node's hub, when it is a worker.
@@ -87,9 +100,21 @@ impl Workers {
     }
 
     /// Follows discovery: connects to live workers not connected yet (or whose
-    /// connection broke, or moved), and drops those no longer live.
+    /// connection broke, or moved), and drops those no longer live. When any node left
+    /// the registry, the local hub catches up: that node may have written inbox
+    /// entries and died before pushing them.
     pub async fn follow(&self, live: &[Registration]) {
         let _one = self.following.lock().await;
+        let now_live: HashSet<String> = live.iter().map(|n| n.id.clone()).collect();
+        let someone_left = {
+            let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+            let left = nodes.iter().any(|id| !now_live.contains(id));
+            *nodes = now_live;
+            left
+        };
+        if someone_left && let Some(hub) = &self.local {
+            hub.catch_up_soon();
+        }
         let wanted: HashMap<&str, SocketAddr> = live
             .iter()
             .filter(|n| n.id != self.local_id && n.roles.iter().any(|r| r == "worker"))
@@ -124,7 +149,7 @@ impl Workers {
             if self.remote(id).is_some() || recently_failed {
                 continue;
             }
-            match RemoteWorker::connect(id, addr).await {
+            match RemoteWorker::connect(id, addr, &self.link).await {
                 Ok(w) => {
                     tracing::info!(node = %id, %addr, "worker connected");
                     self.remote

@@ -95,8 +95,13 @@ pub(super) async fn upgrade(
     if let Some(route) = route {
         // A client that leaves while we wait drops this handler: unregister then.
         let pending = Unregister(Some((ctx.hub.clone(), conn.clone())));
-        if tokio::time::timeout(ROUTE_WAIT, route).await.is_err() {
-            tracing::warn!(uid = %conn.who.uid, "route not written in time; pushes from other nodes may wait for a sync");
+        match tokio::time::timeout(ROUTE_WAIT, route).await {
+            // Entries after this head are pushed here by whoever writes them.
+            Ok(Ok(Some(head))) => conn.start_after(head),
+            Ok(_) => {}
+            Err(_) => {
+                tracing::warn!(uid = %conn.who.uid, "route not written in time; pushes from other nodes may wait for a sync");
+            }
         }
         pending.disarm();
     }

@@ -7,6 +7,7 @@
 //! [`remote`] is the network form: the [`remote::WorkerRpc`] tarpc service, its server
 //! over a node's hub, and [`remote::RemoteWorker`], a client that batches deliveries.
 
+pub mod auth;
 pub mod remote;
 
 use bytes::Bytes;

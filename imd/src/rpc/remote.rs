@@ -7,7 +7,15 @@
 //! that order on its side too.
 //!
 //! Every connection gets `TCP_NODELAY`: a small push batch must not wait for the
-//! peer's delayed ack.
+//! peer's delayed ack, and starts with the handshake of [`super::auth`]: only nodes
+//! that hold the cluster's `--token-secret` get to call.
+//!
+//! Pushes can still be lost: a node dies with deliveries queued, a link breaks, a
+//! queue overflows, a batch misses its deadline. The messages are in the inboxes
+//! already; what the worker needs is to hear that it should look. It does when an
+//! incoming RPC connection ends, and when the sending node calls
+//! [`WorkerRpc::catch_up`] after it dropped or failed deliveries; then every session
+//! compares what it pushed with its user's inbox (see `cluster::catch_up`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,6 +35,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::auth::{LinkKey, client_handshake, server_handshake};
 use super::{Push, WorkerApi};
 use crate::worker::Hub;
 
@@ -83,6 +92,9 @@ pub trait WorkerRpc {
     ) -> (Vec<ConnectionInfo>, Option<String>);
     /// This node's figures, for the cluster view.
     async fn stats() -> NodeInfo;
+    /// Some deliveries the caller queued for this worker were dropped or failed: the
+    /// worker's sessions look in their inboxes for what they missed.
+    async fn catch_up();
 }
 
 /// Serves [`WorkerRpc`] from a node's hub.
@@ -90,12 +102,17 @@ pub trait WorkerRpc {
 pub struct WorkerServer {
     hub: Arc<Hub>,
     stats: Arc<dyn Fn() -> NodeInfo + Send + Sync>,
+    key: LinkKey,
 }
 
 impl WorkerServer {
-    /// Serves `hub`; `stats` describes the node.
-    pub fn new(hub: Arc<Hub>, stats: Arc<dyn Fn() -> NodeInfo + Send + Sync>) -> Self {
-        Self { hub, stats }
+    /// Serves `hub` to the nodes that prove `key`; `stats` describes the node.
+    pub fn new(
+        hub: Arc<Hub>,
+        stats: Arc<dyn Fn() -> NodeInfo + Send + Sync>,
+        key: LinkKey,
+    ) -> Self {
+        Self { hub, stats, key }
     }
 
     /// Accepts RPC connections on `listener` until `stop` is cancelled.
@@ -114,16 +131,28 @@ impl WorkerServer {
             };
             let _ = tcp.set_nodelay(true);
             tracing::debug!(%peer, "rpc connection");
-            let transport = serde_transport::new(framed(tcp), Bincode::default());
             let server = self.clone();
+            let hub = self.hub.clone();
             let stop = stop.clone();
             tokio::spawn(async move {
+                let mut tcp = tcp;
+                if let Err(e) = server_handshake(&mut tcp, &server.key).await {
+                    metrics::counter!("imd_rpc_handshake_failures_total").increment(1);
+                    tracing::warn!(%peer, error = %e, "rpc connection refused");
+                    return;
+                }
+                let transport = serde_transport::new(framed(tcp), Bincode::default());
                 // One request after another: each only enqueues, and order matters.
                 let requests = BaseChannel::with_defaults(transport)
                     .execute(server.serve())
                     .for_each(|handle| handle);
                 tokio::select! {
-                    _ = requests => {}
+                    _ = requests => {
+                        // The peer left or its link broke, perhaps with pushes for us
+                        // still queued on its side.
+                        tracing::debug!(%peer, "rpc connection ended");
+                        hub.catch_up_soon();
+                    }
                     _ = stop.cancelled() => {}
                 }
             });
@@ -168,6 +197,10 @@ impl WorkerRpc for WorkerServer {
     async fn stats(self, _: context::Context) -> NodeInfo {
         (self.stats)()
     }
+
+    async fn catch_up(self, _: context::Context) {
+        self.hub.catch_up_soon();
+    }
 }
 
 fn framed(tcp: TcpStream) -> tokio_util::codec::Framed<TcpStream, LengthDelimitedCodec> {
@@ -189,18 +222,24 @@ pub struct RemoteWorker {
     client: WorkerRpcClient,
     queue: mpsc::Sender<Delivery>,
     broken: Arc<AtomicBool>,
+    /// Deliveries were dropped or failed since the worker last heard of it.
+    owed: Arc<AtomicBool>,
     stop: CancellationToken,
 }
 
 impl RemoteWorker {
-    /// Connects to the worker of node `node` at `addr`, and starts its delivery task.
-    pub async fn connect(node: &str, addr: SocketAddr) -> std::io::Result<Self> {
-        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+    /// Connects to the worker of node `node` at `addr`, proves `key` to it (and checks
+    /// that it holds the same), and starts the delivery task.
+    pub async fn connect(node: &str, addr: SocketAddr, key: &LinkKey) -> std::io::Result<Self> {
+        let mut tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
             .await
             .map_err(|_| {
                 std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
             })??;
         tcp.set_nodelay(true)?;
+        client_handshake(&mut tcp, key)
+            .await
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::PermissionDenied, e))?;
         let transport = serde_transport::new(framed(tcp), Bincode::default());
         let tarpc::client::NewClient { client, dispatch } =
             WorkerRpcClient::new(tarpc::client::Config::default(), transport);
@@ -217,11 +256,15 @@ impl RemoteWorker {
         });
         let (queue, rx) = mpsc::channel(QUEUE);
         let stop = CancellationToken::new();
+        let owed = Arc::new(AtomicBool::new(false));
         tokio::spawn(deliver_loop(
-            node.to_owned(),
-            client.clone(),
+            Link {
+                node: node.to_owned(),
+                client: client.clone(),
+                broken: broken.clone(),
+                owed: owed.clone(),
+            },
             rx,
-            broken.clone(),
             stop.clone(),
         ));
         Ok(Self {
@@ -230,6 +273,7 @@ impl RemoteWorker {
             client,
             queue,
             broken,
+            owed,
             stop,
         })
     }
@@ -250,15 +294,19 @@ impl RemoteWorker {
     }
 
     /// Queues `d` without waiting. When the queue is full the delivery is dropped: the
-    /// message is already in every inbox, and the devices catch up with `sync`.
+    /// message is already in every inbox, and the worker is told to catch up after the
+    /// next batch.
     pub fn push(&self, d: Delivery) {
         if self.queue.try_send(d).is_err() {
+            self.owed.store(true, Ordering::Relaxed);
             metrics::counter!("imd_rpc_deliveries_dropped_total").increment(1);
         }
     }
 
     fn note<T>(&self, r: Result<T, RpcError>) -> Result<T, RpcError> {
-        if let Err(RpcError::Shutdown | RpcError::Channel(_) | RpcError::Send(_)) = &r {
+        if let Err(e) = &r
+            && breaks_link(e)
+        {
             self.broken.store(true, Ordering::Relaxed);
         }
         r
@@ -324,14 +372,33 @@ impl Drop for RemoteWorker {
     }
 }
 
-/// Sends queued deliveries in batches, one batch in flight, until the worker is dropped.
-async fn deliver_loop(
+/// What the delivery task of one worker works with.
+struct Link {
     node: String,
     client: WorkerRpcClient,
-    mut rx: mpsc::Receiver<Delivery>,
     broken: Arc<AtomicBool>,
-    stop: CancellationToken,
-) {
+    owed: Arc<AtomicBool>,
+}
+
+impl Link {
+    fn note_failure(&self, e: &RpcError) {
+        if breaks_link(e) {
+            self.broken.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Whether `e` means the connection is gone (rather than a call that failed on it).
+fn breaks_link(e: &RpcError) -> bool {
+    matches!(
+        e,
+        RpcError::Shutdown | RpcError::Channel(_) | RpcError::Send(_)
+    )
+}
+
+/// Sends queued deliveries in batches, one batch in flight, until the worker is dropped.
+/// After a batch, if deliveries were lost, tells the worker to catch up.
+async fn deliver_loop(link: Link, mut rx: mpsc::Receiver<Delivery>, stop: CancellationToken) {
     let mut batch = Vec::with_capacity(BATCH_MAX);
     loop {
         let n = tokio::select! {
@@ -343,20 +410,24 @@ async fn deliver_loop(
         }
         let deliveries = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_MAX));
         let started = Instant::now();
-        match client.push(deadline(PUSH_DEADLINE), deliveries).await {
+        match link.client.push(deadline(PUSH_DEADLINE), deliveries).await {
             Ok(()) => {
                 metrics::histogram!("imd_rpc_push_seconds").record(started.elapsed().as_secs_f64());
             }
             Err(e) => {
-                // The messages are in the inboxes; the devices catch up with `sync`.
+                // The messages are in the inboxes; the worker is told to look.
                 metrics::counter!("imd_rpc_push_failures_total").increment(1);
-                tracing::warn!(node, error = %e, batch = n, "push to worker failed");
-                if matches!(
-                    e,
-                    RpcError::Shutdown | RpcError::Channel(_) | RpcError::Send(_)
-                ) {
-                    broken.store(true, Ordering::Relaxed);
-                }
+                tracing::warn!(node = link.node, error = %e, batch = n, "push to worker failed");
+                link.note_failure(&e);
+                link.owed.store(true, Ordering::Relaxed);
+            }
+        }
+        if link.owed.swap(false, Ordering::Relaxed) {
+            // A broken link needs no call: the worker sees its connection end.
+            if let Err(e) = link.client.catch_up(deadline(CALL_DEADLINE)).await {
+                tracing::debug!(node = link.node, error = %e, "asking a worker to catch up failed");
+                link.note_failure(&e);
+                link.owed.store(true, Ordering::Relaxed);
             }
         }
     }

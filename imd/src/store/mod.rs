@@ -9,7 +9,7 @@ mod embedded;
 mod redis;
 
 pub use embedded::EmbeddedStore;
-pub use redis::{NodeInfo, RedisStore};
+pub use redis::{NodeInfo, RedisStore, RouteAdded};
 
 use async_trait::async_trait;
 use bytes::Bytes;

@@ -39,6 +39,13 @@ pub(crate) enum Out {
     },
     /// Any other frame (`sent`, `error`, …).
     Frame(Utf8Bytes),
+    /// The device has everything up to this `useq` in its inbox, or gets it with its
+    /// own `sync`: pushes are owed after it (see [`Conn::start_after`]).
+    Start(u64),
+    /// The user's inbox reached this `useq`: a session that pushed less than that
+    /// waits briefly for the rest, then reads what is still missing from the inbox
+    /// (see [`Hub::offer_inbox_head`]).
+    Head(u64),
 }
 
 #[derive(Debug, Default)]
@@ -149,6 +156,16 @@ pub struct Conn {
     pub unacked: std::sync::atomic::AtomicU64,
 }
 
+impl Conn {
+    /// Tells the session where the device stands: `useq` was the inbox head when the
+    /// connection's route was written (cluster mode), so pushes are owed after it. Goes
+    /// through the outbox rather than the session's arguments: those would stay in
+    /// every session's future for its whole life.
+    pub fn start_after(&self, useq: u64) {
+        self.outbox.enqueue(Out::Start(useq));
+    }
+}
+
 /// One shard of the hub: uid → that user's connected devices.
 type Shard = HashMap<String, Vec<Arc<Conn>>>;
 
@@ -173,8 +190,9 @@ pub enum RouteChange {
         uid: String,
         /// The device.
         device: String,
-        /// Told when the route is written.
-        written: tokio::sync::oneshot::Sender<()>,
+        /// Told when the route is written, with the user's inbox head (highest
+        /// `useq`) as it was then; `None` when the write failed.
+        written: tokio::sync::oneshot::Sender<Option<u64>>,
     },
     /// Device `device` of `uid` left, and no replacement took its place here.
     Disconnected {
@@ -199,6 +217,8 @@ pub struct Hub {
     /// per connection are ever in it, and connections are bounded by the rate limits
     /// and the open-files limit.
     routes: OnceLock<mpsc::UnboundedSender<RouteChange>>,
+    /// Wakes the cluster's catch-up pass (see [`Hub::catch_up_soon`]).
+    catch_up: Notify,
 }
 
 impl Hub {
@@ -214,6 +234,7 @@ impl Hub {
             blacklist,
             stats: WorkerStats::default(),
             routes: OnceLock::new(),
+            catch_up: Notify::new(),
         }
     }
 
@@ -227,6 +248,35 @@ impl Hub {
     fn route_change(&self, change: RouteChange) {
         if let Some(tx) = self.routes.get() {
             let _ = tx.send(change);
+        }
+    }
+
+    /// Pushes to this worker may have been lost on the way: a node that sent them died
+    /// or its link broke, or it dropped some. Wakes whoever waits in
+    /// [`Hub::catch_up_wanted`] (cluster mode), now or, if nobody waits yet, at its next
+    /// wait.
+    pub fn catch_up_soon(&self) {
+        metrics::counter!("imd_catch_up_requests_total").increment(1);
+        self.catch_up.notify_one();
+    }
+
+    /// Waits for [`Hub::catch_up_soon`].
+    pub async fn catch_up_wanted(&self) {
+        self.catch_up.notified().await
+    }
+
+    /// Every uid with a device connected here, unordered.
+    pub fn uids(&self) -> Vec<String> {
+        self.shards()
+            .flat_map(|s| s.keys().cloned().collect::<Vec<_>>())
+            .collect()
+    }
+
+    /// Tells each device of `uid` that its inbox reached `head`: a session that pushed
+    /// less than that reads the rest from the inbox unless the pushes come first.
+    pub fn offer_inbox_head(&self, uid: &str, head: u64) {
+        for c in self.devices(uid) {
+            c.outbox.enqueue(Out::Head(head));
         }
     }
 
@@ -251,18 +301,18 @@ impl Hub {
         self.outbox_capacity
     }
 
-    /// Every connection, unordered.
-    fn all(&self) -> Vec<Arc<Conn>> {
+    /// Each shard, locked in turn.
+    fn shards(&self) -> impl Iterator<Item = std::sync::MutexGuard<'_, Shard>> {
+        // Every critical section leaves its shard consistent, even if it panicked.
         self.shards
             .iter()
-            .flat_map(|s| {
-                s.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .values()
-                    .flatten()
-                    .cloned()
-                    .collect::<Vec<_>>()
-            })
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Every connection, unordered.
+    fn all(&self) -> Vec<Arc<Conn>> {
+        self.shards()
+            .flat_map(|s| s.values().flatten().cloned().collect::<Vec<_>>())
             .collect()
     }
 
@@ -292,13 +342,17 @@ impl Hub {
     }
 
     /// [`Hub::register`], and in cluster mode a receiver told when the connection's
-    /// route is written: until then other nodes do not push to it.
+    /// route is written (with the user's inbox head then): until then other nodes do
+    /// not push to it.
     pub fn register_routed(
         &self,
         who: Identity,
         remote: SocketAddr,
         connected_at_ms: i64,
-    ) -> (Arc<Conn>, Option<tokio::sync::oneshot::Receiver<()>>) {
+    ) -> (
+        Arc<Conn>,
+        Option<tokio::sync::oneshot::Receiver<Option<u64>>>,
+    ) {
         let conn = Arc::new(Conn {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             who,
@@ -373,15 +427,8 @@ impl Hub {
 
     /// How many connections the hub holds.
     pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| {
-                s.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .values()
-                    .map(Vec::len)
-                    .sum::<usize>()
-            })
+        self.shards()
+            .map(|s| s.values().map(Vec::len).sum::<usize>())
             .sum()
     }
 
@@ -500,10 +547,28 @@ mod tests {
             .into_iter()
             .filter_map(|o| match o {
                 Out::Push { useq, .. } => Some(useq),
-                Out::Frame(_) => None,
+                Out::Frame(_) | Out::Start(_) | Out::Head(_) => None,
             })
             .collect();
         (useqs, closing)
+    }
+
+    #[test]
+    fn an_inbox_head_reaches_every_device_of_its_user() {
+        let hub = hub();
+        let a1 = hub.register(who("a", "1"), addr(), 0);
+        let a2 = hub.register(who("a", "2"), addr(), 0);
+        let b = hub.register(who("b", "1"), addr(), 0);
+        let mut uids = hub.uids();
+        uids.sort();
+        assert_eq!(uids, ["a", "b"]);
+        hub.offer_inbox_head("a", 7);
+        hub.offer_inbox_head("nobody", 3);
+        for c in [&a1, &a2] {
+            let (q, _) = c.outbox.take();
+            assert!(matches!(q.as_slices().0, [Out::Head(7)]), "{q:?}");
+        }
+        assert!(b.outbox.take().0.is_empty());
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Puts a device's pushes back in `useq` order when they arrive out of it.
+//! Puts a device's pushes back in `useq` order when they arrive out of it, and finds
+//! the pushes that never arrive.
 //!
 //! On one node pushes reach a session in commit order. In a cluster the entries of one
 //! inbox are written, and pushed, by whichever node holds the conversation's fan-out
@@ -10,6 +11,13 @@
 //! pushing them, or its delivery was dropped): the session reads the missing entries
 //! from the inbox and pushes them, then the rest. A late push below the released ones
 //! is written at once.
+//!
+//! A lost push with nothing after it leaves no gap to see. For those, the session is
+//! told the inbox's head from outside ([`Reorder::expect`]: the cluster's catch-up
+//! after a peer was lost) and treats everything up to it as expected: it waits the
+//! same window, then reads what is still missing. This needs to know where the device
+//! stands: the inbox head when its route was written, its last complete `sync`, or its
+//! last push ([`Reorder::start_after`]).
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -34,7 +42,8 @@ pub(crate) struct Held {
 /// order (every connection carries one).
 #[derive(Default)]
 pub(crate) struct Reorder {
-    /// The `useq` after the highest one released; 0 before the first (useqs start at 1).
+    /// The `useq` after the highest one released; 0 while the device's place is not
+    /// known (useqs start at 1).
     next: u64,
     holding: Option<Box<Holding>>,
 }
@@ -42,20 +51,47 @@ pub(crate) struct Reorder {
 /// What a session holds while a `useq` is missing.
 struct Holding {
     held: BTreeMap<u64, Held>,
+    /// The highest `useq` known to exist: the last one held, or an inbox head.
+    until: u64,
     /// Fires when the oldest hold's window ends.
     timer: Pin<Box<Sleep>>,
 }
 
 impl Reorder {
+    /// The device has everything up to `useq`, or gets it from its own `sync`: pushes
+    /// after it are expected in order from here. Ignored while something is held (the
+    /// gap's repair settles the order then).
+    pub(crate) fn start_after(&mut self, useq: u64) {
+        if self.holding.is_none() {
+            self.next = self.next.max(useq + 1);
+        }
+    }
+
+    /// The inbox holds entries up to `head`: those not pushed within the window are
+    /// read from the inbox. Ignored while the device's place is unknown.
+    pub(crate) fn expect(&mut self, head: u64, now: Instant) {
+        if self.next == 0 || head < self.next {
+            return;
+        }
+        let h = self.hold(now);
+        h.until = h.until.max(head);
+    }
+
+    fn hold(&mut self, now: Instant) -> &mut Holding {
+        self.holding.get_or_insert_with(|| {
+            Box::new(Holding {
+                held: BTreeMap::new(),
+                until: 0,
+                timer: Box::pin(tokio::time::sleep_until((now + WINDOW).into())),
+            })
+        })
+    }
+
     /// Takes one push; appends to `out`, in order, what may be written now.
     pub(crate) fn offer(&mut self, push: Held, now: Instant, out: &mut Vec<Held>) {
         if self.next != 0 && push.useq > self.next {
-            let h = self.holding.get_or_insert_with(|| {
-                Box::new(Holding {
-                    held: BTreeMap::new(),
-                    timer: Box::pin(tokio::time::sleep_until((now + WINDOW).into())),
-                })
-            });
+            let h = self.hold(now);
+            h.until = h.until.max(push.useq);
             h.held.insert(push.useq, push);
             if h.held.len() > MAX_HELD {
                 self.release_all(out);
@@ -69,12 +105,11 @@ impl Reorder {
         }
     }
 
-    /// The range `(after, until]` of `useq`s from the first missing one to the last held
-    /// one, while something is held.
+    /// The range `(after, until]` of `useq`s from the first missing one to the last one
+    /// known to exist, while something is held or expected.
     pub(crate) fn gap(&self) -> Option<(u64, u64)> {
         let h = self.holding.as_ref()?;
-        let (&last, _) = h.held.last_key_value()?;
-        Some((self.next.saturating_sub(1), last))
+        Some((self.next.saturating_sub(1), h.until))
     }
 
     /// Whether `useq` is one of the gap's missing pushes (not released, not held).
@@ -86,7 +121,7 @@ impl Reorder {
                 .is_none_or(|h| !h.held.contains_key(&useq))
     }
 
-    /// Whether something is held (and [`Reorder::expired`] will fire).
+    /// Whether something is held or expected (and [`Reorder::expired`] will fire).
     pub(crate) fn holding(&self) -> bool {
         self.holding.is_some()
     }
@@ -100,7 +135,8 @@ impl Reorder {
         })
     }
 
-    /// The window ended: appends everything held to `out`, in order, past the gap.
+    /// The window ended: appends everything held to `out`, in order, past the gap. An
+    /// expected tail that did not arrive is given up (the device's `sync` has it).
     pub(crate) fn release_all(&mut self, out: &mut Vec<Held>) {
         if let Some(h) = self.holding.take() {
             if let Some((&last, _)) = h.held.last_key_value() {
@@ -118,7 +154,7 @@ impl Reorder {
             self.next += 1;
             out.push(p);
         }
-        if h.held.is_empty() {
+        if h.held.is_empty() && self.next > h.until {
             self.holding = None;
         }
     }
@@ -186,6 +222,57 @@ mod tests {
         assert_eq!(read, [5, 6, 8]);
         assert_eq!(offer(&mut r, &read), [5, 6, 7, 8, 9]);
         assert_eq!(r.gap(), None);
+    }
+
+    #[tokio::test]
+    async fn an_expected_tail_waits_for_its_pushes() {
+        let mut r = Reorder::default();
+        r.expect(5, Instant::now());
+        assert!(
+            !r.holding(),
+            "nothing is expected before the device's place is known"
+        );
+        r.start_after(3);
+        r.expect(3, Instant::now());
+        assert!(
+            !r.holding(),
+            "a head the device already has expects nothing"
+        );
+        r.expect(6, Instant::now());
+        assert_eq!(r.gap(), Some((3, 6)));
+        // Pushes that arrive within the window close it.
+        assert_eq!(offer(&mut r, &[4, 5]), [4, 5]);
+        assert!(r.holding(), "6 is still expected");
+        assert_eq!(offer(&mut r, &[6]), [6]);
+        assert!(!r.holding(), "nothing expected, no timer");
+        assert_eq!(r.gap(), None);
+    }
+
+    #[tokio::test]
+    async fn an_expected_tail_that_does_not_come_is_read() {
+        let mut r = Reorder::default();
+        assert_eq!(offer(&mut r, &[1, 2]), [1, 2]);
+        r.expect(5, Instant::now());
+        assert_eq!(offer(&mut r, &[4]), Vec::<u64>::new(), "4 waits for 3");
+        r.expired().await;
+        let (after, until) = r.gap().expect("a gap after the window");
+        assert_eq!((after, until), (2, 5));
+        let read: Vec<u64> = (after + 1..=until).filter(|&u| r.missing(u)).collect();
+        assert_eq!(read, [3, 5]);
+        assert_eq!(offer(&mut r, &read), [3, 4, 5]);
+        assert!(!r.holding());
+    }
+
+    #[tokio::test]
+    async fn start_after_moves_forward_only_and_not_while_holding() {
+        let mut r = Reorder::default();
+        r.start_after(10);
+        assert_eq!(offer(&mut r, &[11]), [11]);
+        r.start_after(5);
+        assert_eq!(offer(&mut r, &[12]), [12], "not moved back");
+        assert_eq!(offer(&mut r, &[14]), Vec::<u64>::new());
+        r.start_after(20);
+        assert_eq!(r.gap(), Some((12, 14)), "a hold keeps its place");
     }
 
     #[tokio::test]

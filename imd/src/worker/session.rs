@@ -283,14 +283,16 @@ where
                 }
             }
             Out::Frame(frame) => frames.push(Message::Text(frame)),
+            Out::Start(head) => st.reorder.start_after(head),
+            Out::Head(head) => st.reorder.expect(head, now),
         }
     }
     write_tracked(socket, frames, st, s).await
 }
 
-/// The reorder window ended and the gap is still there: its pushes were lost on the
-/// way, so the missing entries are read from the inbox and pushed, in order with the
-/// held ones.
+/// The reorder window ended and the gap (or an expected tail) is still there: its
+/// pushes were lost on the way, so the missing entries are read from the inbox and
+/// pushed, in order with the held ones.
 async fn write_held<S>(
     socket: &mut S,
     conn: &Conn,
@@ -456,7 +458,13 @@ async fn handle_text(
         }
         ClientFrame::Sync { after, limit } => Some(
             match ctx.messaging.sync(&conn.who.uid, after, limit).await {
-                Ok(page) => wire::synced_frame(&page.items, page.more),
+                Ok(page) => {
+                    // A last page ends at the inbox's head: pushes are owed after it.
+                    if let (false, Some((last, _))) = (page.more, page.items.last()) {
+                        st.reorder.start_after(*last);
+                    }
+                    wire::synced_frame(&page.items, page.more)
+                }
                 Err(e) => {
                     tracing::warn!(uid = %conn.who.uid, error = %e, "sync failed");
                     wire::error_frame(None, e.code(), e.client_message())
@@ -636,6 +644,8 @@ mod tests {
 
     struct Rig {
         ctx: Arc<SessionCtx>,
+        /// The store under `ctx`: what is committed here is in the inboxes, unpushed.
+        store: Arc<crate::store::EmbeddedStore>,
         stop: CancellationToken,
         _dir: tempfile::TempDir,
     }
@@ -653,7 +663,7 @@ mod tests {
         };
         let deps = crate::business::messaging::Deps {
             store: store.clone(),
-            dir: store,
+            dir: store.clone(),
             presence: hub.clone(),
             deliver: dispatcher,
             blacklist,
@@ -677,12 +687,23 @@ mod tests {
         });
         Rig {
             ctx,
+            store,
             stop,
             _dir: dir,
         }
     }
 
     fn connect(rig: &Rig, uid: &str, device: &str) -> (Client, tokio::task::JoinHandle<()>) {
+        connect_after(rig, uid, device, None)
+    }
+
+    /// [`connect`], as if the inbox head was `inbox_head` when the route was written.
+    fn connect_after(
+        rig: &Rig,
+        uid: &str,
+        device: &str,
+        inbox_head: Option<u64>,
+    ) -> (Client, tokio::task::JoinHandle<()>) {
         let (to_server, incoming) = tokio::sync::mpsc::unbounded_channel();
         let (outgoing, from_server) = tokio::sync::mpsc::unbounded_channel();
         let who = crate::business::Identity {
@@ -693,6 +714,9 @@ mod tests {
             ip: None,
         };
         let conn = rig.ctx.hub.register(who, "127.0.0.1:9".parse().unwrap(), 0);
+        if let Some(head) = inbox_head {
+            conn.start_after(head);
+        }
         let task = tokio::spawn(run(
             TestSocket { incoming, outgoing },
             conn,
@@ -849,6 +873,70 @@ mod tests {
             got,
             [(1, 1), (2, 2), (3, 3)],
             "in order, the gap read from the inbox"
+        );
+        rig.stop.cancel();
+    }
+
+    /// Commits a message from alice to bob straight into the store: in both inboxes,
+    /// pushed to nobody (as by a node that died right after writing it).
+    async fn commit_unpushed(rig: &Rig, body: u64) {
+        use crate::store::{MessageStore, NewMessage, Op};
+        let op = Op::Message(NewMessage {
+            id: format!("m{body}"),
+            conv: shared::ids::direct_conv("alice", "bob"),
+            from: "alice".into(),
+            cid: None,
+            body: serde_json::json!(body),
+            ts: 1,
+            members: vec!["alice".into(), "bob".into()],
+        });
+        rig.store.commit(vec![op]).await.unwrap();
+    }
+
+    /// The next frame, which must be a push: `(useq, body)`.
+    async fn next_push(c: &mut Client) -> (u64, u64) {
+        let f = c.next().await.unwrap();
+        assert_eq!(f["type"], "msg", "{f}");
+        (
+            f["useq"].as_u64().unwrap(),
+            f["msg"]["body"].as_u64().unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_lost_last_push_is_read_once_the_inbox_head_is_known() {
+        let rig = rig();
+        for i in 1..=3 {
+            commit_unpushed(&rig, i).await;
+        }
+        // The route was written when bob's inbox held 1; the pushes of 2 and 3 were
+        // lost with the node that wrote them, and nothing came after them.
+        let (mut bob, _task) = connect_after(&rig, "bob", "b1", Some(1));
+        rig.ctx.hub.offer_inbox_head("bob", 3);
+        assert_eq!(next_push(&mut bob).await, (2, 2));
+        assert_eq!(next_push(&mut bob).await, (3, 3));
+        rig.stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_complete_sync_tells_where_the_device_stands() {
+        let rig = rig();
+        let (mut bob, _task) = connect(&rig, "bob", "b1");
+        commit_unpushed(&rig, 1).await;
+        commit_unpushed(&rig, 2).await;
+        // Where the device stands is unknown yet: a head pushes nothing.
+        rig.ctx.hub.offer_inbox_head("bob", 2);
+        bob.send(serde_json::json!({"type": "sync", "after": 0}));
+        let synced = bob.next().await.unwrap();
+        assert_eq!(synced["type"], "synced", "{synced}");
+        assert_eq!(synced["msgs"].as_array().unwrap().len(), 2);
+        assert_eq!(synced["more"], false);
+        commit_unpushed(&rig, 3).await;
+        rig.ctx.hub.offer_inbox_head("bob", 3);
+        assert_eq!(
+            next_push(&mut bob).await,
+            (3, 3),
+            "only what the sync did not have"
         );
         rig.stop.cancel();
     }

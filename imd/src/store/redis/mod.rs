@@ -26,7 +26,7 @@ mod directory;
 mod messages;
 mod registry;
 
-pub use registry::NodeInfo;
+pub use registry::{NodeInfo, RouteAdded};
 
 /// How long one command may take before it fails (redis-rs defaults to 500 ms).
 pub(crate) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);

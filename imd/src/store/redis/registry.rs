@@ -64,14 +64,25 @@ pub struct NodeInfo {
     pub started_ms: i64,
 }
 
-/// `route_add`: sets the route, returns the node it named before (or nil).
-/// KEYS[1] = conns hash; ARGV[1] = device, ARGV[2] = node.
+/// What [`RedisStore::route_add`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteAdded {
+    /// The node that held the device before, when it was another one.
+    pub previous: Option<String>,
+    /// The user's highest `useq` when the route was written. Every later inbox entry is
+    /// written after the route, so its writer sees the route and pushes it here.
+    pub inbox_head: u64,
+}
+
+/// `route_add`: sets the route; returns `{the node it named before or "", the length of
+/// the user's inbox}`, both read atomically with the write.
+/// KEYS[1] = conns hash, KEYS[2] = the user's inbox; ARGV[1] = device, ARGV[2] = node.
 static ROUTE_ADD: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local prev = redis.call('HGET', KEYS[1], ARGV[1])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-return prev
+return {prev or '', redis.call('LLEN', KEYS[2])}
 ",
     )
 });
@@ -269,14 +280,13 @@ impl RedisStore {
         Ok(removed)
     }
 
-    /// Records that device `device` of `uid` is connected on `node`; returns the node that
-    /// held that device before, when it was another one.
+    /// Records that device `device` of `uid` is connected on `node`.
     pub async fn route_add(
         &self,
         uid: &str,
         device: &str,
         node: &str,
-    ) -> Result<Option<String>, StoreError> {
+    ) -> Result<RouteAdded, StoreError> {
         let mut conn = self.conn.clone();
         // The node's user set first: a uid listed without a route is harmless, a route
         // whose uid is not listed would outlive the node.
@@ -286,14 +296,18 @@ impl RedisStore {
             .exec_async(&mut conn)
             .await
             .map_err(db)?;
-        let prev: Option<String> = ROUTE_ADD
+        let (previous, inbox_head): (String, u64) = ROUTE_ADD
             .key(conns_key(uid))
+            .key(user_key(uid, "inbox"))
             .arg(device)
             .arg(node)
             .invoke_async(&mut conn)
             .await
             .map_err(db)?;
-        Ok(prev.filter(|p| p != node))
+        Ok(RouteAdded {
+            previous: Some(previous).filter(|p| !p.is_empty() && p != node),
+            inbox_head,
+        })
     }
 
     /// Removes the route of (uid, device) if it still names `node`; whether it did.
@@ -342,6 +356,23 @@ impl RedisStore {
                     .map_err(db)?;
                 routes.sort();
                 Ok(routes)
+            }
+        }))
+        .await
+    }
+
+    /// The highest `useq` of each of `uids` (0 for an empty inbox), in the order of
+    /// `uids` (concurrent single-slot reads).
+    pub async fn inbox_heads(&self, uids: &[String]) -> Result<Vec<u64>, StoreError> {
+        fan_out(uids.iter().map(|uid| {
+            let mut conn = self.conn.clone();
+            let key = user_key(uid, "inbox");
+            async move {
+                redis::cmd("LLEN")
+                    .arg(key)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(db)
             }
         }))
         .await
