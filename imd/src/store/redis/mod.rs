@@ -12,13 +12,14 @@
 //! Work that spans slots (a message's fan-out into its members' inboxes) is a sequence
 //! of single-slot scripts, each safe to re-run; see `messages`.
 
+use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisFuture, Value};
+use redis::{Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value};
 
 use super::StoreError;
 
@@ -32,6 +33,15 @@ pub use registry::{NodeInfo, RouteAdded};
 pub(crate) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long connecting may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Tries a request to standalone Redis gets in all when its connection is lost (see
+/// [`retry_lost`]).
+const TRIES: u32 = 3;
+/// The wait before the second try; it doubles before each later one (50, 100 ms).
+const RETRY_BACKOFF: Duration = Duration::from_millis(50);
+/// A retry starts only this soon after the first try. A try that failed later than
+/// this already waited out the manager's own reconnect backoff (about 6 s while Redis
+/// is down), and its caller should hear of it rather than wait that long again.
+const RETRY_WITHIN: Duration = Duration::from_secs(1);
 
 /// One multiplexed connection to standalone Redis or to a Redis Cluster.
 ///
@@ -95,10 +105,18 @@ impl Conn {
     }
 }
 
+/// Standalone requests go through [`retry_lost`]: after Redis restarts, the connection
+/// manager (RESP2: no disconnect notice) only learns that its connection is gone when a
+/// request fails on it, and that first request would otherwise fail a client's send or
+/// a heartbeat. Cluster requests do not: redis-rs's cluster connection already retries a
+/// lost connection itself (reconnecting the node, up to 16 retries with backoff).
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
-            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Single(c) => Box::pin(retry_lost(move || {
+                let mut c = c.clone();
+                async move { c.send_packed_command(cmd).await }
+            })),
             Conn::Cluster(c) => c.req_packed_command(cmd),
         }
     }
@@ -110,7 +128,10 @@ impl ConnectionLike for Conn {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
-            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Single(c) => Box::pin(retry_lost(move || {
+                let mut c = c.clone();
+                async move { c.send_packed_commands(pipeline, offset, count).await }
+            })),
             Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }
@@ -121,6 +142,50 @@ impl ConnectionLike for Conn {
             Conn::Cluster(c) => c.get_db(),
         }
     }
+}
+
+/// Runs `request` until it succeeds, fails otherwise than by [`connection_lost`], has
+/// had [`TRIES`] tries, or [`RETRY_WITHIN`] has passed since the first; returns the last
+/// outcome. Waits [`RETRY_BACKOFF`], doubling, between tries.
+///
+/// Sending a request again is safe only because every request imd sends may run twice:
+/// a connection lost after the request went out may have lost only the answer. Reads,
+/// `SET`/`SADD`/`HSET`/`DEL`, and the Lua scripts of this module are written to be
+/// re-runnable; a new request must be too. What a second run may change is an answer,
+/// never the data: `route_add` then reports no previous node (an old connection on
+/// another worker is not kicked, and goes when its client does), a member append
+/// reports entries as already there (their push is left to the catch-up or `sync`),
+/// and removals report nothing removed.
+async fn retry_lost<T, F, Fut>(mut request: F) -> RedisResult<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = RedisResult<T>>,
+{
+    let first = Instant::now();
+    let mut backoff = RETRY_BACKOFF;
+    let mut tries = 1;
+    loop {
+        match request().await {
+            Err(e) if tries < TRIES && connection_lost(&e) && first.elapsed() < RETRY_WITHIN => {
+                tracing::debug!(error = %e, tries, "redis connection lost; retrying the request");
+                metrics::counter!("imd_redis_retries_total").increment(1);
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+                tries += 1;
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+/// Whether `e` says the connection was dropped or refused, the errors on which the
+/// connection manager reconnects. Not a timeout: the request may still be running, and
+/// trying again would double a wait that is already long (redis-rs reports a response
+/// timeout as an I/O error too, which is why `is_io_error` alone is not the test). Not a
+/// server error either (`WRONGTYPE`, …): the server answered; `NOSCRIPT` is handled by
+/// redis-rs's `Script`.
+fn connection_lost(e: &RedisError) -> bool {
+    !e.is_timeout() && (e.is_connection_dropped() || e.is_connection_refusal())
 }
 
 /// The URLs of `spec` (comma-separated); at least one.
@@ -184,5 +249,90 @@ impl RedisStore {
     /// Whether the server is a Redis Cluster.
     pub fn is_cluster(&self) -> bool {
         self.conn.is_cluster()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use redis::{ErrorKind, ServerErrorKind};
+
+    use super::*;
+
+    fn io_error(kind: io::ErrorKind) -> RedisError {
+        io::Error::from(kind).into()
+    }
+
+    #[test]
+    fn only_a_lost_connection_counts_as_lost() {
+        let cases = [
+            // What a request on the connection the server closed gets.
+            (io_error(io::ErrorKind::BrokenPipe), true),
+            (io_error(io::ErrorKind::ConnectionReset), true),
+            (io_error(io::ErrorKind::UnexpectedEof), true),
+            // What the reconnection gets while the server is not back yet.
+            (io_error(io::ErrorKind::ConnectionRefused), true),
+            // A response timeout: the request may still run.
+            (io_error(io::ErrorKind::TimedOut), false),
+            (
+                RedisError::from((
+                    ErrorKind::Server(ServerErrorKind::ResponseError),
+                    "WRONGTYPE",
+                )),
+                false,
+            ),
+            (
+                RedisError::from((ErrorKind::Server(ServerErrorKind::NoScript), "NOSCRIPT")),
+                false,
+            ),
+            (RedisError::from((ErrorKind::Parse, "bad reply")), false),
+        ];
+        for (e, lost) in cases {
+            assert_eq!(connection_lost(&e), lost, "{e:?}");
+        }
+    }
+
+    /// Tries `retry_lost` makes when every try fails with `e`.
+    async fn tries_on(e: RedisError) -> u32 {
+        let tries = AtomicU32::new(0);
+        let outcome: RedisResult<()> = retry_lost(|| {
+            tries.fetch_add(1, Ordering::Relaxed);
+            let e = e.clone();
+            async move { Err(e) }
+        })
+        .await;
+        assert!(outcome.is_err());
+        tries.into_inner()
+    }
+
+    #[tokio::test]
+    async fn retries_a_lost_connection_a_bounded_number_of_times() {
+        assert_eq!(tries_on(io_error(io::ErrorKind::BrokenPipe)).await, TRIES);
+        assert_eq!(tries_on(io_error(io::ErrorKind::TimedOut)).await, 1);
+        let wrongtype = (
+            ErrorKind::Server(ServerErrorKind::ResponseError),
+            "WRONGTYPE",
+        );
+        assert_eq!(tries_on(RedisError::from(wrongtype)).await, 1);
+    }
+
+    #[tokio::test]
+    async fn a_retry_that_succeeds_returns_its_answer() {
+        let tries = AtomicU32::new(0);
+        let outcome = retry_lost(|| {
+            let n = tries.fetch_add(1, Ordering::Relaxed);
+            async move {
+                if n == 0 {
+                    Err(io_error(io::ErrorKind::BrokenPipe))
+                } else {
+                    Ok(Value::Okay)
+                }
+            }
+        })
+        .await;
+        assert_eq!(outcome.expect("the second try"), Value::Okay);
+        assert_eq!(tries.into_inner(), 2);
     }
 }
