@@ -103,7 +103,7 @@ fn group_commit(c: &mut Criterion) {
         limits: Arc::new(Limits::new(off, off)),
     };
     let (messaging, _task) =
-        rt.block_on(async { Messaging::start(deps, 1024, CancellationToken::new()) });
+        rt.block_on(async { Messaging::start(deps, 1024, 1, CancellationToken::new()) });
     let mut g = c.benchmark_group("group_commit");
     g.sample_size(10).measurement_time(Duration::from_secs(10));
     for senders in [1u64, 64, 512] {

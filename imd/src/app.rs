@@ -146,8 +146,12 @@ impl App {
             words: words.clone(),
             limits: limits.clone(),
         };
-        let (messaging, commit_task) =
-            Messaging::start(deps, cfg.commit_batch, commit_stop.clone());
+        let (messaging, commit_task) = Messaging::start(
+            deps,
+            cfg.commit_batch,
+            cfg.commit_lanes(),
+            commit_stop.clone(),
+        );
         let admin = Admin::new(dir, blacklist, words, messaging.clone());
         tokio::spawn(housekeeping(
             store.clone(),

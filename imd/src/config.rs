@@ -134,6 +134,9 @@ pub struct Config {
     pub max_unacked: usize,
     /// Most messages committed in one store transaction.
     pub commit_batch: usize,
+    /// Commit tasks, each owning the conversations that hash to it; `None`: 1 on the
+    /// embedded store (one writer; one fsync per batch), 8 on Redis.
+    pub commit_lanes: Option<usize>,
     /// How long shutdown waits for sessions and commits to finish.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -169,6 +172,7 @@ impl Default for Config {
             outbox_capacity: 1024,
             max_unacked: 4096,
             commit_batch: 1024,
+            commit_lanes: None,
             shutdown_grace: Duration::from_secs(10),
             log_format: LogFormat::Text,
             send_rate: 100,
@@ -248,6 +252,10 @@ pub struct ServeArgs {
     /// Most messages per store transaction [default: 1024].
     #[arg(long, env = "IMD_COMMIT_BATCH")]
     pub commit_batch: Option<usize>,
+    /// Commit tasks working side by side, each for the conversations that hash to it
+    /// [default: 1 on the embedded store, 8 with --redis].
+    #[arg(long, env = "IMD_COMMIT_LANES")]
+    pub commit_lanes: Option<usize>,
     /// Grace period of a shutdown [default: 10s].
     #[arg(long, env = "IMD_SHUTDOWN_GRACE", value_parser = duration)]
     pub shutdown_grace: Option<Duration>,
@@ -312,6 +320,7 @@ impl Config {
             outbox_capacity,
             max_unacked,
             commit_batch,
+            commit_lanes,
             shutdown_grace,
             log_format,
             send_rate,
@@ -352,6 +361,12 @@ impl Config {
             (1..=65536).contains(&self.commit_batch),
             "commit-batch must be between 1 and 65536"
         );
+        if let Some(lanes) = self.commit_lanes {
+            anyhow::ensure!(
+                (1..=64).contains(&lanes),
+                "commit-lanes must be between 1 and 64"
+            );
+        }
         anyhow::ensure!(!self.roles.is_empty(), "roles must name at least one role");
         let all = [Role::Gateway, Role::Dispatcher, Role::Worker];
         anyhow::ensure!(
@@ -380,6 +395,12 @@ impl Config {
             self.rpc_listen
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)))
         })
+    }
+
+    /// How many commit tasks to run (see `commit_lanes`).
+    pub fn commit_lanes(&self) -> usize {
+        self.commit_lanes
+            .unwrap_or(if self.redis.is_some() { 8 } else { 1 })
     }
 
     /// The interval of server pings: a third of the idle timeout.
@@ -469,6 +490,10 @@ mod tests {
                 roles: vec![Role::Worker],
                 ..Config::default()
             },
+            Config {
+                commit_lanes: Some(0),
+                ..Config::default()
+            },
             // Other nodes cannot reach an unspecified address.
             Config {
                 redis: Some("redis://127.0.0.1:6379".into()),
@@ -478,6 +503,21 @@ mod tests {
         ] {
             assert!(bad.validate().is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn one_commit_lane_on_the_embedded_store_eight_on_redis() {
+        assert_eq!(Config::default().commit_lanes(), 1);
+        let redis = Config {
+            redis: Some("redis://127.0.0.1:6379".into()),
+            ..Config::default()
+        };
+        assert_eq!(redis.commit_lanes(), 8);
+        let given = Config {
+            commit_lanes: Some(3),
+            ..redis
+        };
+        assert_eq!(given.commit_lanes(), 3);
     }
 
     #[test]

@@ -1,12 +1,22 @@
 //! Sending, syncing and reading history; the group-commit task.
 //!
 //! Every send, from any transport, is checked here (blacklist, rate limit, rules,
-//! sensitive words), resolved to its recipients, queued to one commit task per process,
-//! and committed in batches: one store transaction (one fsync) for everything that
-//! queued while the previous batch was being written. The commit task then hands each
-//! new message to the [`Deliver`] sink and answers its sender, both in commit order, so
-//! pushes leave in the same order as `seq` and `useq` were given.
+//! sensitive words), resolved to its recipients, queued to a commit task, and committed
+//! in batches: one store transaction (one fsync) for everything that queued while the
+//! previous batch was being written. The commit task then hands each new message to
+//! the [`Deliver`] sink and answers its sender, both in commit order, so pushes leave in
+//! the same order as `seq` and `useq` were given.
+//!
+//! There are one or more commit tasks (lanes). A conversation always goes to the same
+//! lane, chosen by hashing its id, so that its messages and joins commit in the order
+//! they were queued. The embedded store runs one lane: it has one writer, and one
+//! batch is one fsync. On Redis, where a commit is a few round trips and may wait on a
+//! fan-out lease that a dead node held, several lanes keep one slow conversation from
+//! holding up the others, and keep several batches in flight. Pushes of one user's
+//! inbox can then leave two lanes out of `useq` order; the session puts them back in
+//! order (`worker::reorder`), as it does for pushes from different nodes.
 
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -96,7 +106,10 @@ struct Inner {
     words: Arc<Words>,
     limits: Arc<Limits>,
     service: Arc<CustomerService>,
-    queue: mpsc::Sender<Queued>,
+    /// One queue per commit lane.
+    lanes: Vec<mpsc::Sender<Queued>>,
+    /// Hashes a conversation id to its lane.
+    hasher: std::hash::RandomState,
 }
 
 /// The messaging service. Cheap to clone.
@@ -111,26 +124,34 @@ pub fn now_ms() -> i64 {
 }
 
 impl Messaging {
-    /// Starts the commit task. It commits at most `batch_max` operations per
-    /// transaction, and on `shutdown` stops taking sends, commits what is queued, and
-    /// returns.
+    /// Starts `lanes` commit tasks (at least one). Each commits at most `batch_max`
+    /// operations per transaction, and on `shutdown` stops taking sends, commits what
+    /// is queued, and returns; the handle ends when every lane has.
     pub fn start(
         deps: Deps,
         batch_max: usize,
+        lanes: usize,
         shutdown: CancellationToken,
     ) -> (Self, tokio::task::JoinHandle<()>) {
-        // A queue of a few batches: deep enough to keep the store busy, shallow enough
-        // that senders feel backpressure instead of growing memory.
-        let (tx, rx) = mpsc::channel(batch_max * 4);
         let feed = Arc::new(Feed::new());
-        let task = tokio::spawn(commit_loop(
-            deps.store.clone(),
-            deps.deliver,
-            feed.clone(),
-            rx,
-            batch_max,
-            shutdown,
-        ));
+        let mut tasks = tokio::task::JoinSet::new();
+        let lanes: Vec<_> = (0..lanes.max(1))
+            .map(|_| {
+                // A queue of a few batches: deep enough to keep the store busy, shallow
+                // enough that senders feel backpressure instead of growing memory.
+                let (tx, rx) = mpsc::channel(batch_max * 4);
+                tasks.spawn(commit_loop(
+                    deps.store.clone(),
+                    deps.deliver.clone(),
+                    feed.clone(),
+                    rx,
+                    batch_max,
+                    shutdown.clone(),
+                ));
+                tx
+            })
+            .collect();
+        let task = tokio::spawn(async move { while tasks.join_next().await.is_some() {} });
         let service = Arc::new(CustomerService::new(deps.dir.clone(), deps.presence));
         let inner = Inner {
             feed,
@@ -140,9 +161,21 @@ impl Messaging {
             words: deps.words,
             limits: deps.limits,
             service,
-            queue: tx,
+            lanes,
+            hasher: std::hash::RandomState::new(),
         };
         (Self(Arc::new(inner)), task)
+    }
+
+    /// Queues `q` on the lane of its conversation.
+    async fn enqueue(&self, q: Queued) -> Result<(), Error> {
+        let conv = match &q.op {
+            Op::Message(m) => &m.conv,
+            Op::Join { conv, .. } => conv,
+        };
+        let lanes = &self.0.lanes;
+        let lane = &lanes[self.0.hasher.hash_one(conv.as_str()) as usize % lanes.len()];
+        lane.send(q).await.map_err(|_| Error::ShuttingDown)
     }
 
     /// The customer-service rules.
@@ -208,11 +241,7 @@ impl Messaging {
         for (i, op) in ops.into_iter().enumerate() {
             let reply = if i == last { reply.take() } else { None };
             let cid = if i == last { cid.clone() } else { None };
-            self.0
-                .queue
-                .send(Queued { op, cid, reply })
-                .await
-                .map_err(|_| Error::ShuttingDown)?;
+            self.enqueue(Queued { op, cid, reply }).await?;
         }
         Ok(())
     }
@@ -233,15 +262,12 @@ impl Messaging {
     /// decision go.
     pub async fn submit(&self, mut decision: Decision) -> Result<(), Error> {
         for op in std::mem::take(&mut decision.ops) {
-            self.0
-                .queue
-                .send(Queued {
-                    op,
-                    cid: None,
-                    reply: None,
-                })
-                .await
-                .map_err(|_| Error::ShuttingDown)?;
+            self.enqueue(Queued {
+                op,
+                cid: None,
+                reply: None,
+            })
+            .await?;
         }
         Ok(())
     }
@@ -567,6 +593,10 @@ mod tests {
     }
 
     fn rig_with(limits: Limits, words: Words) -> Rig {
+        rig_lanes(limits, words, 1)
+    }
+
+    fn rig_lanes(limits: Limits, words: Words, lanes: usize) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
         let rec = Arc::new(Recorder::default());
@@ -581,7 +611,7 @@ mod tests {
             words: Arc::new(words),
             limits: Arc::new(limits),
         };
-        let (m, _task) = Messaging::start(deps, 64, stop.clone());
+        let (m, _task) = Messaging::start(deps, 64, lanes, stop.clone());
         Rig {
             m,
             rec,
@@ -716,6 +746,69 @@ mod tests {
         let delivered = rec.0.lock().unwrap().clone();
         let seqs: Vec<u64> = delivered.iter().map(|d| d.1).collect();
         assert_eq!(seqs, (1..=200).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn lanes_keep_each_conversation_in_order() {
+        let r = rig_lanes(
+            no_limits(),
+            Words::load(None, crate::business::words::WordsPolicy::Mask).unwrap(),
+            4,
+        );
+        // Eight senders, each with its own conversation, queueing 25 messages without
+        // waiting for their commits; the conversations spread over the lanes and
+        // commit side by side.
+        let mut tasks = Vec::new();
+        for s in 0..8 {
+            let m = r.m.clone();
+            tasks.push(tokio::spawn(async move {
+                let from = who(&format!("s{s}"));
+                let mut answers = Vec::new();
+                for i in 0..25 {
+                    let (tx, rx) = oneshot::channel();
+                    let reply: Reply = Box::new(move |r| drop(tx.send(r)));
+                    m.send(&from, req(json!({"to": "hub", "body": i})), reply)
+                        .await
+                        .unwrap();
+                    answers.push(rx);
+                }
+                let mut seqs = Vec::new();
+                for (i, rx) in answers.into_iter().enumerate() {
+                    let out = rx.await.unwrap().unwrap();
+                    let msg: serde_json::Value = serde_json::from_slice(&out.json).unwrap();
+                    assert_eq!(msg["body"], i);
+                    seqs.push(msg["seq"].as_u64().unwrap());
+                }
+                seqs
+            }));
+        }
+        for t in tasks {
+            assert_eq!(
+                t.await.unwrap(),
+                (1..=25).collect::<Vec<u64>>(),
+                "in send order"
+            );
+        }
+        // Delivered in commit order within each conversation, and every inbox gapless.
+        let delivered = r.rec.0.lock().unwrap().clone();
+        for s in 0..8 {
+            let conv = direct_conv(&format!("s{s}"), "hub");
+            let seqs: Vec<u64> = delivered
+                .iter()
+                .filter(|d| d.0 == conv)
+                .map(|d| d.1)
+                .collect();
+            assert_eq!(seqs, (1..=25).collect::<Vec<u64>>(), "{conv}");
+        }
+        let inbox = r.m.sync("hub", 0, Some(1000)).await.unwrap();
+        let stored: Vec<u64> = inbox.items.iter().map(|(u, _)| *u).collect();
+        assert_eq!(stored, (1..=200).collect::<Vec<u64>>());
+        let mut useqs: Vec<u64> = delivered
+            .iter()
+            .flat_map(|d| d.2.iter().filter(|(u, _)| u == "hub").map(|(_, q)| *q))
+            .collect();
+        useqs.sort();
+        assert_eq!(useqs, (1..=200).collect::<Vec<u64>>());
     }
 
     #[tokio::test]

@@ -673,7 +673,7 @@ mod tests {
             ),
             limits: Arc::new(crate::business::limits::Limits::new(off, off)),
         };
-        let (messaging, _) = Messaging::start(deps, 64, CancellationToken::new());
+        let (messaging, _) = Messaging::start(deps, 64, 1, CancellationToken::new());
         let ctx = Arc::new(SessionCtx {
             hub,
             messaging,
