@@ -18,7 +18,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -188,6 +187,7 @@ impl App {
             messaging,
             sessions,
             max_body: cfg.max_frame_bytes,
+            body_timeout: cfg.idle_timeout,
             metrics,
             tracker: TaskTracker::new(),
             node_id,
@@ -331,20 +331,7 @@ pub async fn serve_until(cfg: Config, stop: CancellationToken) -> anyhow::Result
     println!("{ready}");
     tracing::info!(%listen, node_id, cluster = cfg.redis.is_some(), "imd serving");
 
-    let routes = app
-        .router()
-        .into_make_service_with_connect_info::<SocketAddr>();
-    // Without TCP_NODELAY, a small push waits for the client's delayed ack (Nagle):
-    // about 40 ms at p90 on loopback.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    axum::serve(listener, routes)
-        .with_graceful_shutdown(stop.clone().cancelled_owned())
-        .await
-        .context("serving HTTP")?;
+    gateway::serve::serve(listener, app.router(), cfg.idle_timeout, stop.clone()).await;
     // The listener is closed and HTTP requests are answered; sessions saw `stop` too.
     app.shutdown().await;
     tracing::info!("imd stopped");

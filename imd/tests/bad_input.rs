@@ -3,6 +3,10 @@
 
 mod common;
 
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpStream;
+
 use common::{Auth, FRAME_DEADLINE, Imd, WsClient, try_ws};
 use serde_json::json;
 use shared::protocol::{ErrorCode, ServerFrame};
@@ -216,4 +220,111 @@ async fn garbage_from_one_client_does_not_disturb_others() {
         Err(status) => panic!("upgrade refused: {status}"),
     };
     dave.ping_pong().await;
+}
+
+/// Reads from `tcp` until the server closes it (EOF or reset), within `deadline`;
+/// returns what it sent.
+async fn read_until_closed(tcp: &mut tokio::net::TcpStream, deadline: Duration) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(deadline, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    });
+    read.await
+        .unwrap_or_else(|_| panic!("the server kept the connection open past {deadline:?}"));
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// Reads one HTTP response (its head, then `Content-Length` bytes of body).
+async fn read_response(tcp: &mut TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = tokio::time::timeout(FRAME_DEADLINE, tcp.read(&mut buf))
+            .await
+            .expect("a response in time")
+            .expect("read");
+        assert!(n > 0, "closed mid-response");
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got);
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap())
+                })
+                .unwrap_or(0);
+            if got.len() >= end + 4 + length {
+                return text.into_owned();
+            }
+        }
+    }
+}
+
+/// Dead and slow HTTP clients do not hold their sockets: a connection that sends
+/// nothing, half a request head, or stays silent after a keep-alive response is closed
+/// once the idle timeout passes (not before), and a body that trickles in gets 400.
+#[tokio::test]
+async fn http_connections_silent_past_the_idle_timeout_are_closed() {
+    use tokio::io::AsyncWriteExt;
+    let idle = Duration::from_secs(1);
+    let imd = Imd::start(&["--idle-timeout", "1s"]);
+    let deadline = idle + FRAME_DEADLINE;
+
+    // Connects and says nothing.
+    let started = Instant::now();
+    let mut silent = TcpStream::connect(imd.addr).await.unwrap();
+    assert_eq!(read_until_closed(&mut silent, deadline).await, "");
+    assert!(
+        started.elapsed() >= idle / 2,
+        "closed before the idle timeout"
+    );
+
+    // Half a request head.
+    let mut half = TcpStream::connect(imd.addr).await.unwrap();
+    half.write_all(b"GET /healthz HTTP/1.1\r\nHost: imd\r\n")
+        .await
+        .unwrap();
+    read_until_closed(&mut half, deadline).await;
+
+    // A keep-alive connection: two requests are answered, then silence closes it.
+    let mut kept = TcpStream::connect(imd.addr).await.unwrap();
+    let mut answers = 0;
+    for _ in 0..2 {
+        kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: imd\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = read_response(&mut kept).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        answers += 1;
+    }
+    assert_eq!(answers, 2);
+    read_until_closed(&mut kept, deadline).await;
+
+    // A body that stops arriving.
+    let token = imd.token("alice", "a1");
+    let mut slow = TcpStream::connect(imd.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/messages HTTP/1.1\r\nHost: imd\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"to\":"
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    let answer = read_until_closed(&mut slow, deadline).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(
+        answer.contains("bad_request") && answer.contains("did not arrive"),
+        "{answer}"
+    );
+
+    // The server goes on serving.
+    assert_eq!(imd.http().get("/healthz", None).await.status, 200);
 }

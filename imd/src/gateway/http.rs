@@ -32,8 +32,14 @@ impl FromRequestParts<AppState> for Client {
     }
 }
 
-/// Reads a JSON body of at most `limit` bytes: 413 `too_large` above, 400 when malformed.
-async fn read_json<T: DeserializeOwned>(req: Request, limit: usize) -> Result<T, ApiError> {
+/// Reads a JSON body of at most `limit` bytes within `deadline`: 413 `too_large` above,
+/// 400 when malformed or late (a client that trickles its body must not hold its
+/// connection forever).
+async fn read_json<T: DeserializeOwned>(
+    req: Request,
+    limit: usize,
+    deadline: std::time::Duration,
+) -> Result<T, ApiError> {
     let too_large = || ApiError::new(ErrorCode::TooLarge, format!("body over {limit} bytes"));
     let declared = req
         .headers()
@@ -43,8 +49,15 @@ async fn read_json<T: DeserializeOwned>(req: Request, limit: usize) -> Result<T,
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    let bytes = axum::body::to_bytes(req.into_body(), limit)
+    let read = tokio::time::timeout(deadline, axum::body::to_bytes(req.into_body(), limit));
+    let bytes = read
         .await
+        .map_err(|_| {
+            ApiError::new(
+                ErrorCode::BadRequest,
+                format!("the request body did not arrive within {deadline:?}"),
+            )
+        })?
         .map_err(|e| {
             let over = e
                 .into_inner()
@@ -67,7 +80,9 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, app: &AppState) -> Result<Self, ApiError> {
-        read_json(req, app.max_body).await.map(JsonBody)
+        read_json(req, app.max_body, app.body_timeout)
+            .await
+            .map(JsonBody)
     }
 }
 
@@ -80,8 +95,10 @@ pub(super) struct AdminBody<T>(pub(super) T);
 impl<T: DeserializeOwned> FromRequest<AppState> for AdminBody<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, _: &AppState) -> Result<Self, ApiError> {
-        read_json(req, ADMIN_BODY_LIMIT).await.map(AdminBody)
+    async fn from_request(req: Request, app: &AppState) -> Result<Self, ApiError> {
+        read_json(req, ADMIN_BODY_LIMIT, app.body_timeout)
+            .await
+            .map(AdminBody)
     }
 }
 

@@ -8,6 +8,7 @@ mod admin;
 pub mod auth;
 pub mod error;
 mod http;
+pub mod serve;
 mod ws;
 
 use std::sync::Arc;
@@ -45,6 +46,8 @@ pub struct Shared {
     pub sessions: Arc<SessionCtx>,
     /// Largest HTTP body and WebSocket frame.
     pub max_body: usize,
+    /// How long a request body may take to arrive (the idle timeout).
+    pub body_timeout: std::time::Duration,
     /// Renders `/metrics`; `None` when another recorder was installed first (tests).
     pub metrics: Option<PrometheusHandle>,
     /// Tracks WebSocket sessions so that shutdown can wait for them.
