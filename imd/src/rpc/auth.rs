@@ -395,17 +395,19 @@ mod tests {
         ));
     }
 
-    #[tokio::test]
-    async fn same_key_succeeds_and_leaves_the_stream_clean() {
+    /// Runs both sides with the same key over `c` and `s`; both succeed, and nothing
+    /// of the handshake is left unread on either side.
+    async fn same_key_succeeds_and_leaves_the_stream_clean<S>(mut c: S, mut s: S)
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
         let key = LinkKey::derive(b"cluster secret");
-        let (mut c, mut s) = pipe();
         let (cr, sr) = tokio::join!(
             client_handshake(&mut c, &key),
             server_handshake(&mut s, &key)
         );
         cr.expect("client");
         sr.expect("server");
-        // Nothing of the handshake is left unread on either side.
         c.write_all(b"ping").await.expect("write");
         s.write_all(b"pong").await.expect("write");
         let mut buf = [0u8; 4];
@@ -413,6 +415,12 @@ mod tests {
         assert_eq!(&buf, b"ping");
         c.read_exact(&mut buf).await.expect("read");
         assert_eq!(&buf, b"pong");
+    }
+
+    #[tokio::test]
+    async fn same_key_succeeds_in_memory() {
+        let (c, s) = pipe();
+        same_key_succeeds_and_leaves_the_stream_clean(c, s).await;
     }
 
     #[tokio::test]
@@ -534,18 +542,8 @@ mod tests {
 
     #[tokio::test]
     async fn tcp_same_key_succeeds() {
-        let key = LinkKey::derive(b"cluster secret");
-        let (mut c, mut s) = tcp_pair().await;
-        let (cr, sr) = tokio::join!(
-            client_handshake(&mut c, &key),
-            server_handshake(&mut s, &key)
-        );
-        cr.expect("client");
-        sr.expect("server");
-        c.write_all(b"ping").await.expect("write");
-        let mut buf = [0u8; 4];
-        s.read_exact(&mut buf).await.expect("read");
-        assert_eq!(&buf, b"ping");
+        let (c, s) = tcp_pair().await;
+        same_key_succeeds_and_leaves_the_stream_clean(c, s).await;
     }
 
     #[tokio::test]
