@@ -1,15 +1,22 @@
-//! Wire types shared by `imd`, `imctl` and `imbench`.
+//! Wire types shared by `imd`, `imctl` and `imbench`, and the one handshake that
+//! authenticates their private TCP links.
 //!
-//! Everything here is serde-only: no I/O, no async, no server logic. The types are
-//! the client contract of `docs/protocol.md`, so a change here is a protocol change.
+//! Everything but [`link_auth`] is serde-only: no I/O, no async, no server logic. The
+//! types are the client contract of `docs/protocol.md`, so a change here is a protocol
+//! change. [`link_auth`] is the exception: a handshake over any tokio byte stream,
+//! which both imd (node-to-node RPC) and imbench (coordinator to agent) run, so that
+//! there is one implementation of it; it still opens no sockets itself.
 //!
 //! Code map:
 //! - [`admin`]: bodies of the admin API.
 //! - [`ids`]: uid and conversation-id rules (`d:`, `g:`, `s:` conversations).
+//! - [`link_auth`]: mutual HMAC challenge-response over a shared secret, for imd's RPC
+//!   links and imbench's agent links.
 //! - [`protocol`]: WebSocket frames, the message shape, HTTP bodies, error codes.
 //! - [`token`]: JWT claims of a client token.
 
 pub mod admin;
 pub mod ids;
+pub mod link_auth;
 pub mod protocol;
 pub mod token;

@@ -6,6 +6,8 @@
 //!
 //! [`remote`] is the network form: the [`remote::WorkerRpc`] tarpc service, its server
 //! over a node's hub, and [`remote::RemoteWorker`], a client that batches deliveries.
+//! [`auth`] is imd's use of the link handshake in `shared::link_auth`, which every RPC
+//! connection runs first.
 
 pub mod auth;
 pub mod remote;
