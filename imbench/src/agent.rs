@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::{AgentArgs, Scenario};
 use crate::dial::{Endpoint, TokenMinter};
-use crate::plan::AgentPlan;
+use crate::plan::{AgentPlan, Secret};
 use crate::report::{self, AgentReport, Counters, ErrorSample, HistData, PushTimes};
 use crate::scenario::{self, Outcome};
 
@@ -351,10 +351,12 @@ impl Ctx {
     }
 }
 
-/// Runs an agent on channels: sends `Ready`, waits for `Start`, runs the plan, sends
-/// `Final` (or `Failed`). Returns when the final event is sent.
+/// Runs an agent on channels: sends `Ready`, waits for `Start`, runs the plan, minting
+/// client tokens with `token_secret`, sends `Final` (or `Failed`). Returns when the
+/// final event is sent.
 pub async fn serve(
     plan: AgentPlan,
+    token_secret: Secret,
     mut control: mpsc::Receiver<Control>,
     events: mpsc::Sender<AgentEvent>,
 ) -> anyhow::Result<()> {
@@ -388,7 +390,7 @@ pub async fn serve(
                 stop.cancel();
             })
         };
-        let report = run_load(plan, at_unix_ms, stop, events.clone()).await;
+        let report = run_load(plan, &token_secret, at_unix_ms, stop, events.clone()).await;
         watcher.abort();
         report.map(Some)
     }
@@ -410,6 +412,7 @@ pub async fn serve(
 /// Runs the plan from `at_unix_ms` until its end or `stop`, sending a tick a second.
 async fn run_load(
     plan: AgentPlan,
+    token_secret: &Secret,
     at_unix_ms: u64,
     stop: CancellationToken,
     events: mpsc::Sender<AgentEvent>,
@@ -424,7 +427,7 @@ async fn run_load(
     let valid_for =
         Duration::from_millis(plan.ramp_ms + plan.duration_ms) + Duration::from_secs(3600);
     let ctx = Arc::new(Ctx {
-        minter: TokenMinter::new(plan.token_secret.expose(), valid_for),
+        minter: TokenMinter::new(token_secret.expose(), valid_for),
         ws_config: crate::dial::ws_config(plan.read_buffer),
         endpoints,
         clock,
@@ -561,13 +564,26 @@ async fn spawn_connections(ctx: Arc<Ctx>) -> HashMap<u64, Outcome> {
     outcomes
 }
 
-/// `imbench agent`: with `--listen`, serve coordinators over TCP; without, the plan
-/// is the first JSON line on stdin, then [`Control`] lines, and [`AgentEvent`]s go to
-/// stdout, one JSON line each (how `--local-agents` starts it).
+/// `imbench agent`: with `--listen`, serve coordinators over TCP, each authenticated
+/// with `--token-secret` before it may send a plan; without, the plan (with the token
+/// secret) is the first JSON line on stdin, then [`Control`] lines, and
+/// [`AgentEvent`]s go to stdout, one JSON line each (how `--local-agents` starts it).
 pub async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
-    match &args.listen {
-        Some(addr) => crate::link::listen(addr, args.once).await,
-        None => crate::link::serve_agent(tokio::io::stdin(), tokio::io::stdout()).await,
+    match (args.listen, args.token_secret) {
+        (Some(addr), Some(secret)) => crate::link::listen(&addr, args.once, secret).await,
+        (Some(_), None) => anyhow::bail!(
+            "--listen needs --token-secret (or IMBENCH_TOKEN_SECRET): coordinators prove \
+             that they hold it, and the agent mints its client tokens with it"
+        ),
+        // A child of the coordinator: the secret comes with the plan, on the pipe.
+        (None, _) => {
+            crate::link::serve_agent(
+                tokio::io::stdin(),
+                tokio::io::stdout(),
+                crate::link::AgentSecret::InPlan,
+            )
+            .await
+        }
     }
 }
 

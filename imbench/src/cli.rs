@@ -64,7 +64,9 @@ pub struct RunArgs {
     #[arg(long = "target", required = true, value_name = "URL")]
     pub targets: Vec<String>,
 
-    /// The token secret of the imd deployment; client tokens are minted locally.
+    /// The token secret of the imd deployment; client tokens are minted locally. It
+    /// also authenticates the coordinator to remote `--agents`, which must hold the
+    /// same one.
     #[arg(long, env = "IMBENCH_TOKEN_SECRET", hide_env_values = true)]
     pub token_secret: Secret,
 
@@ -158,8 +160,10 @@ pub struct RunArgs {
     pub read_buffer: usize,
 
     /// Remote agents (`imbench agent --listen`) to use, `host:port,…`; the plan is
-    /// split over these and the `--local-agents`. Their clocks should agree (NTP):
-    /// they start at one unix time.
+    /// split over these and the `--local-agents`. Each must run with this
+    /// `--token-secret`: the coordinator and the agent prove it to each other before
+    /// the plan is sent, without the secret; an agent that fails the proof is a failed
+    /// agent. Their clocks should agree (NTP): they start at one unix time.
     #[arg(long = "agents", value_name = "HOST:PORT", value_delimiter = ',')]
     pub remote_agents: Vec<String>,
 
@@ -173,10 +177,22 @@ pub struct RunArgs {
 pub struct AgentArgs {
     /// Serve coordinators over TCP on this address (`0.0.0.0:7070`; port 0 picks
     /// one), one run at a time, printing `{"event":"listening","listen":…}` once
-    /// bound. Without it, the agent reads its plan from stdin (how `--local-agents`
-    /// starts it). The link is not authenticated: listen on a lab network only.
-    #[arg(long, value_name = "ADDR")]
+    /// bound. Needs `--token-secret`: each coordinator must prove that it holds the
+    /// same secret (and the agent proves it back) before it may send a plan, and the
+    /// plan then comes without the secret; a connection that fails the proof is
+    /// logged and closed, and the agent goes on listening. The link is authenticated
+    /// but not encrypted: the plan and the counters can be read on the path, so keep
+    /// it on a network you trust. Without `--listen`, the agent reads its plan, secret
+    /// included, from stdin (how `--local-agents` starts it).
+    #[arg(long, value_name = "ADDR", requires = "token_secret")]
     pub listen: Option<String>,
+
+    /// With `--listen`: the token secret of the imd deployment under test, the same
+    /// as the coordinators' `imbench run --token-secret`. The agent mints its client
+    /// tokens with it, and coordinators authenticate with it. Without `--listen` it is
+    /// not used: a local agent gets the secret from its coordinator.
+    #[arg(long, env = "IMBENCH_TOKEN_SECRET", hide_env_values = true)]
+    pub token_secret: Option<Secret>,
 
     /// With `--listen`: exit after the first run.
     #[arg(long, requires = "listen")]
@@ -191,6 +207,32 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn a_listening_agent_needs_a_token_secret() {
+        let listen = ["imbench", "agent", "--listen", "127.0.0.1:0"];
+        // The environment may give it (IMBENCH_TOKEN_SECRET), as it does to `run`.
+        if std::env::var_os("IMBENCH_TOKEN_SECRET").is_none() {
+            let error = Cli::try_parse_from(listen).unwrap_err();
+            assert_eq!(
+                error.kind(),
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "{error}"
+            );
+            assert!(error.to_string().contains("--token-secret"), "{error}");
+        }
+        let cli = Cli::try_parse_from([&listen[..], &["--token-secret", "s"]].concat()).unwrap();
+        let Command::Agent(args) = cli.command else {
+            panic!("not agent")
+        };
+        assert_eq!(args.listen.as_deref(), Some("127.0.0.1:0"));
+        assert_eq!(
+            args.token_secret.map(|s| s.expose().to_owned()),
+            Some("s".into())
+        );
+        // A local agent, started by its coordinator, needs none.
+        assert!(Cli::try_parse_from(["imbench", "agent"]).is_ok());
     }
 
     #[test]

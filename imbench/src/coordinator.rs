@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use hdrhistogram::Histogram;
+use shared::link_auth::LinkKey;
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
@@ -20,7 +21,8 @@ use crate::agent::{self, AgentEvent, Clock, Control};
 use crate::cli::{RunArgs, Scenario};
 use crate::limits;
 use crate::link;
-use crate::plan::{AgentPlan, RunPlan};
+use crate::link::PlanLine;
+use crate::plan::{AgentPlan, RunPlan, Secret};
 use crate::report::{self, AgentReport, Counters, LatencySummary, Report, RunSection};
 use crate::setup;
 
@@ -158,19 +160,25 @@ pub async fn run_plan(
     let planned: Vec<u64> = plans.iter().map(|p| p.count).collect();
     let (tx, mut rx) = mpsc::channel::<(usize, Incoming)>(256);
     let mut links = Vec::with_capacity(plans.len());
+    let secret = &plan.token_secret;
     if agents.processes() == 0 {
-        links.push(spawn_in_process(plans[0].clone(), tx.clone()));
+        links.push(spawn_in_process(
+            plans[0].clone(),
+            secret.clone(),
+            tx.clone(),
+        ));
     } else {
         let (local, remote) = plans.split_at(agents.local);
         for p in local {
-            links.push(spawn_child(&agent_bin, p.clone(), tx.clone())?);
+            links.push(spawn_child(&agent_bin, p.clone(), secret, tx.clone())?);
         }
+        let key = LinkKey::derive(&link::AGENT_LINK, secret.expose().as_bytes());
         // Reach the remote agents together, so that one dead host costs one timeout.
         let remote = futures_util::future::join_all(
             remote
                 .iter()
                 .zip(&agents.remote)
-                .map(|(p, addr)| spawn_remote(addr, p.clone(), tx.clone())),
+                .map(|(p, addr)| spawn_remote(addr, p.clone(), &key, tx.clone())),
         )
         .await;
         links.extend(remote);
@@ -404,12 +412,16 @@ async fn kill_all(links: &mut [Link]) -> Vec<Option<String>> {
     out
 }
 
-fn spawn_in_process(plan: AgentPlan, tx: mpsc::Sender<(usize, Incoming)>) -> Link {
+fn spawn_in_process(
+    plan: AgentPlan,
+    token_secret: Secret,
+    tx: mpsc::Sender<(usize, Incoming)>,
+) -> Link {
     let (control_tx, control_rx) = mpsc::channel(4);
     let (events_tx, mut events_rx) = mpsc::channel(64);
     let agent = plan.agent;
     tokio::spawn(async move {
-        if let Err(error) = agent::serve(plan, control_rx, events_tx).await {
+        if let Err(error) = agent::serve(plan, token_secret, control_rx, events_tx).await {
             tracing::warn!(%error, "in-process agent failed");
         }
     });
@@ -432,6 +444,7 @@ fn spawn_in_process(plan: AgentPlan, tx: mpsc::Sender<(usize, Incoming)>) -> Lin
 fn spawn_child(
     bin: &PathBuf,
     plan: AgentPlan,
+    token_secret: &Secret,
     tx: mpsc::Sender<(usize, Incoming)>,
 ) -> anyhow::Result<Link> {
     let agent = plan.agent;
@@ -445,7 +458,9 @@ fn spawn_child(
         .with_context(|| format!("starting agent {agent} ({})", bin.display()))?;
     let stdin = child.stdin.take().context("agent stdin")?;
     let stdout = child.stdout.take().context("agent stdout")?;
-    let control = link::attach(&plan, stdout, stdin, tx);
+    // A pipe to a child of this process: the secret may go with the plan.
+    let first = PlanLine::for_pipe(plan, token_secret.clone());
+    let control = link::attach(&first, stdout, stdin, tx);
     Ok(Link {
         control: Some(control),
         child: Some(child),
@@ -454,25 +469,34 @@ fn spawn_child(
     })
 }
 
-/// Reaches a remote agent (`imbench agent --listen`) and hands it its plan. A remote
-/// agent that cannot be reached is a failed agent, not a failed run.
-async fn spawn_remote(addr: &str, plan: AgentPlan, tx: mpsc::Sender<(usize, Incoming)>) -> Link {
-    match link::connect(addr).await {
-        Ok(socket) => {
-            let (r, w) = socket.into_split();
-            Link {
-                control: Some(link::attach(&plan, r, w, tx)),
-                child: None,
-                addr: addr.to_owned(),
-                failed: None,
-            }
-        }
-        Err(error) => Link {
-            control: None,
-            child: None,
-            addr: addr.to_owned(),
-            failed: Some(format!("unreachable: {error:#}")),
-        },
+/// Reaches a remote agent (`imbench agent --listen`), authenticates with `key` (both
+/// ways), and hands it its plan, without the token secret. A remote agent that cannot
+/// be reached or holds another secret is a failed agent, not a failed run.
+async fn spawn_remote(
+    addr: &str,
+    plan: AgentPlan,
+    key: &LinkKey,
+    tx: mpsc::Sender<(usize, Incoming)>,
+) -> Link {
+    let failed = |why: String| Link {
+        control: None,
+        child: None,
+        addr: addr.to_owned(),
+        failed: Some(why),
+    };
+    let mut socket = match link::connect(addr).await {
+        Ok(socket) => socket,
+        Err(error) => return failed(format!("unreachable: {error:#}")),
+    };
+    if let Err(error) = link::authenticate(&mut socket, key).await {
+        return failed(format!("{error:#}"));
+    }
+    let (r, w) = socket.into_split();
+    Link {
+        control: Some(link::attach(&PlanLine::for_network(plan), r, w, tx)),
+        child: None,
+        addr: addr.to_owned(),
+        failed: None,
     }
 }
 

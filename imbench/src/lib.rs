@@ -13,7 +13,9 @@
 //! agent (`imbench agent`, or a task inside the coordinator) owns the sockets. The
 //! coordinator talks to agents with JSON lines ([`agent::Control`] down,
 //! [`agent::AgentEvent`] up): over a child's stdin/stdout for `--local-agents`, over
-//! TCP for remote agents (`imbench agent --listen`, `imbench run --agents`).
+//! TCP for remote agents (`imbench agent --listen`, `imbench run --agents`), where both
+//! ends first prove that they hold the deployment's `--token-secret`
+//! (`shared::link_auth`) and the secret itself never crosses the network.
 //!
 //! Code map:
 //! - [`cli`]: the command line (clap derive).
@@ -26,7 +28,8 @@
 //! - [`verify`]: per-device sequence bookkeeping and the loss/duplicate arithmetic.
 //! - [`report`]: histogram transport, latency summaries, the JSON report, the summary.
 //! - [`chart`]: the HTML page with the SVG percentile chart next to the report.
-//! - [`link`]: the JSON-lines link between coordinator and agents (stdio or TCP).
+//! - [`link`]: the JSON-lines link between coordinator and agents (stdio, or
+//!   authenticated TCP).
 //! - [`limits`]: the open-files limit.
 
 pub mod agent;

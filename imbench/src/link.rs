@@ -1,13 +1,20 @@
 //! The coordinator ↔ agent link: JSON lines over any byte stream, both ends.
 //!
-//! The coordinator writes the [`AgentPlan`] as the first line, then [`Control`]
-//! lines; the agent answers with [`AgentEvent`] lines (`ready`, a `tick` a second, one
-//! `final` or `failed`). The same framing runs over a child's stdin/stdout
-//! (`--local-agents`) and over TCP (`imbench agent --listen`, `--agents host:port`),
-//! so that one tested code path serves both. Lines are bounded ([`MAX_LINE`]), every
-//! wait has a deadline, and a link that closes means "stop" to the agent and "agent
-//! gone" to the coordinator. This module moves lines; it never decides what a run
-//! does.
+//! The coordinator writes the [`PlanLine`] as the first line, then [`Control`] lines;
+//! the agent answers with [`AgentEvent`] lines (`ready`, a `tick` a second, one `final`
+//! or `failed`). The same framing runs over a child's stdin/stdout (`--local-agents`)
+//! and over TCP (`imbench agent --listen`, `--agents host:port`), so that one tested
+//! code path serves both. Lines are bounded ([`MAX_LINE`]), every wait has a deadline,
+//! and a link that closes means "stop" to the agent and "agent gone" to the
+//! coordinator. This module moves lines; it never decides what a run does.
+//!
+//! Over TCP, the two ends first run the [`AGENT_LINK`] handshake of
+//! [`shared::link_auth`] (the one imd's RPC links run, with its own magic and key),
+//! proving to each other that they hold the deployment's `--token-secret` before a
+//! plan is sent or read. The secret itself then stays off the wire: a plan line sent
+//! over TCP carries none, and a listening agent refuses one that does and uses its own
+//! `--token-secret`. Only a child on its coordinator's pipes gets the secret in its
+//! plan line. The link is authenticated, not encrypted.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,15 +23,19 @@ use std::time::Duration;
 
 use anyhow::Context;
 use futures_util::{SinkExt, StreamExt};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use shared::link_auth::{
+    HandshakeErrorKind, LinkKey, Protocol, client_handshake, server_handshake,
+};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, FramedWrite, LinesCodec};
+use tokio_util::sync::CancellationToken;
 
 use crate::agent::{self, AgentEvent, Control};
-use crate::plan::AgentPlan;
+use crate::plan::{AgentPlan, Secret};
 
 /// Longest line either side accepts (a plan with 65,536 source addresses is about
 /// 1 MiB; a final report with a full histogram a few hundred KiB).
@@ -38,13 +49,66 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 
+/// The handshake of a TCP agent link. Its magic differs from imd's RPC links, so that
+/// a coordinator pointed at an imd RPC port (or the reverse) fails with a clear
+/// "wrong magic", and its key label differs, so that the two never share a key.
+pub const AGENT_LINK: Protocol = Protocol {
+    name: "agent link handshake",
+    magic: *b"IMBAGT01",
+    key_label: b"imbench agent link v1",
+    endpoint: "an imbench agent's --listen address",
+    secret_hint: "the --token-secret of the agent and of the coordinator differ",
+};
+
+/// The first line of a link: the agent's plan and, on a private pipe only, the token
+/// secret. Built with [`PlanLine::for_pipe`] or [`PlanLine::for_network`], so that the
+/// secret never goes over TCP.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PlanLine {
+    /// The agent's share of the run.
+    #[serde(flatten)]
+    pub plan: AgentPlan,
+    /// The deployment's token secret: on a child's stdin only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    token_secret: Option<Secret>,
+}
+
+impl PlanLine {
+    /// The plan line for a child agent on this machine, whose stdin is a pipe: the
+    /// secret goes with the plan.
+    pub fn for_pipe(plan: AgentPlan, token_secret: Secret) -> Self {
+        PlanLine {
+            plan,
+            token_secret: Some(token_secret),
+        }
+    }
+
+    /// The plan line for a remote agent over TCP: no secret (the agent has its own).
+    pub fn for_network(plan: AgentPlan) -> Self {
+        PlanLine {
+            plan,
+            token_secret: None,
+        }
+    }
+}
+
+/// Where a served agent takes the deployment's token secret from.
+#[derive(Debug, Clone)]
+pub enum AgentSecret {
+    /// From the plan line: a child agent on its coordinator's pipes.
+    InPlan,
+    /// Its own `--token-secret`: a listening agent, whose plan line must carry none.
+    Own(Secret),
+}
+
 fn encode<T: Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("link messages serialize")
 }
 
-/// Agent side: reads the plan and control lines from `reader`, runs the agent, writes
-/// its events to `writer`. Returns when the agent has sent its last event.
-pub async fn serve_agent<R, W>(reader: R, writer: W) -> anyhow::Result<()>
+/// Agent side: reads the plan and control lines from `reader`, runs the agent with the
+/// token secret from `secret`, writes its events to `writer`. Returns when the agent
+/// has sent its last event.
+pub async fn serve_agent<R, W>(reader: R, writer: W, secret: AgentSecret) -> anyhow::Result<()>
 where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
@@ -57,8 +121,8 @@ where
         Ok(None) => anyhow::bail!("the link closed before the plan"),
         Err(_) => anyhow::bail!("no plan within {PLAN_TIMEOUT:?}"),
     };
-    let plan = match decode_plan(&first) {
-        Ok(plan) => plan,
+    let (plan, token_secret) = match decode_plan(&first, secret) {
+        Ok(decoded) => decoded,
         Err(error) => {
             // Say why on the link, so the coordinator reports it.
             let message = format!("{error:#}");
@@ -91,13 +155,14 @@ where
         }
         anyhow::Ok(())
     });
-    let result = agent::serve(plan, control_rx, events_tx).await;
+    let result = agent::serve(plan, token_secret, control_rx, events_tx).await;
     let written = writer.await.context("event writer panicked")?;
     reader.abort();
     result.and(written)
 }
 
-fn decode_plan(line: &str) -> anyhow::Result<AgentPlan> {
+/// Decodes the plan line, and takes the token secret from it or from `secret`.
+fn decode_plan(line: &str, secret: AgentSecret) -> anyhow::Result<(AgentPlan, Secret)> {
     #[derive(serde::Deserialize)]
     struct Version {
         version: Option<String>,
@@ -111,14 +176,29 @@ fn decode_plan(line: &str) -> anyhow::Result<AgentPlan> {
             v.version.as_deref().unwrap_or("(unknown)")
         );
     }
-    serde_json::from_str(line).context("decoding the plan")
+    let PlanLine { plan, token_secret } =
+        serde_json::from_str(line).context("decoding the plan")?;
+    let token_secret = match (secret, token_secret) {
+        (AgentSecret::InPlan, Some(s)) => s,
+        (AgentSecret::InPlan, None) => {
+            anyhow::bail!("the plan carries no token secret, which a local agent needs")
+        }
+        (AgentSecret::Own(s), None) => s,
+        (AgentSecret::Own(_), Some(_)) => anyhow::bail!(
+            "the plan carries the token secret, which must not cross the network: \
+             refusing it (this agent uses its own --token-secret)"
+        ),
+    };
+    Ok((plan, token_secret))
 }
 
 /// `imbench agent --listen ADDR`: serves coordinators over TCP, one run at a time (a
-/// second coordinator is told the agent is busy). Prints one JSON line
+/// second coordinator is told the agent is busy). Each connection must pass the
+/// [`AGENT_LINK`] handshake with `token_secret` first; one that fails it is logged and
+/// closed, and the agent goes on listening. Prints one JSON line
 /// `{"event":"listening","listen":"IP:PORT"}` on stdout once bound. With `once`, it
 /// returns after the first run.
-pub async fn listen(addr: &str, once: bool) -> anyhow::Result<()> {
+pub async fn listen(addr: &str, once: bool, token_secret: Secret) -> anyhow::Result<()> {
     crate::limits::raise_nofile()?;
     let listener = TcpListener::bind(addr)
         .await
@@ -128,34 +208,67 @@ pub async fn listen(addr: &str, once: bool) -> anyhow::Result<()> {
         "{}",
         serde_json::json!({"event": "listening", "listen": local.to_string()})
     );
-    let busy = Arc::new(AtomicBool::new(false));
+    let gate = Arc::new(Gate {
+        key: LinkKey::derive(&AGENT_LINK, token_secret.expose().as_bytes()),
+        token_secret,
+        busy: AtomicBool::new(false),
+        run_ended: once.then(CancellationToken::new),
+    });
+    let ended = gate.run_ended.clone().unwrap_or_default();
     loop {
-        let (socket, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(%error, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
+        let (socket, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = ended.cancelled() => return Ok(()),
         };
         tune(&socket);
-        if busy.swap(true, Ordering::AcqRel) {
-            tokio::spawn(refuse_busy(socket, peer));
-            continue;
+        // The handshake runs in the connection's task, so that a silent peer holds
+        // nothing but its own task, for at most the handshake's timeout.
+        tokio::spawn(gate.clone().serve(socket, peer));
+    }
+}
+
+/// What the connections of a listening agent share.
+struct Gate {
+    /// The [`AGENT_LINK`] key that coordinators must prove.
+    key: LinkKey,
+    /// The secret the agent mints client tokens with.
+    token_secret: Secret,
+    /// Whether a run is in progress.
+    busy: AtomicBool,
+    /// With `--once`: cancelled when the first run ends.
+    run_ended: Option<CancellationToken>,
+}
+
+impl Gate {
+    /// Serves one accepted connection: the handshake, then a run, unless another run
+    /// is in progress.
+    async fn serve(self: Arc<Self>, mut socket: TcpStream, peer: SocketAddr) {
+        if let Err(error) = server_handshake(&mut socket, &self.key).await {
+            // Anyone who can reach the port gets here: say so, and keep listening.
+            tracing::warn!(%peer, %error, "refused a connection that failed the handshake");
+            return;
+        }
+        if self.busy.swap(true, Ordering::AcqRel) {
+            refuse_busy(socket, peer).await;
+            return;
         }
         tracing::info!(%peer, "coordinator connected");
-        let busy = busy.clone();
-        let run = tokio::spawn(async move {
-            let (r, w) = socket.into_split();
-            if let Err(error) = serve_agent(r, w).await {
-                tracing::warn!(%peer, error = %format!("{error:#}"), "run ended with an error");
-            }
-            busy.store(false, Ordering::Release);
-        });
-        if once {
-            let _ = run.await;
-            return Ok(());
+        let (r, w) = socket.into_split();
+        let secret = AgentSecret::Own(self.token_secret.clone());
+        if let Err(error) = serve_agent(r, w, secret).await {
+            tracing::warn!(%peer, error = %format!("{error:#}"), "run ended with an error");
+        }
+        self.busy.store(false, Ordering::Release);
+        if let Some(ended) = &self.run_ended {
+            ended.cancel();
         }
     }
 }
@@ -180,12 +293,12 @@ fn tune(socket: &TcpStream) {
     let _ = socket2::SockRef::from(socket).set_tcp_keepalive(&keepalive);
 }
 
-/// Coordinator side: sends `plan` and then whatever arrives on the returned control
+/// Coordinator side: sends `first` and then whatever arrives on the returned control
 /// channel down `writer`; forwards each event line read from `reader` to `events`,
-/// tagged with the plan's agent index, then `None` once the link closes. Dropping the control sender closes the write
-/// half, which an agent takes as "stop".
+/// tagged with the plan's agent index, then `None` once the link closes. Dropping the
+/// control sender closes the write half, which an agent takes as "stop".
 pub fn attach<R, W>(
-    plan: &AgentPlan,
+    first: &PlanLine,
     reader: R,
     writer: W,
     events: mpsc::Sender<(usize, Option<AgentEvent>)>,
@@ -194,8 +307,8 @@ where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let first = encode(plan);
-    let agent = plan.agent;
+    let agent = first.plan.agent;
+    let first = encode(first);
     let (control_tx, mut control_rx) = mpsc::channel::<Control>(4);
     tokio::spawn(async move {
         let mut out = FramedWrite::new(writer, LinesCodec::new_with_max_length(MAX_LINE));
@@ -242,15 +355,145 @@ pub async fn connect(addr: &str) -> anyhow::Result<TcpStream> {
     Ok(socket)
 }
 
+/// Coordinator side of the [`AGENT_LINK`] handshake on a fresh connection to a remote
+/// agent: proves `key` to it and checks that it holds the same. A secret that differs
+/// is said so in plain words.
+pub async fn authenticate<S>(io: &mut S, key: &LinkKey) -> anyhow::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let differs = |how: &str| {
+        anyhow::anyhow!(
+            "not authenticated: the agent's --token-secret differs from this \
+             coordinator's ({how})"
+        )
+    };
+    client_handshake(io, key)
+        .await
+        .map_err(|error| match error.kind() {
+            HandshakeErrorKind::Rejected => differs("the agent rejected our proof"),
+            HandshakeErrorKind::BadProof => differs("the agent's proof is wrong"),
+            _ => anyhow::Error::new(error).context("not authenticated"),
+        })
+}
+
 #[cfg(test)]
 mod tests {
+    use clap::Parser;
+
     use super::*;
+    use crate::cli::{Cli, Command};
+    use crate::plan::RunPlan;
+
+    const SECRET: &str = "the-deployment-secret";
+
+    /// A one-agent plan over two source addresses, as `imbench run` makes it.
+    fn agent_plan() -> AgentPlan {
+        let cli = Cli::try_parse_from([
+            "imbench",
+            "run",
+            "--target",
+            "http://127.0.0.1:1",
+            "--token-secret",
+            SECRET,
+            "--source-ips",
+            "127.0.0.2-127.0.0.3",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        RunPlan::from_args(&args).unwrap().agent_plans(1).remove(0)
+    }
+
+    fn secret() -> Secret {
+        SECRET.parse().unwrap()
+    }
+
+    #[test]
+    fn the_network_plan_line_carries_no_secret_and_the_agent_uses_its_own() {
+        let line = encode(&PlanLine::for_network(agent_plan()));
+        assert!(!line.contains(SECRET), "{line}");
+        assert!(!line.contains("token_secret"), "{line}");
+        let own = "the-agent-s-own".parse().unwrap();
+        let (plan, used) = decode_plan(&line, AgentSecret::Own(own)).unwrap();
+        assert_eq!(used.expose(), "the-agent-s-own");
+        // The flattened plan comes through whole.
+        assert_eq!(plan.source_ips.len(), 2);
+        assert_eq!(plan.targets, agent_plan().targets);
+        // A local agent cannot run it: it has no secret of its own.
+        let error = decode_plan(&line, AgentSecret::InPlan).unwrap_err();
+        assert!(error.to_string().contains("no token secret"), "{error}");
+    }
+
+    #[test]
+    fn the_pipe_plan_line_carries_the_secret_which_a_listening_agent_refuses() {
+        let line = encode(&PlanLine::for_pipe(agent_plan(), secret()));
+        let (_, used) = decode_plan(&line, AgentSecret::InPlan).unwrap();
+        assert_eq!(used.expose(), SECRET);
+        let error = decode_plan(&line, AgentSecret::Own(secret())).unwrap_err();
+        assert!(
+            error.to_string().contains("must not cross the network"),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn authenticate_says_when_the_agent_s_secret_differs() {
+        let coordinator = LinkKey::derive(&AGENT_LINK, b"one");
+        let agent = LinkKey::derive(&AGENT_LINK, b"two");
+        let (mut c, mut a) = tokio::io::duplex(1024);
+        let (cr, ar) = tokio::join!(
+            authenticate(&mut c, &coordinator),
+            server_handshake(&mut a, &agent)
+        );
+        assert!(ar.is_err());
+        let message = format!("{:#}", cr.unwrap_err());
+        assert!(
+            message.starts_with(
+                "not authenticated: the agent's --token-secret differs from this coordinator's"
+            ),
+            "{message}"
+        );
+
+        let (mut c, mut a) = tokio::io::duplex(1024);
+        let (cr, ar) = tokio::join!(
+            authenticate(&mut c, &agent),
+            server_handshake(&mut a, &agent)
+        );
+        cr.unwrap();
+        ar.unwrap();
+    }
+
+    #[tokio::test]
+    async fn authenticate_refuses_an_imd_rpc_port() {
+        // An imd RPC port speaks the same handshake with another magic: it closes at
+        // once, and the coordinator says what to check.
+        const IMD_LIKE: Protocol = Protocol {
+            magic: *b"IMDRPC01",
+            key_label: b"imd rpc link v1",
+            ..AGENT_LINK
+        };
+        let (ours, imd) = (
+            LinkKey::derive(&AGENT_LINK, b"s"),
+            LinkKey::derive(&IMD_LIKE, b"s"),
+        );
+        let (mut c, mut a) = tokio::io::duplex(1024);
+        let (cr, ar) = tokio::join!(authenticate(&mut c, &ours), server_handshake(&mut a, &imd));
+        assert!(ar.is_err());
+        let message = format!("{:#}", cr.unwrap_err());
+        assert!(
+            message.starts_with("not authenticated: agent link handshake: ")
+                && message.contains("--listen"),
+            "{message}"
+        );
+    }
 
     #[tokio::test]
     async fn a_version_mismatch_is_reported_on_the_link() {
         let (coord, agent_end) = tokio::io::duplex(1 << 16);
         let (ar, aw) = tokio::io::split(agent_end);
-        let served = tokio::spawn(serve_agent(ar, aw));
+        let served = tokio::spawn(serve_agent(ar, aw, AgentSecret::InPlan));
         let (cr, mut cw) = tokio::io::split(coord);
         use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
         cw.write_all(b"{\"version\":\"0.0.0-other\"}\n")

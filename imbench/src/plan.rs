@@ -136,7 +136,8 @@ pub struct RunPlan {
     pub scenario: Scenario,
     /// imd nodes.
     pub targets: Vec<Target>,
-    /// Token secret.
+    /// Token secret: mints client tokens, and authenticates the coordinator to remote
+    /// agents. Never part of an [`AgentPlan`].
     pub token_secret: Secret,
     /// Connections in total.
     pub connections: u64,
@@ -398,7 +399,6 @@ impl RunPlan {
                 run_id: self.run_id.clone(),
                 scenario: self.scenario,
                 targets: self.targets.clone(),
-                token_secret: self.token_secret.clone(),
                 total_connections: self.connections,
                 first: share.first,
                 count: share.count,
@@ -474,7 +474,9 @@ fn new_run_id() -> String {
     format!("{:08x}", (mixed ^ (mixed >> 29)) as u32)
 }
 
-/// One agent's share of the run. Sent to the agent as JSON.
+/// One agent's share of the run. Sent to the agent as JSON, over a pipe or over the
+/// network, so it carries no secret: the token secret travels apart (see
+/// [`PlanLine`](crate::link::PlanLine)), and only on a pipe.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AgentPlan {
     /// imbench version of the coordinator; an agent of another version refuses.
@@ -487,8 +489,6 @@ pub struct AgentPlan {
     pub scenario: Scenario,
     /// imd nodes; global connection i goes to `targets[i % len]`.
     pub targets: Vec<Target>,
-    /// Token secret.
-    pub token_secret: Secret,
     /// Connections over all agents (the ramp schedule is global).
     pub total_connections: u64,
     /// First global connection index of this agent.

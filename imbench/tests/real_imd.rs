@@ -1,6 +1,6 @@
 //! imbench against a real `imd serve` process: the "done when" check, a
 //! verified chat run with two agent processes and zero loss, over stdio children and
-//! over TCP to `imbench agent --listen` processes.
+//! over authenticated TCP links to `imbench agent --listen` processes.
 //!
 //! Needs the imd binary next to imbench's (`cargo test --workspace` builds it;
 //! alone, run `cargo build -p imd` first).
@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{ADMIN, Imd, RemoteAgent, SECRET, run_imbench};
+use common::{ADMIN, Imd, RemoteAgent, SECRET, SecretBy, run_imbench};
 
 async fn start_imd() -> Imd {
     tokio::task::spawn_blocking(|| Imd::start(SECRET))
@@ -60,9 +60,16 @@ async fn two_agent_verified_chat_against_imd_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_remote_agents_over_tcp_verified_chat_loses_nothing() {
     let imd = start_imd().await;
-    let (a, b) = tokio::task::spawn_blocking(|| (RemoteAgent::start(), RemoteAgent::start()))
-        .await
-        .unwrap();
+    // The agents hold the deployment's secret, one by flag and one by environment;
+    // the coordinator proves it to each before it sends a plan, which carries none.
+    let (a, b) = tokio::task::spawn_blocking(|| {
+        (
+            RemoteAgent::start(SECRET),
+            RemoteAgent::start_with(SECRET, SecretBy::Env),
+        )
+    })
+    .await
+    .unwrap();
     let agents = format!("{},{}", a.addr, b.addr);
     let r = run_imbench(
         &chat_args(&imd.url, &["--agents", &agents]),

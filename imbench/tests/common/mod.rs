@@ -368,21 +368,55 @@ impl Drop for Imd {
     }
 }
 
-/// `imbench agent --listen 127.0.0.1:0`, killed (by its handle) on drop.
+/// How a [`RemoteAgent`] gets its `--token-secret`.
+#[derive(Debug, Clone, Copy)]
+pub enum SecretBy {
+    /// The `--token-secret` flag.
+    Flag,
+    /// The `IMBENCH_TOKEN_SECRET` environment variable.
+    Env,
+}
+
+/// `imbench agent --listen 127.0.0.1:0 --token-secret S`, killed (by its handle) on
+/// drop. Its stderr is kept (and echoed) so that tests can wait for its log lines.
 pub struct RemoteAgent {
     child: Child,
     pub addr: String,
+    stderr: Arc<Mutex<String>>,
 }
 
 impl RemoteAgent {
-    pub fn start() -> RemoteAgent {
-        let mut child = Command::new(imbench_bin())
-            .args(["agent", "--listen", "127.0.0.1:0"])
+    /// Starts an agent that holds `secret`, given by flag.
+    pub fn start(secret: &str) -> RemoteAgent {
+        Self::start_with(secret, SecretBy::Flag)
+    }
+
+    /// Starts an agent that holds `secret`, given as `by` says.
+    pub fn start_with(secret: &str, by: SecretBy) -> RemoteAgent {
+        let mut command = Command::new(imbench_bin());
+        command.args(["agent", "--listen", "127.0.0.1:0"]);
+        match by {
+            SecretBy::Flag => command.args(["--token-secret", secret]),
+            SecretBy::Env => command.env("IMBENCH_TOKEN_SECRET", secret),
+        };
+        let mut child = command
+            .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let pipe = child.stderr.take().unwrap();
+        let kept = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                eprintln!("[agent] {line}");
+                let mut kept = kept.lock().unwrap();
+                kept.push_str(&line);
+                kept.push('\n');
+            }
+        });
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -395,11 +429,38 @@ impl RemoteAgent {
             }
         });
         match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(addr) => RemoteAgent { child, addr },
+            Ok(addr) => RemoteAgent {
+                child,
+                addr,
+                stderr,
+            },
             Err(_) => {
                 let _ = child.kill();
+                let _ = child.wait();
                 panic!("imbench agent --listen printed no listening line within 20 s");
             }
+        }
+    }
+
+    /// Whether the agent process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits, up to `limit`, until the agent's stderr contains `needle`; panics with
+    /// what it did print otherwise.
+    pub async fn wait_for_log(&self, needle: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            if self.stderr.lock().unwrap().contains(needle) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the agent did not log {needle:?} within {limit:?}; its stderr:\n{}",
+                self.stderr.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }
