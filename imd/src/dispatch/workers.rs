@@ -314,6 +314,39 @@ mod tests {
         }
     }
 
+    fn gateway(id: &str) -> Registration {
+        Registration {
+            id: id.into(),
+            roles: vec!["gateway".into()],
+            listen: "127.0.0.1:1".into(),
+            rpc: None,
+            started_ms: 0,
+        }
+    }
+
+    /// Whether the hub was asked to catch up since the last look.
+    async fn asked(hub: &Hub) -> bool {
+        tokio::time::timeout(std::time::Duration::from_millis(50), hub.catch_up_wanted())
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn a_node_leaving_the_registry_makes_the_local_worker_catch_up() {
+        let hub = Arc::new(Hub::new(
+            16,
+            "w1".into(),
+            Arc::new(crate::business::blacklist::Blacklist::new()),
+        ));
+        let workers = Workers::new("w1".into(), Some(hub.clone()), LinkKey::derive(b"secret"));
+        workers.follow(&[gateway("gw1"), gateway("gw2")]).await;
+        assert!(!asked(&hub).await, "nodes arriving is no reason");
+        workers.follow(&[gateway("gw1"), gateway("gw2")]).await;
+        assert!(!asked(&hub).await, "nor is nothing changing");
+        workers.follow(&[gateway("gw2")]).await;
+        assert!(asked(&hub).await, "gw1 left");
+    }
+
     #[test]
     fn pages_merge_in_order_with_a_cursor_when_cut() {
         let all = vec![
