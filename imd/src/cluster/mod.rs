@@ -29,6 +29,10 @@ pub const NODE_TTL: Duration = Duration::from_secs(3);
 /// How long a catch-up waits after it is asked for: pushes still on their way from
 /// live nodes land first, and a burst of requests makes one pass.
 const CATCH_UP_DELAY: Duration = Duration::from_millis(500);
+/// Shortest time from one catch-up pass to the next: a node that crash-loops (or a
+/// link that flaps) must not turn every worker into a steady stream of `LLEN`s over all
+/// its users. What is lost meanwhile is found by the next pass.
+const CATCH_UP_EVERY: Duration = Duration::from_secs(5);
 /// Users whose inbox heads one round of a catch-up reads.
 const CATCH_UP_CHUNK: usize = 1024;
 /// How often the blacklist is reloaded even without a notification (pub/sub is
@@ -267,17 +271,22 @@ async fn write_route(store: &RedisStore, workers: &Workers, me: &str, change: Ro
 /// read from the inbox whatever they should have been pushed and were not.
 ///
 /// A pass costs one `LLEN` per connected user, pipelined; it runs only after a node
-/// left, a link broke or a sender lost deliveries, not on a timer.
+/// left, a link broke or a sender lost deliveries, not on a timer, and at most once per
+/// [`CATCH_UP_EVERY`].
 async fn catch_up(hub: Arc<Hub>, store: Arc<RedisStore>, stop: CancellationToken) {
+    let mut last: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = hub.catch_up_wanted() => {}
             _ = stop.cancelled() => break,
         }
+        let soonest = tokio::time::Instant::now() + CATCH_UP_DELAY;
+        let at = last.map_or(soonest, |l| soonest.max(l + CATCH_UP_EVERY));
         tokio::select! {
-            _ = tokio::time::sleep(CATCH_UP_DELAY) => {}
+            _ = tokio::time::sleep_until(at) => {}
             _ = stop.cancelled() => break,
         }
+        last = Some(tokio::time::Instant::now());
         let uids = hub.uids();
         for chunk in uids.chunks(CATCH_UP_CHUNK) {
             match store.inbox_heads(chunk).await {
