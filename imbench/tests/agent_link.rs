@@ -17,29 +17,9 @@ use shared::link_auth::{LinkKey, client_handshake};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-/// A short verified chat through `agents` only, with `secret` as the coordinator's.
+/// A short verified chat (1 s of traffic) with `secret` as the coordinator's.
 fn chat_args<'a>(url: &'a str, secret: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec![
-        "--target",
-        url,
-        "--token-secret",
-        secret,
-        "--scenario",
-        "chat",
-        "--connections",
-        "20",
-        "--ramp",
-        "500",
-        "--rate",
-        "200",
-        "--duration",
-        "1s",
-        "--drain",
-        "1s",
-        "--verify",
-    ];
-    args.extend_from_slice(extra);
-    args
+    common::chat_args(url, secret, "1s", extra)
 }
 
 async fn start_agent(secret: &'static str) -> RemoteAgent {

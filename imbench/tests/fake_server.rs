@@ -8,28 +8,9 @@ use std::time::Duration;
 
 use common::{FakeImd, Faults, SECRET, run_imbench};
 
+/// The harness's short verified chat, 2 s of traffic, with this file's secret.
 fn chat_args<'a>(url: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec![
-        "--target",
-        url,
-        "--token-secret",
-        SECRET,
-        "--scenario",
-        "chat",
-        "--connections",
-        "20",
-        "--ramp",
-        "500",
-        "--rate",
-        "200",
-        "--duration",
-        "2s",
-        "--drain",
-        "1s",
-        "--verify",
-    ];
-    args.extend_from_slice(extra);
-    args
+    common::chat_args(url, SECRET, "2s", extra)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

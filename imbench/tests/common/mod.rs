@@ -251,6 +251,37 @@ pub fn imbench_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_imbench"))
 }
 
+/// A short verified chat against `url` signed with `secret`: 20 connections, 200 msg/s
+/// for `duration`, then a 1 s drain; `extra` picks the agents.
+pub fn chat_args<'a>(
+    url: &'a str,
+    secret: &'a str,
+    duration: &'a str,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec![
+        "--target",
+        url,
+        "--token-secret",
+        secret,
+        "--scenario",
+        "chat",
+        "--connections",
+        "20",
+        "--ramp",
+        "500",
+        "--rate",
+        "200",
+        "--duration",
+        duration,
+        "--drain",
+        "1s",
+        "--verify",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 /// Runs `imbench run ARGS --report FILE` with a time bound and returns its report.
 pub async fn run_imbench(args: &[&str], limit: Duration) -> RunResult {
     let dir = tempfile::tempdir().unwrap();
