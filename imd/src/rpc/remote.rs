@@ -432,3 +432,73 @@ async fn deliver_loop(link: Link, mut rx: mpsc::Receiver<Delivery>, stop: Cancel
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::business::blacklist::Blacklist;
+
+    /// A worker whose server runs in this process, and a client of it.
+    async fn pair(key: &LinkKey) -> (Arc<Hub>, RemoteWorker, CancellationToken) {
+        let hub = Arc::new(Hub::new(16, "w1".into(), Arc::new(Blacklist::new())));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let stats: Arc<dyn Fn() -> NodeInfo + Send + Sync> = Arc::new(|| NodeInfo {
+            node_id: "w1".into(),
+            roles: vec!["worker".into()],
+            listen: String::new(),
+            version: String::new(),
+            started_at: 0,
+            connections: 0,
+            unacked: 0,
+            committed: 0,
+            committed_per_s: 0,
+            pushes: 0,
+            retransmits: 0,
+        });
+        tokio::spawn(
+            WorkerServer::new(hub.clone(), stats, key.clone()).run(listener, stop.clone()),
+        );
+        let remote = RemoteWorker::connect("w1", addr, key).await.unwrap();
+        (hub, remote, stop)
+    }
+
+    fn delivery() -> Delivery {
+        Delivery {
+            msg: Bytes::from_static(b"{}"),
+            to: vec![("nobody".into(), 1)],
+        }
+    }
+
+    /// Deliveries a full queue dropped make the sender ask the worker to catch up,
+    /// after the next batch; deliveries that all arrive do not.
+    #[tokio::test]
+    async fn dropped_deliveries_make_the_worker_catch_up() {
+        let key = LinkKey::derive(b"secret");
+        let (hub, remote, stop) = pair(&key).await;
+        let wanted = |hub: Arc<Hub>| async move {
+            tokio::time::timeout(Duration::from_secs(5), hub.catch_up_wanted())
+                .await
+                .is_ok()
+        };
+        remote.push(delivery());
+        assert_eq!(remote.stats().await.unwrap().node_id, "w1", "link up");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), hub.catch_up_wanted())
+                .await
+                .is_err(),
+            "nothing was lost"
+        );
+        // This test's runtime has one thread: the delivery task cannot run while the
+        // queue is filled, so the last push finds it full.
+        for _ in 0..=QUEUE {
+            remote.push(delivery());
+        }
+        assert!(
+            wanted(hub.clone()).await,
+            "the worker was asked to catch up"
+        );
+        stop.cancel();
+    }
+}
