@@ -33,7 +33,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// a complete request head within `head_timeout` of the server waiting for one. On
 /// `stop`: no more accepts, idle connections close, requests in flight are answered,
 /// and this returns once every connection has closed or been upgraded (WebSocket
-/// sessions are the application's to end).
+/// sessions are the application's to end), or after `head_timeout` at most.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
@@ -92,5 +92,15 @@ pub async fn serve(
     }
     drop(listener);
     connections.close();
-    connections.wait().await;
+    // Bounded: a client still trickling a request head or body when the server stops
+    // would otherwise hold the shutdown for as long as its deadline allows.
+    if tokio::time::timeout(head_timeout, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            left = connections.len(),
+            "http connections still open at shutdown; closing them"
+        );
+    }
 }
