@@ -302,7 +302,10 @@ async fn catch_up(hub: Arc<Hub>, store: Arc<RedisStore>, stop: CancellationToken
             }
         }
         metrics::counter!("imd_catch_up_passes_total").increment(1);
-        tracing::info!(users = uids.len(), "catch-up pass after a lost peer");
+        tracing::info!(
+            users = uids.len(),
+            "catch-up pass: sessions compared with their inbox heads"
+        );
     }
 }
 
