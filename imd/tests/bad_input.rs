@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 
-use common::{Auth, FRAME_DEADLINE, Imd, WsClient, try_ws};
+use common::{Auth, FRAME_DEADLINE, Imd, WsClient, metric, try_ws, wait_until};
 use serde_json::json;
 use shared::protocol::{ErrorCode, ServerFrame};
 
@@ -325,6 +325,11 @@ async fn http_connections_silent_past_the_idle_timeout_are_closed() {
         "{answer}"
     );
 
-    // The server goes on serving.
+    // The server goes on serving, and counted the connections it closed.
     assert_eq!(imd.http().get("/healthz", None).await.status, 200);
+    let http = imd.http();
+    wait_until(FRAME_DEADLINE, "three head timeouts counted", || async {
+        metric(&http.metrics().await, "imd_http_head_timeouts_total") == Some(3.0)
+    })
+    .await;
 }
