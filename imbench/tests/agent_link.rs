@@ -71,13 +71,7 @@ async fn a_coordinator_with_another_secret_is_a_failed_agent_and_the_agent_serve
         Duration::from_secs(60),
     )
     .await;
-    assert_eq!(
-        r.code,
-        Some(0),
-        "stdout:\n{}\nstderr:\n{}",
-        r.stdout,
-        r.stderr
-    );
+    r.assert_exit(0);
     let rep = &r.report;
     assert_eq!(rep["agents"][0]["status"], "ok", "{rep}");
     assert_eq!(rep["agents"][0]["addr"], agent.addr.as_str(), "{rep}");

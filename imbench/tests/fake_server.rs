@@ -24,13 +24,7 @@ async fn two_agent_chat_delivers_everything() {
         Duration::from_secs(60),
     )
     .await;
-    assert_eq!(
-        r.code,
-        Some(0),
-        "stdout:\n{}\nstderr:\n{}",
-        r.stdout,
-        r.stderr
-    );
+    r.assert_exit(0);
     let m = &r.report["messages"];
     assert_eq!(m["lost"], 0, "{}", r.report);
     assert_eq!(m["lost_echo"], 0, "{}", r.report);
@@ -57,13 +51,7 @@ async fn a_skipped_push_is_a_loss_and_fails_the_run() {
     })
     .await;
     let r = run_imbench(&chat_args(&server.url, &[]), Duration::from_secs(60)).await;
-    assert_eq!(
-        r.code,
-        Some(1),
-        "stdout:\n{}\nstderr:\n{}",
-        r.stdout,
-        r.stderr
-    );
+    r.assert_exit(1);
     let lost = r.report["messages"]["lost"].as_u64().unwrap();
     let sent = r.report["messages"]["sent"].as_u64().unwrap();
     assert_eq!(lost, sent / 10, "{}", r.report);
@@ -79,13 +67,7 @@ async fn dropped_senders_reconnect_resend_and_lose_nothing() {
     })
     .await;
     let r = run_imbench(&chat_args(&server.url, &[]), Duration::from_secs(60)).await;
-    assert_eq!(
-        r.code,
-        Some(0),
-        "stdout:\n{}\nstderr:\n{}",
-        r.stdout,
-        r.stderr
-    );
+    r.assert_exit(0);
     let c = &r.report["connections"];
     assert!(c["reconnects"].as_u64().unwrap() > 0, "{}", r.report);
     let m = &r.report["messages"];
@@ -118,13 +100,7 @@ async fn idle_connections_open_and_hold() {
         Duration::from_secs(60),
     )
     .await;
-    assert_eq!(
-        r.code,
-        Some(0),
-        "stdout:\n{}\nstderr:\n{}",
-        r.stdout,
-        r.stderr
-    );
+    r.assert_exit(0);
     let c = &r.report["connections"];
     assert_eq!(c["opened"], 300, "{}", r.report);
     assert_eq!(c["failed"], 0);

@@ -91,13 +91,7 @@ async fn two_remote_agents_over_tcp_verified_chat_loses_nothing() {
 }
 
 fn check_clean_chat(r: &common::RunResult) {
-    assert_eq!(
-        r.code,
-        Some(0),
-        "stdout:\n{}\nstderr:\n{}",
-        r.stdout,
-        r.stderr
-    );
+    r.assert_exit(0);
     let rep = &r.report;
     assert_eq!(rep["ok"], true, "{rep}");
     assert_eq!(rep["connections"]["opened"], 40, "{rep}");
@@ -162,13 +156,7 @@ fn fanout_args<'a>(url: &'a str, scenario: &'a str, extra: &[&'a str]) -> Vec<&'
 }
 
 fn assert_no_loss(r: &common::RunResult) -> (u64, u64) {
-    assert_eq!(
-        r.code,
-        Some(0),
-        "stdout:\n{}\nstderr:\n{}",
-        r.stdout,
-        r.stderr
-    );
+    r.assert_exit(0);
     let rep = &r.report;
     assert_eq!(rep["ok"], true, "{rep}");
     assert_eq!(rep["connections"]["opened"], 30, "{rep}");

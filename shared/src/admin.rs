@@ -200,7 +200,7 @@ pub struct Replayed {
 }
 
 /// One node, as `GET /admin/v1/cluster` lists it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct NodeInfo {
     /// The node's id.
     pub node_id: String,

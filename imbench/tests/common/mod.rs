@@ -246,6 +246,20 @@ pub struct RunResult {
     pub chart: String,
 }
 
+impl RunResult {
+    /// Asserts that imbench exited with `code`, showing its output when it did not.
+    #[track_caller]
+    pub fn assert_exit(&self, code: i32) {
+        assert_eq!(
+            self.code,
+            Some(code),
+            "stdout:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
+    }
+}
+
 /// The `imbench` binary under test.
 pub fn imbench_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_imbench"))

@@ -448,18 +448,13 @@ async fn cluster(_: AdminAuth, State(app): State<AppState>) -> Result<Response, 
             .map_err(crate::business::Error::from)?;
         for n in live {
             if nodes.iter().all(|known| known.node_id != n.id) {
+                // Only what the registry knows: no version, zero figures.
                 nodes.push(NodeInfo {
                     node_id: n.id,
                     roles: n.roles,
                     listen: n.listen,
-                    version: String::new(),
                     started_at: n.started_ms,
-                    connections: 0,
-                    unacked: 0,
-                    committed: 0,
-                    committed_per_s: 0,
-                    pushes: 0,
-                    retransmits: 0,
+                    ..NodeInfo::default()
                 });
             }
         }

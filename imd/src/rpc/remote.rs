@@ -446,16 +446,7 @@ mod tests {
         let stop = CancellationToken::new();
         let stats: Arc<dyn Fn() -> NodeInfo + Send + Sync> = Arc::new(|| NodeInfo {
             node_id: "w1".into(),
-            roles: vec!["worker".into()],
-            listen: String::new(),
-            version: String::new(),
-            started_at: 0,
-            connections: 0,
-            unacked: 0,
-            committed: 0,
-            committed_per_s: 0,
-            pushes: 0,
-            retransmits: 0,
+            ..NodeInfo::default()
         });
         tokio::spawn(
             WorkerServer::new(hub.clone(), stats, key.clone()).run(listener, stop.clone()),
