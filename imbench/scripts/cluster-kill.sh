@@ -49,15 +49,6 @@ for _ in $(seq 1 200); do
 done
 GONE_AT=$(date +%s%3N)
 
-rc=0
-wait "$BENCH_PID" || rc=$?
-forget_pid "$BENCH_PID"
-cat "$WORK/bench.out"
-grep -v '^\[' "$WORK/bench.err" | tail -5 >&2 || true
-
-echo
-echo "kill -9 of worker w2 ${KILL_AFTER}s into a verified chat across 2 workers at ${RATE} msg/s, ${CONNECTIONS} connections, ${DURATION}s:"
-kill_report "$WORK/kill.json" "$KILLED_AT"
-echo "  w2 out of the registry $(( GONE_AT - KILLED_AT )) ms after the kill"
-[ "$LOST" = 0 ] || { echo "FAILED: ${LOST} message(s) lost" >&2; exit 1; }
-exit "$rc"
+finish_kill_run \
+    "kill -9 of worker w2 ${KILL_AFTER}s into a verified chat across 2 workers at ${RATE} msg/s, ${CONNECTIONS} connections, ${DURATION}s:" \
+    "  w2 out of the registry $(( GONE_AT - KILLED_AT )) ms after the kill"

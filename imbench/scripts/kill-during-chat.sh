@@ -52,15 +52,6 @@ start_imd "$SECRET" "$BUDGET" "127.0.0.1:$PORT"
 READY_AT=$(date +%s%3N)
 [ "$IMD_URL" = "http://127.0.0.1:$PORT" ] || { echo "imd came back on $IMD_URL" >&2; exit 1; }
 
-rc=0
-wait "$BENCH_PID" || rc=$?
-forget_pid "$BENCH_PID"
-cat "$WORK/bench.out"
-grep -v '^\[' "$WORK/bench.err" | tail -5 >&2 || true
-
-echo
-echo "kill -9 of imd ${KILL_AFTER}s into a verified chat at ${RATE} msg/s, ${CONNECTIONS} connections, ${DURATION}s:"
-kill_report "$WORK/kill.json" "$KILLED_AT"
-echo "  imd restart: ready $(( READY_AT - KILLED_AT )) ms after the kill"
-[ "$LOST" = 0 ] || { echo "FAILED: ${LOST} message(s) lost" >&2; exit 1; }
-exit "$rc"
+finish_kill_run \
+    "kill -9 of imd ${KILL_AFTER}s into a verified chat at ${RATE} msg/s, ${CONNECTIONS} connections, ${DURATION}s:" \
+    "  imd restart: ready $(( READY_AT - KILLED_AT )) ms after the kill"

@@ -166,6 +166,23 @@ out_of_order $(json "$r" .messages.out_of_order), retransmits $(json "$r" .messa
 p99.9 $(json "$r" .latency_ms.p999), max $(json "$r" .latency_ms.max)"
 }
 
+# finish_kill_run TITLE LAST_LINE: waits for imbench ($BENCH_PID), prints its output,
+# then TITLE, kill_report of $WORK/kill.json against $KILLED_AT, and LAST_LINE; exits
+# 1 when a message was lost, else with imbench's status.
+finish_kill_run() {
+    local rc=0
+    wait "$BENCH_PID" || rc=$?
+    forget_pid "$BENCH_PID"
+    cat "$WORK/bench.out"
+    grep -v '^\[' "$WORK/bench.err" | tail -5 >&2 || true
+    echo
+    echo "$1"
+    kill_report "$WORK/kill.json" "$KILLED_AT"
+    echo "$2"
+    [ "$LOST" = 0 ] || { echo "FAILED: ${LOST} message(s) lost" >&2; exit 1; }
+    exit "$rc"
+}
+
 # start_test_cluster SECRET ADMIN MAX_SECONDS: start_redis (AOF per $AOF: always by
 # default, everysec, or no), then a gateway gw1 (gateway,dispatcher) and workers w1
 # and w2, and waits until the gateway reaches both; sets GW_URL, W1_URL, W2_URL,

@@ -50,6 +50,16 @@ both!(
     subscription_survives_reconnect,
 );
 
+/// Ids of the live nodes.
+async fn live_ids(s: &RedisStore) -> Vec<String> {
+    s.live_nodes()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| n.id)
+        .collect()
+}
+
 async fn connect(redis: &Redis) -> RedisStore {
     let store = RedisStore::connect(&redis.url())
         .await
@@ -215,15 +225,7 @@ async fn clean_node_removes_only_its_routes(redis: Redis) {
     assert_eq!(a.unwrap() + b.unwrap(), 1501);
     assert_eq!(s.clean_node("dying").await.unwrap(), 0);
     assert_eq!(s.dead_nodes().await.unwrap(), Vec::<String>::new());
-    assert_eq!(
-        s.live_nodes()
-            .await
-            .unwrap()
-            .iter()
-            .map(|n| n.id.as_str())
-            .collect::<Vec<_>>(),
-        ["alive"]
-    );
+    assert_eq!(live_ids(&s).await, ["alive"]);
 
     let routes = s
         .routes(&[
@@ -259,15 +261,7 @@ async fn deregister_removes_node_and_routes(redis: Redis) {
     s.route_add("u2", "d2", "leaving").await.unwrap();
 
     assert_eq!(s.deregister("leaving").await.unwrap(), 3);
-    assert_eq!(
-        s.live_nodes()
-            .await
-            .unwrap()
-            .iter()
-            .map(|n| n.id.as_str())
-            .collect::<Vec<_>>(),
-        ["staying"]
-    );
+    assert_eq!(live_ids(&s).await, ["staying"]);
     // Gone, not dead.
     assert_eq!(s.dead_nodes().await.unwrap(), Vec::<String>::new());
     assert_eq!(
