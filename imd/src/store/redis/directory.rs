@@ -29,7 +29,7 @@ use redis::Script;
 use shared::admin::{BlacklistEntry, BlacklistKind};
 
 use super::registry::BLACKLIST_CHANNEL;
-use super::{RedisStore, db, global_key};
+use super::{LUA_NOW_MS, RedisStore, db, global_key};
 use crate::store::{DirectoryStore, ServiceState, StoreError};
 
 fn blacklist_key() -> String {
@@ -142,7 +142,7 @@ end
 /// ARGV[1] = conv, ARGV[2] = new state JSON, ARGV[3] = '1' when assigned, ARGV[4] = agent.
 static ASSIGN: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        r"{DECREMENT_LOAD}
+        r"{DECREMENT_LOAD}{LUA_NOW_MS}
 local prev = redis.call('HGET', KEYS[1], ARGV[1])
 if prev then
   local st = cjson.decode(prev)
@@ -152,9 +152,7 @@ if ARGV[3] == '1' then
   redis.call('HINCRBY', KEYS[2], ARGV[4], 1)
   redis.call('ZREM', KEYS[3], ARGV[1])
 else
-  local t = redis.call('TIME')
-  local ms = t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000))
-  redis.call('ZADD', KEYS[3], 'NX', ms, ARGV[1])
+  redis.call('ZADD', KEYS[3], 'NX', now_ms(), ARGV[1])
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 "

@@ -90,7 +90,7 @@ use futures_util::future::{join_all, try_join_all};
 use redis::Script;
 use shared::protocol::Message;
 
-use super::{RedisStore, conv_key, db, user_key};
+use super::{LUA_NOW_MS, RedisStore, conv_key, db, user_key};
 use crate::store::{
     CommitOutcome, Committed, IDEMPOTENCY_WINDOW_MS, JOIN_PUSH_TAIL, MessageStore, NewMessage, Op,
     Page, PageFill, StoreError,
@@ -168,6 +168,18 @@ local function read(pending, msgs, nmax, budget)
   return es, js
 end
 
+-- Takes or renews the lease for `token`; false when another writer holds it.
+local function hold_lease(lock, owner, token, lease)
+  if owner == token then
+    redis.call('PEXPIRE', lock, lease)
+  elseif owner then
+    return false
+  else
+    redis.call('SET', lock, token, 'PX', lease)
+  end
+  return true
+end
+
 -- Pops the entries up to `last` (0: none), then: done when the head is past `need`
 -- (0: the conversation's current end), else the next round under the lease.
 local function step(pending, lock, msgs, token, lease, last, need, nmax, budget, hold)
@@ -189,12 +201,8 @@ local function step(pending, lock, msgs, token, lease, last, need, nmax, budget,
   if not h then empty = 1 end
   if empty == 1 or seq_of(h) > need then
     if hold == 1 then
-      if owner == token then
-        redis.call('PEXPIRE', lock, lease)
-      elseif owner then
+      if not hold_lease(lock, owner, token, lease) then
         return {1, need, {}, {}, empty}
-      else
-        redis.call('SET', lock, token, 'PX', lease)
       end
       return {3, need, {}, {}, empty}
     end
@@ -203,12 +211,8 @@ local function step(pending, lock, msgs, token, lease, last, need, nmax, budget,
     end
     return {0, need, {}, {}, empty}
   end
-  if owner == token then
-    redis.call('PEXPIRE', lock, lease)
-  elseif owner then
+  if not hold_lease(lock, owner, token, lease) then
     return {1, need, {}, {}, empty}
-  else
-    redis.call('SET', lock, token, 'PX', lease)
   end
   local es, js = read(pending, msgs, nmax, budget)
   return {2, need, es, js, empty}
@@ -311,29 +315,28 @@ return out
 
 /// Marks conversations dirty at the server's time. KEYS: shard. ARGV: convs.
 static MARK: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(&format!(
+        "{LUA_NOW_MS}{}",
         r#"
-local t = redis.call('TIME')
-local now = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+local now = now_ms()
 for i = 1, #ARGV do
   redis.call('ZADD', KEYS[1], now, ARGV[i])
 end
 return 1
-"#,
-    )
+"#
+    ))
 });
 
 /// Conversations marked before the server's now minus ARGV[1] ms, at most ARGV[2], as
 /// a flat conv, score list. KEYS: shard.
 static DUE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(&format!(
+        "{LUA_NOW_MS}{}",
         r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local cut = string.format('%d', now - tonumber(ARGV[1]))
+local cut = string.format('%d', tonumber(now_ms()) - tonumber(ARGV[1]))
 return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', cut, 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[2]))
-"#,
-    )
+"#
+    ))
 });
 
 /// Unmarks ARGV[1] if its score is still ARGV[2]. KEYS: shard.

@@ -188,6 +188,15 @@ fn connection_lost(e: &RedisError) -> bool {
     !e.is_timeout() && (e.is_connection_dropped() || e.is_connection_refusal())
 }
 
+/// Lua for the scripts that need the Redis server's clock (the one clock every node
+/// shares): `now_ms()`, unix milliseconds as a string of digits.
+pub(crate) const LUA_NOW_MS: &str = r"
+local function now_ms()
+  local t = redis.call('TIME')
+  return t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000))
+end
+";
+
 /// The URLs of `spec` (comma-separated); at least one.
 pub(crate) fn seeds(spec: &str) -> Result<Vec<&str>, StoreError> {
     let urls: Vec<&str> = spec
