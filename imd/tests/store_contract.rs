@@ -103,6 +103,7 @@ contract!(unknown => contract_unknown_embedded, contract_unknown_standalone, con
 contract!(concurrency => contract_concurrency_standalone, contract_concurrency_cluster);
 contract!(crash_recovery => contract_crash_recovery_standalone, contract_crash_recovery_cluster);
 contract!(takeover => contract_takeover_standalone, contract_takeover_cluster);
+contract!(finish_behind_the_answer => contract_finish_behind_the_answer_standalone, contract_finish_behind_the_answer_cluster);
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -792,4 +793,30 @@ async fn takeover(b: Backend) {
     let out = dead.commit(vec![Op::Message(ghost)]).await.unwrap();
     assert!(matches!(&out[0], CommitOutcome::Duplicate(j) if *j == taken.json));
     assert_eq!(s.last_seq("d:a~b").await.unwrap(), 1);
+}
+
+/// A commit answers once its inbox entries are written; popping its pending fan-out and
+/// freeing the lease follow on their own. No sweeper runs here, so nothing but that
+/// last step empties the pending list.
+async fn finish_behind_the_answer(b: Backend) {
+    let s = b.another().await;
+    let out = s
+        .commit(vec![msg("g:soon", "a", None, &["a", "b"])])
+        .await
+        .unwrap();
+    assert_eq!(new(&out[0]).recipients, [("a".into(), 1), ("b".into(), 1)]);
+    let end = Instant::now() + Duration::from_secs(5);
+    while s.pending_fanouts("g:soon").await.unwrap() > 0 {
+        assert!(Instant::now() < end, "the fan-out is still pending");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The next writer finds the conversation finished: it drains only its own message.
+    let next = b.another().await;
+    let out = next
+        .commit(vec![msg("g:soon", "b", None, &["a", "b"])])
+        .await
+        .unwrap();
+    assert_eq!(new(&out[0]).recipients, [("a".into(), 2), ("b".into(), 2)]);
+    assert!(next.take_relayed().is_empty());
+    assert!(s.take_relayed().is_empty());
 }

@@ -38,13 +38,17 @@
 //! 3. drains each conversation, concurrently: with the lease, one script per member
 //!    appends all of that member's entries of the round; then a step script pops what
 //!    was done and either renews the lease and returns the next entries, or releases it
-//!    once the pending head is past this batch's seqs. Without the lease it polls the
-//!    step script (200 µs doubling to 2 ms, 10 s overall) until the head is past its
-//!    seqs or the lease frees.
+//!    once the pending head is past this batch's seqs. That last step runs behind the
+//!    answer: once a round has written the batch's last entries, the writer answers and
+//!    the pop-and-release goes out on its own (a lost one costs the next writer of the
+//!    conversation a lease expiry, never a message). Without the lease a writer polls
+//!    the step script (200 µs doubling to 2 ms, 10 s overall) until the head is past
+//!    its seqs or the lease frees.
 //!
-//! Round trips of an uncontended batch, whatever its size: 4 (claims and marks; the
-//! conversation scripts; the member scripts; the step scripts), 3 without cids. Every
-//! step of a round is one request per slot touched, issued concurrently.
+//! Round trips of an uncontended batch before its answer, whatever its size: 3 (claims
+//! and marks; the conversation scripts; the member scripts), 2 without cids; the step
+//! scripts follow. Every step of a round is one request per slot touched, issued
+//! concurrently.
 //!
 //! Whoever writes an inbox entry reports it: this batch's messages come back as
 //! `New` with the `(uid, useq)` pairs this call appended (none if another writer drained
@@ -461,6 +465,28 @@ fn group_by<'a>(items: impl Iterator<Item = (usize, &'a str)>) -> Vec<(&'a str, 
     groups
 }
 
+/// A call of the step script (see `LUA_STEP`).
+fn step_call(
+    conv: &str,
+    token: &str,
+    last: u64,
+    need: u64,
+    hold: bool,
+) -> redis::ScriptInvocation<'static> {
+    let mut inv = STEP.prepare_invoke();
+    inv.key(conv_key(conv, "pending"))
+        .key(conv_key(conv, "lock"))
+        .key(conv_key(conv, "msgs"))
+        .arg(token)
+        .arg(LEASE_MS)
+        .arg(last)
+        .arg(need)
+        .arg(ROUND_ENTRIES)
+        .arg(ROUND_MEMBERS)
+        .arg(u8::from(hold));
+    inv
+}
+
 /// A fresh lease token: unique across processes and calls.
 fn token() -> String {
     uuid::Uuid::now_v7().simple().to_string()
@@ -609,6 +635,33 @@ struct Step {
 
 type StepReply = (i64, u64, Vec<Vec<u8>>, Vec<Vec<u8>>, i64);
 
+impl Step {
+    /// What a commit's drain ends with once its entries are written and its last step
+    /// is left to [`RedisStore::finish_later`].
+    fn finished(need: u64) -> Self {
+        Self {
+            code: DONE,
+            need,
+            entries: Vec::new(),
+            jsons: Vec::new(),
+            empty: false,
+        }
+    }
+}
+
+/// How a drain goes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Drain {
+    /// A writer's: waits for a lease held elsewhere, and once its own entries are
+    /// written leaves the last step (pop and free the lease) to run behind its answer.
+    Commit,
+    /// A join's: waits for the lease, and ends holding it.
+    Join,
+    /// The sweeper's: stops at a lease held elsewhere, and steps to the end, so that it
+    /// knows whether the pending list is empty.
+    Sweep,
+}
+
 impl From<StepReply> for Step {
     fn from((code, need, entries, jsons, empty): StepReply) -> Self {
         Self {
@@ -683,6 +736,18 @@ impl RedisStore {
     #[doc(hidden)]
     pub async fn commit_unfanned(&self, batch: Vec<Op>) -> Result<Vec<CommitOutcome>, StoreError> {
         self.commit_batch(batch, false).await
+    }
+
+    /// How many fan-outs of `conv` are pending (stored, inbox entries not all
+    /// confirmed written). For tests.
+    #[doc(hidden)]
+    pub async fn pending_fanouts(&self, conv: &str) -> Result<u64, StoreError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("LLEN")
+            .arg(conv_key(conv, "pending"))
+            .query_async(&mut conn)
+            .await
+            .map_err(db)
     }
 
     /// Claims the idempotency keys of `batch`'s messages and stops: a writer that died
@@ -802,7 +867,7 @@ impl RedisStore {
         for ((conv, _), (seqs, step, token)) in by_conv.iter().zip(stored) {
             seqs_by_conv.push(seqs);
             if let Some(step) = step {
-                drains.push(async move { self.drain(conv, &token, step, false, true).await });
+                drains.push(async move { self.drain(conv, &token, step, Drain::Commit).await });
             }
         }
         let waits = remote.iter().zip(resolved).map(|((i, _, conv, id), r)| {
@@ -1008,34 +1073,40 @@ impl RedisStore {
         hold: bool,
     ) -> Result<Step, StoreError> {
         let mut conn = self.conn.clone();
-        let reply: StepReply = STEP
-            .key(conv_key(conv, "pending"))
-            .key(conv_key(conv, "lock"))
-            .key(conv_key(conv, "msgs"))
-            .arg(token)
-            .arg(LEASE_MS)
-            .arg(last)
-            .arg(need)
-            .arg(ROUND_ENTRIES)
-            .arg(ROUND_MEMBERS)
-            .arg(u8::from(hold))
+        let reply: StepReply = step_call(conv, token, last, need, hold)
             .invoke_async(&mut conn)
             .await
             .map_err(db)?;
         Ok(reply.into())
     }
 
-    /// Drains `conv` from `step` on until its pending head is past `step.need`. Waits
-    /// for a lease held elsewhere when `wait`, else stops there. With `hold`, ends
-    /// holding the lease. Returns what this call fanned out even when it fails.
+    /// The last step of a commit's drain, whose round wrote every inbox entry of the
+    /// batch: it only pops those entries from the pending list and frees the lease, so
+    /// the writer answers its senders without waiting for it (one round trip fewer).
+    /// If it never runs (the process dies, Redis fails) nothing is lost: the lease
+    /// expires after [`LEASE_MS`], and the next drain of the conversation redoes the
+    /// round, whose member appends skip what is already there.
+    fn finish_later(&self, conv: &str, token: &str, last: u64, need: u64) {
+        let inv = step_call(conv, token, last, need, false);
+        let mut conn = self.conn.clone();
+        let conv = conv.to_owned();
+        tokio::spawn(async move {
+            if let Err(e) = inv.invoke_async::<StepReply>(&mut conn).await {
+                tracing::warn!(%conv, error = %e, "freeing a fan-out lease failed; it expires by itself");
+            }
+        });
+    }
+
+    /// Drains `conv` from `step` on until its pending head is past `step.need`, the way
+    /// `mode` says. Returns what this call fanned out even when it fails.
     async fn drain(
         &self,
         conv: &str,
         token: &str,
         mut step: Step,
-        hold: bool,
-        wait: bool,
+        mode: Drain,
     ) -> (Vec<Fanned>, Result<Step, StoreError>) {
+        let hold = mode == Drain::Join;
         let deadline = Instant::now() + DRAIN_DEADLINE;
         let mut backoff = BACKOFF_START;
         let mut done = Vec::new();
@@ -1047,12 +1118,16 @@ impl RedisStore {
                     match self.round(conv, step).await {
                         Ok((fanned, last)) => {
                             done.extend(fanned);
+                            if mode == Drain::Commit && last >= need {
+                                self.finish_later(conv, token, last, need);
+                                return (done, Ok(Step::finished(need)));
+                            }
                             self.step(conv, token, last, need, hold).await
                         }
                         Err(e) => Err(e),
                     }
                 }
-                BUSY if wait => {
+                BUSY if mode != Drain::Sweep => {
                     if Instant::now() >= deadline {
                         return (
                             done,
@@ -1199,7 +1274,7 @@ impl RedisStore {
     async fn join(&self, conv: &str, uid: &str) -> Result<Vec<Committed>, StoreError> {
         let token = token();
         let first = self.step(conv, &token, 0, 0, true).await?;
-        let (fanned, held) = self.drain(conv, &token, first, true, true).await;
+        let (fanned, held) = self.drain(conv, &token, first, Drain::Join).await;
         self.relayed.push(
             fanned
                 .into_iter()
@@ -1343,7 +1418,7 @@ impl RedisStore {
             if first.code == BUSY {
                 return Ok(0); // its writer, or another sweeper, is on it
             }
-            let (fanned, last) = self.drain(conv, &token, first, false, false).await;
+            let (fanned, last) = self.drain(conv, &token, first, Drain::Sweep).await;
             let n = fanned.len();
             self.relayed.push(
                 fanned
