@@ -81,6 +81,14 @@ fn describe() {
             "imd_frames_too_large_total",
             "Connections closed for a frame over the limit.",
         ),
+        (
+            "imd_http_head_timeouts_total",
+            "HTTP connections closed for sending no complete request head in time.",
+        ),
+        (
+            "imd_http_write_timeouts_total",
+            "HTTP connections closed for reading none of their answers in time.",
+        ),
     ] {
         describe_counter!(name, help);
         metrics::counter!(name).increment(0);

@@ -224,7 +224,10 @@ async fn garbage_from_one_client_does_not_disturb_others() {
 
 /// Reads from `tcp` until the server closes it (EOF or reset), within `deadline`;
 /// returns what it sent.
-async fn read_until_closed(tcp: &mut tokio::net::TcpStream, deadline: Duration) -> String {
+async fn read_until_closed(
+    tcp: &mut (impl tokio::io::AsyncRead + Unpin),
+    deadline: Duration,
+) -> String {
     use tokio::io::AsyncReadExt;
     let mut got = Vec::new();
     let read = tokio::time::timeout(deadline, async {
@@ -239,6 +242,49 @@ async fn read_until_closed(tcp: &mut tokio::net::TcpStream, deadline: Duration) 
     read.await
         .unwrap_or_else(|_| panic!("the server kept the connection open past {deadline:?}"));
     String::from_utf8_lossy(&got).into_owned()
+}
+
+/// A client that pipelines requests and never reads the answers does not hold its
+/// socket: once the buffers between it and the server are full, the server's write
+/// waits, and after the idle timeout without progress the server closes the
+/// connection and counts it.
+#[tokio::test]
+async fn http_clients_that_never_read_are_closed() {
+    use tokio::io::AsyncWriteExt;
+    let idle = Duration::from_secs(1);
+    let imd = Imd::start(&["--idle-timeout", "1s"]);
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let (mut reader, mut writer) = socket.connect(imd.addr).await.unwrap().into_split();
+    // /metrics answers with kilobytes: 4,000 answers fill any socket buffer. The
+    // requests go out from their own task, which ends with the connection.
+    let requests = tokio::spawn(async move {
+        let request = b"GET /metrics HTTP/1.1\r\nHost: imd\r\n\r\n";
+        for _ in 0..4000 {
+            if writer.write_all(request).await.is_err() {
+                return;
+            }
+        }
+        let _ = std::future::pending::<()>().await;
+    });
+    let http = imd.http();
+    wait_until(idle + FRAME_DEADLINE, "a write timeout counted", || async {
+        metric(&http.metrics().await, "imd_http_write_timeouts_total") == Some(1.0)
+    })
+    .await;
+    // What was in flight can still be read; then the connection is gone.
+    let answers = read_until_closed(&mut reader, FRAME_DEADLINE).await;
+    assert!(
+        answers.starts_with("HTTP/1.1 200"),
+        "{}",
+        &answers[..answers.len().min(200)]
+    );
+    assert!(
+        answers.matches("HTTP/1.1 200").count() < 4000,
+        "the server stopped before answering every request"
+    );
+    requests.abort();
+    assert_eq!(imd.http().get("/healthz", None).await.status, 200);
 }
 
 /// Reads one HTTP response (its head, then `Content-Length` bytes of body).

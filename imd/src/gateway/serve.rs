@@ -9,10 +9,21 @@
 //! the server starts waiting for one, so an idle keep-alive connection too) is closed.
 //! The request body has its own deadline where it is read (`http::read_json`).
 //!
+//! Writes have a deadline too: hyper waits as long as it takes for a response to go
+//! out, so a client that pipelines requests and never reads the answers would hold its
+//! socket for good once the buffers fill. Each connection's socket is wrapped in
+//! [`WriteDeadline`]: a write that makes no progress for the idle timeout fails, and
+//! hyper closes the connection. It stays under upgraded WebSocket connections as a
+//! backstop to the session's own write timeout.
+//!
 //! Accept errors (EMFILE when the open-files limit is reached) are counted and retried
 //! after a short pause, rather than axum's one second.
 
+use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
@@ -20,7 +31,9 @@ use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
+use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
@@ -70,7 +83,7 @@ pub async fn serve(
             },
         ));
         let conn = http
-            .serve_connection(TokioIo::new(tcp), service)
+            .serve_connection(TokioIo::new(WriteDeadline::new(tcp, head_timeout)), service)
             .with_upgrades();
         let stop = stop.clone();
         connections.spawn(async move {
@@ -85,6 +98,8 @@ pub async fn serve(
             if let Err(e) = ended {
                 if e.is_timeout() {
                     metrics::counter!("imd_http_head_timeouts_total").increment(1);
+                } else if stalled_write(&e) {
+                    metrics::counter!("imd_http_write_timeouts_total").increment(1);
                 }
                 tracing::debug!(%remote, error = %e, "http connection ended");
             }
@@ -102,5 +117,145 @@ pub async fn serve(
             left = connections.len(),
             "http connections still open at shutdown; closing them"
         );
+    }
+}
+
+/// Whether hyper ended a connection because a write passed its [`WriteDeadline`].
+fn stalled_write(e: &hyper::Error) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<io::Error>())
+        .is_some_and(|io| io.kind() == io::ErrorKind::TimedOut)
+}
+
+/// A socket whose writes fail with `TimedOut` once one has made no progress for
+/// `limit`. The timer exists only while a write waits, so an idle connection pays 24
+/// bytes for it.
+pub struct WriteDeadline<T> {
+    inner: T,
+    limit: Duration,
+    stalled: Option<Pin<Box<Sleep>>>,
+}
+
+impl<T> WriteDeadline<T> {
+    /// Wraps `inner`.
+    pub fn new(inner: T, limit: Duration) -> Self {
+        Self {
+            inner,
+            limit,
+            stalled: None,
+        }
+    }
+
+    /// Passes on a write's progress (or error) and disarms the timer; while the write
+    /// waits, arms it, and fails once it fires.
+    fn watch<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<R>>,
+    ) -> Poll<io::Result<R>> {
+        if polled.is_ready() {
+            self.stalled = None;
+            return polled;
+        }
+        let limit = self.limit;
+        let timer = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                self.stalled = None;
+                Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("the peer read nothing for {limit:?}"),
+                )))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for WriteDeadline<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.watch(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.watch(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_flush(cx);
+        this.watch(cx, polled)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_shutdown(cx);
+        this.watch(cx, polled)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A write into a pipe nobody reads fails after the limit; one that makes progress
+    /// in time goes on, however long the whole takes.
+    #[tokio::test(start_paused = true)]
+    async fn a_write_without_progress_fails_after_the_limit() {
+        let (near, far) = tokio::io::duplex(16);
+        let mut w = WriteDeadline::new(near, Duration::from_secs(2));
+        // 16 bytes fit; the next write waits for a reader that never comes.
+        w.write_all(&[0; 16]).await.unwrap();
+        let started = tokio::time::Instant::now();
+        let err = w.write_all(&[0; 16]).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
+        drop(far);
+
+        // A reader taking 8 bytes a second keeps a 64-byte write alive for 8 s.
+        let (near, mut far2) = tokio::io::duplex(8);
+        let mut w = WriteDeadline::new(near, Duration::from_secs(2));
+        let reader = tokio::spawn(async move {
+            let mut got = 0;
+            let mut buf = [0; 8];
+            while got < 64 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                got += far2.read(&mut buf).await.unwrap();
+            }
+            got
+        });
+        let started = tokio::time::Instant::now();
+        w.write_all(&[1; 64]).await.unwrap();
+        assert!(started.elapsed() >= Duration::from_secs(7));
+        assert_eq!(reader.await.unwrap(), 64);
     }
 }
