@@ -8,9 +8,10 @@
 //!
 //! Shutdown (SIGTERM or SIGINT): stop accepting and finish in-flight HTTP requests,
 //! `kick` every session with reason `shutdown`, wait for the sessions (bounded by
-//! `shutdown_grace`), then let the commit task commit what is queued, leave the
-//! cluster (deregister), and close the store. Every acknowledged message is already
-//! durable before this starts.
+//! `shutdown_grace`), then let the commit task commit what is queued, route and send
+//! the pushes still queued, say goodbye to the other workers (so that they need not
+//! look for pushes lost with this node), leave the cluster (deregister), and close the
+//! store. Every acknowledged message is already durable before this starts.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -302,12 +303,25 @@ impl App {
         }
         self.membership_stop.cancel();
         if let Some((store, me)) = &self.cluster {
+            // Every push this node owes goes out, then each worker hears goodbye and
+            // skips the catch-up it would otherwise run for this node's departure.
+            let routed = tokio::time::timeout(self.grace, self.state.dispatcher.finish()).await;
+            if routed.is_ok() {
+                let said = self.state.workers.goodbye(GOODBYE_WAIT).await;
+                tracing::info!(workers = said, "said goodbye");
+            } else {
+                tracing::warn!("pushes still being routed after the grace period; no goodbye");
+            }
             Membership::leave(store, &me.id).await;
         }
         self.background.cancel();
         drop(self.store);
     }
 }
+
+/// How long shutdown waits for the workers to take this node's goodbye (behind the
+/// deliveries still queued for them).
+const GOODBYE_WAIT: Duration = Duration::from_secs(3);
 
 /// Runs `imd serve` until `stop` is cancelled.
 pub async fn serve_until(cfg: Config, stop: CancellationToken) -> anyhow::Result<()> {

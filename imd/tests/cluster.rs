@@ -305,6 +305,39 @@ async fn a_push_lost_with_its_writer_still_reaches_an_online_device() {
     assert_eq!((useq, msg.seq), (2, 2));
 }
 
+/// A gateway that stops cleanly (SIGTERM) sends what it owes, then says goodbye: the
+/// workers run no catch-up for it, neither when its RPC connections end nor when it
+/// leaves the registry. (A killed one makes them look: the test above.)
+#[tokio::test]
+async fn a_gateway_stopping_cleanly_costs_the_workers_no_catch_up() {
+    let mut c = Cluster::start(Redis::standalone()).await;
+    let alice = c.gateway.token("alice", "a1");
+    let mut bob = c.connect(&c.w2, "bob", "b1").await;
+    let sent = c
+        .gateway
+        .http()
+        .send_to(&alice, "bob", None, json!("over the gateway's link"))
+        .await;
+    expect_push_of(&mut bob, &sent.id).await;
+    let requests = |text: &str| metric(text, "imd_catch_up_requests_total").unwrap_or(0.0);
+    let (w1, w2) = (c.w1.http(), c.w2.http());
+    let before = [requests(&w1.metrics().await), requests(&w2.metrics().await)];
+
+    c.gateway.sigterm();
+    assert!(c.gateway.wait_exit(Duration::from_secs(20)).await.success());
+    for (name, http) in [("w1", &w1), ("w2", &w2)] {
+        // Its link ended, and it left the registry: both seen, both excused.
+        wait_until(
+            Duration::from_secs(10),
+            &format!("{name} saw the gateway's link end and its departure"),
+            || async { metric(&http.metrics().await, "imd_catch_up_skipped_total") >= Some(2.0) },
+        )
+        .await;
+    }
+    let after = [requests(&w1.metrics().await), requests(&w2.metrics().await)];
+    assert_eq!(after, before, "no catch-up was asked for");
+}
+
 /// A gateway restarted (SIGTERM, then started again) goes on with the same sequences:
 /// they live in Redis, not in the node.
 #[tokio::test]

@@ -47,6 +47,9 @@ enum Mode {
         queue: mpsc::Sender<Committed>,
         store: Arc<RedisStore>,
         workers: Arc<Workers>,
+        /// Ends the routing task once its queue is empty (see [`Dispatcher::finish`]).
+        finish: CancellationToken,
+        routing: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     },
 }
 
@@ -62,13 +65,39 @@ impl Dispatcher {
     /// `store` and reaches them through `workers`. Its routing task ends with `stop`.
     pub fn cluster(store: Arc<RedisStore>, workers: Arc<Workers>, stop: CancellationToken) -> Self {
         let (queue, rx) = mpsc::channel(ROUTING_QUEUE);
-        tokio::spawn(route_loop(store.clone(), workers.clone(), rx, stop));
+        let finish = CancellationToken::new();
+        let routing = tokio::spawn(route_loop(
+            store.clone(),
+            workers.clone(),
+            rx,
+            stop,
+            finish.clone(),
+        ));
         Self {
             mode: Mode::Cluster {
                 queue,
                 store,
                 workers,
+                finish,
+                routing: std::sync::Mutex::new(Some(routing)),
             },
+        }
+    }
+
+    /// Routes what is queued, then stops taking messages (later ones are dropped, and
+    /// their workers told to catch up). Returns once every queued message has been
+    /// handed to its workers' delivery queues. For shutdown, after the last commit.
+    pub async fn finish(&self) {
+        let Mode::Cluster {
+            finish, routing, ..
+        } = &self.mode
+        else {
+            return;
+        };
+        finish.cancel();
+        let task = routing.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(task) = task {
+            let _ = task.await;
         }
     }
 
@@ -131,12 +160,14 @@ impl Deliver for Dispatcher {
                     .collect();
                 worker.push(pushes);
             }
-            Mode::Cluster { queue, .. } => {
+            Mode::Cluster { queue, workers, .. } => {
                 if msg.recipients.is_empty() {
                     return;
                 }
                 if queue.try_send(msg.clone()).is_err() {
                     metrics::counter!("imd_routing_dropped_total").increment(1);
+                    // Any worker may hold a recipient's device.
+                    workers.catch_up_everywhere();
                 }
             }
         }
@@ -144,18 +175,27 @@ impl Deliver for Dispatcher {
 }
 
 /// Routes queued messages in batches: one round of route lookups per batch, then one
-/// delivery per (message, worker) in commit order.
+/// delivery per (message, worker) in commit order. Ends with `stop`, or once the queue
+/// is empty after `finish`.
 async fn route_loop(
     store: Arc<RedisStore>,
     workers: Arc<Workers>,
     mut rx: mpsc::Receiver<Committed>,
     stop: CancellationToken,
+    finish: CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(ROUTING_BATCH);
     let mut refreshed = std::time::Instant::now() - REFRESH_AT_MOST_EVERY;
+    let mut finishing = false;
     loop {
         let n = tokio::select! {
             n = rx.recv_many(&mut batch, ROUTING_BATCH) => n,
+            _ = finish.cancelled(), if !finishing => {
+                // What is queued is still received; then recv_many returns 0.
+                rx.close();
+                finishing = true;
+                continue;
+            }
             _ = stop.cancelled() => break,
         };
         if n == 0 {
@@ -170,9 +210,11 @@ async fn route_loop(
         let routes = match store.routes(&uids).await {
             Ok(r) => r,
             Err(e) => {
-                // The messages are in the inboxes; devices catch up with `sync`.
+                // The messages are in the inboxes, and any worker may hold a device
+                // of a recipient: every worker looks.
                 tracing::warn!(error = %e, messages = n, "route lookup failed; pushes skipped");
                 metrics::counter!("imd_routing_failures_total").increment(1);
+                workers.catch_up_everywhere();
                 batch.clear();
                 continue;
             }

@@ -12,7 +12,7 @@ use crate::rpc::WorkerApi;
 use crate::rpc::auth::LinkKey;
 use crate::rpc::remote::{Delivery, RemoteWorker};
 use crate::store::NodeInfo as Registration;
-use crate::worker::Hub;
+use crate::worker::{CatchUpCause, Hub};
 
 /// How long a worker that could not be reached is left alone before the next try
 /// (a host that is down costs a whole connect timeout per try).
@@ -100,20 +100,31 @@ impl Workers {
     }
 
     /// Follows discovery: connects to live workers not connected yet (or whose
-    /// connection broke, or moved), and drops those no longer live. When any node left
-    /// the registry, the local hub catches up: that node may have written inbox
-    /// entries and died before pushing them.
+    /// connection broke, or moved), and drops those no longer live. When a node left
+    /// the registry without saying goodbye, the local hub catches up: that node may
+    /// have written inbox entries and died before pushing them.
     pub async fn follow(&self, live: &[Registration]) {
         let _one = self.following.lock().await;
         let now_live: HashSet<String> = live.iter().map(|n| n.id.clone()).collect();
-        let someone_left = {
+        let left: Vec<String> = {
             let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
-            let left = nodes.iter().any(|id| !now_live.contains(id));
-            *nodes = now_live;
+            let left = nodes
+                .iter()
+                .filter(|id| !now_live.contains(*id))
+                .cloned()
+                .collect();
+            *nodes = now_live.clone();
             left
         };
-        if someone_left && let Some(hub) = &self.local {
-            hub.catch_up_soon();
+        if let Some(hub) = &self.local {
+            hub.forget_farewells_of(&now_live);
+            // Every departed node is asked about, so that each goodbye is used up.
+            let unannounced = left.iter().filter(|id| !hub.left_cleanly(id)).count();
+            if unannounced > 0 {
+                hub.catch_up_soon(CatchUpCause::NodeLeft);
+            } else if !left.is_empty() {
+                hub.catch_up_skipped(CatchUpCause::NodeLeft);
+            }
         }
         let wanted: HashMap<&str, SocketAddr> = live
             .iter()
@@ -174,6 +185,37 @@ impl Workers {
         match store.live_nodes().await {
             Ok(live) => self.follow(&live).await,
             Err(e) => tracing::warn!(error = %e, "reading the node registry failed"),
+        }
+    }
+
+    /// Tells every connected worker that this node is leaving, once each has been sent
+    /// every delivery queued for it (see [`RemoteWorker::goodbye`]), waiting at most
+    /// `wait`; how many took it. Call it after the last commit: a worker told goodbye
+    /// runs no catch-up for this node's departure.
+    pub async fn goodbye(&self, wait: Duration) -> usize {
+        let remotes = self.remotes();
+        let said = futures_util::future::join_all(remotes.iter().map(|w| async move {
+            let said = tokio::time::timeout(wait, w.goodbye(&self.local_id)).await;
+            if !matches!(said, Ok(true)) {
+                tracing::info!(
+                    node = w.node(),
+                    "no goodbye to this worker; it will catch up"
+                );
+            }
+            matches!(said, Ok(true))
+        }))
+        .await;
+        said.into_iter().filter(|&s| s).count()
+    }
+
+    /// Pushes meant for unknown workers were lost (a route lookup failed, the routing
+    /// queue was full): tells every worker, this node's too, to catch up.
+    pub fn catch_up_everywhere(&self) {
+        if let Some(hub) = &self.local {
+            hub.catch_up_soon(CatchUpCause::SenderLost);
+        }
+        for w in self.remotes() {
+            w.owe();
         }
     }
 
@@ -345,6 +387,40 @@ mod tests {
         assert!(!asked(&hub).await, "nor is nothing changing");
         workers.follow(&[gateway("gw2")]).await;
         assert!(asked(&hub).await, "gw1 left");
+    }
+
+    #[tokio::test]
+    async fn a_node_that_said_goodbye_leaves_without_a_catch_up() {
+        let hub = Arc::new(Hub::new(
+            16,
+            "w1".into(),
+            Arc::new(crate::business::blacklist::Blacklist::new()),
+        ));
+        let workers = Workers::new("w1".into(), Some(hub.clone()), LinkKey::derive(b"secret"));
+        workers
+            .follow(&[gateway("gw1"), gateway("gw2"), gateway("gw3")])
+            .await;
+        hub.farewell("gw1");
+        // Still registered right after its goodbye: the goodbye is kept.
+        workers
+            .follow(&[gateway("gw1"), gateway("gw2"), gateway("gw3")])
+            .await;
+        workers.follow(&[gateway("gw2"), gateway("gw3")]).await;
+        assert!(!asked(&hub).await, "gw1 said goodbye");
+        // The goodbye is used up: gw1 back under the same id, then gone unannounced.
+        workers
+            .follow(&[gateway("gw1"), gateway("gw2"), gateway("gw3")])
+            .await;
+        workers.follow(&[gateway("gw2"), gateway("gw3")]).await;
+        assert!(asked(&hub).await, "gw1 left without a goodbye this time");
+        // Two leave at once, one of them unannounced.
+        hub.farewell("gw2");
+        workers.follow(&[]).await;
+        assert!(asked(&hub).await, "gw3 left without a goodbye");
+        assert!(
+            !hub.left_cleanly("gw2"),
+            "gw2's goodbye was used up with it"
+        );
     }
 
     #[test]

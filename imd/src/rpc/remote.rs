@@ -15,7 +15,9 @@
 //! already; what the worker needs is to hear that it should look. It does when an
 //! incoming RPC connection ends, and when the sending node calls
 //! [`WorkerRpc::catch_up`] after it dropped or failed deliveries; then every session
-//! compares what it pushed with its user's inbox (see `cluster::catch_up`).
+//! compares what it pushed with its user's inbox (see `cluster::catch_up`). A node
+//! that stops cleanly sends [`WorkerRpc::goodbye`] behind its last deliveries instead,
+//! and the end of its connection costs the worker nothing.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,12 +34,12 @@ use tarpc::tokio_serde::formats::Bincode;
 use tarpc::tokio_util::codec::LengthDelimitedCodec;
 use tarpc::{context, serde_transport};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::auth::{LinkKey, client_handshake, server_handshake};
 use super::{Push, WorkerApi};
-use crate::worker::Hub;
+use crate::worker::{CatchUpCause, Hub};
 
 /// Largest RPC frame. A batch is at most [`BATCH_MAX`] deliveries of messages of at
 /// most the configured frame size; larger frames would show up as a bare disconnect.
@@ -95,6 +97,10 @@ pub trait WorkerRpc {
     /// Some deliveries the caller queued for this worker were dropped or failed: the
     /// worker's sessions look in their inboxes for what they missed.
     async fn catch_up();
+    /// Node `node` (the caller) is leaving, and every delivery it queued for this
+    /// worker has been pushed: neither the end of this connection nor the node's
+    /// departure from the registry needs a catch-up.
+    async fn goodbye(node: String);
 }
 
 /// Serves [`WorkerRpc`] from a node's hub.
@@ -103,6 +109,8 @@ pub struct WorkerServer {
     hub: Arc<Hub>,
     stats: Arc<dyn Fn() -> NodeInfo + Send + Sync>,
     key: LinkKey,
+    /// Whether the peer of this connection said goodbye (one flag per connection).
+    farewell: Arc<AtomicBool>,
 }
 
 impl WorkerServer {
@@ -112,7 +120,12 @@ impl WorkerServer {
         stats: Arc<dyn Fn() -> NodeInfo + Send + Sync>,
         key: LinkKey,
     ) -> Self {
-        Self { hub, stats, key }
+        Self {
+            hub,
+            stats,
+            key,
+            farewell: Arc::default(),
+        }
     }
 
     /// Accepts RPC connections on `listener` until `stop` is cancelled.
@@ -131,7 +144,11 @@ impl WorkerServer {
             };
             let _ = tcp.set_nodelay(true);
             tracing::debug!(%peer, "rpc connection");
-            let server = self.clone();
+            let server = Self {
+                farewell: Arc::default(),
+                ..self.clone()
+            };
+            let farewell = server.farewell.clone();
             let hub = self.hub.clone();
             let stop = stop.clone();
             tokio::spawn(async move {
@@ -149,9 +166,13 @@ impl WorkerServer {
                 tokio::select! {
                     _ = requests => {
                         // The peer left or its link broke, perhaps with pushes for us
-                        // still queued on its side.
+                        // still queued on its side, unless it said goodbye first.
                         tracing::debug!(%peer, "rpc connection ended");
-                        hub.catch_up_soon();
+                        if farewell.load(Ordering::Relaxed) {
+                            hub.catch_up_skipped(CatchUpCause::LinkEnded);
+                        } else {
+                            hub.catch_up_soon(CatchUpCause::LinkEnded);
+                        }
                     }
                     _ = stop.cancelled() => {}
                 }
@@ -199,7 +220,13 @@ impl WorkerRpc for WorkerServer {
     }
 
     async fn catch_up(self, _: context::Context) {
-        self.hub.catch_up_soon();
+        self.hub.catch_up_soon(CatchUpCause::SenderLost);
+    }
+
+    async fn goodbye(self, _: context::Context, node: String) {
+        tracing::info!(node, "goodbye: the node is leaving with nothing owed here");
+        self.farewell.store(true, Ordering::Relaxed);
+        self.hub.farewell(&node);
     }
 }
 
@@ -220,7 +247,7 @@ pub struct RemoteWorker {
     node: String,
     addr: SocketAddr,
     client: WorkerRpcClient,
-    queue: mpsc::Sender<Delivery>,
+    queue: mpsc::Sender<Outgoing>,
     broken: Arc<AtomicBool>,
     /// Deliveries were dropped or failed since the worker last heard of it.
     owed: Arc<AtomicBool>,
@@ -297,10 +324,34 @@ impl RemoteWorker {
     /// message is already in every inbox, and the worker is told to catch up after the
     /// next batch.
     pub fn push(&self, d: Delivery) {
-        if self.queue.try_send(d).is_err() {
+        if self.queue.try_send(Outgoing::Deliver(d)).is_err() {
             self.owed.store(true, Ordering::Relaxed);
             metrics::counter!("imd_rpc_deliveries_dropped_total").increment(1);
         }
+    }
+
+    /// Deliveries for this worker were lost before they reached its queue: it is told
+    /// to catch up, after the batch in flight or at once when there is none.
+    pub fn owe(&self) {
+        if !self.owed.swap(true, Ordering::Relaxed) {
+            // A full queue needs no wake: its next batch ends with the check.
+            let _ = self.queue.try_send(Outgoing::Wake);
+        }
+    }
+
+    /// Says goodbye as node `me`, behind every delivery queued so far; true once the
+    /// worker has taken it. False when deliveries to it were lost meanwhile (it was
+    /// told to catch up instead) or the link is gone.
+    pub async fn goodbye(&self, me: &str) -> bool {
+        let (done, said) = oneshot::channel();
+        let bye = Outgoing::Goodbye {
+            me: me.to_owned(),
+            done,
+        };
+        if self.queue.send(bye).await.is_err() {
+            return false;
+        }
+        said.await.unwrap_or(false)
     }
 
     fn note<T>(&self, r: Result<T, RpcError>) -> Result<T, RpcError> {
@@ -372,6 +423,18 @@ impl Drop for RemoteWorker {
     }
 }
 
+/// What a worker's delivery queue carries.
+enum Outgoing {
+    Deliver(Delivery),
+    /// Nothing to send; the loop checks whether deliveries are owed.
+    Wake,
+    /// See [`RemoteWorker::goodbye`].
+    Goodbye {
+        me: String,
+        done: oneshot::Sender<bool>,
+    },
+}
+
 /// What the delivery task of one worker works with.
 struct Link {
     node: String,
@@ -381,6 +444,24 @@ struct Link {
 }
 
 impl Link {
+    /// Pushes one batch; a failure makes the deliveries owed.
+    async fn push(&self, deliveries: Vec<Delivery>) {
+        let n = deliveries.len();
+        let started = Instant::now();
+        match self.client.push(deadline(PUSH_DEADLINE), deliveries).await {
+            Ok(()) => {
+                metrics::histogram!("imd_rpc_push_seconds").record(started.elapsed().as_secs_f64());
+            }
+            Err(e) => {
+                // The messages are in the inboxes; the worker is told to look.
+                metrics::counter!("imd_rpc_push_failures_total").increment(1);
+                tracing::warn!(node = self.node, error = %e, batch = n, "push to worker failed");
+                self.note_failure(&e);
+                self.owed.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+
     fn note_failure(&self, e: &RpcError) {
         if breaks_link(e) {
             self.broken.store(true, Ordering::Relaxed);
@@ -397,8 +478,9 @@ fn breaks_link(e: &RpcError) -> bool {
 }
 
 /// Sends queued deliveries in batches, one batch in flight, until the worker is dropped.
-/// After a batch, if deliveries were lost, tells the worker to catch up.
-async fn deliver_loop(link: Link, mut rx: mpsc::Receiver<Delivery>, stop: CancellationToken) {
+/// After a batch, if deliveries were lost, tells the worker to catch up; then passes on
+/// a goodbye queued behind the batch.
+async fn deliver_loop(link: Link, mut rx: mpsc::Receiver<Outgoing>, stop: CancellationToken) {
     let mut batch = Vec::with_capacity(BATCH_MAX);
     loop {
         let n = tokio::select! {
@@ -408,19 +490,17 @@ async fn deliver_loop(link: Link, mut rx: mpsc::Receiver<Delivery>, stop: Cancel
         if n == 0 {
             break;
         }
-        let deliveries = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_MAX));
-        let started = Instant::now();
-        match link.client.push(deadline(PUSH_DEADLINE), deliveries).await {
-            Ok(()) => {
-                metrics::histogram!("imd_rpc_push_seconds").record(started.elapsed().as_secs_f64());
+        let mut deliveries = Vec::with_capacity(n);
+        let mut goodbye = None;
+        for item in batch.drain(..) {
+            match item {
+                Outgoing::Deliver(d) => deliveries.push(d),
+                Outgoing::Wake => {}
+                Outgoing::Goodbye { me, done } => goodbye = Some((me, done)),
             }
-            Err(e) => {
-                // The messages are in the inboxes; the worker is told to look.
-                metrics::counter!("imd_rpc_push_failures_total").increment(1);
-                tracing::warn!(node = link.node, error = %e, batch = n, "push to worker failed");
-                link.note_failure(&e);
-                link.owed.store(true, Ordering::Relaxed);
-            }
+        }
+        if !deliveries.is_empty() {
+            link.push(deliveries).await;
         }
         if link.owed.swap(false, Ordering::Relaxed) {
             // A broken link needs no call: the worker sees its connection end.
@@ -429,6 +509,16 @@ async fn deliver_loop(link: Link, mut rx: mpsc::Receiver<Delivery>, stop: Cancel
                 link.note_failure(&e);
                 link.owed.store(true, Ordering::Relaxed);
             }
+        }
+        if let Some((me, done)) = goodbye {
+            // Owed deliveries make no goodbye: the worker must look, and does.
+            let said = !link.owed.load(Ordering::Relaxed)
+                && link
+                    .client
+                    .goodbye(deadline(CALL_DEADLINE), me)
+                    .await
+                    .is_ok();
+            let _ = done.send(said);
         }
     }
 }
@@ -489,6 +579,84 @@ mod tests {
         assert!(
             wanted(hub.clone()).await,
             "the worker was asked to catch up"
+        );
+        stop.cancel();
+    }
+
+    /// Whether `hub` is asked to catch up within `within`.
+    async fn asked(hub: &Hub, within: Duration) -> bool {
+        tokio::time::timeout(within, hub.catch_up_wanted())
+            .await
+            .is_ok()
+    }
+
+    /// A goodbye goes out behind the deliveries queued before it; the end of its
+    /// connection then asks for no catch-up. Without one, the end does.
+    #[tokio::test]
+    async fn a_goodbye_spares_the_worker_a_catch_up() {
+        let key = LinkKey::derive(b"secret");
+        let (hub, remote, stop) = pair(&key).await;
+        let bob = hub.register(
+            crate::business::Identity {
+                uid: "bob".into(),
+                device: "b1".into(),
+                platform: shared::token::Platform::Web,
+                roles: vec![],
+                ip: None,
+            },
+            "127.0.0.1:1".parse().unwrap(),
+            0,
+        );
+        for useq in 1..=10 {
+            remote.push(Delivery {
+                msg: Bytes::from_static(b"{}"),
+                to: vec![("bob".into(), useq)],
+            });
+        }
+        assert!(remote.goodbye("gw1").await, "taken");
+        assert_eq!(
+            bob.outbox.queued_pushes(),
+            10,
+            "the deliveries queued before the goodbye arrived before it"
+        );
+        drop(remote);
+        assert!(
+            !asked(&hub, Duration::from_millis(300)).await,
+            "no catch-up for a link that said goodbye"
+        );
+        assert!(hub.left_cleanly("gw1"), "the departure is excused too");
+
+        let (hub, remote, stop2) = pair(&key).await;
+        assert_eq!(remote.stats().await.unwrap().node_id, "w1", "link up");
+        drop(remote);
+        assert!(
+            asked(&hub, Duration::from_secs(5)).await,
+            "a link that ends without a goodbye makes the worker look"
+        );
+        stop.cancel();
+        stop2.cancel();
+    }
+
+    /// Deliveries lost before a goodbye still make the worker catch up; and a link
+    /// with nothing queued is woken to ask for one.
+    #[tokio::test]
+    async fn owed_deliveries_make_a_catch_up_goodbye_or_not() {
+        let key = LinkKey::derive(b"secret");
+        let (hub, remote, stop) = pair(&key).await;
+        remote.owe();
+        assert!(
+            asked(&hub, Duration::from_secs(5)).await,
+            "an idle link asks at once"
+        );
+        for _ in 0..=QUEUE {
+            remote.push(delivery());
+        }
+        // The catch-up call goes out behind the batch that follows the loss, so the
+        // goodbye behind it is true again.
+        assert!(remote.goodbye("gw1").await);
+        assert!(
+            asked(&hub, Duration::from_secs(5)).await,
+            "the lost deliveries are looked for"
         );
         stop.cancel();
     }

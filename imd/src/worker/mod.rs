@@ -219,6 +219,34 @@ pub struct Hub {
     routes: OnceLock<mpsc::UnboundedSender<RouteChange>>,
     /// Wakes the cluster's catch-up pass (see [`Hub::catch_up_soon`]).
     catch_up: Notify,
+    /// Nodes that said goodbye, and when (see [`Hub::farewell`]).
+    farewells: Mutex<HashMap<String, Instant>>,
+}
+
+/// How long a goodbye excuses its node's departure from the registry. The node
+/// deregisters right after it; this only bounds what a departure never seen (the node
+/// came back under the same id first) leaves behind.
+const FAREWELL_KEEP: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Why a worker is asked to catch up (the `cause` label of the catch-up counters).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CatchUpCause {
+    /// An incoming RPC connection ended.
+    LinkEnded,
+    /// A node left the registry.
+    NodeLeft,
+    /// A sender dropped deliveries for this worker, or a push call failed.
+    SenderLost,
+}
+
+impl CatchUpCause {
+    fn label(self) -> &'static str {
+        match self {
+            Self::LinkEnded => "link_ended",
+            Self::NodeLeft => "node_left",
+            Self::SenderLost => "sender_lost",
+        }
+    }
 }
 
 impl Hub {
@@ -235,6 +263,7 @@ impl Hub {
             stats: WorkerStats::default(),
             routes: OnceLock::new(),
             catch_up: Notify::new(),
+            farewells: Mutex::new(HashMap::new()),
         }
     }
 
@@ -255,9 +284,42 @@ impl Hub {
     /// or its link broke, or it dropped some. Wakes whoever waits in
     /// [`Hub::catch_up_wanted`] (cluster mode), now or, if nobody waits yet, at its next
     /// wait.
-    pub fn catch_up_soon(&self) {
-        metrics::counter!("imd_catch_up_requests_total").increment(1);
+    pub fn catch_up_soon(&self, cause: CatchUpCause) {
+        metrics::counter!("imd_catch_up_requests_total", "cause" => cause.label()).increment(1);
         self.catch_up.notify_one();
+    }
+
+    /// What would have asked for a catch-up did not need to: the node it came from
+    /// said goodbye. Counted only.
+    pub fn catch_up_skipped(&self, cause: CatchUpCause) {
+        metrics::counter!("imd_catch_up_skipped_total", "cause" => cause.label()).increment(1);
+    }
+
+    /// Node `node` said goodbye: it is leaving, and it has sent this worker every push
+    /// it owed. Its departure from the registry then needs no catch-up.
+    pub fn farewell(&self, node: &str) {
+        let now = Instant::now();
+        let mut f = self.farewells.lock().unwrap_or_else(|e| e.into_inner());
+        f.retain(|_, at| now.duration_since(*at) < FAREWELL_KEEP);
+        f.insert(node.to_owned(), now);
+    }
+
+    /// Whether `node` said goodbye lately; forgets that it did (one goodbye excuses one
+    /// departure).
+    pub fn left_cleanly(&self, node: &str) -> bool {
+        let mut f = self.farewells.lock().unwrap_or_else(|e| e.into_inner());
+        f.remove(node)
+            .is_some_and(|at| at.elapsed() < FAREWELL_KEEP)
+    }
+
+    /// Forgets the goodbyes of nodes that are in the registry a while after saying it:
+    /// they came back under the same id, and their next departure is a new one.
+    pub fn forget_farewells_of(&self, live: &std::collections::HashSet<String>) {
+        const SETTLED: std::time::Duration = std::time::Duration::from_secs(5);
+        let mut f = self.farewells.lock().unwrap_or_else(|e| e.into_inner());
+        if !f.is_empty() {
+            f.retain(|id, at| !(live.contains(id) && at.elapsed() >= SETTLED));
+        }
     }
 
     /// Waits for [`Hub::catch_up_soon`].
