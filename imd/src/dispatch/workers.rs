@@ -421,6 +421,9 @@ mod tests {
             !hub.left_cleanly("gw2"),
             "gw2's goodbye was used up with it"
         );
+        // Routing that lost messages asks every worker, this node's included.
+        workers.catch_up_everywhere();
+        assert!(asked(&hub).await, "routing lost messages");
     }
 
     #[test]
