@@ -456,3 +456,53 @@ async fn transfer_and_close() {
     let (other, c) = &mut agents[1 - z];
     expect_nothing(other, c).await;
 }
+
+/// Assignments acknowledged to someone survive `kill -9`: the assignment of each
+/// conversation whose opening message was answered with 200, and an admin's transfer
+/// answered with 200. (Assignments carry no fsync of their own: the commit that
+/// follows each one makes it durable.)
+#[tokio::test]
+async fn acknowledged_assignments_survive_kill_9() {
+    let mut imd = start();
+    let http = imd.http();
+    set_agents(&http, "s1", &["ag1", "ag2"]).await;
+    let _agents = [
+        imd.ws(&tok("ag1", "d")).await,
+        imd.ws(&tok("ag2", "d")).await,
+    ];
+    let customers: Vec<String> = (0..6).map(|i| format!("cu{i}")).collect();
+    for c in &customers {
+        customer_says(&http, c, "s1", json!("hello")).await;
+    }
+    let mut before = Vec::new();
+    for c in &customers {
+        before.push(agent_of(&http, &conv_of("s1", c)).await);
+    }
+    assert!(
+        before.iter().any(|a| a == "ag1") && before.iter().any(|a| a == "ag2"),
+        "least loaded spreads them: {before:?}"
+    );
+    // The last step before the crash: a transfer, answered once it is committed.
+    let moved = conv_of("s1", &customers[0]);
+    let to = if before[0] == "ag1" { "ag2" } else { "ag1" };
+    http.post_json(
+        &format!(
+            "/admin/v1/conversations/{}/transfer",
+            common::encode_path(&moved)
+        ),
+        Some(ADMIN),
+        &json!({"agent": to}),
+    )
+    .await
+    .assert_ok();
+    before[0] = to.to_owned();
+
+    imd.kill9();
+    imd.restart();
+    let http = imd.http();
+    let mut after = Vec::new();
+    for c in &customers {
+        after.push(agent_of(&http, &conv_of("s1", c)).await);
+    }
+    assert_eq!(after, before, "assignments after kill -9");
+}

@@ -182,7 +182,8 @@ impl Admin {
     pub async fn transfer(&self, conv: &str, agent: &str) -> Result<(), Error> {
         name(agent, "uid")?;
         let decision = self.messaging.service().transfer(conv, agent).await?;
-        self.messaging.submit(decision).await
+        // Answered once the join is committed: the assignment is durable with it.
+        self.messaging.submit_and_wait(decision).await
     }
 
     /// Ends a service conversation's assignment.

@@ -38,9 +38,9 @@ use crate::store::{CommitOutcome, Committed, DirectoryStore, MessageStore, NewMe
 pub type Reply = Box<dyn FnOnce(Result<SendOutcome, Error>) + Send>;
 
 /// A send's result.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct SendOutcome {
-    /// The message JSON (the earlier one for a duplicate).
+    /// The message JSON (empty for a join) (the earlier one for a duplicate).
     pub json: Bytes,
     /// The request's `cid`.
     pub cid: Option<String>,
@@ -260,12 +260,40 @@ impl Messaging {
 
     /// Queues a decision's operations (joins of agents), in order, then lets the next
     /// decision go.
-    pub async fn submit(&self, mut decision: Decision) -> Result<(), Error> {
-        for op in std::mem::take(&mut decision.ops) {
+    pub async fn submit(&self, decision: Decision) -> Result<(), Error> {
+        self.queue_decision(decision, None).await
+    }
+
+    /// [`Messaging::submit`], then waits until the operations are committed: for a
+    /// decision someone is told about (an admin's transfer), which must not be
+    /// answered before it is durable.
+    pub async fn submit_and_wait(&self, decision: Decision) -> Result<(), Error> {
+        let (tx, rx) = oneshot::channel();
+        let done: Reply = Box::new(move |r| drop(tx.send(r)));
+        self.queue_decision(decision, Some(done)).await?;
+        rx.await.map_err(|_| Error::ShuttingDown)?.map(drop)
+    }
+
+    /// Queues `decision`'s operations; `done` answers when the last one is committed
+    /// (ops of one conversation commit in order, on one lane).
+    async fn queue_decision(
+        &self,
+        mut decision: Decision,
+        done: Option<Reply>,
+    ) -> Result<(), Error> {
+        let ops = std::mem::take(&mut decision.ops);
+        let last = ops.len().saturating_sub(1);
+        let mut done = done;
+        if ops.is_empty()
+            && let Some(done) = done.take()
+        {
+            done(Ok(SendOutcome::default()));
+        }
+        for (i, op) in ops.into_iter().enumerate() {
             self.enqueue(Queued {
                 op,
                 cid: None,
-                reply: None,
+                reply: if i == last { done.take() } else { None },
             })
             .await?;
         }
@@ -493,6 +521,10 @@ async fn commit_loop(
                         CommitOutcome::Joined(entries) => {
                             for c in &entries {
                                 deliver.deliver(c);
+                            }
+                            // A join answers (when asked to) with no message.
+                            if let Some(reply) = reply {
+                                reply(Ok(SendOutcome::default()));
                             }
                             continue;
                         }

@@ -587,7 +587,10 @@ impl DirectoryStore for EmbeddedStore {
     async fn assign(&self, conv: &str, shop: &str, agent: Option<&str>) -> Result<(), StoreError> {
         let (conv, shop, agent) = (conv.to_owned(), shop.to_owned(), agent.map(str::to_owned));
         self.blocking(move |db| {
-            let txn = db.begin_write().map_err(db_err)?;
+            let mut txn = db.begin_write().map_err(db_err)?;
+            // No fsync of its own: the commit that follows makes it durable (see
+            // `DirectoryStore::assign`).
+            txn.set_durability(Durability::None).map_err(db_err)?;
             {
                 let mut service = txn.open_table(SERVICE).map_err(db_err)?;
                 let mut loads = txn.open_table(LOADS).map_err(db_err)?;
