@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use common::redis::Redis;
-use common::{FRAME_DEADLINE, Imd, WsClient, metric, wait_until};
+use common::{Auth, FRAME_DEADLINE, Imd, WsClient, metric, try_ws, wait_until};
 use imd::store::{MessageStore, NewMessage, Op};
 use serde_json::{Value, json};
 use shared::admin::ClusterInfo;
@@ -336,6 +336,55 @@ async fn a_gateway_stopping_cleanly_costs_the_workers_no_catch_up() {
     }
     let after = [requests(&w1.metrics().await), requests(&w2.metrics().await)];
     assert_eq!(after, before, "no catch-up was asked for");
+}
+
+/// An upgrade whose connection route cannot be written is refused with 500, rather
+/// than leave a device connected that no other node can reach. Redis is made to hold
+/// every write (`CLIENT PAUSE … WRITE`) for longer than an upgrade waits for its route
+/// (2 s); once writes flow again the device connects, and the gateway's pushes reach
+/// it.
+#[tokio::test]
+async fn an_upgrade_whose_route_cannot_be_written_is_refused() {
+    let c = Cluster::start(Redis::standalone()).await;
+    let alice = c.gateway.token("alice", "a1");
+    let bob = c.w1.token("bob", "b1");
+    let client = redis::Client::open(c.redis.url()).expect("redis URL");
+    let mut admin = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to redis");
+    let paused = Instant::now();
+    let () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(4000)
+        .arg("WRITE")
+        .query_async(&mut admin)
+        .await
+        .expect("CLIENT PAUSE");
+    match try_ws(&c.w1.ws_url(), Auth::Header(&bob)).await {
+        Err(status) => assert_eq!(status, 500),
+        Ok(_) => panic!("upgraded without a route"),
+    }
+    assert!(
+        paused.elapsed() < Duration::from_secs(4),
+        "refused while writes were held, not after"
+    );
+    let mut ws = loop {
+        match try_ws(&c.w1.ws_url(), Auth::Header(&bob)).await {
+            Ok(ws) => break ws,
+            Err(500) if paused.elapsed() < Duration::from_secs(20) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(status) => panic!("upgrade answered {status}"),
+        }
+    };
+    let sent = c
+        .gateway
+        .http()
+        .send_to(&alice, "bob", None, json!("after the pause"))
+        .await;
+    assert_eq!(expect_push_of(&mut ws, &sent.id).await.1.seq, 1);
+    assert!(metric(&c.w1.http().metrics().await, "imd_ws_route_failures_total") >= Some(1.0));
 }
 
 /// A gateway restarted (SIGTERM, then started again) goes on with the same sequences:

@@ -240,8 +240,8 @@ async fn write_route(store: &RedisStore, workers: &Workers, me: &str, change: Ro
             written,
         } => {
             let added = store.route_add(&uid, &device, me).await;
-            // A failed write still lets the upgrade go on: without a known inbox head
-            // the session learns its place from the device's `sync` or first push.
+            // The upgrade waits for this: a failed write refuses it (no other node could
+            // reach the device).
             let _ = written.send(added.as_ref().ok().map(|a| a.inbox_head));
             match added.map(|a| a.previous) {
                 Ok(Some(previous)) => {

@@ -91,16 +91,28 @@ pub(super) async fn upgrade(
     let (conn, route) = ctx.hub.register_routed(who, remote, now_ms());
     // In a cluster, other nodes push to a device only once its route is written. The
     // client may `sync` as soon as it has the 101, so the route is written first: a
-    // message whose push missed the route was in the inbox before that sync.
+    // message whose push missed the route was in the inbox before that sync. Without
+    // a route no other node can reach the device, so the upgrade is refused (500
+    // `internal`) rather than leave it connected and deaf to them; the client retries.
     if let Some(route) = route {
-        // A client that leaves while we wait drops this handler: unregister then.
+        // Unregisters on every way out but success, the client leaving included.
         let pending = Unregister(Some((ctx.hub.clone(), conn.clone())));
         match tokio::time::timeout(ROUTE_WAIT, route).await {
             // Entries after this head are pushed here by whoever writes them.
             Ok(Ok(Some(head))) => conn.start_after(head),
-            Ok(_) => {}
-            Err(_) => {
-                tracing::warn!(uid = %conn.who.uid, "route not written in time; pushes from other nodes may wait for a sync");
+            failed => {
+                let why = if failed.is_err() {
+                    "not written in time"
+                } else {
+                    "write failed"
+                };
+                tracing::warn!(uid = %conn.who.uid, why, "route not written; upgrade refused");
+                metrics::counter!("imd_ws_route_failures_total").increment(1);
+                return ApiError::new(
+                    ErrorCode::Internal,
+                    "this connection could not be registered with the cluster; retry",
+                )
+                .into_response();
             }
         }
         pending.disarm();
