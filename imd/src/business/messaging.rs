@@ -554,6 +554,9 @@ async fn commit_loop(
             deliver.deliver(&c);
             feed.publish(&c);
         }
+        if store.relayed_lost() {
+            deliver.lost();
+        }
     }
     tracing::debug!("commit task stopped");
 }

@@ -89,6 +89,11 @@ impl Error {
 pub trait Deliver: Send + Sync + 'static {
     /// `msg` is committed; push it to every online device of every recipient.
     fn deliver(&self, msg: &Committed);
+
+    /// Committed messages were lost on their way to [`Deliver::deliver`]; whoever
+    /// holds devices must look in the inboxes for them (cluster: every worker catches
+    /// up).
+    fn lost(&self) {}
 }
 
 /// Who is online: the business rules ask it; the worker role answers on one node, the

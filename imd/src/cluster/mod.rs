@@ -169,6 +169,9 @@ impl Membership {
         for c in self.store.take_relayed() {
             self.dispatcher.deliver(&c);
         }
+        if self.store.relayed_lost() {
+            self.dispatcher.lost();
+        }
     }
 
     /// Leaves the cluster: removes the registration and this node's routes.

@@ -172,6 +172,12 @@ impl Deliver for Dispatcher {
             }
         }
     }
+
+    fn lost(&self) {
+        if let Mode::Cluster { workers, .. } = &self.mode {
+            workers.catch_up_everywhere();
+        }
+    }
 }
 
 /// Routes queued messages in batches: one round of route lookups per batch, then one

@@ -209,6 +209,15 @@ pub trait MessageStore: Send + Sync + 'static {
     fn take_relayed(&self) -> Vec<Committed> {
         Vec::new()
     }
+
+    /// Whether records meant for [`MessageStore::take_relayed`] were dropped (its queue
+    /// is bounded) since the last call: their messages are in the inboxes, but nobody
+    /// pushes them, so the caller has the workers catch up ([`Deliver::lost`]).
+    ///
+    /// [`Deliver::lost`]: crate::business::Deliver::lost
+    fn relayed_lost(&self) -> bool {
+        false
+    }
 }
 
 /// A customer-service conversation's state.

@@ -85,6 +85,7 @@
 //! its score is still the one read (a newer commit re-marked it).
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{LazyLock, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -131,7 +132,7 @@ const REMARK_AFTER: Duration = Duration::from_millis(1000);
 /// store script meets the cancelled id and it answers with the taker's message.
 const TAKEOVER_AFTER: Duration = Duration::from_millis(500);
 /// Most records waiting in [`Relayed`]; the oldest are dropped beyond it (their
-/// messages are in the inboxes, and reach clients at their next sync).
+/// messages are in the inboxes, and the workers are told to catch up).
 const RELAYED_MAX: usize = 10_000;
 /// Fan-out shards.
 const SHARDS: u32 = 16;
@@ -408,29 +409,36 @@ return 0
 /// Committed records of messages this store fanned out for other writers (or for the
 /// sweeper), waiting for [`MessageStore::take_relayed`].
 #[derive(Default)]
-pub(crate) struct Relayed(
+pub(crate) struct Relayed {
     // std Mutex: pushes and takes are short and never span an await.
-    Mutex<VecDeque<Committed>>,
-);
+    queue: Mutex<VecDeque<Committed>>,
+    /// Records were dropped since [`Relayed::take_lost`] last looked.
+    lost: AtomicBool,
+}
 
 impl Relayed {
     fn push(&self, items: impl IntoIterator<Item = Committed>) {
-        let mut q = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
         q.extend(items);
         let over = q.len().saturating_sub(RELAYED_MAX);
         if over > 0 {
             q.drain(..over);
             drop(q);
+            self.lost.store(true, Ordering::Relaxed);
             tracing::warn!(
                 dropped = over,
-                "relayed queue full: oldest fan-outs dropped, their messages wait for sync"
+                "relayed queue full: oldest fan-outs dropped, the workers will catch up"
             );
         }
     }
 
     fn take(&self) -> Vec<Committed> {
-        let mut q = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
         q.drain(..).collect()
+    }
+
+    fn take_lost(&self) -> bool {
+        self.lost.swap(false, Ordering::Relaxed)
     }
 }
 
@@ -1497,6 +1505,10 @@ impl MessageStore for RedisStore {
     fn take_relayed(&self) -> Vec<Committed> {
         self.relayed.take()
     }
+
+    fn relayed_lost(&self) -> bool {
+        self.relayed.take_lost()
+    }
 }
 
 #[cfg(test)]
@@ -1584,6 +1596,28 @@ mod tests {
         );
         assert!(parse_entries("c", vec![b"4 1".to_vec()], vec![]).is_err());
         assert!(parse_entries("c", vec![b"x 1".to_vec()], vec![vec![]]).is_err());
+    }
+
+    /// The relay queue is bounded; what it drops is reported once, so that the workers
+    /// catch up instead.
+    #[test]
+    fn relayed_records_dropped_beyond_the_bound_are_reported() {
+        let relayed = Relayed::default();
+        let record = |seq| Committed {
+            json: Bytes::from_static(b"{}"),
+            conv: "d:a~b".into(),
+            seq,
+            ts: 0,
+            recipients: vec![("a".into(), seq)],
+        };
+        relayed.push((1..=RELAYED_MAX as u64).map(record));
+        assert!(!relayed.take_lost(), "at the bound nothing is dropped");
+        relayed.push([record(RELAYED_MAX as u64 + 1)]);
+        assert!(relayed.take_lost());
+        assert!(!relayed.take_lost(), "reported once");
+        let kept = relayed.take();
+        assert_eq!(kept.len(), RELAYED_MAX);
+        assert_eq!(kept[0].seq, 2, "the oldest went");
     }
 
     #[test]
