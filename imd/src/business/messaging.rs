@@ -1033,6 +1033,66 @@ mod tests {
         assert_eq!(err.unwrap_err().code(), Forbidden);
     }
 
+    /// Customers of two shops (one agent in both) open conversations all at once, two
+    /// messages each: shops decide side by side, yet every conversation is assigned
+    /// once, to one agent, and the open-conversation counts add up.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_customers_of_two_shops_are_each_assigned_once() {
+        let r = rig();
+        let shops = [("s1", ["a1", "a2"]), ("s2", ["a2", "a3"])];
+        for (shop, agents) in shops {
+            let agents = agents.iter().map(|a| a.to_string()).collect();
+            r.store.set_shop_agents(shop, agents).await.unwrap();
+        }
+        for a in ["a1", "a2", "a3"] {
+            r.online.set(a, true);
+        }
+        let mut sends = tokio::task::JoinSet::new();
+        for (shop, _) in shops {
+            for c in 0..20 {
+                for n in 0..2 {
+                    let m = r.m.clone();
+                    let customer = format!("{shop}-c{c}");
+                    sends.spawn(async move {
+                        send(&m, &customer, json!({"shop": shop, "body": n})).await
+                    });
+                }
+            }
+        }
+        while let Some(sent) = sends.join_next().await {
+            sent.unwrap();
+        }
+        // Which agents' inboxes hold each conversation.
+        let mut holders: std::collections::HashMap<String, Vec<&str>> = Default::default();
+        for a in ["a1", "a2", "a3"] {
+            let page = r.m.sync(a, 0, Some(1000)).await.unwrap();
+            let mut convs: Vec<String> = page.items.iter().map(|(_, j)| parse_conv(j)).collect();
+            convs.sort();
+            convs.dedup();
+            for conv in convs {
+                holders.entry(conv).or_default().push(a);
+            }
+        }
+        assert_eq!(holders.len(), 40, "every conversation reached an agent");
+        for (conv, agents) in &holders {
+            assert_eq!(agents.len(), 1, "{conv} went to {agents:?}");
+        }
+        let agents: Vec<String> = ["a1", "a2", "a3"].map(String::from).to_vec();
+        let loads = r.store.agent_loads(&agents).await.unwrap();
+        assert_eq!(loads.iter().sum::<u64>(), 40, "loads {loads:?}");
+        for (a, load) in agents.iter().zip(&loads) {
+            let held = holders.values().filter(|h| h[0] == a.as_str()).count() as u64;
+            assert_eq!(*load, held, "{a}'s load");
+        }
+    }
+
+    fn parse_conv(json: &Bytes) -> String {
+        serde_json::from_slice::<serde_json::Value>(json).unwrap()["conv"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
     /// A reassignment and a reply racing for the same conversation: the new agent must
     /// still get the whole history, whichever of the two commits first.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,8 +12,11 @@
 //! - Any agent of the shop may read the conversation and reply into it; a reply to a
 //!   waiting conversation assigns it to the replying agent.
 //!
-//! Decisions are serialized by one lock per process, held across the store reads and
-//! writes of one decision, so two messages cannot assign the same conversation twice.
+//! Decisions are serialized by one lock per shop (in each process), held across the
+//! store reads and writes of one decision, so two messages cannot assign the same
+//! conversation twice; shops decide side by side. An agent of several shops can be
+//! picked by two of them at once on the same load figure: the spread is then off by
+//! one conversation, never wrong.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -32,15 +35,12 @@ use crate::store::{DirectoryStore, Op};
 pub struct Decision {
     /// Joins to commit, in order.
     pub ops: Vec<Op>,
-    _held: Option<tokio::sync::OwnedMutexGuard<Turns>>,
+    _held: Vec<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 impl Decision {
-    fn held(ops: Vec<Op>, guard: tokio::sync::OwnedMutexGuard<Turns>) -> Self {
-        Self {
-            ops,
-            _held: Some(guard),
-        }
+    fn held(ops: Vec<Op>, guards: Vec<tokio::sync::OwnedMutexGuard<()>>) -> Self {
+        Self { ops, _held: guards }
     }
 }
 
@@ -65,9 +65,12 @@ struct Turns {
 pub struct CustomerService {
     dir: Arc<dyn DirectoryStore>,
     presence: Arc<dyn Presence>,
-    // A tokio Mutex: a decision awaits the store while holding it, and its caller keeps
-    // it until the decision's ops are queued (see `Decision`).
-    turns: Arc<tokio::sync::Mutex<Turns>>,
+    /// The decision lock of each shop. tokio Mutexes: a decision awaits the store while
+    /// holding one, and its caller keeps it until the decision's ops are queued (see
+    /// `Decision`). One per shop that passed the shop check, so bounded by the shops.
+    shops: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The tie-break record; held only for the moment of a pick.
+    turns: std::sync::Mutex<Turns>,
 }
 
 fn recipients(of: &[&str]) -> Vec<String> {
@@ -86,8 +89,29 @@ impl CustomerService {
         Self {
             dir,
             presence,
-            turns: Arc::new(tokio::sync::Mutex::new(Turns::default())),
+            shops: std::sync::Mutex::new(HashMap::new()),
+            turns: std::sync::Mutex::new(Turns::default()),
         }
+    }
+
+    /// Takes the decision locks of `shops`, in name order (a decision over several
+    /// shops, an agent's coming online, never deadlocks with another).
+    async fn lock(&self, shops: &[&str]) -> Vec<tokio::sync::OwnedMutexGuard<()>> {
+        let mut names: Vec<&str> = shops.to_vec();
+        names.sort_unstable();
+        names.dedup();
+        let locks: Vec<_> = {
+            let mut all = self.shops.lock().unwrap_or_else(|e| e.into_inner());
+            names
+                .iter()
+                .map(|s| all.entry((*s).to_owned()).or_default().clone())
+                .collect()
+        };
+        let mut guards = Vec::with_capacity(locks.len());
+        for lock in locks {
+            guards.push(lock.lock_owned().await);
+        }
+        guards
     }
 
     async fn agents(&self, shop: &str) -> Result<Vec<String>, Error> {
@@ -98,12 +122,13 @@ impl CustomerService {
     }
 
     /// Picks an online agent of `agents`, and records the pick for the tie-break.
-    async fn pick(&self, agents: &[String], turns: &mut Turns) -> Result<Option<String>, Error> {
+    async fn pick(&self, agents: &[String]) -> Result<Option<String>, Error> {
         let loads = self.dir.agent_loads(agents).await?;
         let mut online = Vec::with_capacity(agents.len());
         for uid in agents {
             online.push(self.presence.online(uid).await);
         }
+        let mut turns = self.turns.lock().unwrap_or_else(|e| e.into_inner());
         let candidates: Vec<Candidate<'_>> = agents
             .iter()
             .zip(loads)
@@ -137,7 +162,7 @@ impl CustomerService {
     pub async fn from_customer(&self, customer: &str, shop: &str) -> Result<Route, Error> {
         let agents = self.agents(shop).await?;
         let conv = service_conv(shop, customer);
-        let mut turns = self.turns.clone().lock_owned().await;
+        let held = self.lock(&[shop]).await;
         let state = self.dir.service(&conv).await?;
         let current = state
             .filter(|s| s.open)
@@ -150,17 +175,17 @@ impl CustomerService {
             return Ok(Route {
                 conv,
                 recipients,
-                joins: Decision::held(vec![], turns),
+                joins: Decision::held(vec![], held),
             });
         }
-        match (self.pick(&agents, &mut turns).await?, current) {
+        match (self.pick(&agents).await?, current) {
             (Some(b), _) => {
                 let join = self.assign(&conv, shop, &b).await?;
                 let recipients = recipients(&[customer, &b]);
                 Ok(Route {
                     conv,
                     recipients,
-                    joins: Decision::held(vec![join], turns),
+                    joins: Decision::held(vec![join], held),
                 })
             }
             // Nobody else is online: it stays with its (offline) agent's inbox.
@@ -169,7 +194,7 @@ impl CustomerService {
                 Ok(Route {
                     conv,
                     recipients,
-                    joins: Decision::held(vec![], turns),
+                    joins: Decision::held(vec![], held),
                 })
             }
             (None, None) => {
@@ -178,7 +203,7 @@ impl CustomerService {
                 Ok(Route {
                     conv,
                     recipients,
-                    joins: Decision::held(vec![], turns),
+                    joins: Decision::held(vec![], held),
                 })
             }
         }
@@ -194,7 +219,7 @@ impl CustomerService {
             return Err(Error::Forbidden(format!("not an agent of shop {shop:?}")));
         }
         let conv = service_conv(shop, customer);
-        let turns = self.turns.clone().lock_owned().await;
+        let held = self.lock(&[shop]).await;
         let state = self
             .dir
             .service(&conv)
@@ -218,7 +243,7 @@ impl CustomerService {
                 Ok(Route {
                     conv,
                     recipients,
-                    joins: Decision::held(joins, turns),
+                    joins: Decision::held(joins, held),
                 })
             }
             // Waiting or closed: the agent who answers takes it.
@@ -228,7 +253,7 @@ impl CustomerService {
                 Ok(Route {
                     conv,
                     recipients,
-                    joins: Decision::held(vec![join], turns),
+                    joins: Decision::held(vec![join], held),
                 })
             }
         }
@@ -249,18 +274,19 @@ impl CustomerService {
         if shops.is_empty() {
             return Ok(Decision::default());
         }
-        let mut turns = self.turns.clone().lock_owned().await;
+        let names: Vec<&str> = shops.iter().map(String::as_str).collect();
+        let held = self.lock(&names).await;
         let mut joins = Vec::new();
-        for shop in shops {
-            let agents = self.agents(&shop).await?;
-            for conv in self.dir.waiting(&shop).await? {
-                match self.pick(&agents, &mut turns).await? {
-                    Some(agent) => joins.push(self.assign(&conv, &shop, &agent).await?),
+        for shop in &shops {
+            let agents = self.agents(shop).await?;
+            for conv in self.dir.waiting(shop).await? {
+                match self.pick(&agents).await? {
+                    Some(agent) => joins.push(self.assign(&conv, shop, &agent).await?),
                     None => break,
                 }
             }
         }
-        Ok(Decision::held(joins, turns))
+        Ok(Decision::held(joins, held))
     }
 
     /// [`CustomerService::agent_online`], if `uid` is online.
@@ -286,21 +312,31 @@ impl CustomerService {
                 "{agent:?} is not an agent of shop {shop:?}"
             )));
         }
-        let turns = self.turns.clone().lock_owned().await;
+        let held = self.lock(&[shop]).await;
         if self.dir.service(conv).await?.is_none() {
             return Err(Error::NotFound(format!("no such conversation {conv:?}")));
         }
         let join = self.assign(conv, shop, agent).await?;
-        Ok(Decision::held(vec![join], turns))
+        Ok(Decision::held(vec![join], held))
     }
 
     /// Ends `conv`'s assignment; the customer's next message opens it again.
     pub async fn close(&self, conv: &str) -> Result<(), Error> {
-        let _turns = self.turns.lock().await;
+        let not_open = || Error::NotFound(format!("no open conversation {conv:?}"));
+        let Some(shared::ids::ConvRef::Service { shop, .. }) = shared::ids::ConvRef::parse(conv)
+        else {
+            return Err(not_open());
+        };
+        // Only a shop that exists gets a lock.
+        match self.agents(shop).await {
+            Err(Error::NotFound(_)) => return Err(not_open()),
+            other => drop(other?),
+        }
+        let _held = self.lock(&[shop]).await;
         if self.dir.close_service(conv).await? {
             Ok(())
         } else {
-            Err(Error::NotFound(format!("no open conversation {conv:?}")))
+            Err(not_open())
         }
     }
 }
