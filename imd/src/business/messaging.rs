@@ -554,7 +554,7 @@ async fn commit_loop(
             deliver.deliver(&c);
             feed.publish(&c);
         }
-        if store.relayed_lost() {
+        if store.pushes_lost() {
             deliver.lost();
         }
     }

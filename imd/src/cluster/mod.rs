@@ -169,7 +169,7 @@ impl Membership {
         for c in self.store.take_relayed() {
             self.dispatcher.deliver(&c);
         }
-        if self.store.relayed_lost() {
+        if self.store.pushes_lost() {
             self.dispatcher.lost();
         }
     }

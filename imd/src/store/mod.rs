@@ -210,12 +210,15 @@ pub trait MessageStore: Send + Sync + 'static {
         Vec::new()
     }
 
-    /// Whether records meant for [`MessageStore::take_relayed`] were dropped (its queue
-    /// is bounded) since the last call: their messages are in the inboxes, but nobody
-    /// pushes them, so the caller has the workers catch up ([`Deliver::lost`]).
+    /// Whether inbox entries this store wrote may have gone unreported since the last
+    /// call: records meant for [`MessageStore::take_relayed`] were dropped (its queue
+    /// is bounded), or a request was sent again after a lost connection, and its second
+    /// run reported as already there the entries its first run wrote. Their messages
+    /// are in the inboxes, but nobody pushes them, so the caller has the workers catch
+    /// up ([`Deliver::lost`]).
     ///
     /// [`Deliver::lost`]: crate::business::Deliver::lost
-    fn relayed_lost(&self) -> bool {
+    fn pushes_lost(&self) -> bool {
         false
     }
 }

@@ -1506,8 +1506,11 @@ impl MessageStore for RedisStore {
         self.relayed.take()
     }
 
-    fn relayed_lost(&self) -> bool {
-        self.relayed.take_lost()
+    fn pushes_lost(&self) -> bool {
+        // Both looked at, so that each flag is cleared.
+        let dropped = self.relayed.take_lost();
+        let retried = self.conn.take_retried();
+        dropped || retried
     }
 }
 

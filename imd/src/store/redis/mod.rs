@@ -14,6 +14,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -50,8 +51,9 @@ const RETRY_WITHIN: Duration = Duration::from_secs(1);
 /// issued as concurrent single-slot requests (which the multiplexer pipelines anyway).
 #[derive(Clone)]
 pub(crate) enum Conn {
-    /// Standalone Redis, reconnecting by itself.
-    Single(ConnectionManager),
+    /// Standalone Redis, reconnecting by itself; and whether a request was sent again
+    /// after a lost connection (see [`retry_lost`]) since [`Conn::take_retried`].
+    Single(ConnectionManager, Arc<AtomicBool>),
     /// Redis Cluster, following slot moves by itself.
     Cluster(ClusterConnection),
 }
@@ -86,7 +88,7 @@ impl Conn {
             .await
             .map_err(db)?;
         if !info.contains("cluster_enabled:1") {
-            return Ok(Conn::Single(probe));
+            return Ok(Conn::Single(probe, Arc::default()));
         }
         let cluster = ClusterClientBuilder::new(urls.iter().map(|u| u.to_string()))
             .use_protocol(redis::ProtocolVersion::RESP3)
@@ -103,6 +105,14 @@ impl Conn {
     pub(crate) fn is_cluster(&self) -> bool {
         matches!(self, Conn::Cluster(_))
     }
+
+    /// Whether a request was sent again after a lost connection since the last call.
+    pub(crate) fn take_retried(&self) -> bool {
+        match self {
+            Conn::Single(_, retried) => retried.swap(false, Ordering::Relaxed),
+            Conn::Cluster(_) => false,
+        }
+    }
 }
 
 /// Standalone requests go through [`retry_lost`]: after Redis restarts, the connection
@@ -113,7 +123,7 @@ impl Conn {
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
-            Conn::Single(c) => Box::pin(retry_lost(move || {
+            Conn::Single(c, retried) => Box::pin(retry_lost(retried, move || {
                 let mut c = c.clone();
                 async move { c.send_packed_command(cmd).await }
             })),
@@ -128,7 +138,7 @@ impl ConnectionLike for Conn {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
-            Conn::Single(c) => Box::pin(retry_lost(move || {
+            Conn::Single(c, retried) => Box::pin(retry_lost(retried, move || {
                 let mut c = c.clone();
                 async move { c.send_packed_commands(pipeline, offset, count).await }
             })),
@@ -138,7 +148,7 @@ impl ConnectionLike for Conn {
 
     fn get_db(&self) -> i64 {
         match self {
-            Conn::Single(c) => c.get_db(),
+            Conn::Single(c, _) => c.get_db(),
             Conn::Cluster(c) => c.get_db(),
         }
     }
@@ -154,9 +164,10 @@ impl ConnectionLike for Conn {
 /// re-runnable; a new request must be too. What a second run may change is an answer,
 /// never the data: `route_add` then reports no previous node (an old connection on
 /// another worker is not kicked, and goes when its client does), a member append
-/// reports entries as already there (their push is left to the catch-up or `sync`),
-/// and removals report nothing removed.
-async fn retry_lost<T, F, Fut>(mut request: F) -> RedisResult<T>
+/// reports entries as already there (nobody pushes them: `retried` is set, and the
+/// store's caller has every worker catch up, see `MessageStore::pushes_lost`), and
+/// removals report nothing removed.
+async fn retry_lost<T, F, Fut>(retried: &AtomicBool, mut request: F) -> RedisResult<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = RedisResult<T>>,
@@ -169,6 +180,7 @@ where
             Err(e) if tries < TRIES && connection_lost(&e) && first.elapsed() < RETRY_WITHIN => {
                 tracing::debug!(error = %e, tries, "redis connection lost; retrying the request");
                 metrics::counter!("imd_redis_retries_total").increment(1);
+                retried.store(true, Ordering::Relaxed);
                 tokio::time::sleep(backoff).await;
                 backoff *= 2;
                 tries += 1;
@@ -303,17 +315,21 @@ mod tests {
         }
     }
 
-    /// Tries `retry_lost` makes when every try fails with `e`.
+    /// Tries `retry_lost` makes when every try fails with `e`; checks that it reports
+    /// a retry exactly when it made one.
     async fn tries_on(e: RedisError) -> u32 {
         let tries = AtomicU32::new(0);
-        let outcome: RedisResult<()> = retry_lost(|| {
+        let retried = AtomicBool::new(false);
+        let outcome: RedisResult<()> = retry_lost(&retried, || {
             tries.fetch_add(1, Ordering::Relaxed);
             let e = e.clone();
             async move { Err(e) }
         })
         .await;
         assert!(outcome.is_err());
-        tries.into_inner()
+        let tries = tries.into_inner();
+        assert_eq!(retried.into_inner(), tries > 1);
+        tries
     }
 
     #[tokio::test]
@@ -330,7 +346,8 @@ mod tests {
     #[tokio::test]
     async fn a_retry_that_succeeds_returns_its_answer() {
         let tries = AtomicU32::new(0);
-        let outcome = retry_lost(|| {
+        let retried = AtomicBool::new(false);
+        let outcome = retry_lost(&retried, || {
             let n = tries.fetch_add(1, Ordering::Relaxed);
             async move {
                 if n == 0 {
@@ -343,5 +360,6 @@ mod tests {
         .await;
         assert_eq!(outcome.expect("the second try"), Value::Okay);
         assert_eq!(tries.into_inner(), 2);
+        assert!(retried.into_inner(), "the retry is reported");
     }
 }
