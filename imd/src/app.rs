@@ -307,7 +307,11 @@ impl App {
             // skips the catch-up it would otherwise run for this node's departure.
             let routed = tokio::time::timeout(self.grace, self.state.dispatcher.finish()).await;
             if routed.is_ok() {
-                let said = self.state.workers.goodbye(GOODBYE_WAIT).await;
+                let said = self
+                    .state
+                    .workers
+                    .goodbye(me.started_ms, GOODBYE_WAIT)
+                    .await;
                 tracing::info!(workers = said, "said goodbye");
             } else {
                 tracing::warn!("pushes still being routed after the grace period; no goodbye");

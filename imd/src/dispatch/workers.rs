@@ -117,7 +117,7 @@ impl Workers {
             left
         };
         if let Some(hub) = &self.local {
-            hub.forget_farewells_of(&now_live);
+            hub.forget_farewells_of(live.iter().map(|n| (n.id.as_str(), n.started_ms)));
             // Every departed node is asked about, so that each goodbye is used up.
             let unannounced = left.iter().filter(|id| !hub.left_cleanly(id)).count();
             if unannounced > 0 {
@@ -188,14 +188,16 @@ impl Workers {
         }
     }
 
-    /// Tells every connected worker that this node is leaving, once each has been sent
-    /// every delivery queued for it (see [`RemoteWorker::goodbye`]), waiting at most
-    /// `wait`; how many took it. Call it after the last commit: a worker told goodbye
-    /// runs no catch-up for this node's departure.
-    pub async fn goodbye(&self, wait: Duration) -> usize {
+    /// Tells every connected worker that this node's run started at `started_ms` is
+    /// leaving, once each has been sent every delivery queued for it (see
+    /// [`RemoteWorker::goodbye`]), waiting at most `wait`; how many took it. Call it
+    /// after the last commit: a worker told goodbye runs no catch-up for this node's
+    /// departure.
+    pub async fn goodbye(&self, started_ms: i64, wait: Duration) -> usize {
         let remotes = self.remotes();
         let said = futures_util::future::join_all(remotes.iter().map(|w| async move {
-            let said = tokio::time::timeout(wait, w.goodbye(&self.local_id)).await;
+            let bye = w.goodbye(&self.local_id, started_ms);
+            let said = tokio::time::timeout(wait, bye).await;
             if !matches!(said, Ok(true)) {
                 tracing::info!(
                     node = w.node(),
@@ -366,6 +368,14 @@ mod tests {
         }
     }
 
+    /// [`gateway`] in its run started at `started_ms`.
+    fn gateway_run(id: &str, started_ms: i64) -> Registration {
+        Registration {
+            started_ms,
+            ..gateway(id)
+        }
+    }
+
     /// Whether the hub was asked to catch up since the last look.
     async fn asked(hub: &Hub) -> bool {
         tokio::time::timeout(std::time::Duration::from_millis(50), hub.catch_up_wanted())
@@ -400,7 +410,7 @@ mod tests {
         workers
             .follow(&[gateway("gw1"), gateway("gw2"), gateway("gw3")])
             .await;
-        hub.farewell("gw1");
+        hub.farewell("gw1", 0);
         // Still registered right after its goodbye: the goodbye is kept.
         workers
             .follow(&[gateway("gw1"), gateway("gw2"), gateway("gw3")])
@@ -414,13 +424,20 @@ mod tests {
         workers.follow(&[gateway("gw2"), gateway("gw3")]).await;
         assert!(asked(&hub).await, "gw1 left without a goodbye this time");
         // Two leave at once, one of them unannounced.
-        hub.farewell("gw2");
+        hub.farewell("gw2", 0);
         workers.follow(&[]).await;
         assert!(asked(&hub).await, "gw3 left without a goodbye");
         assert!(
             !hub.left_cleanly("gw2"),
             "gw2's goodbye was used up with it"
         );
+        // A goodbye belongs to the run that said it: gw2 says goodbye, restarts before
+        // anyone sees it leave, and its new run then dies unannounced.
+        workers.follow(&[gateway("gw2")]).await;
+        hub.farewell("gw2", 0);
+        workers.follow(&[gateway_run("gw2", 5)]).await;
+        workers.follow(&[]).await;
+        assert!(asked(&hub).await, "gw2's new run left without a goodbye");
         // Routing that lost messages asks every worker, this node's included.
         workers.catch_up_everywhere();
         assert!(asked(&hub).await, "routing lost messages");

@@ -97,10 +97,10 @@ pub trait WorkerRpc {
     /// Some deliveries the caller queued for this worker were dropped or failed: the
     /// worker's sessions look in their inboxes for what they missed.
     async fn catch_up();
-    /// Node `node` (the caller) is leaving, and every delivery it queued for this
-    /// worker has been pushed: neither the end of this connection nor the node's
-    /// departure from the registry needs a catch-up.
-    async fn goodbye(node: String);
+    /// Node `node` (the caller), in its run started at `started_ms`, is leaving, and
+    /// every delivery it queued for this worker has been pushed: neither the end of
+    /// this connection nor that run's departure from the registry needs a catch-up.
+    async fn goodbye(node: String, started_ms: i64);
 }
 
 /// Serves [`WorkerRpc`] from a node's hub.
@@ -223,10 +223,10 @@ impl WorkerRpc for WorkerServer {
         self.hub.catch_up_soon(CatchUpCause::SenderLost);
     }
 
-    async fn goodbye(self, _: context::Context, node: String) {
+    async fn goodbye(self, _: context::Context, node: String, started_ms: i64) {
         tracing::info!(node, "goodbye: the node is leaving with nothing owed here");
         self.farewell.store(true, Ordering::Relaxed);
-        self.hub.farewell(&node);
+        self.hub.farewell(&node, started_ms);
     }
 }
 
@@ -339,13 +339,14 @@ impl RemoteWorker {
         }
     }
 
-    /// Says goodbye as node `me`, behind every delivery queued so far; true once the
-    /// worker has taken it. False when deliveries to it were lost meanwhile (it was
-    /// told to catch up instead) or the link is gone.
-    pub async fn goodbye(&self, me: &str) -> bool {
+    /// Says goodbye as node `me` (its run started at `started_ms`), behind every
+    /// delivery queued so far; true once the worker has taken it. False when the link
+    /// is gone, or a catch-up call for deliveries lost before it failed.
+    pub async fn goodbye(&self, me: &str, started_ms: i64) -> bool {
         let (done, said) = oneshot::channel();
         let bye = Outgoing::Goodbye {
             me: me.to_owned(),
+            started_ms,
             done,
         };
         if self.queue.send(bye).await.is_err() {
@@ -431,6 +432,7 @@ enum Outgoing {
     /// See [`RemoteWorker::goodbye`].
     Goodbye {
         me: String,
+        started_ms: i64,
         done: oneshot::Sender<bool>,
     },
 }
@@ -496,7 +498,11 @@ async fn deliver_loop(link: Link, mut rx: mpsc::Receiver<Outgoing>, stop: Cancel
             match item {
                 Outgoing::Deliver(d) => deliveries.push(d),
                 Outgoing::Wake => {}
-                Outgoing::Goodbye { me, done } => goodbye = Some((me, done)),
+                Outgoing::Goodbye {
+                    me,
+                    started_ms,
+                    done,
+                } => goodbye = Some((me, started_ms, done)),
             }
         }
         if !deliveries.is_empty() {
@@ -510,12 +516,12 @@ async fn deliver_loop(link: Link, mut rx: mpsc::Receiver<Outgoing>, stop: Cancel
                 link.owed.store(true, Ordering::Relaxed);
             }
         }
-        if let Some((me, done)) = goodbye {
+        if let Some((me, started_ms, done)) = goodbye {
             // Owed deliveries make no goodbye: the worker must look, and does.
             let said = !link.owed.load(Ordering::Relaxed)
                 && link
                     .client
-                    .goodbye(deadline(CALL_DEADLINE), me)
+                    .goodbye(deadline(CALL_DEADLINE), me, started_ms)
                     .await
                     .is_ok();
             let _ = done.send(said);
@@ -613,7 +619,7 @@ mod tests {
                 to: vec![("bob".into(), useq)],
             });
         }
-        assert!(remote.goodbye("gw1").await, "taken");
+        assert!(remote.goodbye("gw1", 7).await, "taken");
         assert_eq!(
             bob.outbox.queued_pushes(),
             10,
@@ -653,7 +659,7 @@ mod tests {
         }
         // The catch-up call goes out behind the batch that follows the loss, so the
         // goodbye behind it is true again.
-        assert!(remote.goodbye("gw1").await);
+        assert!(remote.goodbye("gw1", 7).await);
         assert!(
             asked(&hub, Duration::from_secs(5)).await,
             "the lost deliveries are looked for"

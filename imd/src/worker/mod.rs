@@ -219,13 +219,14 @@ pub struct Hub {
     routes: OnceLock<mpsc::UnboundedSender<RouteChange>>,
     /// Wakes the cluster's catch-up pass (see [`Hub::catch_up_soon`]).
     catch_up: Notify,
-    /// Nodes that said goodbye, and when (see [`Hub::farewell`]).
-    farewells: Mutex<HashMap<String, Instant>>,
+    /// Nodes that said goodbye: the start time of the run that said it, and when (see
+    /// [`Hub::farewell`]).
+    farewells: Mutex<HashMap<String, (i64, Instant)>>,
 }
 
 /// How long a goodbye excuses its node's departure from the registry. The node
-/// deregisters right after it; this only bounds what a departure never seen (the node
-/// came back under the same id first) leaves behind.
+/// deregisters right after it; this only bounds what a departure never seen leaves
+/// behind.
 const FAREWELL_KEEP: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Why a worker is asked to catch up (the `cause` label of the catch-up counters).
@@ -295,13 +296,14 @@ impl Hub {
         metrics::counter!("imd_catch_up_skipped_total", "cause" => cause.label()).increment(1);
     }
 
-    /// Node `node` said goodbye: it is leaving, and it has sent this worker every push
-    /// it owed. Its departure from the registry then needs no catch-up.
-    pub fn farewell(&self, node: &str) {
+    /// Node `node`, in its run started at `started_ms`, said goodbye: it is leaving,
+    /// and it has sent this worker every push it owed. Its departure from the registry
+    /// then needs no catch-up.
+    pub fn farewell(&self, node: &str, started_ms: i64) {
         let now = Instant::now();
         let mut f = self.farewells.lock().unwrap_or_else(|e| e.into_inner());
-        f.retain(|_, at| now.duration_since(*at) < FAREWELL_KEEP);
-        f.insert(node.to_owned(), now);
+        f.retain(|_, (_, at)| now.duration_since(*at) < FAREWELL_KEEP);
+        f.insert(node.to_owned(), (started_ms, now));
     }
 
     /// Whether `node` said goodbye lately; forgets that it did (one goodbye excuses one
@@ -309,16 +311,21 @@ impl Hub {
     pub fn left_cleanly(&self, node: &str) -> bool {
         let mut f = self.farewells.lock().unwrap_or_else(|e| e.into_inner());
         f.remove(node)
-            .is_some_and(|at| at.elapsed() < FAREWELL_KEEP)
+            .is_some_and(|(_, at)| at.elapsed() < FAREWELL_KEEP)
     }
 
-    /// Forgets the goodbyes of nodes that are in the registry a while after saying it:
-    /// they came back under the same id, and their next departure is a new one.
-    pub fn forget_farewells_of(&self, live: &std::collections::HashSet<String>) {
-        const SETTLED: std::time::Duration = std::time::Duration::from_secs(5);
+    /// Forgets the goodbyes of nodes registered now by a later run (a restart under
+    /// the same id, perhaps between two looks at the registry): that run's departure
+    /// is a new one. `live` is (node id, run start) of each registered node.
+    pub fn forget_farewells_of<'a>(&self, live: impl IntoIterator<Item = (&'a str, i64)>) {
         let mut f = self.farewells.lock().unwrap_or_else(|e| e.into_inner());
-        if !f.is_empty() {
-            f.retain(|id, at| !(live.contains(id) && at.elapsed() >= SETTLED));
+        if f.is_empty() {
+            return;
+        }
+        for (id, started_ms) in live {
+            if f.get(id).is_some_and(|(said, _)| *said != started_ms) {
+                f.remove(id);
+            }
         }
     }
 
