@@ -10,10 +10,14 @@
 # w1's clients keep sending to users whose worker is gone (those messages wait in the
 # inboxes). Prints lost (must be 0), duplicated, reconnects, the longest time no device
 # received anything, and when w2 left the registry. Exits non-zero when a message was
-# lost. Bounded: about DURATION + DRAIN + 60 s after the build.
+# lost. SIGNAL=TERM stops w2 gracefully instead (its clients are kicked with
+# `shutdown`, it sends what it owes, says goodbye to w1 and deregisters); the report
+# ends with w1's catch-up counters, which show whether w1 had to look for lost pushes.
+# Bounded: about DURATION + DRAIN + 60 s after the build.
 #
 #   imbench/scripts/cluster-kill.sh
 #   RATE=2000 CONNECTIONS=200 DURATION=30 KILL_AFTER=10 imbench/scripts/cluster-kill.sh
+#   SIGNAL=TERM imbench/scripts/cluster-kill.sh
 source "$(dirname "$0")/lib.sh"
 
 RATE=${RATE:-1000}
@@ -21,6 +25,7 @@ CONNECTIONS=${CONNECTIONS:-200}
 DURATION=${DURATION:-30}
 KILL_AFTER=${KILL_AFTER:-10}
 DRAIN=${DRAIN:-10}
+SIGNAL=${SIGNAL:-KILL}
 SECRET="cluster-kill-$$"
 ADMIN="cluster-kill-admin-$$"
 BUDGET=$(( DURATION + DRAIN + 60 ))
@@ -39,16 +44,23 @@ PIDS+=("$BENCH_PID")
 sleep $(( 2 + CONNECTIONS / 1000 + KILL_AFTER ))
 kill -0 "$BENCH_PID" 2>/dev/null || { cat "$WORK/bench.err" >&2; echo "imbench ended early" >&2; exit 1; }
 KILLED_AT=$(date +%s%3N)
-kill -KILL "$W2_PID"
-wait "$W2_PID" 2>/dev/null || true
-forget_pid "$W2_PID"
-echo "== killed worker w2 ($W2_PID) with kill -9; not restarting it" >&2
+kill -"$SIGNAL" "$W2_PID"
+echo "== sent SIG$SIGNAL to worker w2 ($W2_PID); not restarting it" >&2
 for _ in $(seq 1 200); do
     [ "$(cluster_nodes "$GW_URL" "$ADMIN" registered)" = "gw1 w1" ] && break
     sleep 0.05
 done
 GONE_AT=$(date +%s%3N)
+wait "$W2_PID" 2>/dev/null || true
+forget_pid "$W2_PID"
+# A counter of w1's, every cause label summed; 0 when it never moved.
+counter() { curl -s "$W1_URL/metrics" | awk -v m="$1" '$1 ~ "^"m"({|$)" {s += $2} END {print s + 0}'; }
+catch_ups() {
+    echo "  w1 catch-up: $(counter imd_catch_up_requests_total) asked," \
+        "$(counter imd_catch_up_skipped_total) skipped (goodbye), $(counter imd_catch_up_passes_total) passes"
+}
 
 finish_kill_run \
-    "kill -9 of worker w2 ${KILL_AFTER}s into a verified chat across 2 workers at ${RATE} msg/s, ${CONNECTIONS} connections, ${DURATION}s:" \
-    "  w2 out of the registry $(( GONE_AT - KILLED_AT )) ms after the kill"
+    "SIG$SIGNAL of worker w2 ${KILL_AFTER}s into a verified chat across 2 workers at ${RATE} msg/s, ${CONNECTIONS} connections, ${DURATION}s:" \
+    "  w2 out of the registry $(( GONE_AT - KILLED_AT )) ms after the signal" \
+    catch_ups
