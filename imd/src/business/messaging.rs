@@ -40,7 +40,7 @@ pub type Reply = Box<dyn FnOnce(Result<SendOutcome, Error>) + Send>;
 /// A send's result.
 #[derive(Debug, Clone, Default)]
 pub struct SendOutcome {
-    /// The message JSON (empty for a join) (the earlier one for a duplicate).
+    /// The message JSON: the earlier one for a duplicate, empty for a join.
     pub json: Bytes,
     /// The request's `cid`.
     pub cid: Option<String>,
@@ -264,9 +264,10 @@ impl Messaging {
         self.queue_decision(decision, None).await
     }
 
-    /// [`Messaging::submit`], then waits until the operations are committed: for a
-    /// decision someone is told about (an admin's transfer), which must not be
-    /// answered before it is durable.
+    /// [`Messaging::submit`], then waits until the last operation is committed: for a
+    /// decision over one conversation that someone is told about (an admin's
+    /// transfer), which must not be answered before it is durable. (Operations on
+    /// several conversations may commit on several lanes, in any order.)
     pub async fn submit_and_wait(&self, decision: Decision) -> Result<(), Error> {
         let (tx, rx) = oneshot::channel();
         let done: Reply = Box::new(move |r| drop(tx.send(r)));
@@ -274,16 +275,14 @@ impl Messaging {
         rx.await.map_err(|_| Error::ShuttingDown)?.map(drop)
     }
 
-    /// Queues `decision`'s operations; `done` answers when the last one is committed
-    /// (ops of one conversation commit in order, on one lane).
+    /// Queues `decision`'s operations; `done` answers when the last one is committed.
     async fn queue_decision(
         &self,
         mut decision: Decision,
-        done: Option<Reply>,
+        mut done: Option<Reply>,
     ) -> Result<(), Error> {
         let ops = std::mem::take(&mut decision.ops);
         let last = ops.len().saturating_sub(1);
-        let mut done = done;
         if ops.is_empty()
             && let Some(done) = done.take()
         {
