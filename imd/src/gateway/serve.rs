@@ -124,8 +124,14 @@ pub async fn serve(
 fn stalled_write(e: &hyper::Error) -> bool {
     std::error::Error::source(e)
         .and_then(|s| s.downcast_ref::<io::Error>())
-        .is_some_and(|io| io.kind() == io::ErrorKind::TimedOut)
+        .and_then(io::Error::get_ref)
+        .is_some_and(|inner| inner.is::<WriteStalled>())
 }
+
+/// The error a [`WriteDeadline`] fails a write with (kind `TimedOut`).
+#[derive(Debug, thiserror::Error)]
+#[error("the peer read nothing for {0:?}")]
+pub struct WriteStalled(Duration);
 
 /// A socket whose writes fail with `TimedOut` once one has made no progress for
 /// `limit`. The timer exists only while a write waits, so an idle connection pays 24
@@ -166,7 +172,7 @@ impl<T> WriteDeadline<T> {
                 self.stalled = None;
                 Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::TimedOut,
-                    format!("the peer read nothing for {limit:?}"),
+                    WriteStalled(limit),
                 )))
             }
             Poll::Pending => Poll::Pending,
@@ -238,6 +244,7 @@ mod tests {
         let started = tokio::time::Instant::now();
         let err = w.write_all(&[0; 16]).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(err.get_ref().is_some_and(|e| e.is::<WriteStalled>()));
         assert_eq!(started.elapsed(), Duration::from_secs(2));
         drop(far);
 
