@@ -113,7 +113,7 @@ impl Workers {
                 .filter(|id| !now_live.contains(*id))
                 .cloned()
                 .collect();
-            *nodes = now_live.clone();
+            *nodes = now_live;
             left
         };
         if let Some(hub) = &self.local {
@@ -383,14 +383,20 @@ mod tests {
             .is_ok()
     }
 
-    #[tokio::test]
-    async fn a_node_leaving_the_registry_makes_the_local_worker_catch_up() {
+    /// Node w1's [`Workers`], with its own hub (the worker role).
+    fn worker_w1() -> (Arc<Hub>, Workers) {
         let hub = Arc::new(Hub::new(
             16,
             "w1".into(),
             Arc::new(crate::business::blacklist::Blacklist::new()),
         ));
         let workers = Workers::new("w1".into(), Some(hub.clone()), LinkKey::derive(b"secret"));
+        (hub, workers)
+    }
+
+    #[tokio::test]
+    async fn a_node_leaving_the_registry_makes_the_local_worker_catch_up() {
+        let (hub, workers) = worker_w1();
         workers.follow(&[gateway("gw1"), gateway("gw2")]).await;
         assert!(!asked(&hub).await, "nodes arriving is no reason");
         workers.follow(&[gateway("gw1"), gateway("gw2")]).await;
@@ -401,12 +407,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_node_that_said_goodbye_leaves_without_a_catch_up() {
-        let hub = Arc::new(Hub::new(
-            16,
-            "w1".into(),
-            Arc::new(crate::business::blacklist::Blacklist::new()),
-        ));
-        let workers = Workers::new("w1".into(), Some(hub.clone()), LinkKey::derive(b"secret"));
+        let (hub, workers) = worker_w1();
         workers
             .follow(&[gateway("gw1"), gateway("gw2"), gateway("gw3")])
             .await;
