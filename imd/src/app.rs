@@ -15,7 +15,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -23,15 +22,15 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::business::Presence;
+use crate::business::admin::AdminDeps;
 use crate::business::blacklist::Blacklist;
 use crate::business::limits::{Limits, Rate};
 use crate::business::messaging::{Deps, now_ms};
 use crate::business::words::Words;
-use crate::business::{Admin, Messaging};
+use crate::business::{Admin, Deliver, Messaging, NodeCard, Presence};
 use crate::cluster::{Membership, RoutedPresence};
 use crate::config::{Config, Role};
-use crate::dispatch::{Dispatcher, Workers};
+use crate::dispatch::{Direct, Routed, Workers};
 use crate::gateway::auth::TokenKeys;
 use crate::gateway::{self, AppState, Shared};
 use crate::rpc::auth::LinkKey;
@@ -51,10 +50,18 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     serve_until(cfg, stop).await
 }
 
+/// How often a conversation's tail reads the store in cluster mode, where other nodes
+/// commit too.
+const CLUSTER_TAIL_POLL: Duration = Duration::from_millis(100);
+
 /// A built node: every layer wired together, not yet listening.
 pub struct App {
     /// The state the router serves from.
     pub state: AppState,
+    /// Every worker this node reaches, its own hub included when it is a worker.
+    workers: Arc<Workers>,
+    /// The cluster's dispatcher, in cluster mode (drained at shutdown).
+    routed: Option<Arc<Routed>>,
     store: Arc<dyn MessageStore>,
     /// The cluster's store and this node's registration, in cluster mode.
     cluster: Option<(Arc<RedisStore>, Registration)>,
@@ -123,25 +130,29 @@ impl App {
         let workers = Arc::new(Workers::new(
             node_id.clone(),
             is_worker.then(|| hub.clone()),
+            redis.clone(),
             LinkKey::derive(secrets.token_secret.expose().as_bytes()),
         ));
-        let (dispatcher, presence): (Arc<Dispatcher>, Arc<dyn Presence>) = match &redis {
-            Some(r) => (
-                Arc::new(Dispatcher::cluster(
-                    r.clone(),
-                    workers.clone(),
-                    background.clone(),
-                )),
+        let routed = redis.as_ref().map(|r| {
+            Arc::new(Routed::start(
+                r.clone(),
+                workers.clone(),
+                background.clone(),
+            ))
+        });
+        let (deliver, presence): (Arc<dyn Deliver>, Arc<dyn Presence>) = match (&redis, &routed) {
+            (Some(r), Some(routed)) => (
+                routed.clone(),
                 Arc::new(RoutedPresence::new(r.clone(), workers.clone())),
             ),
-            None => (Arc::new(Dispatcher::local(hub.clone())), hub.clone()),
+            _ => (Arc::new(Direct::new(hub.clone())), hub.clone()),
         };
         let commit_stop = CancellationToken::new();
         let deps = Deps {
             store: store.clone(),
             dir: dir.clone(),
             presence,
-            deliver: dispatcher.clone(),
+            deliver,
             blacklist: blacklist.clone(),
             words: words.clone(),
             limits: limits.clone(),
@@ -152,7 +163,23 @@ impl App {
             cfg.commit_lanes(),
             commit_stop.clone(),
         );
-        let admin = Admin::new(dir, blacklist, words, messaging.clone());
+        let node = Arc::new(NodeCard::new(
+            node_id,
+            cfg.roles.iter().map(|r| r.as_str().to_owned()).collect(),
+            listen.to_string(),
+            now_ms(),
+        ));
+        let admin = Admin::new(AdminDeps {
+            dir,
+            blacklist,
+            words,
+            messaging: messaging.clone(),
+            devices: workers.clone(),
+            node: node.clone(),
+            outbox_capacity: cfg.outbox_capacity,
+            tail_poll: redis.is_some().then_some(CLUSTER_TAIL_POLL),
+            stop: stop.clone(),
+        });
         tokio::spawn(housekeeping(
             store.clone(),
             admin.clone(),
@@ -191,28 +218,27 @@ impl App {
             body_timeout: cfg.idle_timeout,
             metrics,
             tracker: TaskTracker::new(),
-            node_id,
             roles: cfg.roles.clone(),
-            listen,
-            started_at_ms: now_ms(),
-            committed_per_s: AtomicU64::new(0),
-            workers,
-            dispatcher,
-            registry: redis.clone(),
         });
-        tokio::spawn(sample_rate(state.clone(), background.clone()));
+        tokio::spawn(sample_rate(
+            state.messaging.clone(),
+            node.clone(),
+            background.clone(),
+        ));
         let cluster = redis.map(|r| {
             let me = Registration {
-                id: state.node_id.clone(),
-                roles: cfg.roles.iter().map(|r| r.as_str().to_owned()).collect(),
-                listen: listen.to_string(),
+                id: node.id.clone(),
+                roles: node.roles.clone(),
+                listen: node.listen.clone(),
                 rpc: None,
-                started_ms: state.started_at_ms,
+                started_ms: node.started_at_ms,
             };
             (r, me)
         });
         Ok(Self {
             state,
+            workers,
+            routed,
             store,
             cluster,
             membership_stop: CancellationToken::new(),
@@ -242,26 +268,30 @@ impl App {
             return Ok(None);
         };
         let mut bound = None;
-        if let (Some(addr), Some(hub)) = (rpc, self.state.workers.local()) {
+        if let (Some(addr), Some(hub)) = (rpc, self.workers.local()) {
             let listener = TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("binding the RPC listener {addr}"))?;
             let local = listener.local_addr()?;
-            let state = self.state.clone();
+            let admin = self.state.admin.clone();
             let stats: Arc<dyn Fn() -> shared::admin::NodeInfo + Send + Sync> =
-                Arc::new(move || gateway::node_info(&state));
+                Arc::new(move || admin.node_info());
             tokio::spawn(
-                WorkerServer::new(hub.clone(), stats, self.state.workers.link_key().clone())
+                WorkerServer::new(hub.clone(), stats, self.workers.link_key().clone())
                     .run(listener, self.background.clone()),
             );
             me.rpc = Some(local.to_string());
             bound = Some(local);
         }
+        let routed = self
+            .routed
+            .clone()
+            .context("cluster mode without its dispatcher")?;
         Membership {
             store: store.clone(),
             me: me.clone(),
-            workers: self.state.workers.clone(),
-            dispatcher: self.state.dispatcher.clone(),
+            workers: self.workers.clone(),
+            dispatcher: routed,
             admin: self.state.admin.clone(),
             dispatcher_role: me.roles.iter().any(|r| r == "dispatcher"),
         }
@@ -302,16 +332,12 @@ impl App {
             tracing::warn!("commit task did not finish within the grace period");
         }
         self.membership_stop.cancel();
-        if let Some((store, me)) = &self.cluster {
+        if let (Some((store, me)), Some(routed)) = (&self.cluster, &self.routed) {
             // Every push this node owes goes out, then each worker hears goodbye and
             // skips the catch-up it would otherwise run for this node's departure.
-            let routed = tokio::time::timeout(self.grace, self.state.dispatcher.finish()).await;
+            let routed = tokio::time::timeout(self.grace, routed.finish()).await;
             if routed.is_ok() {
-                let said = self
-                    .state
-                    .workers
-                    .goodbye(me.started_ms, GOODBYE_WAIT)
-                    .await;
+                let said = self.workers.goodbye(me.started_ms, GOODBYE_WAIT).await;
                 tracing::info!(workers = said, "said goodbye");
             } else {
                 tracing::warn!("pushes still being routed after the grace period; no goodbye");
@@ -339,7 +365,7 @@ pub async fn serve_until(cfg: Config, stop: CancellationToken) -> anyhow::Result
     app.load().await?;
     let rpc = app.join(cfg.rpc_address()).await?;
     tokio::spawn(reload_on_sighup(app.state.admin.clone(), stop.clone()));
-    let node_id = app.state.node_id.clone();
+    let node_id = app.state.admin.node().id.clone();
     // The one machine-readable line on stdout; logs go to stderr.
     let mut ready =
         serde_json::json!({"event": "ready", "listen": listen.to_string(), "node_id": node_id});
@@ -403,16 +429,16 @@ fn raise_fd_limit() {
 }
 
 /// Samples the commit rate once a second, for the cluster view.
-async fn sample_rate(state: AppState, stop: CancellationToken) {
+async fn sample_rate(messaging: Messaging, node: Arc<NodeCard>, stop: CancellationToken) {
     let mut every = tokio::time::interval(Duration::from_secs(1));
-    let mut last = state.messaging.committed_total();
+    let mut last = messaging.committed_total();
     loop {
         tokio::select! {
             _ = every.tick() => {}
             _ = stop.cancelled() => break,
         }
-        let now = state.messaging.committed_total();
-        state.committed_per_s.store(now - last, Ordering::Relaxed);
+        let now = messaging.committed_total();
+        node.set_commit_rate(now - last);
         last = now;
     }
 }

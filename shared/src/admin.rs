@@ -108,6 +108,52 @@ pub struct ConnectionList {
     pub next: Option<String>,
 }
 
+/// Where a page of connections ends: the last (uid, device) of the page. On the wire it
+/// is `uid/device` (the `next` of [`ConnectionList`], the `?after=` of the next call); a
+/// uid never holds a `/`, so the first one splits it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ConnCursor {
+    /// The last uid of the page.
+    pub uid: String,
+    /// Its last device on the page.
+    pub device: String,
+}
+
+impl ConnCursor {
+    /// The cursor just past `info`.
+    pub fn after(info: &ConnectionInfo) -> Self {
+        Self {
+            uid: info.uid.clone(),
+            device: info.device.clone(),
+        }
+    }
+
+    /// Whether (uid, device) comes at or before the cursor (already listed).
+    pub fn covers(&self, uid: &str, device: &str) -> bool {
+        (uid, device) <= (self.uid.as_str(), self.device.as_str())
+    }
+}
+
+impl std::fmt::Display for ConnCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.uid, self.device)
+    }
+}
+
+impl std::str::FromStr for ConnCursor {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (uid, device) = s
+            .split_once('/')
+            .ok_or_else(|| format!("invalid cursor {s:?} (uid/device)"))?;
+        Ok(Self {
+            uid: uid.to_owned(),
+            device: device.to_owned(),
+        })
+    }
+}
+
 /// `DELETE /admin/v1/connections/{uid}` answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Kicked {

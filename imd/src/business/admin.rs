@@ -1,19 +1,84 @@
-//! The operations of the admin API: blacklists, shops, groups, assignments, words.
+//! The operations of the admin API: blacklists, shops, groups, assignments, words,
+//! and over the workers: connections, kicks, replay, the cluster view, and the tail of
+//! a conversation ([`super::tail`]).
 //!
-//! Each changes the store first and the node's caches second, so that a restart finds
-//! what the caches held. Kicking the connections a change affects is the caller's job
-//! (the gateway asks the workers), because this layer knows no connections.
+//! Each change goes to the store first and the node's caches second, so that a restart
+//! finds what the caches held. Connections are reached through [`Devices`], which the
+//! dispatcher's workers implement: this layer knows no transport. The HTTP handlers
+//! only parse, call one operation, and answer.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
-use shared::admin::{AddBlacklist, BlacklistEntry, BlacklistKind};
+use shared::admin::{
+    AddBlacklist, BlacklistEntry, BlacklistKind, ClusterInfo, ConnCursor, ConnectionList, NodeInfo,
+    Replay, Replayed,
+};
 use shared::ids::is_valid_id;
+use tokio_util::sync::CancellationToken;
 
-use super::Error;
 use super::blacklist::{Blacklist, IpNet};
 use super::messaging::{Messaging, now_ms};
 use super::words::{WordFilter, Words, WordsPolicy};
+use super::{Devices, Error};
 use crate::store::DirectoryStore;
+
+/// What a node says of itself in the cluster view, besides its worker's figures.
+#[derive(Debug)]
+pub struct NodeCard {
+    /// The node id.
+    pub id: String,
+    /// Its roles, by name.
+    pub roles: Vec<String>,
+    /// Its HTTP/WebSocket address.
+    pub listen: String,
+    /// When it started, unix ms.
+    pub started_at_ms: i64,
+    /// Messages committed in the last second, sampled.
+    committed_per_s: AtomicU64,
+}
+
+impl NodeCard {
+    /// A node with no commit rate sampled yet.
+    pub fn new(id: String, roles: Vec<String>, listen: String, started_at_ms: i64) -> Self {
+        Self {
+            id,
+            roles,
+            listen,
+            started_at_ms,
+            committed_per_s: AtomicU64::new(0),
+        }
+    }
+
+    /// Records the commit rate of the last second.
+    pub fn set_commit_rate(&self, per_s: u64) {
+        self.committed_per_s.store(per_s, Ordering::Relaxed);
+    }
+}
+
+/// What [`Admin`] is built from.
+pub struct AdminDeps {
+    /// Blacklists, shops, groups, assignments.
+    pub dir: Arc<dyn DirectoryStore>,
+    /// The node's blacklist cache.
+    pub blacklist: Arc<Blacklist>,
+    /// The node's word filter.
+    pub words: Arc<Words>,
+    /// The messaging rules (history, inboxes, service decisions).
+    pub messaging: Messaging,
+    /// Every worker's connections.
+    pub devices: Arc<dyn Devices>,
+    /// This node.
+    pub node: Arc<NodeCard>,
+    /// Frames one connection may queue: a replay sends at most half of it per call.
+    pub outbox_capacity: usize,
+    /// How often a tail reads the store again: in a cluster other nodes commit too,
+    /// and this node's commit feed only sees what it committed. `None` on one node.
+    pub tail_poll: Option<Duration>,
+    /// Ends the tails at shutdown.
+    pub stop: CancellationToken,
+}
 
 /// Admin operations. Cheap to clone.
 #[derive(Clone)]
@@ -21,7 +86,12 @@ pub struct Admin {
     dir: Arc<dyn DirectoryStore>,
     blacklist: Arc<Blacklist>,
     words: Arc<Words>,
-    messaging: Messaging,
+    pub(super) messaging: Messaging,
+    devices: Arc<dyn Devices>,
+    node: Arc<NodeCard>,
+    outbox_capacity: usize,
+    pub(super) tail_poll: Option<Duration>,
+    pub(super) stop: CancellationToken,
 }
 
 fn ids(list: Vec<String>, what: &str) -> Result<Vec<String>, Error> {
@@ -46,19 +116,24 @@ fn name(s: &str, what: &str) -> Result<(), Error> {
 }
 
 impl Admin {
-    /// Admin operations over the business layer's state.
-    pub fn new(
-        dir: Arc<dyn DirectoryStore>,
-        blacklist: Arc<Blacklist>,
-        words: Arc<Words>,
-        messaging: Messaging,
-    ) -> Self {
+    /// Admin operations over the business layer's state and `deps.devices`.
+    pub fn new(deps: AdminDeps) -> Self {
         Self {
-            dir,
-            blacklist,
-            words,
-            messaging,
+            dir: deps.dir,
+            blacklist: deps.blacklist,
+            words: deps.words,
+            messaging: deps.messaging,
+            devices: deps.devices,
+            node: deps.node,
+            outbox_capacity: deps.outbox_capacity,
+            tail_poll: deps.tail_poll,
+            stop: deps.stop,
         }
+    }
+
+    /// This node.
+    pub fn node(&self) -> &NodeCard {
+        &self.node
     }
 
     /// Loads the blacklist cache from the store (at start).
@@ -87,7 +162,9 @@ impl Admin {
         Ok(entries)
     }
 
-    /// Adds (or replaces) an entry; it applies on this node at once.
+    /// Adds (or replaces) an entry; it applies on this node at once, and its live
+    /// connections that it blocks are kicked (other nodes follow the store's change
+    /// notification).
     pub async fn blacklist_add(&self, req: AddBlacklist) -> Result<BlacklistEntry, Error> {
         let value = match req.kind {
             BlacklistKind::Uid => {
@@ -121,6 +198,10 @@ impl Admin {
         self.dir.blacklist_put(entry.clone()).await?;
         self.blacklist.upsert(&entry);
         tracing::info!(kind = entry.kind.as_str(), value = %entry.value, "blacklisted");
+        let kicked = self.devices.enforce_blacklist();
+        if kicked > 0 {
+            tracing::info!(kicked, value = %entry.value, "blacklisted connections kicked");
+        }
         Ok(entry)
     }
 
@@ -237,6 +318,100 @@ impl Admin {
     pub fn words(&self) -> (usize, WordsPolicy) {
         let f = self.words.get();
         (f.len(), f.policy())
+    }
+
+    /// A page of connections, of one user or of all, over every worker (or only
+    /// `node`'s), after the cursor `after`; `limit` defaults to 100, at most 1000.
+    pub async fn connections(
+        &self,
+        uid: Option<&str>,
+        node: Option<&str>,
+        after: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<ConnectionList, Error> {
+        if let Some(uid) = uid {
+            name(uid, "uid")?;
+        }
+        let after: Option<ConnCursor> = after
+            .map(str::parse)
+            .transpose()
+            .map_err(Error::BadRequest)?;
+        let limit = limit.unwrap_or(100).clamp(1, 1000);
+        let (connections, next) = self
+            .devices
+            .connections(uid, node, after.as_ref(), limit)
+            .await;
+        Ok(ConnectionList {
+            connections,
+            next: next.map(|c| c.to_string()),
+        })
+    }
+
+    /// Disconnects every device of `uid`, on every worker, with `kick` `admin`; how
+    /// many. `NotFound` when it had none.
+    pub async fn kick(&self, uid: &str) -> Result<usize, Error> {
+        let kicked = self.devices.kick_user(uid, "admin").await;
+        if kicked == 0 {
+            return Err(Error::NotFound(format!("{uid:?} has no connections")));
+        }
+        Ok(kicked)
+    }
+
+    /// Pushes a range of `req.uid`'s inbox to its connected devices again. At most half
+    /// an outbox per call: a replay must never overflow a device's queue, which would
+    /// disconnect it as too slow; longer ranges take several calls (`next_after`).
+    pub async fn replay(&self, req: Replay) -> Result<Replayed, Error> {
+        name(&req.uid, "uid")?;
+        let until = req.until.unwrap_or(u64::MAX);
+        if until <= req.after {
+            return Err(Error::BadRequest("until must be above after".into()));
+        }
+        let devices = self.devices.count(&req.uid).await;
+        let cap = self.outbox_capacity / 2;
+        let mut entries = if devices == 0 {
+            Vec::new()
+        } else {
+            self.messaging
+                .inbox_range(&req.uid, req.after, until, cap + 1)
+                .await?
+        };
+        let next_after = (entries.len() > cap).then(|| {
+            entries.truncate(cap);
+            entries.last().map_or(req.after, |e| e.0)
+        });
+        let messages = entries.len();
+        self.devices.replay(&req.uid, entries);
+        tracing::info!(uid = %req.uid, messages, devices, "replayed");
+        Ok(Replayed {
+            messages,
+            devices: if messages == 0 { 0 } else { devices },
+            next_after,
+        })
+    }
+
+    /// This node's entry of the cluster view.
+    pub fn node_info(&self) -> NodeInfo {
+        let node = &self.node;
+        NodeInfo {
+            node_id: node.id.clone(),
+            roles: node.roles.clone(),
+            listen: node.listen.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            started_at: node.started_at_ms,
+            committed: self.messaging.committed_total(),
+            committed_per_s: node.committed_per_s.load(Ordering::Relaxed),
+            ..self.devices.local_figures().unwrap_or_default()
+        }
+    }
+
+    /// Every node of the cluster, by id (this one alone on a single node).
+    pub async fn cluster(&self) -> Result<ClusterInfo, Error> {
+        let mut nodes = self.devices.nodes().await?;
+        // This node's worker knows only its part; the node describes itself whole.
+        nodes.retain(|n| n.node_id != self.node.id);
+        nodes.push(self.node_info());
+        nodes.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        Ok(ClusterInfo { nodes })
     }
 
     /// Reloads the words file (SIGHUP).

@@ -4,6 +4,10 @@
 //! (group commit, in [`messaging`]) and hands committed messages to a [`Deliver`]
 //! sink in commit order. It never imports axum, tarpc or redis, so the same rules run
 //! behind HTTP, WebSocket and any store backend.
+//!
+//! What it needs from the other roles it asks through traits that they implement:
+//! [`Deliver`] (the dispatcher takes committed messages), [`Presence`] (who is
+//! online), [`Devices`] (where devices are connected, for the admin operations).
 
 pub mod admin;
 pub mod assignment;
@@ -11,11 +15,14 @@ pub mod blacklist;
 pub mod limits;
 pub mod messaging;
 pub mod service;
+mod tail;
 pub mod words;
 
-pub use admin::Admin;
+pub use admin::{Admin, NodeCard};
 pub use messaging::{Messaging, SendOutcome};
 
+use bytes::Bytes;
+use shared::admin::{ConnCursor, ConnectionInfo, NodeInfo};
 use shared::protocol::ErrorCode;
 
 use crate::store::{Committed, StoreError};
@@ -102,4 +109,41 @@ pub trait Deliver: Send + Sync + 'static {
 pub trait Presence: Send + Sync + 'static {
     /// Whether any device of `uid` is connected.
     async fn online(&self, uid: &str) -> bool;
+}
+
+/// Where devices are connected, as the admin operations see it: every worker of the
+/// cluster, or this node's alone. The dispatcher's `Workers` implements it; workers
+/// that do not answer are left out (and logged) rather than failing the operation.
+#[async_trait::async_trait]
+pub trait Devices: Send + Sync + 'static {
+    /// A page of connections over every worker (or only `node`'s), ordered by
+    /// (uid, device) after the cursor `after`, at most `limit`, and the next cursor.
+    async fn connections(
+        &self,
+        uid: Option<&str>,
+        node: Option<&str>,
+        after: Option<&ConnCursor>,
+        limit: usize,
+    ) -> (Vec<ConnectionInfo>, Option<ConnCursor>);
+
+    /// How many devices of `uid` are connected.
+    async fn count(&self, uid: &str) -> usize;
+
+    /// Disconnects every device of `uid` with a `kick` of `reason`; how many.
+    async fn kick_user(&self, uid: &str, reason: &str) -> usize;
+
+    /// Pushes inbox entries `(useq, message JSON)` of `uid` to its devices again,
+    /// wherever they are connected. Never blocks.
+    fn replay(&self, uid: &str, entries: Vec<(u64, Bytes)>);
+
+    /// Kicks this node's connections that the blacklist cache now blocks; how many.
+    /// (Other workers do it when the store's change notification reaches them.)
+    fn enforce_blacklist(&self) -> usize;
+
+    /// This node's worker's figures (connections, pushes, acks), when it is a worker.
+    fn local_figures(&self) -> Option<NodeInfo>;
+
+    /// The figures of every node: each reachable worker's, and in a cluster what the
+    /// registry says of live nodes that have no worker to ask.
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, Error>;
 }

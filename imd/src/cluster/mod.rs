@@ -17,8 +17,7 @@ use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
 use crate::business::{Admin, Deliver, Presence};
-use crate::dispatch::{Dispatcher, Workers};
-use crate::rpc::WorkerApi;
+use crate::dispatch::{Routed, Workers};
 use crate::store::{MessageStore, NodeInfo, RedisStore};
 use crate::worker::{Hub, RouteChange};
 
@@ -48,7 +47,7 @@ pub struct Membership {
     /// The reachable workers.
     pub workers: Arc<Workers>,
     /// Delivers what the sweeper finished.
-    pub dispatcher: Arc<Dispatcher>,
+    pub dispatcher: Arc<Routed>,
     /// Reloads the blacklist cache.
     pub admin: Admin,
     /// Whether this node sweeps unfinished fan-outs and cleans dead nodes.
@@ -129,9 +128,9 @@ impl Membership {
         let Some(hub) = self.workers.local() else {
             return;
         };
-        let mut after: Option<String> = None;
+        let mut after = None;
         loop {
-            let (page, next) = hub.connections(None, after.as_deref(), 1000);
+            let (page, next) = hub.connections(None, after.as_ref(), 1000);
             for c in &page {
                 if let Err(e) = self.store.route_add(&c.uid, &c.device, &self.me.id).await {
                     tracing::warn!(uid = c.uid, error = %e, "rewriting a route failed");
@@ -250,7 +249,7 @@ async fn write_route(store: &RedisStore, workers: &Workers, me: &str, change: Ro
                 Ok(Some(previous)) => {
                     if !workers.is_live(&previous) {
                         // A worker started less than a discovery tick ago: look now.
-                        workers.refresh(store).await;
+                        workers.refresh().await;
                     }
                     let kicked = workers
                         .kick_device(&previous, &uid, &device, "replaced")
@@ -377,7 +376,7 @@ impl Presence for RoutedPresence {
         }
         // A route to a worker this node does not know yet (it started less than a
         // discovery tick ago): look at the registry now rather than call the user away.
-        self.workers.refresh(&self.store).await;
+        self.workers.refresh().await;
         routes.iter().any(|(_, node)| self.workers.is_live(node))
     }
 }

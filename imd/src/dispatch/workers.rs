@@ -1,30 +1,43 @@
 //! The workers a node can reach: its own hub, and an RPC client per live worker of the
-//! cluster, kept in step with discovery.
+//! cluster, kept in step with discovery. All of them are [`Worker`]s in one map, so
+//! each operation is one loop over it, whatever the deployment.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use shared::admin::{ConnectionInfo, NodeInfo};
+use bytes::Bytes;
+use shared::admin::{ConnCursor, ConnectionInfo, NodeInfo};
 
-use crate::rpc::WorkerApi;
+use crate::business::{Devices, Error};
 use crate::rpc::auth::LinkKey;
-use crate::rpc::remote::{Delivery, RemoteWorker};
-use crate::store::NodeInfo as Registration;
-use crate::worker::{CatchUpCause, Hub};
+use crate::rpc::remote::RemoteWorker;
+use crate::store::{NodeInfo as Registration, RedisStore};
+use crate::worker::{CatchUpCause, Delivery, Hub, Notice, Worker};
 
 /// How long a worker that could not be reached is left alone before the next try
 /// (a host that is down costs a whole connect timeout per try).
 const RETRY_AFTER: Duration = Duration::from_secs(3);
 
+/// One reachable worker.
+struct Entry {
+    worker: Arc<dyn Worker>,
+    /// Where its RPC server listens; `None` for this node's own hub.
+    addr: Option<SocketAddr>,
+}
+
 /// The reachable workers, by node id.
 pub struct Workers {
     local_id: String,
+    /// This node's hub, when it is a worker: it is in `all` too, and is also asked
+    /// what only the local worker knows (goodbyes heard, the blacklist to enforce).
     local: Option<Arc<Hub>>,
+    /// The cluster's registry, in cluster mode.
+    registry: Option<Arc<RedisStore>>,
     /// What this node's RPC links prove, both ways.
     link: LinkKey,
-    remote: RwLock<HashMap<String, Arc<RemoteWorker>>>,
+    all: RwLock<HashMap<String, Entry>>,
     /// When connecting to a worker last failed.
     failed: Mutex<HashMap<String, Instant>>,
     /// Ids of every node (any role) live at the last [`Workers::follow`].
@@ -37,13 +50,26 @@ pub struct Workers {
 
 impl Workers {
     /// This node (`local_id`), with its hub when it is a worker, and no remote yet;
-    /// its links prove `link`.
-    pub fn new(local_id: String, local: Option<Arc<Hub>>, link: LinkKey) -> Self {
+    /// `registry` is the cluster's (none on a single node); its links prove `link`.
+    pub fn new(
+        local_id: String,
+        local: Option<Arc<Hub>>,
+        registry: Option<Arc<RedisStore>>,
+        link: LinkKey,
+    ) -> Self {
+        let all = local
+            .iter()
+            .map(|hub| {
+                let worker: Arc<dyn Worker> = hub.clone();
+                (local_id.clone(), Entry { worker, addr: None })
+            })
+            .collect();
         Self {
             local_id,
             local,
+            registry,
             link,
-            remote: RwLock::new(HashMap::new()),
+            all: RwLock::new(all),
             failed: Mutex::new(HashMap::new()),
             nodes: Mutex::new(HashSet::new()),
             following: tokio::sync::Mutex::new(()),
@@ -60,42 +86,30 @@ impl Workers {
         self.local.as_ref()
     }
 
-    fn remote(&self, node: &str) -> Option<Arc<RemoteWorker>> {
-        self.remote
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(node)
-            .cloned()
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Entry>> {
+        // Every write leaves the map whole, even one that panicked.
+        self.all.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn remotes(&self) -> Vec<Arc<RemoteWorker>> {
-        self.remote
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect()
+    fn get(&self, node: &str) -> Option<Arc<dyn Worker>> {
+        self.read().get(node).map(|e| e.worker.clone())
+    }
+
+    /// Every worker, to loop over without holding the map.
+    fn each(&self) -> Vec<Arc<dyn Worker>> {
+        self.read().values().map(|e| e.worker.clone()).collect()
     }
 
     /// Whether `node` is a worker this node can reach now (a worker whose connection
     /// broke is not, even before discovery drops it).
     pub fn is_live(&self, node: &str) -> bool {
-        (node == self.local_id && self.local.is_some())
-            || self.remote(node).is_some_and(|w| !w.is_broken())
+        self.get(node).is_some_and(|w| w.is_live())
     }
 
     /// Ids of every reachable worker, this node's first.
     pub fn ids(&self) -> Vec<String> {
-        let mut ids: Vec<String> = self.local.iter().map(|_| self.local_id.clone()).collect();
-        let mut remote: Vec<String> = self
-            .remote
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .keys()
-            .cloned()
-            .collect();
-        remote.sort();
-        ids.extend(remote);
+        let mut ids: Vec<String> = self.read().keys().cloned().collect();
+        ids.sort_by_key(|id| (*id != self.local_id, id.clone()));
         ids
     }
 
@@ -131,18 +145,20 @@ impl Workers {
             .filter(|n| n.id != self.local_id && n.roles.iter().any(|r| r == "worker"))
             .filter_map(|n| Some((n.id.as_str(), n.rpc.as_deref()?.parse().ok()?)))
             .collect();
-        let stale: Vec<String> = {
-            let remote = self.remote.read().unwrap_or_else(|e| e.into_inner());
-            remote
-                .iter()
-                .filter(|(id, w)| wanted.get(id.as_str()) != Some(&w.addr()) || w.is_broken())
-                .map(|(id, _)| id.clone())
-                .collect()
-        };
+        let stale: Vec<String> = self
+            .read()
+            .iter()
+            .filter(|(_, e)| {
+                e.addr.is_some_and(|addr| {
+                    wanted.get(e.worker.node()) != Some(&addr) || !e.worker.is_live()
+                })
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
         if !stale.is_empty() {
-            let mut remote = self.remote.write().unwrap_or_else(|e| e.into_inner());
+            let mut all = self.all.write().unwrap_or_else(|e| e.into_inner());
             for id in &stale {
-                remote.remove(id);
+                all.remove(id);
                 tracing::info!(node = %id, "worker dropped");
             }
         }
@@ -157,16 +173,20 @@ impl Workers {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .contains_key(id);
-            if self.remote(id).is_some() || recently_failed {
+            if self.get(id).is_some() || recently_failed {
                 continue;
             }
             match RemoteWorker::connect(id, addr, &self.link).await {
                 Ok(w) => {
                     tracing::info!(node = %id, %addr, "worker connected");
-                    self.remote
+                    let entry = Entry {
+                        worker: Arc::new(w),
+                        addr: Some(addr),
+                    };
+                    self.all
                         .write()
                         .unwrap_or_else(|e| e.into_inner())
-                        .insert(id.to_owned(), Arc::new(w));
+                        .insert(id.to_owned(), entry);
                 }
                 Err(e) => {
                     tracing::warn!(node = %id, %addr, error = %e, "cannot reach worker");
@@ -181,23 +201,29 @@ impl Workers {
 
     /// Reads the registry and [`Workers::follow`]s it now, between discovery ticks: for
     /// a route naming a worker not known yet (one that started less than a tick ago).
-    pub async fn refresh(&self, store: &crate::store::RedisStore) {
-        match store.live_nodes().await {
+    pub async fn refresh(&self) {
+        let Some(registry) = &self.registry else {
+            return;
+        };
+        match registry.live_nodes().await {
             Ok(live) => self.follow(&live).await,
             Err(e) => tracing::warn!(error = %e, "reading the node registry failed"),
         }
     }
 
-    /// Tells every connected worker that this node's run started at `started_ms` is
+    /// Tells every other worker that this node's run started at `started_ms` is
     /// leaving, once each has been sent every delivery queued for it (see
-    /// [`RemoteWorker::goodbye`]), waiting at most `wait`; how many took it. Call it
-    /// after the last commit: a worker told goodbye runs no catch-up for this node's
+    /// [`Worker::goodbye`]), waiting at most `wait`; how many took it. Call it after
+    /// the last commit: a worker told goodbye runs no catch-up for this node's
     /// departure.
     pub async fn goodbye(&self, started_ms: i64, wait: Duration) -> usize {
-        let remotes = self.remotes();
-        let said = futures_util::future::join_all(remotes.iter().map(|w| async move {
-            let bye = w.goodbye(&self.local_id, started_ms);
-            let said = tokio::time::timeout(wait, bye).await;
+        let others: Vec<_> = self
+            .each()
+            .into_iter()
+            .filter(|w| w.node() != self.local_id)
+            .collect();
+        let said = futures_util::future::join_all(others.iter().map(|w| async move {
+            let said = tokio::time::timeout(wait, w.goodbye(&self.local_id, started_ms)).await;
             if !matches!(said, Ok(true)) {
                 tracing::info!(
                     node = w.node(),
@@ -213,54 +239,33 @@ impl Workers {
     /// Pushes meant for unknown workers were lost (a route lookup failed, the routing
     /// queue was full): tells every worker, this node's too, to catch up.
     pub fn catch_up_everywhere(&self) {
-        if let Some(hub) = &self.local {
-            hub.catch_up_soon(CatchUpCause::SenderLost);
-        }
-        for w in self.remotes() {
-            w.owe();
+        for w in self.each() {
+            w.catch_up();
         }
     }
 
     /// Hands `d` to the worker of `node`; false when that worker is not reachable.
     pub fn deliver(&self, node: &str, d: Delivery) -> bool {
-        if node == self.local_id
-            && let Some(hub) = &self.local
-        {
-            hub.push(d.into_pushes().collect());
-            return true;
-        }
-        match self.remote(node) {
-            Some(w) if !w.is_broken() => {
-                w.push(d);
+        match self.get(node) {
+            Some(w) if w.is_live() => {
+                w.deliver(d);
                 true
             }
             _ => false,
         }
     }
 
-    /// Disconnects every device of `uid` on every worker; how many.
-    pub async fn kick_user(&self, uid: &str, reason: &str) -> usize {
-        let mut kicked = self.local.as_ref().map_or(0, |h| h.kick_user(uid, reason));
-        let calls = self.remotes();
-        let answers =
-            futures_util::future::join_all(calls.iter().map(|w| w.kick_user(uid, reason))).await;
-        for (w, a) in calls.iter().zip(answers) {
-            match a {
-                Ok(n) => kicked += n,
-                Err(e) => tracing::warn!(node = w.node(), error = %e, "kick on worker failed"),
-            }
+    /// Hands `n` to every live worker; each passes it to the devices of `n.uids` it
+    /// holds. For ephemeral frames, which have no inbox entry to route by.
+    pub fn notify(&self, n: &Notice) {
+        for w in self.each().into_iter().filter(|w| w.is_live()) {
+            w.notify(n.clone());
         }
-        kicked
     }
 
     /// Disconnects device `device` of `uid` on worker `node`; how many (0 or 1).
     pub async fn kick_device(&self, node: &str, uid: &str, device: &str, reason: &str) -> usize {
-        if node == self.local_id
-            && let Some(hub) = &self.local
-        {
-            return hub.kick_device(uid, device, reason);
-        }
-        let Some(w) = self.remote(node) else {
+        let Some(w) = self.get(node) else {
             return 0;
         };
         w.kick_device(uid, device, reason)
@@ -270,58 +275,107 @@ impl Workers {
                 0
             })
     }
+}
 
-    /// A page of connections over every worker (or only `node`'s), ordered by
-    /// (uid, device) after the cursor `after`, and the next cursor. Workers that do not
-    /// answer are left out of the page (and logged).
-    pub async fn connections(
+#[async_trait::async_trait]
+impl Devices for Workers {
+    async fn connections(
         &self,
         uid: Option<&str>,
         node: Option<&str>,
-        after: Option<&str>,
+        after: Option<&ConnCursor>,
         limit: usize,
-    ) -> (Vec<ConnectionInfo>, Option<String>) {
-        let mut all = Vec::new();
-        let mut more = false;
-        if let Some(hub) = &self.local
-            && node.is_none_or(|n| n == self.local_id)
-        {
-            let (page, next) = hub.connections(uid, after, limit);
-            more |= next.is_some();
-            all.extend(page);
-        }
-        let calls: Vec<_> = self
-            .remotes()
+    ) -> (Vec<ConnectionInfo>, Option<ConnCursor>) {
+        let asked: Vec<_> = self
+            .each()
             .into_iter()
             .filter(|w| node.is_none_or(|n| n == w.node()))
             .collect();
         let answers =
-            futures_util::future::join_all(calls.iter().map(|w| w.connections(uid, after, limit)))
+            futures_util::future::join_all(asked.iter().map(|w| w.connections(uid, after, limit)))
                 .await;
-        for (w, a) in calls.iter().zip(answers) {
+        let mut all = Vec::new();
+        let mut more = false;
+        for a in answers {
             match a {
                 Ok((page, next)) => {
                     more |= next.is_some();
                     all.extend(page);
                 }
-                Err(e) => tracing::warn!(node = w.node(), error = %e, "listing on worker failed"),
+                Err(e) => tracing::warn!(error = %e, "listing on worker failed"),
             }
         }
         merge_page(all, more, limit)
     }
 
-    /// The figures of every remote worker that answers.
-    pub async fn stats(&self) -> Vec<NodeInfo> {
-        let calls = self.remotes();
-        let answers = futures_util::future::join_all(calls.iter().map(|w| w.stats())).await;
-        calls
-            .iter()
-            .zip(answers)
-            .filter_map(|(w, a)| {
-                a.inspect_err(|e| tracing::warn!(node = w.node(), error = %e, "stats failed"))
+    async fn count(&self, uid: &str) -> usize {
+        Devices::connections(self, Some(uid), None, None, usize::MAX)
+            .await
+            .0
+            .len()
+    }
+
+    async fn kick_user(&self, uid: &str, reason: &str) -> usize {
+        let all = self.each();
+        let answers =
+            futures_util::future::join_all(all.iter().map(|w| w.kick_user(uid, reason))).await;
+        answers
+            .into_iter()
+            .map(|a| {
+                a.unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "kick on worker failed");
+                    0
+                })
+            })
+            .sum()
+    }
+
+    fn replay(&self, uid: &str, entries: Vec<(u64, Bytes)>) {
+        // Each worker passes on what it holds a device for; the others drop it.
+        for w in self.each().into_iter().filter(|w| w.is_live()) {
+            for (useq, msg) in &entries {
+                w.deliver(Delivery {
+                    msg: msg.clone(),
+                    to: vec![(uid.to_owned(), *useq)],
+                });
+            }
+        }
+    }
+
+    fn enforce_blacklist(&self) -> usize {
+        self.local.as_ref().map_or(0, |hub| hub.enforce_blacklist())
+    }
+
+    fn local_figures(&self) -> Option<NodeInfo> {
+        self.local.as_ref().map(|hub| hub.figures())
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, Error> {
+        let all = self.each();
+        let answers = futures_util::future::join_all(all.iter().map(|w| w.stats())).await;
+        let mut nodes: Vec<NodeInfo> = answers
+            .into_iter()
+            .filter_map(|a| {
+                a.inspect_err(|e| tracing::warn!(error = %e, "stats failed"))
                     .ok()
             })
-            .collect()
+            .collect();
+        if let Some(registry) = &self.registry {
+            // Live nodes without a worker (no RPC to ask): what the registry says, no
+            // version, zero figures.
+            for n in registry.live_nodes().await? {
+                if nodes.iter().all(|known| known.node_id != n.id) {
+                    nodes.push(NodeInfo {
+                        node_id: n.id,
+                        roles: n.roles,
+                        listen: n.listen,
+                        started_at: n.started_ms,
+                        ..NodeInfo::default()
+                    });
+                }
+            }
+        }
+        Ok(nodes)
     }
 }
 
@@ -331,12 +385,12 @@ fn merge_page(
     mut all: Vec<ConnectionInfo>,
     more: bool,
     limit: usize,
-) -> (Vec<ConnectionInfo>, Option<String>) {
+) -> (Vec<ConnectionInfo>, Option<ConnCursor>) {
     all.sort_by(|a, b| (&a.uid, &a.device).cmp(&(&b.uid, &b.device)));
     let cut = all.len() > limit;
     all.truncate(limit);
     let next = (cut || more)
-        .then(|| all.last().map(|c| format!("{}/{}", c.uid, c.device)))
+        .then(|| all.last().map(ConnCursor::after))
         .flatten();
     (all, next)
 }
@@ -390,7 +444,12 @@ mod tests {
             "w1".into(),
             Arc::new(crate::business::blacklist::Blacklist::new()),
         ));
-        let workers = Workers::new("w1".into(), Some(hub.clone()), LinkKey::derive(b"secret"));
+        let workers = Workers::new(
+            "w1".into(),
+            Some(hub.clone()),
+            None,
+            LinkKey::derive(b"secret"),
+        );
         (hub, workers)
     }
 
@@ -457,11 +516,15 @@ mod tests {
             .map(|c| format!("{}/{}", c.uid, c.device))
             .collect();
         assert_eq!(ids, ["a/1", "a/2"]);
-        assert_eq!(next.as_deref(), Some("a/2"));
+        assert_eq!(next.map(|c| c.to_string()).as_deref(), Some("a/2"));
         let (page, next) = merge_page(all, false, 3);
         assert_eq!(page.len(), 3);
         assert_eq!(next, None, "nothing left over");
         let (_, next) = merge_page(vec![conn("a", "1", "n1")], true, 5);
-        assert_eq!(next.as_deref(), Some("a/1"), "a worker had more");
+        assert_eq!(
+            next.map(|c| c.to_string()).as_deref(),
+            Some("a/1"),
+            "a worker had more"
+        );
     }
 }

@@ -177,7 +177,7 @@ pub(super) async fn history(
 pub(super) async fn healthz(State(app): State<AppState>) -> Response {
     let body = serde_json::json!({
         "status": "ok",
-        "node": app.node_id,
+        "node": app.admin.node().id,
         "connections": app.sessions.hub.len(),
     });
     axum::Json(body).into_response()

@@ -52,22 +52,8 @@ pub struct Shared {
     pub metrics: Option<PrometheusHandle>,
     /// Tracks WebSocket sessions so that shutdown can wait for them.
     pub tracker: TaskTracker,
-    /// This node's id.
-    pub node_id: String,
-    /// This node's roles.
+    /// This node's roles: which routes it serves.
     pub roles: Vec<crate::config::Role>,
-    /// The bound HTTP/WebSocket address.
-    pub listen: std::net::SocketAddr,
-    /// When the node started, unix ms.
-    pub started_at_ms: i64,
-    /// Messages committed in the last second, sampled.
-    pub committed_per_s: std::sync::atomic::AtomicU64,
-    /// The workers this node reaches (only its own hub on a single node).
-    pub workers: Arc<crate::dispatch::Workers>,
-    /// Routes pushes (admin replay).
-    pub dispatcher: Arc<crate::dispatch::Dispatcher>,
-    /// The cluster's registry, in cluster mode (for the cluster view).
-    pub registry: Option<Arc<crate::store::RedisStore>>,
 }
 
 impl AppState {
@@ -83,8 +69,6 @@ impl std::ops::Deref for AppState {
         &self.0
     }
 }
-
-pub use admin::node_info;
 
 /// The routes of this node's roles: every node serves `/healthz` and `/metrics`; a
 /// gateway the HTTP API and the admin API; a worker `/v1/ws`.

@@ -24,10 +24,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use axum::extract::ws::Utf8Bytes;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
-use shared::admin::{ConnectionInfo, NodeInfo};
+use shared::admin::{ConnCursor, ConnectionInfo, NodeInfo};
 use tarpc::client::RpcError;
 use tarpc::server::{BaseChannel, Channel};
 use tarpc::tokio_serde::formats::Bincode;
@@ -38,8 +38,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::auth::{LinkKey, client_handshake, server_handshake};
-use super::{Push, WorkerApi};
-use crate::worker::{CatchUpCause, Hub};
+use crate::worker::{CatchUpCause, ConnPage, Delivery, Hub, Notice, Unreachable, Worker};
 
 /// Largest RPC frame. A batch is at most [`BATCH_MAX`] deliveries of messages of at
 /// most the configured frame size; larger frames would show up as a bare disconnect.
@@ -55,43 +54,31 @@ const CALL_DEADLINE: Duration = Duration::from_secs(3);
 /// How long connecting to a worker may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// One committed message for some of its recipients on one worker: the JSON once,
-/// and each recipient's `useq`.
+/// One item of a `push` batch, in the order the sender queued it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Delivery {
-    /// The message JSON.
-    pub msg: Bytes,
-    /// `(uid, useq)` of each recipient on that worker.
-    pub to: Vec<(String, u64)>,
-}
-
-impl Delivery {
-    /// The per-recipient pushes.
-    pub fn into_pushes(self) -> impl Iterator<Item = Push> {
-        let msg = self.msg;
-        self.to.into_iter().map(move |(uid, useq)| Push {
-            uid,
-            useq,
-            msg: msg.clone(),
-        })
-    }
+pub enum Item {
+    /// See [`Worker::deliver`].
+    Deliver(Delivery),
+    /// See [`Worker::notify`].
+    Notify(Notice),
 }
 
 /// What one node may ask of another node's worker.
 #[tarpc::service]
 pub trait WorkerRpc {
-    /// Queues `deliveries` for the online devices of their recipients, in order.
-    async fn push(deliveries: Vec<Delivery>);
+    /// Queues `items` (deliveries and notices) for the online devices of their
+    /// recipients, in order.
+    async fn push(items: Vec<Item>);
     /// Disconnects every device of `uid` with `kick` `reason`; how many.
     async fn kick_user(uid: String, reason: String) -> usize;
     /// Disconnects device `device` of `uid` with `kick` `reason`; how many (0 or 1).
     async fn kick_device(uid: String, device: String, reason: String) -> usize;
-    /// A page of this worker's connections (see [`WorkerApi::connections`]).
+    /// A page of this worker's connections (see [`Worker::connections`]).
     async fn connections(
         uid: Option<String>,
-        after: Option<String>,
+        after: Option<ConnCursor>,
         limit: usize,
-    ) -> (Vec<ConnectionInfo>, Option<String>);
+    ) -> (Vec<ConnectionInfo>, Option<ConnCursor>);
     /// This node's figures, for the cluster view.
     async fn stats() -> NodeInfo;
     /// Some deliveries the caller queued for this worker were dropped or failed: the
@@ -182,12 +169,13 @@ impl WorkerServer {
 }
 
 impl WorkerRpc for WorkerServer {
-    async fn push(self, _: context::Context, deliveries: Vec<Delivery>) {
-        let pushes = deliveries
-            .into_iter()
-            .flat_map(Delivery::into_pushes)
-            .collect();
-        self.hub.push(pushes);
+    async fn push(self, _: context::Context, items: Vec<Item>) {
+        for item in items {
+            match item {
+                Item::Deliver(d) => self.hub.push(d.into_pushes()),
+                Item::Notify(n) => self.hub.notify(&n.uids, &Utf8Bytes::from(n.frame)),
+            }
+        }
     }
 
     async fn kick_user(self, _: context::Context, uid: String, reason: String) -> usize {
@@ -208,11 +196,11 @@ impl WorkerRpc for WorkerServer {
         self,
         _: context::Context,
         uid: Option<String>,
-        after: Option<String>,
+        after: Option<ConnCursor>,
         limit: usize,
-    ) -> (Vec<ConnectionInfo>, Option<String>) {
+    ) -> (Vec<ConnectionInfo>, Option<ConnCursor>) {
         self.hub
-            .connections(uid.as_deref(), after.as_deref(), limit.min(1000))
+            .connections(uid.as_deref(), after.as_ref(), limit.min(1000))
     }
 
     async fn stats(self, _: context::Context) -> NodeInfo {
@@ -305,67 +293,65 @@ impl RemoteWorker {
         })
     }
 
-    /// The node this worker belongs to.
-    pub fn node(&self) -> &str {
-        &self.node
-    }
-
     /// The address connected to.
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
 
-    /// Whether a call failed because the connection is gone: discovery replaces it.
-    pub fn is_broken(&self) -> bool {
-        self.broken.load(Ordering::Relaxed)
-    }
-
-    /// Queues `d` without waiting. When the queue is full the delivery is dropped: the
-    /// message is already in every inbox, and the worker is told to catch up after the
-    /// next batch.
-    pub fn push(&self, d: Delivery) {
-        if self.queue.try_send(Outgoing::Deliver(d)).is_err() {
+    /// Queues `item` without waiting. When the queue is full the item is dropped: a
+    /// delivery's message is already in every inbox, and the worker is told to catch
+    /// up after the next batch.
+    fn queue(&self, item: Item) {
+        if self.queue.try_send(Outgoing::Item(item)).is_err() {
             self.owed.store(true, Ordering::Relaxed);
             metrics::counter!("imd_rpc_deliveries_dropped_total").increment(1);
         }
     }
 
+    /// Notes a failed call (a broken link makes the worker not live) and names the
+    /// worker in the error.
+    fn note<T>(&self, r: Result<T, RpcError>) -> Result<T, Unreachable> {
+        r.map_err(|e| {
+            if breaks_link(&e) {
+                self.broken.store(true, Ordering::Relaxed);
+            }
+            Unreachable {
+                node: self.node.clone(),
+                source: Box::new(e),
+            }
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Worker for RemoteWorker {
+    fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// False once the connection is gone: discovery replaces it.
+    fn is_live(&self) -> bool {
+        !self.broken.load(Ordering::Relaxed)
+    }
+
+    fn deliver(&self, d: Delivery) {
+        self.queue(Item::Deliver(d));
+    }
+
+    fn notify(&self, n: Notice) {
+        self.queue(Item::Notify(n));
+    }
+
     /// Deliveries for this worker were lost before they reached its queue: it is told
     /// to catch up, after the batch in flight or at once when there is none.
-    pub fn owe(&self) {
+    fn catch_up(&self) {
         if !self.owed.swap(true, Ordering::Relaxed) {
             // A full queue needs no wake: its next batch ends with the check.
             let _ = self.queue.try_send(Outgoing::Wake);
         }
     }
 
-    /// Says goodbye as node `me` (its run started at `started_ms`), behind every
-    /// delivery queued so far; true once the worker has taken it. False when the link
-    /// is gone, or a catch-up call for deliveries lost before it failed.
-    pub async fn goodbye(&self, me: &str, started_ms: i64) -> bool {
-        let (done, said) = oneshot::channel();
-        let bye = Outgoing::Goodbye {
-            me: me.to_owned(),
-            started_ms,
-            done,
-        };
-        if self.queue.send(bye).await.is_err() {
-            return false;
-        }
-        said.await.unwrap_or(false)
-    }
-
-    fn note<T>(&self, r: Result<T, RpcError>) -> Result<T, RpcError> {
-        if let Err(e) = &r
-            && breaks_link(e)
-        {
-            self.broken.store(true, Ordering::Relaxed);
-        }
-        r
-    }
-
-    /// See [`WorkerRpc::kick_user`].
-    pub async fn kick_user(&self, uid: &str, reason: &str) -> Result<usize, RpcError> {
+    async fn kick_user(&self, uid: &str, reason: &str) -> Result<usize, Unreachable> {
         let r = self
             .client
             .kick_user(deadline(CALL_DEADLINE), uid.into(), reason.into())
@@ -373,13 +359,12 @@ impl RemoteWorker {
         self.note(r)
     }
 
-    /// See [`WorkerRpc::kick_device`].
-    pub async fn kick_device(
+    async fn kick_device(
         &self,
         uid: &str,
         device: &str,
         reason: &str,
-    ) -> Result<usize, RpcError> {
+    ) -> Result<usize, Unreachable> {
         let r = self
             .client
             .kick_device(
@@ -392,29 +377,43 @@ impl RemoteWorker {
         self.note(r)
     }
 
-    /// See [`WorkerRpc::connections`].
-    pub async fn connections(
+    async fn connections(
         &self,
         uid: Option<&str>,
-        after: Option<&str>,
+        after: Option<&ConnCursor>,
         limit: usize,
-    ) -> Result<(Vec<ConnectionInfo>, Option<String>), RpcError> {
+    ) -> Result<ConnPage, Unreachable> {
         let r = self
             .client
             .connections(
                 deadline(CALL_DEADLINE),
                 uid.map(str::to_owned),
-                after.map(str::to_owned),
+                after.cloned(),
                 limit,
             )
             .await;
         self.note(r)
     }
 
-    /// See [`WorkerRpc::stats`].
-    pub async fn stats(&self) -> Result<NodeInfo, RpcError> {
+    async fn stats(&self) -> Result<NodeInfo, Unreachable> {
         let r = self.client.stats(deadline(CALL_DEADLINE)).await;
         self.note(r)
+    }
+
+    /// Says goodbye as node `me` behind every item queued so far; true once the worker
+    /// has taken it. False when the link is gone, or a catch-up call for deliveries
+    /// lost before it failed.
+    async fn goodbye(&self, me: &str, started_ms: i64) -> bool {
+        let (done, said) = oneshot::channel();
+        let bye = Outgoing::Goodbye {
+            me: me.to_owned(),
+            started_ms,
+            done,
+        };
+        if self.queue.send(bye).await.is_err() {
+            return false;
+        }
+        said.await.unwrap_or(false)
     }
 }
 
@@ -426,7 +425,7 @@ impl Drop for RemoteWorker {
 
 /// What a worker's delivery queue carries.
 enum Outgoing {
-    Deliver(Delivery),
+    Item(Item),
     /// Nothing to send; the loop checks whether deliveries are owed.
     Wake,
     /// See [`RemoteWorker::goodbye`].
@@ -447,10 +446,10 @@ struct Link {
 
 impl Link {
     /// Pushes one batch; a failure makes the deliveries owed.
-    async fn push(&self, deliveries: Vec<Delivery>) {
-        let n = deliveries.len();
+    async fn push(&self, items: Vec<Item>) {
+        let n = items.len();
         let started = Instant::now();
-        match self.client.push(deadline(PUSH_DEADLINE), deliveries).await {
+        match self.client.push(deadline(PUSH_DEADLINE), items).await {
             Ok(()) => {
                 metrics::histogram!("imd_rpc_push_seconds").record(started.elapsed().as_secs_f64());
             }
@@ -492,11 +491,11 @@ async fn deliver_loop(link: Link, mut rx: mpsc::Receiver<Outgoing>, stop: Cancel
         if n == 0 {
             break;
         }
-        let mut deliveries = Vec::with_capacity(n);
+        let mut items = Vec::with_capacity(n);
         let mut goodbye = None;
         for item in batch.drain(..) {
             match item {
-                Outgoing::Deliver(d) => deliveries.push(d),
+                Outgoing::Item(item) => items.push(item),
                 Outgoing::Wake => {}
                 Outgoing::Goodbye {
                     me,
@@ -505,8 +504,8 @@ async fn deliver_loop(link: Link, mut rx: mpsc::Receiver<Outgoing>, stop: Cancel
                 } => goodbye = Some((me, started_ms, done)),
             }
         }
-        if !deliveries.is_empty() {
-            link.push(deliveries).await;
+        if !items.is_empty() {
+            link.push(items).await;
         }
         if link.owed.swap(false, Ordering::Relaxed) {
             // A broken link needs no call: the worker sees its connection end.
@@ -533,6 +532,7 @@ async fn deliver_loop(link: Link, mut rx: mpsc::Receiver<Outgoing>, stop: Cancel
 mod tests {
     use super::*;
     use crate::business::blacklist::Blacklist;
+    use bytes::Bytes;
 
     /// A worker whose server runs in this process, and a client of it.
     async fn pair(key: &LinkKey) -> (Arc<Hub>, RemoteWorker, CancellationToken) {
@@ -569,7 +569,7 @@ mod tests {
                 .await
                 .is_ok()
         };
-        remote.push(delivery());
+        remote.deliver(delivery());
         assert_eq!(remote.stats().await.unwrap().node_id, "w1", "link up");
         assert!(
             tokio::time::timeout(Duration::from_millis(100), hub.catch_up_wanted())
@@ -580,7 +580,7 @@ mod tests {
         // This test's runtime has one thread: the delivery task cannot run while the
         // queue is filled, so the last push finds it full.
         for _ in 0..=QUEUE {
-            remote.push(delivery());
+            remote.deliver(delivery());
         }
         assert!(
             wanted(hub.clone()).await,
@@ -614,7 +614,7 @@ mod tests {
             0,
         );
         for useq in 1..=10 {
-            remote.push(Delivery {
+            remote.deliver(Delivery {
                 msg: Bytes::from_static(b"{}"),
                 to: vec![("bob".into(), useq)],
             });
@@ -649,13 +649,13 @@ mod tests {
     async fn owed_deliveries_make_a_catch_up_goodbye_or_not() {
         let key = LinkKey::derive(b"secret");
         let (hub, remote, stop) = pair(&key).await;
-        remote.owe();
+        remote.catch_up();
         assert!(
             asked(&hub, Duration::from_secs(5)).await,
             "an idle link asks at once"
         );
         for _ in 0..=QUEUE {
-            remote.push(delivery());
+            remote.deliver(delivery());
         }
         // The catch-up call goes out behind the batch that follows the loss, so the
         // goodbye behind it is true again.
@@ -664,6 +664,45 @@ mod tests {
             asked(&hub, Duration::from_secs(5)).await,
             "the lost deliveries are looked for"
         );
+        stop.cancel();
+    }
+
+    /// A notice travels in the same queue as the deliveries, behind those queued
+    /// before it, to every device of its users on the remote worker.
+    #[tokio::test]
+    async fn a_notice_arrives_behind_the_deliveries_queued_before_it() {
+        let key = LinkKey::derive(b"secret");
+        let (hub, remote, stop) = pair(&key).await;
+        let who = |device: &str| crate::business::Identity {
+            uid: "bob".into(),
+            device: device.into(),
+            platform: shared::token::Platform::Web,
+            roles: vec![],
+            ip: None,
+        };
+        let phone = hub.register(who("phone"), "127.0.0.1:1".parse().unwrap(), 0);
+        let laptop = hub.register(who("laptop"), "127.0.0.1:2".parse().unwrap(), 0);
+        remote.deliver(Delivery {
+            msg: Bytes::from_static(b"{}"),
+            to: vec![("bob".into(), 1)],
+        });
+        remote.notify(Notice {
+            uids: vec!["bob".into()],
+            frame: r#"{"type":"typing","conv":"c","uid":"al"}"#.into(),
+        });
+        assert!(remote.goodbye("gw1", 1).await, "taken, behind both");
+        for conn in [&phone, &laptop] {
+            let (queued, _) = conn.outbox.take();
+            let kinds: Vec<&str> = queued
+                .iter()
+                .map(|o| match o {
+                    crate::worker::Out::Push { .. } => "push",
+                    crate::worker::Out::Frame(f) if f.as_str().contains("typing") => "notice",
+                    _ => "other",
+                })
+                .collect();
+            assert_eq!(kinds, ["push", "notice"], "in order, on every device");
+        }
         stop.cancel();
     }
 }

@@ -1,769 +1,147 @@
-//! Worker role: the connection hub, each connection's outbox, and the sessions.
+//! Worker role: the connection hub, each connection's outbox, the sessions, and the
+//! one seam through which everything else reaches a worker.
 //!
-//! The hub maps a uid to its connected devices, at most one connection per
-//! (uid, device). Pushes are queued on each device's bounded [`Outbox`] and written by
-//! that device's session task, which also tracks acks and retransmits. The worker must
-//! not decide who receives what: that is the business layer's and the dispatcher's.
+//! [`Worker`] is that seam. This node's [`Hub`] implements it by queueing on its
+//! connections' outboxes; `rpc::remote::RemoteWorker` implements it over tarpc for the
+//! worker of another node. The dispatcher and the admin operations hold every worker
+//! they can reach as an `Arc<dyn Worker>` (see `dispatch::Workers`), so one loop serves
+//! one node and a cluster alike. A worker must not decide who receives what: that is
+//! the business layer's and the dispatcher's.
+//!
+//! - [`hub`]: connections by uid, pushes onto outboxes, kicks, listings, goodbyes.
+//! - [`outbox`]: a connection's bounded queue of frames.
+//! - [`session`]: one task per connection: reads frames, writes the outbox, acks,
+//!   retransmits.
+//! - `reorder`, `clock`: the session's push reordering and the shared tick.
 
 mod clock;
+mod hub;
+mod outbox;
 mod reorder;
 pub mod session;
 
 pub use clock::Clock;
+pub use hub::{CatchUpCause, Conn, Hub, RouteChange, WorkerStats};
+pub(crate) use outbox::Out;
+pub use outbox::Outbox;
 
-use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasher, RandomState};
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Instant;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use shared::admin::{ConnCursor, ConnectionInfo, NodeInfo};
 
-use axum::extract::ws::Utf8Bytes;
-use tokio::sync::{Notify, mpsc};
-
-use crate::business::blacklist::Blacklist;
-use crate::business::{Identity, Presence};
-use crate::rpc::{Push, WorkerApi};
-use shared::admin::ConnectionInfo;
-
-const SHARDS: usize = 64;
-
-/// What is queued for a connection.
-#[derive(Debug)]
-pub(crate) enum Out {
-    /// A push to track for its ack.
-    Push {
-        useq: u64,
-        frame: Utf8Bytes,
-        queued: Instant,
-    },
-    /// Any other frame (`sent`, `error`, …).
-    Frame(Utf8Bytes),
-    /// The device has everything up to this `useq` in its inbox, or gets it with its
-    /// own `sync`: pushes are owed after it (see [`Conn::start_after`]).
-    Start(u64),
-    /// The user's inbox reached this `useq`: a session that pushed less than that
-    /// waits briefly for the rest, then reads what is still missing from the inbox
-    /// (see [`Hub::offer_inbox_head`]).
-    Head(u64),
+/// One message for one user's devices on a worker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Push {
+    /// Recipient uid.
+    pub uid: String,
+    /// The message's position in the recipient's inbox.
+    pub useq: u64,
+    /// The message JSON, serialized once at commit and shared by every push of it.
+    pub msg: Bytes,
 }
 
-#[derive(Debug, Default)]
-struct OutboxState {
-    queue: VecDeque<Out>,
-    /// How many of `queue` are pushes.
-    pushes: usize,
-    /// Set once the connection must close; the session sends `kick` with this reason.
-    closing: Option<String>,
+/// One committed message for some of its recipients on one worker: the JSON once,
+/// and each recipient's `useq`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Delivery {
+    /// The message JSON.
+    pub msg: Bytes,
+    /// `(uid, useq)` of each recipient on that worker.
+    pub to: Vec<(String, u64)>,
 }
 
-/// A connection's bounded queue of outgoing frames, filled by any task and drained by
-/// the session. A `std::sync::Mutex`: held only to push or swap a `VecDeque`, never
-/// across an `.await`.
-#[derive(Debug)]
-pub struct Outbox {
-    state: Mutex<OutboxState>,
-    wake: Notify,
-    capacity: usize,
-}
-
-impl Outbox {
-    fn new(capacity: usize) -> Self {
-        Self {
-            state: Mutex::new(OutboxState::default()),
-            wake: Notify::new(),
-            capacity,
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, OutboxState> {
-        // A panic while holding this lock cannot leave the queue half-written.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Queues `out`. A full queue marks the connection as too slow: it is closed and
-    /// its messages wait in the inbox. Returns whether `out` was queued.
-    pub(crate) fn enqueue(&self, out: Out) -> bool {
-        let mut st = self.lock();
-        if st.closing.is_some() {
-            return false;
-        }
-        if st.queue.len() >= self.capacity {
-            st.queue = VecDeque::new();
-            st.pushes = 0;
-            st.closing = Some("slow".into());
-            drop(st);
-            metrics::counter!("imd_slow_consumer_disconnects_total").increment(1);
-            self.wake.notify_one();
-            return false;
-        }
-        if matches!(out, Out::Push { .. }) {
-            st.pushes += 1;
-        }
-        st.queue.push_back(out);
-        drop(st);
-        self.wake.notify_one();
-        true
-    }
-
-    /// Pushes queued and not taken by the session yet.
-    pub fn queued_pushes(&self) -> usize {
-        self.lock().pushes
-    }
-
-    /// Queues a plain frame.
-    pub fn enqueue_frame(&self, frame: String) -> bool {
-        self.enqueue(Out::Frame(frame.into()))
-    }
-
-    /// Asks the session to send `kick` with `reason` and close. The first reason wins.
-    pub fn close(&self, reason: &str) {
-        let mut st = self.lock();
-        if st.closing.is_none() {
-            st.closing = Some(reason.to_owned());
-        }
-        drop(st);
-        self.wake.notify_one();
-    }
-
-    /// Takes everything queued, and the close reason if there is one.
-    pub(crate) fn take(&self) -> (VecDeque<Out>, Option<String>) {
-        let mut st = self.lock();
-        st.pushes = 0;
-        (std::mem::take(&mut st.queue), st.closing.clone())
-    }
-
-    /// Waits until something is queued or a close is asked for.
-    pub(crate) async fn notified(&self) {
-        self.wake.notified().await
+impl Delivery {
+    /// The per-recipient pushes.
+    pub fn into_pushes(self) -> impl Iterator<Item = Push> {
+        let msg = self.msg;
+        self.to.into_iter().map(move |(uid, useq)| Push {
+            uid,
+            useq,
+            msg: msg.clone(),
+        })
     }
 }
 
-/// One connected device.
-#[derive(Debug)]
-pub struct Conn {
-    /// Unique within this process; tells a connection from its replacement.
-    pub id: u64,
-    /// Who is connected.
-    pub who: Identity,
-    /// The peer address.
-    pub remote: SocketAddr,
-    /// When the connection was opened, unix milliseconds.
-    pub connected_at_ms: i64,
-    /// Outgoing frames.
-    pub outbox: Outbox,
-    /// Pushes written and not acked yet (kept by the session, read by listings).
-    pub unacked: std::sync::atomic::AtomicU64,
+/// An ephemeral frame for every connected device of some users: not an inbox entry,
+/// not stored, not acked (a `read`, `typing` or `queue` frame). A device that misses
+/// one learns the state behind it by reading it over HTTP.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Notice {
+    /// The users whose devices get it.
+    pub uids: Vec<String>,
+    /// The whole frame (JSON), serialized once.
+    pub frame: String,
 }
 
-impl Conn {
-    /// Tells the session where the device stands: `useq` was the inbox head when the
-    /// connection's route was written (cluster mode), so pushes are owed after it. Goes
-    /// through the outbox rather than the session's arguments: those would stay in
-    /// every session's future for its whole life.
-    pub fn start_after(&self, useq: u64) {
-        self.outbox.enqueue(Out::Start(useq));
-    }
+/// A page of connections, ordered by (uid, device), and where the next page starts.
+pub type ConnPage = (Vec<ConnectionInfo>, Option<ConnCursor>);
+
+/// A worker could not be asked: its link is down or the call failed or timed out.
+#[derive(Debug, thiserror::Error)]
+#[error("worker {node} unreachable: {source}")]
+pub struct Unreachable {
+    /// The worker's node.
+    pub node: String,
+    /// What failed.
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
 }
 
-/// One shard of the hub: uid → that user's connected devices.
-type Shard = HashMap<String, Vec<Arc<Conn>>>;
+/// What the rest of a node may ask of a worker: this node's or another node's.
+///
+/// The queueing calls ([`Worker::deliver`], [`Worker::notify`], [`Worker::catch_up`])
+/// never block: they run on the commit path. Each worker keeps the order in which they
+/// were made. The asking calls are async and may fail for a remote worker.
+#[async_trait::async_trait]
+pub trait Worker: Send + Sync + 'static {
+    /// The node this worker runs on.
+    fn node(&self) -> &str;
 
-/// Counters of a worker, for the admin API's cluster view (the same events also go
-/// to Prometheus).
-#[derive(Debug, Default)]
-pub struct WorkerStats {
-    /// Pushes written and not acked yet, over all sessions.
-    pub unacked: std::sync::atomic::AtomicI64,
-    /// Pushes queued since start.
-    pub pushes: AtomicU64,
-    /// Pushes resent since start.
-    pub retransmits: AtomicU64,
-}
+    /// Whether it can be reached now (a remote worker whose link broke cannot, even
+    /// before discovery drops it).
+    fn is_live(&self) -> bool;
 
-/// A change of the hub's connections, for the cluster's connection routes.
-#[derive(Debug)]
-pub enum RouteChange {
-    /// Device `device` of `uid` connected here.
-    Connected {
-        /// The user.
-        uid: String,
-        /// The device.
-        device: String,
-        /// Told when the route is written, with the user's inbox head (highest
-        /// `useq`) as it was then; `None` when the write failed.
-        written: tokio::sync::oneshot::Sender<Option<u64>>,
-    },
-    /// Device `device` of `uid` left, and no replacement took its place here.
-    Disconnected {
-        /// The user.
-        uid: String,
-        /// The device.
-        device: String,
-    },
-}
+    /// Queues `d` for every online device of each recipient, in call order. Never
+    /// blocks: a device whose queue is full is disconnected as too slow, a link whose
+    /// queue is full drops it and catches up; either way the message waits in the
+    /// inbox.
+    fn deliver(&self, d: Delivery);
 
-/// The connections of this worker, by uid.
-pub struct Hub {
-    /// Counters.
-    pub stats: WorkerStats,
-    shards: Box<[Mutex<Shard>]>,
-    hasher: RandomState,
-    next_id: AtomicU64,
-    outbox_capacity: usize,
-    node_id: String,
-    blacklist: Arc<Blacklist>,
-    /// Where connection changes go in cluster mode. Unbounded, but at most two changes
-    /// per connection are ever in it, and connections are bounded by the rate limits
-    /// and the open-files limit.
-    routes: OnceLock<mpsc::UnboundedSender<RouteChange>>,
-    /// Wakes the cluster's catch-up pass (see [`Hub::catch_up_soon`]).
-    catch_up: Notify,
-    /// Nodes that said goodbye: the start time of the run that said it, and when (see
-    /// [`Hub::farewell`]).
-    farewells: Mutex<HashMap<String, (i64, Instant)>>,
-}
+    /// Queues an ephemeral frame for every online device of `n.uids`, in order with
+    /// the deliveries. Never blocks; best effort.
+    fn notify(&self, n: Notice);
 
-/// How long a goodbye excuses its node's departure from the registry. The node
-/// deregisters right after it; this only bounds what a departure never seen leaves
-/// behind.
-const FAREWELL_KEEP: std::time::Duration = std::time::Duration::from_secs(60);
+    /// Pushes meant for this worker were lost on their way: its sessions compare what
+    /// they pushed with their users' inboxes, soon.
+    fn catch_up(&self);
 
-/// Why a worker is asked to catch up (the `cause` label of the catch-up counters).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CatchUpCause {
-    /// An incoming RPC connection ended.
-    LinkEnded,
-    /// A node left the registry.
-    NodeLeft,
-    /// A sender dropped deliveries for this worker, or a push call failed.
-    SenderLost,
-}
-
-impl CatchUpCause {
-    fn label(self) -> &'static str {
-        match self {
-            Self::LinkEnded => "link_ended",
-            Self::NodeLeft => "node_left",
-            Self::SenderLost => "sender_lost",
-        }
-    }
-}
-
-impl Hub {
-    /// An empty hub of node `node_id`, whose connections queue at most
-    /// `outbox_capacity` frames, and which enforces `blacklist`.
-    pub fn new(outbox_capacity: usize, node_id: String, blacklist: Arc<Blacklist>) -> Self {
-        Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            hasher: RandomState::new(),
-            next_id: AtomicU64::new(1),
-            outbox_capacity,
-            node_id,
-            blacklist,
-            stats: WorkerStats::default(),
-            routes: OnceLock::new(),
-            catch_up: Notify::new(),
-            farewells: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// From now on, reports every connection change (cluster mode publishes them as
-    /// connection routes). Only the first call gets a receiver.
-    pub fn watch_routes(&self) -> Option<mpsc::UnboundedReceiver<RouteChange>> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        self.routes.set(tx).ok().map(|()| rx)
-    }
-
-    fn route_change(&self, change: RouteChange) {
-        if let Some(tx) = self.routes.get() {
-            let _ = tx.send(change);
-        }
-    }
-
-    /// Pushes to this worker may have been lost on the way: a node that sent them died
-    /// or its link broke, or it dropped some. Wakes whoever waits in
-    /// [`Hub::catch_up_wanted`] (cluster mode), now or, if nobody waits yet, at its next
-    /// wait.
-    pub fn catch_up_soon(&self, cause: CatchUpCause) {
-        metrics::counter!("imd_catch_up_requests_total", "cause" => cause.label()).increment(1);
-        self.catch_up.notify_one();
-    }
-
-    /// What would have asked for a catch-up did not need to: the node it came from
-    /// said goodbye. Counted only.
-    pub fn catch_up_skipped(&self, cause: CatchUpCause) {
-        metrics::counter!("imd_catch_up_skipped_total", "cause" => cause.label()).increment(1);
-    }
-
-    /// Node `node`, in its run started at `started_ms`, said goodbye: it is leaving,
-    /// and it has sent this worker every push it owed. Its departure from the registry
-    /// then needs no catch-up.
-    pub fn farewell(&self, node: &str, started_ms: i64) {
-        let now = Instant::now();
-        let mut f = self.farewells.lock().unwrap_or_else(|e| e.into_inner());
-        f.retain(|_, (_, at)| now.duration_since(*at) < FAREWELL_KEEP);
-        f.insert(node.to_owned(), (started_ms, now));
-    }
-
-    /// Whether `node` said goodbye lately; forgets that it did (one goodbye excuses one
-    /// departure).
-    pub fn left_cleanly(&self, node: &str) -> bool {
-        let mut f = self.farewells.lock().unwrap_or_else(|e| e.into_inner());
-        f.remove(node)
-            .is_some_and(|(_, at)| at.elapsed() < FAREWELL_KEEP)
-    }
-
-    /// Forgets the goodbyes of nodes registered now by a later run (a restart under
-    /// the same id, perhaps between two looks at the registry): that run's departure
-    /// is a new one. `live` is (node id, run start) of each registered node.
-    pub fn forget_farewells_of<'a>(&self, live: impl IntoIterator<Item = (&'a str, i64)>) {
-        let mut f = self.farewells.lock().unwrap_or_else(|e| e.into_inner());
-        if f.is_empty() {
-            return;
-        }
-        for (id, started_ms) in live {
-            if f.get(id).is_some_and(|(said, _)| *said != started_ms) {
-                f.remove(id);
-            }
-        }
-    }
-
-    /// Waits for [`Hub::catch_up_soon`].
-    pub async fn catch_up_wanted(&self) {
-        self.catch_up.notified().await
-    }
-
-    /// Every uid with a device connected here, unordered.
-    pub fn uids(&self) -> Vec<String> {
-        self.shards()
-            .flat_map(|s| s.keys().cloned().collect::<Vec<_>>())
-            .collect()
-    }
-
-    /// Tells each device of `uid` that its inbox reached `head`: a session that pushed
-    /// less than that reads the rest from the inbox unless the pushes come first.
-    pub fn offer_inbox_head(&self, uid: &str, head: u64) {
-        for c in self.devices(uid) {
-            c.outbox.enqueue(Out::Head(head));
-        }
-    }
-
-    /// This worker's node id.
-    pub fn node_id(&self) -> &str {
-        &self.node_id
-    }
+    /// Disconnects every device of `uid` with a `kick` of `reason`; how many.
+    async fn kick_user(&self, uid: &str, reason: &str) -> Result<usize, Unreachable>;
 
     /// Disconnects device `device` of `uid` with a `kick` of `reason`; how many (0 or 1).
-    pub fn kick_device(&self, uid: &str, device: &str, reason: &str) -> usize {
-        let conns = self.devices(uid);
-        let mut kicked = 0;
-        for c in conns.iter().filter(|c| c.who.device == device) {
-            c.outbox.close(reason);
-            kicked += 1;
-        }
-        kicked
-    }
-
-    /// Frames one connection may queue.
-    pub fn outbox_capacity(&self) -> usize {
-        self.outbox_capacity
-    }
-
-    /// Each shard, locked in turn.
-    fn shards(&self) -> impl Iterator<Item = std::sync::MutexGuard<'_, Shard>> {
-        // Every critical section leaves its shard consistent, even if it panicked.
-        self.shards
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()))
-    }
-
-    /// Every connection, unordered.
-    fn all(&self) -> Vec<Arc<Conn>> {
-        self.shards()
-            .flat_map(|s| s.values().flatten().cloned().collect::<Vec<_>>())
-            .collect()
-    }
-
-    fn info(&self, c: &Conn) -> ConnectionInfo {
-        ConnectionInfo {
-            uid: c.who.uid.clone(),
-            device: c.who.device.clone(),
-            platform: c.who.platform,
-            node: self.node_id.clone(),
-            remote: c.remote.to_string(),
-            connected_at: c.connected_at_ms,
-            // Queued pushes are not acked either (a replay paces on this).
-            unacked: c.unacked.load(Ordering::Relaxed) + c.outbox.queued_pushes() as u64,
-        }
-    }
-
-    fn shard(&self, uid: &str) -> std::sync::MutexGuard<'_, Shard> {
-        let i = self.hasher.hash_one(uid) as usize % SHARDS;
-        // Every critical section below leaves the map consistent, even if it panicked.
-        self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Registers a new connection. A connection of the same (uid, device) is replaced:
-    /// it is told to close with `kick` reason `replaced`.
-    pub fn register(&self, who: Identity, remote: SocketAddr, connected_at_ms: i64) -> Arc<Conn> {
-        self.register_routed(who, remote, connected_at_ms).0
-    }
-
-    /// [`Hub::register`], and in cluster mode a receiver told when the connection's
-    /// route is written (with the user's inbox head then): until then other nodes do
-    /// not push to it.
-    pub fn register_routed(
+    async fn kick_device(
         &self,
-        who: Identity,
-        remote: SocketAddr,
-        connected_at_ms: i64,
-    ) -> (
-        Arc<Conn>,
-        Option<tokio::sync::oneshot::Receiver<Option<u64>>>,
-    ) {
-        let conn = Arc::new(Conn {
-            id: self.next_id.fetch_add(1, Ordering::Relaxed),
-            who,
-            remote,
-            connected_at_ms,
-            outbox: Outbox::new(self.outbox_capacity),
-            unacked: std::sync::atomic::AtomicU64::new(0),
-        });
-        let replaced = {
-            let mut shard = self.shard(&conn.who.uid);
-            let devices = shard.entry(conn.who.uid.clone()).or_default();
-            let old = devices
-                .iter()
-                .position(|c| c.who.device == conn.who.device)
-                .map(|i| devices.swap_remove(i));
-            devices.push(conn.clone());
-            old
-        };
-        match replaced {
-            Some(old) => old.outbox.close("replaced"),
-            None => metrics::gauge!("imd_connections").increment(1.0),
-        }
-        let written = self.routes.get().map(|tx| {
-            let (written, rx) = tokio::sync::oneshot::channel();
-            let _ = tx.send(RouteChange::Connected {
-                uid: conn.who.uid.clone(),
-                device: conn.who.device.clone(),
-                written,
-            });
-            rx
-        });
-        (conn, written)
-    }
+        uid: &str,
+        device: &str,
+        reason: &str,
+    ) -> Result<usize, Unreachable>;
 
-    /// Removes `conn`, unless a replacement already took its place.
-    pub fn unregister(&self, conn: &Conn) {
-        let mut shard = self.shard(&conn.who.uid);
-        if let Some(devices) = shard.get_mut(&conn.who.uid) {
-            if let Some(i) = devices.iter().position(|c| c.id == conn.id) {
-                devices.swap_remove(i);
-                metrics::gauge!("imd_connections").decrement(1.0);
-                self.route_change(RouteChange::Disconnected {
-                    uid: conn.who.uid.clone(),
-                    device: conn.who.device.clone(),
-                });
-            }
-            if devices.is_empty() {
-                shard.remove(&conn.who.uid);
-            }
-        }
-    }
-
-    /// The connections of `uid`.
-    pub fn devices(&self, uid: &str) -> Vec<Arc<Conn>> {
-        self.shard(uid).get(uid).cloned().unwrap_or_default()
-    }
-
-    /// Pushes queued on outboxes and not written yet, over all connections. Together
-    /// with [`WorkerStats::unacked`] it is every push not acked yet; a replay paces on
-    /// the sum (a push counted only once written would look acked while queued).
-    pub fn queued_pushes(&self) -> u64 {
-        self.all()
-            .iter()
-            .map(|c| c.outbox.queued_pushes() as u64)
-            .sum()
-    }
-
-    /// Whether any device of `uid` is connected here.
-    pub fn is_online(&self, uid: &str) -> bool {
-        self.shard(uid).get(uid).is_some_and(|d| !d.is_empty())
-    }
-
-    /// How many connections the hub holds.
-    pub fn len(&self) -> usize {
-        self.shards()
-            .map(|s| s.values().map(Vec::len).sum::<usize>())
-            .sum()
-    }
-
-    /// Whether the hub holds no connection.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-impl WorkerApi for Hub {
-    fn push(&self, pushes: Vec<Push>) {
-        let now = Instant::now();
-        for p in pushes {
-            let conns = self.devices(&p.uid);
-            if conns.is_empty() {
-                continue;
-            }
-            // One frame per user, shared by all of the user's devices.
-            let frame = Utf8Bytes::from(crate::wire::push_frame(p.useq, &p.msg));
-            for c in conns {
-                if c.outbox.enqueue(Out::Push {
-                    useq: p.useq,
-                    frame: frame.clone(),
-                    queued: now,
-                }) {
-                    metrics::counter!("imd_pushes_total").increment(1);
-                }
-            }
-        }
-    }
-
-    fn kick_user(&self, uid: &str, reason: &str) -> usize {
-        let conns = self.devices(uid);
-        for c in &conns {
-            c.outbox.close(reason);
-        }
-        conns.len()
-    }
-
-    fn enforce_blacklist(&self) -> usize {
-        let now = crate::business::messaging::now_ms();
-        let mut kicked = 0;
-        for c in self.all() {
-            if self.blacklist.uid_blocked(&c.who.uid, now)
-                || self.blacklist.ip_blocked(c.remote.ip(), now)
-            {
-                c.outbox.close("blacklisted");
-                kicked += 1;
-            }
-        }
-        kicked
-    }
-
-    fn connections(
+    /// Connections of `uid`, or a page of all connections, ordered by (uid, device)
+    /// after the cursor `after`, at most `limit`.
+    async fn connections(
         &self,
         uid: Option<&str>,
-        after: Option<&str>,
+        after: Option<&ConnCursor>,
         limit: usize,
-    ) -> (Vec<ConnectionInfo>, Option<String>) {
-        let mut conns = match uid {
-            Some(uid) => self.devices(uid),
-            None => self.all(),
-        };
-        conns.sort_by(|a, b| (&a.who.uid, &a.who.device).cmp(&(&b.who.uid, &b.who.device)));
-        let start = after
-            .and_then(|cursor| cursor.split_once('/'))
-            .map_or(0, |(u, d)| {
-                conns.partition_point(|c| (c.who.uid.as_str(), c.who.device.as_str()) <= (u, d))
-            });
-        let page: Vec<_> = conns
-            .iter()
-            .skip(start)
-            .take(limit)
-            .map(|c| self.info(c))
-            .collect();
-        let next = (start + page.len() < conns.len())
-            .then(|| page.last().map(|c| format!("{}/{}", c.uid, c.device)))
-            .flatten();
-        (page, next)
-    }
-}
+    ) -> Result<ConnPage, Unreachable>;
 
-#[async_trait::async_trait]
-impl Presence for Hub {
-    async fn online(&self, uid: &str) -> bool {
-        self.is_online(uid)
-    }
-}
+    /// The figures of the worker's node. A remote node describes itself whole; this
+    /// node's hub knows only its own part (connections, pushes, acks), and the node's
+    /// admin service adds the rest.
+    async fn stats(&self) -> Result<NodeInfo, Unreachable>;
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use shared::token::Platform;
-
-    fn who(uid: &str, device: &str) -> Identity {
-        Identity {
-            uid: uid.into(),
-            device: device.into(),
-            platform: Platform::Web,
-            roles: vec![],
-            ip: None,
-        }
-    }
-
-    fn hub() -> Hub {
-        Hub::new(16, "n1".into(), Arc::new(Blacklist::new()))
-    }
-
-    fn addr() -> SocketAddr {
-        "127.0.0.1:1".parse().unwrap()
-    }
-
-    fn frames(c: &Conn) -> (Vec<u64>, Option<String>) {
-        let (q, closing) = c.outbox.take();
-        let useqs = q
-            .into_iter()
-            .filter_map(|o| match o {
-                Out::Push { useq, .. } => Some(useq),
-                Out::Frame(_) | Out::Start(_) | Out::Head(_) => None,
-            })
-            .collect();
-        (useqs, closing)
-    }
-
-    #[test]
-    fn an_inbox_head_reaches_every_device_of_its_user() {
-        let hub = hub();
-        let a1 = hub.register(who("a", "1"), addr(), 0);
-        let a2 = hub.register(who("a", "2"), addr(), 0);
-        let b = hub.register(who("b", "1"), addr(), 0);
-        let mut uids = hub.uids();
-        uids.sort();
-        assert_eq!(uids, ["a", "b"]);
-        hub.offer_inbox_head("a", 7);
-        hub.offer_inbox_head("nobody", 3);
-        for c in [&a1, &a2] {
-            let (q, _) = c.outbox.take();
-            assert!(matches!(q.as_slices().0, [Out::Head(7)]), "{q:?}");
-        }
-        assert!(b.outbox.take().0.is_empty());
-    }
-
-    #[test]
-    fn same_device_replaces_other_devices_coexist() {
-        let hub = hub();
-        let a1 = hub.register(who("a", "phone"), addr(), 0);
-        let a2 = hub.register(who("a", "laptop"), addr(), 0);
-        let a1b = hub.register(who("a", "phone"), addr(), 0);
-        assert_eq!(hub.len(), 2);
-        assert_eq!(frames(&a1).1.as_deref(), Some("replaced"));
-        assert_eq!(frames(&a2).1, None);
-        // The replaced session's late unregister leaves its replacement alone.
-        hub.unregister(&a1);
-        assert_eq!(hub.len(), 2);
-        hub.unregister(&a1b);
-        hub.unregister(&a2);
-        assert!(hub.is_empty());
-    }
-
-    #[test]
-    fn pushes_reach_every_device_in_order() {
-        let hub = hub();
-        let a1 = hub.register(who("a", "1"), addr(), 0);
-        let a2 = hub.register(who("a", "2"), addr(), 0);
-        let b = hub.register(who("b", "1"), addr(), 0);
-        let msg = bytes::Bytes::from_static(b"{}");
-        hub.push(vec![
-            Push {
-                uid: "a".into(),
-                useq: 1,
-                msg: msg.clone(),
-            },
-            Push {
-                uid: "b".into(),
-                useq: 9,
-                msg: msg.clone(),
-            },
-            Push {
-                uid: "a".into(),
-                useq: 2,
-                msg: msg.clone(),
-            },
-            Push {
-                uid: "nobody".into(),
-                useq: 1,
-                msg,
-            },
-        ]);
-        assert_eq!(frames(&a1).0, [1, 2]);
-        assert_eq!(frames(&a2).0, [1, 2]);
-        assert_eq!(frames(&b).0, [9]);
-    }
-
-    #[test]
-    fn a_full_outbox_closes_the_connection_as_slow() {
-        let hub = hub();
-        let a = hub.register(who("a", "1"), addr(), 0);
-        let msg = bytes::Bytes::from_static(b"{}");
-        let pushes = (1..=20).map(|u| Push {
-            uid: "a".into(),
-            useq: u,
-            msg: msg.clone(),
-        });
-        hub.push(pushes.collect());
-        let (useqs, closing) = frames(&a);
-        assert!(useqs.is_empty(), "a slow connection's queue is dropped");
-        assert_eq!(closing.as_deref(), Some("slow"));
-        assert!(!a.outbox.enqueue_frame("x".into()));
-    }
-
-    #[test]
-    fn kick_user_closes_every_device() {
-        let hub = hub();
-        let a1 = hub.register(who("a", "1"), addr(), 0);
-        let a2 = hub.register(who("a", "2"), addr(), 0);
-        assert_eq!(hub.kick_user("a", "admin"), 2);
-        assert_eq!(hub.kick_user("zed", "admin"), 0);
-        assert_eq!(frames(&a1).1.as_deref(), Some("admin"));
-        assert_eq!(frames(&a2).1.as_deref(), Some("admin"));
-    }
-
-    #[test]
-    fn listing_pages_in_uid_device_order() {
-        let hub = hub();
-        for (uid, dev) in [("b", "1"), ("a", "2"), ("a", "1"), ("c", "1")] {
-            hub.register(who(uid, dev), addr(), 0);
-        }
-        let (page, next) = hub.connections(None, None, 2);
-        let ids: Vec<_> = page
-            .iter()
-            .map(|c| format!("{}/{}", c.uid, c.device))
-            .collect();
-        assert_eq!(ids, ["a/1", "a/2"]);
-        assert_eq!(next.as_deref(), Some("a/2"));
-        let (page, next) = hub.connections(None, next.as_deref(), 2);
-        let ids: Vec<_> = page
-            .iter()
-            .map(|c| format!("{}/{}", c.uid, c.device))
-            .collect();
-        assert_eq!(ids, ["b/1", "c/1"]);
-        assert_eq!(next, None);
-        let (page, _) = hub.connections(Some("a"), None, 100);
-        assert_eq!(page.len(), 2);
-        assert_eq!(page[0].node, "n1");
-        assert!(hub.is_online("a") && !hub.is_online("z"));
-    }
-
-    #[test]
-    fn enforcing_the_blacklist_kicks_matching_connections() {
-        let bl = Arc::new(Blacklist::new());
-        let hub = Hub::new(16, "n1".into(), bl.clone());
-        let a = hub.register(who("a", "1"), "10.1.2.3:5".parse().unwrap(), 0);
-        let b = hub.register(who("b", "1"), "127.0.0.1:5".parse().unwrap(), 0);
-        let c = hub.register(who("c", "1"), "127.0.0.1:6".parse().unwrap(), 0);
-        assert_eq!(hub.enforce_blacklist(), 0);
-        let entry = |kind, value: &str| shared::admin::BlacklistEntry {
-            kind,
-            value: value.into(),
-            reason: None,
-            expires_at: None,
-        };
-        bl.upsert(&entry(shared::admin::BlacklistKind::Ip, "10.1.0.0/16"));
-        bl.upsert(&entry(shared::admin::BlacklistKind::Uid, "b"));
-        assert_eq!(hub.enforce_blacklist(), 2);
-        assert_eq!(frames(&a).1.as_deref(), Some("blacklisted"));
-        assert_eq!(frames(&b).1.as_deref(), Some("blacklisted"));
-        assert_eq!(frames(&c).1, None);
-    }
+    /// Node `node`, in its run started at `started_ms`, is leaving, and this worker has
+    /// been sent everything that node queued for it before this call: neither the end
+    /// of its link nor its departure needs a catch-up. True once the worker took it.
+    async fn goodbye(&self, node: &str, started_ms: i64) -> bool;
 }

@@ -1,0 +1,121 @@
+//! A connection's outbox: the bounded queue of frames that any task fills and the
+//! connection's session drains. It decides nothing about who gets what; it only holds
+//! what it is given, and marks the connection as too slow when it is full.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use axum::extract::ws::Utf8Bytes;
+use tokio::sync::Notify;
+
+/// What is queued for a connection.
+#[derive(Debug)]
+pub(crate) enum Out {
+    /// A push to track for its ack.
+    Push {
+        useq: u64,
+        frame: Utf8Bytes,
+        queued: Instant,
+    },
+    /// Any other frame (`sent`, `error`, …).
+    Frame(Utf8Bytes),
+    /// The device has everything up to this `useq` in its inbox, or gets it with its
+    /// own `sync`: pushes are owed after it (see [`Conn::start_after`]).
+    Start(u64),
+    /// The user's inbox reached this `useq`: a session that pushed less than that
+    /// waits briefly for the rest, then reads what is still missing from the inbox
+    /// (see [`Hub::offer_inbox_head`]).
+    Head(u64),
+}
+
+#[derive(Debug, Default)]
+struct OutboxState {
+    queue: VecDeque<Out>,
+    /// How many of `queue` are pushes.
+    pushes: usize,
+    /// Set once the connection must close; the session sends `kick` with this reason.
+    closing: Option<String>,
+}
+
+/// A connection's bounded queue of outgoing frames, filled by any task and drained by
+/// the session. A `std::sync::Mutex`: held only to push or swap a `VecDeque`, never
+/// across an `.await`.
+#[derive(Debug)]
+pub struct Outbox {
+    state: Mutex<OutboxState>,
+    wake: Notify,
+    capacity: usize,
+}
+
+impl Outbox {
+    pub(super) fn new(capacity: usize) -> Self {
+        Self {
+            state: Mutex::new(OutboxState::default()),
+            wake: Notify::new(),
+            capacity,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, OutboxState> {
+        // A panic while holding this lock cannot leave the queue half-written.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues `out`. A full queue marks the connection as too slow: it is closed and
+    /// its messages wait in the inbox. Returns whether `out` was queued.
+    pub(crate) fn enqueue(&self, out: Out) -> bool {
+        let mut st = self.lock();
+        if st.closing.is_some() {
+            return false;
+        }
+        if st.queue.len() >= self.capacity {
+            st.queue = VecDeque::new();
+            st.pushes = 0;
+            st.closing = Some("slow".into());
+            drop(st);
+            metrics::counter!("imd_slow_consumer_disconnects_total").increment(1);
+            self.wake.notify_one();
+            return false;
+        }
+        if matches!(out, Out::Push { .. }) {
+            st.pushes += 1;
+        }
+        st.queue.push_back(out);
+        drop(st);
+        self.wake.notify_one();
+        true
+    }
+
+    /// Pushes queued and not taken by the session yet.
+    pub fn queued_pushes(&self) -> usize {
+        self.lock().pushes
+    }
+
+    /// Queues a plain frame.
+    pub fn enqueue_frame(&self, frame: String) -> bool {
+        self.enqueue(Out::Frame(frame.into()))
+    }
+
+    /// Asks the session to send `kick` with `reason` and close. The first reason wins.
+    pub fn close(&self, reason: &str) {
+        let mut st = self.lock();
+        if st.closing.is_none() {
+            st.closing = Some(reason.to_owned());
+        }
+        drop(st);
+        self.wake.notify_one();
+    }
+
+    /// Takes everything queued, and the close reason if there is one.
+    pub(crate) fn take(&self) -> (VecDeque<Out>, Option<String>) {
+        let mut st = self.lock();
+        st.pushes = 0;
+        (std::mem::take(&mut st.queue), st.closing.clone())
+    }
+
+    /// Waits until something is queued or a close is asked for.
+    pub(crate) async fn notified(&self) {
+        self.wake.notified().await
+    }
+}
