@@ -1,0 +1,145 @@
+//! The commit task of one lane, and the feed of what it committed.
+//!
+//! A lane drains up to `batch_max` queued ops into one store commit (one transaction,
+//! one fsync on the embedded store), then, in commit order, hands each new message to
+//! the [`Deliver`] sink, publishes it on the [`Feed`], and answers its sender. It must
+//! not decide anything about a message: that was done before it was queued.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{Queued, SendOutcome};
+use crate::business::{Deliver, Error};
+use crate::store::{CommitOutcome, Committed, MessageStore};
+
+/// Committed messages as they commit, for followers such as the admin tail, and the
+/// count of them.
+pub(super) struct Feed {
+    tx: tokio::sync::broadcast::Sender<Arc<Committed>>,
+    committed: AtomicU64,
+}
+
+impl Feed {
+    pub(super) fn new() -> Self {
+        // Followers that fall this far behind are told they lagged, and catch up from
+        // the store.
+        let (tx, _) = tokio::sync::broadcast::channel(1024);
+        Self {
+            tx,
+            committed: AtomicU64::new(0),
+        }
+    }
+
+    /// Follows what commits from now on.
+    pub(super) fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<Committed>> {
+        self.tx.subscribe()
+    }
+
+    /// Messages committed since start.
+    pub(super) fn committed(&self) -> u64 {
+        self.committed.load(Ordering::Relaxed)
+    }
+
+    fn publish(&self, c: &Committed) {
+        self.committed.fetch_add(1, Ordering::Relaxed);
+        if self.tx.receiver_count() > 0 {
+            let _ = self.tx.send(Arc::new(c.clone()));
+        }
+    }
+}
+
+/// Commits what `rx` brings, batch by batch, until it is closed and drained; stops
+/// taking new ops when `shutdown` is cancelled.
+pub(super) async fn commit_loop(
+    store: Arc<dyn MessageStore>,
+    deliver: Arc<dyn Deliver>,
+    feed: Arc<Feed>,
+    mut rx: mpsc::Receiver<Queued>,
+    batch_max: usize,
+    shutdown: CancellationToken,
+) {
+    let mut queued = Vec::with_capacity(batch_max);
+    let mut closed = false;
+    loop {
+        let n = tokio::select! {
+            n = rx.recv_many(&mut queued, batch_max) => n,
+            _ = shutdown.cancelled(), if !closed => {
+                // Refuse new sends; what is already queued still commits below.
+                rx.close();
+                closed = true;
+                continue;
+            }
+        };
+        if n == 0 {
+            break;
+        }
+        let mut ops = Vec::with_capacity(n);
+        let mut answers = Vec::with_capacity(n);
+        for q in queued.drain(..) {
+            ops.push(q.op);
+            answers.push((q.cid, q.reply));
+        }
+        let started = Instant::now();
+        let result = store.commit(ops).await;
+        metrics::histogram!("imd_commit_latency_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("imd_commit_batch_size").record(n as f64);
+        match result {
+            Ok(outcomes) => {
+                for (outcome, (cid, reply)) in outcomes.into_iter().zip(answers) {
+                    let (json, duplicate) = match outcome {
+                        CommitOutcome::New(c) => {
+                            deliver.deliver(&c);
+                            feed.publish(&c);
+                            metrics::counter!("imd_messages_committed_total").increment(1);
+                            (c.json, false)
+                        }
+                        CommitOutcome::Duplicate(json) => {
+                            metrics::counter!("imd_messages_duplicate_total").increment(1);
+                            (json, true)
+                        }
+                        CommitOutcome::Joined(entries) => {
+                            for c in &entries {
+                                deliver.deliver(c);
+                            }
+                            // A join answers (when asked to) with no message.
+                            if let Some(reply) = reply {
+                                reply(Ok(SendOutcome::default()));
+                            }
+                            continue;
+                        }
+                    };
+                    if let Some(reply) = reply {
+                        reply(Ok(SendOutcome {
+                            json,
+                            cid,
+                            duplicate,
+                        }));
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, ops = n, "commit failed");
+                metrics::counter!("imd_commit_failures_total").increment(1);
+                for (_, reply) in answers {
+                    if let Some(reply) = reply {
+                        reply(Err(Error::Store(e.clone())));
+                    }
+                }
+            }
+        }
+        // Other writers' messages whose inbox entries this commit wrote (cluster mode):
+        // whoever writes an entry pushes it.
+        for c in store.take_relayed() {
+            deliver.deliver(&c);
+            feed.publish(&c);
+        }
+        if store.pushes_lost() {
+            deliver.lost();
+        }
+    }
+    tracing::debug!("commit task stopped");
+}

@@ -1,0 +1,376 @@
+//! Sending, syncing and reading history; the group-commit task.
+//!
+//! - this file: the checks and routing of a send ([`Messaging::send`],
+//!   `Messaging::prepare`) and the lanes it is queued on;
+//! - [`commit`]: a lane's commit task and the feed of committed messages;
+//! - [`read`]: sync, history and who may read what.
+//!
+//! Every send, from any transport, is checked here (blacklist, rate limit, rules,
+//! sensitive words), resolved to its recipients, queued to a commit task, and committed
+//! in batches: one store transaction (one fsync) for everything that queued while the
+//! previous batch was being written. The commit task then hands each new message to
+//! the [`Deliver`] sink and answers its sender, both in commit order, so pushes leave in
+//! the same order as `seq` and `useq` were given.
+//!
+//! There are one or more commit tasks (lanes). A conversation always goes to the same
+//! lane, chosen by hashing its id, so that its messages and joins commit in the order
+//! they were queued. The embedded store runs one lane: it has one writer, and one
+//! batch is one fsync. On Redis, where a commit is a few round trips and may wait on a
+//! fan-out lease that a dead node held, several lanes keep one slow conversation from
+//! holding up the others, and keep several batches in flight. Pushes of one user's
+//! inbox can then leave two lanes out of `useq` order; the session puts them back in
+//! order (`worker::reorder`), as it does for pushes from different nodes.
+
+mod commit;
+mod read;
+
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use shared::ids::{ConvRef, direct_conv, is_valid_id};
+use shared::protocol::{MAX_CID_LEN, SendRequest};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use commit::{Feed, commit_loop};
+
+use super::blacklist::Blacklist;
+use super::limits::Limits;
+use super::service::{CustomerService, Decision};
+use super::words::Words;
+use super::{Deliver, Error, Identity, Presence};
+use crate::store::{Committed, DirectoryStore, MessageStore, NewMessage, Op};
+
+/// How a queued send is answered: called once, from the commit task, so it must not block.
+pub type Reply = Box<dyn FnOnce(Result<SendOutcome, Error>) + Send>;
+
+/// A send's result.
+#[derive(Debug, Clone, Default)]
+pub struct SendOutcome {
+    /// The message JSON: the earlier one for a duplicate, empty for a join.
+    pub json: Bytes,
+    /// The request's `cid`.
+    pub cid: Option<String>,
+    /// Whether this was a resend of an already committed `cid`.
+    pub duplicate: bool,
+}
+
+struct Queued {
+    op: Op,
+    cid: Option<String>,
+    reply: Option<Reply>,
+}
+
+/// What the business layer is built on.
+pub struct Deps {
+    /// Messages, sequences, inboxes.
+    pub store: Arc<dyn MessageStore>,
+    /// Blacklists, shops, groups, assignments.
+    pub dir: Arc<dyn DirectoryStore>,
+    /// Who is online.
+    pub presence: Arc<dyn Presence>,
+    /// Where committed messages go.
+    pub deliver: Arc<dyn Deliver>,
+    /// The blacklist cache.
+    pub blacklist: Arc<Blacklist>,
+    /// The sensitive-word filter.
+    pub words: Arc<Words>,
+    /// Rate limits.
+    pub limits: Arc<Limits>,
+}
+
+struct Inner {
+    feed: Arc<Feed>,
+    store: Arc<dyn MessageStore>,
+    dir: Arc<dyn DirectoryStore>,
+    blacklist: Arc<Blacklist>,
+    words: Arc<Words>,
+    limits: Arc<Limits>,
+    service: Arc<CustomerService>,
+    /// One queue per commit lane.
+    lanes: Vec<mpsc::Sender<Queued>>,
+    /// Hashes a conversation id to its lane.
+    hasher: std::hash::RandomState,
+}
+
+/// The messaging service. Cheap to clone.
+#[derive(Clone)]
+pub struct Messaging(Arc<Inner>);
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Messaging {
+    /// Starts `lanes` commit tasks (at least one). Each commits at most `batch_max`
+    /// operations per transaction, and on `shutdown` stops taking sends, commits what
+    /// is queued, and returns; the handle ends when every lane has.
+    pub fn start(
+        deps: Deps,
+        batch_max: usize,
+        lanes: usize,
+        shutdown: CancellationToken,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        let feed = Arc::new(Feed::new());
+        let mut tasks = tokio::task::JoinSet::new();
+        let lanes: Vec<_> = (0..lanes.max(1))
+            .map(|_| {
+                // A queue of a few batches: deep enough to keep the store busy, shallow
+                // enough that senders feel backpressure instead of growing memory.
+                let (tx, rx) = mpsc::channel(batch_max * 4);
+                tasks.spawn(commit_loop(
+                    deps.store.clone(),
+                    deps.deliver.clone(),
+                    feed.clone(),
+                    rx,
+                    batch_max,
+                    shutdown.clone(),
+                ));
+                tx
+            })
+            .collect();
+        let task = tokio::spawn(async move { while tasks.join_next().await.is_some() {} });
+        let service = Arc::new(CustomerService::new(deps.dir.clone(), deps.presence));
+        let inner = Inner {
+            feed,
+            store: deps.store,
+            dir: deps.dir,
+            blacklist: deps.blacklist,
+            words: deps.words,
+            limits: deps.limits,
+            service,
+            lanes,
+            hasher: std::hash::RandomState::new(),
+        };
+        (Self(Arc::new(inner)), task)
+    }
+
+    /// Queues `q` on the lane of its conversation.
+    async fn enqueue(&self, q: Queued) -> Result<(), Error> {
+        let conv = match &q.op {
+            Op::Message(m) => &m.conv,
+            Op::Join { conv, .. } => conv,
+        };
+        let lanes = &self.0.lanes;
+        let lane = &lanes[self.0.hasher.hash_one(conv.as_str()) as usize % lanes.len()];
+        lane.send(q).await.map_err(|_| Error::ShuttingDown)
+    }
+
+    /// The customer-service rules.
+    pub fn service(&self) -> &Arc<CustomerService> {
+        &self.0.service
+    }
+
+    /// The blacklist cache.
+    pub fn blacklist(&self) -> &Arc<Blacklist> {
+        &self.0.blacklist
+    }
+
+    /// Follows messages as they commit (only new ones, not joins).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<Committed>> {
+        self.0.feed.subscribe()
+    }
+
+    /// Messages committed since start.
+    pub fn committed_total(&self) -> u64 {
+        self.0.feed.committed()
+    }
+
+    /// Checks `req`, resolves its recipients, and queues it for commit. `reply` is called
+    /// once the message is committed (or refused by the store). A request refused here
+    /// returns the error, and `reply` is never called.
+    pub async fn send(&self, who: &Identity, req: SendRequest, reply: Reply) -> Result<(), Error> {
+        let cid = req.cid.clone();
+        // `_decided` holds the customer-service lock, when routing took it, until the
+        // ops are queued.
+        let (ops, _decided) = self.prepare(who, req).await?;
+        let last = ops.len() - 1;
+        let mut reply = Some(reply);
+        for (i, op) in ops.into_iter().enumerate() {
+            let reply = if i == last { reply.take() } else { None };
+            let cid = if i == last { cid.clone() } else { None };
+            self.enqueue(Queued { op, cid, reply }).await?;
+        }
+        Ok(())
+    }
+
+    /// [`Messaging::send`], waiting for the commit.
+    pub async fn send_and_wait(
+        &self,
+        who: &Identity,
+        req: SendRequest,
+    ) -> Result<SendOutcome, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.send(who, req, Box::new(move |r| drop(tx.send(r))))
+            .await?;
+        rx.await.map_err(|_| Error::ShuttingDown)?
+    }
+
+    /// Queues a decision's operations (joins of agents), in order, then lets the next
+    /// decision go.
+    pub async fn submit(&self, decision: Decision) -> Result<(), Error> {
+        self.queue_decision(decision, None).await
+    }
+
+    /// [`Messaging::submit`], then waits until the last operation is committed: for a
+    /// decision over one conversation that someone is told about (an admin's
+    /// transfer), which must not be answered before it is durable. (Operations on
+    /// several conversations may commit on several lanes, in any order.)
+    pub async fn submit_and_wait(&self, decision: Decision) -> Result<(), Error> {
+        let (tx, rx) = oneshot::channel();
+        let done: Reply = Box::new(move |r| drop(tx.send(r)));
+        self.queue_decision(decision, Some(done)).await?;
+        rx.await.map_err(|_| Error::ShuttingDown)?.map(drop)
+    }
+
+    /// Queues `decision`'s operations; `done` answers when the last one is committed.
+    async fn queue_decision(
+        &self,
+        mut decision: Decision,
+        mut done: Option<Reply>,
+    ) -> Result<(), Error> {
+        let ops = std::mem::take(&mut decision.ops);
+        let last = ops.len().saturating_sub(1);
+        if ops.is_empty()
+            && let Some(done) = done.take()
+        {
+            done(Ok(SendOutcome::default()));
+        }
+        for (i, op) in ops.into_iter().enumerate() {
+            self.enqueue(Queued {
+                op,
+                cid: None,
+                reply: if i == last { done.take() } else { None },
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// A device connected: if its user is an agent, hand it waiting conversations.
+    pub async fn connected(&self, who: &Identity) -> Result<(), Error> {
+        let decision = self.0.service.agent_online(&who.uid).await?;
+        self.submit(decision).await
+    }
+
+    fn refuse_blocked(&self, who: &Identity) -> Result<(), Error> {
+        let now = now_ms();
+        let bl = &self.0.blacklist;
+        if bl.uid_blocked(&who.uid, now) || who.ip.is_some_and(|ip| bl.ip_blocked(ip, now)) {
+            return Err(Error::Forbidden("blacklisted".into()));
+        }
+        Ok(())
+    }
+
+    async fn prepare(
+        &self,
+        who: &Identity,
+        mut req: SendRequest,
+    ) -> Result<(Vec<Op>, Decision), Error> {
+        self.refuse_blocked(who)?;
+        if !self.0.limits.allow_send(&who.uid) {
+            return Err(Error::RateLimited(
+                "sending too fast; slow down and resend".into(),
+            ));
+        }
+        if let Some(cid) = &req.cid
+            && (cid.is_empty() || cid.len() > MAX_CID_LEN)
+        {
+            return Err(Error::BadRequest(format!(
+                "cid must be 1-{MAX_CID_LEN} bytes"
+            )));
+        }
+        if req.body.is_null() {
+            return Err(Error::BadRequest("body is required".into()));
+        }
+        let (conv, members, mut decision) = match (&req.to, &req.conv, &req.shop) {
+            (Some(to), None, None) => {
+                if !is_valid_id(to) {
+                    return Err(Error::BadRequest(format!(
+                        "invalid uid {to:?}: 1-64 characters of [A-Za-z0-9_.:@-]"
+                    )));
+                }
+                (
+                    direct_conv(&who.uid, to),
+                    pair(&who.uid, to),
+                    Decision::default(),
+                )
+            }
+            (None, Some(conv), None) => match ConvRef::parse(conv) {
+                Some(ConvRef::Service { shop, customer }) => {
+                    let route = self.0.service.from_member(&who.uid, shop, customer).await?;
+                    (route.conv, route.recipients, route.joins)
+                }
+                _ => {
+                    let members = self.members(conv).await?;
+                    if !members.contains(&who.uid) {
+                        return Err(Error::Forbidden(format!("not a member of {conv}")));
+                    }
+                    (conv.clone(), members, Decision::default())
+                }
+            },
+            (None, None, Some(shop)) => {
+                if !is_valid_id(shop) {
+                    return Err(Error::BadRequest(format!("invalid shop id {shop:?}")));
+                }
+                let route = self.0.service.from_customer(&who.uid, shop).await?;
+                (route.conv, route.recipients, route.joins)
+            }
+            _ => {
+                return Err(Error::BadRequest(
+                    "give exactly one of to, conv, shop".into(),
+                ));
+            }
+        };
+        // Filter after routing, so that a refused target is reported as such, and
+        // before commit, so that what is stored is what was filtered.
+        self.0
+            .words
+            .get()
+            .apply(&mut req.body)
+            .map_err(|_| Error::BlockedContent)?;
+        let mut ops = std::mem::take(&mut decision.ops);
+        ops.push(Op::Message(NewMessage {
+            id: uuid::Uuid::now_v7().to_string(),
+            conv,
+            from: who.uid.clone(),
+            cid: req.cid,
+            body: req.body,
+            ts: now_ms(),
+            members,
+        }));
+        Ok((ops, decision))
+    }
+
+    /// The members of a direct or group conversation.
+    async fn members(&self, conv: &str) -> Result<Vec<String>, Error> {
+        match ConvRef::parse(conv) {
+            Some(ConvRef::Direct(a, b)) => Ok(pair(a, b)),
+            Some(ConvRef::Group(name)) => self
+                .0
+                .dir
+                .group_members(name)
+                .await?
+                .ok_or_else(|| Error::NotFound(format!("no such group {name:?}"))),
+            Some(ConvRef::Service { .. }) | None => {
+                Err(Error::NotFound(format!("no such conversation {conv:?}")))
+            }
+        }
+    }
+}
+
+fn pair(a: &str, b: &str) -> Vec<String> {
+    if a == b {
+        vec![a.to_owned()]
+    } else {
+        vec![a.to_owned(), b.to_owned()]
+    }
+}
+
+#[cfg(test)]
+mod tests;
