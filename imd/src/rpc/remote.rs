@@ -1,10 +1,11 @@
 //! The worker's service over the network: tarpc on TCP, bincode frames.
 //!
-//! A node calls the workers of other nodes through a [`RemoteWorker`]. Deliveries are
-//! queued and sent in batches, one call per batch and one batch in flight per worker,
-//! so that they arrive in the order they were queued; the worker executes the requests
-//! of one connection one after another (they only enqueue, never wait), which keeps
-//! that order on its side too.
+//! A node calls the workers of other nodes through a [`RemoteWorker`], which is a
+//! [`Worker`] like the node's own hub; [`WorkerServer`] serves a hub to the others.
+//! Deliveries and notices are queued and sent in batches ([`Item`]s), one call per
+//! batch and one batch in flight per worker, so that they arrive in the order they were
+//! queued; the worker executes the requests of one connection one after another (they
+//! only enqueue, never wait), which keeps that order on its side too.
 //!
 //! Every connection gets `TCP_NODELAY`: a small push batch must not wait for the
 //! peer's delayed ack, and starts with the handshake of [`super::auth`]: only nodes
