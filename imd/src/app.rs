@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
+use shared::time::now_ms;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -26,7 +27,7 @@ use tokio_util::task::TaskTracker;
 use crate::business::Presence;
 use crate::business::blacklist::Blacklist;
 use crate::business::limits::{Limits, Rate};
-use crate::business::messaging::{Deps, now_ms};
+use crate::business::messaging::Deps;
 use crate::business::words::Words;
 use crate::business::{Admin, Messaging};
 use crate::cluster::{Membership, RoutedPresence};

@@ -8,10 +8,11 @@ use std::sync::Arc;
 
 use shared::admin::{AddBlacklist, BlacklistEntry, BlacklistKind};
 use shared::ids::is_valid_id;
+use shared::time::now_ms;
 
 use super::Error;
 use super::blacklist::{Blacklist, IpNet};
-use super::messaging::{Messaging, now_ms};
+use super::messaging::Messaging;
 use super::words::{WordFilter, Words, WordsPolicy};
 use crate::store::DirectoryStore;
 

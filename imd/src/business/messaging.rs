@@ -19,7 +19,7 @@
 use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use bytes::Bytes;
 use shared::ids::{ConvRef, direct_conv, is_valid_id};
@@ -116,12 +116,9 @@ struct Inner {
 #[derive(Clone)]
 pub struct Messaging(Arc<Inner>);
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+/// Milliseconds since the Unix epoch: `shared::time::now_ms`, re-exported for code that
+/// still names it here (new code imports it from `shared::time`).
+pub use shared::time::now_ms;
 
 impl Messaging {
     /// Starts `lanes` commit tasks (at least one). Each commits at most `batch_max`

@@ -538,7 +538,7 @@ impl WorkerApi for Hub {
     }
 
     fn enforce_blacklist(&self) -> usize {
-        let now = crate::business::messaging::now_ms();
+        let now = shared::time::now_ms();
         let mut kicked = 0;
         for c in self.all() {
             if self.blacklist.uid_blocked(&c.who.uid, now)
