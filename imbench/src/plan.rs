@@ -4,12 +4,11 @@
 //! Everything here is plain data and arithmetic, so that it can be unit-tested and
 //! shipped to an agent as JSON. It must not open sockets or spawn anything.
 
-use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
-use std::str::FromStr;
 
 use anyhow::{Context, bail, ensure};
 use serde::{Deserialize, Serialize};
+use shared::secret::Secret;
 
 use crate::cli::{RunArgs, Scenario};
 
@@ -23,35 +22,6 @@ pub const MAX_SOURCE_IPS: usize = 65_536;
 /// Time between the last scheduled connection and the first message, so that the
 /// last handshakes finish before the traffic starts.
 pub const SETTLE_MS: u64 = 1_000;
-
-/// A secret whose `Debug` does not print it.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    /// The secret itself.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl FromStr for Secret {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s.is_empty() {
-            return Err("the token secret is empty".into());
-        }
-        Ok(Secret(s.to_owned()))
-    }
-}
 
 /// Parses `--source-ips`: comma-separated IPv4/IPv6 addresses and IPv4 ranges
 /// `A-B` (inclusive, `A <= B`), in the order given.
@@ -464,11 +434,7 @@ pub fn split(total: u64, agents: usize, unit: u64) -> Vec<Share> {
 }
 
 fn new_run_id() -> String {
-    use std::time::{SystemTime, UNIX_EPOCH};
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
+    let nanos = shared::time::since_epoch().as_nanos();
     // Good enough to tell runs apart; not a security boundary.
     let mixed = (nanos as u64) ^ (u64::from(std::process::id()) << 32);
     format!("{:08x}", (mixed ^ (mixed >> 29)) as u32)
@@ -941,12 +907,5 @@ mod tests {
         assert_eq!(plans[1].peer(199), Some(198));
         assert_eq!(plans[0].peer(0), Some(1));
         assert_eq!(plan(10, Scenario::Idle).per_connection_rate(), 0.0);
-    }
-
-    #[test]
-    fn secrets_do_not_print() {
-        let s: Secret = "hunter2".parse().unwrap();
-        assert_eq!(format!("{s:?}"), "***");
-        assert_eq!(serde_json::to_string(&s).unwrap(), "\"hunter2\"");
     }
 }
