@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::{Deserialize, Serialize};
 
-use crate::plan::Secret;
+use shared::secret::Secret;
 
 /// Load generator for imd.
 #[derive(Debug, Parser)]

@@ -14,15 +14,17 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use hdrhistogram::Histogram;
 use shared::link_auth::LinkKey;
+use shared::secret::Secret;
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
-use crate::agent::{self, AgentEvent, Clock, Control};
+use crate::agent::{self, AgentEvent, Control};
 use crate::cli::{RunArgs, Scenario};
+use crate::clock::Clock;
 use crate::limits;
 use crate::link;
 use crate::link::PlanLine;
-use crate::plan::{AgentPlan, RunPlan, Secret};
+use crate::plan::{AgentPlan, RunPlan};
 use crate::report::{self, AgentReport, Counters, LatencySummary, Report, RunSection};
 use crate::setup;
 
@@ -234,7 +236,7 @@ pub async fn run_plan(
         );
     }
 
-    let at = agent::unix_ms() + START_DELAY.as_millis() as u64;
+    let at = shared::time::now_ms_u64() + START_DELAY.as_millis() as u64;
     for (link, s) in links.iter().zip(&states) {
         if let (true, None, Some(control)) = (s.ready, &s.failure, &link.control) {
             let _ = control.send(Control::Start { at_unix_ms: at }).await;

@@ -4,7 +4,7 @@
 //! No retries and no counting here; the scenarios decide what a failure means.
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -33,9 +33,7 @@ pub struct TokenMinter {
 impl TokenMinter {
     /// A minter whose tokens stay valid for `valid_for` from now.
     pub fn new(secret: &str, valid_for: Duration) -> Self {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
+        let now = shared::time::since_epoch();
         TokenMinter {
             key: EncodingKey::from_secret(secret.as_bytes()),
             header: Header::new(Algorithm::HS256),

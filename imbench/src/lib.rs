@@ -21,7 +21,9 @@
 //! - [`cli`]: the command line (clap derive).
 //! - [`plan`]: run plan, agent plans, source-address ranges, capacity checks.
 //! - [`coordinator`]: `imbench run`: agents, progress view, final report, exit code.
-//! - [`agent`]: one agent: connection schedule, counters, ticks, final report.
+//! - [`agent`]: one agent: connection schedule, ticks, final report.
+//! - [`clock`]: the plan's clock (Unix time ↔ `Instant`) and its phases.
+//! - [`conn`]: what an agent's connection tasks share: plan, endpoints, live counters.
 //! - [`dial`]: token minting, source-address binding, the WebSocket handshake.
 //! - [`scenario`]: what each connection does (`idle`; `chat`, `group`, `service`).
 //! - [`setup`]: groups' members and shops' agents through the admin API.
@@ -29,12 +31,14 @@
 //! - [`report`]: histogram transport, latency summaries, the JSON report, the summary.
 //! - [`chart`]: the HTML page with the SVG percentile chart next to the report.
 //! - [`link`]: the JSON-lines link between coordinator and agents (stdio, or
-//!   authenticated TCP).
+//!   authenticated TCP), and `imbench agent`'s entry point.
 //! - [`limits`]: the open-files limit.
 
 pub mod agent;
 pub mod chart;
 pub mod cli;
+pub mod clock;
+pub mod conn;
 pub mod coordinator;
 pub mod dial;
 pub mod limits;
@@ -51,6 +55,6 @@ use std::process::ExitCode;
 pub async fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         cli::Command::Run(args) => coordinator::run_command(*args).await,
-        cli::Command::Agent(args) => agent::run_agent(args).await.map(|()| ExitCode::SUCCESS),
+        cli::Command::Agent(args) => link::run_agent(args).await.map(|()| ExitCode::SUCCESS),
     }
 }

@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use shared::link_auth::{
     HandshakeErrorKind, LinkKey, Protocol, client_handshake, server_handshake,
 };
+use shared::secret::Secret;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -35,7 +36,8 @@ use tokio_util::codec::{FramedRead, FramedWrite, LinesCodec};
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::{self, AgentEvent, Control};
-use crate::plan::{AgentPlan, Secret};
+use crate::cli::AgentArgs;
+use crate::plan::AgentPlan;
 
 /// Longest line either side accepts (a plan with 65,536 source addresses is about
 /// 1 MiB; a final report with a full histogram a few hundred KiB).
@@ -103,6 +105,24 @@ pub enum AgentSecret {
 
 fn encode<T: Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("link messages serialize")
+}
+
+/// `imbench agent`: with `--listen`, serve coordinators over TCP, each authenticated
+/// with `--token-secret` before it may send a plan; without, the plan (with the token
+/// secret) is the first JSON line on stdin, then [`Control`] lines, and
+/// [`AgentEvent`]s go to stdout, one JSON line each (how `--local-agents` starts it).
+pub async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
+    match (args.listen, args.token_secret) {
+        (Some(addr), Some(secret)) => listen(&addr, args.once, secret).await,
+        (Some(_), None) => anyhow::bail!(
+            "--listen needs --token-secret (or IMBENCH_TOKEN_SECRET): coordinators prove \
+             that they hold it, and the agent mints its client tokens with it"
+        ),
+        // A child of the coordinator: the secret comes with the plan, on the pipe.
+        (None, _) => {
+            serve_agent(tokio::io::stdin(), tokio::io::stdout(), AgentSecret::InPlan).await
+        }
+    }
 }
 
 /// Agent side: reads the plan and control lines from `reader`, runs the agent with the

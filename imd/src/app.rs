@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use shared::time::now_ms;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -25,7 +26,7 @@ use tokio_util::task::TaskTracker;
 use crate::business::admin::AdminDeps;
 use crate::business::blacklist::Blacklist;
 use crate::business::limits::{Limits, Rate};
-use crate::business::messaging::{Deps, now_ms};
+use crate::business::messaging::Deps;
 use crate::business::words::Words;
 use crate::business::{Admin, Deliver, Messaging, NodeCard, Presence};
 use crate::cluster::{Membership, RoutedPresence};

@@ -69,9 +69,7 @@ fn token(args: TokenArgs) -> anyhow::Result<String> {
     }
     let cfg = Config::from_common(&args.common)?;
     let secrets = Secrets::resolve(&cfg)?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs();
+    let now = shared::time::since_epoch().as_secs();
     let claims = Claims {
         sub: args.uid,
         dev: args.device,

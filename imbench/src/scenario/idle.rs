@@ -11,7 +11,7 @@ use shared::protocol::{ClientFrame, ServerFrame};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use super::{Outcome, close, dropped, open_first, send_text};
-use crate::agent::{Ctx, bump};
+use crate::conn::{Ctx, bump};
 use crate::plan::Role;
 
 /// Runs idle connection `i` until the stop.
@@ -38,16 +38,16 @@ pub async fn run(ctx: Arc<Ctx>, i: u64) -> Outcome {
             frame = ws.next() => match frame {
                 Some(Ok(WsMessage::Text(text))) => match serde_json::from_str::<ServerFrame>(&text) {
                     Ok(ServerFrame::Kick { reason }) => {
-                        bump(&ctx.stats.kicks);
+                        bump(&ctx.stats.counts.kicks);
                         ctx.stats.error("kick", &reason);
                     }
                     Ok(ServerFrame::Error { code, message, .. }) => {
-                        bump(&ctx.stats.server_errors);
+                        bump(&ctx.stats.counts.server_errors);
                         ctx.stats.error(&format!("server {}", code.as_str()), &message);
                     }
                     Ok(_) => {}
                     Err(e) => {
-                        bump(&ctx.stats.server_errors);
+                        bump(&ctx.stats.counts.server_errors);
                         ctx.stats.error("bad frame", &e.to_string());
                     }
                 },

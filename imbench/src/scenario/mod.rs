@@ -3,7 +3,7 @@
 //!
 //! A scenario task owns its WebSocket and all of its bookkeeping (one task per
 //! connection, no locks on the hot path); it touches the agent only through the
-//! atomic counters in [`crate::agent::Stats`]. It must return by itself once the
+//! atomic counters in [`crate::conn::Stats`]. It must return by itself once the
 //! agent's stop token is cancelled.
 
 pub mod idle;
@@ -15,8 +15,8 @@ use std::time::Duration;
 use futures_util::SinkExt;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-use crate::agent::{Ctx, bump};
 use crate::cli::Scenario;
+use crate::conn::{Ctx, bump};
 use crate::dial::{self, Ws};
 use crate::plan::Role;
 
@@ -77,7 +77,7 @@ pub(crate) async fn open_first(ctx: &Ctx, i: u64, uid: &str, role: Role) -> Opti
             Some(ws)
         }
         None => {
-            bump(&ctx.stats.failed);
+            bump(&ctx.stats.counts.failed);
             None
         }
     }
@@ -102,8 +102,8 @@ pub(crate) async fn reconnect(ctx: &Ctx, i: u64, uid: &str, role: Role) -> Optio
         }
         attempt += 1;
         if let Some(ws) = connect(ctx, i, attempt, uid, role).await {
-            bump(&ctx.stats.reconnects);
-            bump(&ctx.stats.open);
+            bump(&ctx.stats.counts.reconnects);
+            bump(&ctx.stats.counts.open);
             return Some(ws);
         }
         tokio::select! {
@@ -116,8 +116,9 @@ pub(crate) async fn reconnect(ctx: &Ctx, i: u64, uid: &str, role: Role) -> Optio
 
 /// Counts a connection the server or the network closed.
 pub(crate) fn dropped(ctx: &Ctx, why: &str) {
-    bump(&ctx.stats.dropped);
+    bump(&ctx.stats.counts.dropped);
     ctx.stats
+        .counts
         .open
         .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     ctx.stats.error("closed", why);
@@ -126,6 +127,7 @@ pub(crate) fn dropped(ctx: &Ctx, why: &str) {
 /// Closes a connection at the end of the run without waiting long for the server.
 pub(crate) async fn close(ctx: &Ctx, mut ws: Ws) {
     ctx.stats
+        .counts
         .open
         .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;

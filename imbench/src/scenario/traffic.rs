@@ -30,7 +30,7 @@ use shared::protocol::{ClientFrame, Message, SendRequest, ServerFrame};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use super::{Outcome, close, dropped, open_first, reconnect, send_text};
-use crate::agent::{Ctx, bump};
+use crate::conn::{Ctx, bump};
 use crate::dial::Ws;
 use crate::plan::{AgentPlan, Role};
 use crate::report::VerifyCounts;
@@ -192,7 +192,7 @@ impl<'a> Traffic<'a> {
                     if let Err(e) = send_text(ws, frame).await {
                         return End::Dropped(e);
                     }
-                    bump(&self.ctx.stats.sent);
+                    bump(&self.ctx.stats.counts.sent);
                     timer.as_mut().reset(self.next_due.into());
                 }
                 _ = std::future::ready(()), if !self.acks.is_empty() || !self.queued.is_empty() => {
@@ -243,7 +243,7 @@ impl<'a> Traffic<'a> {
         self.log.reply_to.insert(n, customer);
         let frame = self.send_frame(n, t);
         self.queued.push(frame);
-        bump(&self.ctx.stats.sent);
+        bump(&self.ctx.stats.counts.sent);
     }
 
     fn send_frame(&self, n: u64, t: u64) -> String {
@@ -298,7 +298,7 @@ impl<'a> Traffic<'a> {
             Ok(ServerFrame::Sent { cid, .. }) => {
                 let n = cid.and_then(|c| c.parse::<u64>().ok());
                 if let Some(t) = n.and_then(|n| self.log.pending.remove(&n)) {
-                    bump(&stats.acked);
+                    bump(&stats.counts.acked);
                     stats.record_ack_latency(self.ctx.clock.now_us().saturating_sub(t));
                 }
             }
@@ -319,20 +319,20 @@ impl<'a> Traffic<'a> {
                 let n = cid.and_then(|c| c.parse::<u64>().ok());
                 if let Some(n) = n.filter(|n| self.log.pending.remove(n).is_some()) {
                     self.log.refused.insert(n);
-                    bump(&stats.refused);
+                    bump(&stats.counts.refused);
                     stats.error(&format!("refused {}", code.as_str()), &message);
                 } else {
-                    bump(&stats.server_errors);
+                    bump(&stats.counts.server_errors);
                     stats.error(&format!("server {}", code.as_str()), &message);
                 }
             }
             Ok(ServerFrame::Kick { reason }) => {
-                bump(&stats.kicks);
+                bump(&stats.counts.kicks);
                 stats.error("kick", &reason);
             }
             Ok(ServerFrame::Pong) => {}
             Err(e) => {
-                bump(&stats.server_errors);
+                bump(&stats.counts.server_errors);
                 stats.error("bad frame", &format!("{e}: {}", truncate(text, 200)));
             }
         }
@@ -343,10 +343,10 @@ impl<'a> Traffic<'a> {
         self.acks.push(useq);
         match self.log.device.record(useq) {
             Push::Retransmit => {
-                bump(&stats.retransmits);
+                bump(&stats.counts.retransmits);
                 return;
             }
-            Push::NewOutOfOrder => bump(&stats.out_of_order),
+            Push::NewOutOfOrder => bump(&stats.counts.out_of_order),
             Push::New => {}
         }
         let plan = &self.ctx.plan;
@@ -358,27 +358,27 @@ impl<'a> Traffic<'a> {
             .filter(|(who, _)| *who == msg.from)
             .and_then(|(who, n)| Some((plan.index_of(who)?, n)));
         let Some((sender, n)) = sender else {
-            bump(&stats.foreign);
+            bump(&stats.counts.foreign);
             return;
         };
         if sender == self.i {
             if self.log.seen.entry(sender).or_default().insert(n) {
-                bump(&stats.echoed);
+                bump(&stats.counts.echoed);
                 stats.record_push(self.ctx.clock.now_us());
             } else {
-                bump(&stats.duplicated);
+                bump(&stats.counts.duplicated);
             }
             return;
         }
         if plan.unit_of(sender) != plan.unit_of(self.i) {
-            bump(&stats.foreign);
+            bump(&stats.counts.foreign);
             return;
         }
         if !self.log.seen.entry(sender).or_default().insert(n) {
-            bump(&stats.duplicated);
+            bump(&stats.counts.duplicated);
             return;
         }
-        bump(&stats.delivered);
+        bump(&stats.counts.delivered);
         let now = self.ctx.clock.now_us();
         stats.record_push(now);
         if let Some(t) = msg.body.get("t").and_then(Value::as_u64) {

@@ -2,10 +2,11 @@
 
 use serde_json::json;
 use shared::admin::{AddBlacklist, BlacklistEntry};
+use shared::time::now_ms;
 
 use crate::cli::BlacklistCmd;
 use crate::client::Client;
-use crate::output::{Out, Paint, Table, datetime, now_ms, relative};
+use crate::output::{Out, Paint, Table, datetime, relative};
 
 pub(super) async fn run(client: &Client, out: &Out, cmd: BlacklistCmd) -> anyhow::Result<()> {
     match cmd {

@@ -1,9 +1,10 @@
 //! `imctl cluster`.
 
 use shared::admin::NodeInfo;
+use shared::time::now_ms;
 
 use crate::client::Client;
-use crate::output::{Out, Table, duration, now_ms};
+use crate::output::{Out, Table, duration};
 
 pub(super) async fn run(client: &Client, out: &Out) -> anyhow::Result<()> {
     let cluster = client.cluster().await?;

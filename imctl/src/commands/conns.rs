@@ -2,11 +2,12 @@
 
 use serde_json::json;
 use shared::admin::ConnectionInfo;
+use shared::time::now_ms;
 
 use super::plural;
 use crate::cli::ConnsArgs;
 use crate::client::Client;
-use crate::output::{Out, Paint, Table, now_ms, relative};
+use crate::output::{Out, Paint, Table, relative};
 
 pub(super) async fn list(client: &Client, out: &Out, args: ConnsArgs) -> anyhow::Result<()> {
     let mut conns = client.connections(args.uid.as_deref()).await?;

@@ -15,13 +15,13 @@ use crossterm::event::{Event as TermEvent, EventStream};
 use futures_util::StreamExt;
 use shared::admin::{BlacklistEntry, ClusterInfo, ConnectionInfo};
 use shared::ids::is_valid_id;
+use shared::time::now_ms;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::app::{Action, App, Tab, TailEvent};
 use super::ui;
 use crate::client::{Client, ClientError, ErrorKind};
-use crate::output::now_ms;
 
 /// How often the console polls.
 const POLL_EVERY: Duration = Duration::from_secs(1);

@@ -16,10 +16,11 @@ use shared::admin::{
     Replay, Replayed,
 };
 use shared::ids::is_valid_id;
+use shared::time::now_ms;
 use tokio_util::sync::CancellationToken;
 
 use super::blacklist::{Blacklist, IpNet};
-use super::messaging::{Messaging, now_ms};
+use super::messaging::Messaging;
 use super::words::{WordFilter, Words, WordsPolicy};
 use super::{Devices, Error};
 use crate::store::DirectoryStore;
@@ -172,7 +173,7 @@ impl Admin {
                 req.value
             }
             BlacklistKind::Ip => IpNet::parse(&req.value)
-                .map_err(Error::BadRequest)?
+                .map_err(|e| Error::BadRequest(e.to_string()))?
                 .to_string(),
         };
         if req.reason.as_ref().is_some_and(|r| r.len() > 1024) {
@@ -209,7 +210,9 @@ impl Admin {
     pub async fn blacklist_remove(&self, kind: BlacklistKind, value: &str) -> Result<(), Error> {
         let value = match kind {
             BlacklistKind::Uid => value.to_owned(),
-            BlacklistKind::Ip => IpNet::parse(value).map_err(Error::BadRequest)?.to_string(),
+            BlacklistKind::Ip => IpNet::parse(value)
+                .map_err(|e| Error::BadRequest(e.to_string()))?
+                .to_string(),
         };
         let existed = self.dir.blacklist_remove(kind, &value).await?;
         self.blacklist.remove(kind, &value);
@@ -307,7 +310,8 @@ impl Admin {
                 "at most 100000 words of at most 256 bytes".into(),
             ));
         }
-        let filter = WordFilter::new(words, policy).map_err(Error::BadRequest)?;
+        let filter =
+            WordFilter::new(words, policy).map_err(|e| Error::BadRequest(e.to_string()))?;
         let n = filter.len();
         self.words.set(filter);
         tracing::info!(words = n, "word list replaced");
@@ -415,7 +419,7 @@ impl Admin {
     }
 
     /// Reloads the words file (SIGHUP).
-    pub fn reload_words(&self) -> Result<usize, String> {
+    pub fn reload_words(&self) -> Result<usize, super::words::WordsError> {
         self.words.reload()
     }
 }

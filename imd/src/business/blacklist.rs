@@ -7,7 +7,8 @@
 //! the current time; a periodic purge removes them from the store.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{AddrParseError, IpAddr};
+use std::num::ParseIntError;
 use std::sync::RwLock;
 
 pub use shared::admin::{BlacklistEntry as Entry, BlacklistKind as Kind};
@@ -17,6 +18,38 @@ pub use shared::admin::{BlacklistEntry as Entry, BlacklistKind as Kind};
 pub struct IpNet {
     addr: IpAddr,
     prefix: u8,
+}
+
+/// Why a string is not an [`IpNet`]. The messages are what an admin reads in the API's
+/// `bad_request` answer, so they quote the offending part.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IpNetError {
+    /// The address part is not an IPv4 or IPv6 address.
+    #[error("invalid ip address {addr:?}")]
+    Address {
+        /// The address part as given.
+        addr: String,
+        /// Why the standard library refused it.
+        source: AddrParseError,
+    },
+    /// The prefix length is not a number.
+    #[error("invalid prefix length {prefix:?} (0-{max})")]
+    Prefix {
+        /// The prefix part as given.
+        prefix: String,
+        /// The longest prefix of the address's family.
+        max: u8,
+        /// Why it is not a number.
+        source: ParseIntError,
+    },
+    /// The prefix length is longer than the address.
+    #[error("invalid prefix length {prefix:?} (0-{max})")]
+    PrefixTooLong {
+        /// The prefix part as given.
+        prefix: String,
+        /// The longest prefix of the address's family.
+        max: u8,
+    },
 }
 
 /// IPv4-mapped IPv6 addresses (`::ffff:1.2.3.4`) are the IPv4 address they carry.
@@ -30,23 +63,35 @@ fn canonical(ip: IpAddr) -> IpAddr {
 impl IpNet {
     /// Parses `1.2.3.4`, `10.1.0.0/16`, `::1` or `fe80::/10`. Host bits are cleared,
     /// so `10.1.2.3/16` is `10.1.0.0/16`.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, IpNetError> {
         let (addr, prefix) = match s.split_once('/') {
             Some((a, p)) => (a, Some(p)),
             None => (s, None),
         };
-        let addr: IpAddr = addr
-            .parse()
-            .map_err(|_| format!("invalid ip address {addr:?}"))?;
+        let addr: IpAddr = addr.parse().map_err(|source| IpNetError::Address {
+            addr: addr.to_owned(),
+            source,
+        })?;
         let addr = canonical(addr);
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
             None => max,
-            Some(p) => p
-                .parse::<u8>()
-                .ok()
-                .filter(|p| *p <= max)
-                .ok_or_else(|| format!("invalid prefix length {p:?} (0-{max})"))?,
+            Some(p) => match p.parse::<u8>() {
+                Ok(n) if n <= max => n,
+                Ok(_) => {
+                    return Err(IpNetError::PrefixTooLong {
+                        prefix: p.to_owned(),
+                        max,
+                    });
+                }
+                Err(source) => {
+                    return Err(IpNetError::Prefix {
+                        prefix: p.to_owned(),
+                        max,
+                        source,
+                    });
+                }
+            },
         };
         let addr = match addr {
             IpAddr::V4(a) => {
@@ -226,6 +271,20 @@ mod tests {
             "1.2.3.4/-1",
         ] {
             assert!(IpNet::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn parse_errors_quote_the_bad_part_and_keep_the_source() {
+        use std::error::Error as _;
+        for (bad, message, has_source) in [
+            ("x/8", r#"invalid ip address "x""#, true),
+            ("10.0.0.0/x", r#"invalid prefix length "x" (0-32)"#, true),
+            ("::1/129", r#"invalid prefix length "129" (0-128)"#, false),
+        ] {
+            let e = IpNet::parse(bad).unwrap_err();
+            assert_eq!(e.to_string(), message);
+            assert_eq!(e.source().is_some(), has_source, "{bad:?}");
         }
     }
 

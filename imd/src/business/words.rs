@@ -6,7 +6,7 @@
 //! char, a match in the normalized text names the same chars in the original. `mask`
 //! replaces each matched char with `*`; `reject` refuses the message.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use aho_corasick::{AhoCorasick, MatchKind};
 use serde_json::Value;
@@ -40,6 +40,24 @@ fn fold(c: char) -> char {
     }
 }
 
+/// Why a word list could not be put in force. The source's text is part of the
+/// message because the message is all that reaches the admin (the API's `bad_request`
+/// answer, the SIGHUP log line); the source stays attached for code that wants it.
+#[derive(Debug, thiserror::Error)]
+pub enum WordsError {
+    /// The words file could not be read (missing, unreadable, not UTF-8).
+    #[error("reading words file {}: {source}", .path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The read's error.
+        source: std::io::Error,
+    },
+    /// The matcher could not be built from the words (e.g. too many of them).
+    #[error("building the word matcher: {0}")]
+    Build(#[source] aho_corasick::BuildError),
+}
+
 impl WordFilter {
     /// A filter that matches nothing.
     pub fn empty(policy: WordsPolicy) -> Self {
@@ -51,7 +69,7 @@ impl WordFilter {
     }
 
     /// A filter of `words` (blank entries are skipped).
-    pub fn new<I, S>(words: I, policy: WordsPolicy) -> Result<Self, String>
+    pub fn new<I, S>(words: I, policy: WordsPolicy) -> Result<Self, WordsError>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
@@ -67,7 +85,7 @@ impl WordFilter {
         let matcher = AhoCorasick::builder()
             .match_kind(MatchKind::Standard)
             .build(&folded)
-            .map_err(|e| format!("building the word matcher: {e}"))?;
+            .map_err(WordsError::Build)?;
         Ok(Self {
             matcher: Some(matcher),
             policy,
@@ -76,9 +94,11 @@ impl WordFilter {
     }
 
     /// A filter of the words in `path`, one per line, UTF-8.
-    pub fn from_file(path: &Path, policy: WordsPolicy) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("reading words file {}: {e}", path.display()))?;
+    pub fn from_file(path: &Path, policy: WordsPolicy) -> Result<Self, WordsError> {
+        let text = std::fs::read_to_string(path).map_err(|source| WordsError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Self::new(text.lines(), policy)
     }
 
@@ -186,7 +206,7 @@ pub struct Words {
 
 impl Words {
     /// Loads `file` (when given) with `policy`.
-    pub fn load(file: Option<&Path>, policy: WordsPolicy) -> Result<Self, String> {
+    pub fn load(file: Option<&Path>, policy: WordsPolicy) -> Result<Self, WordsError> {
         let filter = match file {
             Some(f) => WordFilter::from_file(f, policy)?,
             None => WordFilter::empty(policy),
@@ -211,7 +231,7 @@ impl Words {
     }
 
     /// Reloads the words file, keeping the policy; without a file there is nothing to do.
-    pub fn reload(&self) -> Result<usize, String> {
+    pub fn reload(&self) -> Result<usize, WordsError> {
         let Some(file) = &self.file else {
             return Ok(self.get().len());
         };
@@ -286,6 +306,24 @@ mod tests {
         let mut clean = json!({"t": "hello"});
         assert_eq!(f.apply(&mut clean), Ok(false));
         assert_eq!(clean, json!({"t": "hello"}));
+    }
+
+    #[test]
+    fn an_unreadable_words_file_names_the_file_and_keeps_the_io_error() {
+        use std::error::Error as _;
+        let path = Path::new("/nonexistent/words.txt");
+        let e = WordFilter::from_file(path, WordsPolicy::Mask).unwrap_err();
+        assert!(matches!(e, WordsError::Read { .. }), "{e:?}");
+        assert!(
+            e.to_string()
+                .starts_with("reading words file /nonexistent/words.txt: "),
+            "{e}"
+        );
+        let io = e.source().and_then(|s| s.downcast_ref::<std::io::Error>());
+        assert_eq!(
+            io.map(std::io::Error::kind),
+            Some(std::io::ErrorKind::NotFound)
+        );
     }
 
     #[test]

@@ -120,7 +120,7 @@ mod tests {
     }
 
     fn now() -> u64 {
-        crate::business::messaging::now_ms() as u64 / 1000
+        shared::time::now_ms() as u64 / 1000
     }
 
     #[test]

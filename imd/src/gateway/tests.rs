@@ -39,7 +39,7 @@ async fn fixture() -> Fixture {
 
 impl Fixture {
     fn token(&self, uid: &str) -> String {
-        let exp = crate::business::messaging::now_ms() as u64 / 1000 + 60;
+        let exp = shared::time::now_ms() as u64 / 1000 + 60;
         let claims = Claims {
             sub: uid.into(),
             dev: "d1".into(),

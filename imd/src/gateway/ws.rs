@@ -9,11 +9,11 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 use shared::protocol::ErrorCode;
+use shared::time::now_ms;
 use tracing::Instrument;
 
 use super::auth::{AuthError, bearer};
 use super::{ApiError, AppState};
-use crate::business::messaging::now_ms;
 use crate::worker::session;
 
 /// tungstenite's read buffer, allocated up front for every connection and kept for its

@@ -616,7 +616,7 @@ impl DirectoryStore for EmbeddedStore {
                             .map_err(db_err)?;
                     }
                     None => {
-                        let since = crate::business::messaging::now_ms();
+                        let since = shared::time::now_ms();
                         if waiting
                             .get((shop.as_str(), conv.as_str()))
                             .map_err(db_err)?

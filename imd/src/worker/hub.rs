@@ -439,7 +439,7 @@ impl Hub {
     /// Disconnects, with `kick` `blacklisted`, every connection whose uid or ip the
     /// worker's blacklist cache now blocks; returns how many.
     pub fn enforce_blacklist(&self) -> usize {
-        let now = crate::business::messaging::now_ms();
+        let now = shared::time::now_ms();
         let mut kicked = 0;
         for c in self.all() {
             if self.blacklist.uid_blocked(&c.who.uid, now)

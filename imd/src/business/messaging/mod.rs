@@ -26,11 +26,11 @@ mod read;
 
 use std::hash::BuildHasher;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use shared::ids::{ConvRef, direct_conv, is_valid_id};
 use shared::protocol::{MAX_CID_LEN, SendRequest};
+use shared::time::now_ms;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -98,13 +98,6 @@ struct Inner {
 /// The messaging service. Cheap to clone.
 #[derive(Clone)]
 pub struct Messaging(Arc<Inner>);
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
 
 impl Messaging {
     /// Starts `lanes` commit tasks (at least one). Each commits at most `batch_max`

@@ -2,14 +2,20 @@
 //! and split into one share per agent.
 //!
 //! Everything here is plain data and arithmetic, so that it can be unit-tested and
-//! shipped to an agent as JSON. It must not open sockets or spawn anything.
+//! shipped to an agent as JSON. It must not open sockets or spawn anything. This file
+//! builds the run's plan ([`RunPlan`]) and splits it; [`parse`] reads the command
+//! line's strings, [`agent`] is one agent's share and the per-connection rules.
 
-use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
-use std::str::FromStr;
+pub mod agent;
+pub mod parse;
 
-use anyhow::{Context, bail, ensure};
-use serde::{Deserialize, Serialize};
+use std::net::IpAddr;
+
+use anyhow::ensure;
+use shared::secret::Secret;
+
+pub use agent::{AgentPlan, Role, group_name, shop_id, uid};
+pub use parse::{Target, api_base, parse_source_ips};
 
 use crate::cli::{RunArgs, Scenario};
 
@@ -23,109 +29,6 @@ pub const MAX_SOURCE_IPS: usize = 65_536;
 /// Time between the last scheduled connection and the first message, so that the
 /// last handshakes finish before the traffic starts.
 pub const SETTLE_MS: u64 = 1_000;
-
-/// A secret whose `Debug` does not print it.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    /// The secret itself.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl FromStr for Secret {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s.is_empty() {
-            return Err("the token secret is empty".into());
-        }
-        Ok(Secret(s.to_owned()))
-    }
-}
-
-/// Parses `--source-ips`: comma-separated IPv4/IPv6 addresses and IPv4 ranges
-/// `A-B` (inclusive, `A <= B`), in the order given.
-pub fn parse_source_ips(spec: &str) -> anyhow::Result<Vec<IpAddr>> {
-    let mut out = Vec::new();
-    for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        if let Some((a, b)) = item.split_once('-') {
-            let a: Ipv4Addr = a
-                .trim()
-                .parse()
-                .with_context(|| format!("bad range start in {item:?}"))?;
-            let b: Ipv4Addr = b
-                .trim()
-                .parse()
-                .with_context(|| format!("bad range end in {item:?}"))?;
-            let (a, b) = (u32::from(a), u32::from(b));
-            ensure!(a <= b, "range {item:?} runs backwards");
-            let len = u64::from(b - a) + 1;
-            ensure!(
-                out.len() as u64 + len <= MAX_SOURCE_IPS as u64,
-                "--source-ips names more than {MAX_SOURCE_IPS} addresses"
-            );
-            out.extend((a..=b).map(|n| IpAddr::V4(Ipv4Addr::from(n))));
-        } else {
-            let ip: IpAddr = item
-                .parse()
-                .with_context(|| format!("bad address {item:?}"))?;
-            ensure!(
-                out.len() < MAX_SOURCE_IPS,
-                "--source-ips names more than {MAX_SOURCE_IPS} addresses"
-            );
-            out.push(ip);
-        }
-    }
-    ensure!(!out.is_empty(), "--source-ips {spec:?} names no address");
-    Ok(out)
-}
-
-/// A WebSocket endpoint of one imd node, from a `--target` base URL.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Target {
-    /// `host:port` as given (for the Host header and resolution).
-    pub authority: String,
-    /// `ws://host:port/v1/ws` (no token).
-    pub ws_url: String,
-}
-
-impl Target {
-    /// Parses `http://host:port` (or `ws://`, or a bare `host:port`).
-    pub fn parse(url: &str) -> anyhow::Result<Self> {
-        let rest = if let Some(r) = url.strip_prefix("http://") {
-            r
-        } else if let Some(r) = url.strip_prefix("ws://") {
-            r
-        } else if url.starts_with("https://") || url.starts_with("wss://") {
-            bail!("target {url:?}: TLS is not supported by imbench yet");
-        } else if url.contains("://") {
-            bail!("target {url:?}: expected http://host:port");
-        } else {
-            url
-        };
-        let authority = rest.split('/').next().unwrap_or_default();
-        ensure!(
-            authority
-                .rsplit_once(':')
-                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()),
-            "target {url:?}: expected http://host:port"
-        );
-        Ok(Target {
-            authority: authority.to_owned(),
-            ws_url: format!("ws://{authority}/v1/ws"),
-        })
-    }
-}
 
 /// The whole run, as the coordinator sees it.
 #[derive(Debug, Clone)]
@@ -464,274 +367,15 @@ pub fn split(total: u64, agents: usize, unit: u64) -> Vec<Share> {
 }
 
 fn new_run_id() -> String {
-    use std::time::{SystemTime, UNIX_EPOCH};
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
+    let nanos = shared::time::since_epoch().as_nanos();
     // Good enough to tell runs apart; not a security boundary.
     let mixed = (nanos as u64) ^ (u64::from(std::process::id()) << 32);
     format!("{:08x}", (mixed ^ (mixed >> 29)) as u32)
 }
 
-/// One agent's share of the run. Sent to the agent as JSON, over a pipe or over the
-/// network, so it carries no secret: the token secret travels apart (see
-/// [`PlanLine`](crate::link::PlanLine)), and only on a pipe.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AgentPlan {
-    /// imbench version of the coordinator; an agent of another version refuses.
-    pub version: String,
-    /// Agent index, from 0.
-    pub agent: usize,
-    /// Tag in every uid.
-    pub run_id: String,
-    /// What the connections do.
-    pub scenario: Scenario,
-    /// imd nodes; global connection i goes to `targets[i % len]`.
-    pub targets: Vec<Target>,
-    /// Connections over all agents (the ramp schedule is global).
-    pub total_connections: u64,
-    /// First global connection index of this agent.
-    pub first: u64,
-    /// Connections of this agent.
-    pub count: u64,
-    /// Connections per second over all agents: global connection i opens at
-    /// `start + i / ramp_per_s`.
-    pub ramp_per_s: f64,
-    /// Messages per second of each sending connection.
-    pub per_conn_rate: f64,
-    /// Sending connections over all agents.
-    pub senders: u64,
-    /// Connections per unit (pair, group, shop; 1 for idle): unit k is
-    /// `k*unit .. (k+1)*unit`, on target `k % targets`.
-    pub unit: u64,
-    /// Agents per shop (service): the first connections of each shop.
-    pub shop_agents: u64,
-    /// Ramp length over all agents.
-    pub ramp_ms: u64,
-    /// Pause between the ramp and the load.
-    pub settle_ms: u64,
-    /// Load phase.
-    pub duration_ms: u64,
-    /// Reading-only phase after the load.
-    pub drain_ms: u64,
-    /// Source addresses; global connection i binds `source_ips[i % len]`.
-    pub source_ips: Vec<IpAddr>,
-    /// Whether to check delivery.
-    pub verify: bool,
-    /// Handshake timeout.
-    pub connect_timeout_ms: u64,
-    /// Application ping period (0: none).
-    pub heartbeat_ms: u64,
-    /// Client WebSocket read buffer.
-    pub read_buffer: usize,
-    /// Whether a unit's connections are spread over the targets (see
-    /// [`AgentPlan::target_of`]).
-    #[serde(default)]
-    pub spread: bool,
-}
-
-impl AgentPlan {
-    /// The uid of global connection `i`.
-    pub fn uid(&self, i: u64) -> String {
-        uid(&self.run_id, i)
-    }
-
-    /// Global indices of this agent's connections.
-    pub fn indices(&self) -> std::ops::Range<u64> {
-        self.first..self.first + self.count
-    }
-
-    /// The chat peer of global connection `i`, if it has one.
-    pub fn peer(&self, i: u64) -> Option<u64> {
-        let p = i ^ 1;
-        (p < self.total_connections).then_some(p)
-    }
-
-    /// The global index of a uid of this run (None for anyone else).
-    pub fn index_of(&self, uid: &str) -> Option<u64> {
-        uid.strip_prefix('b')?
-            .strip_prefix(self.run_id.as_str())?
-            .strip_prefix('u')?
-            .parse()
-            .ok()
-            .filter(|i| *i < self.total_connections)
-    }
-
-    /// Unit (pair, group, shop) of global connection `i`.
-    pub fn unit_of(&self, i: u64) -> u64 {
-        i / self.unit.max(1)
-    }
-
-    /// Global indices of unit `k`.
-    pub fn unit_range(&self, k: u64) -> std::ops::Range<u64> {
-        let unit = self.unit.max(1);
-        (k * unit).min(self.total_connections)..((k + 1) * unit).min(self.total_connections)
-    }
-
-    /// Target index of global connection `i`: every connection of a unit on one, or
-    /// with `spread` connection j of unit k on target (k + j) mod targets.
-    pub fn target_of(&self, i: u64) -> usize {
-        let k = self.unit_of(i);
-        let j = if self.spread {
-            i - self.unit_range(k).start
-        } else {
-            0
-        };
-        ((k + j) % self.targets.len().max(1) as u64) as usize
-    }
-
-    /// What global connection `i` does.
-    pub fn role(&self, i: u64) -> Role {
-        let k = self.unit_of(i);
-        match self.scenario {
-            Scenario::Idle => Role::Idle,
-            Scenario::Chat => match self.peer(i) {
-                Some(peer) => Role::Peer { peer },
-                None => Role::Silent,
-            },
-            Scenario::Group => Role::Member { group: k },
-            Scenario::Service => {
-                if i - self.unit_range(k).start < self.shop_agents {
-                    Role::ShopAgent { shop: k }
-                } else {
-                    Role::Customer { shop: k }
-                }
-            }
-        }
-    }
-
-    /// The agents of shop `k`.
-    pub fn shop_agents_of(&self, k: u64) -> std::ops::Range<u64> {
-        let r = self.unit_range(k);
-        r.start..(r.start + self.shop_agents).min(r.end)
-    }
-
-    /// The name of group `k` (the conversation is `g:{name}`).
-    pub fn group_name(&self, k: u64) -> String {
-        group_name(&self.run_id, k)
-    }
-
-    /// The id of shop `k`.
-    pub fn shop_id(&self, k: u64) -> String {
-        shop_id(&self.run_id, k)
-    }
-}
-
-/// What one connection does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// Stays open.
-    Idle,
-    /// Chat: sends to and hears from `peer`.
-    Peer {
-        /// The peer's global index.
-        peer: u64,
-    },
-    /// Chat's odd last connection: no peer, sends nothing.
-    Silent,
-    /// Group: sends to the group, hears every other member.
-    Member {
-        /// Group index.
-        group: u64,
-    },
-    /// Service: writes to the shop, hears the replies.
-    Customer {
-        /// Shop index.
-        shop: u64,
-    },
-    /// Service: one of the shop's agents (token role `agent`); replies to every
-    /// customer message it is pushed.
-    ShopAgent {
-        /// Shop index.
-        shop: u64,
-    },
-}
-
-/// The uid of global connection `i` of run `run_id`.
-pub fn uid(run_id: &str, i: u64) -> String {
-    format!("b{run_id}u{i}")
-}
-
-/// The name of group `k` of run `run_id`.
-pub fn group_name(run_id: &str, k: u64) -> String {
-    format!("b{run_id}g{k}")
-}
-
-/// The id of shop `k` of run `run_id`.
-pub fn shop_id(run_id: &str, k: u64) -> String {
-    format!("b{run_id}s{k}")
-}
-
-/// Parses `--api`: an `http://host:port` base URL, without a trailing slash.
-pub fn api_base(url: &str) -> anyhow::Result<String> {
-    let t = Target::parse(url).with_context(|| format!("--api {url:?}"))?;
-    Ok(format!("http://{}", t.authority))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn ip(s: &str) -> IpAddr {
-        s.parse().unwrap()
-    }
-
-    #[test]
-    fn source_ip_ranges_parse() {
-        assert_eq!(
-            parse_source_ips("127.0.0.2-127.0.0.4").unwrap(),
-            vec![ip("127.0.0.2"), ip("127.0.0.3"), ip("127.0.0.4")]
-        );
-        assert_eq!(
-            parse_source_ips("127.0.0.9").unwrap(),
-            vec![ip("127.0.0.9")]
-        );
-        assert_eq!(
-            parse_source_ips("127.0.0.2, 127.0.1.254-127.0.2.1,::1").unwrap(),
-            vec![
-                ip("127.0.0.2"),
-                ip("127.0.1.254"),
-                ip("127.0.1.255"),
-                ip("127.0.2.0"),
-                ip("127.0.2.1"),
-                ip("::1")
-            ]
-        );
-        assert_eq!(parse_source_ips("127.0.0.2-127.0.0.40").unwrap().len(), 39);
-        for bad in [
-            "",
-            ",",
-            "127.0.0.5-127.0.0.4",
-            "127.0.0.x",
-            "1-2",
-            "::1-::2",
-            "10.0.0.0-10.1.0.0",
-        ] {
-            assert!(parse_source_ips(bad).is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn targets_parse() {
-        let t = Target::parse("http://127.0.0.1:8080").unwrap();
-        assert_eq!(t.ws_url, "ws://127.0.0.1:8080/v1/ws");
-        assert_eq!(t.authority, "127.0.0.1:8080");
-        assert_eq!(Target::parse("ws://h:1/").unwrap().ws_url, "ws://h:1/v1/ws");
-        assert_eq!(
-            Target::parse("localhost:9").unwrap().authority,
-            "localhost:9"
-        );
-        for bad in [
-            "https://h:1",
-            "http://h",
-            "http://:1",
-            "ftp://h:1",
-            "h:port",
-        ] {
-            assert!(Target::parse(bad).is_err(), "{bad:?}");
-        }
-    }
 
     #[test]
     fn splits_cover_everything_once() {
@@ -941,12 +585,5 @@ mod tests {
         assert_eq!(plans[1].peer(199), Some(198));
         assert_eq!(plans[0].peer(0), Some(1));
         assert_eq!(plan(10, Scenario::Idle).per_connection_rate(), 0.0);
-    }
-
-    #[test]
-    fn secrets_do_not_print() {
-        let s: Secret = "hunter2".parse().unwrap();
-        assert_eq!(format!("{s:?}"), "***");
-        assert_eq!(serde_json::to_string(&s).unwrap(), "\"hunter2\"");
     }
 }

@@ -1,0 +1,86 @@
+//! The human summary printed at the end of a run: a few aligned lines over the report's
+//! sections. It formats; it must not compute anything the JSON report lacks.
+
+use std::fmt::Write as _;
+
+use super::Report;
+
+/// The human summary printed at the end.
+pub fn summary(r: &Report) -> String {
+    let mut s = String::new();
+    let run = &r.run;
+    let _ = writeln!(
+        s,
+        "imbench {} run {}: {} connection(s) to {} target(s), {} agent process(es), {:.0}s load{}",
+        run.scenario,
+        run.run_id,
+        r.connections.target,
+        run.targets.len(),
+        run.local_agents + run.remote_agents.len(),
+        run.duration_s,
+        if run.scenario != "idle" {
+            format!(" at {} msg/s", run.rate)
+        } else {
+            String::new()
+        }
+    );
+    let c = &r.connections;
+    let _ = writeln!(
+        s,
+        "  connections  opened {}/{}  failed {}  dropped {}  reconnects {}  open at end {}  \
+         handshakes/s {:.0} (peak {:.0})",
+        c.opened,
+        c.target,
+        c.failed,
+        c.dropped,
+        c.reconnects,
+        c.open_at_end,
+        c.handshakes_per_s,
+        c.handshakes_per_s_peak
+    );
+    if run.scenario != "idle" {
+        let m = &r.messages;
+        let _ = writeln!(
+            s,
+            "  messages     sent {}  acked {}  refused {}  delivered {}  echoed {}  retransmits {}",
+            m.sent, m.acked, m.refused, m.delivered, m.echoed, m.retransmits
+        );
+        let l = &r.latency_ms;
+        let _ = writeln!(
+            s,
+            "  latency ms   p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}  (n={}, send→push)",
+            l.p50, l.p90, l.p99, l.p999, l.max, l.count
+        );
+        let a = &r.ack_latency_ms;
+        let _ = writeln!(
+            s,
+            "  ack ms       p50 {:.3}  p99 {:.3}  max {:.3}  (send→sent)",
+            a.p50, a.p99, a.max
+        );
+        let t = &r.throughput;
+        let _ = writeln!(
+            s,
+            "  throughput   sent {:.1}/s  delivered {:.1}/s  longest delivery gap {:.0} ms",
+            t.sent_per_s, t.delivered_per_s, r.delivery_gap.longest_ms
+        );
+        if run.verify {
+            let _ = writeln!(
+                s,
+                "  verify       lost {}  lost_echo {}  duplicated {}  out_of_order {}  unacked {}  \
+                 undeliverable {}",
+                m.lost, m.lost_echo, m.duplicated, m.out_of_order, m.unacked, m.undeliverable
+            );
+        }
+    }
+    for e in &r.errors {
+        let _ = writeln!(s, "  error        {} x{}: {}", e.kind, e.count, e.sample);
+    }
+    if r.ok {
+        let _ = writeln!(s, "  result       OK");
+    } else {
+        for f in &r.failures {
+            let _ = writeln!(s, "  FAILED       {f}");
+        }
+    }
+    s
+}
