@@ -22,13 +22,18 @@ impl BlacklistKind {
     }
 }
 
+/// A blacklist kind that is neither `uid` nor `ip`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown blacklist kind {0:?} (uid|ip)")]
+pub struct UnknownKind(pub String);
+
 impl std::str::FromStr for BlacklistKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownKind;
+    fn from_str(s: &str) -> Result<Self, UnknownKind> {
         match s {
             "uid" => Ok(BlacklistKind::Uid),
             "ip" => Ok(BlacklistKind::Ip),
-            _ => Err(format!("unknown blacklist kind {s:?} (uid|ip)")),
+            _ => Err(UnknownKind(s.to_owned())),
         }
     }
 }
@@ -140,13 +145,16 @@ impl std::fmt::Display for ConnCursor {
     }
 }
 
-impl std::str::FromStr for ConnCursor {
-    type Err = String;
+/// A paging cursor that is not `uid/device`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid cursor {0:?} (uid/device)")]
+pub struct BadCursor(pub String);
 
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (uid, device) = s
-            .split_once('/')
-            .ok_or_else(|| format!("invalid cursor {s:?} (uid/device)"))?;
+impl std::str::FromStr for ConnCursor {
+    type Err = BadCursor;
+
+    fn from_str(s: &str) -> Result<Self, BadCursor> {
+        let (uid, device) = s.split_once('/').ok_or_else(|| BadCursor(s.to_owned()))?;
         Ok(Self {
             uid: uid.to_owned(),
             device: device.to_owned(),

@@ -339,7 +339,7 @@ impl Admin {
         let after: Option<ConnCursor> = after
             .map(str::parse)
             .transpose()
-            .map_err(Error::BadRequest)?;
+            .map_err(|e: shared::admin::BadCursor| Error::BadRequest(e.to_string()))?;
         let limit = limit.unwrap_or(100).clamp(1, 1000);
         let (connections, next) = self
             .devices

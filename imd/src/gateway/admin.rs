@@ -97,9 +97,9 @@ async fn blacklist_remove(
     State(app): State<AppState>,
     ApiPath((kind, value)): ApiPath<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let kind: BlacklistKind = kind
-        .parse()
-        .map_err(|e: String| ApiError::new(ErrorCode::BadRequest, e))?;
+    let kind: BlacklistKind = kind.parse().map_err(|e: shared::admin::UnknownKind| {
+        ApiError::new(ErrorCode::BadRequest, e.to_string())
+    })?;
     app.admin.blacklist_remove(kind, &value).await?;
     Ok(ok())
 }

@@ -185,3 +185,20 @@ async fn healthz_answers() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["status"], "ok");
 }
+
+#[tokio::test]
+async fn a_malformed_connections_cursor_is_a_bad_request() {
+    let f = fixture().await;
+    let admin = |path: &str| {
+        Request::get(path)
+            .header("authorization", "Bearer test-admin")
+            .body(Body::empty())
+            .unwrap()
+    };
+    let (status, body) = f.call(admin("/admin/v1/connections?after=no-slash")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(code(&body), "bad_request");
+    let (status, body) = f.call(admin("/admin/v1/connections?after=a/1")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["connections"], json!([]));
+}
