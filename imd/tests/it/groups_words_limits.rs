@@ -1,13 +1,13 @@
 //! Groups, the sensitive-word filter and rate limits against a real process.
 
-mod common;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Auth, Http, Imd, WsClient, claims, mint, try_ws_from, wait_until};
 use serde_json::{Value, json};
 use shared::protocol::{ErrorCode, Message, ServerFrame};
+
+use crate::common;
+use crate::common::{Auth, Http, Imd, WsClient, claims, mint, try_ws_from, wait_until};
 
 const SECRET: &str = "test-secret-0123456789abcdef";
 const ADMIN: &str = "admin-0123456789abcdef";

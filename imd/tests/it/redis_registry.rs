@@ -3,8 +3,6 @@
 //! `redis-server` processes). `both!` makes a module per scenario with a `standalone`
 //! and a `cluster` test, each on fresh servers.
 
-mod common;
-
 use std::time::Duration;
 
 use futures_util::{StreamExt, TryStreamExt, stream};
@@ -12,8 +10,8 @@ use imd::store::{DirectoryStore, MessageStore, NewMessage, NodeInfo, Op, RedisSt
 use shared::admin::{BlacklistEntry, BlacklistKind};
 use tokio::sync::mpsc;
 
-use common::redis::Redis;
-use common::wait_until;
+use crate::common::wait_until;
+use testkit::Redis;
 
 /// How long a registration with a short TTL may take to be seen as expired.
 const EXPIRY_DEADLINE: Duration = Duration::from_secs(5);

@@ -2,24 +2,19 @@
 //! Cluster made with `redis-cli --cluster create`. Each lives in its own temporary
 //! directory, on ports picked free, and is killed on drop.
 //!
-//! `bash .ci/test` installs `redis-server` and `redis-cli` when they are missing.
+//! `bash .ci/test` installs `redis-server` and `redis-cli` when they are missing. What a
+//! test does to a server beyond starting it (restarting it, reading its keys) is the
+//! test's own business.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::free_port;
+
 /// How long a server may take to answer `PING`, and a cluster to reach `cluster_state:ok`.
 const READY_DEADLINE: Duration = Duration::from_secs(20);
-
-/// A port nobody listens on right now (the server is started on it at once; a clash
-/// shows up as a server that exits, and the caller retries).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind a free port")
-        .port()
-}
 
 /// Sends one inline command over a fresh connection and returns the raw reply, or
 /// `None` when nobody answers.
@@ -33,6 +28,7 @@ fn raw_command(port: u16, command: &str) -> Option<String> {
 }
 
 /// One `redis-server` process.
+#[derive(Debug)]
 struct Server {
     child: Child,
     port: u16,
@@ -98,14 +94,15 @@ fn start_server(dir: &std::path::Path, extra: &[String]) -> Server {
 }
 
 /// A running Redis, standalone or a cluster; everything stops on drop.
-pub(crate) struct Redis {
+#[derive(Debug)]
+pub struct Redis {
     servers: Vec<Server>,
     _dir: tempfile::TempDir,
 }
 
 impl Redis {
     /// One standalone server.
-    pub(crate) fn standalone() -> Redis {
+    pub fn standalone() -> Redis {
         let dir = tempfile::Builder::new()
             .prefix("imd-redis-")
             .tempdir()
@@ -118,7 +115,7 @@ impl Redis {
     }
 
     /// A Redis Cluster of three masters without replicas, every slot assigned.
-    pub(crate) fn cluster() -> Redis {
+    pub fn cluster() -> Redis {
         let dir = tempfile::Builder::new()
             .prefix("imd-redis-cluster-")
             .tempdir()
@@ -174,7 +171,7 @@ impl Redis {
     }
 
     /// What `imd --redis` takes: the URL of each server, comma-separated.
-    pub(crate) fn url(&self) -> String {
+    pub fn url(&self) -> String {
         self.servers
             .iter()
             .map(|s| format!("redis://127.0.0.1:{}", s.port))
@@ -183,7 +180,7 @@ impl Redis {
     }
 
     /// Whether this is a cluster.
-    pub(crate) fn is_cluster(&self) -> bool {
+    pub fn is_cluster(&self) -> bool {
         self.servers.len() > 1
     }
 }

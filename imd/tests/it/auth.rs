@@ -1,13 +1,12 @@
 //! Tokens against a real process: who is refused before the upgrade and on HTTP, and
 //! whether `imd token` / `imd admin-token` agree with `imd serve` on the same data dir.
 
-mod common;
-
-use common::{Auth, Imd, WsClient, claims, mint, now_secs, try_ws};
 use jsonwebtoken::{DecodingKey, Validation};
 use serde_json::json;
 use shared::protocol::ErrorCode;
 use shared::token::{Claims, Platform};
+
+use crate::common::{Auth, Imd, WsClient, claims, mint, now_secs, try_ws};
 
 const SECRET: &str = "test-secret-0123456789abcdef";
 const ADMIN: &str = "admin-0123456789abcdef";

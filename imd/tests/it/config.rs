@@ -2,11 +2,10 @@
 //! environment variable or a TOML file, with flags over environment over file.
 //! `--max-frame-bytes` is the probe: it moves the HTTP 413 threshold.
 
-mod common;
-
-use common::{Imd, claims, mint};
 use serde_json::json;
 use shared::protocol::ErrorCode;
+
+use crate::common::{Imd, claims, mint};
 
 /// Posts a message whose body is `size` bytes long and returns the status.
 async fn post_of_size(imd: &Imd, token: &str, size: usize) -> u16 {

@@ -1,14 +1,11 @@
 //! The HTTP API against a real process: message shape, history access and paging,
 //! health and metrics.
 
-mod common;
-
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use common::{FRAME_DEADLINE, Imd, metric, wait_until};
 use serde_json::{Value, json};
 use shared::ids::direct_conv;
 use shared::protocol::{ErrorCode, HistoryResponse};
+
+use crate::common::{FRAME_DEADLINE, Imd, metric, now_ms, wait_until};
 
 /// A message serializes as `{"id","conv","seq","from","body","ts"}` plus `cid` only when
 /// the sender gave one.
@@ -17,10 +14,7 @@ async fn message_has_the_contract_shape() {
     let imd = Imd::start(&[]);
     let http = imd.http();
     let alice = imd.token("alice", "a1");
-    let before = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as i64;
+    let before = now_ms();
 
     let body = json!({"text": "hi", "n": [1, 2, {"deep": null}]});
     let with_cid = http
@@ -37,10 +31,7 @@ async fn message_has_the_contract_shape() {
     assert_eq!(msg["body"], body, "body comes back as sent");
     assert_eq!(msg["cid"], json!("k1"));
     let ts = msg["ts"].as_i64().expect("ts is an integer");
-    let after = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as i64;
+    let after = now_ms();
     assert!(
         (before - 1000..=after + 1000).contains(&ts),
         "ts {ts} is unix ms now"

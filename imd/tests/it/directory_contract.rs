@@ -4,14 +4,12 @@
 //! property with one test per backend (`<property>::embedded`, `::standalone`,
 //! `::cluster`), each on fresh storage.
 
-mod common;
-
 use std::time::Duration;
 
 use imd::store::{DirectoryStore, EmbeddedStore, RedisStore, ServiceState};
 use shared::admin::{BlacklistEntry, BlacklistKind};
 
-use common::redis::Redis;
+use testkit::Redis;
 
 /// A store and whatever must live as long as it (its directory, its servers).
 struct Backend {

@@ -1,12 +1,11 @@
 //! Guarantee 1 against a real process: what was acknowledged to its sender survives
 //! `kill -9` and a restart on the same data dir, in history and in every inbox.
 
-mod common;
-
-use common::Imd;
 use serde_json::json;
 use shared::ids::direct_conv;
 use shared::protocol::{HistoryResponse, Message};
+
+use crate::common::Imd;
 
 /// The whole history of `conv` as `token`'s user sees it.
 async fn history(imd: &Imd, token: &str, conv: &str) -> Vec<Message> {

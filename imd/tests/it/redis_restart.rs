@@ -12,15 +12,14 @@
 //! cluster config file, which loads them. Nothing sleeps for luck: each step waits for
 //! its condition under a deadline.
 
-mod common;
-
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::redis::Redis;
 use imd::store::{CommitOutcome, MessageStore, NewMessage, NodeInfo, Op, RedisStore};
 use serde_json::json;
+
+use testkit::Redis;
 
 /// How long the old server may take to stop and the new one to answer `PING`.
 const RESTART_DEADLINE: Duration = Duration::from_secs(20);

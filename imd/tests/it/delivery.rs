@@ -1,14 +1,13 @@
 //! Delivery guarantees against a real `imd` process: fan-out to every device, order,
 //! idempotent resends, acks and retransmits, and sync after a reconnect.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::{FRAME_DEADLINE, Imd, metric, wait_until};
 use serde_json::json;
 use shared::ids::direct_conv;
+
+use crate::common::{FRAME_DEADLINE, Imd, metric, wait_until};
 
 /// Guarantee 2: every device of every member gets the push, the sending device too,
 /// whether the message came over WebSocket or HTTP; a non-member gets nothing.

@@ -1,13 +1,12 @@
 //! Process and session lifecycle against a real process: the ready line, replaced
 //! sessions, SIGTERM, and the idle timeout.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{FRAME_DEADLINE, Imd, raw_upgrade, wait_eof};
 use serde_json::{Value, json};
+
+use crate::common::{FRAME_DEADLINE, Imd, raw_upgrade, wait_eof};
 
 /// The ready line is one JSON object with the bound address and the node id, and it is
 /// the only thing on stdout.

@@ -3,13 +3,13 @@
 //! conversations reaching an agent who connects later, replies, who may write and
 //! read, and the admin's transfer and close.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Http, Imd, WsClient, claims, mint, wait_until};
 use serde_json::{Value, json};
 use shared::protocol::{ErrorCode, Message};
+
+use crate::common;
+use crate::common::{Http, Imd, WsClient, claims, mint, wait_until};
 
 const SECRET: &str = "test-secret-0123456789abcdef";
 const ADMIN: &str = "admin-0123456789abcdef";

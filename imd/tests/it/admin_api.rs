@@ -1,16 +1,18 @@
 //! The admin API's other calls against a real process: who may call it (401/403),
 //! connection inspection and paging, kicking a user, and reading any conversation.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{Auth, FRAME_DEADLINE, Http, Imd, Resp, WsClient, claims, mint, wait_until};
 use serde_json::{Value, json};
 use shared::ids::direct_conv;
 use shared::protocol::ErrorCode;
 use shared::token::{Claims, Platform};
+
+use crate::common;
+use crate::common::{
+    Auth, FRAME_DEADLINE, Http, Imd, Resp, WsClient, claims, mint, now_ms, wait_until,
+};
 
 const SECRET: &str = "test-secret-0123456789abcdef";
 const ADMIN: &str = "admin-0123456789abcdef";
@@ -31,13 +33,6 @@ fn tok_on(uid: &str, device: &str, plat: Platform) -> String {
             ..claims(uid, device, 3600)
         },
     )
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_millis() as i64
 }
 
 async fn connections(http: &Http, query: &str) -> Value {

@@ -5,16 +5,16 @@
 //! The ip tests rely on Linux answering for all of 127.0.0.0/8: the server listens on
 //! 127.0.0.1 and clients bind their end to 127.0.0.9, 127.0.0.10, 127.0.0.16.
 
-mod common;
-
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
-use common::{
-    Auth, FRAME_DEADLINE, Http, Imd, WsClient, claims, mint, try_ws, try_ws_from, wait_until,
-};
 use serde_json::{Value, json};
 use shared::protocol::ErrorCode;
+
+use crate::common::{
+    Auth, FRAME_DEADLINE, Http, Imd, WsClient, claims, mint, now_ms, try_ws, try_ws_from,
+    wait_until,
+};
 
 const SECRET: &str = "test-secret-0123456789abcdef";
 const ADMIN: &str = "admin-0123456789abcdef";
@@ -31,13 +31,6 @@ fn tok(uid: &str, device: &str) -> String {
 
 fn lo(last: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_millis() as i64
 }
 
 async fn add(http: &Http, body: Value) -> Value {

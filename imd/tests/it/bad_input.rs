@@ -1,15 +1,14 @@
 //! Guarantee 4 against a real process: bad input gets a clear error and the connection,
 //! or the server, goes on serving.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 
-use common::{Auth, FRAME_DEADLINE, Imd, WsClient, metric, try_ws, wait_until};
 use serde_json::json;
 use shared::protocol::{ErrorCode, ServerFrame};
+
+use crate::common::{Auth, FRAME_DEADLINE, Imd, WsClient, metric, try_ws, wait_until};
 
 /// Sends `frame` over a fresh connection, expects `bad_request` (echoing `cid` when
 /// given), then proves the connection still works with a ping and a send that commits
