@@ -1,16 +1,14 @@
-//! Real-process harness: a live `imd serve` on port 0 in a temporary data dir, the built
-//! `imctl` binary pointed at it, and WebSocket clients that act as users' devices.
+//! imctl's side of the real-process harness: a live `imd serve` (the workspace's
+//! testkit starts it on port 0, parses its ready line and kills it), the built `imctl`
+//! pointed at it, and WebSocket clients that act as users' devices.
 //!
 //! imd is found next to imctl's own binary (`target/debug/imd`): `cargo test --workspace`
 //! builds every binary first; alone, run `cargo build -p imd` before `cargo test -p imctl`.
 //! Nothing here sleeps for luck: waits are for a condition under a deadline, except
 //! [`Device::expect_silence`], a window that proves absence.
-//!
-//! Each test file uses a different part of the harness, hence `dead_code` is allowed.
-#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
+use std::ops::{Deref, DerefMut};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
@@ -23,8 +21,6 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-/// How long imd may take to print its ready line.
-const READY_DEADLINE: Duration = Duration::from_secs(20);
 /// How long a frame that must come may take.
 pub(crate) const FRAME_DEADLINE: Duration = Duration::from_secs(5);
 
@@ -35,32 +31,29 @@ pub(crate) fn imctl_bin() -> PathBuf {
 
 /// The built imd, next to imctl.
 pub(crate) fn imd_bin() -> PathBuf {
-    let dir = imctl_bin()
-        .parent()
-        .expect("imctl lives in a directory")
-        .to_owned();
-    let imd = dir.join(format!("imd{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        imd.exists(),
-        "no imd binary at {}: build it first with `cargo build -p imd` \
-         (`cargo test --workspace` builds it)",
-        imd.display()
-    );
-    imd
+    testkit::sibling_bin(imctl_bin(), "imd")
 }
 
-/// A running `imd serve`, killed on drop.
+/// A running `imd serve` (the testkit's, through `Deref`: address, node id, restarts,
+/// `imd token`) with its admin token, and the imctl and devices that act on it.
 pub(crate) struct Imd {
-    child: Option<Child>,
-    /// The bound address, from the ready line.
-    pub(crate) addr: SocketAddr,
-    /// The node id, from the ready line.
-    pub(crate) node_id: String,
-    dir: tempfile::TempDir,
+    process: testkit::Imd,
     /// The admin token.
     pub(crate) admin: String,
-    /// Extra flags of `imd serve`.
-    args: Vec<String>,
+}
+
+impl Deref for Imd {
+    type Target = testkit::Imd;
+
+    fn deref(&self) -> &testkit::Imd {
+        &self.process
+    }
+}
+
+impl DerefMut for Imd {
+    fn deref_mut(&mut self) -> &mut testkit::Imd {
+        &mut self.process
+    }
 }
 
 impl Imd {
@@ -69,131 +62,14 @@ impl Imd {
         Imd::start_with(&[])
     }
 
-    /// Starts imd with extra flags of `imd serve`.
+    /// Starts imd with extra flags of `imd serve`; connections are not rate-limited.
     pub(crate) fn start_with(args: &[&str]) -> Imd {
-        let dir = tempfile::Builder::new()
-            .prefix("imctl-test-")
-            .tempdir()
-            .expect("tempdir");
-        let mut imd = Imd {
-            child: None,
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            node_id: String::new(),
-            dir,
-            admin: String::new(),
-            args: args.iter().map(|a| (*a).to_owned()).collect(),
-        };
-        imd.spawn("127.0.0.1:0");
-        imd.admin = imd.helper(&["admin-token"]);
-        imd
-    }
-
-    /// The data dir.
-    pub(crate) fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
-    fn command(&self) -> Command {
-        let mut cmd = Command::new(imd_bin());
-        for (key, _) in std::env::vars() {
-            if key.starts_with("IMD_") {
-                cmd.env_remove(key);
-            }
-        }
-        cmd.env("RUST_LOG", "warn").stdin(Stdio::null());
-        cmd
-    }
-
-    fn spawn(&mut self, listen: &str) {
-        let stderr = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("imd.stderr"))
-            .expect("stderr log");
-        let mut child = self
-            .command()
-            .arg("serve")
-            .args(["--listen", listen, "--connect-rate", "0", "--data-dir"])
-            .arg(self.data_dir())
-            .args(&self.args)
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn imd");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        // Drains stdout to the end so that the pipe never fills.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let _ = tx.send(line);
-            }
-        });
-        self.child = Some(child);
-        let line = rx.recv_timeout(READY_DEADLINE).unwrap_or_else(|e| {
-            panic!(
-                "imd printed no ready line ({e}); stderr:\n{}",
-                std::fs::read_to_string(self.dir.path().join("imd.stderr")).unwrap_or_default()
-            )
-        });
-        let ready: Value = serde_json::from_str(&line).expect("ready line is JSON");
-        assert_eq!(ready["event"], "ready", "{line}");
-        self.addr = ready["listen"].as_str().unwrap().parse().unwrap();
-        self.node_id = ready["node_id"].as_str().unwrap().to_owned();
-    }
-
-    /// Kills the server (SIGKILL) and reaps it.
-    pub(crate) fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Starts the server again on the same address and data dir.
-    pub(crate) fn restart_same_port(&mut self) {
-        self.kill();
-        let listen = self.addr.to_string();
-        // The port was just freed; binding it again may race a lingering socket.
-        let end = Instant::now() + Duration::from_secs(10);
-        loop {
-            if std::net::TcpListener::bind(self.addr).is_ok() || Instant::now() > end {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        self.spawn(&listen);
-    }
-
-    /// `imd <args> --data-dir DIR`'s one line of output.
-    fn helper(&self, args: &[&str]) -> String {
-        let out = self
-            .command()
-            .args(args)
-            .arg("--data-dir")
-            .arg(self.data_dir())
-            .output()
-            .expect("run imd helper");
-        assert!(out.status.success(), "imd {args:?}: {out:?}");
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    }
-
-    /// A client token of `uid`'s web `device`.
-    pub(crate) fn token(&self, uid: &str, device: &str) -> String {
-        self.helper(&[
-            "token",
-            "--uid",
-            uid,
-            "--device",
-            device,
-            "--platform",
-            "web",
-        ])
-    }
-
-    /// `http://ADDR`.
-    pub(crate) fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let process = testkit::Imd::builder(imd_bin())
+            .args(["--connect-rate", "0"])
+            .args(args.iter().copied())
+            .start();
+        let admin = process.admin_token();
+        Imd { process, admin }
     }
 
     /// `imctl` pointed at this server with the admin token, environment scrubbed.
@@ -235,12 +111,6 @@ impl Imd {
         Device::connect(self, &self.token(uid, device))
             .await
             .is_ok()
-    }
-}
-
-impl Drop for Imd {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 

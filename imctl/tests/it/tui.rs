@@ -4,12 +4,12 @@
 //! tmux is required, not optional: without it this test fails and says so (CI installs
 //! it), rather than skipping in silence.
 
-mod common;
-
 use std::process::{Command, Output};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
-use common::Imd;
+use crate::common;
+use crate::common::Imd;
 
 /// How long the screen may take to show what a step expects.
 const SCREEN_DEADLINE: Duration = Duration::from_secs(10);
@@ -32,12 +32,11 @@ impl Tmux {
                  (apt-get install tmux); CI installs it"
             ),
         }
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
+        // Unique per process and per server in it: tmux servers share one socket dir.
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
         Tmux {
-            socket: format!("imctl-test-{}-{nanos}", std::process::id()),
+            socket: format!("imctl-test-{}-{n}", std::process::id()),
         }
     }
 
@@ -167,7 +166,7 @@ async fn the_console_in_a_real_terminal() {
     tmux.wait_for(&["#1 ", "alice: hello from the test"]);
 
     // The server goes away: the banner says so, the console stays.
-    imd.kill();
+    imd.kill9();
     tmux.wait_for(&["server unreachable, retrying", "cannot reach imd at"]);
     // It comes back on the same address: the banner goes, the tail resumes.
     imd.restart_same_port();

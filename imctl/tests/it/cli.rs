@@ -1,12 +1,12 @@
 //! The built `imctl` against a live `imd`: each command does what the issue says, seen
 //! from the devices it acts on, and every failure is one clear line with a non-zero exit.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Imd, Running, bare_imctl};
 use serde_json::Value;
+
+use crate::common;
+use crate::common::{Imd, Running, bare_imctl};
 
 #[tokio::test]
 async fn blacklist_add_kicks_ls_shows_rm_lets_back_in() {
