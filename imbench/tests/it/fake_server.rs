@@ -2,11 +2,10 @@
 //! child agents, the chat schedule and the delivery check, including faults the
 //! check must catch (a skipped push) and ones it must ride out (a dropped sender).
 
-mod common;
-
 use std::time::Duration;
 
-use common::{FakeImd, Faults, SECRET, run_imbench};
+use crate::common;
+use crate::common::{FakeImd, Faults, SECRET, run_imbench};
 
 /// The harness's short verified chat, 2 s of traffic, with this file's secret.
 fn chat_args<'a>(url: &'a str, extra: &[&'a str]) -> Vec<&'a str> {

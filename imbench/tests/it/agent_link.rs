@@ -3,12 +3,9 @@
 //! listening, a peer that skips the handshake gets nothing, and the plan that crosses
 //! the network carries no secret. Real `imbench` processes against the fake imd.
 
-mod common;
-
 use std::time::Duration;
 
 use clap::Parser;
-use common::{FakeImd, Faults, RemoteAgent, SECRET, run_imbench};
 use imbench::cli::{Cli, Command};
 use imbench::link::{AGENT_LINK, PlanLine};
 use imbench::plan::{AgentPlan, RunPlan};
@@ -16,6 +13,9 @@ use serde_json::Value;
 use shared::link_auth::{LinkKey, client_handshake};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
+
+use crate::common;
+use crate::common::{FakeImd, Faults, RemoteAgent, SECRET, run_imbench};
 
 /// A short verified chat (1 s of traffic) with `secret` as the coordinator's.
 fn chat_args<'a>(url: &'a str, secret: &'a str, extra: &[&'a str]) -> Vec<&'a str> {

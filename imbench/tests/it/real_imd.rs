@@ -5,14 +5,13 @@
 //! Needs the imd binary next to imbench's (`cargo test --workspace` builds it;
 //! alone, run `cargo build -p imd` first).
 
-mod common;
-
 use std::time::Duration;
 
-use common::{ADMIN, Imd, RemoteAgent, SECRET, SecretBy, run_imbench};
+use crate::common;
+use crate::common::{ADMIN, Imd, RemoteAgent, SECRET, SecretBy, run_imbench, start_imd_with};
 
 async fn start_imd() -> Imd {
-    tokio::task::spawn_blocking(|| Imd::start(SECRET))
+    tokio::task::spawn_blocking(|| start_imd_with(SECRET))
         .await
         .unwrap()
 }
@@ -45,7 +44,7 @@ fn chat_args<'a>(url: &'a str, agents: &[&'a str]) -> Vec<&'a str> {
 async fn two_agent_verified_chat_against_imd_loses_nothing() {
     let imd = start_imd().await;
     let r = run_imbench(
-        &chat_args(&imd.url, &["--local-agents", "2"]),
+        &chat_args(&imd.url(), &["--local-agents", "2"]),
         Duration::from_secs(90),
     )
     .await;
@@ -72,7 +71,7 @@ async fn two_remote_agents_over_tcp_verified_chat_loses_nothing() {
     .unwrap();
     let agents = format!("{},{}", a.addr, b.addr);
     let r = run_imbench(
-        &chat_args(&imd.url, &["--agents", &agents]),
+        &chat_args(&imd.url(), &["--agents", &agents]),
         Duration::from_secs(90),
     )
     .await;
@@ -82,7 +81,7 @@ async fn two_remote_agents_over_tcp_verified_chat_loses_nothing() {
     assert_eq!(rep["agents"][1]["addr"], b.addr.as_str(), "{rep}");
     // the agents outlive the run and serve the next one
     let r = run_imbench(
-        &chat_args(&imd.url, &["--agents", &agents, "--local-agents", "1"]),
+        &chat_args(&imd.url(), &["--agents", &agents, "--local-agents", "1"]),
         Duration::from_secs(90),
     )
     .await;
@@ -186,7 +185,7 @@ fn assert_no_loss(r: &common::RunResult) -> (u64, u64) {
 async fn group_fanout_reaches_every_member_device() {
     let imd = start_imd().await;
     let r = run_imbench(
-        &fanout_args(&imd.url, "group", &["--group-size", "5", "--rate", "150"]),
+        &fanout_args(&imd.url(), "group", &["--group-size", "5", "--rate", "150"]),
         Duration::from_secs(90),
     )
     .await;
@@ -202,7 +201,7 @@ async fn service_customers_reach_an_agent_and_get_every_reply() {
     let imd = start_imd().await;
     let r = run_imbench(
         &fanout_args(
-            &imd.url,
+            &imd.url(),
             "service",
             &["--shop-size", "5", "--shop-agents", "2", "--rate", "120"],
         ),
