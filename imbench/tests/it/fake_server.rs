@@ -1,0 +1,232 @@
+//! imbench against an in-process fake of imd's WebSocket contract: the coordinator,
+//! child agents, the chat schedule and the delivery check, including faults the
+//! check must catch (a skipped push) and ones it must ride out (a dropped sender).
+
+use std::time::Duration;
+
+use crate::common;
+use crate::common::{FakeImd, Faults, SECRET, run_imbench};
+
+/// The harness's short verified chat, 2 s of traffic, with this file's secret.
+fn chat_args<'a>(url: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    common::chat_args(url, SECRET, "2s", extra)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_agent_chat_delivers_everything() {
+    let server = FakeImd::start(Faults::default()).await;
+    let r = run_imbench(
+        &chat_args(
+            &server.url,
+            &["--local-agents", "2", "--source-ips", "127.0.0.2-127.0.0.3"],
+        ),
+        Duration::from_secs(60),
+    )
+    .await;
+    r.assert_exit(0);
+    let m = &r.report["messages"];
+    assert_eq!(m["lost"], 0, "{}", r.report);
+    assert_eq!(m["lost_echo"], 0, "{}", r.report);
+    assert_eq!(m["duplicated"], 0);
+    assert_eq!(m["out_of_order"], 0);
+    // 200 msg/s for 2 s, give or take the edges of the schedule
+    let sent = m["sent"].as_u64().unwrap();
+    assert!((390..=410).contains(&sent), "sent {sent}");
+    assert_eq!(m["delivered"], m["acked"]);
+    assert_eq!(m["echoed"], m["acked"]);
+    assert_eq!(r.report["connections"]["opened"], 20);
+    assert_eq!(r.report["agents"].as_array().unwrap().len(), 2);
+    let p50 = r.report["latency_ms"]["p50"].as_f64().unwrap();
+    assert!(p50 > 0.0 && p50 < 500.0, "p50 {p50}");
+    assert!(r.stdout.contains("result       OK"), "{}", r.stdout);
+    assert!(r.stderr.contains("open 20/20"), "{}", r.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_skipped_push_is_a_loss_and_fails_the_run() {
+    let server = FakeImd::start(Faults {
+        skip_push_every: Some(10),
+        ..Default::default()
+    })
+    .await;
+    let r = run_imbench(&chat_args(&server.url, &[]), Duration::from_secs(60)).await;
+    r.assert_exit(1);
+    let lost = r.report["messages"]["lost"].as_u64().unwrap();
+    let sent = r.report["messages"]["sent"].as_u64().unwrap();
+    assert_eq!(lost, sent / 10, "{}", r.report);
+    assert_eq!(r.report["ok"], false);
+    assert!(r.stdout.contains("FAILED"), "{}", r.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_senders_reconnect_resend_and_lose_nothing() {
+    let server = FakeImd::start(Faults {
+        drop_sender_every: Some(25),
+        ..Default::default()
+    })
+    .await;
+    let r = run_imbench(&chat_args(&server.url, &[]), Duration::from_secs(60)).await;
+    r.assert_exit(0);
+    let c = &r.report["connections"];
+    assert!(c["reconnects"].as_u64().unwrap() > 0, "{}", r.report);
+    let m = &r.report["messages"];
+    assert_eq!(m["lost"], 0, "{}", r.report);
+    // every resend with the same cid was answered with the first message
+    assert_eq!(m["duplicated"], 0, "{}", r.report);
+    assert_eq!(m["unacked"], 0, "{}", r.report);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_open_and_hold() {
+    let server = FakeImd::start(Faults::default()).await;
+    let r = run_imbench(
+        &[
+            "--target",
+            &server.url,
+            "--token-secret",
+            SECRET,
+            "--scenario",
+            "idle",
+            "--connections",
+            "300",
+            "--ramp",
+            "1000",
+            "--duration",
+            "1s",
+            "--heartbeat",
+            "200ms",
+        ],
+        Duration::from_secs(60),
+    )
+    .await;
+    r.assert_exit(0);
+    let c = &r.report["connections"];
+    assert_eq!(c["opened"], 300, "{}", r.report);
+    assert_eq!(c["failed"], 0);
+    assert_eq!(c["dropped"], 0);
+    assert!(
+        c["handshakes_per_s"].as_f64().unwrap() > 100.0,
+        "{}",
+        r.report
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_secret_is_counted_not_fatal() {
+    let server = FakeImd::start(Faults::default()).await;
+    let r = run_imbench(
+        &[
+            "--target",
+            &server.url,
+            "--token-secret",
+            "wrong",
+            "--connections",
+            "5",
+            "--duration",
+            "1s",
+        ],
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(r.report["connections"]["failed"], 5);
+    assert_eq!(r.report["errors"][0]["kind"], "http 401", "{}", r.report);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_agent_fails_the_run_not_the_coordinator() {
+    use std::process::Stdio;
+    let server = FakeImd::start(Faults::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("r.json");
+    let mut args = chat_args(&server.url, &["--local-agents", "2"]);
+    let report_arg = report.to_str().unwrap().to_owned();
+    args.extend_from_slice(&["--report", &report_arg]);
+    let mut child = tokio::process::Command::new(common::imbench_bin())
+        .arg("run")
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap();
+    // wait for both agents to be up, then SIGKILL the second by its PID
+    // Children may be started from any thread of the runtime: read every thread's list.
+    let children = move || -> Vec<String> {
+        let mut pids = Vec::new();
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let list = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            pids.extend(list.split_whitespace().map(str::to_owned));
+        }
+        pids
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let agents = loop {
+        let pids = children();
+        if pids.len() == 2 {
+            break pids;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "agents not seen: {pids:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &agents[1]])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(1));
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(r["agents"][0]["status"], "ok", "{r}");
+    assert!(
+        r["agents"][1]["status"]
+            .as_str()
+            .unwrap()
+            .starts_with("died"),
+        "{r}"
+    );
+    assert_eq!(r["connections"]["failed"], 10, "{r}");
+    assert_eq!(r["messages"]["lost"], 0, "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_remote_agent_is_a_failed_agent() {
+    let server = FakeImd::start(Faults::default()).await;
+    // a port that was just free: nothing listens there
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let r = run_imbench(
+        &chat_args(&server.url, &["--agents", &dead, "--local-agents", "1"]),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    let agents = r.report["agents"].as_array().unwrap();
+    assert_eq!(agents[0]["status"], "ok", "{}", r.report);
+    assert_eq!(agents[0]["addr"], "local");
+    assert!(
+        agents[1]["status"]
+            .as_str()
+            .unwrap()
+            .contains("unreachable"),
+        "{}",
+        r.report
+    );
+    assert_eq!(agents[1]["addr"], dead.as_str());
+    assert_eq!(r.report["connections"]["failed"], 10, "{}", r.report);
+}

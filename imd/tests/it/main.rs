@@ -1,0 +1,25 @@
+//! imd's real-process tests, one test binary (so the crate is linked once, not once per
+//! file): each module names the guarantee or the surface it proves, against the built
+//! `imd` on port 0 and, for cluster mode and the Redis store, real `redis-server`
+//! processes. The harness is [`common`] on top of the workspace's testkit.
+//!
+//! Run one module with `cargo test -p imd --test it cluster::`.
+
+mod common;
+
+mod admin_api;
+mod admin_blacklist;
+mod auth;
+mod bad_input;
+mod cluster;
+mod config;
+mod delivery;
+mod directory_contract;
+mod durability;
+mod groups_words_limits;
+mod http_api;
+mod lifecycle;
+mod redis_registry;
+mod redis_restart;
+mod service;
+mod store_contract;

@@ -1,0 +1,185 @@
+//! The store contract: one suite of properties of [`MessageStore`], run against every
+//! backend (the embedded store, standalone Redis and a 3-node Redis Cluster), so that
+//! the business layer may take any of them for the other.
+//!
+//! Each property is an async function of a [`Backend`]; `contract!` makes one test per
+//! backend of it (`contract_<property>_<backend>`). Properties that need several
+//! writers on one database (concurrency, crash recovery) run on the Redis backends only.
+//! Nothing sleeps for luck: the waits poll a condition under a deadline.
+//!
+//! This file holds the backends, the list of tests and the helpers the properties
+//! share; the properties live by what they need of the database: [`one_writer`] (what
+//! any store must do for one process), [`many_writers`] (writers racing, dying, and
+//! finishing each other's work).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use imd::store::{
+    CommitOutcome, Committed, EmbeddedStore, MessageStore, NewMessage, Op, RedisStore,
+};
+use serde_json::{Value, json};
+use shared::protocol::Message;
+
+use testkit::{Redis, now_ms};
+
+mod many_writers;
+mod one_writer;
+
+/// A store under test and what keeps its database alive.
+struct Backend {
+    store: Arc<dyn MessageStore>,
+    /// The Redis the store talks to (none for the embedded store).
+    redis: Option<Redis>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Backend {
+    fn embedded() -> Backend {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = EmbeddedStore::open(dir.path()).expect("open the embedded store");
+        Backend {
+            store: Arc::new(store),
+            redis: None,
+            _dir: Some(dir),
+        }
+    }
+
+    async fn redis(redis: Redis) -> Backend {
+        let store = RedisStore::connect(&redis.url())
+            .await
+            .expect("connect to redis");
+        assert_eq!(store.is_cluster(), redis.is_cluster());
+        Backend {
+            store: Arc::new(store),
+            redis: Some(redis),
+            _dir: None,
+        }
+    }
+
+    async fn standalone() -> Backend {
+        Backend::redis(
+            tokio::task::spawn_blocking(Redis::standalone)
+                .await
+                .unwrap(),
+        )
+        .await
+    }
+
+    async fn cluster() -> Backend {
+        Backend::redis(tokio::task::spawn_blocking(Redis::cluster).await.unwrap()).await
+    }
+
+    /// Another store instance on the same Redis: another writer process.
+    async fn another(&self) -> RedisStore {
+        let redis = self.redis.as_ref().expect("a Redis backend");
+        RedisStore::connect(&redis.url())
+            .await
+            .expect("connect to redis")
+    }
+}
+
+/// One test per backend of property `$prop`.
+macro_rules! contract {
+    ($prop:path => $embedded:ident, $standalone:ident, $cluster:ident) => {
+        #[tokio::test]
+        async fn $embedded() {
+            $prop(Backend::embedded()).await;
+        }
+        contract!($prop => $standalone, $cluster);
+    };
+    ($prop:path => $standalone:ident, $cluster:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $standalone() {
+            $prop(Backend::standalone().await).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $cluster() {
+            $prop(Backend::cluster().await).await;
+        }
+    };
+}
+
+contract!(one_writer::sequences => contract_sequences_embedded, contract_sequences_standalone, contract_sequences_cluster);
+contract!(one_writer::idempotency => contract_idempotency_embedded, contract_idempotency_standalone, contract_idempotency_cluster);
+contract!(one_writer::paging => contract_paging_embedded, contract_paging_standalone, contract_paging_cluster);
+contract!(one_writer::join => contract_join_embedded, contract_join_standalone, contract_join_cluster);
+contract!(one_writer::unknown => contract_unknown_embedded, contract_unknown_standalone, contract_unknown_cluster);
+contract!(many_writers::concurrency => contract_concurrency_standalone, contract_concurrency_cluster);
+contract!(many_writers::crash_recovery => contract_crash_recovery_standalone, contract_crash_recovery_cluster);
+contract!(many_writers::takeover => contract_takeover_standalone, contract_takeover_cluster);
+contract!(many_writers::finish_behind_the_answer => contract_finish_behind_the_answer_standalone, contract_finish_behind_the_answer_cluster);
+
+fn new_msg(conv: &str, from: &str, cid: Option<&str>, body: Value, members: &[&str]) -> NewMessage {
+    NewMessage {
+        id: uuid::Uuid::now_v7().to_string(),
+        conv: conv.into(),
+        from: from.into(),
+        cid: cid.map(Into::into),
+        body,
+        ts: now_ms(),
+        members: members.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+fn msg(conv: &str, from: &str, cid: Option<&str>, members: &[&str]) -> Op {
+    Op::Message(new_msg(conv, from, cid, json!({"t": conv}), members))
+}
+
+fn join_op(conv: &str, uid: &str) -> Op {
+    Op::Join {
+        conv: conv.into(),
+        uid: uid.into(),
+    }
+}
+
+#[track_caller]
+fn new(o: &CommitOutcome) -> &Committed {
+    match o {
+        CommitOutcome::New(c) => c,
+        other => panic!("expected a new message, got {other:?}"),
+    }
+}
+
+fn parse(json: &[u8]) -> Message {
+    serde_json::from_slice(json).expect("message JSON")
+}
+
+/// Every item of `uid`'s inbox, following `more`.
+async fn whole_inbox(store: &dyn MessageStore, uid: &str) -> Vec<(u64, Bytes)> {
+    let mut all: Vec<(u64, Bytes)> = Vec::new();
+    loop {
+        let after = all.last().map_or(0, |i| i.0);
+        let page = store.inbox(uid, after, 1000).await.expect("inbox");
+        all.extend(page.items);
+        if !page.more {
+            return all;
+        }
+    }
+}
+
+/// Every message of `conv`, following `more`.
+async fn whole_history(store: &dyn MessageStore, conv: &str) -> Vec<Bytes> {
+    let mut all: Vec<Bytes> = Vec::new();
+    loop {
+        let page = store
+            .history(conv, all.len() as u64, 1000)
+            .await
+            .expect("history");
+        all.extend(page.items);
+        if !page.more {
+            return all;
+        }
+    }
+}
+
+/// `(conv, seq)` of each inbox item.
+fn refs(items: &[(u64, Bytes)]) -> Vec<(String, u64)> {
+    items
+        .iter()
+        .map(|(_, j)| {
+            let m = parse(j);
+            (m.conv, m.seq)
+        })
+        .collect()
+}
