@@ -22,7 +22,7 @@ pub mod redis;
 use std::future::Future;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 pub use imd::{Imd, ImdBuilder, Ready};
 pub use redis::Redis;
@@ -46,21 +46,13 @@ where
     }
 }
 
-/// Unix milliseconds now, the unit of every timestamp imd stores and serves.
-pub fn now_ms() -> i64 {
-    let ms = since_epoch().as_millis();
-    i64::try_from(ms).expect("milliseconds since 1970 fit in i64")
-}
+/// Unix milliseconds now, the unit of every timestamp imd stores and serves (the
+/// workspace's one clock, `shared::time`).
+pub use shared::time::now_ms;
 
 /// Unix seconds now, the unit of a token's `exp`.
 pub fn now_secs() -> u64 {
-    since_epoch().as_secs()
-}
-
-fn since_epoch() -> Duration {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
+    shared::time::since_epoch().as_secs()
 }
 
 /// A port nobody listens on right now. The caller binds it at once; a clash shows up as
