@@ -58,7 +58,8 @@ type Shard = HashMap<String, Vec<Arc<Conn>>>;
 /// to Prometheus).
 #[derive(Debug, Default)]
 pub struct WorkerStats {
-    /// Pushes written and not acked yet, over all sessions.
+    /// Pushes not acked yet (written and waiting, or held for reordering), over all
+    /// sessions.
     pub unacked: std::sync::atomic::AtomicI64,
     /// Pushes queued since start.
     pub pushes: AtomicU64,
@@ -689,6 +690,31 @@ mod tests {
             assert_eq!(texts(conn), [r#"{"type":"typing"}"#]);
         }
         assert!(texts(&b).is_empty(), "b was not named");
+    }
+
+    /// A replay paces on "queued + unacked": a push taken by the session must stay
+    /// counted until the session counts it as its own, or the replay sees zero in
+    /// between and sends its next batch into a device that has not acked.
+    #[test]
+    fn taken_pushes_stay_counted_until_the_session_settles_them() {
+        let hub = hub();
+        let a = hub.register(who("a", "1"), addr(), 0);
+        let msg = bytes::Bytes::from_static(b"{}");
+        hub.push((1..=3).map(|useq| Push {
+            uid: "a".into(),
+            useq,
+            msg: msg.clone(),
+        }));
+        assert_eq!(a.outbox.queued_pushes(), 3);
+        let (taken, _) = a.outbox.take();
+        assert_eq!(taken.len(), 3);
+        assert_eq!(
+            a.outbox.queued_pushes(),
+            3,
+            "still counted while in transit"
+        );
+        a.outbox.settle(3);
+        assert_eq!(a.outbox.queued_pushes(), 0);
     }
 
     #[test]

@@ -107,11 +107,19 @@ impl Outbox {
         self.wake.notify_one();
     }
 
-    /// Takes everything queued, and the close reason if there is one.
+    /// Takes everything queued, and the close reason if there is one. The pushes taken
+    /// still count in [`Outbox::queued_pushes`] until the session has counted them as
+    /// its own and calls [`Outbox::settle`]: a push is never seen as acked (by a
+    /// replay that paces on the count) while it moves from the queue to the session.
     pub(crate) fn take(&self) -> (VecDeque<Out>, Option<String>) {
         let mut st = self.lock();
-        st.pushes = 0;
         (std::mem::take(&mut st.queue), st.closing.clone())
+    }
+
+    /// `n` pushes taken with [`Outbox::take`] are now counted by the session.
+    pub(crate) fn settle(&self, n: usize) {
+        let mut st = self.lock();
+        st.pushes = st.pushes.saturating_sub(n);
     }
 
     /// Waits until something is queued or a close is asked for.

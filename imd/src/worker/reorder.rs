@@ -121,6 +121,11 @@ impl Reorder {
                 .is_none_or(|h| !h.held.contains_key(&useq))
     }
 
+    /// How many pushes are held (received, not written yet).
+    pub(crate) fn held(&self) -> usize {
+        self.holding.as_ref().map_or(0, |h| h.held.len())
+    }
+
     /// Whether something is held or expected (and [`Reorder::expired`] will fire).
     pub(crate) fn holding(&self) -> bool {
         self.holding.is_some()

@@ -106,21 +106,19 @@ where
     // Every write is boxed: the write futures (with their timeout) are three times the
     // size of everything else, and an idle session would carry their space for life.
     let end = loop {
-        let len = st.unacked.len();
-        if len != counted {
-            stats
-                .unacked
-                .fetch_add(len as i64 - counted as i64, Ordering::Relaxed);
-            conn.unacked.store(len as u64, Ordering::Relaxed);
-            counted = len;
-        }
+        count_unacked(&st, &conn, stats, &mut counted);
         // Unbiased: a flood of pushes must not starve the client's acks, nor a flood of
         // client frames the pushes.
         tokio::select! {
             _ = ctx.shutdown.cancelled() => break End::Kick("shutdown".into(), close_code::AWAY),
             _ = conn.outbox.notified() => {
                 let (queue, closing) = conn.outbox.take();
-                if let Err(end) = Box::pin(write_queued(&mut socket, queue, &mut st, s)).await {
+                let taken = queue.iter().filter(|o| matches!(o, Out::Push { .. })).count();
+                let written = Box::pin(write_queued(&mut socket, queue, &mut st, s)).await;
+                // Counted here before the outbox forgets them: never zero in between.
+                count_unacked(&st, &conn, stats, &mut counted);
+                conn.outbox.settle(taken);
+                if let Err(end) = written {
                     break end;
                 }
                 if let Some(reason) = closing {
@@ -204,6 +202,20 @@ where
     }
     if !st.unacked.is_empty() {
         tracing::debug!(uid = %conn.who.uid, unacked = st.unacked.len(), "closed with unacked pushes; they wait in the inbox");
+    }
+}
+
+/// Publishes how many of this session's pushes are not acked yet (written and
+/// waiting, or held for reordering): on the connection, for listings and replay
+/// pacing, and in the hub's total, of which `counted` is this session's share.
+fn count_unacked(st: &State, conn: &Conn, stats: &super::WorkerStats, counted: &mut usize) {
+    let n = st.unacked.len() + st.reorder.held();
+    if n != *counted {
+        stats
+            .unacked
+            .fetch_add(n as i64 - *counted as i64, Ordering::Relaxed);
+        conn.unacked.store(n as u64, Ordering::Relaxed);
+        *counted = n;
     }
 }
 
