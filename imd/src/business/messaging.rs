@@ -563,7 +563,7 @@ async fn commit_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Committed, EmbeddedStore};
+    use crate::store::{Committed, EmbeddedStore, GroupStore, ShopStore};
     use serde_json::json;
     use shared::token::Platform;
     use std::sync::Mutex;
