@@ -1,33 +1,44 @@
-//! Data layer: the traits every backend implements, and the embedded backend.
+//! Data layer: the traits every backend implements, and the two backends.
 //!
 //! The store is the authority for ordering: it assigns each conversation's `seq` and
 //! each member's inbox `useq` inside the same atomic write that stores the message,
 //! so sequences are gapless whatever crashes. It knows nothing of connections,
-//! sessions or transports.
+//! sessions or transports, and holds no business rules.
+//!
+//! # Code map
+//!
+//! - this file: [`MessageStore`] (messages, sequences, inboxes, idempotency) and the
+//!   types of a commit;
+//! - `directory`: one trait per directory domain, [`BlacklistStore`], [`ShopStore`]
+//!   (shops and customer-service assignments) and [`GroupStore`], and their union
+//!   [`DirectoryStore`], which callers hold (`Arc<dyn DirectoryStore>`);
+//! - `error`: [`StoreError`];
+//! - `embedded/`: redb under `--data-dir`, one file per domain beside `messages.rs`;
+//! - `redis/`: standalone Redis or Redis Cluster, one file per domain beside
+//!   `messages/`, plus the cluster's registries.
+//!
+//! # Adding a directory domain
+//!
+//! A domain is a trait in `directory.rs` and one file per backend that implements it
+//! (`embedded/<domain>.rs`, `redis/<domain>.rs`), next to the domain's tables or keys.
+//! [`DirectoryStore`] has every domain trait as a supertrait, and a blanket impl, so
+//! adding the domain to its bounds (two lines) makes every backend's `DirectoryStore`
+//! carry it; callers that hold `dyn DirectoryStore` change nothing. A caller that holds a concrete backend
+//! (`EmbeddedStore`, `RedisStore`) rather than `dyn DirectoryStore` imports the domain
+//! trait whose methods it calls.
 
+mod directory;
 mod embedded;
+mod error;
 mod redis;
 
+pub use directory::{BlacklistStore, DirectoryStore, GroupStore, ServiceState, ShopStore};
 pub use embedded::EmbeddedStore;
+pub use error::StoreError;
 pub use redis::{NodeInfo, RedisStore, RouteAdded};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use shared::admin::{BlacklistEntry, BlacklistKind};
-
-/// Failures of the data layer. All of them are the server's fault, never the client's.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum StoreError {
-    /// The database failed.
-    #[error("database: {0}")]
-    Db(String),
-    /// A stored record could not be decoded.
-    #[error("corrupt record: {0}")]
-    Corrupt(String),
-    /// The store is shutting down.
-    #[error("store closed")]
-    Closed,
-}
 
 /// A message to commit, before the store gives it a `seq`.
 #[derive(Debug, Clone)]
@@ -221,62 +232,4 @@ pub trait MessageStore: Send + Sync + 'static {
     fn pushes_lost(&self) -> bool {
         false
     }
-}
-
-/// A customer-service conversation's state.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ServiceState {
-    /// The shop.
-    pub shop: String,
-    /// The assigned agent; `None` while it waits for one.
-    pub agent: Option<String>,
-    /// Open (assigned or waiting) or closed.
-    pub open: bool,
-}
-
-/// Blacklists, shops, groups and customer-service assignments: the state the business
-/// rules read and the admin API changes.
-#[async_trait]
-pub trait DirectoryStore: Send + Sync + 'static {
-    /// Every blacklist entry, expired ones included until purged.
-    async fn blacklist(&self) -> Result<Vec<BlacklistEntry>, StoreError>;
-    /// Adds or replaces an entry.
-    async fn blacklist_put(&self, entry: BlacklistEntry) -> Result<(), StoreError>;
-    /// Removes an entry; whether it existed.
-    async fn blacklist_remove(&self, kind: BlacklistKind, value: &str) -> Result<bool, StoreError>;
-    /// Removes entries expired at `now_ms`; how many.
-    async fn blacklist_purge(&self, now_ms: i64) -> Result<u64, StoreError>;
-
-    /// A shop's agents; `None` for a shop never set.
-    async fn shop_agents(&self, shop: &str) -> Result<Option<Vec<String>>, StoreError>;
-    /// Sets a shop's agents.
-    async fn set_shop_agents(&self, shop: &str, agents: Vec<String>) -> Result<(), StoreError>;
-    /// The shops `uid` is an agent of.
-    async fn agent_shops(&self, uid: &str) -> Result<Vec<String>, StoreError>;
-
-    /// A group's members; `None` for a group never set.
-    async fn group_members(&self, name: &str) -> Result<Option<Vec<String>>, StoreError>;
-    /// Sets a group's members.
-    async fn set_group_members(&self, name: &str, members: Vec<String>) -> Result<(), StoreError>;
-
-    /// A customer-service conversation's state; `None` before its first message.
-    async fn service(&self, conv: &str) -> Result<Option<ServiceState>, StoreError>;
-    /// Opens `conv` of `shop` and assigns it to `agent`, or leaves it waiting when `None`.
-    /// Moves the open-conversation count from the previous agent to the new one.
-    ///
-    /// Visible to every later read at once, but a store may leave its durability to
-    /// the next [`MessageStore::commit`] (the embedded store does: no fsync of its own).
-    /// Every assignment is followed by the commit of what decided it (the join of the
-    /// new agent, the message that opened the conversation), so a crash loses either
-    /// both or neither, and nothing of it was acknowledged. Assignments of new
-    /// conversations are then no longer one fsync each, one at a time under the
-    /// decision lock: a burst of customers opening conversations waited on them (p99
-    /// 45 ms against 5 ms, `docs/benchmarks.md`).
-    async fn assign(&self, conv: &str, shop: &str, agent: Option<&str>) -> Result<(), StoreError>;
-    /// Closes `conv`; whether it was open.
-    async fn close_service(&self, conv: &str) -> Result<bool, StoreError>;
-    /// Open conversations assigned to each of `agents`, in the same order.
-    async fn agent_loads(&self, agents: &[String]) -> Result<Vec<u64>, StoreError>;
-    /// Conversations of `shop` waiting for an agent, oldest first.
-    async fn waiting(&self, shop: &str) -> Result<Vec<String>, StoreError>;
 }

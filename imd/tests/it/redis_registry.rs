@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use futures_util::{StreamExt, TryStreamExt, stream};
-use imd::store::{DirectoryStore, MessageStore, NewMessage, NodeInfo, Op, RedisStore, RouteAdded};
+use imd::store::{BlacklistStore, MessageStore, NewMessage, NodeInfo, Op, RedisStore, RouteAdded};
 use shared::admin::{BlacklistEntry, BlacklistKind};
 use tokio::sync::mpsc;
 

@@ -1,7 +1,7 @@
 //! The messaging rules over a real embedded store, with recorded deliveries.
 
 use super::*;
-use crate::store::{Committed, EmbeddedStore};
+use crate::store::{Committed, EmbeddedStore, GroupStore, ShopStore};
 use serde_json::json;
 use shared::token::Platform;
 use std::sync::Mutex;

@@ -1,13 +1,15 @@
 //! The Redis backend: standalone Redis or Redis Cluster, chosen by probing the server.
 //!
-//! Every key starts with `imd:` and carries a hash tag, so that each script or
-//! transaction touches one slot (Redis Cluster refuses anything else):
+//! This file owns the connection (standalone or cluster, and the retry of a request
+//! whose connection was lost) and [`RedisStore`]; it must not know any key. The rest:
 //!
-//! - `imd:{c:<conv>}:…` per conversation;
-//! - `imd:{u:<uid>}:…` per user;
-//! - `imd:{n:<node>}:…` per node;
-//! - `imd:{f:<k>}:…` for the 16 fan-out shards (spread over slots: every commit writes one);
-//! - `imd:{g}:…` for the few global keys (directory tables, node list).
+//! - `keys`: the key schema, every key's name and what it holds;
+//! - `messages/`: [`MessageStore`](super::MessageStore), the commit protocol (one
+//!   file per part: claims, commit steps, drain, join, sweep);
+//! - `blacklist`, `shops`, `groups`: one directory domain each;
+//! - `registry`: node discovery, connection routes, blacklist notifications;
+//! - `lua/`: the server-side scripts, loaded with `include_str!` by the file that runs
+//!   them.
 //!
 //! Work that spans slots (a message's fan-out into its members' inboxes) is a sequence
 //! of single-slot scripts, each safe to re-run; see `messages`.
@@ -24,9 +26,12 @@ use redis::{Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value};
 
 use super::StoreError;
 
-mod directory;
+mod blacklist;
+mod groups;
+mod keys;
 mod messages;
 mod registry;
+mod shops;
 
 pub use registry::{NodeInfo, RouteAdded};
 
@@ -64,7 +69,7 @@ impl Conn {
     pub(crate) async fn connect(spec: &str) -> Result<Self, StoreError> {
         let urls = seeds(spec)?;
         let first = &urls[0];
-        let client = redis::Client::open(*first).map_err(db)?;
+        let client = redis::Client::open(*first)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT));
@@ -72,21 +77,17 @@ impl Conn {
         // several seconds, which at start-up only delays the error.
         tokio::time::timeout(CONNECT_TIMEOUT, client.get_multiplexed_async_connection())
             .await
-            .map_err(|_| {
-                StoreError::Db(format!(
-                    "redis: no answer from {first} in {CONNECT_TIMEOUT:?}"
-                ))
-            })?
-            .map_err(db)?;
+            .map_err(|_| StoreError::ConnectTimeout {
+                url: (*first).to_owned(),
+                after: CONNECT_TIMEOUT,
+            })??;
         let mut probe = client
             .get_connection_manager_with_config(config.clone())
-            .await
-            .map_err(db)?;
+            .await?;
         let info: String = redis::cmd("INFO")
             .arg("cluster")
             .query_async(&mut probe)
-            .await
-            .map_err(db)?;
+            .await?;
         if !info.contains("cluster_enabled:1") {
             return Ok(Conn::Single(probe, Arc::default()));
         }
@@ -94,11 +95,8 @@ impl Conn {
             .use_protocol(redis::ProtocolVersion::RESP3)
             .connection_timeout(CONNECT_TIMEOUT)
             .response_timeout(RESPONSE_TIMEOUT)
-            .build()
-            .map_err(db)?;
-        Ok(Conn::Cluster(
-            cluster.get_async_connection().await.map_err(db)?,
-        ))
+            .build()?;
+        Ok(Conn::Cluster(cluster.get_async_connection().await?))
     }
 
     /// Whether this is a Redis Cluster.
@@ -200,15 +198,6 @@ fn connection_lost(e: &RedisError) -> bool {
     !e.is_timeout() && (e.is_connection_dropped() || e.is_connection_refusal())
 }
 
-/// Lua for the scripts that need the Redis server's clock (the one clock every node
-/// shares): `now_ms()`, unix milliseconds as a string of digits.
-pub(crate) const LUA_NOW_MS: &str = r"
-local function now_ms()
-  local t = redis.call('TIME')
-  return t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000))
-end
-";
-
 /// The URLs of `spec` (comma-separated); at least one.
 pub(crate) fn seeds(spec: &str) -> Result<Vec<&str>, StoreError> {
     let urls: Vec<&str> = spec
@@ -217,37 +206,13 @@ pub(crate) fn seeds(spec: &str) -> Result<Vec<&str>, StoreError> {
         .filter(|s| !s.is_empty())
         .collect();
     if urls.is_empty() {
-        return Err(StoreError::Db("no Redis URL given".into()));
+        return Err(StoreError::NoRedisUrl);
     }
     Ok(urls)
 }
 
-/// Maps a Redis failure to the store's error.
-pub(crate) fn db(e: redis::RedisError) -> StoreError {
-    StoreError::Db(format!("redis: {e}"))
-}
-
-/// Key of a conversation's `part` (`imd:{c:<conv>}:<part>`).
-pub(crate) fn conv_key(conv: &str, part: &str) -> String {
-    format!("imd:{{c:{conv}}}:{part}")
-}
-
-/// Key of a user's `part` (`imd:{u:<uid>}:<part>`).
-pub(crate) fn user_key(uid: &str, part: &str) -> String {
-    format!("imd:{{u:{uid}}}:{part}")
-}
-
-/// Key of a node's `part` (`imd:{n:<node>}:<part>`).
-pub(crate) fn node_key(node: &str, part: &str) -> String {
-    format!("imd:{{n:{node}}}:{part}")
-}
-
-/// A global key (`imd:{g}:<part>`).
-pub(crate) fn global_key(part: &str) -> String {
-    format!("imd:{{g}}:{part}")
-}
-
-/// The Redis backend of [`super::MessageStore`] and [`super::DirectoryStore`], plus the
+/// The Redis backend of [`super::MessageStore`] and [`super::DirectoryStore`] (each
+/// domain's trait), plus the
 /// cluster's shared registries (nodes, connection routes) and change notifications.
 #[derive(Clone)]
 pub struct RedisStore {
@@ -270,6 +235,32 @@ impl RedisStore {
     /// Whether the server is a Redis Cluster.
     pub fn is_cluster(&self) -> bool {
         self.conn.is_cluster()
+    }
+}
+
+/// `v` as JSON.
+fn to_json<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(StoreError::encode)
+}
+
+/// The stored JSON record `what`.
+fn from_json<T: serde::de::DeserializeOwned>(what: &str, json: &str) -> Result<T, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::decode(what, e))
+}
+
+impl RedisStore {
+    /// One JSON value of a global hash.
+    async fn hget_json<T: serde::de::DeserializeOwned>(
+        &self,
+        key: String,
+        field: &str,
+    ) -> Result<Option<T>, StoreError> {
+        let json: Option<String> = redis::cmd("HGET")
+            .arg(key)
+            .arg(field)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        json.map(|j| from_json(field, &j)).transpose()
     }
 }
 

@@ -29,7 +29,8 @@ use redis::cluster_async::ClusterConnection;
 use redis::{IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Script};
 use tokio::sync::mpsc;
 
-use super::{RESPONSE_TIMEOUT, RedisStore, db, global_key, node_key, user_key};
+use super::keys::{global_key, node_key, user_key};
+use super::{RESPONSE_TIMEOUT, RedisStore};
 use crate::store::StoreError;
 
 /// The sharded channel that tells every node the blacklist changed. Its hash tag is the
@@ -77,53 +78,19 @@ pub struct RouteAdded {
 /// `route_add`: sets the route; returns `{the node it named before or "", the length of
 /// the user's inbox}`, both read atomically with the write.
 /// KEYS[1] = conns hash, KEYS[2] = the user's inbox; ARGV[1] = device, ARGV[2] = node.
-static ROUTE_ADD: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local prev = redis.call('HGET', KEYS[1], ARGV[1])
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-return {prev or '', redis.call('LLEN', KEYS[2])}
-",
-    )
-});
+static ROUTE_ADD: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/route_add.lua")));
 
 /// `route_remove`: deletes the route if it names the node; returns `{removed, devices
 /// of the user still on that node}`.
 /// KEYS[1] = conns hash; ARGV[1] = device, ARGV[2] = node.
-static ROUTE_REMOVE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local removed = 0
-if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
-  redis.call('HDEL', KEYS[1], ARGV[1])
-  removed = 1
-end
-local left = 0
-for _, node in ipairs(redis.call('HVALS', KEYS[1])) do
-  if node == ARGV[2] then left = left + 1 end
-end
-return {removed, left}
-",
-    )
-});
+static ROUTE_REMOVE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/route_remove.lua")));
 
 /// Deletes every route of one user that names the node; returns how many.
 /// KEYS[1] = conns hash; ARGV[1] = node.
-static ROUTES_DROP_NODE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local all = redis.call('HGETALL', KEYS[1])
-local n = 0
-for i = 1, #all, 2 do
-  if all[i + 1] == ARGV[1] then
-    redis.call('HDEL', KEYS[1], all[i])
-    n = n + 1
-  end
-end
-return n
-",
-    )
-});
+static ROUTES_DROP_NODE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/routes_drop_node.lua")));
 
 fn info_key(node_id: &str) -> String {
     node_key(node_id, "info")
@@ -145,7 +112,7 @@ impl RedisStore {
     /// Registers `node` or refreshes its registration, which expires after `ttl` unless
     /// refreshed (heartbeat).
     pub async fn heartbeat(&self, node: &NodeInfo, ttl: Duration) -> Result<(), StoreError> {
-        let json = serde_json::to_string(node).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let json = serde_json::to_string(node).map_err(StoreError::encode)?;
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         let mut conn = self.conn.clone();
         // The info first: a listed node without info counts as dead and gets cleaned.
@@ -155,14 +122,13 @@ impl RedisStore {
             .arg("PX")
             .arg(ttl_ms)
             .exec_async(&mut conn)
-            .await
-            .map_err(db)?;
+            .await?;
         redis::cmd("SADD")
             .arg(nodes_key())
             .arg(&node.id)
             .exec_async(&mut conn)
             .await
-            .map_err(db)
+            .map_err(StoreError::from)
     }
 
     /// Removes `node_id`'s registration and every connection route naming it (graceful
@@ -171,8 +137,7 @@ impl RedisStore {
         redis::cmd("DEL")
             .arg(info_key(node_id))
             .exec_async(&mut self.conn.clone())
-            .await
-            .map_err(db)?;
+            .await?;
         self.clean_node(node_id).await
     }
 
@@ -187,7 +152,7 @@ impl RedisStore {
                     .arg(key)
                     .query_async(&mut conn)
                     .await
-                    .map_err(db)
+                    .map_err(StoreError::from)
             }
         }))
         .await?;
@@ -196,7 +161,7 @@ impl RedisStore {
             .flatten()
             .map(|json| {
                 serde_json::from_str::<NodeInfo>(&json)
-                    .map_err(|e| StoreError::Corrupt(format!("node info: {e}")))
+                    .map_err(|e| StoreError::decode("node info", e))
             })
             .collect::<Result<Vec<_>, _>>()?;
         nodes.sort_by(|a, b| a.id.cmp(&b.id));
@@ -215,7 +180,7 @@ impl RedisStore {
                     .arg(key)
                     .query_async(&mut conn)
                     .await
-                    .map_err(db)
+                    .map_err(StoreError::from)
             }
         }))
         .await?;
@@ -245,8 +210,7 @@ impl RedisStore {
                 .arg("COUNT")
                 .arg(SCAN_COUNT)
                 .query_async(&mut conn)
-                .await
-                .map_err(db)?;
+                .await?;
             let counts: Vec<u64> = fan_out(uids.iter().map(|uid| {
                 let mut conn = self.conn.clone();
                 let (key, node) = (conns_key(uid), node_id.to_owned());
@@ -256,7 +220,7 @@ impl RedisStore {
                         .arg(node)
                         .invoke_async(&mut conn)
                         .await
-                        .map_err(db)
+                        .map_err(StoreError::from)
                 }
             }))
             .await?;
@@ -266,17 +230,12 @@ impl RedisStore {
             }
             cursor = next;
         }
-        redis::cmd("DEL")
-            .arg(&users)
-            .exec_async(&mut conn)
-            .await
-            .map_err(db)?;
+        redis::cmd("DEL").arg(&users).exec_async(&mut conn).await?;
         redis::cmd("SREM")
             .arg(nodes_key())
             .arg(node_id)
             .exec_async(&mut conn)
-            .await
-            .map_err(db)?;
+            .await?;
         Ok(removed)
     }
 
@@ -294,16 +253,14 @@ impl RedisStore {
             .arg(users_key(node))
             .arg(uid)
             .exec_async(&mut conn)
-            .await
-            .map_err(db)?;
+            .await?;
         let (previous, inbox_head): (String, u64) = ROUTE_ADD
             .key(conns_key(uid))
             .key(user_key(uid, "inbox"))
             .arg(device)
             .arg(node)
             .invoke_async(&mut conn)
-            .await
-            .map_err(db)?;
+            .await?;
         Ok(RouteAdded {
             previous: Some(previous).filter(|p| !p.is_empty() && p != node),
             inbox_head,
@@ -329,15 +286,13 @@ impl RedisStore {
             .arg(device)
             .arg(node)
             .invoke_async(&mut conn)
-            .await
-            .map_err(db)?;
+            .await?;
         if left == 0 {
             redis::cmd("SREM")
                 .arg(users_key(node))
                 .arg(uid)
                 .exec_async(&mut conn)
-                .await
-                .map_err(db)?;
+                .await?;
         }
         Ok(removed == 1)
     }
@@ -352,8 +307,7 @@ impl RedisStore {
                 let mut routes: Vec<(String, String)> = redis::cmd("HGETALL")
                     .arg(key)
                     .query_async(&mut conn)
-                    .await
-                    .map_err(db)?;
+                    .await?;
                 routes.sort();
                 Ok(routes)
             }
@@ -372,7 +326,7 @@ impl RedisStore {
                     .arg(key)
                     .query_async(&mut conn)
                     .await
-                    .map_err(db)
+                    .map_err(StoreError::from)
             }
         }))
         .await
@@ -388,7 +342,7 @@ impl RedisStore {
             .arg("changed")
             .exec_async(&mut self.conn.clone())
             .await
-            .map_err(db)
+            .map_err(StoreError::from)
     }
 
     /// Subscribes to blacklist changes. The receiver gets `()` for each notification, and
@@ -421,8 +375,7 @@ impl RedisStore {
         let mut ids: Vec<String> = redis::cmd("SMEMBERS")
             .arg(nodes_key())
             .query_async(&mut self.conn.clone())
-            .await
-            .map_err(db)?;
+            .await?;
         ids.sort();
         Ok(ids)
     }
@@ -466,34 +419,29 @@ impl Subscriber {
                 .push_sender(pushes)
                 .connection_timeout(super::CONNECT_TIMEOUT)
                 .response_timeout(RESPONSE_TIMEOUT)
-                .build()
-                .map_err(db)?;
-            let mut conn = client.get_async_connection().await.map_err(db)?;
-            conn.ssubscribe(BLACKLIST_CHANNEL).await.map_err(db)?;
+                .build()?;
+            let mut conn = client.get_async_connection().await?;
+            conn.ssubscribe(BLACKLIST_CHANNEL).await?;
             Ok(Subscriber::Cluster(conn))
         } else {
-            let info = first.into_connection_info().map_err(db)?;
+            let info = first.into_connection_info()?;
             let settings = info
                 .redis_settings()
                 .clone()
                 .set_protocol(ProtocolVersion::RESP3);
-            let client = redis::Client::open(info.set_redis_settings(settings)).map_err(db)?;
+            let client = redis::Client::open(info.set_redis_settings(settings))?;
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(super::CONNECT_TIMEOUT))
                 .set_response_timeout(Some(RESPONSE_TIMEOUT))
                 .set_push_sender(pushes)
                 .set_automatic_resubscription();
-            let mut conn = client
-                .get_connection_manager_with_config(config)
-                .await
-                .map_err(db)?;
+            let mut conn = client.get_connection_manager_with_config(config).await?;
             // ConnectionManager has no `ssubscribe`; a raw one-channel SSUBSCRIBE is
             // answered by one confirmation, which also records it for resubscription.
             redis::cmd("SSUBSCRIBE")
                 .arg(BLACKLIST_CHANNEL)
                 .exec_async(&mut conn)
-                .await
-                .map_err(db)?;
+                .await?;
             Ok(Subscriber::Single(conn))
         }
     }

@@ -1,0 +1,110 @@
+//! The embedded backend: redb, under `--data-dir`.
+//!
+//! Why redb: pure Rust, ACID with copy-on-write B-trees, crash-safe without a
+//! recovery step, a stable file format, and durable by default (`Durability::Immediate`
+//! fsyncs at commit). Its single writer suits us: the business layer already funnels
+//! every commit through one group-commit task, so many messages share one fsync.
+//! Reads run in MVCC read transactions and never wait for the writer.
+//!
+//! The file is locked by the process that opens it, which is why the secrets live in
+//! their own file beside it (`imd token` must read them while `imd serve` runs).
+//!
+//! This file owns the database handle and the helpers the domains share; each domain
+//! (`messages`, `blacklist`, `shops`, `groups`) owns its tables and must not touch
+//! another's, except the messages' commit, which is the only writer of its tables.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use super::StoreError;
+
+mod blacklist;
+mod groups;
+mod messages;
+mod shops;
+
+/// The embedded store. Cheap to clone.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the database file `dir/imd.redb`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::DataDir {
+            path: dir.to_owned(),
+            source: Arc::new(e),
+        })?;
+        let db = Database::create(dir.join("imd.redb"))?;
+        // Create every table once, so read transactions never meet a missing one.
+        let txn = db.begin_write()?;
+        messages::create_tables(&txn)?;
+        blacklist::create_tables(&txn)?;
+        shops::create_tables(&txn)?;
+        groups::create_tables(&txn)?;
+        txn.commit()?;
+        Ok(Self { db: Arc::new(db) })
+    }
+
+    /// Runs blocking database work off the async runtime.
+    async fn blocking<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
+    {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || f(&db)).await?
+    }
+}
+
+/// `v` as JSON bytes.
+fn to_json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(v).map_err(StoreError::encode)
+}
+
+/// The stored JSON record `what`.
+fn from_json<T: serde::de::DeserializeOwned>(what: &str, b: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(b).map_err(|e| StoreError::decode(what, e))
+}
+
+/// The JSON value at `key` of a `&str → &[u8]` table.
+fn json_at<T: serde::de::DeserializeOwned>(
+    t: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+) -> Result<Option<T>, StoreError> {
+    let v = t.get(key)?;
+    v.map(|g| from_json(key, g.value())).transpose()
+}
+
+/// Reads one JSON value of a `&str → &[u8]` table.
+fn get_json<T: serde::de::DeserializeOwned>(
+    db: &Database,
+    table: TableDefinition<&str, &[u8]>,
+    key: &str,
+) -> Result<Option<T>, StoreError> {
+    let txn = db.begin_read()?;
+    json_at(&txn.open_table(table)?, key)
+}
+
+/// Every entry of a `(&str, &str)`-keyed table whose first part is `first`, as
+/// `f(second part, value)`, in key order.
+fn scan_second<V: redb::Value + 'static, T>(
+    t: &impl ReadableTable<(&'static str, &'static str), V>,
+    first: &str,
+    mut f: impl FnMut(&str, redb::AccessGuard<'_, V>) -> T,
+) -> Result<Vec<T>, StoreError> {
+    let mut out = Vec::new();
+    // Ids are never empty, so (first, "") sorts below every key that starts with first.
+    for entry in t.range((first, "")..)? {
+        let (k, v) = entry?;
+        let (a, b) = k.value();
+        if a != first {
+            break;
+        }
+        out.push(f(b, v));
+    }
+    Ok(out)
+}

@@ -1,0 +1,148 @@
+//! The Redis key schema: every key imd writes, and the functions that name them. It
+//! must not read or write Redis itself.
+//!
+//! Every key starts with `imd:` and carries a hash tag, so that each script or
+//! transaction touches one slot (Redis Cluster refuses anything else):
+//!
+//! - `imd:{c:<conv>}:…` per conversation;
+//! - `imd:{u:<uid>}:…` per user;
+//! - `imd:{n:<node>}:…` per node;
+//! - `imd:{f:<k>}:…` for the 16 fan-out shards (spread over slots: every commit writes one);
+//! - `imd:{g}:…` for the few global keys (directory tables, node list).
+//!
+//! # Messages
+//!
+//! - `imd:{c:<conv>}:msgs` LIST of message JSON; `seq` is the list position (from 1), so
+//!   it is gapless by construction. `history` is an `LRANGE`, `last_seq` an `LLEN`.
+//! - `imd:{c:<conv>}:ids` HASH message id → seq, or `0` for a cancelled id (see
+//!   *Idempotency* in `messages`). It makes the conversation script idempotent by message id.
+//! - `imd:{c:<conv>}:pending` LIST of fan-outs not yet written into inboxes, one per
+//!   seq, contiguous, in seq order: `"<seq> <ts>\n<uid>\n<uid>…"` (uids never hold a
+//!   newline or a space).
+//! - `imd:{c:<conv>}:lock` the fan-out lease: a random token, `PX` `messages::LEASE_MS`.
+//! - `imd:{u:<uid>}:inbox` LIST of message JSON; `useq` is the list position.
+//! - `imd:{u:<uid>}:pos` HASH conv → the highest seq of that conversation already in this
+//!   inbox. A member append skips what is at or below it, which makes appends
+//!   idempotent and keeps each conversation in seq order inside every inbox.
+//! - `imd:{u:<from>}:cid:<cid>` idempotency key, `"<conv>\n<message id>"`, expiring
+//!   after [`IDEMPOTENCY_WINDOW_MS`](crate::store::IDEMPOTENCY_WINDOW_MS).
+//! - `imd:{f:<k>}:fanout`, k in 0..16, ZSET conv → server time (ms) of its last commit:
+//!   the conversations the sweeper looks at.
+//!
+//! # Directory
+//!
+//! The directory is small and changes at admin rate, so all of it lives under the one
+//! global hash tag (`imd:{g}:…`, one slot): every update that spans several keys (a
+//! shop's agents and the reverse index; an assignment, the loads and the waiting list)
+//! is one atomic Lua script. Scripts build some key names from a prefix (the reverse
+//! index of each agent, the waiting list of a stored state's shop), which Redis Cluster
+//! allows because they share the slot of the declared keys.
+//!
+//! - `imd:{g}:blacklist`: hash `<kind>:<value>` → entry JSON;
+//! - `imd:{g}:shops`: hash shop → agents JSON; `imd:{g}:agent-shops:<uid>`: set of shops;
+//! - `imd:{g}:groups`: hash group → members JSON;
+//! - `imd:{g}:service`: hash conv → [`ServiceState`](crate::store::ServiceState) JSON (one `HGET` per
+//!   customer-service message);
+//! - `imd:{g}:loads`: hash agent → open conversations;
+//! - `imd:{g}:waiting:<shop>`: sorted set of convs scored by when they began waiting
+//!   (unix ms from Redis's clock, the one clock every imd node shares).
+//!
+//! # Registries
+//!
+//! Node records, the node list and the connection routes are listed in `registry`,
+//! which alone reads and writes them.
+
+use shared::admin::BlacklistKind;
+
+/// Fan-out shards.
+pub(super) const SHARDS: u32 = 16;
+
+/// Key of a conversation's `part` (`imd:{c:<conv>}:<part>`).
+pub(crate) fn conv_key(conv: &str, part: &str) -> String {
+    format!("imd:{{c:{conv}}}:{part}")
+}
+
+/// Key of a user's `part` (`imd:{u:<uid>}:<part>`).
+pub(crate) fn user_key(uid: &str, part: &str) -> String {
+    format!("imd:{{u:{uid}}}:{part}")
+}
+
+/// Key of a node's `part` (`imd:{n:<node>}:<part>`).
+pub(crate) fn node_key(node: &str, part: &str) -> String {
+    format!("imd:{{n:{node}}}:{part}")
+}
+
+/// A global key (`imd:{g}:<part>`).
+pub(crate) fn global_key(part: &str) -> String {
+    format!("imd:{{g}}:{part}")
+}
+
+/// The key of fan-out shard `k`.
+pub(super) fn shard_key(k: u32) -> String {
+    format!("imd:{{f:{k}}}:fanout")
+}
+
+/// The shard of `conv` (FNV-1a, stable across processes and builds).
+pub(super) fn shard_of(conv: &str) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in conv.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h % SHARDS
+}
+
+/// The blacklist hash.
+pub(super) fn blacklist_key() -> String {
+    global_key("blacklist")
+}
+
+/// A blacklist entry's field in [`blacklist_key`].
+pub(super) fn blacklist_field(kind: BlacklistKind, value: &str) -> String {
+    format!("{}:{value}", kind.as_str())
+}
+
+/// The hash of shops' agents.
+pub(super) fn shops_key() -> String {
+    global_key("shops")
+}
+
+/// Prefix of the per-agent sets of shops.
+pub(super) fn agent_shops_prefix() -> String {
+    global_key("agent-shops:")
+}
+
+/// The hash of groups' members.
+pub(super) fn groups_key() -> String {
+    global_key("groups")
+}
+
+/// The hash of customer-service conversations' states.
+pub(super) fn service_key() -> String {
+    global_key("service")
+}
+
+/// The hash of agents' loads.
+pub(super) fn loads_key() -> String {
+    global_key("loads")
+}
+
+/// Prefix of the per-shop waiting lists.
+pub(super) fn waiting_prefix() -> String {
+    global_key("waiting:")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    #[test]
+    fn shards_are_stable_and_in_range() {
+        assert_eq!(shard_of("d:a~b"), shard_of("d:a~b"));
+        assert!((0..1000).all(|i| shard_of(&format!("g:{i}")) < SHARDS));
+        let used: HashSet<u32> = (0..1000).map(|i| shard_of(&format!("g:{i}"))).collect();
+        assert_eq!(used.len(), SHARDS as usize);
+    }
+}

@@ -1,0 +1,113 @@
+//! A join: gives a user (an agent taking a customer-service conversation over) every
+//! message of the conversation it does not have, under the conversation's lease, so
+//! that no message committed meanwhile can land between the copy and the user's
+//! membership. It must not decide who joins.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+
+use super::drain::{Drain, Fanned, token};
+use super::scripts::{APPEND, CHUNK, HELD, RELEASE};
+use super::{JOIN_CHUNK, LEASE_MS};
+use crate::store::redis::RedisStore;
+use crate::store::redis::keys::{conv_key, user_key};
+use crate::store::{Committed, JOIN_PUSH_TAIL, StoreError};
+
+impl RedisStore {
+    /// Gives `uid` the messages of `conv` after those it has, under the conversation's
+    /// lease; returns the last [`JOIN_PUSH_TAIL`] of them.
+    pub(super) async fn join(&self, conv: &str, uid: &str) -> Result<Vec<Committed>, StoreError> {
+        let token = token();
+        let first = self.step(conv, &token, 0, 0, true).await?;
+        let (fanned, held) = self.drain(conv, &token, first, Drain::Join).await;
+        self.relayed.push(
+            fanned
+                .into_iter()
+                .filter(|f| !f.recipients.is_empty())
+                .map(Fanned::into_committed),
+        );
+        let copied = match held {
+            Ok(s) if s.code == HELD => self.copy_history(conv, uid, &token).await,
+            Ok(_) => Err(StoreError::JoinLeaseLost {
+                conv: conv.to_owned(),
+            }),
+            Err(e) => Err(e),
+        };
+        let mut conn = self.conn.clone();
+        let released = RELEASE
+            .key(conv_key(conv, "lock"))
+            .arg(&token)
+            .invoke_async::<i64>(&mut conn)
+            .await
+            .map_err(StoreError::from);
+        let copied = copied?;
+        released?;
+        Ok(copied)
+    }
+
+    /// The copy of a join: `msgs[pos[conv]..]` into `uid`'s inbox, in chunks.
+    pub(super) async fn copy_history(
+        &self,
+        conv: &str,
+        uid: &str,
+        token: &str,
+    ) -> Result<Vec<Committed>, StoreError> {
+        let mut conn = self.conn.clone();
+        let have: Option<u64> = redis::cmd("HGET")
+            .arg(user_key(uid, "pos"))
+            .arg(conv)
+            .query_async(&mut conn)
+            .await?;
+        let mut next = have.unwrap_or(0);
+        let mut tail: VecDeque<Committed> = VecDeque::with_capacity(JOIN_PUSH_TAIL);
+        loop {
+            let (mine, jsons): (i64, Vec<Vec<u8>>) = CHUNK
+                .key(conv_key(conv, "msgs"))
+                .key(conv_key(conv, "lock"))
+                .arg(token)
+                .arg(LEASE_MS)
+                .arg(next)
+                .arg(JOIN_CHUNK)
+                .invoke_async(&mut conn)
+                .await?;
+            if mine != 1 {
+                return Err(StoreError::JoinLeaseLost {
+                    conv: conv.to_owned(),
+                });
+            }
+            let n = jsons.len() as u64;
+            if n == 0 {
+                break;
+            }
+            let jsons: Vec<Bytes> = jsons.into_iter().map(Bytes::from).collect();
+            let mut inv = APPEND.key(user_key(uid, "inbox"));
+            inv.key(user_key(uid, "pos")).arg(conv);
+            for (k, json) in jsons.iter().enumerate() {
+                inv.arg(next + 1 + k as u64).arg(&json[..]);
+            }
+            let useqs: Vec<u64> = inv.invoke_async(&mut conn).await?;
+            for (k, (json, useq)) in jsons.into_iter().zip(useqs).enumerate() {
+                if useq == 0 {
+                    continue;
+                }
+                if tail.len() == JOIN_PUSH_TAIL {
+                    tail.pop_front();
+                }
+                tail.push_back(Committed {
+                    json,
+                    conv: conv.to_owned(),
+                    seq: next + 1 + k as u64,
+                    // As the embedded store: a join's records carry no commit time.
+                    ts: 0,
+                    recipients: vec![(uid.to_owned(), useq)],
+                });
+            }
+            next += n;
+            if n < JOIN_CHUNK {
+                break;
+            }
+        }
+        Ok(tail.into())
+    }
+}
