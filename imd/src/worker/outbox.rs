@@ -122,6 +122,12 @@ impl Outbox {
         st.pushes = st.pushes.saturating_sub(n);
     }
 
+    /// Wakes the session with nothing queued: the clock's call when one of the
+    /// session's deadlines is due.
+    pub(crate) fn wake(&self) {
+        self.wake.notify_one();
+    }
+
     /// Waits until something is queued or a close is asked for.
     pub(crate) async fn notified(&self) {
         self.wake.notified().await

@@ -63,6 +63,9 @@ struct Unacked {
 /// Widest push gap a session reads from the inbox itself (see `reorder`).
 const REPAIR_MAX: u64 = 1024;
 
+/// The golden ratio's fractional part: multiples of it are evenly spread in [0, 1).
+const GOLDEN: f64 = 0.618_033_988_749_895;
+
 /// How long a closing session waits to write its `kick` and close frames.
 const FAREWELL: Duration = Duration::from_secs(2);
 
@@ -79,6 +82,9 @@ enum End {
 struct State {
     last_recv: Instant,
     last_ping: Instant,
+    /// When the clock will wake the session next to check its deadlines (the earliest
+    /// wake it asked for).
+    check_at: Instant,
     unacked: BTreeMap<u64, Unacked>,
     /// Pushes that overtook a missing `useq` (cluster mode), held briefly.
     reorder: Reorder,
@@ -90,15 +96,17 @@ pub async fn run<S>(mut socket: S, conn: Arc<Conn>, ctx: Arc<SessionCtx>)
 where
     S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
 {
-    let mut ticks = ctx.clock.subscribe();
     let now = Instant::now();
+    let s = &ctx.settings;
+    let last_ping = ping_base(now, conn.id, s.ping_interval);
     let mut st = State {
         last_recv: now,
-        last_ping: now,
+        last_ping,
+        check_at: (last_ping + s.ping_interval).min(now + s.idle_timeout),
         unacked: BTreeMap::new(),
         reorder: Reorder::default(),
     };
-    let s = &ctx.settings;
+    ctx.clock.wake_at(&conn, st.check_at);
     // How many of this session's unacked pushes the hub's total counts.
     let mut counted = 0usize;
     let stats = &ctx.hub.stats;
@@ -155,23 +163,34 @@ where
                     break end;
                 }
             }
-            changed = ticks.changed() => {
-                if changed.is_err() {
-                    break End::Kick("shutdown".into(), close_code::AWAY);
-                }
-                let now = *ticks.borrow_and_update();
-                match on_tick(now, &mut st, s) {
-                    Err(end) => break end,
-                    Ok(frames) if frames.is_empty() => {}
-                    Ok(frames) => {
-                        let resent = frames.iter().filter(|f| matches!(f, Message::Text(_))).count();
-                        stats.retransmits.fetch_add(resent as u64, Ordering::Relaxed);
-                        if Box::pin(send_all(&mut socket, frames, s)).await.is_err() {
-                            break End::Gone;
-                        }
+        }
+        // Deadlines: the clock wakes the session through its outbox when one is due;
+        // any other wake that finds one due serves as well.
+        let now = Instant::now();
+        if now >= st.check_at {
+            match on_tick(now, &mut st, s) {
+                Err(end) => break end,
+                Ok(frames) if frames.is_empty() => {}
+                Ok(frames) => {
+                    let resent = frames
+                        .iter()
+                        .filter(|f| matches!(f, Message::Text(_)))
+                        .count();
+                    stats
+                        .retransmits
+                        .fetch_add(resent as u64, Ordering::Relaxed);
+                    if Box::pin(send_all(&mut socket, frames, s)).await.is_err() {
+                        break End::Gone;
                     }
                 }
             }
+            st.check_at = next_check(&st, s);
+            ctx.clock.wake_at(&conn, st.check_at);
+        } else if !st.unacked.is_empty() && now + s.ack_timeout < st.check_at {
+            // A push written since the last check is due before it (within the few
+            // microseconds since it was written).
+            st.check_at = now + s.ack_timeout;
+            ctx.clock.wake_at(&conn, st.check_at);
         }
     };
 
@@ -391,6 +410,24 @@ where
         return Ok(());
     }
     send_all(socket, frames, s).await.map_err(|()| End::Gone)
+}
+
+/// When a new connection counts as last pinged: up to half an interval ago, by the
+/// connection's id, so that its first ping comes somewhere in the second half of the
+/// interval. Ids are sequential, and a golden-ratio step spreads neighbours evenly:
+/// connections opened together do not ping, and wake, together ever after.
+fn ping_base(now: Instant, id: u64, ping_interval: Duration) -> Instant {
+    let spread = ping_interval.mul_f64(0.5 * (id as f64 * GOLDEN).fract());
+    now.checked_sub(spread).unwrap_or(now)
+}
+
+/// When the session must look at its deadlines next: the idle timeout, the next ping,
+/// or the earliest ack deadline, whichever comes first.
+fn next_check(st: &State, s: &SessionSettings) -> Instant {
+    let idle = st.last_recv + s.idle_timeout;
+    let ping = st.last_ping + s.ping_interval;
+    let ack = st.unacked.values().map(|u| u.deadline).min();
+    ack.map_or(idle.min(ping), |a| a.min(idle).min(ping))
 }
 
 /// Heartbeat, idle check and retransmits; returns the frames to write.

@@ -19,6 +19,7 @@ fn state(now: Instant) -> State {
     State {
         last_recv: now,
         last_ping: now,
+        check_at: now,
         unacked: BTreeMap::new(),
         reorder: Reorder::default(),
     }
@@ -466,4 +467,23 @@ fn cid_is_recovered_from_frames_that_fail_to_decode() {
     );
     assert_eq!(cid_of(r#"{"type":"nope","cid":7}"#), None);
     assert_eq!(cid_of("{"), None);
+}
+
+#[test]
+fn connections_opened_together_ping_spread_over_half_an_interval() {
+    let now = Instant::now();
+    let interval = Duration::from_secs(20);
+    // 1,000 connections opened at once: their first pings fall in ten buckets of a
+    // second each (the second half of the interval), none holding twice its share.
+    let mut buckets = [0u32; 10];
+    for id in 1..=1000 {
+        let first = ping_base(now, id, interval) + interval - now;
+        assert!(first >= interval / 2 && first <= interval, "{first:?}");
+        let b = (first - interval / 2).as_secs() as usize;
+        buckets[b.min(9)] += 1;
+    }
+    assert!(
+        buckets.iter().all(|&n| (50..=200).contains(&n)),
+        "{buckets:?}"
+    );
 }
