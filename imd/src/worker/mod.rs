@@ -108,7 +108,9 @@ pub trait Worker: Send + Sync + 'static {
     fn deliver(&self, d: Delivery);
 
     /// Queues an ephemeral frame for every online device of `n.uids`, in order with
-    /// the deliveries. Never blocks; best effort.
+    /// the deliveries. Never blocks. It takes a place in each device's queue like any
+    /// frame (a full queue disconnects the device as too slow); across nodes it is
+    /// best effort, as the frame has no inbox entry to catch up from.
     fn notify(&self, n: Notice);
 
     /// Pushes meant for this worker were lost on their way: its sessions compare what
