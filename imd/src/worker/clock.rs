@@ -12,8 +12,9 @@
 //! `std::sync::Mutex` over a `Vec` (held to push one entry or to swap the slot's list,
 //! never across an `.await`). A wake further away than one turn of the wheel stays in
 //! its slot and is looked at once per turn. A session is woken through its outbox, as
-//! for any other work: the wheel holds a `Weak` of the connection, so it keeps nothing
-//! of a connection that has gone.
+//! for any other work: the wheel holds a `Weak` of the connection, and drops the wakes
+//! of closed connections at the latest one turn after they closed, so what it keeps
+//! is bounded by the connection churn of one turn.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -70,9 +71,12 @@ impl Wheel {
             let due = {
                 let mut slot = self.slot(tick);
                 self.ticked.store(tick, Ordering::Release);
-                let (due, later): (Vec<Wake>, Vec<Wake>) = std::mem::take(&mut *slot)
+                let (due, mut later): (Vec<Wake>, Vec<Wake>) = std::mem::take(&mut *slot)
                     .into_iter()
                     .partition(|w| w.tick <= now_tick);
+                // A wake kept for a later turn must not keep a closed connection's
+                // memory (a `Weak` holds its allocation) for longer than a turn.
+                later.retain(|w| w.conn.strong_count() > 0);
                 *slot = later;
                 due
             };
@@ -237,5 +241,27 @@ mod tests {
         assert!(!woken(&late).await);
         w.advance(t0 + 6 * p);
         assert!(woken(&late).await);
+    }
+
+    #[tokio::test]
+    async fn a_closed_connection_s_far_wake_is_dropped_within_a_turn() {
+        let hub = super::super::Hub::new(
+            16,
+            "n1".into(),
+            Arc::new(crate::business::blacklist::Blacklist::new()),
+        );
+        let gone = conn(&hub, "a");
+        let p = Duration::from_secs(1);
+        let w = Arc::new(wheel(p));
+        let clock = Clock { wheel: w.clone() };
+        clock.wake_at(&gone, w.start + p * (SLOTS as u32 + 2));
+        hub.unregister(&gone);
+        drop(gone);
+        assert_eq!(w.slot(2).len(), 1);
+        w.advance(w.start + 2 * p);
+        assert!(
+            w.slot(2).is_empty(),
+            "nothing kept for a connection that closed"
+        );
     }
 }

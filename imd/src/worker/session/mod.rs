@@ -1,5 +1,6 @@
 //! One WebSocket session: a single task that reads client frames, writes what its
-//! outbox holds, answers the shared clock's ticks, and tracks unacked pushes.
+//! outbox holds, checks its deadlines when the shared clock wakes it (pings, idle
+//! timeout, retransmits), and tracks unacked pushes.
 //!
 //! A single `select!` loop (rather than split reader and writer tasks) keeps one owner
 //! for the socket and for the ack state, and flushes tungstenite's queued pongs on
@@ -46,7 +47,7 @@ pub struct SessionCtx {
     pub messaging: Messaging,
     /// Limits and timings.
     pub settings: SessionSettings,
-    /// The shared clock.
+    /// The shared clock, which wakes a session when its next deadline is due.
     pub clock: Clock,
     /// Cancelled when the server shuts down.
     pub shutdown: CancellationToken,
