@@ -1,4 +1,5 @@
-//! The command line of `imbench`: `run` (the coordinator) and `agent`.
+//! The command line of `imbench`: `run` (the coordinator), `agent`, and `relay` (the
+//! bare floor).
 //!
 //! Only parsing and flag documentation live here; [`crate::plan`] validates the values
 //! against each other and against this machine.
@@ -27,6 +28,22 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Run one load agent (normally started by `imbench run --local-agents K`).
     Agent(AgentArgs),
+    /// Serve the bare relay floor: imd's client protocol for `idle` and `chat`, with
+    /// no store and no durability, to measure imd against in the same run.
+    Relay(RelayArgs),
+}
+
+/// `imbench relay`.
+#[derive(Debug, Args)]
+pub struct RelayArgs {
+    /// Address to listen on (port 0 picks one); prints
+    /// `{"event":"listening","listen":…}` once bound.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: String,
+
+    /// The secret that signs the clients' tokens (as for `imbench run`).
+    #[arg(long, env = "IMBENCH_TOKEN_SECRET", hide_env_values = true)]
+    pub token_secret: Secret,
 }
 
 /// What each connection does.

@@ -33,6 +33,7 @@
 //! - [`link`]: the JSON-lines link between coordinator and agents (stdio, or
 //!   authenticated TCP), and `imbench agent`'s entry point.
 //! - [`limits`]: the open-files limit.
+//! - [`relay`]: `imbench relay`, the bare floor imd is compared with in one run.
 
 pub mod agent;
 pub mod chart;
@@ -44,6 +45,7 @@ pub mod dial;
 pub mod limits;
 pub mod link;
 pub mod plan;
+pub mod relay;
 pub mod report;
 pub mod scenario;
 pub mod setup;
@@ -56,5 +58,6 @@ pub async fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         cli::Command::Run(args) => coordinator::run_command(*args).await,
         cli::Command::Agent(args) => link::run_agent(args).await.map(|()| ExitCode::SUCCESS),
+        cli::Command::Relay(args) => relay::run(args).await.map(|()| ExitCode::SUCCESS),
     }
 }
