@@ -2,13 +2,10 @@
 //! loses nothing (so a run can put imd's figures next to the floor's), and it refuses
 //! a connection without a valid token, as imd does.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use serde_json::Value;
-
-use crate::common::{SECRET, chat_args, imbench_bin, run_imbench};
+use crate::common::{SECRET, chat_args, imbench_bin, listening_addr, run_imbench};
 
 /// An `imbench relay` process, killed on drop.
 struct Relay {
@@ -25,20 +22,11 @@ impl Relay {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<Value>(&line)
-                    && v["event"] == "listening"
-                {
-                    let _ = tx.send(v["listen"].as_str().unwrap_or_default().to_owned());
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("imbench relay printed no listening line within 20 s");
+        let Some(addr) = listening_addr(&mut child) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("imbench relay printed no listening line within 20 s");
+        };
         Relay {
             child,
             url: format!("http://{addr}"),

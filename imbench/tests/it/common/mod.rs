@@ -140,6 +140,24 @@ pub(crate) enum SecretBy {
     Env,
 }
 
+/// The address in the `{"event":"listening","listen":…}` line that `imbench agent
+/// --listen` and `imbench relay` print on stdout once bound (`child`'s stdout must be
+/// piped); `None` when none comes within 20 s.
+pub(crate) fn listening_addr(child: &mut Child) -> Option<String> {
+    let stdout = child.stdout.take()?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<Value>(&line)
+                && v["event"] == "listening"
+            {
+                let _ = tx.send(v["listen"].as_str().unwrap_or_default().to_owned());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(20)).ok()
+}
+
 /// `imbench agent --listen 127.0.0.1:0 --token-secret S`, killed (by its handle) on
 /// drop. Its stderr is kept (and echoed) so that tests can wait for its log lines.
 pub(crate) struct RemoteAgent {
@@ -180,24 +198,13 @@ impl RemoteAgent {
                 kept.push('\n');
             }
         });
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<Value>(&line)
-                    && v["event"] == "listening"
-                {
-                    let _ = tx.send(v["listen"].as_str().unwrap_or_default().to_owned());
-                }
-            }
-        });
-        match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(addr) => RemoteAgent {
+        match listening_addr(&mut child) {
+            Some(addr) => RemoteAgent {
                 child,
                 addr,
                 stderr,
             },
-            Err(_) => {
+            None => {
                 let _ = child.kill();
                 let _ = child.wait();
                 panic!("imbench agent --listen printed no listening line within 20 s");
