@@ -35,12 +35,7 @@ BENCH_PID=$!
 PIDS+=("$BENCH_PID")
 
 # Wait until imd holds every connection (its fd count), at most the ramp + 20 s.
-deadline=$(( SECONDS + RAMP_S + 20 ))
-while [ $(( $(fds "$IMD_PID") - FD0 )) -lt "$CONNECTIONS" ] && [ $SECONDS -lt $deadline ]; do
-    kill -0 "$BENCH_PID" 2>/dev/null || break
-    sleep 0.5
-done
-sleep 2 # let the last handshakes settle
+wait_connections "$IMD_PID" "$FD0" "$CONNECTIONS" "$BENCH_PID" $(( RAMP_S + 20 ))
 OPEN=$(( $(fds "$IMD_PID") - FD0 ))
 RSS1=$(rss_kb "$IMD_PID")
 HELD_AT=$SECONDS

@@ -36,7 +36,7 @@ HZ=$(getconf CLK_TCK)
 # measure NAME PID URL: the idle connections, the quiet CPU sample, then the chat.
 # Prints one line and leaves the figures in $WORK/NAME.chat.json and $WORK/NAME.cpu.
 measure() {
-    local name=$1 pid=$2 url=$3 fd0 idle_pid deadline open c0 c1 cpu
+    local name=$1 pid=$2 url=$3 fd0 idle_pid open c0 c1 cpu
     fd0=$(fds "$pid")
     timeout "$BUDGET" "$IMBENCH_BIN" run --target "$url" --token-secret "$SECRET" \
         --scenario idle --connections "$IDLE" --ramp "$RAMP" --duration "${HOLD}s" \
@@ -44,14 +44,9 @@ measure() {
         >"$WORK/$name.idle.out" 2>"$WORK/$name.idle.err" &
     idle_pid=$!
     PIDS+=("$idle_pid")
-    deadline=$(( SECONDS + RAMP_S + 20 ))
-    while [ $(( $(fds "$pid") - fd0 )) -lt "$IDLE" ] && [ $SECONDS -lt $deadline ]; do
-        kill -0 "$idle_pid" 2>/dev/null || break
-        sleep 0.5
-    done
+    wait_connections "$pid" "$fd0" "$IDLE" "$idle_pid" $(( RAMP_S + 20 ))
     open=$(( $(fds "$pid") - fd0 ))
     [ "$open" -ge "$IDLE" ] || { echo "$name: only $open of $IDLE idle connections opened" >&2; exit 1; }
-    sleep 2 # the last handshakes settle
     c0=$(cpu_ticks "$pid")
     sleep "$QUIET"
     c1=$(cpu_ticks "$pid")

@@ -86,6 +86,18 @@ fds() {
     ls "/proc/$1/fd" 2>/dev/null | wc -l
 }
 
+# wait_connections PID FD0 N LOADER MAX_SECONDS: waits until process PID holds N more
+# file descriptors than FD0 (its connections), at most MAX_SECONDS, or until the load
+# process LOADER is gone; then lets the last handshakes settle for 2 s.
+wait_connections() {
+    local pid=$1 fd0=$2 n=$3 loader=$4 deadline=$(( SECONDS + $5 ))
+    while [ $(( $(fds "$pid") - fd0 )) -lt "$n" ] && [ $SECONDS -lt $deadline ]; do
+        kill -0 "$loader" 2>/dev/null || break
+        sleep 0.5
+    done
+    sleep 2
+}
+
 # json FILE EXPR: one value from a JSON file (jq, or python3).
 json() {
     if command -v jq >/dev/null; then
