@@ -193,7 +193,14 @@ fn handle(relay: &Relay, uid: &str, text: &str) -> Option<String> {
     };
     match frame {
         ClientFrame::Ping => Some(json!({"type": "pong"}).to_string()),
-        ClientFrame::Ack { .. } => None,
+        // Acks, and read receipts and typing, which the floor neither stores nor
+        // forwards.
+        ClientFrame::Ack { .. } | ClientFrame::Read { .. } | ClientFrame::Typing { .. } => None,
+        ClientFrame::Recall { .. } => {
+            let error = json!({"type": "error", "code": "bad_request",
+                "message": "the relay keeps no messages to recall"});
+            Some(error.to_string())
+        }
         ClientFrame::Sync { .. } => {
             Some(json!({"type": "synced", "msgs": [], "more": false}).to_string())
         }

@@ -77,6 +77,44 @@ pub fn datetime(ts_ms: i64) -> String {
     format!("{year:04}-{month:02}-{day:02} {}", clock(ts_ms))
 }
 
+/// What a message says, for one line: its body ([`body_text`]), `(recalled)` for a
+/// recalled message, or the event in words (`[assigned to bob]`, `[closed]`, …).
+pub fn message_text(msg: &shared::protocol::Message) -> String {
+    if msg.recalled {
+        return "(recalled)".into();
+    }
+    if let Some(event) = &msg.event {
+        return event_text(event);
+    }
+    msg.body.as_ref().map(body_text).unwrap_or_default()
+}
+
+/// An event message's `event` in words, in brackets; an event type this build does not
+/// know shows its type.
+fn event_text(event: &serde_json::Value) -> String {
+    use shared::protocol::Event;
+    let said = match serde_json::from_value::<Event>(event.clone()) {
+        Ok(Event::Assigned { agent, previous }) => match previous {
+            Some(p) => format!("assigned to {agent} (was {p})"),
+            None => format!("assigned to {agent}"),
+        },
+        Ok(Event::Closed) => "closed".into(),
+        Ok(Event::Recalled { seq, by }) => match by {
+            Some(by) => format!("recalled #{seq} by {by}"),
+            None => format!("recalled #{seq}"),
+        },
+        Ok(Event::Rated { score, comment }) => match comment {
+            Some(c) => format!("rated {score}/5: {c}"),
+            None => format!("rated {score}/5"),
+        },
+        Err(_) => match event.get("type").and_then(|t| t.as_str()) {
+            Some(t) => format!("event {t}"),
+            None => format!("event {event}"),
+        },
+    };
+    format!("[{}]", said.replace(['\n', '\r'], " "))
+}
+
 /// A message body for one line: its `text` when it has one, else its JSON.
 pub fn body_text(body: &serde_json::Value) -> String {
     let text = match body {
@@ -307,6 +345,50 @@ mod tests {
             r#"{"img":1,"text":"hi"}"#
         );
         assert_eq!(body_text(&json!(42)), "42");
+    }
+
+    #[test]
+    fn events_and_recalls_read_as_words() {
+        use serde_json::{Value, json};
+        let msg = |v: Value| serde_json::from_value::<shared::protocol::Message>(v).unwrap();
+        let base = |extra: Value| {
+            let mut m = json!({"id": "i", "conv": "s:shop~c", "seq": 3, "from": "ann", "ts": 1});
+            m.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            msg(m)
+        };
+        for (extra, want) in [
+            (
+                json!({"event": {"type": "assigned", "agent": "ann"}}),
+                "[assigned to ann]",
+            ),
+            (
+                json!({"event": {"type": "assigned", "agent": "bo", "previous": "ann"}}),
+                "[assigned to bo (was ann)]",
+            ),
+            (json!({"event": {"type": "closed"}}), "[closed]"),
+            (
+                json!({"event": {"type": "recalled", "seq": 2}}),
+                "[recalled #2]",
+            ),
+            (
+                json!({"event": {"type": "recalled", "seq": 2, "by": "admin"}}),
+                "[recalled #2 by admin]",
+            ),
+            (
+                json!({"event": {"type": "rated", "score": 4, "comment": "quick\nthanks"}}),
+                "[rated 4/5: quick thanks]",
+            ),
+            (
+                json!({"event": {"type": "snoozed", "until": 9}}),
+                "[event snoozed]",
+            ),
+            (json!({"recalled": true}), "(recalled)"),
+            (json!({"body": {"text": "hi"}}), "hi"),
+        ] {
+            assert_eq!(message_text(&base(extra.clone())), want, "{extra}");
+        }
     }
 
     #[test]

@@ -43,7 +43,7 @@ fn new_message(i: u64) -> NewMessage {
         members: vec![from.clone(), to],
         from,
         cid: Some(format!("c{i}")),
-        body: json!({"text": "hello, is this in stock?"}),
+        content: imd::store::Content::Body(json!({"text": "hello, is this in stock?"})),
         ts: 1,
     }
 }

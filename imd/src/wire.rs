@@ -125,9 +125,10 @@ mod tests {
             conv: "d:a~b".into(),
             seq,
             from: "a".into(),
-            body: serde_json::json!({"t": "é\"\n"}),
+            body: Some(serde_json::json!({"t": "é\"\n"})),
             ts: 1,
             cid: Some("c\"1".into()),
+            ..Default::default()
         };
         let b = Bytes::from(serde_json::to_vec(&m).unwrap());
         (m, b)

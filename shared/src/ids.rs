@@ -53,6 +53,18 @@ impl<'a> ConvRef<'a> {
     }
 }
 
+impl ConvRef<'_> {
+    /// The conversation's kind.
+    pub fn kind(&self) -> crate::protocol::ConvKind {
+        use crate::protocol::ConvKind;
+        match self {
+            ConvRef::Direct(..) => ConvKind::Direct,
+            ConvRef::Group(_) => ConvKind::Group,
+            ConvRef::Service { .. } => ConvKind::Service,
+        }
+    }
+}
+
 /// The id of the direct conversation between `a` and `b`, whichever order they come in.
 pub fn direct_conv(a: &str, b: &str) -> String {
     let (lo, hi) = if a <= b { (a, b) } else { (b, a) };

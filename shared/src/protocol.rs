@@ -16,7 +16,7 @@ pub const DEFAULT_PAGE: u32 = 100;
 pub const MAX_PAGE: u32 = 1000;
 
 /// A committed message, exactly as clients see it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Message {
     /// Server-assigned unique id.
     pub id: String,
@@ -24,15 +24,66 @@ pub struct Message {
     pub conv: String,
     /// Position in the conversation: from 1, gapless, in commit order.
     pub seq: u64,
-    /// Sender uid.
+    /// Sender uid; for an event message, the uid that caused it.
     pub from: String,
-    /// Application payload, any JSON.
-    pub body: Value,
+    /// Application payload, any JSON; absent from event messages and from recalled
+    /// messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<Value>,
+    /// What happened to the conversation, for an event message (`{"type": …, …}`,
+    /// see [`Event`]); kept as JSON so that clients decode event types they do not
+    /// know, and ignore them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<Value>,
     /// Commit time, unix milliseconds.
     pub ts: i64,
     /// The sender's client message id, when it gave one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cid: Option<String>,
+    /// The sender took the message back: its body is gone.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recalled: bool,
+}
+
+impl Message {
+    /// Whether this is an event message.
+    pub fn is_event(&self) -> bool {
+        self.event.is_some()
+    }
+}
+
+/// What happened to a conversation: the `event` of an event message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// A service conversation got an agent: its first, a transfer, or a reassignment
+    /// when the previous one went offline.
+    Assigned {
+        /// The agent now assigned.
+        agent: String,
+        /// The agent assigned before, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        previous: Option<String>,
+    },
+    /// The service conversation was closed; the customer's next message opens it
+    /// again.
+    Closed,
+    /// The message at `seq` was recalled.
+    Recalled {
+        /// The recalled message.
+        seq: u64,
+        /// Who recalled it when it was not its sender: `"admin"`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
+    },
+    /// The customer rated the closed conversation.
+    Rated {
+        /// 1 to 5.
+        score: u8,
+        /// The customer's words, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        comment: Option<String>,
+    },
 }
 
 /// What a client sends to post a message (WebSocket `send` frame or `POST /v1/messages`).
@@ -78,6 +129,25 @@ pub enum ClientFrame {
     },
     /// Application-level liveness check; answered with `pong`.
     Ping,
+    /// Move the caller's read position in `conv` forward to `seq`.
+    Read {
+        /// The conversation.
+        conv: String,
+        /// The highest seq read (clamped to the conversation's last).
+        seq: u64,
+    },
+    /// The caller is typing in `conv`; forwarded to the other members, not stored.
+    Typing {
+        /// The conversation.
+        conv: String,
+    },
+    /// Take back the caller's own message `seq` of `conv`; answered with `recalled`.
+    Recall {
+        /// The conversation.
+        conv: String,
+        /// The message to recall.
+        seq: u64,
+    },
 }
 
 /// One inbox position and its message.
@@ -127,6 +197,29 @@ pub enum ServerFrame {
         /// Human-readable explanation.
         message: String,
     },
+    /// A member's read position moved (not an inbox entry; not acked).
+    Read {
+        /// The conversation.
+        conv: String,
+        /// Whose position.
+        uid: String,
+        /// The new position.
+        seq: u64,
+    },
+    /// A member is typing (not stored; not acked).
+    Typing {
+        /// The conversation.
+        conv: String,
+        /// Who types.
+        uid: String,
+    },
+    /// Answer to `recall`: the message is recalled.
+    Recalled {
+        /// The conversation.
+        conv: String,
+        /// The recalled message.
+        seq: u64,
+    },
     /// The server is about to close the connection.
     Kick {
         /// Why: `replaced`, `shutdown`, `slow`, `idle`, `blacklisted`, `admin`, …
@@ -152,6 +245,8 @@ pub enum ErrorCode {
     RateLimited,
     /// The content was refused by the sensitive-word filter.
     BlockedContent,
+    /// The request contradicts the state of what it names (a second rating).
+    Conflict,
     /// The server failed; retrying may help.
     Internal,
 }
@@ -165,6 +260,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => 403,
             ErrorCode::NotFound => 404,
             ErrorCode::TooLarge => 413,
+            ErrorCode::Conflict => 409,
             ErrorCode::RateLimited => 429,
             ErrorCode::Internal => 500,
         }
@@ -180,6 +276,7 @@ impl ErrorCode {
             ErrorCode::TooLarge => "too_large",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::BlockedContent => "blocked_content",
+            ErrorCode::Conflict => "conflict",
             ErrorCode::Internal => "internal",
         }
     }
@@ -224,6 +321,113 @@ pub struct HistoryResponse {
     pub msgs: Vec<Message>,
     /// Whether more messages follow.
     pub more: bool,
+}
+
+/// `POST /v1/conversations/{conv}/read` body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadRequest {
+    /// The highest seq read.
+    pub seq: u64,
+}
+
+/// `POST /v1/conversations/{conv}/read` answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReadResponse {
+    /// The caller's read position now (it never moves back).
+    pub read_seq: u64,
+}
+
+/// `DELETE /v1/conversations/{conv}/messages/{seq}` answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecallResponse {
+    /// The conversation.
+    pub conv: String,
+    /// The recalled message.
+    pub seq: u64,
+}
+
+/// The kind of a conversation, from its id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConvKind {
+    /// Two users (`d:…`).
+    Direct,
+    /// A named group (`g:…`).
+    Group,
+    /// A customer and a shop's agents (`s:…`).
+    Service,
+}
+
+/// One entry of `GET /v1/conversations`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConvSummary {
+    /// The conversation.
+    pub conv: String,
+    /// Its kind.
+    pub kind: ConvKind,
+    /// Its last message, event messages included.
+    pub last: Message,
+    /// The caller's read position (0: nothing read).
+    pub read_seq: u64,
+    /// Messages after `read_seq` that are neither the caller's nor events.
+    pub unread: u64,
+    /// The other member's read position (direct and service conversations).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_read_seq: Option<u64>,
+}
+
+/// `GET /v1/conversations` answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConversationsResponse {
+    /// Newest activity first.
+    pub convs: Vec<ConvSummary>,
+    /// The cursor of the next page (`before=`), when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+/// `GET /v1/conversations/{conv}` answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConversationResponse {
+    /// The conversation.
+    pub conv: String,
+    /// Its kind.
+    pub kind: ConvKind,
+    /// Its members (service: the customer and the assigned agent).
+    pub members: Vec<String>,
+    /// Every member's read position (0 for none).
+    pub read: std::collections::BTreeMap<String, u64>,
+    /// Its last seq (0: no message yet).
+    pub last_seq: u64,
+    /// Service: the assigned agent, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// Service: open (assigned or waiting) or closed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open: Option<bool>,
+    /// Service, while it waits for an agent: 1 = next.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_position: Option<u64>,
+}
+
+/// One user of `GET /v1/presence`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PresenceEntry {
+    /// The user.
+    pub uid: String,
+    /// Whether any device of the user is connected anywhere in the cluster.
+    pub online: bool,
+    /// When the user's last device disconnected (unix ms), when known and offline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<i64>,
+}
+
+/// `GET /v1/presence` answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PresenceResponse {
+    /// The asked users that share a conversation with the caller.
+    pub users: Vec<PresenceEntry>,
 }
 
 #[cfg(test)]
@@ -280,9 +484,11 @@ mod tests {
             conv: "d:a~b".into(),
             seq: 1,
             from: "a".into(),
-            body: json!("hi"),
+            body: Some(json!("hi")),
+            event: None,
             ts: 5,
             cid: None,
+            recalled: false,
         };
         assert_eq!(
             serde_json::to_value(&m).unwrap(),
@@ -308,6 +514,7 @@ mod tests {
             (ErrorCode::NotFound, 404, "not_found"),
             (ErrorCode::TooLarge, 413, "too_large"),
             (ErrorCode::RateLimited, 429, "rate_limited"),
+            (ErrorCode::Conflict, 409, "conflict"),
             (ErrorCode::Internal, 500, "internal"),
         ] {
             assert_eq!(code.http_status(), status);

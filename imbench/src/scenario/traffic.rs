@@ -330,7 +330,14 @@ impl<'a> Traffic<'a> {
                 bump(&stats.counts.kicks);
                 stats.error("kick", &reason);
             }
-            Ok(ServerFrame::Pong) => {}
+            // Other members' read positions and typing, and answers to recalls: the
+            // load sends none of the last, and needs none of them.
+            Ok(
+                ServerFrame::Pong
+                | ServerFrame::Read { .. }
+                | ServerFrame::Typing { .. }
+                | ServerFrame::Recalled { .. },
+            ) => {}
             Err(e) => {
                 bump(&stats.counts.server_errors);
                 stats.error("bad frame", &format!("{e}: {}", truncate(text, 200)));
@@ -350,10 +357,15 @@ impl<'a> Traffic<'a> {
             Push::New => {}
         }
         let plan = &self.ctx.plan;
-        let id = msg.body.get("id").and_then(Value::as_str).and_then(|id| {
-            let (who, n) = id.rsplit_once('/')?;
-            Some((who, n.parse::<u64>().ok()?))
-        });
+        let id = msg
+            .body
+            .as_ref()
+            .and_then(|b| b.get("id"))
+            .and_then(Value::as_str)
+            .and_then(|id| {
+                let (who, n) = id.rsplit_once('/')?;
+                Some((who, n.parse::<u64>().ok()?))
+            });
         let sender = id
             .filter(|(who, _)| *who == msg.from)
             .and_then(|(who, n)| Some((plan.index_of(who)?, n)));
@@ -381,7 +393,12 @@ impl<'a> Traffic<'a> {
         bump(&stats.counts.delivered);
         let now = self.ctx.clock.now_us();
         stats.record_push(now);
-        if let Some(t) = msg.body.get("t").and_then(Value::as_u64) {
+        if let Some(t) = msg
+            .body
+            .as_ref()
+            .and_then(|b| b.get("t"))
+            .and_then(Value::as_u64)
+        {
             stats.record_latency(now.saturating_sub(t));
         }
         if matches!(self.role, Role::ShopAgent { .. })

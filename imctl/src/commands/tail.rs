@@ -10,7 +10,7 @@ use shared::protocol::Message;
 
 use crate::cli::TailCmd;
 use crate::client::{Client, ClientError, ErrorKind};
-use crate::output::{Out, Paint, body_text, clock};
+use crate::output::{Out, Paint, clock, message_text};
 
 /// First wait before reconnecting; it doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
@@ -91,7 +91,7 @@ fn line(out: &Out, msg: &Message) -> String {
         out.paint(Paint::Dim, &format!("#{}", msg.seq)),
         clock(msg.ts),
         out.paint(Paint::Cyan, &msg.from),
-        body_text(&msg.body)
+        message_text(msg)
     )
 }
 
@@ -107,9 +107,10 @@ mod tests {
             conv: "d:a~b".into(),
             seq: 7,
             from: "alice".into(),
-            body: json!({"text": "is the\nblue one in stock?"}),
+            body: Some(json!({"text": "is the\nblue one in stock?"})),
             ts: 3_600_000 + 61_000,
             cid: None,
+            ..Default::default()
         };
         let plain = Out {
             json: false,

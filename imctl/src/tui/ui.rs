@@ -15,7 +15,7 @@ use shared::admin::NodeInfo;
 use super::app::{App, BlacklistForm, FormField, Link, Tab, TailState};
 use crate::client::ErrorKind;
 use crate::commands::roles;
-use crate::output::{body_text, clock, duration, relative};
+use crate::output::{clock, duration, message_text, relative};
 
 /// The banner shown while the server does not answer.
 pub const UNREACHABLE: &str = "server unreachable, retrying";
@@ -361,7 +361,7 @@ fn draw_tail(frame: &mut Frame<'_>, area: Rect, app: &App) {
                 Span::from(format!("#{} ", m.seq)).dark_gray(),
                 Span::from(format!("{} ", clock(m.ts))),
                 Span::from(m.from.clone()).cyan(),
-                Span::from(format!(": {}", body_text(&m.body))),
+                Span::from(format!(": {}", message_text(m))),
             ])
         })
         .collect();
@@ -637,9 +637,10 @@ mod tests {
                     conv: "d:alice~bob".into(),
                     seq,
                     from: "alice".into(),
-                    body: serde_json::json!({"text": format!("hello {seq}")}),
+                    body: Some(serde_json::json!({"text": format!("hello {seq}")})),
                     ts: 61_000,
                     cid: None,
+                    ..Default::default()
                 }),
             );
         }

@@ -68,6 +68,9 @@ pub trait GroupStore: Send + Sync + 'static {
     async fn group_members(&self, name: &str) -> Result<Option<Vec<String>>, StoreError>;
     /// Sets a group's members.
     async fn set_group_members(&self, name: &str, members: Vec<String>) -> Result<(), StoreError>;
+    /// The groups `uid` is a member of, by name (a reverse index kept by
+    /// [`GroupStore::set_group_members`]).
+    async fn member_groups(&self, uid: &str) -> Result<Vec<String>, StoreError>;
 }
 
 /// A customer-service conversation's state.

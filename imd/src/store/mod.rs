@@ -39,6 +39,7 @@ pub use redis::{NodeInfo, RedisStore, RouteAdded};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use shared::protocol::{Event, Message};
 
 /// A message to commit, before the store gives it a `seq`.
 #[derive(Debug, Clone)]
@@ -47,16 +48,103 @@ pub struct NewMessage {
     pub id: String,
     /// Conversation id.
     pub conv: String,
-    /// Sender uid.
+    /// Sender uid (for an event, the uid that caused it).
     pub from: String,
     /// The sender's client message id, for idempotency.
     pub cid: Option<String>,
-    /// Payload.
-    pub body: serde_json::Value,
+    /// What it says.
+    pub content: Content,
     /// Commit time, unix milliseconds.
     pub ts: i64,
     /// Every member of the conversation (deduplicated); each gets an inbox entry.
     pub members: Vec<String>,
+}
+
+/// What a message says: a body from its sender, or an event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Content {
+    /// A message a user sent. Committing it moves the sender's read position to it.
+    Body(serde_json::Value),
+    /// Something that happened to the conversation. It moves no read position and
+    /// does not count as unread.
+    Event(Event),
+}
+
+impl NewMessage {
+    /// Whether it is an event message.
+    pub fn is_event(&self) -> bool {
+        matches!(self.content, Content::Event(_))
+    }
+
+    /// The message as clients see it, at `seq`.
+    pub fn to_message(&self, seq: u64) -> Message {
+        let (body, event) = match &self.content {
+            Content::Body(b) => (Some(b.clone()), None),
+            Content::Event(e) => (None, Some(event_json(e))),
+        };
+        Message {
+            id: self.id.clone(),
+            conv: self.conv.clone(),
+            seq,
+            from: self.from.clone(),
+            body,
+            event,
+            ts: self.ts,
+            cid: self.cid.clone(),
+            recalled: false,
+        }
+    }
+}
+
+/// An event as the JSON object of a message's `event`.
+fn event_json(e: &Event) -> serde_json::Value {
+    // Events are plain structs of strings and numbers: they always serialize.
+    serde_json::to_value(e).unwrap_or(serde_json::Value::Null)
+}
+
+/// `json` (a stored message) as recalled: without its body, with `"recalled": true`.
+pub fn recalled_json(json: &[u8]) -> Result<Bytes, StoreError> {
+    let mut m: Message =
+        serde_json::from_slice(json).map_err(|e| StoreError::decode("message", e))?;
+    m.body = None;
+    m.recalled = true;
+    Ok(Bytes::from(
+        serde_json::to_vec(&m).map_err(StoreError::encode)?,
+    ))
+}
+
+/// A recall: the sender takes a message back.
+///
+/// The store checks, atomically with the change, that the message exists, that
+/// `sender` (when given) sent it, and that it was committed at or after `not_before`;
+/// then it replaces the stored message, in the conversation and in every inbox that
+/// holds it, by its recalled form ([`recalled_json`]: the body is gone from the
+/// store, not hidden), and commits `event` (a [`Event::Recalled`] message).
+#[derive(Debug, Clone)]
+pub struct Recall {
+    /// The conversation.
+    pub conv: String,
+    /// The message to recall.
+    pub seq: u64,
+    /// Who must have sent it; `None`: anyone (an admin's recall).
+    pub sender: Option<String>,
+    /// The oldest commit time still recallable (unix ms); `i64::MIN`: any.
+    pub not_before: i64,
+    /// The `recalled` event message to commit when the recall is allowed.
+    pub event: NewMessage,
+}
+
+/// Why a recall was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecallRefused {
+    /// No message at that seq.
+    NotFound,
+    /// The message is an event, or someone else's.
+    NotSender,
+    /// Committed before `not_before`.
+    TooLate,
+    /// Recalled already (nothing was written).
+    AlreadyRecalled,
 }
 
 /// One operation of a commit batch.
@@ -72,6 +160,29 @@ pub enum Op {
         /// The user who joins it.
         uid: String,
     },
+    /// Move `uid`'s read position in `conv` forward to `seq`, clamped to the
+    /// conversation's last seq; never backward.
+    Read {
+        /// The conversation.
+        conv: String,
+        /// The reader.
+        uid: String,
+        /// The highest seq read.
+        seq: u64,
+    },
+    /// Take a message back.
+    Recall(Recall),
+}
+
+impl Op {
+    /// The conversation the op writes.
+    pub fn conv(&self) -> &str {
+        match self {
+            Op::Message(m) => &m.conv,
+            Op::Join { conv, .. } | Op::Read { conv, .. } => conv,
+            Op::Recall(r) => &r.conv,
+        }
+    }
 }
 
 /// How many of a join's inbox entries are pushed; the rest wait for `sync`.
@@ -103,6 +214,57 @@ pub enum CommitOutcome {
     /// A join: the last [`JOIN_PUSH_TAIL`] messages the joiner's inbox received, each
     /// with the joiner as its one recipient.
     Joined(Vec<Committed>),
+    /// A read: the reader's position after it, and whether it moved.
+    Read {
+        /// The position now.
+        seq: u64,
+        /// Whether this op moved it.
+        moved: bool,
+    },
+    /// A recall: its committed `recalled` event message, or why it was refused.
+    Recalled(Result<Committed, RecallRefused>),
+}
+
+/// One entry of a user's conversation list.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConvEntry {
+    /// The conversation.
+    pub conv: String,
+    /// Its last activity: the commit time of its last message (unix ms).
+    pub ts: i64,
+    /// Its last message, as JSON (event messages included).
+    pub last: Bytes,
+    /// Its last seq.
+    pub last_seq: u64,
+    /// The user's read position (0: none).
+    pub read_seq: u64,
+    /// Messages with `seq > read_seq` that are neither the user's own nor events:
+    /// exact.
+    pub unread: u64,
+    /// Every member's read position (members with none left out), for direct and
+    /// service conversations; empty for groups.
+    pub reads: Vec<(String, u64)>,
+}
+
+/// Where a page of a conversation list starts: after the entry at `(ts, conv)` in
+/// the list's order (newest activity first; equal times by conversation id,
+/// descending).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConvCursor {
+    /// The activity time of the last entry of the previous page.
+    pub ts: i64,
+    /// Its conversation.
+    pub conv: String,
+}
+
+impl ConvCursor {
+    /// The cursor of the page after `e`.
+    pub fn after(e: &ConvEntry) -> Self {
+        Self {
+            ts: e.ts,
+            conv: e.conv.clone(),
+        }
+    }
 }
 
 /// One page of a read.
@@ -185,7 +347,11 @@ pub trait MessageStore: Send + Sync + 'static {
     ///
     /// Each message either gets the next `seq` of its conversation and the next `useq`
     /// of each member, or is recognised as a duplicate of an earlier `(from, cid)`
-    /// within [`IDEMPOTENCY_WINDOW_MS`] (also within the same batch).
+    /// within [`IDEMPOTENCY_WINDOW_MS`] (also within the same batch). With its inbox
+    /// entries, a new message moves each member's conversation list entry to its
+    /// commit time; a [`Content::Body`] message also moves its sender's read position
+    /// to its seq, in the same write. [`Op::Read`] and [`Op::Recall`] are described on
+    /// their types.
     async fn commit(&self, batch: Vec<Op>) -> Result<Vec<CommitOutcome>, StoreError>;
 
     /// Inbox entries of `uid` with `useq > after`, at most `limit`, as `(useq, message JSON)`.
@@ -201,6 +367,24 @@ pub trait MessageStore: Send + Sync + 'static {
 
     /// The highest `seq` of `conv` (0 when it has no messages).
     async fn last_seq(&self, conv: &str) -> Result<u64, StoreError>;
+
+    /// A page of `uid`'s conversations, newest activity first, after `before` (from the
+    /// newest when `None`), at most `limit` (at least 1). A conversation is in the list
+    /// once the user's inbox holds one of its messages; its activity is the commit
+    /// time of its last message. Reads an index ordered by activity: the cost of a page
+    /// does not grow with the number of the user's conversations.
+    async fn conversations(
+        &self,
+        uid: &str,
+        before: Option<&ConvCursor>,
+        limit: u32,
+    ) -> Result<Page<ConvEntry>, StoreError>;
+
+    /// Whether `conv` is in `uid`'s conversation list.
+    async fn in_conversations(&self, uid: &str, conv: &str) -> Result<bool, StoreError>;
+
+    /// The read positions recorded in `conv`, by uid (users with none left out).
+    async fn read_positions(&self, conv: &str) -> Result<Vec<(String, u64)>, StoreError>;
 
     /// Forgets idempotency keys committed before `before_ms`; returns how many.
     async fn expire_idempotency(&self, before_ms: i64) -> Result<u64, StoreError>;

@@ -169,7 +169,7 @@ async fn routes_and_inbox_heads(redis: Redis) {
             conv: "d:a~b".into(),
             from: "a".into(),
             cid: None,
-            body: serde_json::json!(i),
+            content: imd::store::Content::Body(serde_json::json!(i)),
             ts: 1,
             members: members.clone(),
         });

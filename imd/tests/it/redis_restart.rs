@@ -191,7 +191,7 @@ fn message(text: &str) -> Op {
         conv: CONV.into(),
         from: "alice".into(),
         cid: Some(uuid::Uuid::now_v7().to_string()),
-        body: json!({ "t": text }),
+        content: imd::store::Content::Body(json!({ "t": text })),
         ts: 1_700_000_000_000,
         members: vec!["alice".into(), "bob".into()],
     })

@@ -148,7 +148,10 @@ async fn serve_conn(
             ClientFrame::Ping => {
                 let _ = tx.send(text(json!({"type":"pong"})));
             }
-            ClientFrame::Ack { .. } => {}
+            ClientFrame::Ack { .. }
+            | ClientFrame::Read { .. }
+            | ClientFrame::Typing { .. }
+            | ClientFrame::Recall { .. } => {}
             ClientFrame::Sync { after, limit } => {
                 let st = state.lock().unwrap();
                 let inbox = st

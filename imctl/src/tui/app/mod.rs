@@ -624,9 +624,10 @@ mod tests {
             conv: "d:a~b".into(),
             seq,
             from: "a".into(),
-            body: serde_json::json!("hi"),
+            body: Some(serde_json::json!("hi")),
             ts: 0,
             cid: None,
+            ..Default::default()
         };
         app.on_tail(generation, TailEvent::Msg(msg(1)));
         app.on_tail(generation - 1, TailEvent::Msg(msg(99)));

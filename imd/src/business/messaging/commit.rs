@@ -111,6 +111,10 @@ pub(super) async fn commit_loop(
                             }
                             continue;
                         }
+                        CommitOutcome::Read { .. } | CommitOutcome::Recalled(_) => {
+                            // TODO(#14)
+                            continue;
+                        }
                     };
                     if let Some(reply) = reply {
                         reply(Ok(SendOutcome {

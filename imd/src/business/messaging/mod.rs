@@ -41,7 +41,7 @@ use super::limits::Limits;
 use super::service::{CustomerService, Decision};
 use super::words::Words;
 use super::{Deliver, Error, Identity, Presence};
-use crate::store::{Committed, DirectoryStore, MessageStore, NewMessage, Op};
+use crate::store::{Committed, Content, DirectoryStore, MessageStore, NewMessage, Op};
 
 /// How a queued send is answered: called once, from the commit task, so it must not block.
 pub type Reply = Box<dyn FnOnce(Result<SendOutcome, Error>) + Send>;
@@ -145,12 +145,9 @@ impl Messaging {
 
     /// Queues `q` on the lane of its conversation.
     async fn enqueue(&self, q: Queued) -> Result<(), Error> {
-        let conv = match &q.op {
-            Op::Message(m) => &m.conv,
-            Op::Join { conv, .. } => conv,
-        };
+        let conv = q.op.conv();
         let lanes = &self.0.lanes;
-        let lane = &lanes[self.0.hasher.hash_one(conv.as_str()) as usize % lanes.len()];
+        let lane = &lanes[self.0.hasher.hash_one(conv) as usize % lanes.len()];
         lane.send(q).await.map_err(|_| Error::ShuttingDown)
     }
 
@@ -333,7 +330,7 @@ impl Messaging {
             conv,
             from: who.uid.clone(),
             cid: req.cid,
-            body: req.body,
+            content: Content::Body(req.body),
             ts: now_ms(),
             members,
         }));

@@ -35,6 +35,10 @@ impl GroupStore for EmbeddedStore {
         })
         .await
     }
+
+    async fn member_groups(&self, _uid: &str) -> Result<Vec<String>, StoreError> {
+        Err(StoreError::Corrupt("TODO(#14): member_groups".into()))
+    }
 }
 
 #[cfg(test)]

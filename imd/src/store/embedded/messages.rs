@@ -9,12 +9,11 @@ use bytes::Bytes;
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
 };
-use shared::protocol::Message;
 
 use super::EmbeddedStore;
 use crate::store::{
-    CommitOutcome, Committed, IDEMPOTENCY_WINDOW_MS, JOIN_PUSH_TAIL, MessageStore, NewMessage, Op,
-    Page, PageFill, StoreError,
+    CommitOutcome, Committed, ConvCursor, ConvEntry, IDEMPOTENCY_WINDOW_MS, JOIN_PUSH_TAIL,
+    MessageStore, Op, Page, PageFill, StoreError,
 };
 
 /// `(conv, seq)` → message JSON.
@@ -64,6 +63,9 @@ fn commit_batch(db: &Database, batch: Vec<Op>) -> Result<Vec<CommitOutcome>, Sto
         for op in batch {
             let m = match op {
                 Op::Message(m) => m,
+                Op::Read { .. } | Op::Recall(_) => {
+                    return Err(StoreError::Corrupt("TODO(#14): read and recall".into()));
+                }
                 Op::Join { conv, uid } => {
                     // The messages of `conv` that `uid` does not have yet, appended to its
                     // inbox in seq order.
@@ -149,24 +151,8 @@ fn commit_batch(db: &Database, batch: Vec<Op>) -> Result<Vec<CommitOutcome>, Sto
                 idem_by_ts.insert((m.ts, m.from.as_str(), cid.as_str()), ())?;
             }
 
-            let NewMessage {
-                id,
-                conv,
-                from,
-                cid,
-                body,
-                ts,
-                ..
-            } = m;
-            let msg = Message {
-                id,
-                conv,
-                seq,
-                from,
-                body,
-                ts,
-                cid,
-            };
+            let msg = m.to_message(seq);
+            let ts = m.ts;
             let json = Bytes::from(serde_json::to_vec(&msg).map_err(StoreError::encode)?);
             messages.insert((msg.conv.as_str(), seq), json.as_ref())?;
             if let Some(cid) = msg.cid {
@@ -252,6 +238,23 @@ impl MessageStore for EmbeddedStore {
         .await
     }
 
+    async fn conversations(
+        &self,
+        _uid: &str,
+        _before: Option<&ConvCursor>,
+        _limit: u32,
+    ) -> Result<Page<ConvEntry>, StoreError> {
+        Err(StoreError::Corrupt("TODO(#14): conversations".into()))
+    }
+
+    async fn in_conversations(&self, _uid: &str, _conv: &str) -> Result<bool, StoreError> {
+        Err(StoreError::Corrupt("TODO(#14): in_conversations".into()))
+    }
+
+    async fn read_positions(&self, _conv: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        Err(StoreError::Corrupt("TODO(#14): read_positions".into()))
+    }
+
     async fn last_seq(&self, conv: &str) -> Result<u64, StoreError> {
         let conv = conv.to_owned();
         self.blocking(move |db| {
@@ -291,7 +294,9 @@ impl MessageStore for EmbeddedStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::NewMessage;
     use serde_json::json;
+    use shared::protocol::Message;
 
     fn msg(conv: &str, from: &str, cid: Option<&str>, ts: i64, members: &[&str]) -> Op {
         Op::Message(NewMessage {
@@ -299,7 +304,7 @@ mod tests {
             conv: conv.into(),
             from: from.into(),
             cid: cid.map(Into::into),
-            body: json!({"t": conv}),
+            content: crate::store::Content::Body(json!({"t": conv})),
             ts,
             members: members.iter().map(|s| s.to_string()).collect(),
         })

@@ -22,4 +22,8 @@ impl GroupStore for RedisStore {
             .await
             .map_err(StoreError::from)
     }
+
+    async fn member_groups(&self, _uid: &str) -> Result<Vec<String>, StoreError> {
+        Err(StoreError::Corrupt("TODO(#14): member_groups".into()))
+    }
 }

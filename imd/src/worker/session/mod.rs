@@ -522,6 +522,9 @@ async fn handle_text(
             },
         ),
         ClientFrame::Ping => Some(wire::PONG_FRAME.to_owned()),
+        ClientFrame::Read { .. } | ClientFrame::Typing { .. } | ClientFrame::Recall { .. } => {
+            Some(wire::error_frame(None, ErrorCode::BadRequest, "TODO(#14)"))
+        }
     }
 }
 

@@ -404,7 +404,7 @@ async fn commit_unpushed(rig: &Rig, body: u64) {
         conv: shared::ids::direct_conv("alice", "bob"),
         from: "alice".into(),
         cid: None,
-        body: serde_json::json!(body),
+        content: crate::store::Content::Body(serde_json::json!(body)),
         ts: 1,
         members: vec!["alice".into(), "bob".into()],
     });

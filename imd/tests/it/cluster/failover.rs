@@ -93,7 +93,7 @@ async fn a_push_lost_with_its_writer_still_reaches_an_online_device() {
         conv: direct_conv("alice", "bob"),
         from: "alice".into(),
         cid: None,
-        body: json!(2),
+        content: imd::store::Content::Body(json!(2)),
         ts: first.ts,
         members: vec!["alice".into(), "bob".into()],
     };

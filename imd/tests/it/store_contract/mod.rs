@@ -116,7 +116,7 @@ fn new_msg(conv: &str, from: &str, cid: Option<&str>, body: Value, members: &[&s
         conv: conv.into(),
         from: from.into(),
         cid: cid.map(Into::into),
-        body,
+        content: imd::store::Content::Body(body),
         ts: now_ms(),
         members: members.iter().map(|s| s.to_string()).collect(),
     }

@@ -72,6 +72,9 @@ impl RedisStore {
                         .await?;
                     out[i] = Some(CommitOutcome::Joined(self.join(&conv, &uid).await?));
                 }
+                Op::Read { .. } | Op::Recall(_) => {
+                    return Err(corrupt("TODO(#14): read and recall"));
+                }
             }
         }
         self.commit_group(group, &mut out, &mut known, fan).await?;

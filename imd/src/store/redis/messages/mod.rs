@@ -89,7 +89,9 @@ use futures_util::future::try_join_all;
 
 use super::RedisStore;
 use super::keys::{SHARDS, conv_key, user_key};
-use crate::store::{CommitOutcome, Committed, MessageStore, Op, Page, PageFill, StoreError};
+use crate::store::{
+    CommitOutcome, Committed, ConvCursor, ConvEntry, MessageStore, Op, Page, PageFill, StoreError,
+};
 
 mod commit;
 mod drain;
@@ -260,6 +262,23 @@ impl MessageStore for RedisStore {
             items: page.items.into_iter().map(|(_, json)| json).collect(),
             more: page.more,
         })
+    }
+
+    async fn conversations(
+        &self,
+        _uid: &str,
+        _before: Option<&ConvCursor>,
+        _limit: u32,
+    ) -> Result<Page<ConvEntry>, StoreError> {
+        Err(StoreError::Corrupt("TODO(#14): conversations".into()))
+    }
+
+    async fn in_conversations(&self, _uid: &str, _conv: &str) -> Result<bool, StoreError> {
+        Err(StoreError::Corrupt("TODO(#14): in_conversations".into()))
+    }
+
+    async fn read_positions(&self, _conv: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        Err(StoreError::Corrupt("TODO(#14): read_positions".into()))
     }
 
     async fn last_seq(&self, conv: &str) -> Result<u64, StoreError> {

@@ -28,32 +28,16 @@ pub(super) struct Prepared {
 
 impl Prepared {
     pub(super) fn new(idx: usize, m: NewMessage) -> Result<Self, StoreError> {
+        let (prefix, suffix) = split_json(&m.to_message(0))?;
         let NewMessage {
             id,
             conv,
             from,
             cid,
-            body,
             ts,
             members,
-        } = m;
-        let msg = Message {
-            id,
-            conv,
-            seq: 0,
-            from,
-            body,
-            ts,
-            cid,
-        };
-        let (prefix, suffix) = split_json(&msg)?;
-        let Message {
-            id,
-            conv,
-            from,
-            cid,
             ..
-        } = msg;
+        } = m;
         Ok(Self {
             idx,
             id,
@@ -151,7 +135,7 @@ mod tests {
                 conv: conv.into(),
                 from: "u".into(),
                 cid: cid.map(Into::into),
-                body: body.clone(),
+                content: crate::store::Content::Body(body.clone()),
                 ts,
                 members: vec!["u".into(), "v".into()],
             };
@@ -161,9 +145,11 @@ mod tests {
                 conv: conv.into(),
                 seq,
                 from: "u".into(),
-                body,
+                body: Some(body),
+                event: None,
                 ts,
                 cid: cid.map(Into::into),
+                recalled: false,
             })
             .unwrap();
             assert_eq!(p.json(seq), expected, "case {id}");
