@@ -238,7 +238,12 @@ impl Device {
         match self.next(FRAME_DEADLINE).await {
             Some(ServerFrame::Msg { useq, msg }) => {
                 self.ack(useq).await;
-                let text = msg.body["text"].as_str().unwrap_or_default().to_owned();
+                let text = msg
+                    .body
+                    .as_ref()
+                    .and_then(|b| b["text"].as_str())
+                    .unwrap_or_default()
+                    .to_owned();
                 (useq, text)
             }
             other => panic!("expected a push, got {other:?}"),
