@@ -79,7 +79,7 @@ pub(super) async fn concurrency(b: Backend) {
                                 news.push(c);
                             }
                             CommitOutcome::Duplicate(_) => dups += 1,
-                            CommitOutcome::Joined(_) => unreachable!(),
+                            other => unreachable!("{other:?}"),
                         }
                     }
                 }
