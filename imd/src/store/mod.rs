@@ -130,6 +130,10 @@ pub struct Recall {
     pub sender: Option<String>,
     /// The oldest commit time still recallable (unix ms); `i64::MIN`: any.
     pub not_before: i64,
+    /// Every user whose inbox may hold the message (a superset is fine: a store that
+    /// copies messages into inboxes looks only in these, and skips those whose inbox
+    /// has not reached the message's seq).
+    pub holders: Vec<String>,
     /// The `recalled` event message to commit when the recall is allowed.
     pub event: NewMessage,
 }
