@@ -13,6 +13,7 @@ mod auth;
 mod bad_input;
 mod cluster;
 mod config;
+mod conversations;
 mod delivery;
 mod directory_contract;
 mod durability;

@@ -6,7 +6,10 @@
 use std::net::IpAddr;
 
 use serde_json::{Value, json};
-use shared::protocol::{ErrorCode, InboxItem, Message, SyncResponse};
+use shared::protocol::{
+    ConvSummary, ConversationsResponse, ErrorCode, HistoryResponse, InboxItem, Message,
+    SyncResponse,
+};
 
 /// An HTTP answer: status and body (JSON, or a JSON string of the raw text).
 #[derive(Debug, Clone)]
@@ -150,6 +153,50 @@ impl Http {
             .unwrap_or_else(|e| panic!("bad send answer ({e}): {v}"))
     }
 
+    /// Sends `body` into the existing conversation `conv` over HTTP and returns the
+    /// committed message (asserts 200).
+    pub(crate) async fn send_in(&self, token: &str, conv: &str, body: Value) -> Message {
+        let resp = self
+            .post_message(token, &json!({"conv": conv, "body": body}))
+            .await;
+        let v = resp.assert_ok();
+        serde_json::from_value(v["msg"].clone())
+            .unwrap_or_else(|e| panic!("bad send answer ({e}): {v}"))
+    }
+
+    /// A customer's message to `shop` over HTTP; returns the committed message
+    /// (asserts 200).
+    pub(crate) async fn send_to_shop(&self, token: &str, shop: &str, body: Value) -> Message {
+        let resp = self
+            .post_message(token, &json!({"shop": shop, "body": body}))
+            .await;
+        let v = resp.assert_ok();
+        serde_json::from_value(v["msg"].clone())
+            .unwrap_or_else(|e| panic!("bad send answer ({e}): {v}"))
+    }
+
+    /// `PUT /admin/v1/groups/{name}/members` (asserts 200).
+    pub(crate) async fn put_group(&self, admin: &str, name: &str, members: &[&str]) {
+        self.put_json(
+            &format!("/admin/v1/groups/{name}/members"),
+            Some(admin),
+            &json!({ "members": members }),
+        )
+        .await
+        .assert_ok();
+    }
+
+    /// `PUT /admin/v1/shops/{shop}/agents` (asserts 200).
+    pub(crate) async fn put_shop_agents(&self, admin: &str, shop: &str, agents: &[&str]) {
+        self.put_json(
+            &format!("/admin/v1/shops/{shop}/agents"),
+            Some(admin),
+            &json!({ "agents": agents }),
+        )
+        .await
+        .assert_ok();
+    }
+
     /// `GET /v1/sync`, asserting 200.
     pub(crate) async fn sync(&self, token: &str, after: u64, limit: Option<u32>) -> SyncResponse {
         let mut path = format!("/v1/sync?after={after}");
@@ -199,6 +246,70 @@ impl Http {
         self.get(&path, Some(token)).await
     }
 
+    /// The whole history of `conv` (asserts 200 and a single page).
+    pub(crate) async fn history_all(&self, token: &str, conv: &str) -> Vec<Message> {
+        let resp = self.history(token, conv, 0, Some(1000)).await;
+        let page: HistoryResponse = serde_json::from_value(resp.assert_ok().clone())
+            .unwrap_or_else(|e| panic!("bad history answer ({e}): {}", resp.body));
+        assert!(!page.more, "history of {conv} is over one page");
+        page.msgs
+    }
+
+    /// `GET /v1/conversations?{query}` (`limit=…&before=…`, or empty).
+    pub(crate) async fn conversations(&self, token: &str, query: &str) -> Resp {
+        let path = if query.is_empty() {
+            "/v1/conversations".to_owned()
+        } else {
+            format!("/v1/conversations?{query}")
+        };
+        self.get(&path, Some(token)).await
+    }
+
+    /// The first page of the caller's conversation list (asserts 200 and decodes it).
+    pub(crate) async fn conversation_list(&self, token: &str, query: &str) -> ConversationsResponse {
+        let resp = self.conversations(token, query).await;
+        serde_json::from_value(resp.assert_ok().clone())
+            .unwrap_or_else(|e| panic!("bad conversation list ({e}): {}", resp.body))
+    }
+
+    /// `GET /v1/conversations/{conv}`.
+    pub(crate) async fn conversation(&self, token: &str, conv: &str) -> Resp {
+        self.get(&format!("/v1/conversations/{}", encode_path(conv)), Some(token))
+            .await
+    }
+
+    /// `POST /v1/conversations/{conv}/read` with `{"seq":seq}` (signed, so that a
+    /// test can send a negative one).
+    pub(crate) async fn mark_read(&self, token: &str, conv: &str, seq: i64) -> Resp {
+        self.post_json(
+            &format!("/v1/conversations/{}/read", encode_path(conv)),
+            Some(token),
+            &json!({ "seq": seq }),
+        )
+        .await
+    }
+
+    /// `DELETE /v1/conversations/{conv}/messages/{seq}` with a client token, or
+    /// `DELETE /admin/v1/…` when `admin` is set (then `token` is the admin token).
+    pub(crate) async fn recall(&self, token: &str, conv: &str, seq: u64, admin: bool) -> Resp {
+        let prefix = if admin { "/admin" } else { "" };
+        self.delete(
+            &format!(
+                "{prefix}/v1/conversations/{}/messages/{seq}",
+                encode_path(conv)
+            ),
+            Some(token),
+        )
+        .await
+    }
+
+    /// `GET /v1/presence?uid=…&uid=…`.
+    pub(crate) async fn presence(&self, token: &str, uids: &[&str]) -> Resp {
+        let query: Vec<String> = uids.iter().map(|u| format!("uid={u}")).collect();
+        self.get(&format!("/v1/presence?{}", query.join("&")), Some(token))
+            .await
+    }
+
     /// `GET /metrics` as text (asserts 200).
     pub(crate) async fn metrics(&self) -> String {
         let res = self
@@ -210,6 +321,14 @@ impl Http {
         assert_eq!(res.status().as_u16(), 200, "/metrics status");
         res.text().await.expect("metrics body")
     }
+}
+
+/// The entry of `conv` in a conversation list; panics, showing the list, when absent.
+pub(crate) fn entry_of<'a>(list: &'a ConversationsResponse, conv: &str) -> &'a ConvSummary {
+    list.convs
+        .iter()
+        .find(|c| c.conv == conv)
+        .unwrap_or_else(|| panic!("{conv} is not in the list: {list:?}"))
 }
 
 /// Percent-encodes a path segment; `:`, `~`, `@` and the unreserved characters stay.

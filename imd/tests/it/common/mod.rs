@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use shared::token::{Claims, Platform};
 
-pub(crate) use http::{Http, Resp, encode_path, metric};
+pub(crate) use http::{Http, Resp, encode_path, entry_of, metric};
 pub(crate) use raw::{raw_upgrade, wait_eof};
 pub(crate) use testkit::{now_ms, now_secs, wait_until};
 pub(crate) use ws::{Auth, WsClient, try_ws, try_ws_from};
@@ -31,6 +31,15 @@ pub(crate) use ws::{Auth, WsClient, try_ws, try_ws_from};
 pub(crate) const FRAME_DEADLINE: Duration = Duration::from_secs(5);
 /// How long one HTTP request may take.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Waits until the clock has passed the unix millisecond `ts`, so that the next commit
+/// is stamped later than a message stamped `ts` (the list orders by commit time).
+pub(crate) async fn tick_past(ts: i64) {
+    wait_until(Duration::from_secs(1), "the clock to pass a commit time", || async {
+        now_ms() > ts
+    })
+    .await;
+}
 
 /// Signs `claims` with `secret` (HS256), as a test-made token.
 pub(crate) fn mint(secret: &str, claims: &Claims) -> String {

@@ -432,6 +432,92 @@ impl WsClient {
         }
     }
 
+    /// Every frame that arrives within `window`, kept frames first: a bounded count of
+    /// what came (the window is the caller's claim about how late a frame may be).
+    /// Panics when the connection closes meanwhile.
+    pub(crate) async fn frames_for(&mut self, window: Duration) -> Vec<ServerFrame> {
+        let mut out: Vec<ServerFrame> = self.pending.drain(..).collect();
+        let until = Instant::now() + window;
+        loop {
+            match self.raw_next(until).await {
+                None => return out,
+                Some(Next::Frame(f)) => out.push(f),
+                Some(Next::Closed(how)) => {
+                    panic!("connection closed within {window:?}: {how}; frames: {out:?}")
+                }
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for a `read` frame of `uid` in `conv` and returns its
+    /// `seq`; other frames are kept.
+    pub(crate) async fn expect_read(&mut self, timeout: Duration, conv: &str, uid: &str) -> u64 {
+        let f = self
+            .next_matching(timeout, &format!("read of {uid} in {conv}"), |f| {
+                matches!(f, ServerFrame::Read { conv: c, uid: u, .. } if c == conv && u == uid)
+            })
+            .await;
+        let ServerFrame::Read { seq, .. } = f else {
+            unreachable!("matched a read frame")
+        };
+        seq
+    }
+
+    /// Waits up to `timeout` for a `read` frame of `uid` in `conv` at `seq` exactly
+    /// (a send may bring read frames of lower positions first; they are kept).
+    pub(crate) async fn expect_read_at(
+        &mut self,
+        timeout: Duration,
+        conv: &str,
+        uid: &str,
+        seq: u64,
+    ) {
+        self.next_matching(
+            timeout,
+            &format!("read of {uid} in {conv} at {seq}"),
+            |f| matches!(f, ServerFrame::Read { conv: c, uid: u, seq: s } if c == conv && u == uid && *s == seq),
+        )
+        .await;
+    }
+
+    /// Waits up to `timeout` for a `typing` frame of `uid` in `conv`.
+    pub(crate) async fn expect_typing(&mut self, timeout: Duration, conv: &str, uid: &str) {
+        self.next_matching(timeout, &format!("typing of {uid} in {conv}"), |f| {
+            matches!(f, ServerFrame::Typing { conv: c, uid: u } if c == conv && u == uid)
+        })
+        .await;
+    }
+
+    /// Reads pushes (acking each) until one satisfies `pred`; returns it. Panics when
+    /// none does within [`FRAME_DEADLINE`].
+    pub(crate) async fn push_where(
+        &mut self,
+        what: &str,
+        pred: impl Fn(&Message) -> bool,
+    ) -> (u64, Message) {
+        let until = Instant::now() + FRAME_DEADLINE;
+        let mut passed = Vec::new();
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                panic!("no push of {what} within {FRAME_DEADLINE:?}; pushes before: {passed:?}");
+            }
+            let f = self
+                .next_matching(left, &format!("push of {what}"), |f| {
+                    matches!(f, ServerFrame::Msg { .. })
+                })
+                .await;
+            let ServerFrame::Msg { useq, msg } = f else {
+                unreachable!("matched a msg frame")
+            };
+            self.ack(&[useq]).await;
+            if pred(&msg) {
+                return (useq, msg);
+            }
+            passed.push(msg);
+        }
+    }
+
     /// Frames kept from earlier reads.
     pub(crate) fn take_pending(&mut self) -> Vec<ServerFrame> {
         self.pending.drain(..).collect()
