@@ -6,7 +6,9 @@
 //!
 //! This file starts a cluster and reads its state; the tests live by the guarantee
 //! they prove: [`delivery`], [`failover`], [`admin`] (the admin API and imctl),
-//! [`service`] (customer service), [`nodes`] (joining: secrets, start-up).
+//! [`service`] (customer service), [`conversations`] (read positions, typing,
+//! presence, recall, event messages across workers), [`nodes`] (joining: secrets,
+//! start-up).
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -18,6 +20,7 @@ use crate::common::{FRAME_DEADLINE, Imd, WsClient, wait_until};
 use testkit::Redis;
 
 mod admin;
+mod conversations;
 mod delivery;
 mod failover;
 mod nodes;
@@ -36,9 +39,15 @@ const FAILOVER_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Starts one node with `roles` and `id` on `redis`.
 fn node(redis: &Redis, roles: &str, id: &str) -> Imd {
+    node_with(redis, roles, id, &[])
+}
+
+/// Starts one node with `roles` and `id` on `redis`, with `extra` flags.
+fn node_with(redis: &Redis, roles: &str, id: &str, extra: &[&str]) -> Imd {
     let url = redis.url();
     let mut args = vec!["--redis", &url, "--roles", roles, "--node-id", id];
     args.extend(SECRETS);
+    args.extend_from_slice(extra);
     Imd::start(&args)
 }
 
@@ -52,9 +61,14 @@ struct Cluster {
 
 impl Cluster {
     async fn start(redis: Redis) -> Cluster {
-        let gateway = node(&redis, "gateway,dispatcher", "gw1");
-        let w1 = node(&redis, "worker", "w1");
-        let w2 = node(&redis, "worker", "w2");
+        Cluster::start_with(redis, &[]).await
+    }
+
+    /// [`Cluster::start`] with `extra` flags on every node.
+    async fn start_with(redis: Redis, extra: &[&str]) -> Cluster {
+        let gateway = node_with(&redis, "gateway,dispatcher", "gw1", extra);
+        let w1 = node_with(&redis, "worker", "w1", extra);
+        let w2 = node_with(&redis, "worker", "w2", extra);
         let c = Cluster {
             redis,
             gateway,
