@@ -81,6 +81,7 @@ impl imd::business::Presence for Nobody {
 struct Discard;
 impl Deliver for Discard {
     fn deliver(&self, _: &Committed) {}
+    fn notify(&self, _: Vec<String>, _: String) {}
 }
 
 /// Messages per second through the group-commit task with many concurrent senders,
@@ -101,6 +102,7 @@ fn group_commit(c: &mut Criterion) {
         blacklist: Arc::new(Blacklist::new()),
         words: Arc::new(Words::load(None, WordsPolicy::Mask).unwrap()),
         limits: Arc::new(Limits::new(off, off)),
+        recall_window: Duration::from_secs(120),
     };
     let (messaging, _task) =
         rt.block_on(async { Messaging::start(deps, 1024, 1, CancellationToken::new()) });

@@ -157,6 +157,7 @@ impl App {
             blacklist: blacklist.clone(),
             words: words.clone(),
             limits: limits.clone(),
+            recall_window: cfg.recall_window,
         };
         let (messaging, commit_task) = Messaging::start(
             deps,

@@ -121,6 +121,9 @@ pub struct Config {
     pub connect_rate: u32,
     /// Connections one ip may open at once.
     pub connect_burst: u32,
+    /// How long after sending a user may recall a message.
+    #[serde(with = "humantime_serde")]
+    pub recall_window: Duration,
 }
 
 impl Default for Config {
@@ -150,6 +153,7 @@ impl Default for Config {
             send_burst: 200,
             connect_rate: 20,
             connect_burst: 100,
+            recall_window: Duration::from_secs(120),
         }
     }
 }
@@ -245,6 +249,9 @@ pub struct ServeArgs {
     /// Burst of connections per ip [default: 100].
     #[arg(long, env = "IMD_CONNECT_BURST")]
     pub connect_burst: Option<u32>,
+    /// How long after sending a user may recall a message [default: 2m].
+    #[arg(long, env = "IMD_RECALL_WINDOW", value_parser = duration)]
+    pub recall_window: Option<Duration>,
 }
 
 impl Config {
@@ -297,7 +304,8 @@ impl Config {
             send_rate,
             send_burst,
             connect_rate,
-            connect_burst
+            connect_burst,
+            recall_window
         );
         cfg.validate()?;
         Ok(cfg)

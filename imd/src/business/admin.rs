@@ -247,11 +247,21 @@ impl Admin {
             .ok_or_else(|| Error::NotFound(format!("no such shop {shop:?}")))
     }
 
-    /// Sets a group's members (conversation `g:{name}`).
+    /// Sets a group's members (conversation `g:{name}`). Members it adds start
+    /// reading at the group's current end: what was said before them is not unread.
     pub async fn set_group_members(&self, group: &str, members: Vec<String>) -> Result<(), Error> {
         name(group, "group name")?;
         let members = ids(members, "uid")?;
-        Ok(self.dir.set_group_members(group, members).await?)
+        let before = self.dir.group_members(group).await?.unwrap_or_default();
+        let added: Vec<String> = members
+            .iter()
+            .filter(|m| !before.contains(m))
+            .cloned()
+            .collect();
+        self.dir.set_group_members(group, members).await?;
+        self.messaging
+            .read_from_now(&shared::ids::group_conv(group), added)
+            .await
     }
 
     /// A group's members.
@@ -270,9 +280,16 @@ impl Admin {
         self.messaging.submit_and_wait(decision).await
     }
 
-    /// Ends a service conversation's assignment.
+    /// Recalls any message of `conv` (moderation): its body goes, and a `recalled`
+    /// event message with `"by": "admin"` is committed.
+    pub async fn recall(&self, conv: &str, seq: u64) -> Result<(), Error> {
+        self.messaging.recall_any(conv, seq).await
+    }
+
+    /// Ends a service conversation's assignment, with a `closed` event message.
     pub async fn close(&self, conv: &str) -> Result<(), Error> {
-        self.messaging.service().close(conv).await
+        let decision = self.messaging.service().close(conv, None).await?;
+        self.messaging.submit_and_wait(decision).await
     }
 
     /// The assignment of a service conversation.

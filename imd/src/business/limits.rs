@@ -1,4 +1,5 @@
-//! Rate limits: sends per uid and connections per ip, as token buckets (GCRA).
+//! Rate limits: sends and read receipts per uid, typing per (uid, conversation), and
+//! connections per ip, as token buckets (GCRA).
 //!
 //! The limiters are keyed maps, which would grow with every uid and ip ever seen;
 //! [`Limits::retain_recent`] drops the keys whose bucket is full again, so memory stays
@@ -26,19 +27,47 @@ fn limiter<K: std::hash::Hash + Eq + Clone>(rate: Rate) -> Option<DefaultKeyedRa
     ))
 }
 
+/// Typing notices forwarded per (uid, conversation): one a second, as the protocol
+/// allows; the rest are dropped.
+const TYPING: Rate = Rate {
+    per_second: 1,
+    burst: 1,
+};
+
 /// The node's rate limiters.
 pub struct Limits {
     sends: Option<DefaultKeyedRateLimiter<String>>,
+    /// Read receipts per uid: the send rate, in a bucket of their own, so that a client
+    /// that marks every message read does not eat its own sending budget.
+    reads: Option<DefaultKeyedRateLimiter<String>>,
+    /// Keyed by `uid` and conversation, joined by a newline (neither holds one).
+    typing: Option<DefaultKeyedRateLimiter<String>>,
     connects: Option<DefaultKeyedRateLimiter<IpAddr>>,
 }
 
 impl Limits {
-    /// Limiters for sends per uid and connections per ip.
+    /// Limiters for sends (and read receipts) per uid and connections per ip.
     pub fn new(sends: Rate, connects: Rate) -> Self {
         Self {
             sends: limiter(sends),
+            reads: limiter(sends),
+            typing: limiter(TYPING),
             connects: limiter(connects),
         }
+    }
+
+    /// Whether `uid` may mark one more read position now.
+    pub fn allow_read(&self, uid: &str) -> bool {
+        self.reads
+            .as_ref()
+            .is_none_or(|l| l.check_key(&uid.to_owned()).is_ok())
+    }
+
+    /// Whether a typing notice of `uid` in `conv` is forwarded now.
+    pub fn allow_typing(&self, uid: &str, conv: &str) -> bool {
+        self.typing
+            .as_ref()
+            .is_none_or(|l| l.check_key(&format!("{uid}\n{conv}")).is_ok())
     }
 
     /// Whether `uid` may send one more message now.
@@ -57,7 +86,10 @@ impl Limits {
 
     /// Forgets keys whose bucket has refilled; call periodically.
     pub fn retain_recent(&self) {
-        if let Some(l) = &self.sends {
+        for l in [&self.sends, &self.reads, &self.typing]
+            .into_iter()
+            .flatten()
+        {
             l.retain_recent();
             l.shrink_to_fit();
         }
@@ -69,7 +101,12 @@ impl Limits {
 
     /// Keys held, for tests and metrics.
     pub fn keys(&self) -> usize {
-        self.sends.as_ref().map_or(0, |l| l.len()) + self.connects.as_ref().map_or(0, |l| l.len())
+        [&self.sends, &self.reads, &self.typing]
+            .into_iter()
+            .flatten()
+            .map(|l| l.len())
+            .sum::<usize>()
+            + self.connects.as_ref().map_or(0, |l| l.len())
     }
 }
 
@@ -94,6 +131,25 @@ mod tests {
         assert!(limits.allow_send("b"), "each uid has its own bucket");
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
         assert!((0..1000).all(|_| limits.allow_connect(ip)));
+    }
+
+    #[test]
+    fn typing_is_one_a_second_per_user_and_conversation() {
+        let off = Rate {
+            per_second: 0,
+            burst: 0,
+        };
+        let limits = Limits::new(off, off);
+        let forwarded = (0..20)
+            .filter(|_| limits.allow_typing("a", "d:a~b"))
+            .count();
+        assert_eq!(forwarded, 1);
+        assert!(limits.allow_typing("a", "g:x"), "another conversation");
+        assert!(limits.allow_typing("b", "d:a~b"), "another user");
+        assert!(
+            (0..100).all(|_| limits.allow_read("a")),
+            "reads follow the send rate: off"
+        );
     }
 
     #[test]

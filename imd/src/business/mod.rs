@@ -97,6 +97,11 @@ pub trait Deliver: Send + Sync + 'static {
     /// `msg` is committed; push it to every online device of every recipient.
     fn deliver(&self, msg: &Committed);
 
+    /// Passes `frame` (a whole JSON frame: `read`, `typing`) to every connected device
+    /// of `uids`, wherever it is. Not stored and not acked: a device that misses it
+    /// learns the state behind it by reading it. Never blocks.
+    fn notify(&self, uids: Vec<String>, frame: String);
+
     /// Committed messages were lost on their way to [`Deliver::deliver`]; whoever
     /// holds devices must look in the inboxes for them (cluster: every worker catches
     /// up).

@@ -21,11 +21,13 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use shared::ids::service_conv;
+use shared::ids::{ConvRef, service_conv};
+use shared::protocol::Event;
+use shared::time::now_ms;
 
 use super::assignment::{Candidate, choose};
 use super::{Error, Presence};
-use crate::store::{DirectoryStore, Op};
+use crate::store::{Content, DirectoryStore, NewMessage, Op, ServiceState};
 
 /// What a decision must commit, with the decision lock still held: the ops must enter
 /// the commit queue before any later decision's, or a message routed to a newly
@@ -33,14 +35,47 @@ use crate::store::{DirectoryStore, Op};
 /// history the join copies. Drop it once the ops are queued.
 #[derive(Debug, Default)]
 pub struct Decision {
-    /// Joins to commit, in order.
+    /// Joins to commit, in order, before the message that caused them (if any).
     pub ops: Vec<Op>,
+    /// Event messages (`assigned`, `closed`) to commit after that message.
+    pub events: Vec<Op>,
     _held: Vec<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 impl Decision {
     fn held(ops: Vec<Op>, guards: Vec<tokio::sync::OwnedMutexGuard<()>>) -> Self {
-        Self { ops, _held: guards }
+        Self {
+            ops,
+            events: Vec::new(),
+            _held: guards,
+        }
+    }
+
+    /// Adds an assignment: the agent's join, and its `assigned` event.
+    fn push(&mut self, (join, event): (Op, Op)) {
+        self.ops.push(join);
+        self.events.push(event);
+    }
+}
+
+/// An event message of `conv`, from `from`, to `members`.
+pub(crate) fn event(conv: &str, from: &str, event: Event, members: Vec<String>) -> Op {
+    Op::Message(NewMessage {
+        id: uuid::Uuid::now_v7().to_string(),
+        conv: conv.to_owned(),
+        from: from.to_owned(),
+        cid: None,
+        content: Content::Event(event),
+        ts: now_ms(),
+        members,
+    })
+}
+
+/// The customer of a service conversation id.
+fn customer_of(conv: &str) -> Option<&str> {
+    match ConvRef::parse(conv) {
+        Some(ConvRef::Service { customer, .. }) => Some(customer),
+        _ => None,
     }
 }
 
@@ -149,13 +184,36 @@ impl CustomerService {
         Ok(chosen)
     }
 
-    async fn assign(&self, conv: &str, shop: &str, agent: &str) -> Result<Op, Error> {
+    /// Assigns `conv` to `agent`: the agent's join, and the `assigned` event (to the
+    /// customer, the agent, and the agent it was taken from, if any, so that its
+    /// devices learn it is no longer theirs). `before` is the state it had.
+    async fn assign(
+        &self,
+        conv: &str,
+        shop: &str,
+        agent: &str,
+        before: Option<&ServiceState>,
+    ) -> Result<(Op, Op), Error> {
         self.dir.assign(conv, shop, Some(agent)).await?;
         tracing::debug!(conv, agent, "conversation assigned");
-        Ok(Op::Join {
+        let previous = before
+            .filter(|s| s.open)
+            .and_then(|s| s.agent.clone())
+            .filter(|p| p != agent);
+        let customer = customer_of(conv).unwrap_or(agent);
+        let mut members = recipients(&[customer, agent]);
+        if let Some(p) = &previous {
+            members.push(p.clone());
+        }
+        let join = Op::Join {
             conv: conv.to_owned(),
             uid: agent.to_owned(),
-        })
+        };
+        let assigned = Event::Assigned {
+            agent: agent.to_owned(),
+            previous,
+        };
+        Ok((join, event(conv, agent, assigned, members)))
     }
 
     /// A customer writes to `shop` (with `"shop"`, or `"conv"` of their own conversation).
@@ -165,8 +223,9 @@ impl CustomerService {
         let held = self.lock(&[shop]).await;
         let state = self.dir.service(&conv).await?;
         let current = state
+            .as_ref()
             .filter(|s| s.open)
-            .and_then(|s| s.agent)
+            .and_then(|s| s.agent.clone())
             .filter(|a| agents.contains(a));
         if let Some(a) = &current
             && self.presence.online(a).await
@@ -180,12 +239,13 @@ impl CustomerService {
         }
         match (self.pick(&agents).await?, current) {
             (Some(b), _) => {
-                let join = self.assign(&conv, shop, &b).await?;
+                let mut joins = Decision::held(vec![], held);
+                joins.push(self.assign(&conv, shop, &b, state.as_ref()).await?);
                 let recipients = recipients(&[customer, &b]);
                 Ok(Route {
                     conv,
                     recipients,
-                    joins: Decision::held(vec![join], held),
+                    joins,
                 })
             }
             // Nobody else is online: it stays with its (offline) agent's inbox.
@@ -225,7 +285,7 @@ impl CustomerService {
             .service(&conv)
             .await?
             .ok_or_else(|| Error::NotFound(format!("no such conversation {conv:?}")))?;
-        match state.agent.filter(|_| state.open) {
+        match state.agent.clone().filter(|_| state.open) {
             Some(current) => {
                 // A colleague of the assigned agent joins before its reply lands in its
                 // inbox: an inbox entry without the history before it would hide that
@@ -248,12 +308,13 @@ impl CustomerService {
             }
             // Waiting or closed: the agent who answers takes it.
             None => {
-                let join = self.assign(&conv, shop, uid).await?;
+                let mut joins = Decision::held(vec![], held);
+                joins.push(self.assign(&conv, shop, uid, Some(&state)).await?);
                 let recipients = recipients(&[customer, uid]);
                 Ok(Route {
                     conv,
                     recipients,
-                    joins: Decision::held(vec![join], held),
+                    joins,
                 })
             }
         }
@@ -276,17 +337,17 @@ impl CustomerService {
         }
         let names: Vec<&str> = shops.iter().map(String::as_str).collect();
         let held = self.lock(&names).await;
-        let mut joins = Vec::new();
+        let mut decision = Decision::held(vec![], held);
         for shop in &shops {
             let agents = self.agents(shop).await?;
             for conv in self.dir.waiting(shop).await? {
                 match self.pick(&agents).await? {
-                    Some(agent) => joins.push(self.assign(&conv, shop, &agent).await?),
+                    Some(agent) => decision.push(self.assign(&conv, shop, &agent, None).await?),
                     None => break,
                 }
             }
         }
-        Ok(Decision::held(joins, held))
+        Ok(decision)
     }
 
     /// [`CustomerService::agent_online`], if `uid` is online.
@@ -313,15 +374,18 @@ impl CustomerService {
             )));
         }
         let held = self.lock(&[shop]).await;
-        if self.dir.service(conv).await?.is_none() {
+        let Some(before) = self.dir.service(conv).await? else {
             return Err(Error::NotFound(format!("no such conversation {conv:?}")));
-        }
-        let join = self.assign(conv, shop, agent).await?;
-        Ok(Decision::held(vec![join], held))
+        };
+        let mut decision = Decision::held(vec![], held);
+        decision.push(self.assign(conv, shop, agent, Some(&before)).await?);
+        Ok(decision)
     }
 
-    /// Ends `conv`'s assignment; the customer's next message opens it again.
-    pub async fn close(&self, conv: &str) -> Result<(), Error> {
+    /// Ends `conv`'s assignment; the customer's next message opens it again. The
+    /// decision holds the `closed` event, from `by` (the assigned agent when `None`:
+    /// an admin's close; the customer when there was no agent either).
+    pub async fn close(&self, conv: &str, by: Option<&str>) -> Result<Decision, Error> {
         let not_open = || Error::NotFound(format!("no open conversation {conv:?}"));
         let Some(shared::ids::ConvRef::Service { shop, .. }) = shared::ids::ConvRef::parse(conv)
         else {
@@ -332,11 +396,20 @@ impl CustomerService {
             Err(Error::NotFound(_)) => return Err(not_open()),
             other => drop(other?),
         }
-        let _held = self.lock(&[shop]).await;
-        if self.dir.close_service(conv).await? {
-            Ok(())
-        } else {
-            Err(not_open())
+        let held = self.lock(&[shop]).await;
+        let before = self.dir.service(conv).await?;
+        if !self.dir.close_service(conv).await? {
+            return Err(not_open());
         }
+        let customer = customer_of(conv).unwrap_or_default();
+        let agent = before.and_then(|s| s.agent);
+        let mut members = vec![customer.to_owned()];
+        members.extend(agent.iter().filter(|a| *a != customer).cloned());
+        let from = by.or(agent.as_deref()).unwrap_or(customer);
+        let mut decision = Decision::held(vec![], held);
+        decision
+            .events
+            .push(event(conv, from, Event::Closed, members));
+        Ok(decision)
     }
 }

@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use crate::business::Deliver;
 use crate::store::Committed;
-use crate::worker::{Delivery, Worker};
+use crate::worker::{Delivery, Notice, Worker};
 
 /// The single node's dispatcher: every committed message to the one worker.
 pub struct Direct {
@@ -42,5 +42,9 @@ impl Deliver for Direct {
             msg: msg.json.clone(),
             to: msg.recipients.clone(),
         });
+    }
+
+    fn notify(&self, uids: Vec<String>, frame: String) {
+        self.worker.notify(Notice { uids, frame });
     }
 }

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::Workers;
 use crate::business::Deliver;
 use crate::store::{Committed, RedisStore};
-use crate::worker::Delivery;
+use crate::worker::{Delivery, Notice};
 
 /// Committed messages waiting for their routes; beyond this they are dropped from
 /// pushing (they are in every inbox already, and the devices catch up with `sync`).
@@ -79,6 +79,13 @@ impl Deliver for Routed {
 
     fn lost(&self) {
         self.workers.catch_up_everywhere();
+    }
+
+    /// To every live worker, at once: a notice has no inbox entry to route by, and
+    /// looking its users' routes up would cost a Redis round trip for a frame that is
+    /// smaller than the lookup.
+    fn notify(&self, uids: Vec<String>, frame: String) {
+        self.workers.notify(&Notice { uids, frame });
     }
 }
 

@@ -37,6 +37,7 @@ pub(super) fn routes() -> Router<AppState> {
         )
         .route("/conversations/{conv}", get(assignment))
         .route("/conversations/{conv}/messages", get(history))
+        .route("/conversations/{conv}/messages/{seq}", delete(recall))
         .route("/conversations/{conv}/transfer", post(transfer))
         .route("/conversations/{conv}/close", post(close))
         .route("/words", get(words).put(set_words))
@@ -210,6 +211,15 @@ async fn transfer(
 ) -> Result<Response, ApiError> {
     app.admin.transfer(&conv, &body.agent).await?;
     Ok(ok())
+}
+
+async fn recall(
+    _: AdminAuth,
+    State(app): State<AppState>,
+    ApiPath((conv, seq)): ApiPath<(String, u64)>,
+) -> Result<Response, ApiError> {
+    app.admin.recall(&conv, seq).await?;
+    Ok(axum::Json(shared::protocol::RecallResponse { conv, seq }).into_response())
 }
 
 async fn close(

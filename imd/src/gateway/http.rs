@@ -2,13 +2,19 @@
 
 use std::net::SocketAddr;
 
-use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::Json;
+use axum::extract::{
+    ConnectInfo, FromRequest, FromRequestParts, Path, Query, RawQuery, Request, State,
+};
 use axum::http::header;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use shared::protocol::{ErrorCode, SendRequest};
+use shared::protocol::{
+    ConversationResponse, ConversationsResponse, ErrorCode, PresenceResponse, ReadRequest,
+    ReadResponse, RecallResponse, SendRequest,
+};
 
 use super::auth::{AuthError, bearer};
 use super::{ApiError, AppState};
@@ -172,6 +178,83 @@ pub(super) async fn history(
 ) -> Result<Response, ApiError> {
     let page = app.messaging.history(&who, &conv, q.after, q.limit).await?;
     Ok(json(wire::history_response(&page.items, page.more)))
+}
+
+/// `?limit=&before=` of the conversation list.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListQuery {
+    limit: Option<u32>,
+    before: Option<String>,
+    #[serde(default, rename = "token")]
+    _token: Option<String>,
+}
+
+pub(super) async fn conversations(
+    State(app): State<AppState>,
+    Client(who): Client,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<ConversationsResponse>, ApiError> {
+    let list = app
+        .messaging
+        .conversations(&who, q.before.as_deref(), q.limit)
+        .await?;
+    Ok(Json(list))
+}
+
+pub(super) async fn conversation(
+    State(app): State<AppState>,
+    Client(who): Client,
+    ApiPath(conv): ApiPath<String>,
+) -> Result<Json<ConversationResponse>, ApiError> {
+    Ok(Json(app.messaging.conversation(&who, &conv).await?))
+}
+
+pub(super) async fn read(
+    State(app): State<AppState>,
+    Client(who): Client,
+    ApiPath(conv): ApiPath<String>,
+    JsonBody(req): JsonBody<ReadRequest>,
+) -> Result<Json<ReadResponse>, ApiError> {
+    let read_seq = app.messaging.read_and_wait(&who, &conv, req.seq).await?;
+    Ok(Json(ReadResponse { read_seq }))
+}
+
+pub(super) async fn recall(
+    State(app): State<AppState>,
+    Client(who): Client,
+    ApiPath((conv, seq)): ApiPath<(String, u64)>,
+) -> Result<Json<RecallResponse>, ApiError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    app.messaging
+        .recall(&who, &conv, seq, Box::new(move |r| drop(tx.send(r))))
+        .await?;
+    rx.await
+        .map_err(|_| crate::business::Error::ShuttingDown)??;
+    Ok(Json(RecallResponse { conv, seq }))
+}
+
+/// `GET /v1/presence?uid=A&uid=B…`: the query is read by hand, as serde's
+/// urlencoded decoder does not collect a repeated key.
+pub(super) async fn presence(
+    State(app): State<AppState>,
+    Client(who): Client,
+    RawQuery(query): RawQuery,
+) -> Result<Json<PresenceResponse>, ApiError> {
+    let mut uids = Vec::new();
+    for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match k.as_ref() {
+            "uid" => uids.push(v.into_owned()),
+            "token" => {}
+            other => {
+                return Err(ApiError::new(
+                    ErrorCode::BadRequest,
+                    format!("unknown query parameter {other:?}; ask with uid=A&uid=B"),
+                ));
+            }
+        }
+    }
+    Ok(Json(app.messaging.presence(&who, uids).await?))
 }
 
 pub(super) async fn healthz(State(app): State<AppState>) -> Response {

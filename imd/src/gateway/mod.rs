@@ -14,7 +14,7 @@ mod ws;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::task::TaskTracker;
 
@@ -81,7 +81,15 @@ pub fn router(state: AppState) -> Router {
         router = router
             .route("/v1/messages", post(http::send))
             .route("/v1/sync", get(http::sync))
+            .route("/v1/conversations", get(http::conversations))
+            .route("/v1/conversations/{conv}", get(http::conversation))
             .route("/v1/conversations/{conv}/messages", get(http::history))
+            .route(
+                "/v1/conversations/{conv}/messages/{seq}",
+                delete(http::recall),
+            )
+            .route("/v1/conversations/{conv}/read", post(http::read))
+            .route("/v1/presence", get(http::presence))
             .nest("/admin/v1", admin::routes());
     }
     if roles.contains(&Role::Worker) {

@@ -1,9 +1,10 @@
 //! The commit task of one lane, and the feed of what it committed.
 //!
 //! A lane drains up to `batch_max` queued ops into one store commit (one transaction,
-//! one fsync on the embedded store), then, in commit order, hands each new message to
-//! the [`Deliver`] sink, publishes it on the [`Feed`], and answers its sender. It must
-//! not decide anything about a message: that was done before it was queued.
+//! one fsync on the embedded store), then, in commit order, hands each new message
+//! (event messages included) to the [`Deliver`] sink, publishes it on the [`Feed`],
+//! and hands each op's outcome to whoever queued it. It must not decide anything
+//! about an op: that was done before it was queued.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,7 +13,7 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{Queued, SendOutcome};
+use super::Queued;
 use crate::business::{Deliver, Error};
 use crate::store::{CommitOutcome, Committed, MessageStore};
 
@@ -81,7 +82,7 @@ pub(super) async fn commit_loop(
         let mut answers = Vec::with_capacity(n);
         for q in queued.drain(..) {
             ops.push(q.op);
-            answers.push((q.cid, q.reply));
+            answers.push(q.done);
         }
         let started = Instant::now();
         let result = store.commit(ops).await;
@@ -89,49 +90,33 @@ pub(super) async fn commit_loop(
         metrics::histogram!("imd_commit_batch_size").record(n as f64);
         match result {
             Ok(outcomes) => {
-                for (outcome, (cid, reply)) in outcomes.into_iter().zip(answers) {
-                    let (json, duplicate) = match outcome {
-                        CommitOutcome::New(c) => {
-                            deliver.deliver(&c);
-                            feed.publish(&c);
+                for (outcome, done) in outcomes.into_iter().zip(answers) {
+                    match &outcome {
+                        CommitOutcome::New(c) | CommitOutcome::Recalled(Ok(c)) => {
+                            deliver.deliver(c);
+                            feed.publish(c);
                             metrics::counter!("imd_messages_committed_total").increment(1);
-                            (c.json, false)
                         }
-                        CommitOutcome::Duplicate(json) => {
+                        CommitOutcome::Duplicate(_) => {
                             metrics::counter!("imd_messages_duplicate_total").increment(1);
-                            (json, true)
                         }
                         CommitOutcome::Joined(entries) => {
-                            for c in &entries {
+                            for c in entries {
                                 deliver.deliver(c);
                             }
-                            // A join answers (when asked to) with no message.
-                            if let Some(reply) = reply {
-                                reply(Ok(SendOutcome::default()));
-                            }
-                            continue;
                         }
-                        CommitOutcome::Read { .. } | CommitOutcome::Recalled(_) => {
-                            // TODO(#14)
-                            continue;
-                        }
-                    };
-                    if let Some(reply) = reply {
-                        reply(Ok(SendOutcome {
-                            json,
-                            cid,
-                            duplicate,
-                        }));
+                        CommitOutcome::Read { .. } | CommitOutcome::Recalled(Err(_)) => {}
+                    }
+                    if let Some(done) = done {
+                        done(Ok(outcome));
                     }
                 }
             }
             Err(e) => {
                 tracing::error!(error = %e, ops = n, "commit failed");
                 metrics::counter!("imd_commit_failures_total").increment(1);
-                for (_, reply) in answers {
-                    if let Some(reply) = reply {
-                        reply(Err(Error::Store(e.clone())));
-                    }
+                for done in answers.into_iter().flatten() {
+                    done(Err(Error::Store(e.clone())));
                 }
             }
         }

@@ -23,6 +23,9 @@
 
 mod commit;
 mod read;
+mod state;
+
+pub use state::{CONV_PAGE_DEFAULT, CONV_PAGE_MAX, PRESENCE_MAX, ReadReply, RecallReply};
 
 use std::hash::BuildHasher;
 use std::sync::Arc;
@@ -41,10 +44,16 @@ use super::limits::Limits;
 use super::service::{CustomerService, Decision};
 use super::words::Words;
 use super::{Deliver, Error, Identity, Presence};
-use crate::store::{Committed, Content, DirectoryStore, MessageStore, NewMessage, Op};
+use crate::store::{
+    CommitOutcome, Committed, Content, DirectoryStore, MessageStore, NewMessage, Op,
+};
 
 /// How a queued send is answered: called once, from the commit task, so it must not block.
 pub type Reply = Box<dyn FnOnce(Result<SendOutcome, Error>) + Send>;
+
+/// What the commit task does with a queued op's outcome: called once, from the commit
+/// task, after the op's messages were handed to the [`Deliver`] sink; must not block.
+type Done = Box<dyn FnOnce(Result<CommitOutcome, Error>) + Send>;
 
 /// A send's result.
 #[derive(Debug, Clone, Default)]
@@ -59,8 +68,31 @@ pub struct SendOutcome {
 
 struct Queued {
     op: Op,
-    cid: Option<String>,
-    reply: Option<Reply>,
+    done: Option<Done>,
+}
+
+/// A send's [`Reply`] as the [`Done`] of its message.
+fn send_done(cid: Option<String>, reply: Reply) -> Done {
+    Box::new(move |r| {
+        reply(r.map(|outcome| match outcome {
+            CommitOutcome::New(c) => SendOutcome {
+                json: c.json,
+                cid,
+                duplicate: false,
+            },
+            CommitOutcome::Duplicate(json) => SendOutcome {
+                json,
+                cid,
+                duplicate: true,
+            },
+            _ => SendOutcome::default(),
+        }))
+    })
+}
+
+/// Answers `reply` once an op is committed (joins answer with no message).
+fn committed_done(reply: Reply) -> Done {
+    Box::new(move |r| reply(r.map(|_| SendOutcome::default())))
 }
 
 /// What the business layer is built on.
@@ -79,12 +111,17 @@ pub struct Deps {
     pub words: Arc<Words>,
     /// Rate limits.
     pub limits: Arc<Limits>,
+    /// How long after sending a user may recall a message.
+    pub recall_window: std::time::Duration,
 }
 
 struct Inner {
     feed: Arc<Feed>,
     store: Arc<dyn MessageStore>,
     dir: Arc<dyn DirectoryStore>,
+    deliver: Arc<dyn Deliver>,
+    presence: Arc<dyn Presence>,
+    recall_window: std::time::Duration,
     blacklist: Arc<Blacklist>,
     words: Arc<Words>,
     limits: Arc<Limits>,
@@ -128,11 +165,17 @@ impl Messaging {
             })
             .collect();
         let task = tokio::spawn(async move { while tasks.join_next().await.is_some() {} });
-        let service = Arc::new(CustomerService::new(deps.dir.clone(), deps.presence));
+        let service = Arc::new(CustomerService::new(
+            deps.dir.clone(),
+            deps.presence.clone(),
+        ));
         let inner = Inner {
             feed,
             store: deps.store,
             dir: deps.dir,
+            deliver: deps.deliver,
+            presence: deps.presence,
+            recall_window: deps.recall_window,
             blacklist: deps.blacklist,
             words: deps.words,
             limits: deps.limits,
@@ -178,13 +221,17 @@ impl Messaging {
         let cid = req.cid.clone();
         // `_decided` holds the customer-service lock, when routing took it, until the
         // ops are queued.
-        let (ops, _decided) = self.prepare(who, req).await?;
-        let last = ops.len() - 1;
-        let mut reply = Some(reply);
-        for (i, op) in ops.into_iter().enumerate() {
-            let reply = if i == last { reply.take() } else { None };
-            let cid = if i == last { cid.clone() } else { None };
-            self.enqueue(Queued { op, cid, reply }).await?;
+        let (message, decision) = self.prepare(who, req).await?;
+        let mut decision = decision;
+        for op in std::mem::take(&mut decision.ops) {
+            self.enqueue(Queued { op, done: None }).await?;
+        }
+        let done = Some(send_done(cid, reply));
+        self.enqueue(Queued { op: message, done }).await?;
+        // The events of the decision (an agent assigned) follow the message that
+        // caused it.
+        for op in std::mem::take(&mut decision.events) {
+            self.enqueue(Queued { op, done: None }).await?;
         }
         Ok(())
     }
@@ -218,13 +265,15 @@ impl Messaging {
         rx.await.map_err(|_| Error::ShuttingDown)?.map(drop)
     }
 
-    /// Queues `decision`'s operations; `done` answers when the last one is committed.
+    /// Queues `decision`'s operations, then its events; `done` answers when the last
+    /// one is committed.
     async fn queue_decision(
         &self,
         mut decision: Decision,
         mut done: Option<Reply>,
     ) -> Result<(), Error> {
-        let ops = std::mem::take(&mut decision.ops);
+        let mut ops = std::mem::take(&mut decision.ops);
+        ops.append(&mut decision.events);
         let last = ops.len().saturating_sub(1);
         if ops.is_empty()
             && let Some(done) = done.take()
@@ -232,12 +281,12 @@ impl Messaging {
             done(Ok(SendOutcome::default()));
         }
         for (i, op) in ops.into_iter().enumerate() {
-            self.enqueue(Queued {
-                op,
-                cid: None,
-                reply: if i == last { done.take() } else { None },
-            })
-            .await?;
+            let done = if i == last {
+                done.take().map(committed_done)
+            } else {
+                None
+            };
+            self.enqueue(Queued { op, done }).await?;
         }
         Ok(())
     }
@@ -257,11 +306,9 @@ impl Messaging {
         Ok(())
     }
 
-    async fn prepare(
-        &self,
-        who: &Identity,
-        mut req: SendRequest,
-    ) -> Result<(Vec<Op>, Decision), Error> {
+    /// Checks and routes a send: its message op, and the decision it took (agents to
+    /// join before it, events to commit after it), with the decision lock held.
+    async fn prepare(&self, who: &Identity, mut req: SendRequest) -> Result<(Op, Decision), Error> {
         self.refuse_blocked(who)?;
         if !self.0.limits.allow_send(&who.uid) {
             return Err(Error::RateLimited(
@@ -278,7 +325,7 @@ impl Messaging {
         if req.body.is_null() {
             return Err(Error::BadRequest("body is required".into()));
         }
-        let (conv, members, mut decision) = match (&req.to, &req.conv, &req.shop) {
+        let (conv, members, decision) = match (&req.to, &req.conv, &req.shop) {
             (Some(to), None, None) => {
                 if !is_valid_id(to) {
                     return Err(Error::BadRequest(format!(
@@ -324,8 +371,7 @@ impl Messaging {
             .get()
             .apply(&mut req.body)
             .map_err(|_| Error::BlockedContent)?;
-        let mut ops = std::mem::take(&mut decision.ops);
-        ops.push(Op::Message(NewMessage {
+        let message = Op::Message(NewMessage {
             id: uuid::Uuid::now_v7().to_string(),
             conv,
             from: who.uid.clone(),
@@ -333,8 +379,8 @@ impl Messaging {
             content: Content::Body(req.body),
             ts: now_ms(),
             members,
-        }));
-        Ok((ops, decision))
+        });
+        Ok((message, decision))
     }
 
     /// The members of a direct or group conversation.

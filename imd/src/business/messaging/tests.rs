@@ -19,6 +19,8 @@ impl Deliver for Recorder {
             .unwrap()
             .push((c.conv.clone(), c.seq, c.recipients.clone()));
     }
+
+    fn notify(&self, _uids: Vec<String>, _frame: String) {}
 }
 
 fn who(uid: &str) -> Identity {
@@ -82,6 +84,7 @@ fn rig_lanes(limits: Limits, words: Words, lanes: usize) -> Rig {
         blacklist: Arc::new(Blacklist::new()),
         words: Arc::new(words),
         limits: Arc::new(limits),
+        recall_window: std::time::Duration::from_secs(120),
     };
     let (m, _task) = Messaging::start(deps, 64, lanes, stop.clone());
     Rig {
@@ -357,9 +360,11 @@ async fn service_assigns_least_loaded_sticks_and_reassigns() {
     assert_ne!(first, second, "the second customer goes to the other agent");
     let agent1 = first.iter().find(|u| *u != "c1").unwrap().clone();
     let agent2 = if agent1 == "a1" { "a2" } else { "a1" }.to_owned();
+    // The assignment is an event message after the message that caused it.
+    assert_eq!(receivers(&r.rec, "s:shop~c1", 2), first);
     // Sticky while online.
     send(&r.m, "c1", json!({"shop": "shop", "body": "again"})).await;
-    assert_eq!(receivers(&r.rec, "s:shop~c1", 2), sorted(["c1", &agent1]));
+    assert_eq!(receivers(&r.rec, "s:shop~c1", 3), sorted(["c1", &agent1]));
     // The agent replies by conv; an outsider may not.
     send(&r.m, &agent1, json!({"conv": m1["conv"], "body": "hello"})).await;
     let err =
@@ -372,7 +377,12 @@ async fn service_assigns_least_loaded_sticks_and_reassigns() {
     // Offline: the next message moves to the other agent, who gets the history.
     r.online.set(&agent1, false);
     send(&r.m, "c1", json!({"shop": "shop", "body": "anyone?"})).await;
-    assert_eq!(receivers(&r.rec, "s:shop~c1", 4), sorted(["c1", &agent2]));
+    assert_eq!(receivers(&r.rec, "s:shop~c1", 5), sorted(["c1", &agent2]));
+    // The reassignment's event reaches the agent it was taken from too.
+    assert_eq!(
+        receivers(&r.rec, "s:shop~c1", 6),
+        sorted(["c1", &agent1, &agent2])
+    );
     let history: Vec<u64> = r
         .rec
         .0
@@ -384,14 +394,14 @@ async fn service_assigns_least_loaded_sticks_and_reassigns() {
         .collect();
     assert_eq!(
         history,
-        [1, 2, 3, 4],
+        [1, 2, 3, 4, 5, 6],
         "the new agent received the whole history in order"
     );
     let page =
         r.m.history(&who(&agent2), "s:shop~c1", 0, None)
             .await
             .unwrap();
-    assert_eq!(page.items.len(), 4);
+    assert_eq!(page.items.len(), 6);
     drop(m2);
 }
 
@@ -406,9 +416,10 @@ async fn a_waiting_conversation_goes_to_the_first_agent_to_connect() {
     assert_eq!(receivers(&r.rec, "s:shop~c1", 1), ["c1"]);
     r.online.set("a1", true);
     r.m.connected(&who("a1")).await.unwrap();
-    // The join commits through the queue; a send after it is delivered after it.
+    // The join and its `assigned` event commit through the queue; a send after them
+    // is delivered after them.
     send(&r.m, "c1", json!({"shop": "shop", "body": "still there?"})).await;
-    assert_eq!(inbox_seqs(&r.m, "a1").await, [1, 2]);
+    assert_eq!(inbox_seqs(&r.m, "a1").await, [1, 2, 3]);
 }
 
 #[tokio::test]
@@ -559,9 +570,11 @@ async fn a_reply_racing_a_reassignment_leaves_no_hole_in_the_history() {
         agent.await.unwrap();
         let mut seqs = inbox_seqs(&r.m, "a2").await;
         seqs.sort();
+        // Three messages and the first assignment, the customer's message and its
+        // reassignment, the reply.
         assert_eq!(
             seqs,
-            [1, 2, 3, 4, 5],
+            [1, 2, 3, 4, 5, 6, 7],
             "round {round}: a2's inbox has a hole"
         );
     }

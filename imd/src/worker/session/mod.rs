@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, close_code};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use shared::protocol::{ClientFrame, ErrorCode};
+use shared::protocol::{ClientFrame, ErrorCode, ServerFrame};
 use tokio_util::sync::CancellationToken;
 
 use super::reorder::{Held, Reorder};
@@ -522,10 +522,53 @@ async fn handle_text(
             },
         ),
         ClientFrame::Ping => Some(wire::PONG_FRAME.to_owned()),
-        ClientFrame::Read { .. } | ClientFrame::Typing { .. } | ClientFrame::Recall { .. } => {
-            Some(wire::error_frame(None, ErrorCode::BadRequest, "TODO(#14)"))
+        // Boxed: rare next to acks and sends, so their futures do not grow every
+        // session's.
+        f
+        @ (ClientFrame::Read { .. } | ClientFrame::Typing { .. } | ClientFrame::Recall { .. }) => {
+            Box::pin(handle_state(f, conn, ctx)).await
         }
     }
+}
+
+/// Handles a frame about conversation state (`read`, `typing`, `recall`); returns
+/// the frame to answer with, if any. A `read` is answered only when it fails, and a
+/// `recall` with `recalled` once committed, both through the outbox.
+async fn handle_state(frame: ClientFrame, conn: &Arc<Conn>, ctx: &SessionCtx) -> Option<String> {
+    let error = |e: crate::business::Error| wire::error_frame(None, e.code(), e.client_message());
+    let target = conn.clone();
+    let queued = match frame {
+        ClientFrame::Read { conv, seq } => {
+            let reply = Box::new(move |r: Result<u64, crate::business::Error>| {
+                if let Err(e) = r {
+                    target.outbox.enqueue_frame(error(e));
+                }
+            });
+            ctx.messaging.read(&conn.who, &conv, seq, reply).await
+        }
+        ClientFrame::Recall { conv, seq } => {
+            let answer = ServerFrame::Recalled {
+                conv: conv.clone(),
+                seq,
+            };
+            let reply = Box::new(move |r: Result<(), crate::business::Error>| {
+                let frame = match r {
+                    Ok(()) => serde_json::to_string(&answer).unwrap_or_default(),
+                    Err(e) => error(e),
+                };
+                target.outbox.enqueue_frame(frame);
+            });
+            ctx.messaging.recall(&conn.who, &conv, seq, reply).await
+        }
+        ClientFrame::Typing { conv } => ctx.messaging.typing(&conn.who, &conv).await,
+        ClientFrame::Send(_)
+        | ClientFrame::Ack { .. }
+        | ClientFrame::Sync { .. }
+        | ClientFrame::Ping => {
+            return None;
+        }
+    };
+    queued.err().map(error)
 }
 
 /// The `cid` of a frame that failed to decode, when it has one, for the error answer.

@@ -190,6 +190,7 @@ fn rig() -> Rig {
             crate::business::words::Words::load(None, crate::config::WordsPolicy::Mask).unwrap(),
         ),
         limits: Arc::new(crate::business::limits::Limits::new(off, off)),
+        recall_window: std::time::Duration::from_secs(120),
     };
     let (messaging, _) = Messaging::start(deps, 64, 1, CancellationToken::new());
     let ctx = Arc::new(SessionCtx {
