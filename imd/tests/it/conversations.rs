@@ -956,7 +956,7 @@ async fn the_recall_window_comes_from_the_environment_too() {
 }
 
 /// The admin recalls any message at any time (past the window, someone else's): the
-/// event says `"by": "admin"`. An unknown seq is 404; a client token is refused.
+/// event says `"by": "admin"`. An unknown seq is 404; a client token is refused (403, as on all of the admin API).
 #[tokio::test]
 async fn the_admin_recalls_any_message_at_any_time() {
     let imd = start(&["--recall-window", "1s"]);
@@ -991,7 +991,7 @@ async fn the_admin_recalls_any_message_at_any_time() {
         .assert_error(404, ErrorCode::NotFound);
     http.recall(&tok("alice", "a"), &conv, 1, true)
         .await
-        .assert_error(401, ErrorCode::Unauthorized);
+        .assert_error(403, ErrorCode::Forbidden);
 }
 
 // ---------------------------------------------------------------------------------
