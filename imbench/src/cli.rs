@@ -164,6 +164,14 @@ pub struct RunArgs {
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     pub heartbeat: Duration,
 
+    /// Send a read receipt (`{"type":"read","conv","seq"}`) for every message a
+    /// connection receives from someone else in its unit, so that the load includes
+    /// receipts and the `read` notices they fan out (chat, group, service). imd limits
+    /// receipts per user to the send rate: keep each user's incoming rate under
+    /// `--send-rate`.
+    #[arg(long)]
+    pub read_receipts: bool,
+
     /// Spread the connections of each unit over the targets (connection j of unit k
     /// on target (k + j) mod targets) instead of keeping a unit on one target. For the
     /// workers of one cluster, which share users: every message then crosses workers,

@@ -66,6 +66,10 @@ pub struct AgentPlan {
     /// [`AgentPlan::target_of`]).
     #[serde(default)]
     pub spread: bool,
+    /// Whether each connection sends a read receipt for every message it receives
+    /// from someone else in its unit.
+    #[serde(default)]
+    pub read_receipts: bool,
 }
 
 impl AgentPlan {

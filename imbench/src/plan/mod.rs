@@ -64,6 +64,9 @@ pub struct RunPlan {
     pub read_buffer: usize,
     /// Whether a unit's connections are spread over the targets.
     pub spread: bool,
+    /// Whether each connection sends a read receipt for every message it receives
+    /// from someone else.
+    pub read_receipts: bool,
     /// Admin API for the whole run (`--api`); None: each group's or shop's own target.
     pub api: Option<String>,
     /// Admin bearer token (service and group set-up).
@@ -135,6 +138,10 @@ impl RunPlan {
             ensure!(args.rate > 0.0, "chat needs --rate above 0");
         }
         ensure!(
+            !(args.read_receipts && args.scenario == Scenario::Idle),
+            "--read-receipts needs a messaging scenario (chat, group or service)"
+        );
+        ensure!(
             args.read_buffer >= 256,
             "--read-buffer below 256 bytes makes no sense"
         );
@@ -167,6 +174,7 @@ impl RunPlan {
             heartbeat_ms: args.heartbeat.as_millis() as u64,
             read_buffer: args.read_buffer,
             spread: args.spread,
+            read_receipts: args.read_receipts,
             api,
             admin_token: args.admin_token.clone(),
             group_size: args.group_size,
@@ -320,6 +328,7 @@ impl RunPlan {
                 heartbeat_ms: self.heartbeat_ms,
                 read_buffer: self.read_buffer,
                 spread: self.spread,
+                read_receipts: self.read_receipts,
             })
             .collect()
     }
@@ -454,6 +463,7 @@ mod tests {
             heartbeat_ms: 0,
             read_buffer: 4096,
             spread: false,
+            read_receipts: false,
             api: None,
             admin_token: None,
             group_size: 5,
@@ -585,5 +595,40 @@ mod tests {
         assert_eq!(plans[1].peer(199), Some(198));
         assert_eq!(plans[0].peer(0), Some(1));
         assert_eq!(plan(10, Scenario::Idle).per_connection_rate(), 0.0);
+    }
+
+    /// `--read-receipts` reaches every agent's plan, and is refused for idle
+    /// connections, which receive no messages to answer.
+    #[test]
+    fn read_receipts_reach_the_agents_and_need_messages() {
+        use crate::cli::{Cli, Command};
+        use clap::Parser;
+        let args = |scenario: &str| {
+            let cli = Cli::try_parse_from([
+                "imbench",
+                "run",
+                "--target",
+                "http://127.0.0.1:1",
+                "--token-secret",
+                "s",
+                "--scenario",
+                scenario,
+                "--read-receipts",
+            ])
+            .unwrap();
+            let Command::Run(args) = cli.command else {
+                panic!("not run")
+            };
+            args
+        };
+        let plans = RunPlan::from_args(&args("chat")).unwrap().agent_plans(2);
+        assert!(plans.iter().all(|p| p.read_receipts));
+        let error = RunPlan::from_args(&args("idle")).unwrap_err();
+        assert!(error.to_string().contains("--read-receipts"), "{error}");
+        // An agent plan without the field (an older coordinator's) means none.
+        let mut json = serde_json::to_value(&plans[0]).unwrap();
+        json.as_object_mut().unwrap().remove("read_receipts");
+        let old: AgentPlan = serde_json::from_value(json).unwrap();
+        assert!(!old.read_receipts);
     }
 }

@@ -134,6 +134,7 @@ pub fn combine(
             retransmits: counters.retransmits,
             unacked: verify.unacked,
             undeliverable: verify.undeliverable,
+            reads: counters.reads,
         },
         latency_ms: LatencySummary::from_histogram(&latency),
         ack_latency_ms: LatencySummary::from_histogram(&ack_latency),

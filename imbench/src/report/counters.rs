@@ -79,6 +79,8 @@ counters! {
     kicks,
     /// Pushes whose body was not one of this run's messages.
     foreign,
+    /// `read` frames written (`--read-receipts`).
+    reads,
 }
 
 #[cfg(test)]
@@ -96,7 +98,7 @@ mod tests {
         assert_eq!((sum.opened, sum.foreign), (4, 6));
         // The JSON names are the list's names.
         let json = serde_json::to_value(sum).unwrap();
-        assert_eq!(json.as_object().unwrap().len(), 16);
+        assert_eq!(json.as_object().unwrap().len(), 17);
         assert_eq!(json["out_of_order"], 0);
         assert_eq!(json["foreign"], 6);
     }

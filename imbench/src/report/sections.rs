@@ -53,6 +53,9 @@ pub struct MessagesSection {
     pub unacked: u64,
     /// To devices that never connected.
     pub undeliverable: u64,
+    /// Read receipts written (`--read-receipts`): one per message delivered.
+    #[serde(default)]
+    pub reads: u64,
 }
 
 /// `delivery_gap` of the report: the longest time during which no device received a

@@ -45,6 +45,9 @@ pub fn summary(r: &Report) -> String {
             "  messages     sent {}  acked {}  refused {}  delivered {}  echoed {}  retransmits {}",
             m.sent, m.acked, m.refused, m.delivered, m.echoed, m.retransmits
         );
+        if m.reads > 0 {
+            let _ = writeln!(s, "  receipts     read {}", m.reads);
+        }
         let l = &r.latency_ms;
         let _ = writeln!(
             s,

@@ -16,6 +16,10 @@
 //! the customer's message. Every device records, per sender, which message numbers it
 //! saw; [`check`] compares that with what each sender had acknowledged.
 //!
+//! With `--read-receipts`, every message a device receives for the first time from
+//! another member of its unit is answered with a `read` frame for its `seq`, written
+//! with the next batch of acks.
+//!
 //! A dropped connection reconnects (bounded backoff), resends its unacknowledged
 //! messages with the same `cid` (the server must not create them twice) and catches up
 //! with `sync`.
@@ -92,6 +96,9 @@ struct Traffic<'a> {
     acks: Vec<u64>,
     /// Frames to write before anything else (sync requests, resends, replies).
     queued: Vec<String>,
+    /// Read receipts to write after `queued` (`--read-receipts`); kept across a
+    /// reconnect, since a receipt is as good later.
+    receipts: Vec<String>,
 }
 
 /// Runs connection `i` until the stop.
@@ -151,6 +158,7 @@ impl<'a> Traffic<'a> {
             log: TrafficLog::default(),
             acks: Vec::new(),
             queued: Vec::new(),
+            receipts: Vec::new(),
         }
     }
 
@@ -195,7 +203,9 @@ impl<'a> Traffic<'a> {
                     bump(&self.ctx.stats.counts.sent);
                     timer.as_mut().reset(self.next_due.into());
                 }
-                _ = std::future::ready(()), if !self.acks.is_empty() || !self.queued.is_empty() => {
+                _ = std::future::ready(()), if !self.acks.is_empty()
+                    || !self.queued.is_empty()
+                    || !self.receipts.is_empty() => {
                     if let Err(e) = self.flush_queued(ws).await {
                         return End::Dropped(e);
                     }
@@ -204,9 +214,17 @@ impl<'a> Traffic<'a> {
         }
     }
 
-    /// Writes queued frames, then one `ack` for every push read so far.
+    /// Writes queued frames and read receipts, then one `ack` for every push read so
+    /// far.
     async fn flush_queued(&mut self, ws: &mut Ws) -> Result<(), String> {
         for frame in std::mem::take(&mut self.queued) {
+            ws.feed(WsMessage::text(frame))
+                .await
+                .map_err(|e| format!("write: {e}"))?;
+        }
+        let receipts = std::mem::take(&mut self.receipts);
+        let written = receipts.len() as u64;
+        for frame in receipts {
             ws.feed(WsMessage::text(frame))
                 .await
                 .map_err(|e| format!("write: {e}"))?;
@@ -220,7 +238,13 @@ impl<'a> Traffic<'a> {
                 .await
                 .map_err(|e| format!("write: {e}"))?;
         }
-        ws.flush().await.map_err(|e| format!("write: {e}"))
+        ws.flush().await.map_err(|e| format!("write: {e}"))?;
+        self.ctx
+            .stats
+            .counts
+            .reads
+            .fetch_add(written, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 
     /// The next scheduled message; advances the schedule.
@@ -391,6 +415,14 @@ impl<'a> Traffic<'a> {
             return;
         }
         bump(&stats.counts.delivered);
+        if plan.read_receipts {
+            let read = ClientFrame::Read {
+                conv: msg.conv.clone(),
+                seq: msg.seq,
+            };
+            self.receipts
+                .push(serde_json::to_string(&read).expect("a read serializes"));
+        }
         let now = self.ctx.clock.now_us();
         stats.record_push(now);
         if let Some(t) = msg
@@ -507,6 +539,7 @@ mod tests {
             heartbeat_ms: 0,
             read_buffer: 4096,
             spread: false,
+            read_receipts: false,
             api: None,
             admin_token: None,
             group_size: 3,

@@ -42,6 +42,44 @@ async fn two_agent_chat_delivers_everything() {
     assert!(r.stderr.contains("open 20/20"), "{}", r.stderr);
 }
 
+/// `--read-receipts`: each message delivered to a device from its peer is answered
+/// with one `read` frame for a conversation and seq the reader has; the report counts
+/// them. Without the flag, none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_receipts_answer_every_delivered_message() {
+    let server = FakeImd::start(Faults::default()).await;
+    let r = run_imbench(
+        &chat_args(&server.url, &["--read-receipts", "--local-agents", "2"]),
+        Duration::from_secs(60),
+    )
+    .await;
+    r.assert_exit(0);
+    let m = &r.report["messages"];
+    let delivered = m["delivered"].as_u64().unwrap();
+    assert!(delivered >= 390, "{}", r.report);
+    assert_eq!(m["lost"], 0, "{}", r.report);
+    assert_eq!(m["reads"], delivered, "receipts written: {}", r.report);
+    assert!(r.stdout.contains(&format!("read {delivered}")), "{}", r.stdout);
+    // imbench has exited; the fake reads each closed connection to its end.
+    testkit::wait_until(
+        Duration::from_secs(5),
+        "the fake to have read every receipt",
+        || async { server.reads().0 >= delivered },
+    )
+    .await;
+    assert_eq!(
+        server.reads(),
+        (delivered, 0),
+        "(good, bad) read frames the server received for {delivered} deliveries"
+    );
+
+    let quiet = FakeImd::start(Faults::default()).await;
+    let r = run_imbench(&chat_args(&quiet.url, &[]), Duration::from_secs(60)).await;
+    r.assert_exit(0);
+    assert_eq!(r.report["messages"]["reads"], 0, "{}", r.report);
+    assert_eq!(quiet.reads(), (0, 0), "no receipts without the flag");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_skipped_push_is_a_loss_and_fails_the_run() {
     let server = FakeImd::start(Faults {

@@ -1,7 +1,9 @@
 //! A fake imd, in process: `/v1/ws?token=…`, send/sent, msg pushes to every device of
 //! both members, ack, sync, ping, cid idempotency and server WebSocket pings, with
-//! faults to inject (a skipped push, a sender dropped after the commit). It is what
-//! imbench's own checks are tested against; it must not grow imd's other behaviour.
+//! faults to inject (a skipped push, a sender dropped after the commit). It counts the
+//! `read` frames it receives (and those naming a conversation or seq the reader could
+//! not have seen), and answers none. It is what imbench's own checks are tested
+//! against; it must not grow imd's other behaviour.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,12 +45,17 @@ struct State {
     convs: HashMap<String, u64>,
     by_cid: HashMap<(String, String), Value>,
     messages: u64,
+    /// `read` frames of a member for a seq of the conversation that exists.
+    reads: u64,
+    /// Other `read` frames.
+    bad_reads: u64,
 }
 
 /// A fake imd: `/v1/ws?token=…`, send/sent, msg pushes to every device of both
 /// members, ack, sync, ping, cid idempotency, server WebSocket pings.
 pub(crate) struct FakeImd {
     pub(crate) url: String,
+    state: Arc<Mutex<State>>,
 }
 
 impl FakeImd {
@@ -56,6 +63,7 @@ impl FakeImd {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let state = Arc::new(Mutex::new(State::default()));
+        let kept = state.clone();
         tokio::spawn(async move {
             let next_conn = AtomicU64::new(0);
             loop {
@@ -102,7 +110,14 @@ impl FakeImd {
                 });
             }
         });
-        FakeImd { url }
+        FakeImd { url, state: kept }
+    }
+
+    /// `read` frames received so far: (for a seq its sender's conversation has, from a
+    /// member; any other).
+    pub(crate) fn reads(&self) -> (u64, u64) {
+        let st = self.state.lock().unwrap();
+        (st.reads, st.bad_reads)
     }
 }
 
@@ -148,10 +163,18 @@ async fn serve_conn(
             ClientFrame::Ping => {
                 let _ = tx.send(text(json!({"type":"pong"})));
             }
-            ClientFrame::Ack { .. }
-            | ClientFrame::Read { .. }
-            | ClientFrame::Typing { .. }
-            | ClientFrame::Recall { .. } => {}
+            ClientFrame::Read { conv, seq } => {
+                let mut st = state.lock().unwrap();
+                let member = shared::ids::ConvRef::parse(&conv)
+                    .is_some_and(|c| matches!(c, shared::ids::ConvRef::Direct(a, b) if a == uid || b == uid));
+                let last = st.convs.get(&conv).copied().unwrap_or(0);
+                if member && (1..=last).contains(&seq) {
+                    st.reads += 1;
+                } else {
+                    st.bad_reads += 1;
+                }
+            }
+            ClientFrame::Ack { .. } | ClientFrame::Typing { .. } | ClientFrame::Recall { .. } => {}
             ClientFrame::Sync { after, limit } => {
                 let st = state.lock().unwrap();
                 let inbox = st
