@@ -325,10 +325,10 @@ impl<'t> Tables<'t> {
         self.messages
             .insert((r.conv.as_str(), r.seq), recalled.as_ref())?;
         // A resend later in this batch answers with what the store now holds.
-        if let Some(cid) = m.cid {
-            if let Some(json) = self.in_batch.get_mut(&(m.from, cid)) {
-                *json = recalled;
-            }
+        if let Some(cid) = m.cid
+            && let Some(json) = self.in_batch.get_mut(&(m.from, cid))
+        {
+            *json = recalled;
         }
         Ok(CommitOutcome::Recalled(Ok(self.append(&r.event)?)))
     }
@@ -889,5 +889,19 @@ mod tests {
         let m: Message = serde_json::from_slice(&inbox.items[0].1).unwrap();
         assert!(m.recalled && m.body.is_none());
         assert_eq!(store.last_seq("d:a~b").await.unwrap(), 3);
+
+        // A resend later in the batch answers with the recalled form.
+        let out = store
+            .commit(vec![
+                msg("d:a~b", "a", Some("k"), 300, &["a", "b"]),
+                recall(4, "a", 0),
+                msg("d:a~b", "a", Some("k"), 301, &["a", "b"]),
+            ])
+            .await
+            .unwrap();
+        let CommitOutcome::Duplicate(json) = &out[2] else {
+            panic!("not a duplicate")
+        };
+        assert!(serde_json::from_slice::<Message>(json).unwrap().recalled);
     }
 }
