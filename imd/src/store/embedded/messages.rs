@@ -1,19 +1,27 @@
-//! Messages in redb: conversations, inboxes and idempotency keys, all written by
-//! [`commit_batch`] in one write transaction per batch (one fsync), so a crash keeps a
-//! batch whole or not at all. It must not read or write the directory's tables.
+//! Messages in redb: conversations, inboxes, idempotency keys, each user's
+//! conversation list and the read positions, all written by [`commit_batch`] in one
+//! write transaction per batch (one fsync), so a crash keeps a batch whole or not at
+//! all. It must not read or write the directory's tables.
+//!
+//! The conversation list is an index ordered by activity ([`BY_ACTIVITY`]), so a page
+//! of it costs the same whatever the number of the user's conversations; unread counts
+//! come from two read positions and a running count of event messages ([`EVENTS`]),
+//! never from reading the messages in between.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+    Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction,
 };
+use shared::protocol::Message;
 
-use super::EmbeddedStore;
+use super::{EmbeddedStore, scan_second};
 use crate::store::{
-    CommitOutcome, Committed, ConvCursor, ConvEntry, IDEMPOTENCY_WINDOW_MS, JOIN_PUSH_TAIL,
-    MessageStore, Op, Page, PageFill, StoreError,
+    CommitOutcome, Committed, Content, ConvCursor, ConvEntry, IDEMPOTENCY_WINDOW_MS,
+    JOIN_PUSH_TAIL, MessageStore, NewMessage, Op, Page, PageFill, Recall, RecallRefused,
+    StoreError, recalled_json,
 };
 
 /// `(conv, seq)` → message JSON.
@@ -31,6 +39,21 @@ const IDEM_BY_TS: TableDefinition<(i64, &str, &str), ()> = TableDefinition::new(
 /// `(conv, uid)` → the last `seq` of a service conversation in `uid`'s inbox, so that
 /// a join copies only what the joiner is missing.
 const MEMBER_SEQ: TableDefinition<(&str, &str), u64> = TableDefinition::new("member_seq");
+/// `(uid, conv)` → `(ts, seq)`: `conv`'s place in `uid`'s conversation list, its
+/// activity (the commit time of the last of its messages in `uid`'s inbox, never moved
+/// back) and that message's seq. The key of its [`BY_ACTIVITY`] row.
+const ACTIVITY: TableDefinition<(&str, &str), (i64, u64)> = TableDefinition::new("conv_activity");
+/// `(uid, ts, conv)` → seq: [`ACTIVITY`] ordered by activity, read backward for the
+/// list (newest first, equal times by conversation id descending).
+const BY_ACTIVITY: TableDefinition<(&str, i64, &str), u64> =
+    TableDefinition::new("conv_by_activity");
+/// `(conv, uid)` → `uid`'s read position in `conv` (the highest seq read; only moves
+/// forward).
+const READS: TableDefinition<(&str, &str), u64> = TableDefinition::new("read_seq");
+/// `(conv, seq)` → how many event messages `conv` holds up to and including `seq`; one
+/// row per event message. The events in `(a, b]` are the count at or before `b` less
+/// the count at or before `a`: two lookups, whatever lies between.
+const EVENTS: TableDefinition<(&str, u64), u64> = TableDefinition::new("events");
 
 /// Creates the tables of this domain (see [`super::EmbeddedStore::open`]).
 pub(super) fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
@@ -41,7 +64,40 @@ pub(super) fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(IDEM)?;
     txn.open_table(IDEM_BY_TS)?;
     txn.open_table(MEMBER_SEQ)?;
+    txn.open_table(ACTIVITY)?;
+    txn.open_table(BY_ACTIVITY)?;
+    txn.open_table(READS)?;
+    txn.open_table(EVENTS)?;
     Ok(())
+}
+
+/// The tables a commit writes, open in its write transaction.
+struct Tables<'t> {
+    /// [`MESSAGES`].
+    messages: Table<'t, (&'static str, u64), &'static [u8]>,
+    /// [`CONV_SEQ`].
+    conv_seq: Table<'t, &'static str, u64>,
+    /// [`INBOX`].
+    inbox: Table<'t, (&'static str, u64), (&'static str, u64)>,
+    /// [`USER_SEQ`].
+    user_seq: Table<'t, &'static str, u64>,
+    /// [`IDEM`].
+    idem: Table<'t, (&'static str, &'static str), (&'static str, u64, i64)>,
+    /// [`IDEM_BY_TS`].
+    idem_by_ts: Table<'t, (i64, &'static str, &'static str), ()>,
+    /// [`MEMBER_SEQ`].
+    member_seq: Table<'t, (&'static str, &'static str), u64>,
+    /// [`ACTIVITY`].
+    activity: Table<'t, (&'static str, &'static str), (i64, u64)>,
+    /// [`BY_ACTIVITY`].
+    by_activity: Table<'t, (&'static str, i64, &'static str), u64>,
+    /// [`READS`].
+    reads: Table<'t, (&'static str, &'static str), u64>,
+    /// [`EVENTS`].
+    events: Table<'t, (&'static str, u64), u64>,
+    /// Messages committed earlier in this batch, by `(from, cid)`: the table lookups
+    /// would find them too, but this spares reading back what we just wrote.
+    in_batch: HashMap<(String, String), Bytes>,
 }
 
 fn commit_batch(db: &Database, batch: Vec<Op>) -> Result<Vec<CommitOutcome>, StoreError> {
@@ -49,126 +105,317 @@ fn commit_batch(db: &Database, batch: Vec<Op>) -> Result<Vec<CommitOutcome>, Sto
     txn.set_durability(Durability::Immediate)?;
     let mut out = Vec::with_capacity(batch.len());
     {
-        let mut messages = txn.open_table(MESSAGES)?;
-        let mut conv_seq = txn.open_table(CONV_SEQ)?;
-        let mut inbox = txn.open_table(INBOX)?;
-        let mut user_seq = txn.open_table(USER_SEQ)?;
-        let mut idem = txn.open_table(IDEM)?;
-        let mut idem_by_ts = txn.open_table(IDEM_BY_TS)?;
-        let mut member_seq = txn.open_table(MEMBER_SEQ)?;
-        // Messages committed earlier in this batch, by (from, cid): the table lookups
-        // below would find them too, but this spares decoding what we just wrote.
-        let mut in_batch: HashMap<(String, String), Bytes> = HashMap::new();
-
+        let mut t = Tables::open(&txn)?;
         for op in batch {
-            let m = match op {
-                Op::Message(m) => m,
-                Op::Read { .. } | Op::Recall(_) => {
-                    return Err(StoreError::Corrupt("TODO(#14): read and recall".into()));
-                }
-                Op::Join { conv, uid } => {
-                    // The messages of `conv` that `uid` does not have yet, appended to its
-                    // inbox in seq order.
-                    let have = member_seq
-                        .get((conv.as_str(), uid.as_str()))?
-                        .map_or(0, |g| g.value());
-                    let mut useq = user_seq.get(uid.as_str())?.map_or(0, |g| g.value());
-                    let mut last = have;
-                    let mut tail = std::collections::VecDeque::with_capacity(JOIN_PUSH_TAIL);
-                    for entry in
-                        messages.range((conv.as_str(), have + 1)..=(conv.as_str(), u64::MAX))?
-                    {
-                        let (k, v) = entry?;
-                        let seq = k.value().1;
-                        last = seq;
-                        useq += 1;
-                        inbox.insert((uid.as_str(), useq), (conv.as_str(), seq))?;
-                        if tail.len() == JOIN_PUSH_TAIL {
-                            tail.pop_front();
-                        }
-                        tail.push_back((seq, useq, Bytes::copy_from_slice(v.value())));
-                    }
-                    user_seq.insert(uid.as_str(), useq)?;
-                    member_seq.insert((conv.as_str(), uid.as_str()), last)?;
-                    let joined = tail
-                        .into_iter()
-                        .map(|(seq, useq, json)| Committed {
-                            json,
-                            conv: conv.clone(),
-                            seq,
-                            ts: 0,
-                            recipients: vec![(uid.clone(), useq)],
-                        })
-                        .collect();
-                    out.push(CommitOutcome::Joined(joined));
-                    continue;
-                }
-            };
-            if let Some(cid) = &m.cid {
-                if let Some(json) = in_batch.get(&(m.from.clone(), cid.clone())) {
-                    out.push(CommitOutcome::Duplicate(json.clone()));
-                    continue;
-                }
-                let earlier = idem.get((m.from.as_str(), cid.as_str()))?.map(|g| {
-                    let (conv, seq, ts) = g.value();
-                    (conv.to_owned(), seq, ts)
-                });
-                if let Some((conv, seq, ts)) = earlier {
-                    if m.ts - ts < IDEMPOTENCY_WINDOW_MS {
-                        let json = messages
-                            .get((conv.as_str(), seq))?
-                            .map(|g| Bytes::copy_from_slice(g.value()))
-                            .ok_or_else(|| {
-                                StoreError::Corrupt(format!("idempotency key names {conv}#{seq}"))
-                            })?;
-                        out.push(CommitOutcome::Duplicate(json));
-                        continue;
-                    }
-                    // Expired but not purged yet: the new message takes the key over.
-                    idem_by_ts.remove((ts, m.from.as_str(), cid.as_str()))?;
-                }
-            }
-
-            let seq = conv_seq.get(m.conv.as_str())?.map_or(0, |g| g.value()) + 1;
-            conv_seq.insert(m.conv.as_str(), seq)?;
-
-            let mut recipients = Vec::with_capacity(m.members.len());
-            for uid in &m.members {
-                let useq = user_seq.get(uid.as_str())?.map_or(0, |g| g.value()) + 1;
-                user_seq.insert(uid.as_str(), useq)?;
-                inbox.insert((uid.as_str(), useq), (m.conv.as_str(), seq))?;
-                recipients.push((uid.clone(), useq));
-                if m.conv.starts_with("s:") {
-                    member_seq.insert((m.conv.as_str(), uid.as_str()), seq)?;
-                }
-            }
-
-            if let Some(cid) = &m.cid {
-                idem.insert(
-                    (m.from.as_str(), cid.as_str()),
-                    (m.conv.as_str(), seq, m.ts),
-                )?;
-                idem_by_ts.insert((m.ts, m.from.as_str(), cid.as_str()), ())?;
-            }
-
-            let msg = m.to_message(seq);
-            let ts = m.ts;
-            let json = Bytes::from(serde_json::to_vec(&msg).map_err(StoreError::encode)?);
-            messages.insert((msg.conv.as_str(), seq), json.as_ref())?;
-            if let Some(cid) = msg.cid {
-                in_batch.insert((msg.from, cid), json.clone());
-            }
-            out.push(CommitOutcome::New(Committed {
-                json,
-                conv: msg.conv,
-                seq,
-                ts,
-                recipients,
-            }));
+            out.push(match op {
+                Op::Message(m) => t.message(&m)?,
+                Op::Join { conv, uid } => t.join(&conv, &uid)?,
+                Op::Read { conv, uid, seq } => t.read(&conv, &uid, seq)?,
+                Op::Recall(r) => t.recall(&r)?,
+            });
         }
     }
     txn.commit()?;
     Ok(out)
+}
+
+impl<'t> Tables<'t> {
+    /// Opens every table of a commit in `txn`.
+    fn open(txn: &'t WriteTransaction) -> Result<Self, StoreError> {
+        Ok(Self {
+            messages: txn.open_table(MESSAGES)?,
+            conv_seq: txn.open_table(CONV_SEQ)?,
+            inbox: txn.open_table(INBOX)?,
+            user_seq: txn.open_table(USER_SEQ)?,
+            idem: txn.open_table(IDEM)?,
+            idem_by_ts: txn.open_table(IDEM_BY_TS)?,
+            member_seq: txn.open_table(MEMBER_SEQ)?,
+            activity: txn.open_table(ACTIVITY)?,
+            by_activity: txn.open_table(BY_ACTIVITY)?,
+            reads: txn.open_table(READS)?,
+            events: txn.open_table(EVENTS)?,
+            in_batch: HashMap::new(),
+        })
+    }
+
+    /// Commits `m`, or recognises it as a resend of an earlier `(from, cid)`.
+    fn message(&mut self, m: &NewMessage) -> Result<CommitOutcome, StoreError> {
+        if let Some(cid) = &m.cid {
+            if let Some(json) = self.in_batch.get(&(m.from.clone(), cid.clone())) {
+                return Ok(CommitOutcome::Duplicate(json.clone()));
+            }
+            let earlier = self.idem.get((m.from.as_str(), cid.as_str()))?.map(|g| {
+                let (conv, seq, ts) = g.value();
+                (conv.to_owned(), seq, ts)
+            });
+            if let Some((conv, seq, ts)) = earlier {
+                if m.ts - ts < IDEMPOTENCY_WINDOW_MS {
+                    let json = self
+                        .messages
+                        .get((conv.as_str(), seq))?
+                        .map(|g| Bytes::copy_from_slice(g.value()))
+                        .ok_or_else(|| {
+                            StoreError::Corrupt(format!("idempotency key names {conv}#{seq}"))
+                        })?;
+                    return Ok(CommitOutcome::Duplicate(json));
+                }
+                // Expired but not purged yet: the new message takes the key over.
+                self.idem_by_ts
+                    .remove((ts, m.from.as_str(), cid.as_str()))?;
+            }
+        }
+        Ok(CommitOutcome::New(self.append(m)?))
+    }
+
+    /// Appends `m` to its conversation and its members' inboxes, with everything a new
+    /// message moves: the members' conversation lists, the sender's read position (for
+    /// a body) or the event count (for an event), the idempotency key.
+    fn append(&mut self, m: &NewMessage) -> Result<Committed, StoreError> {
+        let seq = self.conv_seq.get(m.conv.as_str())?.map_or(0, |g| g.value()) + 1;
+        self.conv_seq.insert(m.conv.as_str(), seq)?;
+
+        let mut recipients = Vec::with_capacity(m.members.len());
+        for uid in &m.members {
+            let useq = self.user_seq.get(uid.as_str())?.map_or(0, |g| g.value()) + 1;
+            self.user_seq.insert(uid.as_str(), useq)?;
+            self.inbox
+                .insert((uid.as_str(), useq), (m.conv.as_str(), seq))?;
+            recipients.push((uid.clone(), useq));
+            if m.conv.starts_with("s:") {
+                self.member_seq
+                    .insert((m.conv.as_str(), uid.as_str()), seq)?;
+            }
+            self.touch(uid, &m.conv, m.ts, seq)?;
+        }
+
+        match &m.content {
+            // The sender has read what it sent; `seq` is the newest, so this is forward.
+            Content::Body(_) => {
+                self.reads.insert((m.conv.as_str(), m.from.as_str()), seq)?;
+            }
+            Content::Event(_) => {
+                let before = events_upto(&self.events, &m.conv, seq)?;
+                self.events.insert((m.conv.as_str(), seq), before + 1)?;
+            }
+        }
+
+        if let Some(cid) = &m.cid {
+            self.idem.insert(
+                (m.from.as_str(), cid.as_str()),
+                (m.conv.as_str(), seq, m.ts),
+            )?;
+            self.idem_by_ts
+                .insert((m.ts, m.from.as_str(), cid.as_str()), ())?;
+        }
+
+        let json = Bytes::from(serde_json::to_vec(&m.to_message(seq)).map_err(StoreError::encode)?);
+        self.messages
+            .insert((m.conv.as_str(), seq), json.as_ref())?;
+        if let Some(cid) = &m.cid {
+            self.in_batch
+                .insert((m.from.clone(), cid.clone()), json.clone());
+        }
+        Ok(Committed {
+            json,
+            conv: m.conv.clone(),
+            seq,
+            ts: m.ts,
+            recipients,
+        })
+    }
+
+    /// Moves `conv` in `uid`'s list to `ts`, its last message there to `seq`; neither
+    /// moves back.
+    fn touch(&mut self, uid: &str, conv: &str, ts: i64, seq: u64) -> Result<(), StoreError> {
+        let old = self.activity.get((uid, conv))?.map(|g| g.value());
+        let (ts, seq) = match old {
+            Some((old_ts, old_seq)) => {
+                self.by_activity.remove((uid, old_ts, conv))?;
+                (ts.max(old_ts), seq.max(old_seq))
+            }
+            None => (ts, seq),
+        };
+        self.activity.insert((uid, conv), (ts, seq))?;
+        self.by_activity.insert((uid, ts, conv), seq)?;
+        Ok(())
+    }
+
+    /// Copies the messages of `conv` that `uid` does not have yet to the end of its
+    /// inbox, in seq order, and puts `conv` in its list at the last one's time.
+    fn join(&mut self, conv: &str, uid: &str) -> Result<CommitOutcome, StoreError> {
+        let have = self.member_seq.get((conv, uid))?.map_or(0, |g| g.value());
+        let mut useq = self.user_seq.get(uid)?.map_or(0, |g| g.value());
+        let mut last = have;
+        let mut last_json: Option<Bytes> = None;
+        let mut tail = VecDeque::with_capacity(JOIN_PUSH_TAIL);
+        for entry in self.messages.range((conv, have + 1)..=(conv, u64::MAX))? {
+            let (k, v) = entry?;
+            let seq = k.value().1;
+            last = seq;
+            useq += 1;
+            self.inbox.insert((uid, useq), (conv, seq))?;
+            if tail.len() == JOIN_PUSH_TAIL {
+                tail.pop_front();
+            }
+            let json = Bytes::copy_from_slice(v.value());
+            last_json = Some(json.clone());
+            tail.push_back((seq, useq, json));
+        }
+        self.user_seq.insert(uid, useq)?;
+        self.member_seq.insert((conv, uid), last)?;
+        if let Some(json) = last_json {
+            self.touch(uid, conv, stored_ts(&json)?, last)?;
+        }
+        let joined = tail
+            .into_iter()
+            .map(|(seq, useq, json)| Committed {
+                json,
+                conv: conv.to_owned(),
+                seq,
+                ts: 0,
+                recipients: vec![(uid.to_owned(), useq)],
+            })
+            .collect();
+        Ok(CommitOutcome::Joined(joined))
+    }
+
+    /// Moves `uid`'s read position in `conv` forward to `seq`, at most to the last seq.
+    fn read(&mut self, conv: &str, uid: &str, seq: u64) -> Result<CommitOutcome, StoreError> {
+        let last = self.conv_seq.get(conv)?.map_or(0, |g| g.value());
+        let now = self.reads.get((conv, uid))?.map_or(0, |g| g.value());
+        let to = seq.min(last);
+        if to <= now {
+            return Ok(CommitOutcome::Read {
+                seq: now,
+                moved: false,
+            });
+        }
+        self.reads.insert((conv, uid), to)?;
+        Ok(CommitOutcome::Read {
+            seq: to,
+            moved: true,
+        })
+    }
+
+    /// Recalls a message, if `r` may: rewrites it in place (inbox rows name `(conv,
+    /// seq)`, so every inbox shows the recalled form at once) and commits the event.
+    fn recall(&mut self, r: &Recall) -> Result<CommitOutcome, StoreError> {
+        let Some(original) = self
+            .messages
+            .get((r.conv.as_str(), r.seq))?
+            .map(|g| Bytes::copy_from_slice(g.value()))
+        else {
+            return Ok(CommitOutcome::Recalled(Err(RecallRefused::NotFound)));
+        };
+        let m: Message =
+            serde_json::from_slice(&original).map_err(|e| StoreError::decode("message", e))?;
+        let refused = if m.is_event() || r.sender.as_ref().is_some_and(|s| *s != m.from) {
+            Some(RecallRefused::NotSender)
+        } else if m.ts < r.not_before {
+            Some(RecallRefused::TooLate)
+        } else if m.recalled {
+            Some(RecallRefused::AlreadyRecalled)
+        } else {
+            None
+        };
+        if let Some(why) = refused {
+            return Ok(CommitOutcome::Recalled(Err(why)));
+        }
+        let recalled = recalled_json(&original)?;
+        self.messages
+            .insert((r.conv.as_str(), r.seq), recalled.as_ref())?;
+        // A resend later in this batch answers with what the store now holds.
+        if let Some(cid) = m.cid
+            && let Some(json) = self.in_batch.get_mut(&(m.from, cid))
+        {
+            *json = recalled;
+        }
+        Ok(CommitOutcome::Recalled(Ok(self.append(&r.event)?)))
+    }
+}
+
+/// How many event messages `conv` holds with seq at most `seq`.
+fn events_upto(
+    events: &impl ReadableTable<(&'static str, u64), u64>,
+    conv: &str,
+    seq: u64,
+) -> Result<u64, StoreError> {
+    match events.range((conv, 0)..=(conv, seq))?.next_back() {
+        Some(entry) => Ok(entry?.1.value()),
+        None => Ok(0),
+    }
+}
+
+/// The commit time inside a stored message's JSON.
+fn stored_ts(json: &[u8]) -> Result<i64, StoreError> {
+    /// The one field read.
+    #[derive(serde::Deserialize)]
+    struct Ts {
+        /// Commit time, unix ms.
+        ts: i64,
+    }
+    let t: Ts = serde_json::from_slice(json).map_err(|e| StoreError::decode("message", e))?;
+    Ok(t.ts)
+}
+
+/// A page of `uid`'s conversation list (see [`MessageStore::conversations`]).
+fn conversations_page(
+    db: &Database,
+    uid: &str,
+    before: Option<&ConvCursor>,
+    limit: u32,
+) -> Result<Page<ConvEntry>, StoreError> {
+    let txn = db.begin_read()?;
+    let by_activity = txn.open_table(BY_ACTIVITY)?;
+    let messages = txn.open_table(MESSAGES)?;
+    let reads = txn.open_table(READS)?;
+    let events = txn.open_table(EVENTS)?;
+    // The string right after `uid`: every key of `uid` sorts below (next, ..).
+    let next = format!("{uid}\0");
+    let rows = match before {
+        Some(c) => by_activity.range((uid, i64::MIN, "")..(uid, c.ts, c.conv.as_str()))?,
+        None => by_activity.range((uid, i64::MIN, "")..(next.as_str(), i64::MIN, ""))?,
+    };
+    let limit = limit.max(1) as usize;
+    let mut items = Vec::new();
+    let mut more = false;
+    for row in rows.rev() {
+        if items.len() == limit {
+            more = true;
+            break;
+        }
+        let (k, v) = row?;
+        let (_, ts, conv) = k.value();
+        let last_seq = v.value();
+        let last = messages
+            .get((conv, last_seq))?
+            .map(|g| Bytes::copy_from_slice(g.value()))
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!("list of {uid} names missing {conv}#{last_seq}"))
+            })?;
+        let read_seq = reads.get((conv, uid))?.map_or(0, |g| g.value());
+        // Own messages never lie past the reader's position (sending moves it), so the
+        // unread ones are those past it less the events among them.
+        let from = read_seq.min(last_seq);
+        let events_between =
+            events_upto(&events, conv, last_seq)?.saturating_sub(events_upto(&events, conv, from)?);
+        let unread = (last_seq - from).saturating_sub(events_between);
+        let reads = if conv.starts_with("d:") || conv.starts_with("s:") {
+            scan_second(&reads, conv, |uid, v| (uid.to_owned(), v.value()))?
+        } else {
+            Vec::new()
+        };
+        items.push(ConvEntry {
+            conv: conv.to_owned(),
+            ts,
+            last,
+            last_seq,
+            read_seq,
+            unread,
+            reads,
+        });
+    }
+    Ok(Page { items, more })
 }
 
 #[async_trait]
@@ -240,19 +487,34 @@ impl MessageStore for EmbeddedStore {
 
     async fn conversations(
         &self,
-        _uid: &str,
-        _before: Option<&ConvCursor>,
-        _limit: u32,
+        uid: &str,
+        before: Option<&ConvCursor>,
+        limit: u32,
     ) -> Result<Page<ConvEntry>, StoreError> {
-        Err(StoreError::Corrupt("TODO(#14): conversations".into()))
+        let uid = uid.to_owned();
+        let before = before.cloned();
+        self.blocking(move |db| conversations_page(db, &uid, before.as_ref(), limit))
+            .await
     }
 
-    async fn in_conversations(&self, _uid: &str, _conv: &str) -> Result<bool, StoreError> {
-        Err(StoreError::Corrupt("TODO(#14): in_conversations".into()))
+    async fn in_conversations(&self, uid: &str, conv: &str) -> Result<bool, StoreError> {
+        let (uid, conv) = (uid.to_owned(), conv.to_owned());
+        self.blocking(move |db| {
+            let txn = db.begin_read()?;
+            let t = txn.open_table(ACTIVITY)?;
+            Ok(t.get((uid.as_str(), conv.as_str()))?.is_some())
+        })
+        .await
     }
 
-    async fn read_positions(&self, _conv: &str) -> Result<Vec<(String, u64)>, StoreError> {
-        Err(StoreError::Corrupt("TODO(#14): read_positions".into()))
+    async fn read_positions(&self, conv: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        let conv = conv.to_owned();
+        self.blocking(move |db| {
+            let txn = db.begin_read()?;
+            let t = txn.open_table(READS)?;
+            scan_second(&t, &conv, |uid, v| (uid.to_owned(), v.value()))
+        })
+        .await
     }
 
     async fn last_seq(&self, conv: &str) -> Result<u64, StoreError> {
@@ -308,6 +570,22 @@ mod tests {
             ts,
             members: members.iter().map(|s| s.to_string()).collect(),
         })
+    }
+
+    fn event(conv: &str, from: &str, ts: i64, members: &[&str]) -> Op {
+        let Op::Message(mut m) = msg(conv, from, None, ts, members) else {
+            unreachable!()
+        };
+        m.content = Content::Event(shared::protocol::Event::Closed);
+        Op::Message(m)
+    }
+
+    fn read(conv: &str, uid: &str, seq: u64) -> Op {
+        Op::Read {
+            conv: conv.into(),
+            uid: uid.into(),
+            seq,
+        }
     }
 
     fn new(o: &CommitOutcome) -> &Committed {
@@ -465,5 +743,165 @@ mod tests {
             .await
             .unwrap();
         assert!(matches!(&out[0], CommitOutcome::Joined(j) if j.is_empty()));
+    }
+
+    #[tokio::test]
+    async fn the_list_orders_by_activity_and_counts_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        store
+            .commit(vec![
+                msg("d:a~b", "b", None, 10, &["a", "b"]),
+                msg("d:a~c", "c", None, 20, &["a", "c"]),
+                msg("g:x", "c", None, 20, &["a", "c"]),
+                event("d:a~b", "b", 30, &["a", "b"]),
+                msg("d:a~b", "b", None, 5, &["a", "b"]),
+            ])
+            .await
+            .unwrap();
+        let page = store.conversations("a", None, 2).await.unwrap();
+        let convs: Vec<_> = page.items.iter().map(|e| (&*e.conv, e.ts)).collect();
+        // A message stamped earlier does not move the activity back.
+        assert_eq!(convs, [("d:a~b", 30), ("g:x", 20)]);
+        assert!(page.more);
+        let b = &page.items[0];
+        assert_eq!((b.last_seq, b.read_seq, b.unread), (3, 0, 2));
+        assert_eq!(b.reads, [("b".into(), 3)]);
+        assert!(page.items[1].reads.is_empty());
+        let cursor = ConvCursor::after(&page.items[1]);
+        let page = store.conversations("a", Some(&cursor), 0).await.unwrap();
+        assert_eq!(page.items.len(), 1);
+        assert_eq!((page.items[0].conv.as_str(), page.more), ("d:a~c", false));
+
+        // Reads clamp to the last seq and never move back.
+        let out = store
+            .commit(vec![read("d:a~b", "a", 9), read("d:a~b", "a", 1)])
+            .await
+            .unwrap();
+        assert!(matches!(
+            out[0],
+            CommitOutcome::Read {
+                seq: 3,
+                moved: true
+            }
+        ));
+        assert!(matches!(
+            out[1],
+            CommitOutcome::Read {
+                seq: 3,
+                moved: false
+            }
+        ));
+        let page = store.conversations("a", None, 1).await.unwrap();
+        assert_eq!((page.items[0].read_seq, page.items[0].unread), (3, 0));
+        assert!(store.in_conversations("c", "g:x").await.unwrap());
+        assert!(!store.in_conversations("b", "g:x").await.unwrap());
+        let mut reads = store.read_positions("d:a~b").await.unwrap();
+        reads.sort();
+        assert_eq!(reads, [("a".into(), 3), ("b".into(), 3)]);
+    }
+
+    #[tokio::test]
+    async fn a_join_lists_the_conversation_at_its_last_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        store
+            .commit(vec![
+                msg("s:shop~c", "c", None, 7, &["c"]),
+                Op::Join {
+                    conv: "s:shop~e".into(),
+                    uid: "a".into(),
+                },
+            ])
+            .await
+            .unwrap();
+        assert!(!store.in_conversations("a", "s:shop~e").await.unwrap());
+        store
+            .commit(vec![Op::Join {
+                conv: "s:shop~c".into(),
+                uid: "a".into(),
+            }])
+            .await
+            .unwrap();
+        let page = store.conversations("a", None, 10).await.unwrap();
+        assert_eq!(page.items.len(), 1);
+        let e = &page.items[0];
+        assert_eq!(
+            (e.conv.as_str(), e.ts, e.last_seq, e.unread),
+            ("s:shop~c", 7, 1, 1)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_recall_rewrites_the_message_and_commits_its_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        store
+            .commit(vec![
+                msg("d:a~b", "a", None, 100, &["a", "b"]),
+                event("d:a~b", "a", 101, &["a", "b"]),
+            ])
+            .await
+            .unwrap();
+        let recall = |seq, sender: &str, not_before| {
+            let Op::Message(mut event) = event("d:a~b", sender, 200, &["a", "b"]) else {
+                unreachable!()
+            };
+            event.content = Content::Event(shared::protocol::Event::Recalled { seq, by: None });
+            Op::Recall(Recall {
+                conv: "d:a~b".into(),
+                seq,
+                sender: Some(sender.into()),
+                not_before,
+                holders: vec!["a".into(), "b".into()],
+                event,
+            })
+        };
+        let out = store
+            .commit(vec![
+                recall(9, "a", 0),
+                recall(2, "a", 0),
+                recall(1, "b", 0),
+                recall(1, "a", 101),
+                recall(1, "a", 100),
+                recall(1, "a", 100),
+            ])
+            .await
+            .unwrap();
+        let why = |o: &CommitOutcome| match o {
+            CommitOutcome::Recalled(r) => r.as_ref().map(|c| c.seq).map_err(|e| *e),
+            _ => panic!("not a recall"),
+        };
+        use RecallRefused::*;
+        let got: Vec<_> = out.iter().map(why).collect();
+        assert_eq!(
+            got,
+            [
+                Err(NotFound),
+                Err(NotSender),
+                Err(NotSender),
+                Err(TooLate),
+                Ok(3),
+                Err(AlreadyRecalled)
+            ]
+        );
+        let inbox = store.inbox("b", 0, 10).await.unwrap();
+        let m: Message = serde_json::from_slice(&inbox.items[0].1).unwrap();
+        assert!(m.recalled && m.body.is_none());
+        assert_eq!(store.last_seq("d:a~b").await.unwrap(), 3);
+
+        // A resend later in the batch answers with the recalled form.
+        let out = store
+            .commit(vec![
+                msg("d:a~b", "a", Some("k"), 300, &["a", "b"]),
+                recall(4, "a", 0),
+                msg("d:a~b", "a", Some("k"), 301, &["a", "b"]),
+            ])
+            .await
+            .unwrap();
+        let CommitOutcome::Duplicate(json) = &out[2] else {
+            panic!("not a duplicate")
+        };
+        assert!(serde_json::from_slice::<Message>(json).unwrap().recalled);
     }
 }

@@ -1,4 +1,7 @@
-//! The messaging rules over a real embedded store, with recorded deliveries.
+//! The messaging rules over a real embedded store, with recorded deliveries; the
+//! conversation state (reads, typing, recall, the list, presence) in `state`.
+
+mod state;
 
 use super::*;
 use crate::store::{Committed, EmbeddedStore, GroupStore, ShopStore};
@@ -9,9 +12,12 @@ use std::sync::Mutex;
 /// `(conv, seq, recipients)` of one delivered message.
 type Delivered = (String, u64, Vec<(String, u64)>);
 
-/// Records what was delivered, in order.
+/// `(uids, frame)` of one notice.
+type Noticed = (Vec<String>, serde_json::Value);
+
+/// Records what was delivered, and the notices, in order.
 #[derive(Default)]
-struct Recorder(Mutex<Vec<Delivered>>);
+struct Recorder(Mutex<Vec<Delivered>>, Mutex<Vec<Noticed>>);
 impl Deliver for Recorder {
     fn deliver(&self, c: &Committed) {
         self.0
@@ -20,7 +26,18 @@ impl Deliver for Recorder {
             .push((c.conv.clone(), c.seq, c.recipients.clone()));
     }
 
-    fn notify(&self, _uids: Vec<String>, _frame: String) {}
+    fn notify(&self, mut uids: Vec<String>, frame: String) {
+        uids.sort();
+        let frame = serde_json::from_str(&frame).expect("a notice is JSON");
+        self.1.lock().unwrap().push((uids, frame));
+    }
+}
+
+impl Recorder {
+    /// The notices so far, taken.
+    fn notices(&self) -> Vec<Noticed> {
+        std::mem::take(&mut *self.1.lock().unwrap())
+    }
 }
 
 fn who(uid: &str) -> Identity {
@@ -71,6 +88,10 @@ fn rig_with(limits: Limits, words: Words) -> Rig {
 }
 
 fn rig_lanes(limits: Limits, words: Words, lanes: usize) -> Rig {
+    rig_full(limits, words, lanes, std::time::Duration::from_secs(120))
+}
+
+fn rig_full(limits: Limits, words: Words, lanes: usize, recall_window: std::time::Duration) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
     let rec = Arc::new(Recorder::default());
@@ -84,7 +105,7 @@ fn rig_lanes(limits: Limits, words: Words, lanes: usize) -> Rig {
         blacklist: Arc::new(Blacklist::new()),
         words: Arc::new(words),
         limits: Arc::new(limits),
-        recall_window: std::time::Duration::from_secs(120),
+        recall_window,
     };
     let (m, _task) = Messaging::start(deps, 64, lanes, stop.clone());
     Rig {
