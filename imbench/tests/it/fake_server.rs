@@ -59,7 +59,11 @@ async fn read_receipts_answer_every_delivered_message() {
     assert!(delivered >= 390, "{}", r.report);
     assert_eq!(m["lost"], 0, "{}", r.report);
     assert_eq!(m["reads"], delivered, "receipts written: {}", r.report);
-    assert!(r.stdout.contains(&format!("read {delivered}")), "{}", r.stdout);
+    assert!(
+        r.stdout.contains(&format!("read {delivered}")),
+        "{}",
+        r.stdout
+    );
     // imbench has exited; the fake reads each closed connection to its end.
     testkit::wait_until(
         Duration::from_secs(5),

@@ -181,7 +181,11 @@ async fn the_list_is_newest_first_with_kind_last_message_read_positions_and_unre
     let d = &list.convs[1];
     assert_eq!(d.kind, ConvKind::Direct, "{d:?}");
     assert_eq!(d.last, d3, "the last direct message");
-    assert_eq!((d.read_seq, d.unread), (1, 2), "bob's two are unread: {d:?}");
+    assert_eq!(
+        (d.read_seq, d.unread),
+        (1, 2),
+        "bob's two are unread: {d:?}"
+    );
     assert_eq!(d.peer_read_seq, Some(3), "bob read by sending: {d:?}");
 
     let g = &list.convs[2];
@@ -233,9 +237,7 @@ async fn the_list_pages_with_next_until_the_oldest() {
     let alice = tok("alice", "web");
     let mut want = Vec::new();
     for i in 0..7 {
-        let m = http
-            .send_to(&alice, &format!("p{i}"), None, json!(i))
-            .await;
+        let m = http.send_to(&alice, &format!("p{i}"), None, json!(i)).await;
         tick_past(m.ts).await;
         want.push(m.conv);
     }
@@ -270,7 +272,10 @@ async fn the_list_limit_defaults_to_50_and_is_clamped_to_200() {
     for chunk in (0..N).collect::<Vec<_>>().chunks(16) {
         let sends = chunk.iter().map(|i| {
             let (http, alice) = (&http, &alice);
-            async move { http.send_to(alice, &format!("peer{i}"), None, json!(i)).await }
+            async move {
+                http.send_to(alice, &format!("peer{i}"), None, json!(i))
+                    .await
+            }
         });
         for m in futures_util::future::join_all(sends).await {
             all.insert(m.conv);
@@ -286,10 +291,7 @@ async fn the_list_limit_defaults_to_50_and_is_clamped_to_200() {
     assert_eq!(first.convs.len(), 200, "limit=500 is clamped to 200");
     let next = first.next.clone().expect("more follow 200 of 205");
     let rest = http
-        .conversation_list(
-            &alice,
-            &format!("limit=500&before={}", encode_path(&next)),
-        )
+        .conversation_list(&alice, &format!("limit=500&before={}", encode_path(&next)))
         .await;
     assert_eq!(rest.convs.len(), N - 200, "the rest");
     assert_eq!(rest.next, None, "the last page");
@@ -376,7 +378,11 @@ async fn a_read_position_moves_forward_only_and_never_past_the_last_seq() {
     assert_eq!(d.read.get("alice"), Some(&3), "{d:?}");
     assert_eq!(d.read.get("bob"), Some(&4), "bob read by sending: {d:?}");
     assert_eq!(d.last_seq, 4, "{d:?}");
-    assert_eq!((d.agent.as_deref(), d.open), (None, None), "not service: {d:?}");
+    assert_eq!(
+        (d.agent.as_deref(), d.open),
+        (None, None),
+        "not service: {d:?}"
+    );
     http.conversation(&carol, &conv)
         .await
         .assert_error(403, ErrorCode::Forbidden);
@@ -521,7 +527,11 @@ async fn in_a_group_a_read_reaches_only_the_readers_devices() {
     assert_eq!(d.last_seq, 2);
     let list = http.conversation_list(&tok("gc", "1"), "").await;
     let e = entry_of(&list, "g:team");
-    assert_eq!((e.read_seq, e.unread, e.peer_read_seq), (0, 2, None), "{e:?}");
+    assert_eq!(
+        (e.read_seq, e.unread, e.peer_read_seq),
+        (0, 2, None),
+        "{e:?}"
+    );
 }
 
 /// Reads on one device show on the user's other device: its conversation list, read
@@ -754,7 +764,10 @@ async fn presence_answers_for_contacts_only_and_follows_connections() {
     let p = http.presence(&tok("bob", "b2"), &["alice", "carol"]).await;
     let p: PresenceResponse = serde_json::from_value(p.assert_ok().clone()).expect("presence");
     assert_eq!(p.users.len(), 1, "bob shares nothing with carol: {p:?}");
-    assert_eq!((p.users[0].uid.as_str(), p.users[0].online), ("alice", false));
+    assert_eq!(
+        (p.users[0].uid.as_str(), p.users[0].online),
+        ("alice", false)
+    );
 
     let many: Vec<String> = (0..101).map(|i| format!("u{i}")).collect();
     let many: Vec<&str> = many.iter().map(String::as_str).collect();
@@ -871,11 +884,20 @@ async fn a_recall_reaches_every_device_and_one_that_was_away_sees_it_after_synci
         .collect();
     assert_eq!(
         shown,
-        [(1, true, false), (2, true, false), (3, false, false), (4, false, false)],
+        [
+            (1, true, false),
+            (2, true, false),
+            (3, false, false),
+            (4, false, false)
+        ],
         "(seq, recalled, has body) after both recalls"
     );
     let list = http.conversation_list(&tok("bob", "b1"), "").await;
-    assert_eq!(entry_of(&list, &conv).last, ev2, "the last message is the event");
+    assert_eq!(
+        entry_of(&list, &conv).last,
+        ev2,
+        "the last message is the event"
+    );
 }
 
 /// Recall is refused (403 `forbidden`) for another user's message, for a non-member
@@ -916,9 +938,11 @@ async fn recall_is_refused_for_others_messages_outsiders_unknown_seqs_and_late_o
     http.recall(&alice, &conv, m2.seq, false).await.assert_ok();
 
     // Past it, not any more.
-    wait_until(Duration::from_secs(5), "m1 to be older than 2 s", || async {
-        now_ms() > m1.ts + 2_100
-    })
+    wait_until(
+        Duration::from_secs(5),
+        "m1 to be older than 2 s",
+        || async { now_ms() > m1.ts + 2_100 },
+    )
     .await;
     http.recall(&alice, &conv, m1.seq, false)
         .await
@@ -946,9 +970,11 @@ async fn the_recall_window_comes_from_the_environment_too() {
     let m1 = http.send_to(&alice, "bob", None, json!("one")).await;
     let m2 = http.send_to(&alice, "bob", None, json!("two")).await;
     http.recall(&alice, &conv, m2.seq, false).await.assert_ok();
-    wait_until(Duration::from_secs(5), "m1 to be older than 1 s", || async {
-        now_ms() > m1.ts + 1_100
-    })
+    wait_until(
+        Duration::from_secs(5),
+        "m1 to be older than 1 s",
+        || async { now_ms() > m1.ts + 1_100 },
+    )
     .await;
     http.recall(&alice, &conv, m1.seq, false)
         .await
@@ -966,9 +992,11 @@ async fn the_admin_recalls_any_message_at_any_time() {
     let m1 = http
         .send_to(&tok("bob", "b"), "alice", None, json!("spam"))
         .await;
-    wait_until(Duration::from_secs(5), "m1 to be older than 1 s", || async {
-        now_ms() > m1.ts + 1_100
-    })
+    wait_until(
+        Duration::from_secs(5),
+        "m1 to be older than 1 s",
+        || async { now_ms() > m1.ts + 1_100 },
+    )
     .await;
     http.recall(&tok("bob", "b"), &conv, m1.seq, false)
         .await
@@ -976,7 +1004,9 @@ async fn the_admin_recalls_any_message_at_any_time() {
 
     let resp = http.recall(ADMIN, &conv, m1.seq, true).await;
     assert_eq!(resp.assert_ok(), &json!({"conv": conv, "seq": m1.seq}));
-    let (_, ev) = a.push_where("the recalled event", |m| m.event.is_some()).await;
+    let (_, ev) = a
+        .push_where("the recalled event", |m| m.event.is_some())
+        .await;
     assert_eq!(
         event_of(&ev),
         &json!({"type": "recalled", "seq": m1.seq, "by": "admin"})
@@ -1022,7 +1052,11 @@ async fn assigned_and_closed_events_are_messages_of_the_service_conversation() {
     let first = pushed.from.clone();
     assert!(["ag1", "ag2"].contains(&first.as_str()), "{pushed:?}");
     assert_eq!(event_of(&pushed)["agent"], first.as_str(), "{pushed:?}");
-    assert_eq!(pushed.seq, m1.seq + 1, "right after the message: {pushed:?}");
+    assert_eq!(
+        pushed.seq,
+        m1.seq + 1,
+        "right after the message: {pushed:?}"
+    );
     let other = if first == "ag1" { "ag2" } else { "ag1" };
     assert_eq!(
         http.history_all(&cust, &conv).await,
@@ -1092,7 +1126,9 @@ async fn assigned_and_closed_events_are_messages_of_the_service_conversation() {
     assert_eq!(d.open, Some(false), "{d:?}");
 
     // The customer's next message opens it again with an assignment.
-    let m6 = http.send_to_shop(&cust, "shop", json!("one more thing")).await;
+    let m6 = http
+        .send_to_shop(&cust, "shop", json!("one more thing"))
+        .await;
     assert_eq!(m6.seq, 6);
     let hist = http.history_all(&cust, &conv).await;
     let again = hist
@@ -1133,7 +1169,7 @@ async fn waiting_and_reassigned_conversations_get_assigned_events() {
     let m1 = http.send_to_shop(&cust, "shop", json!("anyone?")).await;
     assert_eq!(
         http.history_all(&cust, &conv).await,
-        [m1.clone()],
+        std::slice::from_ref(&m1),
         "nobody online: no assignment yet"
     );
     let d = detail(&http, &cust, &conv).await;
@@ -1155,7 +1191,9 @@ async fn waiting_and_reassigned_conversations_get_assigned_events() {
         v.assert_ok()["connections"] == json!([])
     })
     .await;
-    let m3 = http.send_to_shop(&cust, "shop", json!("still there?")).await;
+    let m3 = http
+        .send_to_shop(&cust, "shop", json!("still there?"))
+        .await;
     let a2 = assigned_event(&http, &cust, &conv, "ag2", m3.seq).await;
     assert_eq!(a2.seq, m3.seq + 1, "right after the message that caused it");
 }

@@ -165,8 +165,9 @@ async fn serve_conn(
             }
             ClientFrame::Read { conv, seq } => {
                 let mut st = state.lock().unwrap();
-                let member = shared::ids::ConvRef::parse(&conv)
-                    .is_some_and(|c| matches!(c, shared::ids::ConvRef::Direct(a, b) if a == uid || b == uid));
+                let member = shared::ids::ConvRef::parse(&conv).is_some_and(
+                    |c| matches!(c, shared::ids::ConvRef::Direct(a, b) if a == uid || b == uid),
+                );
                 let last = st.convs.get(&conv).copied().unwrap_or(0);
                 if member && (1..=last).contains(&seq) {
                     st.reads += 1;

@@ -204,9 +204,11 @@ async fn presence_is_cluster_wide_and_a_killed_workers_users_go_offline() {
 
     // carol's only device was on w2, which dies.
     c.w2.kill9();
-    wait_until(FAILOVER_DEADLINE, "carol to be offline after w2 died", || async {
-        online(&http, &alice, "carol").await == Some(false)
-    })
+    wait_until(
+        FAILOVER_DEADLINE,
+        "carol to be offline after w2 died",
+        || async { online(&http, &alice, "carol").await == Some(false) },
+    )
     .await;
     assert_eq!(
         online(&http, &alice, "bob").await,
@@ -291,7 +293,12 @@ async fn a_recall_reaches_a_device_that_was_away_on_the_other_worker() {
         .collect();
     assert_eq!(
         shown,
-        [(1, true, false), (2, true, false), (3, false, false), (4, false, false)],
+        [
+            (1, true, false),
+            (2, true, false),
+            (3, false, false),
+            (4, false, false)
+        ],
         "(seq, recalled, has body) through the gateway"
     );
 
@@ -325,9 +332,11 @@ async fn the_recall_window_holds_on_every_node_and_the_admin_passes_it() {
     let mut b1 = c.connect(&c.w2, "bob", "b1").await;
     a1.send_to("bob", "c1", json!("hello")).await;
     let m1 = a1.expect_sent("c1").await;
-    wait_until(Duration::from_secs(5), "m1 to be older than 1 s", || async {
-        now_ms() > m1.ts + 1_100
-    })
+    wait_until(
+        Duration::from_secs(5),
+        "m1 to be older than 1 s",
+        || async { now_ms() > m1.ts + 1_100 },
+    )
     .await;
     a1.send_json(&json!({"type": "recall", "conv": conv, "seq": m1.seq}))
         .await;

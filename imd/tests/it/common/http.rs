@@ -266,7 +266,11 @@ impl Http {
     }
 
     /// The first page of the caller's conversation list (asserts 200 and decodes it).
-    pub(crate) async fn conversation_list(&self, token: &str, query: &str) -> ConversationsResponse {
+    pub(crate) async fn conversation_list(
+        &self,
+        token: &str,
+        query: &str,
+    ) -> ConversationsResponse {
         let resp = self.conversations(token, query).await;
         serde_json::from_value(resp.assert_ok().clone())
             .unwrap_or_else(|e| panic!("bad conversation list ({e}): {}", resp.body))
@@ -274,8 +278,11 @@ impl Http {
 
     /// `GET /v1/conversations/{conv}`.
     pub(crate) async fn conversation(&self, token: &str, conv: &str) -> Resp {
-        self.get(&format!("/v1/conversations/{}", encode_path(conv)), Some(token))
-            .await
+        self.get(
+            &format!("/v1/conversations/{}", encode_path(conv)),
+            Some(token),
+        )
+        .await
     }
 
     /// `POST /v1/conversations/{conv}/read` with `{"seq":seq}` (signed, so that a

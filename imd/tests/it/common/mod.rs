@@ -35,9 +35,11 @@ const HTTP_TIMEOUT: Duration = Duration::from_secs(20);
 /// Waits until the clock has passed the unix millisecond `ts`, so that the next commit
 /// is stamped later than a message stamped `ts` (the list orders by commit time).
 pub(crate) async fn tick_past(ts: i64) {
-    wait_until(Duration::from_secs(1), "the clock to pass a commit time", || async {
-        now_ms() > ts
-    })
+    wait_until(
+        Duration::from_secs(1),
+        "the clock to pass a commit time",
+        || async { now_ms() > ts },
+    )
     .await;
 }
 

@@ -453,9 +453,11 @@ impl WsClient {
     /// `seq`; other frames are kept.
     pub(crate) async fn expect_read(&mut self, timeout: Duration, conv: &str, uid: &str) -> u64 {
         let f = self
-            .next_matching(timeout, &format!("read of {uid} in {conv}"), |f| {
-                matches!(f, ServerFrame::Read { conv: c, uid: u, .. } if c == conv && u == uid)
-            })
+            .next_matching(
+                timeout,
+                &format!("read of {uid} in {conv}"),
+                |f| matches!(f, ServerFrame::Read { conv: c, uid: u, .. } if c == conv && u == uid),
+            )
             .await;
         let ServerFrame::Read { seq, .. } = f else {
             unreachable!("matched a read frame")
@@ -482,9 +484,11 @@ impl WsClient {
 
     /// Waits up to `timeout` for a `typing` frame of `uid` in `conv`.
     pub(crate) async fn expect_typing(&mut self, timeout: Duration, conv: &str, uid: &str) {
-        self.next_matching(timeout, &format!("typing of {uid} in {conv}"), |f| {
-            matches!(f, ServerFrame::Typing { conv: c, uid: u } if c == conv && u == uid)
-        })
+        self.next_matching(
+            timeout,
+            &format!("typing of {uid} in {conv}"),
+            |f| matches!(f, ServerFrame::Typing { conv: c, uid: u } if c == conv && u == uid),
+        )
         .await;
     }
 
