@@ -215,3 +215,27 @@ async fn service_customers_reach_an_agent_and_get_every_reply() {
     // each message has one recipient device: the assigned agent, or the customer
     assert_eq!(delivered, sent, "{}", r.report);
 }
+
+/// `--read-receipts` against imd: every group message a member's device receives is
+/// answered with a `read` frame, and imd takes them all (no `error` frame: `errors`
+/// stays empty) while delivery stays whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_receipts_are_taken_by_imd_without_errors() {
+    let imd = start_imd().await;
+    let r = run_imbench(
+        &fanout_args(
+            &imd.url(),
+            "group",
+            &["--group-size", "5", "--rate", "150", "--read-receipts"],
+        ),
+        Duration::from_secs(90),
+    )
+    .await;
+    let (sent, delivered) = assert_no_loss(&r);
+    assert_eq!(delivered, sent * 4, "{}", r.report);
+    assert_eq!(
+        r.report["messages"]["reads"], delivered,
+        "one receipt per delivery: {}",
+        r.report
+    );
+}
