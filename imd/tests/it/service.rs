@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use shared::protocol::{ErrorCode, Message};
+use shared::protocol::{ErrorCode, Message, ServerFrame};
 
 use crate::common;
 use crate::common::{Http, Imd, WsClient, claims, mint, wait_until};
@@ -73,26 +73,59 @@ async fn customer_says(http: &Http, customer: &str, shop: &str, body: Value) -> 
     msg
 }
 
-/// The next push of `c`, acked; asserts it is `want`.
+/// The next push of `c` that is not an event message, acked (the events before it
+/// too); asserts it is `want`. The event messages are checked where they are the
+/// point (`assignments_and_closes_are_event_messages`).
 async fn expect_msg(name: &str, c: &mut WsClient, want: &Message) -> u64 {
-    let (useq, msg) = c.expect_push().await;
-    c.ack(&[useq]).await;
+    let (useq, msg) = next_said(c).await;
     assert_eq!(&msg, want, "{name}: pushed message");
     useq
 }
 
-/// The next push of `c`, acked.
+/// The next push of `c` that is not an event message, acked.
 async fn expect_push_acked(c: &mut WsClient) -> Message {
-    let (useq, msg) = c.expect_push().await;
-    c.ack(&[useq]).await;
-    msg
+    next_said(c).await.1
 }
 
-/// `c` got no frame: its pong comes after anything queued for it before the ping. Call
-/// it after the sender got its answer, which comes after the pushes are queued.
+async fn next_said(c: &mut WsClient) -> (u64, Message) {
+    loop {
+        let (useq, msg) = c.expect_push().await;
+        c.ack(&[useq]).await;
+        if !msg.is_event() {
+            return (useq, msg);
+        }
+    }
+}
+
+/// The messages of `msgs` that are not events.
+fn said(msgs: &[Message]) -> Vec<Message> {
+    msgs.iter().filter(|m| !m.is_event()).cloned().collect()
+}
+
+/// The events of `msgs`, with their senders.
+fn events(msgs: &[Message]) -> Vec<(String, Value)> {
+    msgs.iter()
+        .filter_map(|m| Some((m.from.clone(), m.event.clone()?)))
+        .collect()
+}
+
+/// `c` got no frame but event message pushes (acked): its pong comes after anything
+/// queued for it before the ping. Call it after the sender got its answer, which comes
+/// after the pushes are queued.
 async fn expect_nothing(name: &str, c: &mut WsClient) {
     c.ping_pong().await;
-    let frames = c.take_pending();
+    let mut frames = c.take_pending();
+    let mut acks = Vec::new();
+    frames.retain(|f| match f {
+        ServerFrame::Msg { useq, msg } if msg.is_event() => {
+            acks.push(*useq);
+            false
+        }
+        _ => true,
+    });
+    if !acks.is_empty() {
+        c.ack(&acks).await;
+    }
     assert!(frames.is_empty(), "{name} got frames: {frames:?}");
 }
 
@@ -236,18 +269,31 @@ async fn offline_agent_is_replaced_and_the_new_one_gets_the_history() {
     for m in &want {
         useqs.push(expect_msg("ag2", &mut ag2, m).await);
     }
+    // Useq 2 is ag1's assignment, 6 ag2's.
     assert_eq!(
         useqs,
-        [1, 2, 3, 4],
+        [1, 3, 4, 5],
         "ag2's inbox: the history, then the new one"
     );
     let sync = http.sync(&tok("ag2", "d"), 0, None).await;
     let synced: Vec<Message> = sync.msgs.into_iter().map(|i| i.msg).collect();
-    assert_eq!(synced, want, "ag2's inbox through sync");
+    assert_eq!(said(&synced), want, "ag2's inbox through sync");
+    let assigned = |agent: &str, previous: Option<&str>| {
+        let mut e = json!({"type": "assigned", "agent": agent});
+        if let Some(p) = previous {
+            e["previous"] = json!(p);
+        }
+        (agent.to_owned(), e)
+    };
+    assert_eq!(
+        events(&synced),
+        [assigned("ag1", None), assigned("ag2", Some("ag1"))],
+        "ag2's inbox: both assignments"
+    );
     let hist = http.history(&tok("ag2", "d"), &conv, 0, None).await;
     let msgs: Vec<Message> =
         serde_json::from_value(hist.assert_ok()["msgs"].clone()).expect("history");
-    assert_eq!(msgs, want, "ag2 reads the whole history");
+    assert_eq!(msgs, synced, "ag2 reads the whole history");
 
     // The customer's device got its own four messages, then ag2's reply.
     for m in &want {
@@ -256,7 +302,7 @@ async fn offline_agent_is_replaced_and_the_new_one_gets_the_history() {
     ag2.send_json(&json!({"type": "send", "cid": "r1", "conv": conv, "body": "on it"}))
         .await;
     let reply = ag2.expect_sent("r1").await;
-    assert_eq!(reply.seq, 5);
+    assert_eq!(reply.seq, 7, "four messages, two assignments, the reply");
     assert_eq!(reply.from, "ag2");
     expect_msg("customer", &mut cust, &reply).await;
 }
@@ -299,7 +345,16 @@ async fn queued_conversation_reaches_the_agent_who_connects_later() {
         .into_iter()
         .map(|i| i.msg)
         .collect();
-    assert_eq!(synced, [m1.clone(), m2.clone()], "ag2's inbox through sync");
+    assert_eq!(
+        said(&synced),
+        [m1.clone(), m2.clone()],
+        "ag2's inbox through sync"
+    );
+    assert_eq!(
+        events(&synced),
+        [("ag2".into(), json!({"type": "assigned", "agent": "ag2"}))],
+        "the waiting conversation's assignment follows its messages"
+    );
 
     let m3 = customer_says(&http, "early", "s1", json!("thanks")).await;
     expect_msg("ag2", &mut ag, &m3).await;
@@ -332,7 +387,8 @@ async fn agent_replies_reach_the_customer_and_outsiders_are_refused() {
     let r = ag1.expect_sent("r1").await;
     assert_eq!(
         (r.conv.as_str(), r.from.as_str(), r.seq),
-        (conv.as_str(), "ag1", 2)
+        (conv.as_str(), "ag1", 3),
+        "the question, ag1's assignment, the reply"
     );
     for (name, c) in [("cd1", &mut cd1), ("cd2", &mut cd2), ("ag1", &mut ag1)] {
         expect_msg(name, c, &r).await;
@@ -367,7 +423,11 @@ async fn agent_replies_reach_the_customer_and_outsiders_are_refused() {
         let hist = http.history(&tok(reader, "d"), &conv, 0, None).await;
         let msgs: Vec<Message> =
             serde_json::from_value(hist.assert_ok()["msgs"].clone()).expect("history");
-        assert_eq!(msgs, [q.clone(), r.clone(), r2.clone()], "{reader} reads");
+        assert_eq!(
+            said(&msgs),
+            [q.clone(), r.clone(), r2.clone()],
+            "{reader} reads"
+        );
     }
 }
 
@@ -431,7 +491,8 @@ async fn transfer_and_close() {
 
     // The customer's next message opens it again, with an online agent.
     let m3 = customer_says(&http, "cu", "s1", json!("third")).await;
-    assert_eq!(m3.seq, 3);
+    // first, assigned, assigned (the transfer), second, closed, third.
+    assert_eq!(m3.seq, 6);
     let agent = agent_of(&http, &conv).await;
     let z = agents
         .iter()
@@ -449,12 +510,34 @@ async fn transfer_and_close() {
         .map(|m| (m.conv.as_str(), m.seq))
         .collect();
     assert!(
-        before.iter().all(|(c, seq)| *c == conv && *seq < 3)
+        before.iter().all(|(c, seq)| *c == conv && *seq < 6)
             && before.windows(2).all(|w| w[0].1 < w[1].1),
         "{name} got {got:?} before the new message"
     );
     let (other, c) = &mut agents[1 - z];
     expect_nothing(other, c).await;
+
+    // The history shows each assignment and the close in place.
+    let hist = http.history(&tok("cu", "d"), &conv, 0, None).await;
+    let msgs: Vec<Message> =
+        serde_json::from_value(hist.assert_ok()["msgs"].clone()).expect("history");
+    let (old, new) = (agents[x].0, agents[y].0);
+    assert_eq!(
+        events(&msgs),
+        [
+            (old.into(), json!({"type": "assigned", "agent": old})),
+            (
+                new.into(),
+                json!({"type": "assigned", "agent": new, "previous": old})
+            ),
+            (new.into(), json!({"type": "closed"})),
+            (agent.clone(), json!({"type": "assigned", "agent": agent})),
+        ]
+    );
+    assert_eq!(
+        msgs.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5, 6, 7]
+    );
 }
 
 /// Assignments acknowledged to someone survive `kill -9`: the assignment of each
