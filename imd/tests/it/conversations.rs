@@ -258,6 +258,9 @@ async fn the_list_pages_with_next_until_the_oldest() {
     }
     assert_eq!(got, want, "pages of 3, newest first");
     assert_eq!(sizes, [3, 3, 1], "page sizes");
+    http.conversations(&alice, "limit=3&before=not-a-cursor")
+        .await
+        .assert_error(400, ErrorCode::BadRequest);
 }
 
 /// Without `limit` a page holds 50 conversations; a `limit` over 200 is clamped to
@@ -622,6 +625,37 @@ async fn sending_moves_the_senders_read_position_to_the_new_message() {
     assert_eq!((e.read_seq, e.unread), (0, 3), "gc read nothing: {e:?}");
 }
 
+/// A member added to a group starts at the group's last seq: what was said before
+/// does not count as unread; what comes after does.
+#[tokio::test]
+async fn a_member_added_to_a_group_starts_with_nothing_unread() {
+    let imd = start(&[]);
+    let http = imd.http();
+    http.put_group(ADMIN, "team", &["ga", "gb"]).await;
+    for i in 0..3 {
+        http.send_in(&tok("gb", "1"), "g:team", json!(i)).await;
+    }
+    http.put_group(ADMIN, "team", &["ga", "gb", "gd"]).await;
+    let after = http
+        .send_in(&tok("gb", "1"), "g:team", json!("welcome"))
+        .await;
+    assert_eq!(after.seq, 4);
+    let list = http.conversation_list(&tok("gd", "1"), "").await;
+    let e = entry_of(&list, "g:team");
+    assert_eq!(
+        (e.read_seq, e.unread),
+        (3, 1),
+        "gd joined at seq 3, then one message: {e:?}"
+    );
+    let list = http.conversation_list(&tok("ga", "1"), "").await;
+    let e = entry_of(&list, "g:team");
+    assert_eq!(
+        (e.read_seq, e.unread),
+        (0, 4),
+        "ga was there all along: {e:?}"
+    );
+}
+
 // ---------------------------------------------------------------------------------
 // Typing and presence
 
@@ -776,6 +810,9 @@ async fn presence_answers_for_contacts_only_and_follows_connections() {
         .assert_error(400, ErrorCode::BadRequest);
     let p = http.presence(&alice, &many[..100]).await;
     assert_eq!(p.assert_ok(), &json!({"users": []}), "100 strangers");
+    http.presence(&alice, &["bob", "not%20a%20uid"])
+        .await
+        .assert_error(400, ErrorCode::BadRequest);
     let anonymous = http.get("/v1/presence?uid=bob", None).await;
     anonymous.assert_error(401, ErrorCode::Unauthorized);
 }
@@ -936,6 +973,18 @@ async fn recall_is_refused_for_others_messages_outsiders_unknown_seqs_and_late_o
     // Within the window the sender may.
     let m2 = http.send_to(&alice, "bob", None, json!("typo")).await;
     http.recall(&alice, &conv, m2.seq, false).await.assert_ok();
+    // Again: answered as the first time, and nothing more is committed (see the
+    // history's length below).
+    let again = http.recall(&alice, &conv, m2.seq, false).await;
+    assert_eq!(
+        again.assert_ok(),
+        &json!({"conv": conv, "seq": m2.seq}),
+        "a second recall of m2"
+    );
+    // The recall's event message (seq 3, from alice) cannot be recalled.
+    http.recall(&alice, &conv, 3, false)
+        .await
+        .assert_error(403, ErrorCode::Forbidden);
 
     // Past it, not any more.
     wait_until(
