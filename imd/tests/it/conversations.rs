@@ -911,7 +911,9 @@ async fn a_recall_reaches_every_device_and_one_that_was_away_sees_it_after_synci
         }
     );
     let (_, ev2) = back
-        .push_where("the second recalled event", |m| m.event.is_some())
+        .push_where("the second recalled event", |m| {
+            m.event.as_ref().is_some_and(|e| e["seq"] == m2.seq)
+        })
         .await;
     assert_eq!(event_of(&ev2), &json!({"type": "recalled", "seq": m2.seq}));
     let hist = http.history_all(&tok("alice", "a1"), &conv).await;

@@ -280,7 +280,9 @@ async fn a_recall_reaches_a_device_that_was_away_on_the_other_worker() {
     let resp = http.recall(&tok("alice", "a1"), &conv, m2.seq, false).await;
     assert_eq!(resp.assert_ok(), &json!({"conv": conv, "seq": m2.seq}));
     let (_, event2) = back
-        .push_where("the second recalled event", |m| m.event.is_some())
+        .push_where("the second recalled event", |m| {
+            m.event.as_ref().is_some_and(|e| e["seq"] == m2.seq)
+        })
         .await;
     assert_eq!(
         event2.event,
