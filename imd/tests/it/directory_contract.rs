@@ -74,6 +74,7 @@ contract!(
     blacklist_purge,
     shops_and_reverse_index,
     groups,
+    member_groups,
     assign_waits_oldest_first,
     assign_moves_the_load,
     close_fixes_loads_and_waiting,
@@ -203,6 +204,40 @@ async fn groups(s: &dyn DirectoryStore) {
     assert_eq!(s.group_members("h").await.unwrap(), Some(strings(&["z"])));
     s.set_group_members("g", Vec::new()).await.unwrap();
     assert_eq!(s.group_members("g").await.unwrap(), Some(Vec::new()));
+}
+
+/// `member_groups` is `group_members` reversed, after every change of members.
+async fn member_groups(s: &dyn DirectoryStore) {
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    assert!(s.member_groups("x").await.unwrap().is_empty());
+    s.set_group_members("g", strings(&["x", "y"]))
+        .await
+        .unwrap();
+    s.set_group_members("h", strings(&["x", "z"]))
+        .await
+        .unwrap();
+    assert_eq!(
+        sorted(s.member_groups("x").await.unwrap()),
+        strings(&["g", "h"])
+    );
+    assert_eq!(s.member_groups("y").await.unwrap(), strings(&["g"]));
+    // A member dropped from a group loses it; one added gains it.
+    s.set_group_members("g", strings(&["y", "w"]))
+        .await
+        .unwrap();
+    assert_eq!(s.member_groups("x").await.unwrap(), strings(&["h"]));
+    assert_eq!(s.member_groups("w").await.unwrap(), strings(&["g"]));
+    assert_eq!(s.member_groups("y").await.unwrap(), strings(&["g"]));
+    s.set_group_members("h", Vec::new()).await.unwrap();
+    assert!(s.member_groups("x").await.unwrap().is_empty());
+    assert!(s.member_groups("z").await.unwrap().is_empty());
+    // A uid that is a prefix of another's does not see its groups.
+    s.set_group_members("k", strings(&["xx"])).await.unwrap();
+    assert!(s.member_groups("x").await.unwrap().is_empty());
+    assert_eq!(s.member_groups("xx").await.unwrap(), strings(&["k"]));
 }
 
 fn state(shop: &str, agent: Option<&str>, open: bool) -> Option<ServiceState> {

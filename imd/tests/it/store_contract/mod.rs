@@ -9,8 +9,10 @@
 //!
 //! This file holds the backends, the list of tests and the helpers the properties
 //! share; the properties live by what they need of the database: [`one_writer`] (what
-//! any store must do for one process), [`many_writers`] (writers racing, dying, and
-//! finishing each other's work).
+//! any store must do for one process), [`conversations`] (conversation lists, read
+//! positions and recall, for one process), [`many_writers`] (writers racing, dying, and
+//! finishing each other's work), [`state_many_writers`] (recalls beside other writers
+//! or after one died, the list of a user with many conversations).
 
 use std::sync::Arc;
 
@@ -23,8 +25,10 @@ use shared::protocol::Message;
 
 use testkit::{Redis, now_ms};
 
+mod conversations;
 mod many_writers;
 mod one_writer;
+mod state_many_writers;
 
 /// A store under test and what keeps its database alive.
 struct Backend {
@@ -105,10 +109,20 @@ contract!(one_writer::idempotency => contract_idempotency_embedded, contract_ide
 contract!(one_writer::paging => contract_paging_embedded, contract_paging_standalone, contract_paging_cluster);
 contract!(one_writer::join => contract_join_embedded, contract_join_standalone, contract_join_cluster);
 contract!(one_writer::unknown => contract_unknown_embedded, contract_unknown_standalone, contract_unknown_cluster);
+contract!(conversations::list_order_and_paging => contract_list_order_and_paging_embedded, contract_list_order_and_paging_standalone, contract_list_order_and_paging_cluster);
+contract!(conversations::unread_and_a_send_moves_the_senders_position => contract_unread_and_a_send_moves_the_senders_position_embedded, contract_unread_and_a_send_moves_the_senders_position_standalone, contract_unread_and_a_send_moves_the_senders_position_cluster);
+contract!(conversations::reads_clamp_and_never_move_back => contract_reads_clamp_and_never_move_back_embedded, contract_reads_clamp_and_never_move_back_standalone, contract_reads_clamp_and_never_move_back_cluster);
+contract!(conversations::read_positions_and_membership => contract_read_positions_and_membership_embedded, contract_read_positions_and_membership_standalone, contract_read_positions_and_membership_cluster);
+contract!(conversations::join_lists_the_conversation => contract_join_lists_the_conversation_embedded, contract_join_lists_the_conversation_standalone, contract_join_lists_the_conversation_cluster);
+contract!(conversations::recall_refusals => contract_recall_refusals_embedded, contract_recall_refusals_standalone, contract_recall_refusals_cluster);
+contract!(conversations::recall_rewrites_history_and_every_inbox => contract_recall_rewrites_history_and_every_inbox_embedded, contract_recall_rewrites_history_and_every_inbox_standalone, contract_recall_rewrites_history_and_every_inbox_cluster);
 contract!(many_writers::concurrency => contract_concurrency_standalone, contract_concurrency_cluster);
 contract!(many_writers::crash_recovery => contract_crash_recovery_standalone, contract_crash_recovery_cluster);
 contract!(many_writers::takeover => contract_takeover_standalone, contract_takeover_cluster);
 contract!(many_writers::finish_behind_the_answer => contract_finish_behind_the_answer_standalone, contract_finish_behind_the_answer_cluster);
+contract!(state_many_writers::recall_beside_writers => contract_recall_beside_writers_standalone, contract_recall_beside_writers_cluster);
+contract!(state_many_writers::recall_finishes_a_half_done_one => contract_recall_finishes_a_half_done_one_standalone, contract_recall_finishes_a_half_done_one_cluster);
+contract!(state_many_writers::list_of_many => contract_list_of_many_standalone, contract_list_of_many_cluster);
 
 fn new_msg(conv: &str, from: &str, cid: Option<&str>, body: Value, members: &[&str]) -> NewMessage {
     NewMessage {
