@@ -107,8 +107,8 @@ pub(super) static CONV_STATE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../lua/conv_state.lua")));
 
 /// A recall's compare-and-set of the stored message, under the lease. KEYS: msgs, lock.
-/// ARGV: token, lease ms, index, original JSON, recalled JSON. Returns 1 when set, 0
-/// when the lease is not ours, 2 when the message is not the original.
+/// ARGV: token, lease ms, index, original JSON, recalled JSON. Returns 1 when set (or
+/// set already: a re-run), 0 when the lease is not ours, 2 when the message is neither.
 pub(super) static RECALL_SET: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../lua/recall_set.lua")));
 
