@@ -11,8 +11,9 @@
 //! share; the properties live by what they need of the database: [`one_writer`] (what
 //! any store must do for one process), [`conversations`] (conversation lists, read
 //! positions and recall, for one process), [`many_writers`] (writers racing, dying, and
-//! finishing each other's work), [`state_many_writers`] (recalls beside other writers
-//! or after one died, the list of a user with many conversations).
+//! finishing each other's work).
+//! [`state_many_writers`] adds conversation state under several writers: recalls beside
+//! other writers or after one died, the list of a user with many conversations.
 
 use std::sync::Arc;
 
