@@ -81,6 +81,9 @@ pub enum Command {
     /// Group conversations.
     #[command(subcommand)]
     Group(GroupCmd),
+    /// One conversation: its assignment, recall a message, close, transfer.
+    #[command(subcommand)]
+    Conv(ConvCmd),
     /// The live console: dashboard, connections, blacklist, conversation tail.
     Tui,
 }
@@ -171,6 +174,37 @@ pub enum ShopCmd {
         /// Remove every agent.
         #[arg(long)]
         clear: bool,
+    },
+}
+
+/// `imctl conv …`
+#[derive(Debug, Subcommand)]
+pub enum ConvCmd {
+    /// Show a customer-service conversation's agent and whether it is open.
+    Show {
+        /// The conversation (`s:SHOP~CUSTOMER`).
+        conv: String,
+    },
+    /// Take a message back (moderation): its body is removed from the store, and the
+    /// conversation gets a `recalled` event with `"by": "admin"`.
+    Recall {
+        /// The conversation.
+        conv: String,
+        /// The message's seq.
+        seq: u64,
+    },
+    /// Close a customer-service conversation (a `closed` event message).
+    Close {
+        /// The conversation (`s:SHOP~CUSTOMER`).
+        conv: String,
+    },
+    /// Hand a customer-service conversation to another agent of its shop, who gets
+    /// its history (an `assigned` event message).
+    Transfer {
+        /// The conversation (`s:SHOP~CUSTOMER`).
+        conv: String,
+        /// The agent who takes it.
+        agent: String,
     },
 }
 

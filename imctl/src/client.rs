@@ -14,8 +14,8 @@ use reqwest::{Method, StatusCode, Url};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use shared::admin::{
-    AddBlacklist, BlacklistEntry, BlacklistKind, BlacklistList, ClusterInfo, ConnectionInfo,
-    ConnectionList, GroupMembers, Kicked, Replay, Replayed, ShopAgents,
+    AddBlacklist, Assignment, BlacklistEntry, BlacklistKind, BlacklistList, ClusterInfo,
+    ConnectionInfo, ConnectionList, GroupMembers, Kicked, Replay, Replayed, ShopAgents,
 };
 use shared::protocol::{ErrorResponse, Message};
 
@@ -443,6 +443,49 @@ impl Client {
                 Method::PUT,
                 self.url(&["groups", name, "members"]),
                 self.json(&body)?,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// `GET /admin/v1/conversations/{conv}`: a service conversation's assignment.
+    pub async fn assignment(&self, conv: &str) -> Result<Assignment, ClientError> {
+        self.call(Method::GET, self.url(&["conversations", conv]), None)
+            .await
+    }
+
+    /// `DELETE /admin/v1/conversations/{conv}/messages/{seq}`.
+    pub async fn recall(&self, conv: &str, seq: u64) -> Result<(), ClientError> {
+        let seq = seq.to_string();
+        let _: serde_json::Value = self
+            .call(
+                Method::DELETE,
+                self.url(&["conversations", conv, "messages", &seq]),
+                None,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// `POST /admin/v1/conversations/{conv}/close`.
+    pub async fn close(&self, conv: &str) -> Result<(), ClientError> {
+        let _: serde_json::Value = self
+            .call(
+                Method::POST,
+                self.url(&["conversations", conv, "close"]),
+                self.json(&serde_json::json!({}))?,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// `POST /admin/v1/conversations/{conv}/transfer`.
+    pub async fn transfer(&self, conv: &str, agent: &str) -> Result<(), ClientError> {
+        let _: serde_json::Value = self
+            .call(
+                Method::POST,
+                self.url(&["conversations", conv, "transfer"]),
+                self.json(&serde_json::json!({"agent": agent}))?,
             )
             .await?;
         Ok(())

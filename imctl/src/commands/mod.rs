@@ -7,6 +7,7 @@
 mod blacklist;
 mod cluster;
 mod conns;
+mod conv;
 mod members;
 mod replay;
 mod tail;
@@ -31,6 +32,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cluster => cluster::run(&client, &out).await,
         Command::Shop(cmd) => members::shop(&client, &out, cmd).await,
         Command::Group(cmd) => members::group(&client, &out, cmd).await,
+        Command::Conv(cmd) => conv::run(&client, &out, cmd).await,
         Command::Tui => crate::tui::run(client).await,
     }
 }

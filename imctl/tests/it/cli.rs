@@ -328,6 +328,58 @@ async fn shop_agents_and_group_members_show_and_set() {
 }
 
 #[tokio::test]
+async fn conv_recall_close_and_transfer_act_and_say_so() {
+    let imd = Imd::start();
+    let alice = imd.token("alice", "laptop");
+    imd.send(&alice, "bob", "my card number is 4111").await;
+    let recalled = imd.run(&["conv", "recall", "d:alice~bob", "1"]);
+    assert!(
+        recalled.ok().contains("recalled #1 of d:alice~bob"),
+        "{}",
+        recalled.stdout
+    );
+    let mut tail = imd.imctl();
+    tail.args([
+        "tail",
+        "conversation",
+        "d:alice~bob",
+        "--from-seq",
+        "1",
+        "--count",
+        "2",
+    ]);
+    let tail = Running::spawn(tail);
+    assert!(tail.line().ends_with("  alice: (recalled)"));
+    assert!(tail.line().ends_with("  alice: [recalled #1 by admin]"));
+    imd.run(&["conv", "recall", "d:alice~bob", "9"])
+        .fails(1, "not found");
+
+    imd.run(&["shop", "agents", "s1", "ann", "bob"]).ok();
+    let carol = imd.token("carol", "phone");
+    let _ann = imd.device("ann", "desk").await;
+    let sent = imd
+        .send_json(&carol, &serde_json::json!({"shop": "s1", "body": "hi"}))
+        .await;
+    let conv = sent["msg"]["conv"].as_str().expect("conv").to_owned();
+    let shown = imd.run(&["--json", "conv", "show", &conv]).json_lines();
+    assert_eq!(shown[0]["agent"], "ann", "{shown:?}");
+    assert!(
+        imd.run(&["conv", "transfer", &conv, "bob"])
+            .ok()
+            .contains(&format!("transferred {conv} to bob"))
+    );
+    let shown = imd.run(&["--json", "conv", "show", &conv]).json_lines();
+    assert_eq!(
+        (shown[0]["agent"].as_str(), shown[0]["open"].as_bool()),
+        (Some("bob"), Some(true))
+    );
+    assert!(imd.run(&["conv", "close", &conv]).ok().contains("closed"));
+    let shown = imd.run(&["conv", "show", &conv]);
+    assert!(shown.ok().contains("closed"), "{}", shown.stdout);
+    imd.run(&["conv", "close", &conv]).fails(1, "not found");
+}
+
+#[tokio::test]
 async fn every_error_is_one_clear_line_and_a_non_zero_exit() {
     let imd = Imd::start();
 

@@ -73,6 +73,14 @@ pub enum StoreError {
         /// The conversation.
         conv: String,
     },
+    /// A recall lost its conversation's lease before the message's recalled form was
+    /// set and every fan-out up to it written (going on could let an inbox receive the
+    /// original afterwards).
+    #[error("recall in {conv} lost its lease")]
+    RecallLeaseLost {
+        /// The conversation.
+        conv: String,
+    },
     /// Messages kept meeting cancelled ids or moving idempotency claims past the rounds
     /// a commit allows them.
     #[error("{count} message(s) kept meeting cancelled ids or moving claims")]

@@ -87,16 +87,21 @@ impl Imd {
 
     /// Sends a message as `uid` over HTTP; returns the committed message.
     pub(crate) async fn send(&self, token: &str, to: &str, text: &str) -> Value {
+        let body = serde_json::json!({"to": to, "body": {"text": text}});
+        self.send_json(token, &body).await["msg"].clone()
+    }
+
+    /// `POST /v1/messages` with `body`; asserts a 200 and returns the answer.
+    pub(crate) async fn send_json(&self, token: &str, body: &Value) -> Value {
         let resp = reqwest::Client::new()
             .post(format!("{}/v1/messages", self.url()))
             .bearer_auth(token)
-            .json(&serde_json::json!({"to": to, "body": {"text": text}}))
+            .json(body)
             .send()
             .await
             .expect("POST /v1/messages");
         assert!(resp.status().is_success(), "send: {}", resp.status());
-        let v: Value = resp.json().await.expect("send answer");
-        v["msg"].clone()
+        resp.json().await.expect("send answer")
     }
 
     /// Connects `uid`'s `device`.

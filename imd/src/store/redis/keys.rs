@@ -13,17 +13,30 @@
 //! # Messages
 //!
 //! - `imd:{c:<conv>}:msgs` LIST of message JSON; `seq` is the list position (from 1), so
-//!   it is gapless by construction. `history` is an `LRANGE`, `last_seq` an `LLEN`.
+//!   it is gapless by construction. `history` is an `LRANGE`, `last_seq` an `LLEN`. A
+//!   recall `LSET`s an item to its recalled form; nothing else changes an item.
 //! - `imd:{c:<conv>}:ids` HASH message id → seq, or `0` for a cancelled id (see
 //!   *Idempotency* in `messages`). It makes the conversation script idempotent by message id.
 //! - `imd:{c:<conv>}:pending` LIST of fan-outs not yet written into inboxes, one per
 //!   seq, contiguous, in seq order: `"<seq> <ts>\n<uid>\n<uid>…"` (uids never hold a
 //!   newline or a space).
 //! - `imd:{c:<conv>}:lock` the fan-out lease: a random token, `PX` `messages::LEASE_MS`.
-//! - `imd:{u:<uid>}:inbox` LIST of message JSON; `useq` is the list position.
+//! - `imd:{c:<conv>}:read` HASH uid → read position (the highest seq read). The store
+//!   script sets a sender's to the seq of its message with a body (the conversation's
+//!   last: always forward); a `Read` op moves it forward, clamped to `LLEN msgs`.
+//! - `imd:{c:<conv>}:events` ZSET seq → seq of the event messages, set by the store
+//!   script. Unread of a user = last seq − read position − events after it (exact: the
+//!   user's own messages lie at or below its position).
+//! - `imd:{u:<uid>}:inbox` LIST of message JSON; `useq` is the list position. A recall
+//!   `LSET`s an entry to the message's recalled form.
 //! - `imd:{u:<uid>}:pos` HASH conv → the highest seq of that conversation already in this
 //!   inbox. A member append skips what is at or below it, which makes appends
 //!   idempotent and keeps each conversation in seq order inside every inbox.
+//! - `imd:{u:<uid>}:convs` ZSET conv → activity: the commit time (ms) of the latest
+//!   message of that conversation in this inbox. The user's conversation list, newest
+//!   first (equal times: conv descending, Redis's order of equal scores). The member
+//!   append and a join's copy set it in the same script as the inbox entries, with
+//!   `ZADD GT`: it never moves back, whatever order writers' clocks give.
 //! - `imd:{u:<from>}:cid:<cid>` idempotency key, `"<conv>\n<message id>"`, expiring
 //!   after [`IDEMPOTENCY_WINDOW_MS`](crate::store::IDEMPOTENCY_WINDOW_MS).
 //! - `imd:{f:<k>}:fanout`, k in 0..16, ZSET conv → server time (ms) of its last commit:
@@ -33,14 +46,16 @@
 //!
 //! The directory is small and changes at admin rate, so all of it lives under the one
 //! global hash tag (`imd:{g}:…`, one slot): every update that spans several keys (a
-//! shop's agents and the reverse index; an assignment, the loads and the waiting list)
-//! is one atomic Lua script. Scripts build some key names from a prefix (the reverse
-//! index of each agent, the waiting list of a stored state's shop), which Redis Cluster
-//! allows because they share the slot of the declared keys.
+//! shop's agents or a group's members and the reverse index; an assignment, the loads
+//! and the waiting list) is one atomic Lua script. Scripts build some key names from a
+//! prefix (the reverse index of each agent or member, the waiting list of a stored
+//! state's shop), which Redis Cluster allows because they share the slot of the
+//! declared keys.
 //!
 //! - `imd:{g}:blacklist`: hash `<kind>:<value>` → entry JSON;
 //! - `imd:{g}:shops`: hash shop → agents JSON; `imd:{g}:agent-shops:<uid>`: set of shops;
-//! - `imd:{g}:groups`: hash group → members JSON;
+//! - `imd:{g}:groups`: hash group → members JSON; `imd:{g}:member-groups:<uid>`: set of
+//!   groups;
 //! - `imd:{g}:service`: hash conv → [`ServiceState`](crate::store::ServiceState) JSON (one `HGET` per
 //!   customer-service message);
 //! - `imd:{g}:loads`: hash agent → open conversations;
@@ -115,6 +130,11 @@ pub(super) fn agent_shops_prefix() -> String {
 /// The hash of groups' members.
 pub(super) fn groups_key() -> String {
     global_key("groups")
+}
+
+/// Prefix of the per-member sets of groups.
+pub(super) fn member_groups_prefix() -> String {
+    global_key("member-groups:")
 }
 
 /// The hash of customer-service conversations' states.

@@ -5,7 +5,8 @@
 //!
 //! - `keys`: the key schema, every key's name and what it holds;
 //! - `messages/`: [`MessageStore`](super::MessageStore), the commit protocol (one
-//!   file per part: claims, commit steps, drain, join, sweep);
+//!   file per part: claims, commit steps, drain, join, recall, sweep) and the
+//!   conversation state (read positions, conversation lists);
 //! - `blacklist`, `shops`, `groups`: one directory domain each;
 //! - `registry`: node discovery, connection routes, blacklist notifications;
 //! - `lua/`: the server-side scripts, loaded with `include_str!` by the file that runs

@@ -12,6 +12,8 @@
 //! any store must do for one process), [`conversations`] (conversation lists, read
 //! positions and recall, for one process), [`many_writers`] (writers racing, dying, and
 //! finishing each other's work).
+//! [`state_many_writers`] adds conversation state under several writers: recalls beside
+//! other writers or after one died, the list of a user with many conversations.
 
 use std::sync::Arc;
 
@@ -27,6 +29,7 @@ use testkit::{Redis, now_ms};
 mod conversations;
 mod many_writers;
 mod one_writer;
+mod state_many_writers;
 
 /// A store under test and what keeps its database alive.
 struct Backend {
@@ -118,6 +121,9 @@ contract!(many_writers::concurrency => contract_concurrency_standalone, contract
 contract!(many_writers::crash_recovery => contract_crash_recovery_standalone, contract_crash_recovery_cluster);
 contract!(many_writers::takeover => contract_takeover_standalone, contract_takeover_cluster);
 contract!(many_writers::finish_behind_the_answer => contract_finish_behind_the_answer_standalone, contract_finish_behind_the_answer_cluster);
+contract!(state_many_writers::recall_beside_writers => contract_recall_beside_writers_standalone, contract_recall_beside_writers_cluster);
+contract!(state_many_writers::recall_finishes_a_half_done_one => contract_recall_finishes_a_half_done_one_standalone, contract_recall_finishes_a_half_done_one_cluster);
+contract!(state_many_writers::list_of_many => contract_list_of_many_standalone, contract_list_of_many_cluster);
 
 fn new_msg(conv: &str, from: &str, cid: Option<&str>, body: Value, members: &[&str]) -> NewMessage {
     NewMessage {

@@ -1,6 +1,6 @@
 local out = {}
 local need = 0
-for b = 6, #ARGV, 4 do
+for b = 6, #ARGV, 5 do
   local s = redis.call('HGET', KEYS[2], ARGV[b])
   if s then
     s = tonumber(s)
@@ -10,6 +10,13 @@ for b = 6, #ARGV, 4 do
     redis.call('RPUSH', KEYS[1], ARGV[b + 1] .. seq .. ARGV[b + 2])
     redis.call('HSET', KEYS[2], ARGV[b], seq)
     redis.call('RPUSH', KEYS[3], seq .. ARGV[b + 3])
+    local reader = ARGV[b + 4]
+    if reader == '' then
+      redis.call('ZADD', KEYS[6], seq, seq)
+    else
+      -- The new seq is the conversation's last: past every read position.
+      redis.call('HSET', KEYS[5], reader, seq)
+    end
   end
   out[#out + 1] = s
   if s > need then need = s end

@@ -1,5 +1,6 @@
 //! A commit, one function per step of the protocol that the *Commit* section of
-//! `messages` describes: a batch is cut into groups at its joins, each group runs in
+//! `messages` describes: a batch is cut into groups at its joins, recalls and the reads
+//! of conversations it writes (its other reads run beside them), each group runs in
 //! rounds (a message whose claim or id changed hands runs again), and each round is
 //! [`RedisStore::claim_and_mark`] (1), [`RedisStore::store_and_look_up`] (2),
 //! [`RedisStore::drain_and_wait`] (3) and [`RedisStore::outcomes`] (4). It must never
@@ -52,19 +53,61 @@ pub(super) struct Drained {
 }
 
 impl RedisStore {
-    /// Commits `batch`: each run of messages between joins as one group, then the join,
-    /// so that a join sees exactly the messages before it, as in the embedded store.
+    /// Commits `batch`: each run of messages between joins, recalls and the reads of
+    /// conversations the batch writes, as one group, then the join, recall or read, so
+    /// that each sees exactly the messages before it, as in the embedded store. The
+    /// other reads (the usual ones: a client reads what was committed before) run
+    /// beside all of it, since no message of the batch can change what they clamp to.
     /// Without `fan` no inbox entry is written (a test hook's dead writer).
     pub(super) async fn commit_batch(
         &self,
         batch: Vec<Op>,
         fan: bool,
     ) -> Result<Vec<CommitOutcome>, StoreError> {
-        let mut out: Vec<Option<CommitOutcome>> = (0..batch.len()).map(|_| None).collect();
+        let n = batch.len();
+        let written: HashSet<String> = batch
+            .iter()
+            .filter_map(|op| match op {
+                Op::Message(m) => Some(m.conv.clone()),
+                Op::Recall(r) => Some(r.conv.clone()),
+                Op::Join { .. } | Op::Read { .. } => None,
+            })
+            .collect();
+        let mut reads = Vec::new();
+        let mut ordered = Vec::with_capacity(n);
+        for (i, op) in batch.into_iter().enumerate() {
+            match op {
+                Op::Read { conv, uid, seq } if !written.contains(&conv) => {
+                    reads.push(async move {
+                        Ok::<_, StoreError>((i, self.read(&conv, &uid, seq).await?))
+                    });
+                }
+                op => ordered.push((i, op)),
+            }
+        }
+        let (mut out, reads) =
+            tokio::try_join!(self.commit_ordered(ordered, n, fan), try_join_all(reads))?;
+        for (i, o) in reads {
+            out[i] = Some(o);
+        }
+        out.into_iter()
+            .map(|o| o.ok_or_else(|| corrupt("an op of the batch got no outcome")))
+            .collect()
+    }
+
+    /// The messages, joins, recalls and the reads that must see them, of a batch of `n`
+    /// ops, in order; their outcomes at their places in the batch.
+    async fn commit_ordered(
+        &self,
+        ops: Vec<(usize, Op)>,
+        n: usize,
+        fan: bool,
+    ) -> Result<Vec<Option<CommitOutcome>>, StoreError> {
+        let mut out: Vec<Option<CommitOutcome>> = (0..n).map(|_| None).collect();
         // JSON of this batch's stored messages by id, for duplicates within the batch.
         let mut known: HashMap<String, Bytes> = HashMap::new();
         let mut group = Vec::new();
-        for (i, op) in batch.into_iter().enumerate() {
+        for (i, op) in ops {
             match op {
                 Op::Message(m) => group.push(Prepared::new(i, m)?),
                 Op::Join { conv, uid } => {
@@ -72,15 +115,39 @@ impl RedisStore {
                         .await?;
                     out[i] = Some(CommitOutcome::Joined(self.join(&conv, &uid).await?));
                 }
-                Op::Read { .. } | Op::Recall(_) => {
-                    return Err(corrupt("TODO(#14): read and recall"));
+                Op::Recall(r) => {
+                    self.commit_group(std::mem::take(&mut group), &mut out, &mut known, fan)
+                        .await?;
+                    let outcome = match self.recall(&r).await? {
+                        Err(why) => Err(why),
+                        Ok((id, recalled)) => {
+                            // A resend later in this batch answers with what is stored.
+                            if let Some(json) = known.get_mut(&id) {
+                                *json = recalled;
+                            }
+                            let event = vec![Prepared::new(i, r.event)?];
+                            self.commit_group(event, &mut out, &mut known, fan).await?;
+                            match out[i].take() {
+                                Some(CommitOutcome::New(c)) => Ok(c),
+                                other => {
+                                    return Err(corrupt(format!(
+                                        "a recall's event message came to {other:?}"
+                                    )));
+                                }
+                            }
+                        }
+                    };
+                    out[i] = Some(CommitOutcome::Recalled(outcome));
+                }
+                Op::Read { conv, uid, seq } => {
+                    self.commit_group(std::mem::take(&mut group), &mut out, &mut known, fan)
+                        .await?;
+                    out[i] = Some(self.read(&conv, &uid, seq).await?);
                 }
             }
         }
         self.commit_group(group, &mut out, &mut known, fan).await?;
-        out.into_iter()
-            .map(|o| o.ok_or_else(|| corrupt("a message of the batch got no outcome")))
-            .collect()
+        Ok(out)
     }
 
     /// Commits a run of messages, re-running those whose claim or id changed hands.
@@ -371,6 +438,8 @@ impl RedisStore {
             .key(conv_key(conv, "ids"))
             .key(conv_key(conv, "pending"))
             .key(conv_key(conv, "lock"))
+            .key(conv_key(conv, "read"))
+            .key(conv_key(conv, "events"))
             .arg(&token)
             .arg(LEASE_MS)
             .arg(ROUND_ENTRIES)
@@ -380,7 +449,8 @@ impl RedisStore {
             inv.arg(&p.id)
                 .arg(&p.prefix[..])
                 .arg(&p.suffix[..])
-                .arg(p.pending_tail());
+                .arg(p.pending_tail())
+                .arg(p.reader());
         }
         let mut conn = self.conn.clone();
         let (seqs, step): (Vec<u64>, StepReply) = inv.invoke_async(&mut conn).await?;

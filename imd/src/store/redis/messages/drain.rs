@@ -271,9 +271,12 @@ impl RedisStore {
         }
         let calls = by_uid.into_iter().map(|(uid, idx)| {
             let mut inv = APPEND.key(user_key(uid, "inbox"));
-            inv.key(user_key(uid, "pos")).arg(conv);
+            inv.key(user_key(uid, "pos"))
+                .key(user_key(uid, "convs"))
+                .arg(conv);
             for &i in &idx {
-                inv.arg(entries[i].seq).arg(&entries[i].json[..]);
+                let e = &entries[i];
+                inv.arg(e.seq).arg(e.ts).arg(&e.json[..]);
             }
             let mut conn = self.conn.clone();
             async move {

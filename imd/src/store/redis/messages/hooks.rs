@@ -1,12 +1,14 @@
-//! Hooks for tests of the sweeper and of the idempotency takeover: a writer that died
-//! part-way through a commit, and a look at a conversation's pending fan-outs. Built
+//! Hooks for tests of the sweeper, of the idempotency takeover and of a recall's second
+//! try: a writer that died part-way through a commit or a recall, and a look at a
+//! conversation's pending fan-outs. Built
 //! only for tests (`cfg(test)`, or the `test-hooks` feature that `imd`'s integration
 //! tests enable); it must not be reachable from a release build.
 
 use super::prepared::Prepared;
+use super::recall::Checked;
 use crate::store::redis::RedisStore;
 use crate::store::redis::keys::conv_key;
-use crate::store::{CommitOutcome, Op, StoreError};
+use crate::store::{CommitOutcome, Op, Recall, StoreError};
 
 impl RedisStore {
     /// Runs steps 1 to 3 of a commit (claims, marks, stores) but writes no inbox entry:
@@ -40,5 +42,17 @@ impl RedisStore {
             }
         }
         self.claim(&todo).await.map(drop)
+    }
+
+    /// Runs a recall's part in its conversation (checks, the recalled form stored, the
+    /// fan-out drained) and stops before rewriting any inbox or committing the event: a
+    /// writer that died half-way through a recall. Whether the recall was allowed. For
+    /// tests of a recall's second try.
+    #[doc(hidden)]
+    pub async fn recall_unfinished(&self, r: &Recall) -> Result<bool, StoreError> {
+        Ok(matches!(
+            self.recall_in_conversation(r).await?,
+            Checked::Rewrite { .. }
+        ))
     }
 }

@@ -1,13 +1,15 @@
 //! A join: gives a user (an agent taking a customer-service conversation over) every
 //! message of the conversation it does not have, under the conversation's lease, so
 //! that no message committed meanwhile can land between the copy and the user's
-//! membership. It must not decide who joins.
+//! membership; the copy moves the conversation's entry of the user's list to the last
+//! copied message's commit time, as a member append does. It must not decide who
+//! joins.
 
 use std::collections::VecDeque;
 
 use bytes::Bytes;
 
-use super::drain::{Drain, Fanned, token};
+use super::drain::{Drain, token};
 use super::scripts::{APPEND, CHUNK, HELD, RELEASE};
 use super::{JOIN_CHUNK, LEASE_MS};
 use crate::store::redis::RedisStore;
@@ -21,12 +23,7 @@ impl RedisStore {
         let token = token();
         let first = self.step(conv, &token, 0, 0, true).await?;
         let (fanned, held) = self.drain(conv, &token, first, Drain::Join).await;
-        self.relayed.push(
-            fanned
-                .into_iter()
-                .filter(|f| !f.recipients.is_empty())
-                .map(Fanned::into_committed),
-        );
+        self.relay(fanned);
         let copied = match held {
             Ok(s) if s.code == HELD => self.copy_history(conv, uid, &token).await,
             Ok(_) => Err(StoreError::JoinLeaseLost {
@@ -82,9 +79,13 @@ impl RedisStore {
             }
             let jsons: Vec<Bytes> = jsons.into_iter().map(Bytes::from).collect();
             let mut inv = APPEND.key(user_key(uid, "inbox"));
-            inv.key(user_key(uid, "pos")).arg(conv);
+            inv.key(user_key(uid, "pos"))
+                .key(user_key(uid, "convs"))
+                .arg(conv);
             for (k, json) in jsons.iter().enumerate() {
-                inv.arg(next + 1 + k as u64).arg(&json[..]);
+                inv.arg(next + 1 + k as u64)
+                    .arg(ts_of(json)?)
+                    .arg(&json[..]);
             }
             let useqs: Vec<u64> = inv.invoke_async(&mut conn).await?;
             for (k, (json, useq)) in jsons.into_iter().zip(useqs).enumerate() {
@@ -110,4 +111,15 @@ impl RedisStore {
         }
         Ok(tail.into())
     }
+}
+
+/// The commit time of a stored message (for the joiner's conversation list).
+fn ts_of(json: &[u8]) -> Result<i64, StoreError> {
+    #[derive(serde::Deserialize)]
+    struct Ts {
+        ts: i64,
+    }
+    serde_json::from_slice::<Ts>(json)
+        .map(|t| t.ts)
+        .map_err(|e| StoreError::decode("message", e))
 }

@@ -7,19 +7,27 @@
 //!
 //! # Commit
 //!
-//! A batch is cut at each `Join`; each run of messages between joins is committed as
-//! one group, then the join runs, so that a join sees exactly the messages before it,
-//! as in the embedded store. A group:
+//! A batch is cut at each `Join`, `Recall`, and `Read` of a conversation that a message
+//! or recall of the batch writes; each run of messages between them is committed as
+//! one group, then the join, recall or read runs, so that each sees exactly the
+//! messages before it, as in the embedded store. The other `Read`s (the usual ones: a
+//! client reads what was committed before it read) run beside all of that, since no
+//! message of the batch changes what they clamp to. A read is one script on the
+//! conversation's slot (clamp to `LLEN msgs`, move only forward). Outcomes keep the
+//! batch's order. A group:
 //!
 //! 1. claims the idempotency keys (one script per sender) and, at the same time, marks
 //!    the conversations dirty in their fan-out shard (one script per shard). A failed
 //!    claim makes the message a duplicate of the one the key names.
 //! 2. runs one script per conversation: appends each message (JSON built around its seq
 //!    from a prefix and suffix made in Rust by serde, byte for byte what the embedded
-//!    store writes), records its id and its pending fan-out; then, in the same script,
-//!    takes the lease if it is free and returns the first pending entries.
+//!    store writes), records its id and its pending fan-out, and moves its sender's
+//!    read position to it (a message with a body) or records it as an event message;
+//!    then, in the same script, takes the lease if it is free and returns the first
+//!    pending entries.
 //! 3. drains each conversation, concurrently: with the lease, one script per member
-//!    appends all of that member's entries of the round; then a step script pops what
+//!    appends all of that member's entries of the round (and moves the conversation in
+//!    the member's list to the latest commit time appended); then a step script pops what
 //!    was done and either renews the lease and returns the next entries, or releases it
 //!    once the pending head is past this batch's seqs. That last step runs behind the
 //!    answer: once a round has written the batch's last entries, the writer answers and
@@ -60,6 +68,33 @@
 //! - A join holds the lease from its drain through its copy and renews it each chunk;
 //!   a join that loses it fails rather than risk a hole in the joiner's inbox.
 //!
+//! # Recall
+//!
+//! Under the conversation's lease, as a join:
+//!
+//! 1. take the lease and drain everything pending up to the conversation's end;
+//! 2. read the message (`LINDEX`) and check it in Rust: missing, an event message or
+//!    another sender's, older than allowed, or recalled already (which still goes on
+//!    to step 4, so that a second try finishes a recall that died half-way);
+//! 3. compare-and-set the stored message from its original bytes to its recalled
+//!    form (JSON made in Rust by serde: `cjson` would reorder keys and round big
+//!    integers); if the message was stored after step 1 began, drain up to it. No
+//!    inbox can receive the original from now on: its fan-out is done, and member
+//!    appends skip what an inbox has. Free the lease;
+//! 4. in each inbox of the recall's holders that has reached the seq (`pos`), find the
+//!    entry from the tail (the JSON's start up to its seq names the message in both
+//!    forms) and `LSET` it, in bounded chunks (see `recall`);
+//! 5. commit the `recalled` event message as an ordinary message.
+//!
+//! # Conversation list
+//!
+//! One script on the user's slot reads a page of `convs` after the cursor (the
+//! cursor's time by `ZCOUNT`, its place among equal times by a binary search on rank,
+//! so `O(log² n)`) and each listed conversation's last seq in the inbox (`pos`); then
+//! one script per conversation of the page, all issued at once, reads the message at
+//! that seq, the read positions and the event messages between the user's position and
+//! that seq. Two round trips, whatever the number of conversations.
+//!
 //! # Sweep
 //!
 //! For each shard, the conversations marked more than [`SWEEP_AGE_MS`] ago: take the
@@ -74,7 +109,8 @@
 //! - `prepared`: a message's JSON cut around its seq, its claim and pending entry;
 //! - `idempotency`: claims, and resolving or taking over another writer's key;
 //! - `drain`: the lease, the step script and the rounds of member appends;
-//! - `join`, `sweep`: the join's copy and the sweeper;
+//! - `join`, `recall`, `sweep`: the join's copy, the recall and the sweeper;
+//! - `state`: read positions and the conversation list;
 //! - `scripts`: the Lua scripts (`../lua/`), with their keys and arguments;
 //! - `hooks`: test-only entry points (a writer that died part-way).
 
@@ -100,7 +136,9 @@ mod hooks;
 mod idempotency;
 mod join;
 mod prepared;
+mod recall;
 mod scripts;
+mod state;
 mod sweep;
 
 /// How long a fan-out lease lasts without renewal; renewed at every round (a round is
@@ -138,6 +176,13 @@ pub(super) const TAKEOVER_AFTER: Duration = Duration::from_millis(500);
 pub(super) const RELAYED_MAX: usize = 10_000;
 /// Messages a join copies per script.
 pub(super) const JOIN_CHUNK: u64 = 128;
+/// Inbox entries one script of a recall's inbox rewrite looks at.
+pub(super) const RECALL_CHUNK: u64 = 128;
+/// Most inbox entries a recall looks at, from the tail, in each holder's inbox: the
+/// entries that arrived after the message (see `recall`'s rewrite).
+pub(super) const RECALL_SCAN: u64 = 4096;
+/// Holders whose inboxes a recall rewrites at once.
+pub(super) const RECALL_HOLDERS_AT_ONCE: usize = 64;
 /// Items one `LRANGE` of a page read asks for.
 pub(super) const READ_CHUNK: usize = 128;
 /// How often a group's messages may be re-run (cancelled ids, taken-over claims).
@@ -266,19 +311,19 @@ impl MessageStore for RedisStore {
 
     async fn conversations(
         &self,
-        _uid: &str,
-        _before: Option<&ConvCursor>,
-        _limit: u32,
+        uid: &str,
+        before: Option<&ConvCursor>,
+        limit: u32,
     ) -> Result<Page<ConvEntry>, StoreError> {
-        Err(StoreError::Corrupt("TODO(#14): conversations".into()))
+        self.conversation_page(uid, before, limit).await
     }
 
-    async fn in_conversations(&self, _uid: &str, _conv: &str) -> Result<bool, StoreError> {
-        Err(StoreError::Corrupt("TODO(#14): in_conversations".into()))
+    async fn in_conversations(&self, uid: &str, conv: &str) -> Result<bool, StoreError> {
+        self.listed(uid, conv).await
     }
 
-    async fn read_positions(&self, _conv: &str) -> Result<Vec<(String, u64)>, StoreError> {
-        Err(StoreError::Corrupt("TODO(#14): read_positions".into()))
+    async fn read_positions(&self, conv: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        self.positions(conv).await
     }
 
     async fn last_seq(&self, conv: &str) -> Result<u64, StoreError> {

@@ -18,6 +18,8 @@ pub(super) struct Prepared {
     pub(super) cid: Option<String>,
     pub(super) ts: i64,
     pub(super) members: Vec<String>,
+    /// An event message: it moves no read position.
+    pub(super) event: bool,
     /// The message JSON up to the seq's digits, and from after them.
     pub(super) prefix: Vec<u8>,
     pub(super) suffix: Vec<u8>,
@@ -29,6 +31,7 @@ pub(super) struct Prepared {
 impl Prepared {
     pub(super) fn new(idx: usize, m: NewMessage) -> Result<Self, StoreError> {
         let (prefix, suffix) = split_json(&m.to_message(0))?;
+        let event = m.is_event();
         let NewMessage {
             id,
             conv,
@@ -46,6 +49,7 @@ impl Prepared {
             cid,
             ts,
             members,
+            event,
             prefix,
             suffix,
             take_over: None,
@@ -65,6 +69,12 @@ impl Prepared {
     /// The value of its idempotency key.
     pub(super) fn claim(&self) -> String {
         format!("{}\n{}", self.conv, self.id)
+    }
+
+    /// Whose read position storing it moves: its sender, or `""` for an event message
+    /// (the store script's argument).
+    pub(super) fn reader(&self) -> &str {
+        if self.event { "" } else { &self.from }
     }
 
     /// Its pending entry after the seq: `" <ts>\n<uid>…"`.

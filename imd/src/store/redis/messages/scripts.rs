@@ -23,8 +23,11 @@ pub(super) static STEP: LazyLock<Script> = LazyLock::new(|| {
 });
 
 /// Stores a conversation's messages of one batch, then (when ARGV[5] is 1) steps once.
-/// KEYS: msgs, ids, pending, lock. ARGV: token, lease ms, nmax, budget, drain, then per
-/// message: id, JSON prefix, JSON suffix, pending tail (`" <ts>\n<uid>…"`).
+/// A message with a body moves its sender's read position to its seq; an event
+/// message is recorded in `events` instead.
+/// KEYS: msgs, ids, pending, lock, read, events. ARGV: token, lease ms, nmax, budget,
+/// drain, then per message: id, JSON prefix, JSON suffix, pending tail
+/// (`" <ts>\n<uid>…"`), sender (`""`: an event message).
 /// Returns {seqs (0: cancelled id), step reply}.
 pub(super) static STORE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
@@ -34,8 +37,10 @@ pub(super) static STORE: LazyLock<Script> = LazyLock::new(|| {
 });
 
 /// Appends one member's entries of one conversation, skipping those at or below its
-/// `pos`. KEYS: inbox, pos. ARGV: conv, then seq, JSON pairs in seq order. Returns the
-/// useq of each entry, 0 for a skipped one.
+/// `pos`, and moves the conversation's entry of the member's list forward to the
+/// latest commit time appended (`ZADD GT`: never back). KEYS: inbox, pos, convs. ARGV:
+/// conv, then seq, ts, JSON triples in seq order. Returns the useq of each entry, 0 for
+/// a skipped one.
 pub(super) static APPEND: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../lua/append.lua")));
 
@@ -81,3 +86,38 @@ pub(super) static CHUNK: LazyLock<Script> =
 /// Releases a lease if it is still ours. KEYS: lock. ARGV: token.
 pub(super) static RELEASE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../lua/release.lua")));
+
+/// Moves a read position forward, clamped to the conversation's last seq. KEYS: msgs,
+/// read. ARGV: uid, seq. Returns {position now, 1 when it moved}.
+pub(super) static READ: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../lua/read.lua")));
+
+/// One page of a user's conversation list: the entries after the cursor (ARGV[1] = 1:
+/// ARGV[2] ts, ARGV[3] conv) in the list's order, at most ARGV[4]. KEYS: convs, pos.
+/// Returns {flat conv, score list, the last seq of each conv in the inbox (`pos`)}.
+pub(super) static CONV_PAGE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../lua/conv_page.lua")));
+
+/// A conversation as one user's list shows it, up to the last seq of it in the user's
+/// inbox. KEYS: msgs, read, events. ARGV: uid, 1 for every member's position (0: the
+/// user's only), that seq (0: the conversation's end). Returns {that seq, its message
+/// (`""`: none), the user's position, flat uid/position list (empty for the user's
+/// only), event messages between the user's position and that seq}.
+pub(super) static CONV_STATE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../lua/conv_state.lua")));
+
+/// A recall's compare-and-set of the stored message, under the lease. KEYS: msgs, lock.
+/// ARGV: token, lease ms, index, original JSON, recalled JSON. Returns 1 when set (or
+/// set already: a re-run), 0 when the lease is not ours, 2 when the message is neither.
+pub(super) static RECALL_SET: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../lua/recall_set.lua")));
+
+/// One chunk of a recall's inbox rewrite: nothing unless `pos[conv] >= seq`; else looks
+/// at the entries from index ARGV[3] (-1: the tail) down, at most ARGV[4], for the
+/// message's entry (it starts with ARGV[5]) and sets it to ARGV[7]. Stops at an entry of
+/// the conversation below the seq (its field `"conv":…,"seq":` is ARGV[6]). KEYS:
+/// inbox, pos. ARGV: conv, seq, from, count, prefix, conv field, recalled JSON. Returns
+/// {code, next}: 0 not there, 1 go on from index next, 2 rewritten, 3 rewritten
+/// already.
+pub(super) static RECALL_INBOX: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../lua/recall_inbox.lua")));
