@@ -1,6 +1,7 @@
-//! The cluster's dispatcher: committed messages are queued, and one routing task reads,
-//! per batch, the connection routes of every recipient (a Redis hash per user: device →
-//! node) and hands each live worker one [`Delivery`] per message, in commit order (see
+//! The cluster's dispatcher: committed messages and notices (`read`, `typing` frames)
+//! are queued, and one routing task reads, per batch, the connection routes of every
+//! recipient (a Redis hash per user: device → node) and hands each live worker one
+//! [`Delivery`] per message, and one [`Notice`] per notice, in queue order (see
 //! [`Workers`]). A route naming a node it does not know yet (a worker that just
 //! started) makes it follow discovery at once, at most every [`REFRESH_AT_MOST_EVERY`];
 //! a route naming a dead node is skipped, and the dead node's cleanup removes it.
@@ -24,9 +25,30 @@ const ROUTING_BATCH: usize = 256;
 /// How often a route to an unknown node may trigger a discovery refresh.
 const REFRESH_AT_MOST_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
+/// What the routing task routes.
+enum Routable {
+    /// A committed message, to its recipients.
+    Message(Committed),
+    /// A frame with no inbox entry, to every device of its users.
+    Notice(Notice),
+}
+
+impl Routable {
+    fn uids(&self) -> impl Iterator<Item = &String> {
+        let (messages, notices) = match self {
+            Routable::Message(m) => (Some(m.recipients.iter().map(|(u, _)| u)), None),
+            Routable::Notice(n) => (None, Some(n.uids.iter())),
+        };
+        messages
+            .into_iter()
+            .flatten()
+            .chain(notices.into_iter().flatten())
+    }
+}
+
 /// Fans committed messages out to the workers that hold their recipients' devices.
 pub struct Routed {
-    queue: mpsc::Sender<Committed>,
+    queue: mpsc::Sender<Routable>,
     workers: Arc<Workers>,
     /// Ends the routing task once its queue is empty (see [`Routed::finish`]).
     finish: CancellationToken,
@@ -70,7 +92,7 @@ impl Deliver for Routed {
         if msg.recipients.is_empty() {
             return;
         }
-        if self.queue.try_send(msg.clone()).is_err() {
+        if self.queue.try_send(Routable::Message(msg.clone())).is_err() {
             metrics::counter!("imd_routing_dropped_total").increment(1);
             // Any worker may hold a recipient's device.
             self.workers.catch_up_everywhere();
@@ -81,21 +103,28 @@ impl Deliver for Routed {
         self.workers.catch_up_everywhere();
     }
 
-    /// To every live worker, at once: a notice has no inbox entry to route by, and
-    /// looking its users' routes up would cost a Redis round trip for a frame that is
-    /// smaller than the lookup.
+    /// Routed like a message, in the same queue: only the workers that hold a device
+    /// of its users get it, and a route to a worker this node has not discovered yet
+    /// makes it look. A full queue drops it (a notice has nothing to catch up from).
     fn notify(&self, uids: Vec<String>, frame: String) {
-        self.workers.notify(&Notice { uids, frame });
+        if uids.is_empty() {
+            return;
+        }
+        let notice = Routable::Notice(Notice { uids, frame });
+        if self.queue.try_send(notice).is_err() {
+            metrics::counter!("imd_routing_notices_dropped_total").increment(1);
+        }
     }
 }
 
-/// Routes queued messages in batches: one round of route lookups per batch, then one
-/// delivery per (message, worker) in commit order. Ends with `stop`, or once the queue
+/// Routes queued messages and notices in batches: one round of route lookups per batch,
+/// then one delivery per (message, worker) in commit order, and one notice per (notice,
+/// worker), in queue order. Ends with `stop`, or once the queue
 /// is empty after `finish`.
 async fn route_loop(
     store: Arc<RedisStore>,
     workers: Arc<Workers>,
-    mut rx: mpsc::Receiver<Committed>,
+    mut rx: mpsc::Receiver<Routable>,
     stop: CancellationToken,
     finish: CancellationToken,
 ) {
@@ -118,7 +147,8 @@ async fn route_loop(
         }
         let uids: Vec<String> = batch
             .iter()
-            .flat_map(|m| m.recipients.iter().map(|(u, _)| u.clone()))
+            .flat_map(Routable::uids)
+            .cloned()
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
@@ -149,20 +179,45 @@ async fn route_loop(
             refreshed = std::time::Instant::now();
             workers.refresh().await;
         }
-        for msg in batch.drain(..) {
-            for (node, to) in split_by_node(&msg.recipients, &nodes_of) {
-                if !workers.deliver(
-                    node,
-                    Delivery {
-                        msg: msg.json.clone(),
-                        to,
-                    },
-                ) {
-                    metrics::counter!("imd_routing_dead_routes_total").increment(1);
+        for item in batch.drain(..) {
+            match item {
+                Routable::Message(msg) => {
+                    for (node, to) in split_by_node(&msg.recipients, &nodes_of) {
+                        let d = Delivery {
+                            msg: msg.json.clone(),
+                            to,
+                        };
+                        if !workers.deliver(node, d) {
+                            metrics::counter!("imd_routing_dead_routes_total").increment(1);
+                        }
+                    }
+                }
+                Routable::Notice(n) => {
+                    for (node, uids) in notice_by_node(&n.uids, &nodes_of) {
+                        let n = Notice {
+                            uids,
+                            frame: n.frame.clone(),
+                        };
+                        if !workers.notify(node, n) {
+                            metrics::counter!("imd_routing_dead_routes_total").increment(1);
+                        }
+                    }
                 }
             }
         }
     }
+}
+
+/// Groups `uids` by the nodes their devices are on, in first-seen node order.
+fn notice_by_node<'a>(
+    uids: &[String],
+    nodes_of: &HashMap<&str, Vec<&'a str>>,
+) -> Vec<(&'a str, Vec<String>)> {
+    let with_useq: Vec<(String, u64)> = uids.iter().map(|u| (u.clone(), 0)).collect();
+    split_by_node(&with_useq, nodes_of)
+        .into_iter()
+        .map(|(node, to)| (node, to.into_iter().map(|(u, _)| u).collect()))
+        .collect()
 }
 
 /// Groups `recipients` by the nodes their devices are on, in first-seen node order.

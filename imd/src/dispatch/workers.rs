@@ -255,11 +255,14 @@ impl Workers {
         }
     }
 
-    /// Hands `n` to every live worker; each passes it to the devices of `n.uids` it
-    /// holds. For ephemeral frames, which have no inbox entry to route by.
-    pub fn notify(&self, n: &Notice) {
-        for w in self.each().into_iter().filter(|w| w.is_live()) {
-            w.notify(n.clone());
+    /// Hands `n` to the worker of `node`; false when that worker is not reachable.
+    pub fn notify(&self, node: &str, n: Notice) -> bool {
+        match self.get(node) {
+            Some(w) if w.is_live() => {
+                w.notify(n);
+                true
+            }
+            _ => false,
         }
     }
 
