@@ -103,8 +103,22 @@ pub(super) static CONV_PAGE: LazyLock<Script> =
 /// user's only), that seq (0: the conversation's end). Returns {that seq, its message
 /// (`""`: none), the user's position, flat uid/position list (empty for the user's
 /// only), event messages between the user's position and that seq}.
-pub(super) static CONV_STATE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("../lua/conv_state.lua")));
+pub(super) static CONV_STATE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("../lua/conv_state_lib.lua"),
+        include_str!("../lua/conv_state.lua"),
+    ))
+});
+
+/// [`CONV_STATE`] for several conversations at once, on standalone Redis only (their
+/// keys are in different slots). KEYS: msgs, read, events of each. ARGV: uid, then for
+/// each the two last arguments of [`CONV_STATE`]. Returns one [`CONV_STATE`] reply each.
+pub(super) static CONV_STATES: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("../lua/conv_state_lib.lua"),
+        include_str!("../lua/conv_states.lua"),
+    ))
+});
 
 /// A recall's compare-and-set of the stored message, under the lease. KEYS: msgs, lock.
 /// ARGV: token, lease ms, index, original JSON, recalled JSON. Returns 1 when set (or

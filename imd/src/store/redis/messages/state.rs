@@ -3,8 +3,9 @@
 //! appends (`convs`, see `super::keys`); a page reads it in one script on the user's
 //! slot, with the last seq of each listed conversation in the user's inbox (`pos`),
 //! then each conversation of the page up to that seq in one script on its own slot,
-//! all issued at once: two round trips, whatever the number of the user's
-//! conversations. An entry shows the last message the user's inbox holds, as the
+//! all issued at once (on standalone Redis, where slots do not matter, in one script
+//! for the whole page, which costs a third of a page of scripts): two round trips,
+//! whatever the number of the user's conversations. An entry shows the last message the user's inbox holds, as the
 //! embedded store does (a message still being fanned out, or one committed after the
 //! user left the conversation, is not in it). It must not write messages or inbox
 //! entries.
@@ -13,7 +14,7 @@ use bytes::Bytes;
 use futures_util::future::try_join_all;
 
 use super::corrupt;
-use super::scripts::{CONV_PAGE, CONV_STATE, READ};
+use super::scripts::{CONV_PAGE, CONV_STATE, CONV_STATES, READ};
 use crate::store::redis::RedisStore;
 use crate::store::redis::keys::{conv_key, user_key};
 use crate::store::{CommitOutcome, ConvCursor, ConvEntry, Page, StoreError};
@@ -101,12 +102,16 @@ impl RedisStore {
         }
         let more = listed.len() > limit as usize;
         listed.truncate(limit as usize);
-        let states = try_join_all(
-            listed
-                .iter()
-                .map(|(conv, _, upto)| self.conv_state(conv, uid, *upto)),
-        )
-        .await?;
+        let states = if self.conn.is_cluster() {
+            try_join_all(
+                listed
+                    .iter()
+                    .map(|(conv, _, upto)| self.conv_state(conv, uid, *upto)),
+            )
+            .await?
+        } else {
+            self.conv_states(&listed, uid).await?
+        };
         let mut items = Vec::with_capacity(listed.len());
         for ((conv, ts, _), state) in listed.into_iter().zip(states) {
             let (last_seq, last, read_seq, reads, events_between) = state;
@@ -149,6 +154,32 @@ impl RedisStore {
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(StoreError::from)
+    }
+
+    /// [`RedisStore::conv_state`] of every `(conv, _, upto)` of `listed`, in one script
+    /// (standalone Redis only).
+    async fn conv_states(
+        &self,
+        listed: &[(String, i64, u64)],
+        uid: &str,
+    ) -> Result<Vec<StateReply>, StoreError> {
+        if listed.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut inv = CONV_STATES.prepare_invoke();
+        inv.arg(uid);
+        for (conv, _, upto) in listed {
+            inv.key(conv_key(conv, "msgs"))
+                .key(conv_key(conv, "read"))
+                .key(conv_key(conv, "events"))
+                .arg(u8::from(shows_reads(conv)))
+                .arg(*upto);
+        }
+        let states: Vec<StateReply> = inv.invoke_async(&mut self.conn.clone()).await?;
+        if states.len() != listed.len() {
+            return Err(corrupt("conversation states: a reply of the wrong shape"));
+        }
+        Ok(states)
     }
 
     /// Whether `conv` is in `uid`'s conversation list.
