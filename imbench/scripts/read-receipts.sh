@@ -32,7 +32,9 @@ chat() {
     echo "$name: ${RATE} msg/s over ${CONNECTIONS} connections, ${DURATION}s: \
 p50 $(json "$j" .latency_ms.p50) ms, p90 $(json "$j" .latency_ms.p90) ms, \
 p99 $(json "$j" .latency_ms.p99) ms, p99.9 $(json "$j" .latency_ms.p999) ms, \
-max $(json "$j" .latency_ms.max) ms; lost $(json "$j" .messages.lost), delivered $(json "$j" .messages.delivered)"
+max $(json "$j" .latency_ms.max) ms; lost $(json "$j" .messages.lost), delivered $(json "$j" .messages.delivered), \
+read receipts $(json "$j" .messages.reads)"
+    grep -q '"errors": *\[\]' "$j" || { echo "$name: errors in $j:" >&2; grep -A3 '"errors"' "$j" >&2; }
 }
 
 rc=0
