@@ -2,20 +2,11 @@
 //! groups per member, under the directory's hash tag (see `keys`); one script changes
 //! both. It mirrors the embedded backend's semantics exactly.
 
-use std::sync::LazyLock;
-
 use async_trait::async_trait;
-use redis::Script;
 
+use super::RedisStore;
 use super::keys::{groups_key, member_groups_prefix};
-use super::{RedisStore, to_json};
 use crate::store::{GroupStore, StoreError};
-
-/// Sets a group's members and moves the reverse index from the old members to the new.
-/// KEYS[1] = groups; ARGV[1] = group, ARGV[2] = members JSON, ARGV[3] = reverse prefix,
-/// ARGV[4..] = members.
-static SET_GROUP_MEMBERS: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("lua/set_group_members.lua")));
 
 #[async_trait]
 impl GroupStore for RedisStore {
@@ -24,18 +15,8 @@ impl GroupStore for RedisStore {
     }
 
     async fn set_group_members(&self, name: &str, members: Vec<String>) -> Result<(), StoreError> {
-        let mut invocation = SET_GROUP_MEMBERS.key(groups_key());
-        invocation
-            .arg(name)
-            .arg(to_json(&members)?)
-            .arg(member_groups_prefix());
-        for m in &members {
-            invocation.arg(m);
-        }
-        invocation
-            .invoke_async::<()>(&mut self.conn.clone())
+        self.set_with_reverse_index(groups_key(), name, &members, member_groups_prefix())
             .await
-            .map_err(StoreError::from)
     }
 
     async fn member_groups(&self, uid: &str) -> Result<Vec<String>, StoreError> {

@@ -13,12 +13,6 @@ use super::keys::{agent_shops_prefix, loads_key, service_key, shops_key, waiting
 use super::{RedisStore, to_json};
 use crate::store::{ServiceState, ShopStore, StoreError};
 
-/// Sets a shop's agents and moves the reverse index from the old agents to the new.
-/// KEYS[1] = shops; ARGV[1] = shop, ARGV[2] = agents JSON, ARGV[3] = reverse prefix,
-/// ARGV[4..] = agents.
-static SET_SHOP_AGENTS: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("lua/set_shop_agents.lua")));
-
 /// Opens a conversation and assigns it (ARGV[3] = '1') or leaves it waiting.
 /// KEYS[1] = service, KEYS[2] = loads, KEYS[3] = waiting list of the shop;
 /// ARGV[1] = conv, ARGV[2] = new state JSON, ARGV[3] = '1' when assigned, ARGV[4] = agent.
@@ -49,18 +43,8 @@ impl ShopStore for RedisStore {
     }
 
     async fn set_shop_agents(&self, shop: &str, agents: Vec<String>) -> Result<(), StoreError> {
-        let mut invocation = SET_SHOP_AGENTS.key(shops_key());
-        invocation
-            .arg(shop)
-            .arg(to_json(&agents)?)
-            .arg(agent_shops_prefix());
-        for a in &agents {
-            invocation.arg(a);
-        }
-        invocation
-            .invoke_async::<()>(&mut self.conn.clone())
+        self.set_with_reverse_index(shops_key(), shop, &agents, agent_shops_prefix())
             .await
-            .map_err(StoreError::from)
     }
 
     async fn agent_shops(&self, uid: &str) -> Result<Vec<String>, StoreError> {
