@@ -443,16 +443,28 @@ impl Messaging {
         let my_groups: HashSet<String> = self.0.dir.member_groups(me).await?.into_iter().collect();
         let my_shops = self.0.dir.agent_shops(me).await?;
         let mut seen = HashSet::new();
-        let mut users = Vec::new();
-        for uid in uids {
-            if !seen.insert(uid.clone()) || !self.shares(me, &uid, &my_groups, &my_shops).await? {
-                continue;
+        let asked: Vec<String> = uids
+            .into_iter()
+            .filter(|u| seen.insert(u.clone()))
+            .collect();
+        // Every asked user at once: each costs a few store reads.
+        let told = join_all(asked.into_iter().map(|uid| {
+            let (my_groups, my_shops) = (&my_groups, &my_shops);
+            async move {
+                if !self.shares(me, &uid, my_groups, my_shops).await? {
+                    return Ok(None);
+                }
+                Ok::<_, Error>(Some(PresenceEntry {
+                    online: self.0.presence.online(&uid).await,
+                    uid,
+                    last_seen: None,
+                }))
             }
-            users.push(PresenceEntry {
-                online: self.0.presence.online(&uid).await,
-                uid,
-                last_seen: None,
-            });
+        }))
+        .await;
+        let mut users = Vec::new();
+        for entry in told {
+            users.extend(entry?);
         }
         Ok(PresenceResponse { users })
     }
