@@ -122,11 +122,10 @@ impl App {
                 burst: cfg.connect_burst,
             },
         ));
-        let hub = Arc::new(Hub::new(
-            cfg.outbox_capacity,
-            node_id.clone(),
-            blacklist.clone(),
-        ));
+        let hub = Arc::new(
+            Hub::new(cfg.outbox_capacity, node_id.clone(), blacklist.clone())
+                .with_outbox_bytes(cfg.max_outbox_bytes),
+        );
         let is_worker = cfg.roles.contains(&Role::Worker);
         let workers = Arc::new(Workers::new(
             node_id.clone(),
@@ -200,7 +199,8 @@ impl App {
             idle_timeout: cfg.idle_timeout,
             ping_interval,
             max_unacked: cfg.max_unacked,
-            write_timeout: cfg.idle_timeout,
+            max_unacked_bytes: cfg.max_outbox_bytes,
+            write_timeout: cfg.write_timeout,
         };
         let sessions = Arc::new(SessionCtx {
             hub: hub.clone(),

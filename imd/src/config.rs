@@ -124,6 +124,12 @@ pub struct Config {
     /// How long after sending a user may recall a message.
     #[serde(with = "humantime_serde")]
     pub recall_window: Duration,
+    /// Bytes of frames queued for one connection before it counts as too slow.
+    pub max_outbox_bytes: usize,
+    /// A write to a connection that makes no progress for this long closes it as too
+    /// slow.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
 }
 
 impl Default for Config {
@@ -154,6 +160,8 @@ impl Default for Config {
             connect_rate: 20,
             connect_burst: 100,
             recall_window: Duration::from_secs(120),
+            max_outbox_bytes: 8 << 20,
+            write_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -252,6 +260,12 @@ pub struct ServeArgs {
     /// How long after sending a user may recall a message [default: 2m].
     #[arg(long, env = "IMD_RECALL_WINDOW", value_parser = duration)]
     pub recall_window: Option<Duration>,
+    /// Bytes queued for one connection before it is closed as too slow [default: 8 MiB].
+    #[arg(long, env = "IMD_MAX_OUTBOX_BYTES")]
+    pub max_outbox_bytes: Option<usize>,
+    /// Close a connection whose write makes no progress for this long [default: 10s].
+    #[arg(long, env = "IMD_WRITE_TIMEOUT", value_parser = duration)]
+    pub write_timeout: Option<Duration>,
 }
 
 impl Config {
@@ -305,7 +319,9 @@ impl Config {
             send_burst,
             connect_rate,
             connect_burst,
-            recall_window
+            recall_window,
+            max_outbox_bytes,
+            write_timeout
         );
         cfg.validate()?;
         Ok(cfg)
@@ -336,6 +352,15 @@ impl Config {
             "outbox-capacity must be at least 16"
         );
         anyhow::ensure!(self.max_unacked >= 16, "max-unacked must be at least 16");
+        anyhow::ensure!(
+            self.max_outbox_bytes >= self.max_frame_bytes,
+            "max-outbox-bytes must be at least max-frame-bytes ({})",
+            self.max_frame_bytes
+        );
+        anyhow::ensure!(
+            self.write_timeout >= Duration::from_millis(100),
+            "write-timeout must be at least 100ms"
+        );
         anyhow::ensure!(
             (1..=65536).contains(&self.commit_batch),
             "commit-batch must be between 1 and 65536"

@@ -24,6 +24,10 @@ use crate::business::{Identity, Presence};
 
 const SHARDS: usize = 64;
 
+/// Bytes one connection's outbox holds before it counts as too slow, unless the hub is
+/// told otherwise (`--max-outbox-bytes`).
+const DEFAULT_OUTBOX_BYTES: usize = 8 << 20;
+
 /// One connected device.
 #[derive(Debug)]
 pub struct Conn {
@@ -97,6 +101,8 @@ pub struct Hub {
     hasher: RandomState,
     next_id: AtomicU64,
     outbox_capacity: usize,
+    /// Bytes of frames one connection's outbox holds before it counts as too slow.
+    outbox_bytes: usize,
     node_id: String,
     blacklist: Arc<Blacklist>,
     /// Where connection changes go in cluster mode. Unbounded, but at most two changes
@@ -145,6 +151,7 @@ impl Hub {
             hasher: RandomState::new(),
             next_id: AtomicU64::new(1),
             outbox_capacity,
+            outbox_bytes: DEFAULT_OUTBOX_BYTES,
             node_id,
             blacklist,
             stats: WorkerStats::default(),
@@ -251,6 +258,12 @@ impl Hub {
         kicked
     }
 
+    /// Bounds each connection's outbox by bytes too (default 8 MiB).
+    pub fn with_outbox_bytes(mut self, bytes: usize) -> Self {
+        self.outbox_bytes = bytes;
+        self
+    }
+
     /// Frames one connection may queue.
     pub fn outbox_capacity(&self) -> usize {
         self.outbox_capacity
@@ -313,7 +326,7 @@ impl Hub {
             who,
             remote,
             connected_at_ms,
-            outbox: Outbox::new(self.outbox_capacity),
+            outbox: Outbox::new(self.outbox_capacity, self.outbox_bytes),
             unacked: std::sync::atomic::AtomicU64::new(0),
         });
         let replaced = {

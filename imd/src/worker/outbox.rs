@@ -1,6 +1,7 @@
 //! A connection's outbox: the bounded queue of frames that any task fills and the
 //! connection's session drains. It decides nothing about who gets what; it only holds
-//! what it is given, and marks the connection as too slow when it is full.
+//! what it is given, and marks the connection as too slow when it is full: by count of
+//! frames, or by their bytes (`--max-outbox-bytes`), whichever comes first.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -34,6 +35,8 @@ struct OutboxState {
     queue: VecDeque<Out>,
     /// How many of `queue` are pushes.
     pushes: usize,
+    /// Bytes of the frames in `queue`.
+    bytes: usize,
     /// Set once the connection must close; the session sends `kick` with this reason.
     closing: Option<String>,
 }
@@ -46,14 +49,26 @@ pub struct Outbox {
     state: Mutex<OutboxState>,
     wake: Notify,
     capacity: usize,
+    max_bytes: usize,
+}
+
+impl Out {
+    /// Bytes of the frame it carries.
+    fn len(&self) -> usize {
+        match self {
+            Out::Push { frame, .. } | Out::Frame(frame) => frame.len(),
+            Out::Start(_) | Out::Head(_) => 0,
+        }
+    }
 }
 
 impl Outbox {
-    pub(super) fn new(capacity: usize) -> Self {
+    pub(super) fn new(capacity: usize, max_bytes: usize) -> Self {
         Self {
             state: Mutex::new(OutboxState::default()),
             wake: Notify::new(),
             capacity,
+            max_bytes,
         }
     }
 
@@ -69,18 +84,26 @@ impl Outbox {
         if st.closing.is_some() {
             return false;
         }
-        if st.queue.len() >= self.capacity {
+        let len = out.len();
+        let over_bytes = st.bytes + len > self.max_bytes;
+        if st.queue.len() >= self.capacity || over_bytes {
+            // Everything queued goes at once: its messages wait in the inbox.
             st.queue = VecDeque::new();
             st.pushes = 0;
+            st.bytes = 0;
             st.closing = Some("slow".into());
             drop(st);
             metrics::counter!("imd_slow_consumer_disconnects_total").increment(1);
+            if over_bytes {
+                metrics::counter!("imd_outbox_bytes_exceeded_total").increment(1);
+            }
             self.wake.notify_one();
             return false;
         }
         if matches!(out, Out::Push { .. }) {
             st.pushes += 1;
         }
+        st.bytes += len;
         st.queue.push_back(out);
         drop(st);
         self.wake.notify_one();
@@ -113,6 +136,7 @@ impl Outbox {
     /// replay that paces on the count) while it moves from the queue to the session.
     pub(crate) fn take(&self) -> (VecDeque<Out>, Option<String>) {
         let mut st = self.lock();
+        st.bytes = 0;
         (std::mem::take(&mut st.queue), st.closing.clone())
     }
 
@@ -131,5 +155,41 @@ impl Outbox {
     /// Waits until something is queued or a close is asked for.
     pub(crate) async fn notified(&self) {
         self.wake.notified().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn push(useq: u64, len: usize) -> Out {
+        Out::Push {
+            useq,
+            frame: "x".repeat(len).into(),
+            queued: Instant::now(),
+        }
+    }
+
+    /// The byte bound closes the connection before the count bound does, drops what
+    /// was queued, and a session that keeps taking frames never meets it.
+    #[test]
+    fn bytes_bound_the_queue_as_well_as_frames() {
+        let outbox = Outbox::new(1024, 10_000);
+        for useq in 1..=4 {
+            assert!(outbox.enqueue(push(useq, 2_000)));
+        }
+        let (taken, closing) = outbox.take();
+        assert_eq!((taken.len(), closing), (4, None));
+        for useq in 5..=9 {
+            assert!(
+                outbox.enqueue(push(useq, 2_000)),
+                "taken frames no longer count"
+            );
+        }
+        assert!(!outbox.enqueue(push(10, 1)), "10,001 bytes");
+        assert_eq!(outbox.queued_pushes(), 0, "dropped: they wait in the inbox");
+        let (taken, closing) = outbox.take();
+        assert_eq!((taken.len(), closing.as_deref()), (0, Some("slow")));
+        assert!(!outbox.enqueue(Out::Frame("late".into())), "closing");
     }
 }

@@ -23,4 +23,5 @@ mod lifecycle;
 mod redis_registry;
 mod redis_restart;
 mod service;
+mod slow_consumers;
 mod store_contract;

@@ -35,6 +35,9 @@ pub struct SessionSettings {
     pub ping_interval: Duration,
     /// Unacked pushes before the connection counts as too slow.
     pub max_unacked: usize,
+    /// Bytes of unacked pushes before the connection counts as too slow (the outbox
+    /// has the same bound for what waits to be written: `--max-outbox-bytes`).
+    pub max_unacked_bytes: usize,
     /// Give up on a write that makes no progress for this long.
     pub write_timeout: Duration,
 }
@@ -78,6 +81,9 @@ enum End {
     TooBig,
     /// The client is gone or the socket failed: nothing more to say.
     Gone,
+    /// A write made no progress for the write timeout: `kick` `slow`, if it can still
+    /// be written within the farewell's grace, then close.
+    Stalled,
 }
 
 struct State {
@@ -87,6 +93,8 @@ struct State {
     /// wake it asked for).
     check_at: Instant,
     unacked: BTreeMap<u64, Unacked>,
+    /// Bytes of the frames in `unacked`.
+    unacked_bytes: usize,
     /// Pushes that overtook a missing `useq` (cluster mode), held briefly.
     reorder: Reorder,
 }
@@ -105,6 +113,7 @@ where
         last_ping,
         check_at: (last_ping + s.ping_interval).min(now + s.idle_timeout),
         unacked: BTreeMap::new(),
+        unacked_bytes: 0,
         reorder: Reorder::default(),
     };
     ctx.clock.wake_at(&conn, st.check_at);
@@ -154,9 +163,9 @@ where
                     Message::Ping(_) | Message::Pong(_) => None,
                 };
                 if let Some(frame) = reply
-                    && Box::pin(send_all(&mut socket, [Message::Text(frame.into())], s)).await.is_err()
+                    && let Err(e) = Box::pin(send_all(&mut socket, [Message::Text(frame.into())], s)).await
                 {
-                    break End::Gone;
+                    break e;
                 }
             }
             _ = st.reorder.expired(), if st.reorder.holding() => {
@@ -180,8 +189,8 @@ where
                     stats
                         .retransmits
                         .fetch_add(resent as u64, Ordering::Relaxed);
-                    if Box::pin(send_all(&mut socket, frames, s)).await.is_err() {
-                        break End::Gone;
+                    if let Err(e) = Box::pin(send_all(&mut socket, frames, s)).await {
+                        break e;
                     }
                 }
             }
@@ -208,6 +217,15 @@ where
         End::TooBig => {
             metrics::counter!("imd_frames_too_large_total").increment(1);
             vec![close(close_code::SIZE, "frame too large")]
+        }
+        End::Stalled => {
+            metrics::counter!("imd_write_timeouts_total").increment(1);
+            metrics::counter!("imd_slow_consumer_disconnects_total").increment(1);
+            tracing::debug!(uid = %conn.who.uid, device = %conn.who.device, "write stalled; closing as slow");
+            vec![
+                Message::Text(wire::kick_frame("slow").into()),
+                close(close_code::POLICY, "slow"),
+            ]
         }
         End::Gone => Vec::new(),
     };
@@ -254,13 +272,18 @@ fn is_too_big(e: axum::Error) -> bool {
     )
 }
 
-/// Writes `frames` and flushes, giving up after the write timeout: a client that does
-/// not read is dead to us, and must not hold its session forever.
+/// Writes `frames` and flushes, giving up after the write timeout (`--write-timeout`):
+/// a client that does not read must not hold its session, and what is queued for it,
+/// for long. A write that stalls ends the session with `kick` `slow` (tried within the
+/// farewell's short grace); a socket that failed ends it with nothing more to say.
+///
+/// The timeout covers one batch of frames: a batch is at most an outbox's worth
+/// (`--max-outbox-bytes`), which a client that reads at all takes in far less.
 async fn send_all<S>(
     socket: &mut S,
     frames: impl IntoIterator<Item = Message>,
     s: &SessionSettings,
-) -> Result<(), ()>
+) -> Result<(), End>
 where
     S: Sink<Message, Error = axum::Error> + Unpin,
 {
@@ -273,7 +296,8 @@ where
     // The timer is armed only if the write cannot finish at once.
     match tokio::time::timeout(s.write_timeout, write).await {
         Ok(Ok(())) => Ok(()),
-        _ => Err(()),
+        Ok(Err(_)) => Err(End::Gone),
+        Err(_) => Err(End::Stalled),
     }
 }
 
@@ -382,7 +406,7 @@ where
 fn track(p: Held, now: Instant, st: &mut State, s: &SessionSettings, frames: &mut Vec<Message>) {
     metrics::histogram!("imd_push_latency_seconds")
         .record(now.saturating_duration_since(p.queued).as_secs_f64());
-    st.unacked.insert(
+    let replaced = st.unacked.insert(
         p.useq,
         Unacked {
             frame: p.frame.clone(),
@@ -390,10 +414,15 @@ fn track(p: Held, now: Instant, st: &mut State, s: &SessionSettings, frames: &mu
             sends: 1,
         },
     );
+    st.unacked_bytes += p.frame.len();
+    if let Some(old) = replaced {
+        st.unacked_bytes -= old.frame.len();
+    }
     frames.push(Message::Text(p.frame));
 }
 
-/// Writes `frames` unless the device has too many pushes in flight.
+/// Writes `frames` unless the device has too many pushes in flight, by count
+/// (`--max-unacked`) or by bytes (`--max-outbox-bytes`).
 async fn write_tracked<S>(
     socket: &mut S,
     frames: Vec<Message>,
@@ -403,14 +432,17 @@ async fn write_tracked<S>(
 where
     S: Sink<Message, Error = axum::Error> + Unpin,
 {
-    if st.unacked.len() > s.max_unacked {
+    if st.unacked.len() > s.max_unacked || st.unacked_bytes > s.max_unacked_bytes {
         metrics::counter!("imd_slow_consumer_disconnects_total").increment(1);
+        if st.unacked_bytes > s.max_unacked_bytes {
+            metrics::counter!("imd_unacked_bytes_exceeded_total").increment(1);
+        }
         return Err(End::Kick("slow".into(), close_code::POLICY));
     }
     if frames.is_empty() {
         return Ok(());
     }
-    send_all(socket, frames, s).await.map_err(|()| End::Gone)
+    send_all(socket, frames, s).await
 }
 
 /// When a new connection counts as last pinged: up to half an interval ago, by the
@@ -442,12 +474,14 @@ fn on_tick(now: Instant, st: &mut State, s: &SessionSettings) -> Result<Vec<Mess
         st.last_ping = now;
         frames.push(Message::Ping(bytes::Bytes::new()));
     }
+    let mut dropped = 0;
     st.unacked.retain(|_, u| {
         if u.deadline > now {
             return true;
         }
         if u.sends > s.ack_retries {
             metrics::counter!("imd_ack_timeouts_total").increment(1);
+            dropped += u.frame.len();
             return false;
         }
         u.sends += 1;
@@ -456,6 +490,7 @@ fn on_tick(now: Instant, st: &mut State, s: &SessionSettings) -> Result<Vec<Mess
         frames.push(Message::Text(u.frame.clone()));
         true
     });
+    st.unacked_bytes -= dropped;
     Ok(frames)
 }
 
@@ -500,7 +535,8 @@ async fn handle_text(
         }
         ClientFrame::Ack { useqs } => {
             for useq in useqs {
-                if st.unacked.remove(&useq).is_some() {
+                if let Some(u) = st.unacked.remove(&useq) {
+                    st.unacked_bytes -= u.frame.len();
                     metrics::counter!("imd_acks_total").increment(1);
                 }
             }

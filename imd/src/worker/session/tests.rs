@@ -11,6 +11,7 @@ fn settings() -> SessionSettings {
         idle_timeout: Duration::from_secs(3),
         ping_interval: Duration::from_secs(1),
         max_unacked: 8,
+        max_unacked_bytes: 1 << 20,
         write_timeout: Duration::from_secs(1),
     }
 }
@@ -21,6 +22,7 @@ fn state(now: Instant) -> State {
         last_ping: now,
         check_at: now,
         unacked: BTreeMap::new(),
+        unacked_bytes: 0,
         reorder: Reorder::default(),
     }
 }
@@ -45,6 +47,7 @@ fn retransmits_retries_times_then_gives_up() {
             sends: 1,
         },
     );
+    st.unacked_bytes = 1;
     let ms = |n| t0 + Duration::from_millis(n);
     assert_eq!(
         texts(&on_tick(ms(50), &mut st, &s).ok().unwrap()),
@@ -69,6 +72,7 @@ fn retransmits_retries_times_then_gives_up() {
         "given up"
     );
     assert!(st.unacked.is_empty());
+    assert_eq!(st.unacked_bytes, 0, "its bytes no longer count");
 }
 
 #[test]
