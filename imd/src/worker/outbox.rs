@@ -110,6 +110,11 @@ impl Outbox {
         true
     }
 
+    /// Whether the connection was already marked to close (a full outbox, a kick).
+    pub(crate) fn is_closing(&self) -> bool {
+        self.lock().closing.is_some()
+    }
+
     /// Pushes queued and not taken by the session yet.
     pub fn queued_pushes(&self) -> usize {
         self.lock().pushes

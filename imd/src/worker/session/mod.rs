@@ -220,7 +220,10 @@ where
         }
         End::Stalled => {
             metrics::counter!("imd_write_timeouts_total").increment(1);
-            metrics::counter!("imd_slow_consumer_disconnects_total").increment(1);
+            // A full outbox already counted this connection as slow.
+            if !conn.outbox.is_closing() {
+                metrics::counter!("imd_slow_consumer_disconnects_total").increment(1);
+            }
             tracing::debug!(uid = %conn.who.uid, device = %conn.who.device, "write stalled; closing as slow");
             vec![
                 Message::Text(wire::kick_frame("slow").into()),
