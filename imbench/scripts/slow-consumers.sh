@@ -14,6 +14,7 @@ source "$(dirname "$0")/lib.sh"
 
 SILENT=${SILENT:-10}
 PER=${PER:-768}
+BOUND=${BOUND:-8388608}
 SECRET="slow-consumers-$$"
 BUDGET=$(( SILENT * PER / 500 + 120 ))
 
@@ -69,8 +70,9 @@ PY
     echo "$name: RSS before ${rss0} KiB, peak ${hwm} KiB (+$(( (hwm - rss0) / 1024 )) MiB); cut off as slow: ${slow:-0} of ${SILENT}"
 }
 
+IMD_ARGS=(--max-outbox-bytes "$BOUND" --write-timeout 10s)
 start_imd "$SECRET" "$BUDGET"
-flood defaults
+flood "bound $BOUND"
 kill -TERM "$IMD_PID" 2>/dev/null || true
 IMD_ARGS=(--max-outbox-bytes 1073741824 --write-timeout 1h)
 start_imd "$SECRET" "$BUDGET" 127.0.0.1:0 "$WORK/data-off"
