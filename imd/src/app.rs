@@ -178,6 +178,7 @@ impl App {
             devices: workers.clone(),
             node: node.clone(),
             outbox_capacity: cfg.outbox_capacity,
+            outbox_bytes: cfg.max_outbox_bytes,
             tail_poll: redis.is_some().then_some(CLUSTER_TAIL_POLL),
             stop: stop.clone(),
         });

@@ -74,6 +74,9 @@ pub struct AdminDeps {
     pub node: Arc<NodeCard>,
     /// Frames one connection may queue: a replay sends at most half of it per call.
     pub outbox_capacity: usize,
+    /// Bytes one connection may queue, and have unacked: a replay sends at most a
+    /// quarter of it per call.
+    pub outbox_bytes: usize,
     /// How often a tail reads the store again: in a cluster other nodes commit too,
     /// and this node's commit feed only sees what it committed. `None` on one node.
     pub tail_poll: Option<Duration>,
@@ -91,6 +94,7 @@ pub struct Admin {
     devices: Arc<dyn Devices>,
     node: Arc<NodeCard>,
     outbox_capacity: usize,
+    outbox_bytes: usize,
     pub(super) tail_poll: Option<Duration>,
     pub(super) stop: CancellationToken,
 }
@@ -127,6 +131,7 @@ impl Admin {
             devices: deps.devices,
             node: deps.node,
             outbox_capacity: deps.outbox_capacity,
+            outbox_bytes: deps.outbox_bytes,
             tail_poll: deps.tail_poll,
             stop: deps.stop,
         }
@@ -396,8 +401,22 @@ impl Admin {
                 .inbox_range(&req.uid, req.after, until, cap + 1)
                 .await?
         };
-        let next_after = (entries.len() > cap).then(|| {
-            entries.truncate(cap);
+        // Half an outbox by frames, and a quarter by bytes (what is queued and what is
+        // unacked count separately, and large messages must not push a device past
+        // either bound): never fewer than one entry.
+        let bytes_cap = self.outbox_bytes / 4;
+        let mut bytes = 0;
+        let fit = entries
+            .iter()
+            .take(cap)
+            .take_while(|(_, json)| {
+                bytes += json.len() + 32;
+                bytes <= bytes_cap
+            })
+            .count()
+            .max(1);
+        let next_after = (entries.len() > fit).then(|| {
+            entries.truncate(fit);
             entries.last().map_or(req.after, |e| e.0)
         });
         let messages = entries.len();

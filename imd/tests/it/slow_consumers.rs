@@ -144,3 +144,54 @@ async fn a_device_that_reads_gets_a_large_burst_under_the_defaults() {
         "nobody was cut off"
     );
 }
+
+/// An admin replay of large messages goes in batches that keep the device under its
+/// byte bounds (a quarter of `--max-outbox-bytes` a call), instead of pushing it into
+/// a `slow` disconnect.
+#[tokio::test]
+async fn a_replay_of_large_messages_goes_in_batches_the_device_can_take() {
+    const ADMIN: &str = "admin-slow-consumers-0123456789";
+    let imd = Imd::start(&[
+        "--admin-token",
+        ADMIN,
+        "--max-outbox-bytes",
+        "262144",
+        "--send-rate",
+        "0",
+    ]);
+    let http = imd.http();
+    let sender = imd.token("sender", "s1");
+    let pad = padding();
+    for i in 0..10 {
+        http.post_message(&sender, &json!({"to": "bob", "body": {"i": i, "pad": pad}}))
+            .await
+            .assert_ok();
+    }
+    let mut bob = imd.ws_as("bob", "b1").await;
+    let mut after = 0;
+    let mut replayed = Vec::new();
+    loop {
+        let answer = http
+            .post_json(
+                "/admin/v1/replay",
+                Some(ADMIN),
+                &json!({"uid": "bob", "after": after}),
+            )
+            .await;
+        let answer = answer.assert_ok().clone();
+        let n = answer["messages"].as_u64().expect("messages");
+        // 64 KiB a call: three messages of a little over 16 KiB.
+        assert!((1..=3).contains(&n), "a batch of {n}: {answer}");
+        for _ in 0..n {
+            let (useq, _) = bob.expect_push().await;
+            bob.ack(&[useq]).await;
+            replayed.push(useq);
+        }
+        match answer["next_after"].as_u64() {
+            Some(next) => after = next,
+            None => break,
+        }
+    }
+    assert_eq!(replayed, (1..=10).collect::<Vec<u64>>());
+    bob.ping_pong().await;
+}
