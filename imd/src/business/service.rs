@@ -59,8 +59,13 @@ impl Decision {
 }
 
 /// An event message of `conv`, from `from`, to `members`.
-pub(crate) fn event(conv: &str, from: &str, event: Event, members: Vec<String>) -> Op {
-    Op::Message(NewMessage {
+pub(crate) fn event_message(
+    conv: &str,
+    from: &str,
+    event: Event,
+    members: Vec<String>,
+) -> NewMessage {
+    NewMessage {
         id: uuid::Uuid::now_v7().to_string(),
         conv: conv.to_owned(),
         from: from.to_owned(),
@@ -68,7 +73,12 @@ pub(crate) fn event(conv: &str, from: &str, event: Event, members: Vec<String>) 
         content: Content::Event(event),
         ts: now_ms(),
         members,
-    })
+    }
+}
+
+/// [`event_message`] as the op that commits it.
+fn event(conv: &str, from: &str, e: Event, members: Vec<String>) -> Op {
+    Op::Message(event_message(conv, from, e, members))
 }
 
 /// The customer of a service conversation id.

@@ -20,7 +20,7 @@ use shared::protocol::{
 use shared::time::now_ms;
 
 use super::{Done, Messaging, Queued, pair};
-use crate::business::service::event;
+use crate::business::service::event_message;
 use crate::business::{Error, Identity};
 use crate::store::{
     CommitOutcome, ConvCursor, Op, Recall, RecallRefused, ServiceState, StoreError,
@@ -219,7 +219,7 @@ impl Messaging {
             sender: Some(who.uid.clone()),
             not_before,
             holders: self.holders(conv, &members).await?,
-            event: new_event(conv, &who.uid, recalled, members.now),
+            event: event_message(conv, &who.uid, recalled, members.now),
         };
         self.queue_recall(recall, window, reply).await
     }
@@ -250,7 +250,7 @@ impl Messaging {
             sender: None,
             not_before: i64::MIN,
             holders: self.holders(conv, &members).await?,
-            event: new_event(conv, &original.from, recalled, members.now),
+            event: event_message(conv, &original.from, recalled, members.now),
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
         let window = self.0.recall_window;
@@ -508,14 +508,6 @@ impl Messaging {
             }
         }
         Ok(false)
-    }
-}
-
-/// An event message op of `conv`.
-fn new_event(conv: &str, from: &str, e: Event, members: Vec<String>) -> crate::store::NewMessage {
-    match event(conv, from, e, members) {
-        Op::Message(m) => m,
-        _ => unreachable!("event() makes a message"),
     }
 }
 
