@@ -1,8 +1,10 @@
 //! Draining a conversation's pending fan-outs into its members' inboxes, under the
 //! conversation's lease: the step script (pop what is done, take or renew the lease,
 //! read the next round) and the rounds of member appends. Commits, joins and the sweep
-//! all drain through here (see the *Commit* steps in `messages`). It must never hold
-//! the lease across anything but the drain of that one conversation.
+//! all drain through here (see the *Commit* steps in `messages`); joins and recalls
+//! run their own work under the lease once the drain is done ([`RedisStore::with_lease`]).
+//! It must never hold the lease across anything but the drain of that one
+//! conversation and the work a join or a recall hands it.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -10,7 +12,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use futures_util::future::try_join_all;
 
-use super::scripts::{APPEND, BUSY, DONE, ROUND, STEP};
+use super::scripts::{APPEND, BUSY, DONE, HELD, RELEASE, ROUND, STEP};
 use super::{
     BACKOFF_MAX, BACKOFF_START, DRAIN_DEADLINE, LEASE_MS, ROUND_ENTRIES, ROUND_MEMBERS, corrupt,
 };
@@ -165,6 +167,46 @@ pub(super) fn parse_entries(
 }
 
 impl RedisStore {
+    /// Drains `conv` and keeps its lease (what the drain wrote for other writers goes
+    /// to the relay), runs `work` with the lease's token and the seq the drain
+    /// reached, then releases the lease, whatever `work` returned. When the lease
+    /// cannot be kept, `work` does not run and the answer is `lost(conv)`.
+    pub(super) async fn with_lease<T>(
+        &self,
+        conv: &str,
+        lost: fn(String) -> StoreError,
+        work: impl AsyncFnOnce(&str, u64) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let token = token();
+        let first = self.step(conv, &token, 0, 0, true).await?;
+        let (fanned, held) = self.drain(conv, &token, first, Drain::Join).await;
+        self.relay(fanned);
+        let done = match held {
+            Ok(s) if s.code == HELD => work(&token, s.need).await,
+            Ok(_) => Err(lost(conv.to_owned())),
+            Err(e) => Err(e),
+        };
+        let released = RELEASE
+            .key(conv_key(conv, "lock"))
+            .arg(&token)
+            .invoke_async::<i64>(&mut self.conn.clone())
+            .await
+            .map_err(StoreError::from);
+        let done = done?;
+        released?;
+        Ok(done)
+    }
+
+    /// Hands entries this call fanned out for other writers to the relay.
+    pub(super) fn relay(&self, fanned: Vec<Fanned>) {
+        self.relayed.push(
+            fanned
+                .into_iter()
+                .filter(|f| !f.recipients.is_empty())
+                .map(Fanned::into_committed),
+        );
+    }
+
     /// One step of a drain (see `step_lib.lua`).
     pub(super) async fn step(
         &self,

@@ -9,8 +9,7 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 
-use super::drain::{Drain, token};
-use super::scripts::{APPEND, CHUNK, HELD, RELEASE};
+use super::scripts::{APPEND, CHUNK};
 use super::{JOIN_CHUNK, LEASE_MS};
 use crate::store::redis::RedisStore;
 use crate::store::redis::keys::{conv_key, user_key};
@@ -20,27 +19,11 @@ impl RedisStore {
     /// Gives `uid` the messages of `conv` after those it has, under the conversation's
     /// lease; returns the last [`JOIN_PUSH_TAIL`] of them.
     pub(super) async fn join(&self, conv: &str, uid: &str) -> Result<Vec<Committed>, StoreError> {
-        let token = token();
-        let first = self.step(conv, &token, 0, 0, true).await?;
-        let (fanned, held) = self.drain(conv, &token, first, Drain::Join).await;
-        self.relay(fanned);
-        let copied = match held {
-            Ok(s) if s.code == HELD => self.copy_history(conv, uid, &token).await,
-            Ok(_) => Err(StoreError::JoinLeaseLost {
-                conv: conv.to_owned(),
-            }),
-            Err(e) => Err(e),
-        };
-        let mut conn = self.conn.clone();
-        let released = RELEASE
-            .key(conv_key(conv, "lock"))
-            .arg(&token)
-            .invoke_async::<i64>(&mut conn)
-            .await
-            .map_err(StoreError::from);
-        let copied = copied?;
-        released?;
-        Ok(copied)
+        let lost = |conv| StoreError::JoinLeaseLost { conv };
+        self.with_lease(conv, lost, async |token, _| {
+            self.copy_history(conv, uid, token).await
+        })
+        .await
     }
 
     /// The copy of a join: `msgs[pos[conv]..]` into `uid`'s inbox, in chunks.

@@ -9,8 +9,8 @@ use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt, stream};
 use shared::protocol::Message;
 
-use super::drain::{Drain, Fanned, token};
-use super::scripts::{HELD, RECALL_INBOX, RECALL_SET, RELEASE};
+use super::drain::Drain;
+use super::scripts::{HELD, RECALL_INBOX, RECALL_SET};
 use super::{LEASE_MS, RECALL_CHUNK, RECALL_HOLDERS_AT_ONCE, RECALL_SCAN, corrupt};
 use crate::store::redis::RedisStore;
 use crate::store::redis::keys::{conv_key, user_key};
@@ -63,30 +63,14 @@ impl RedisStore {
     /// Steps 1 to 3 of a recall (see `messages`): the conversation's part, under the
     /// lease.
     pub(super) async fn recall_in_conversation(&self, r: &Recall) -> Result<Checked, StoreError> {
-        let conv = r.conv.as_str();
-        let token = token();
-        let first = self.step(conv, &token, 0, 0, true).await?;
-        let (fanned, held) = self.drain(conv, &token, first, Drain::Join).await;
-        self.relay(fanned);
-        let checked = match held {
-            Ok(s) if s.code == HELD => self.recall_stored(r, &token, s.need).await,
-            Ok(_) => Err(StoreError::RecallLeaseLost {
-                conv: conv.to_owned(),
-            }),
-            Err(e) => Err(e),
-        };
-        // Freed before the inboxes are rewritten: nothing can write the original into
-        // an inbox any more, and writers of the conversation must not wait on the
-        // rewrite.
-        let released = RELEASE
-            .key(conv_key(conv, "lock"))
-            .arg(&token)
-            .invoke_async::<i64>(&mut self.conn.clone())
-            .await
-            .map_err(StoreError::from);
-        let checked = checked?;
-        released?;
-        Ok(checked)
+        // The lease is released when this returns, before the inboxes are rewritten:
+        // nothing can write the original into an inbox any more, and writers of the
+        // conversation must not wait on the rewrite.
+        let lost = |conv| StoreError::RecallLeaseLost { conv };
+        self.with_lease(&r.conv, lost, async |token, drained| {
+            self.recall_stored(r, token, drained).await
+        })
+        .await
     }
 
     /// The conversation's part, under the lease `token` whose drain reached
@@ -226,16 +210,6 @@ impl RedisStore {
         }
         tracing::warn!(%uid, conv = %r.conv, seq = r.seq, "recalled message not found near the inbox's tail; left as it was");
         Ok(())
-    }
-
-    /// Hands entries this call fanned out for other writers to the relay.
-    pub(super) fn relay(&self, fanned: Vec<Fanned>) {
-        self.relayed.push(
-            fanned
-                .into_iter()
-                .filter(|f| !f.recipients.is_empty())
-                .map(Fanned::into_committed),
-        );
     }
 }
 
