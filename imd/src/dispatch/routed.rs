@@ -193,7 +193,7 @@ async fn route_loop(
                     }
                 }
                 Routable::Notice(n) => {
-                    for (node, uids) in notice_by_node(&n.uids, &nodes_of) {
+                    for (node, uids) in split_by_node(&n.uids, &nodes_of) {
                         let n = Notice {
                             uids,
                             frame: n.frame.clone(),
@@ -208,29 +208,34 @@ async fn route_loop(
     }
 }
 
-/// Groups `uids` by the nodes their devices are on, in first-seen node order.
-fn notice_by_node<'a>(
-    uids: &[String],
-    nodes_of: &HashMap<&str, Vec<&'a str>>,
-) -> Vec<(&'a str, Vec<String>)> {
-    let with_useq: Vec<(String, u64)> = uids.iter().map(|u| (u.clone(), 0)).collect();
-    split_by_node(&with_useq, nodes_of)
-        .into_iter()
-        .map(|(node, to)| (node, to.into_iter().map(|(u, _)| u).collect()))
-        .collect()
+/// A recipient of a message (with its `useq`) or of a notice, by its uid.
+trait Recipient: Clone {
+    fn uid(&self) -> &str;
+}
+
+impl Recipient for (String, u64) {
+    fn uid(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Recipient for String {
+    fn uid(&self) -> &str {
+        self
+    }
 }
 
 /// Groups `recipients` by the nodes their devices are on, in first-seen node order.
-fn split_by_node<'a>(
-    recipients: &[(String, u64)],
+fn split_by_node<'a, R: Recipient>(
+    recipients: &[R],
     nodes_of: &HashMap<&str, Vec<&'a str>>,
-) -> Vec<(&'a str, Vec<(String, u64)>)> {
-    let mut out: Vec<(&'a str, Vec<(String, u64)>)> = Vec::new();
-    for (uid, useq) in recipients {
-        for node in nodes_of.get(uid.as_str()).into_iter().flatten() {
+) -> Vec<(&'a str, Vec<R>)> {
+    let mut out: Vec<(&'a str, Vec<R>)> = Vec::new();
+    for r in recipients {
+        for node in nodes_of.get(r.uid()).into_iter().flatten() {
             match out.iter_mut().find(|(n, _)| n == node) {
-                Some((_, to)) => to.push((uid.clone(), *useq)),
-                None => out.push((node, vec![(uid.clone(), *useq)])),
+                Some((_, to)) => to.push(r.clone()),
+                None => out.push((node, vec![r.clone()])),
             }
         }
     }

@@ -100,10 +100,15 @@ impl Workers {
         self.read().values().map(|e| e.worker.clone()).collect()
     }
 
-    /// Whether `node` is a worker this node can reach now (a worker whose connection
-    /// broke is not, even before discovery drops it).
+    /// The worker of `node`, if this node can reach it now (a worker whose connection
+    /// broke cannot be, even before discovery drops it).
+    fn live(&self, node: &str) -> Option<Arc<dyn Worker>> {
+        self.get(node).filter(|w| w.is_live())
+    }
+
+    /// Whether `node` is a worker this node can reach now.
     pub fn is_live(&self, node: &str) -> bool {
-        self.get(node).is_some_and(|w| w.is_live())
+        self.live(node).is_some()
     }
 
     /// Ids of every reachable worker, this node's first.
@@ -246,24 +251,12 @@ impl Workers {
 
     /// Hands `d` to the worker of `node`; false when that worker is not reachable.
     pub fn deliver(&self, node: &str, d: Delivery) -> bool {
-        match self.get(node) {
-            Some(w) if w.is_live() => {
-                w.deliver(d);
-                true
-            }
-            _ => false,
-        }
+        self.live(node).map(|w| w.deliver(d)).is_some()
     }
 
     /// Hands `n` to the worker of `node`; false when that worker is not reachable.
     pub fn notify(&self, node: &str, n: Notice) -> bool {
-        match self.get(node) {
-            Some(w) if w.is_live() => {
-                w.notify(n);
-                true
-            }
-            _ => false,
-        }
+        self.live(node).map(|w| w.notify(n)).is_some()
     }
 
     /// Disconnects device `device` of `uid` on worker `node`; how many (0 or 1).
