@@ -7,11 +7,25 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::common::{Imd, metric, raw_upgrade, wait_eof, wait_until};
+use crate::common::{Http, Imd, metric, raw_upgrade, wait_eof, wait_until};
 
-/// 16 KiB of text: a large message, well under the 64 KiB frame limit.
-fn padding() -> String {
-    "x".repeat(16 * 1024)
+/// `n` messages of 16 KiB (a large message, well under the 64 KiB frame limit) from
+/// `sender` to `to`, each committed before the next.
+async fn flood(http: &Http, sender: &str, to: &str, n: u64) {
+    let pad = "x".repeat(16 * 1024);
+    for i in 0..n {
+        http.post_message(sender, &json!({"to": to, "body": {"i": i, "pad": pad}}))
+            .await
+            .assert_ok();
+    }
+}
+
+/// Waits until the counter `name` of `/metrics` is at least 1.
+async fn counted(http: &Http, name: &str, what: &str) {
+    wait_until(Duration::from_secs(10), what, || async {
+        metric(&http.metrics().await, name).unwrap_or(0.0) >= 1.0
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -29,24 +43,13 @@ async fn a_device_that_never_reads_is_cut_off_by_bytes_and_time() {
     // timeout, 60 s by default, is not what closes it here).
     let mut dead = raw_upgrade(imd.addr, &imd.token("dead", "d1"));
     let sender = imd.token("sender", "s1");
-    let pad = padding();
     // 128 × 16 KiB = 2 MiB for it: eight times its outbox's bound, and more than the
     // socket buffers take, so its writes stall as well.
-    for i in 0..128 {
-        http.post_message(
-            &sender,
-            &json!({"to": "dead", "body": {"i": i, "pad": pad}}),
-        )
-        .await
-        .assert_ok();
-    }
-    wait_until(
-        Duration::from_secs(10),
+    flood(&http, &sender, "dead", 128).await;
+    counted(
+        &http,
+        "imd_slow_consumer_disconnects_total",
         "the silent device cut off as slow",
-        || async {
-            let text = http.metrics().await;
-            metric(&text, "imd_slow_consumer_disconnects_total").unwrap_or(0.0) >= 1.0
-        },
     )
     .await;
     let text = http.metrics().await;
@@ -89,23 +92,12 @@ async fn a_write_that_makes_no_progress_closes_the_connection() {
     let http = imd.http();
     let mut dead = raw_upgrade(imd.addr, &imd.token("dead", "d1"));
     let sender = imd.token("sender", "s1");
-    let pad = padding();
     // 16 MiB: more than loopback's socket buffers take.
-    for i in 0..1024 {
-        http.post_message(
-            &sender,
-            &json!({"to": "dead", "body": {"i": i, "pad": pad}}),
-        )
-        .await
-        .assert_ok();
-    }
-    wait_until(
-        Duration::from_secs(10),
+    flood(&http, &sender, "dead", 1024).await;
+    counted(
+        &http,
+        "imd_write_timeouts_total",
         "the stalled write to time out",
-        || async {
-            let text = http.metrics().await;
-            metric(&text, "imd_write_timeouts_total").unwrap_or(0.0) >= 1.0
-        },
     )
     .await;
     tokio::task::spawn_blocking(move || wait_eof(&mut dead, Duration::from_secs(10)))
@@ -119,17 +111,9 @@ async fn a_device_that_reads_gets_a_large_burst_under_the_defaults() {
     let http = imd.http();
     let mut reader = imd.ws_as("reader", "r1").await;
     let sender = imd.token("sender", "s1");
-    let pad = padding();
     // 256 × 16 KiB = 4 MiB, all committed before the device reads any of it: the
     // size of a reassigned agent's pushed history, with large messages.
-    for i in 0..256 {
-        http.post_message(
-            &sender,
-            &json!({"to": "reader", "body": {"i": i, "pad": pad}}),
-        )
-        .await
-        .assert_ok();
-    }
+    flood(&http, &sender, "reader", 256).await;
     for i in 0..256u64 {
         let (useq, msg) = reader.expect_push().await;
         reader.ack(&[useq]).await;
@@ -161,12 +145,7 @@ async fn a_replay_of_large_messages_goes_in_batches_the_device_can_take() {
     ]);
     let http = imd.http();
     let sender = imd.token("sender", "s1");
-    let pad = padding();
-    for i in 0..10 {
-        http.post_message(&sender, &json!({"to": "bob", "body": {"i": i, "pad": pad}}))
-            .await
-            .assert_ok();
-    }
+    flood(&http, &sender, "bob", 10).await;
     let mut bob = imd.ws_as("bob", "b1").await;
     let mut after = 0;
     let mut replayed = Vec::new();
