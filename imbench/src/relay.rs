@@ -193,9 +193,12 @@ fn handle(relay: &Relay, uid: &str, text: &str) -> Option<String> {
     };
     match frame {
         ClientFrame::Ping => Some(json!({"type": "pong"}).to_string()),
-        // Acks, and read receipts and typing, which the floor neither stores nor
-        // forwards.
-        ClientFrame::Ack { .. } | ClientFrame::Read { .. } | ClientFrame::Typing { .. } => None,
+        // Acks, and read receipts, typing and availability, which the floor neither
+        // stores nor forwards.
+        ClientFrame::Ack { .. }
+        | ClientFrame::Read { .. }
+        | ClientFrame::Typing { .. }
+        | ClientFrame::Status { .. } => None,
         ClientFrame::Recall { .. } => {
             let error = json!({"type": "error", "code": "bad_request",
                 "message": "the relay keeps no messages to recall"});

@@ -93,9 +93,9 @@ fn unit_request(plan: &RunPlan, k: u64) -> (String, serde_json::Value) {
                 "{api}/admin/v1/shops/{}/agents",
                 crate::plan::shop_id(&plan.run_id, k)
             ),
-            serde_json::to_value(ShopAgents {
-                agents: uids(first..(first + plan.shop_agents).min(end)),
-            })
+            serde_json::to_value(ShopAgents::agents(uids(
+                first..(first + plan.shop_agents).min(end),
+            )))
             .expect("an agent list serializes"),
         ),
     }

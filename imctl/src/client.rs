@@ -412,7 +412,7 @@ impl Client {
         shop: &str,
         agents: Vec<String>,
     ) -> Result<(), ClientError> {
-        let body = ShopAgents { agents };
+        let body = ShopAgents::agents(agents);
         let _: serde_json::Value = self
             .call(
                 Method::PUT,

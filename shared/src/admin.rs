@@ -169,12 +169,106 @@ pub struct Kicked {
     pub kicked: usize,
 }
 
-/// `PUT`/`GET /admin/v1/shops/{shop}/agents` body.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// `PUT`/`GET /admin/v1/shops/{shop}/agents` body: the shop's agents and its
+/// customer-service settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShopAgents {
     /// The shop's agents.
     pub agents: Vec<String>,
+    /// Open conversations one agent may hold at once (0 or absent: no cap; at most
+    /// [`MAX_OPEN_LIMIT`]).
+    #[serde(default)]
+    pub max_open: u32,
+    /// The body of a message the shop sends when a conversation opens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub welcome: Option<serde_json::Value>,
+    /// The body of a message the shop sends when a conversation opens while no agent
+    /// is online and available.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub away: Option<serde_json::Value>,
+}
+
+impl ShopAgents {
+    /// Agents only, no settings.
+    pub fn agents(agents: Vec<String>) -> Self {
+        Self {
+            agents,
+            max_open: 0,
+            welcome: None,
+            away: None,
+        }
+    }
+}
+
+/// The highest `max_open` a shop may set.
+pub const MAX_OPEN_LIMIT: u32 = 10_000;
+
+/// `GET /admin/v1/shops` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shops {
+    /// Every shop, by name.
+    pub shops: Vec<String>,
+}
+
+/// `GET /admin/v1/shops/{shop}/stats` answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShopStats {
+    /// The shop.
+    pub shop: String,
+    /// Agents with a device connected.
+    pub agents_online: u64,
+    /// Of those, the ones not marked away.
+    pub agents_available: u64,
+    /// Open conversations with an agent.
+    pub open: u64,
+    /// Conversations waiting in the queue.
+    pub waiting: u64,
+    /// The cap per agent (0: none).
+    pub max_open: u32,
+    /// First-response times: from the message that opened a conversation to the first
+    /// agent answer.
+    pub first_response_ms: FirstResponse,
+    /// The customers' ratings.
+    pub rating: RatingStats,
+    /// Each agent, in the shop's order.
+    pub agents: Vec<AgentStats>,
+}
+
+/// First-response percentiles, each the upper bound of its histogram bucket (at most
+/// 25% above the true figure); `null` before any answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FirstResponse {
+    /// Conversations answered.
+    pub count: u64,
+    /// Median.
+    pub p50: Option<u64>,
+    /// 90th percentile.
+    pub p90: Option<u64>,
+    /// 99th percentile.
+    pub p99: Option<u64>,
+}
+
+/// Ratings given.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RatingStats {
+    /// How many.
+    pub count: u64,
+    /// Their mean score; `null` before the first.
+    pub avg: Option<f64>,
+}
+
+/// One agent of [`ShopStats`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentStats {
+    /// The agent.
+    pub uid: String,
+    /// Whether a device of it is connected.
+    pub online: bool,
+    /// Whether it takes new conversations (online and not away).
+    pub available: bool,
+    /// Its open conversations (in every shop it serves).
+    pub open: u64,
 }
 
 /// `PUT`/`GET /admin/v1/groups/{name}/members` body.

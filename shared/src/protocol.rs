@@ -148,7 +148,46 @@ pub enum ClientFrame {
         /// The message to recall.
         seq: u64,
     },
+    /// An agent sets its availability for new conversations; not answered unless
+    /// refused.
+    Status {
+        /// `available` or `away`.
+        status: AgentStatus,
+    },
 }
+
+/// An agent's availability: only `available` agents are given new conversations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentStatus {
+    /// Takes new conversations (up to its shop's cap). Every agent is available when
+    /// it connects.
+    Available,
+    /// Keeps its conversations, takes no new one.
+    Away,
+}
+
+/// `PUT /v1/agent/status` body and answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusRequest {
+    /// The new availability.
+    pub status: AgentStatus,
+}
+
+/// `POST /v1/conversations/{conv}/rating` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RatingRequest {
+    /// 1 to 5.
+    pub score: u8,
+    /// The customer's words, at most [`MAX_COMMENT_CHARS`] characters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+}
+
+/// The longest rating comment, in characters.
+pub const MAX_COMMENT_CHARS: usize = 1000;
 
 /// One inbox position and its message.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -219,6 +258,14 @@ pub enum ServerFrame {
         conv: String,
         /// The recalled message.
         seq: u64,
+    },
+    /// The caller's service conversation waits for an agent: its place in the shop's
+    /// queue (1 = next), sent when it starts waiting and whenever it moves.
+    Queue {
+        /// The conversation.
+        conv: String,
+        /// 1 = next.
+        position: u64,
     },
     /// The server is about to close the connection.
     Kick {

@@ -354,13 +354,14 @@ impl<'a> Traffic<'a> {
                 bump(&stats.counts.kicks);
                 stats.error("kick", &reason);
             }
-            // Other members' read positions and typing, and answers to recalls: the
-            // load sends none of the last, and needs none of them.
+            // Other members' read positions and typing, answers to recalls, and queue
+            // places: the load sends no recall, and needs none of them.
             Ok(
                 ServerFrame::Pong
                 | ServerFrame::Read { .. }
                 | ServerFrame::Typing { .. }
-                | ServerFrame::Recalled { .. },
+                | ServerFrame::Recalled { .. }
+                | ServerFrame::Queue { .. },
             ) => {}
             Err(e) => {
                 bump(&stats.counts.server_errors);

@@ -12,8 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use shared::admin::{
-    AddBlacklist, BlacklistEntry, BlacklistKind, ClusterInfo, ConnCursor, ConnectionList, NodeInfo,
-    Replay, Replayed,
+    AddBlacklist, AgentStats, BlacklistEntry, BlacklistKind, ClusterInfo, ConnCursor,
+    ConnectionList, FirstResponse, MAX_OPEN_LIMIT, NodeInfo, RatingStats, Replay, Replayed,
+    ShopAgents, ShopStats,
 };
 use shared::ids::is_valid_id;
 use shared::time::now_ms;
@@ -22,8 +23,11 @@ use tokio_util::sync::CancellationToken;
 use super::blacklist::{Blacklist, IpNet};
 use super::messaging::Messaging;
 use super::words::{WordFilter, Words, WordsPolicy};
-use super::{Devices, Error};
-use crate::store::DirectoryStore;
+use super::{Devices, Error, stats};
+use crate::store::{DirectoryStore, Shop};
+
+/// The largest welcome or away message body, in bytes of JSON.
+const SHOP_MESSAGE_MAX: usize = 8 * 1024;
 
 /// What a node says of itself in the cluster view, besides its worker's figures.
 #[derive(Debug)]
@@ -232,24 +236,99 @@ impl Admin {
         }
     }
 
-    /// Sets a shop's agents, and hands its waiting conversations to any who are online.
-    pub async fn set_shop_agents(&self, shop: &str, agents: Vec<String>) -> Result<(), Error> {
+    /// Sets a shop's agents and settings, then hands its waiting conversations to any
+    /// agent now eligible (added, or under a raised cap).
+    pub async fn set_shop(&self, shop: &str, body: ShopAgents) -> Result<(), Error> {
         name(shop, "shop id")?;
-        let agents = ids(agents, "uid")?;
-        self.dir.set_shop_agents(shop, agents.clone()).await?;
-        for agent in agents {
-            let decision = self.messaging.service().agent_online_if(&agent).await?;
-            self.messaging.submit(decision).await?;
+        let agents = ids(body.agents, "uid")?;
+        if body.max_open > MAX_OPEN_LIMIT {
+            return Err(Error::BadRequest(format!(
+                "max_open must be 0 (no cap) to {MAX_OPEN_LIMIT}"
+            )));
         }
-        Ok(())
+        for (what, v) in [("welcome", &body.welcome), ("away", &body.away)] {
+            match v {
+                Some(serde_json::Value::Null) => {
+                    return Err(Error::BadRequest(format!("{what} must not be null")));
+                }
+                Some(v) if v.to_string().len() > SHOP_MESSAGE_MAX => {
+                    return Err(Error::BadRequest(format!(
+                        "{what} must be at most {SHOP_MESSAGE_MAX} bytes of JSON"
+                    )));
+                }
+                _ => {}
+            }
+        }
+        let settings = Shop {
+            agents,
+            max_open: body.max_open,
+            welcome: body.welcome,
+            away: body.away,
+        };
+        self.dir.set_shop(shop, settings).await?;
+        let decisions = self.messaging.service().drain(shop).await?;
+        self.messaging.submit(decisions).await
     }
 
-    /// A shop's agents.
-    pub async fn shop_agents(&self, shop: &str) -> Result<Vec<String>, Error> {
-        self.dir
-            .shop_agents(shop)
+    /// A shop's agents and settings.
+    pub async fn shop(&self, shop: &str) -> Result<ShopAgents, Error> {
+        let s = self
+            .dir
+            .shop(shop)
             .await?
-            .ok_or_else(|| Error::NotFound(format!("no such shop {shop:?}")))
+            .ok_or_else(|| Error::NotFound(format!("no such shop {shop:?}")))?;
+        Ok(ShopAgents {
+            agents: s.agents,
+            max_open: s.max_open,
+            welcome: s.welcome,
+            away: s.away,
+        })
+    }
+
+    /// Every shop, by name.
+    pub async fn shops(&self) -> Result<Vec<String>, Error> {
+        Ok(self.dir.shops().await?)
+    }
+
+    /// A shop's figures: agents online and available, open and waiting conversations,
+    /// first-response percentiles, ratings, and each agent's load.
+    pub async fn shop_stats(&self, shop: &str) -> Result<ShopStats, Error> {
+        let settings = self
+            .dir
+            .shop(shop)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("no such shop {shop:?}")))?;
+        let agents = self.messaging.service().agents(&settings).await?;
+        let c = self.dir.shop_counters(shop).await?;
+        let agents: Vec<AgentStats> = agents
+            .into_iter()
+            .map(|a| AgentStats {
+                available: a.online && !a.away,
+                online: a.online,
+                uid: a.uid,
+                open: a.open,
+            })
+            .collect();
+        let q = |q| stats::quantile_ms(&c.first_response, q);
+        Ok(ShopStats {
+            shop: shop.to_owned(),
+            agents_online: agents.iter().filter(|a| a.online).count() as u64,
+            agents_available: agents.iter().filter(|a| a.available).count() as u64,
+            open: c.open,
+            waiting: c.waiting,
+            max_open: settings.max_open,
+            first_response_ms: FirstResponse {
+                count: c.first_response.iter().sum(),
+                p50: q(0.5),
+                p90: q(0.9),
+                p99: q(0.99),
+            },
+            rating: RatingStats {
+                count: c.ratings,
+                avg: (c.ratings > 0).then(|| c.rating_sum as f64 / c.ratings as f64),
+            },
+            agents,
+        })
     }
 
     /// Sets a group's members (conversation `g:{name}`). Members it adds start
@@ -280,9 +359,9 @@ impl Admin {
     /// Hands a service conversation to `agent`, who receives its history.
     pub async fn transfer(&self, conv: &str, agent: &str) -> Result<(), Error> {
         name(agent, "uid")?;
-        let decision = self.messaging.service().transfer(conv, agent).await?;
+        let decisions = self.messaging.service().transfer(conv, agent).await?;
         // Answered once the join is committed: the assignment is durable with it.
-        self.messaging.submit_and_wait(decision).await
+        self.messaging.submit_and_wait(decisions).await
     }
 
     /// Recalls any message of `conv` (moderation): its body goes, and a `recalled`
@@ -293,8 +372,8 @@ impl Admin {
 
     /// Ends a service conversation's assignment, with a `closed` event message.
     pub async fn close(&self, conv: &str) -> Result<(), Error> {
-        let decision = self.messaging.service().close(conv, None).await?;
-        self.messaging.submit_and_wait(decision).await
+        let decisions = self.messaging.service().close(conv, None).await?;
+        self.messaging.submit_and_wait(decisions).await
     }
 
     /// The assignment of a service conversation.

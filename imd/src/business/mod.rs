@@ -13,8 +13,10 @@ pub mod admin;
 pub mod assignment;
 pub mod blacklist;
 pub mod limits;
+pub mod locks;
 pub mod messaging;
 pub mod service;
+pub mod stats;
 mod tail;
 pub mod words;
 
@@ -57,6 +59,9 @@ pub enum Error {
     /// Over a rate limit.
     #[error("{0}")]
     RateLimited(String),
+    /// The state does not allow it (a second rating, an agent at its cap).
+    #[error("{0}")]
+    Conflict(String),
     /// Refused by the sensitive-word filter.
     #[error("the message contains a blocked word")]
     BlockedContent,
@@ -76,6 +81,7 @@ impl Error {
             Error::Forbidden(_) => ErrorCode::Forbidden,
             Error::NotFound(_) => ErrorCode::NotFound,
             Error::RateLimited(_) => ErrorCode::RateLimited,
+            Error::Conflict(_) => ErrorCode::Conflict,
             Error::BlockedContent => ErrorCode::BlockedContent,
             Error::ShuttingDown | Error::Store(_) => ErrorCode::Internal,
         }

@@ -1,53 +1,77 @@
-//! Customer-service conversations: routing a customer's message to an agent of the
-//! shop, and the assignment rules around it.
+//! Customer-service conversations: who gets a customer, when, and what everyone is
+//! told.
 //!
-//! - A customer's first message opens `s:{shop}~{customer}` and assigns the online agent
-//!   with the fewest open conversations (ties: the one assigned longest ago).
-//! - The assignment sticks while that agent is online. If the agent is offline when the
-//!   customer writes again, another online agent takes over and receives the history.
-//!   If nobody else is online either, the conversation stays with the offline agent.
-//! - With no agent online for a new conversation, the message is stored and the
-//!   conversation waits; the first agent of the shop to connect gets it, history
-//!   included.
+//! - An agent is *eligible* for a new conversation when it is online, `available`
+//!   (every agent is when it connects; `away` keeps its conversations but takes no new
+//!   one) and below its shop's `max_open`.
+//! - A customer's first message opens `s:{shop}~{customer}`. If nobody waits before it
+//!   and an agent is eligible, the least loaded one gets it (ties: the one assigned
+//!   longest ago); otherwise it waits in the shop's queue, first come first served,
+//!   and its customer's devices get `queue` frames with its place.
+//! - When an agent becomes eligible (connects, turns available, a conversation of
+//!   theirs is closed or handed over, the cap is raised), the shop's queue is drained
+//!   in order ([`CustomerService::drain`]).
+//! - The assignment sticks while its agent is online, away or not. If the agent is
+//!   offline when the customer writes again, an eligible colleague takes over and
+//!   receives the history; if there is none, it stays with the offline agent.
 //! - Any agent of the shop may read the conversation and reply into it; a reply to a
-//!   waiting conversation assigns it to the replying agent.
+//!   waiting or closed conversation assigns it to the replying agent (within the cap).
+//! - The shop may send a welcome message when a conversation opens, and an away
+//!   message when it opens with no agent available; both come from `shop:{shop}`.
 //!
-//! Decisions are serialized by one lock per shop (in each process), held across the
-//! store reads and writes of one decision, so two messages cannot assign the same
-//! conversation twice; shops decide side by side. An agent of several shops can be
-//! picked by two of them at once on the same load figure: the spread is then off by
-//! one conversation, never wrong.
+//! Every decision over a conversation holds its decision lock ([`Locks`]) from before
+//! it reads the state until its last op is committed, on whichever node it runs; the
+//! caps are checked by the store atomically with each assignment, and the queue order
+//! too ([`Admit`]). So two nodes never give one conversation to two agents, an agent
+//! never goes over its cap, and an assigned agent never misses a message of its
+//! conversation in its inbox.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use shared::ids::{ConvRef, service_conv};
-use shared::protocol::Event;
+use shared::protocol::{Event, ServerFrame};
 use shared::time::now_ms;
 
 use super::assignment::{Candidate, choose};
-use super::{Error, Presence};
-use crate::store::{Content, DirectoryStore, NewMessage, Op, ServiceState};
+use super::locks::{Held, Locks};
+use super::stats;
+use super::{Deliver, Error, Presence};
+use crate::store::{
+    Admit, Assigned, Content, DirectoryStore, NewMessage, Op, Rated, ServiceState, Shop,
+};
 
-/// What a decision must commit, with the decision lock still held: the ops must enter
-/// the commit queue before any later decision's, or a message routed to a newly
-/// assigned agent could commit before that agent's join and leave a hole in the
-/// history the join copies. Drop it once the ops are queued.
+/// How many times a decision picks again when the store refuses its pick (another node
+/// filled the agent, or took the head of the queue) before it leaves the conversation
+/// waiting.
+const PICK_TRIES: usize = 8;
+/// The most conversations one drain assigns; a drain that stops there leaves the rest
+/// to the next event that drains.
+const DRAIN_MAX: usize = 1_000;
+
+/// The sender of a shop's own messages (welcome, away): `shop:{shop}`.
+pub fn shop_sender(shop: &str) -> String {
+    format!("shop:{shop}")
+}
+
+/// What a decision must commit, with the conversation's decision lock held until the
+/// last of it is committed ([`Decision::take_lock`] hands the lock to that op's done).
 #[derive(Debug, Default)]
 pub struct Decision {
     /// Joins to commit, in order, before the message that caused them (if any).
     pub ops: Vec<Op>,
-    /// Event messages (`assigned`, `closed`) to commit after that message.
+    /// Event messages (`assigned`, `closed`) and the shop's messages, to commit after
+    /// that message.
     pub events: Vec<Op>,
-    _held: Vec<tokio::sync::OwnedMutexGuard<()>>,
+    held: Option<Held>,
 }
 
 impl Decision {
-    fn held(ops: Vec<Op>, guards: Vec<tokio::sync::OwnedMutexGuard<()>>) -> Self {
+    fn new(held: Held) -> Self {
         Self {
-            ops,
+            ops: Vec::new(),
             events: Vec::new(),
-            _held: guards,
+            held: Some(held),
         }
     }
 
@@ -55,6 +79,11 @@ impl Decision {
     fn push(&mut self, (join, event): (Op, Op)) {
         self.ops.push(join);
         self.events.push(event);
+    }
+
+    /// The decision lock, to drop once the last op is committed.
+    pub fn take_lock(&mut self) -> Option<Held> {
+        self.held.take()
     }
 }
 
@@ -65,12 +94,16 @@ pub(crate) fn event_message(
     event: Event,
     members: Vec<String>,
 ) -> NewMessage {
+    message(conv, from, Content::Event(event), members)
+}
+
+fn message(conv: &str, from: &str, content: Content, members: Vec<String>) -> NewMessage {
     NewMessage {
         id: uuid::Uuid::now_v7().to_string(),
         conv: conv.to_owned(),
         from: from.to_owned(),
         cid: None,
-        content: Content::Event(event),
+        content,
         ts: now_ms(),
         members,
     }
@@ -89,6 +122,16 @@ fn customer_of(conv: &str) -> Option<&str> {
     }
 }
 
+/// The shop of a service conversation id.
+fn shop_of(conv: &str) -> Result<&str, Error> {
+    match ConvRef::parse(conv) {
+        Some(ConvRef::Service { shop, .. }) => Ok(shop),
+        _ => Err(Error::NotFound(format!(
+            "no such service conversation {conv:?}"
+        ))),
+    }
+}
+
 /// Where a service message goes, and which joins must commit before it.
 #[derive(Debug)]
 pub struct Route {
@@ -96,8 +139,12 @@ pub struct Route {
     pub conv: String,
     /// Who gets the message in their inbox.
     pub recipients: Vec<String>,
-    /// Joins of newly assigned agents, to commit before the message, and the lock.
+    /// Joins of newly assigned agents, to commit before the message, the events after
+    /// it, and the lock.
     pub joins: Decision,
+    /// Whether the message may be the first agent answer since the conversation opened
+    /// (see [`CustomerService::answered`]).
+    pub answer: bool,
 }
 
 #[derive(Debug, Default)]
@@ -106,15 +153,27 @@ struct Turns {
     last: HashMap<String, u64>,
 }
 
+/// One agent as the shop's figures see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentState {
+    /// The agent.
+    pub uid: String,
+    /// Whether any of its devices is connected.
+    pub online: bool,
+    /// Whether it is marked away.
+    pub away: bool,
+    /// Its open conversations.
+    pub open: u64,
+}
+
 /// The customer-service rules.
 pub struct CustomerService {
     dir: Arc<dyn DirectoryStore>,
     presence: Arc<dyn Presence>,
-    /// The decision lock of each shop. tokio Mutexes: a decision awaits the store while
-    /// holding one, and its caller keeps it until the decision's ops are queued (see
-    /// `Decision`). One per shop that passed the shop check, so bounded by the shops.
-    shops: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// The tie-break record; held only for the moment of a pick.
+    deliver: Arc<dyn Deliver>,
+    locks: Locks,
+    /// The tie-break record; held only for the moment of a pick. Per process: in a
+    /// cluster, equally loaded agents take turns per node.
     turns: std::sync::Mutex<Turns>,
 }
 
@@ -129,60 +188,63 @@ fn recipients(of: &[&str]) -> Vec<String> {
 }
 
 impl CustomerService {
-    /// Rules over `dir`, asking `presence` who is online.
-    pub fn new(dir: Arc<dyn DirectoryStore>, presence: Arc<dyn Presence>) -> Self {
+    /// Rules over `dir`, asking `presence` who is online and telling customers their
+    /// place in the queue through `deliver`.
+    pub fn new(
+        dir: Arc<dyn DirectoryStore>,
+        presence: Arc<dyn Presence>,
+        deliver: Arc<dyn Deliver>,
+    ) -> Self {
         Self {
+            locks: Locks::new(dir.clone()),
             dir,
             presence,
-            shops: std::sync::Mutex::new(HashMap::new()),
+            deliver,
             turns: std::sync::Mutex::new(Turns::default()),
         }
     }
 
-    /// Takes the decision locks of `shops`, in name order (a decision over several
-    /// shops, an agent's coming online, never deadlocks with another).
-    async fn lock(&self, shops: &[&str]) -> Vec<tokio::sync::OwnedMutexGuard<()>> {
-        let mut names: Vec<&str> = shops.to_vec();
-        names.sort_unstable();
-        names.dedup();
-        let locks: Vec<_> = {
-            let mut all = self.shops.lock().unwrap_or_else(|e| e.into_inner());
-            names
-                .iter()
-                .map(|s| all.entry((*s).to_owned()).or_default().clone())
-                .collect()
-        };
-        let mut guards = Vec::with_capacity(locks.len());
-        for lock in locks {
-            guards.push(lock.lock_owned().await);
-        }
-        guards
+    async fn lock(&self, conv: &str) -> Result<Held, Error> {
+        Ok(self.locks.lock(conv).await?)
     }
 
-    async fn agents(&self, shop: &str) -> Result<Vec<String>, Error> {
+    async fn shop(&self, shop: &str) -> Result<Shop, Error> {
         self.dir
-            .shop_agents(shop)
+            .shop(shop)
             .await?
             .ok_or_else(|| Error::NotFound(format!("no such shop {shop:?}")))
     }
 
-    /// Picks an online agent of `agents`, and records the pick for the tie-break.
-    async fn pick(&self, agents: &[String]) -> Result<Option<String>, Error> {
-        let loads = self.dir.agent_loads(agents).await?;
-        let mut online = Vec::with_capacity(agents.len());
-        for uid in agents {
-            online.push(self.presence.online(uid).await);
+    /// Each agent of `shop`: online, away, open conversations.
+    pub async fn agents(&self, shop: &Shop) -> Result<Vec<AgentState>, Error> {
+        let loads = self.dir.agent_loads(&shop.agents).await?;
+        let away = self.dir.away(&shop.agents).await?;
+        let mut out = Vec::with_capacity(shop.agents.len());
+        for ((uid, open), away) in shop.agents.iter().zip(loads).zip(away) {
+            out.push(AgentState {
+                online: self.presence.online(uid).await,
+                uid: uid.clone(),
+                away,
+                open,
+            });
         }
+        Ok(out)
+    }
+
+    /// Picks an eligible agent of `shop` (other than `not`), and records the pick for
+    /// the tie-break.
+    async fn pick(&self, shop: &Shop, not: Option<&str>) -> Result<Option<String>, Error> {
+        let agents = self.agents(shop).await?;
         let mut turns = self.turns.lock().unwrap_or_else(|e| e.into_inner());
+        let cap = u64::from(shop.max_open);
         let candidates: Vec<Candidate<'_>> = agents
             .iter()
-            .zip(loads)
-            .zip(online)
-            .map(|((uid, load), online)| Candidate {
-                uid,
-                online,
-                load,
-                last_assigned: turns.last.get(uid).copied().unwrap_or(0),
+            .filter(|a| Some(a.uid.as_str()) != not)
+            .map(|a| Candidate {
+                uid: &a.uid,
+                online: a.online && !a.away && (cap == 0 || a.open < cap),
+                load: a.open,
+                last_assigned: turns.last.get(&a.uid).copied().unwrap_or(0),
             })
             .collect();
         let chosen = choose(&candidates).map(str::to_owned);
@@ -194,18 +256,46 @@ impl CustomerService {
         Ok(chosen)
     }
 
-    /// Assigns `conv` to `agent`: the agent's join, and the `assigned` event (to the
-    /// customer, the agent, and the agent it was taken from, if any, so that its
-    /// devices learn it is no longer theirs). `before` is the state it had.
-    async fn assign(
+    /// Whether any agent of `shop` is online and available (at its cap or not).
+    async fn anyone_available(&self, shop: &Shop) -> Result<bool, Error> {
+        Ok(self.agents(shop).await?.iter().any(|a| a.online && !a.away))
+    }
+
+    /// Assigns `conv` to an eligible agent of `shop` (other than `not`), picking again
+    /// when the store refuses a pick; the agent, or `None` when nobody is eligible or
+    /// `conv` is not the next in turn.
+    async fn assign_eligible(
         &self,
         conv: &str,
-        shop: &str,
-        agent: &str,
-        before: Option<&ServiceState>,
-    ) -> Result<(Op, Op), Error> {
-        self.dir.assign(conv, shop, Some(agent)).await?;
-        tracing::debug!(conv, agent, "conversation assigned");
+        shop_id: &str,
+        shop: &Shop,
+        not: Option<&str>,
+    ) -> Result<Option<String>, Error> {
+        let admit = Admit {
+            max_open: shop.max_open,
+            in_turn: true,
+        };
+        for _ in 0..PICK_TRIES {
+            let Some(agent) = self.pick(shop, not).await? else {
+                return Ok(None);
+            };
+            match self.dir.assign(conv, shop_id, Some(&agent), admit).await? {
+                Assigned::Done => {
+                    tracing::debug!(conv, agent, "conversation assigned");
+                    return Ok(Some(agent));
+                }
+                Assigned::OutOfTurn => return Ok(None),
+                // Filled by another node since the loads were read: pick again.
+                Assigned::Full => {}
+            }
+        }
+        Ok(None)
+    }
+
+    /// The join of `agent` and its `assigned` event (to the customer, the agent, and
+    /// the agent it was taken from, if any, so that its devices learn it is no longer
+    /// theirs). `before` is the state the conversation had.
+    fn assigned(conv: &str, agent: &str, before: Option<&ServiceState>) -> (Op, Op) {
         let previous = before
             .filter(|s| s.open)
             .and_then(|s| s.agent.clone())
@@ -223,111 +313,180 @@ impl CustomerService {
             agent: agent.to_owned(),
             previous,
         };
-        Ok((join, event(conv, agent, assigned, members)))
+        (join, event(conv, agent, assigned, members))
     }
 
     /// A customer writes to `shop` (with `"shop"`, or `"conv"` of their own conversation).
-    pub async fn from_customer(&self, customer: &str, shop: &str) -> Result<Route, Error> {
-        let agents = self.agents(shop).await?;
-        let conv = service_conv(shop, customer);
-        let held = self.lock(&[shop]).await;
+    pub async fn from_customer(&self, customer: &str, shop_id: &str) -> Result<Route, Error> {
+        let shop = self.shop(shop_id).await?;
+        let conv = service_conv(shop_id, customer);
+        let held = self.lock(&conv).await?;
+        let mut decision = Decision::new(held);
         let state = self.dir.service(&conv).await?;
-        let current = state
-            .as_ref()
-            .filter(|s| s.open)
+        let open = state.as_ref().filter(|s| s.open);
+        let current = open
             .and_then(|s| s.agent.clone())
-            .filter(|a| agents.contains(a));
-        if let Some(a) = &current
-            && self.presence.online(a).await
-        {
-            let recipients = recipients(&[customer, a]);
-            return Ok(Route {
-                conv,
-                recipients,
-                joins: Decision::held(vec![], held),
-            });
+            .filter(|a| shop.agents.contains(a));
+        let route = |recipients, joins| Route {
+            conv: conv.clone(),
+            recipients,
+            joins,
+            answer: false,
+        };
+        if let Some(a) = &current {
+            if self.presence.online(a).await {
+                return Ok(route(recipients(&[customer, a]), decision));
+            }
+            // Its agent is gone: an eligible colleague takes over, or it stays.
+            return Ok(
+                match self.assign_eligible(&conv, shop_id, &shop, Some(a)).await? {
+                    Some(b) => {
+                        decision.push(Self::assigned(&conv, &b, state.as_ref()));
+                        route(recipients(&[customer, &b]), decision)
+                    }
+                    None => route(recipients(&[customer, a]), decision),
+                },
+            );
         }
-        match (self.pick(&agents).await?, current) {
-            (Some(b), _) => {
-                let mut joins = Decision::held(vec![], held);
-                joins.push(self.assign(&conv, shop, &b, state.as_ref()).await?);
-                let recipients = recipients(&[customer, &b]);
-                Ok(Route {
-                    conv,
-                    recipients,
-                    joins,
-                })
+        let opens = open.is_none();
+        match self.assign_eligible(&conv, shop_id, &shop, None).await? {
+            Some(b) => {
+                let waited = open.is_some_and(|s| s.agent.is_none());
+                decision.push(Self::assigned(&conv, &b, state.as_ref()));
+                if opens {
+                    self.greet(&mut decision, &conv, shop_id, &shop, &[customer, &b]);
+                }
+                if waited {
+                    // It was at the head of the queue: everyone behind moves up.
+                    self.tell_queue(shop_id, 0).await;
+                }
+                Ok(route(recipients(&[customer, &b]), decision))
             }
-            // Nobody else is online: it stays with its (offline) agent's inbox.
-            (None, Some(a)) => {
-                let recipients = recipients(&[customer, &a]);
-                Ok(Route {
-                    conv,
-                    recipients,
-                    joins: Decision::held(vec![], held),
-                })
+            None if opens => {
+                // It opens waiting, behind whoever waits already.
+                self.dir.assign(&conv, shop_id, None, Admit::ANY).await?;
+                self.greet(&mut decision, &conv, shop_id, &shop, &[customer]);
+                if !self.anyone_available(&shop).await?
+                    && let Some(body) = &shop.away
+                {
+                    let from = shop_sender(shop_id);
+                    decision.events.push(Op::Message(message(
+                        &conv,
+                        &from,
+                        Content::Body(body.clone()),
+                        vec![customer.to_owned()],
+                    )));
+                }
+                let waiting = self.dir.waiting(shop_id).await?;
+                if let Some(i) = waiting.iter().position(|c| *c == conv) {
+                    self.tell_queue(shop_id, i).await;
+                }
+                Ok(route(recipients(&[customer]), decision))
             }
-            (None, None) => {
-                self.dir.assign(&conv, shop, None).await?;
-                let recipients = recipients(&[customer]);
-                Ok(Route {
-                    conv,
-                    recipients,
-                    joins: Decision::held(vec![], held),
-                })
-            }
+            // Waiting, and still not its turn.
+            None => Ok(route(recipients(&[customer]), decision)),
+        }
+    }
+
+    /// The shop's welcome message, after the message that opened `conv`.
+    fn greet(&self, decision: &mut Decision, conv: &str, shop_id: &str, shop: &Shop, to: &[&str]) {
+        if let Some(body) = &shop.welcome {
+            decision.events.push(Op::Message(message(
+                conv,
+                &shop_sender(shop_id),
+                Content::Body(body.clone()),
+                recipients(to),
+            )));
         }
     }
 
     /// Someone writes into `s:{shop}~{customer}` with `"conv"`.
-    pub async fn from_member(&self, uid: &str, shop: &str, customer: &str) -> Result<Route, Error> {
+    pub async fn from_member(
+        &self,
+        uid: &str,
+        shop_id: &str,
+        customer: &str,
+    ) -> Result<Route, Error> {
         if uid == customer {
-            return self.from_customer(customer, shop).await;
+            return self.from_customer(customer, shop_id).await;
         }
-        let agents = self.agents(shop).await?;
-        if !agents.iter().any(|a| a == uid) {
-            return Err(Error::Forbidden(format!("not an agent of shop {shop:?}")));
+        let shop = self.shop(shop_id).await?;
+        if !shop.agents.iter().any(|a| a == uid) {
+            return Err(Error::Forbidden(format!(
+                "not an agent of shop {shop_id:?}"
+            )));
         }
-        let conv = service_conv(shop, customer);
-        let held = self.lock(&[shop]).await;
+        let conv = service_conv(shop_id, customer);
+        let held = self.lock(&conv).await?;
+        let mut decision = Decision::new(held);
         let state = self
             .dir
             .service(&conv)
             .await?
             .ok_or_else(|| Error::NotFound(format!("no such conversation {conv:?}")))?;
+        let route = |recipients, joins, answer| Route {
+            conv: conv.clone(),
+            recipients,
+            joins,
+            answer,
+        };
         match state.agent.clone().filter(|_| state.open) {
             Some(current) => {
                 // A colleague of the assigned agent joins before its reply lands in its
                 // inbox: an inbox entry without the history before it would hide that
                 // history from any later join (a join copies what comes after the last
                 // message the member has).
-                let joins = if current == uid {
-                    vec![]
-                } else {
-                    vec![Op::Join {
+                if current != uid {
+                    decision.ops.push(Op::Join {
                         conv: conv.clone(),
                         uid: uid.to_owned(),
-                    }]
-                };
-                let recipients = recipients(&[customer, &current, uid]);
-                Ok(Route {
-                    conv,
-                    recipients,
-                    joins: Decision::held(joins, held),
-                })
+                    });
+                }
+                let to = recipients(&[customer, &current, uid]);
+                Ok(route(to, decision, !state.answered))
             }
-            // Waiting or closed: the agent who answers takes it.
+            // Waiting or closed: the agent who answers takes it, within the cap.
             None => {
-                let mut joins = Decision::held(vec![], held);
-                joins.push(self.assign(&conv, shop, uid, Some(&state)).await?);
-                let recipients = recipients(&[customer, uid]);
-                Ok(Route {
-                    conv,
-                    recipients,
-                    joins,
-                })
+                let admit = Admit {
+                    max_open: shop.max_open,
+                    in_turn: false,
+                };
+                let place = if state.open {
+                    let waiting = self.dir.waiting(shop_id).await?;
+                    waiting.iter().position(|c| *c == conv)
+                } else {
+                    None
+                };
+                match self.dir.assign(&conv, shop_id, Some(uid), admit).await? {
+                    Assigned::Done => {}
+                    _ => {
+                        return Err(Error::Conflict(format!(
+                            "{uid:?} holds {} open conversations, the cap of shop {shop_id:?}",
+                            shop.max_open
+                        )));
+                    }
+                }
+                decision.push(Self::assigned(&conv, uid, Some(&state)));
+                if let Some(i) = place {
+                    self.tell_queue(shop_id, i).await;
+                }
+                // An answer to a waiting conversation is its first response; one that
+                // opens a closed conversation again is not an answer to anything.
+                Ok(route(recipients(&[customer, uid]), decision, state.open))
             }
         }
+    }
+
+    /// Counts an agent's answer to `conv`: its first one since the conversation opened
+    /// is the shop's first-response time.
+    pub async fn answered(&self, conv: &str) -> Result<(), Error> {
+        if let Some(ms) = self.dir.first_reply(conv).await? {
+            let shop = shop_of(conv)?;
+            self.dir
+                .count_first_response(shop, stats::bucket_of(ms))
+                .await?;
+        }
+        Ok(())
     }
 
     /// Whether `uid` may read `s:{shop}~{customer}`: the customer and the shop's agents.
@@ -335,91 +494,244 @@ impl CustomerService {
         if uid == customer {
             return Ok(true);
         }
-        Ok(self.agents(shop).await?.iter().any(|a| a == uid))
+        Ok(self.shop(shop).await?.agents.iter().any(|a| a == uid))
     }
 
-    /// An agent came online: hands it (or a less loaded online colleague) the
-    /// conversations of its shops that wait for an agent.
-    pub async fn agent_online(&self, uid: &str) -> Result<Decision, Error> {
-        let shops = self.dir.agent_shops(uid).await?;
-        if shops.is_empty() {
-            return Ok(Decision::default());
+    /// Sends each customer waiting in `shop`'s queue from place `from` (0-based) on its
+    /// place, as a `queue` frame.
+    async fn tell_queue(&self, shop: &str, from: usize) {
+        let waiting = match self.dir.waiting(shop).await {
+            Ok(w) => w,
+            Err(e) => {
+                // Their next read of the conversation shows their place.
+                tracing::warn!(shop, error = %e, "queue places not sent");
+                return;
+            }
+        };
+        for (i, conv) in waiting.iter().enumerate().skip(from) {
+            let Some(customer) = customer_of(conv) else {
+                continue;
+            };
+            let frame = ServerFrame::Queue {
+                conv: conv.clone(),
+                position: i as u64 + 1,
+            };
+            match serde_json::to_string(&frame) {
+                Ok(json) => self.deliver.notify(vec![customer.to_owned()], json),
+                Err(e) => tracing::error!(error = %e, "queue frame not encoded"),
+            }
         }
-        let names: Vec<&str> = shops.iter().map(String::as_str).collect();
-        let held = self.lock(&names).await;
-        let mut decision = Decision::held(vec![], held);
-        for shop in &shops {
-            let agents = self.agents(shop).await?;
-            for conv in self.dir.waiting(shop).await? {
-                match self.pick(&agents).await? {
-                    Some(agent) => decision.push(self.assign(&conv, shop, &agent, None).await?),
-                    None => break,
+    }
+
+    /// Hands `shop`'s waiting conversations, oldest first, to eligible agents, until
+    /// the queue is empty or nobody is eligible. One decision per conversation, each
+    /// with its lock.
+    pub async fn drain(&self, shop_id: &str) -> Result<Vec<Decision>, Error> {
+        let Some(shop) = self.dir.shop(shop_id).await? else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        let mut moved = false;
+        for _ in 0..DRAIN_MAX {
+            let Some(head) = self.dir.waiting(shop_id).await?.into_iter().next() else {
+                break;
+            };
+            let held = self.lock(&head).await?;
+            let state = self.dir.service(&head).await?;
+            if !state.as_ref().is_some_and(|s| s.open && s.agent.is_none()) {
+                // Assigned or closed while this waited for the lock.
+                continue;
+            }
+            match self.assign_eligible(&head, shop_id, &shop, None).await? {
+                Some(agent) => {
+                    let mut decision = Decision::new(held);
+                    decision.push(Self::assigned(&head, &agent, state.as_ref()));
+                    out.push(decision);
+                    moved = true;
+                }
+                None => {
+                    // Nobody eligible; or another node took the head meanwhile, and
+                    // drains after it.
+                    break;
                 }
             }
         }
-        Ok(decision)
+        if moved {
+            self.tell_queue(shop_id, 0).await;
+        }
+        Ok(out)
     }
 
-    /// [`CustomerService::agent_online`], if `uid` is online.
-    pub async fn agent_online_if(&self, uid: &str) -> Result<Decision, Error> {
-        if self.presence.online(uid).await {
-            self.agent_online(uid).await
+    /// [`CustomerService::drain`] for each shop `uid` is an agent of.
+    pub async fn drain_for(&self, uid: &str) -> Result<Vec<Decision>, Error> {
+        let mut out = Vec::new();
+        for shop in self.dir.agent_shops(uid).await? {
+            out.append(&mut self.drain(&shop).await?);
+        }
+        Ok(out)
+    }
+
+    /// An agent came online: it is available, and takes waiting conversations.
+    pub async fn agent_online(&self, uid: &str) -> Result<Vec<Decision>, Error> {
+        if self.dir.agent_shops(uid).await?.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.dir.set_away(uid, false).await?;
+        self.drain_for(uid).await
+    }
+
+    /// An agent sets its availability; available, it takes waiting conversations.
+    pub async fn set_status(&self, uid: &str, away: bool) -> Result<Vec<Decision>, Error> {
+        self.dir.set_away(uid, away).await?;
+        if away {
+            Ok(Vec::new())
         } else {
-            Ok(Decision::default())
+            self.drain_for(uid).await
         }
     }
 
-    /// Hands `conv` to `agent` (an agent of its shop), who joins it.
-    pub async fn transfer(&self, conv: &str, agent: &str) -> Result<Decision, Error> {
-        let Some(shared::ids::ConvRef::Service { shop, .. }) = shared::ids::ConvRef::parse(conv)
-        else {
-            return Err(Error::NotFound(format!(
-                "no such service conversation {conv:?}"
-            )));
-        };
-        let agents = self.agents(shop).await?;
-        if !agents.iter().any(|a| a == agent) {
+    /// Hands `conv` to `agent` (an agent of its shop, below the cap), who joins it; the
+    /// agent it was taken from may take a waiting one.
+    pub async fn transfer(&self, conv: &str, agent: &str) -> Result<Vec<Decision>, Error> {
+        let shop_id = shop_of(conv)?;
+        let shop = self.shop(shop_id).await?;
+        if !shop.agents.iter().any(|a| a == agent) {
             return Err(Error::BadRequest(format!(
-                "{agent:?} is not an agent of shop {shop:?}"
+                "{agent:?} is not an agent of shop {shop_id:?}"
             )));
         }
-        let held = self.lock(&[shop]).await;
+        let held = self.lock(conv).await?;
         let Some(before) = self.dir.service(conv).await? else {
             return Err(Error::NotFound(format!("no such conversation {conv:?}")));
         };
-        let mut decision = Decision::held(vec![], held);
-        decision.push(self.assign(conv, shop, agent, Some(&before)).await?);
-        Ok(decision)
+        let place = if before.open && before.agent.is_none() {
+            let waiting = self.dir.waiting(shop_id).await?;
+            waiting.iter().position(|c| c == conv)
+        } else {
+            None
+        };
+        let admit = Admit {
+            max_open: shop.max_open,
+            in_turn: false,
+        };
+        if self.dir.assign(conv, shop_id, Some(agent), admit).await? != Assigned::Done {
+            return Err(Error::Conflict(format!(
+                "{agent:?} holds {} open conversations, the cap of shop {shop_id:?}",
+                shop.max_open
+            )));
+        }
+        let mut decision = Decision::new(held);
+        decision.push(Self::assigned(conv, agent, Some(&before)));
+        if let Some(i) = place {
+            self.tell_queue(shop_id, i).await;
+        }
+        let mut out = vec![decision];
+        if before.open && before.agent.as_deref().is_some_and(|p| p != agent) {
+            out.append(&mut self.drain(shop_id).await?);
+        }
+        Ok(out)
     }
 
-    /// Ends `conv`'s assignment; the customer's next message opens it again. The
+    /// Ends `conv`'s assignment; the customer's next message opens it again. The first
     /// decision holds the `closed` event, from `by` (the assigned agent when `None`:
-    /// an admin's close; the customer when there was no agent either).
-    pub async fn close(&self, conv: &str, by: Option<&str>) -> Result<Decision, Error> {
+    /// an admin's close; the customer when there was no agent either); the others hand
+    /// waiting conversations to the agent it freed. An agent may close only its own.
+    pub async fn close(&self, conv: &str, by: Option<&str>) -> Result<Vec<Decision>, Error> {
         let not_open = || Error::NotFound(format!("no open conversation {conv:?}"));
-        let Some(shared::ids::ConvRef::Service { shop, .. }) = shared::ids::ConvRef::parse(conv)
-        else {
+        let Ok(shop_id) = shop_of(conv) else {
             return Err(not_open());
         };
         // Only a shop that exists gets a lock.
-        match self.agents(shop).await {
+        match self.shop(shop_id).await {
             Err(Error::NotFound(_)) => return Err(not_open()),
             other => drop(other?),
         }
-        let held = self.lock(&[shop]).await;
-        let before = self.dir.service(conv).await?;
+        let held = self.lock(conv).await?;
+        let before = self.dir.service(conv).await?.ok_or_else(not_open)?;
+        if let Some(uid) = by
+            && before.open
+            && before.agent.as_deref() != Some(uid)
+        {
+            return Err(Error::Forbidden(
+                "only its assigned agent may close a conversation".into(),
+            ));
+        }
+        let place = if before.open && before.agent.is_none() {
+            let waiting = self.dir.waiting(shop_id).await?;
+            waiting.iter().position(|c| c == conv)
+        } else {
+            None
+        };
         if !self.dir.close_service(conv).await? {
             return Err(not_open());
         }
         let customer = customer_of(conv).unwrap_or_default();
-        let agent = before.and_then(|s| s.agent);
+        let agent = before.agent;
         let mut members = vec![customer.to_owned()];
         members.extend(agent.iter().filter(|a| *a != customer).cloned());
         let from = by.or(agent.as_deref()).unwrap_or(customer);
-        let mut decision = Decision::held(vec![], held);
+        let mut decision = Decision::new(held);
         decision
             .events
             .push(event(conv, from, Event::Closed, members));
+        if let Some(i) = place {
+            self.tell_queue(shop_id, i).await;
+        }
+        let mut out = vec![decision];
+        if agent.is_some() {
+            out.append(&mut self.drain(shop_id).await?);
+        }
+        Ok(out)
+    }
+
+    /// The customer rates the closed `conv` (once per closing): the `rated` event.
+    pub async fn rate(
+        &self,
+        uid: &str,
+        conv: &str,
+        score: u8,
+        comment: Option<String>,
+    ) -> Result<Decision, Error> {
+        let shop_id = shop_of(conv)?;
+        if customer_of(conv) != Some(uid) {
+            return Err(Error::Forbidden(
+                "only the customer rates a conversation".into(),
+            ));
+        }
+        if !(1..=5).contains(&score) {
+            return Err(Error::BadRequest("score must be 1 to 5".into()));
+        }
+        if let Some(c) = &comment
+            && c.chars().count() > shared::protocol::MAX_COMMENT_CHARS
+        {
+            return Err(Error::BadRequest(format!(
+                "comment must be at most {} characters",
+                shared::protocol::MAX_COMMENT_CHARS
+            )));
+        }
+        self.shop(shop_id).await?;
+        let held = self.lock(conv).await?;
+        let state = self.dir.service(conv).await?;
+        match self.dir.rate(conv, score).await? {
+            Rated::Done => {}
+            Rated::NotClosed if state.is_none() => {
+                return Err(Error::NotFound(format!("no such conversation {conv:?}")));
+            }
+            Rated::NotClosed => {
+                return Err(Error::Conflict(
+                    "the conversation is open: it can be rated once closed".into(),
+                ));
+            }
+            Rated::Already => {
+                return Err(Error::Conflict("already rated".into()));
+            }
+        }
+        let mut members = vec![uid.to_owned()];
+        members.extend(state.and_then(|s| s.agent).filter(|a| a != uid));
+        let mut decision = Decision::new(held);
+        decision
+            .events
+            .push(event(conv, uid, Event::Rated { score, comment }, members));
         Ok(decision)
     }
 }

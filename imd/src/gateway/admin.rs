@@ -27,10 +27,12 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/blacklist/{kind}/{*value}", delete(blacklist_remove))
         .route("/connections", get(connections))
         .route("/connections/{uid}", delete(kick))
+        .route("/shops", get(shops))
         .route(
             "/shops/{shop}/agents",
             get(shop_agents).put(set_shop_agents),
         )
+        .route("/shops/{shop}/stats", get(shop_stats))
         .route(
             "/groups/{name}/members",
             get(group_members).put(set_group_members),
@@ -148,8 +150,20 @@ async fn shop_agents(
     State(app): State<AppState>,
     ApiPath(shop): ApiPath<String>,
 ) -> Result<Response, ApiError> {
-    let agents = app.admin.shop_agents(&shop).await?;
-    Ok(axum::Json(ShopAgents { agents }).into_response())
+    Ok(axum::Json(app.admin.shop(&shop).await?).into_response())
+}
+
+async fn shops(_: AdminAuth, State(app): State<AppState>) -> Result<Response, ApiError> {
+    let shops = app.admin.shops().await?;
+    Ok(axum::Json(shared::admin::Shops { shops }).into_response())
+}
+
+async fn shop_stats(
+    _: AdminAuth,
+    State(app): State<AppState>,
+    ApiPath(shop): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    Ok(axum::Json(app.admin.shop_stats(&shop).await?).into_response())
 }
 
 async fn set_shop_agents(
@@ -158,7 +172,7 @@ async fn set_shop_agents(
     ApiPath(shop): ApiPath<String>,
     AdminBody(body): AdminBody<ShopAgents>,
 ) -> Result<Response, ApiError> {
-    app.admin.set_shop_agents(&shop, body.agents).await?;
+    app.admin.set_shop(&shop, body).await?;
     Ok(ok())
 }
 

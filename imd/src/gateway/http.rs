@@ -12,8 +12,8 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use shared::protocol::{
-    ConversationResponse, ConversationsResponse, ErrorCode, PresenceResponse, ReadRequest,
-    ReadResponse, RecallResponse, SendRequest,
+    ConversationResponse, ConversationsResponse, ErrorCode, PresenceResponse, RatingRequest,
+    ReadRequest, ReadResponse, RecallResponse, SendRequest, StatusRequest,
 };
 
 use super::auth::{AuthError, bearer};
@@ -232,6 +232,37 @@ pub(super) async fn recall(
     rx.await
         .map_err(|_| crate::business::Error::ShuttingDown)??;
     Ok(Json(RecallResponse { conv, seq }))
+}
+
+/// `PUT /v1/agent/status`: an agent's availability, echoed back.
+pub(super) async fn set_status(
+    State(app): State<AppState>,
+    Client(who): Client,
+    JsonBody(req): JsonBody<StatusRequest>,
+) -> Result<Json<StatusRequest>, ApiError> {
+    app.messaging.set_status(&who, req.status).await?;
+    Ok(Json(req))
+}
+
+/// `POST /v1/conversations/{conv}/close`, by its assigned agent.
+pub(super) async fn close(
+    State(app): State<AppState>,
+    Client(who): Client,
+    ApiPath(conv): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    app.messaging.close(&who, &conv).await?;
+    Ok(Json(serde_json::json!({})).into_response())
+}
+
+/// `POST /v1/conversations/{conv}/rating`, by its customer, once it is closed.
+pub(super) async fn rate(
+    State(app): State<AppState>,
+    Client(who): Client,
+    ApiPath(conv): ApiPath<String>,
+    JsonBody(req): JsonBody<RatingRequest>,
+) -> Result<Response, ApiError> {
+    app.messaging.rate(&who, &conv, req).await?;
+    Ok(Json(serde_json::json!({})).into_response())
 }
 
 /// `GET /v1/presence?uid=A&uid=B…`: the query is read by hand, as serde's

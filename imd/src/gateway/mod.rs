@@ -14,7 +14,7 @@ mod ws;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::task::TaskTracker;
 
@@ -89,6 +89,9 @@ pub fn router(state: AppState) -> Router {
                 delete(http::recall),
             )
             .route("/v1/conversations/{conv}/read", post(http::read))
+            .route("/v1/conversations/{conv}/close", post(http::close))
+            .route("/v1/conversations/{conv}/rating", post(http::rate))
+            .route("/v1/agent/status", put(http::set_status))
             .route("/v1/presence", get(http::presence))
             .nest("/admin/v1", admin::routes());
     }

@@ -66,6 +66,15 @@ pub enum StoreError {
         /// How long the writer waited.
         after: Duration,
     },
+    /// A service conversation's decision lease stayed with another node past the
+    /// decision's deadline.
+    #[error("decision of {conv} still held elsewhere after {after:?}")]
+    DecisionHeld {
+        /// The conversation.
+        conv: String,
+        /// How long the decision waited.
+        after: Duration,
+    },
     /// A join lost its conversation's lease before its copy was done (copying on could
     /// leave a hole in the joiner's inbox).
     #[error("join of {conv} lost its lease")]

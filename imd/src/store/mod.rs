@@ -32,7 +32,10 @@ mod embedded;
 mod error;
 mod redis;
 
-pub use directory::{BlacklistStore, DirectoryStore, GroupStore, ServiceState, ShopStore};
+pub use directory::{
+    Admit, Assigned, BlacklistStore, DirectoryStore, GroupStore, Rated, ServiceState, Shop,
+    ShopCounters, ShopStore,
+};
 pub use embedded::EmbeddedStore;
 pub use error::StoreError;
 pub use redis::{NodeInfo, RedisStore, RouteAdded};

@@ -6,7 +6,10 @@
 
 use std::time::Duration;
 
-use imd::store::{DirectoryStore, EmbeddedStore, RedisStore, ServiceState};
+use imd::store::{
+    Admit, Assigned, DirectoryStore, EmbeddedStore, Rated, RedisStore, ServiceState, Shop,
+    ShopCounters,
+};
 use shared::admin::{BlacklistEntry, BlacklistKind};
 
 use testkit::Redis;
@@ -78,6 +81,13 @@ contract!(
     assign_waits_oldest_first,
     assign_moves_the_load,
     close_fixes_loads_and_waiting,
+    assign_respects_the_cap,
+    assign_in_turn,
+    opening_answering_rating,
+    shop_counters,
+    away_flags,
+    shop_settings,
+    decision_lease,
 );
 
 fn entry(
@@ -240,27 +250,31 @@ async fn member_groups(s: &dyn DirectoryStore) {
     assert_eq!(s.member_groups("xx").await.unwrap(), strings(&["k"]));
 }
 
-fn state(shop: &str, agent: Option<&str>, open: bool) -> Option<ServiceState> {
-    Some(ServiceState {
-        shop: shop.into(),
-        agent: agent.map(Into::into),
-        open,
-    })
+/// A conversation's state as (shop, agent, open).
+type View = Option<(String, Option<String>, bool)>;
+
+fn state(shop: &str, agent: Option<&str>, open: bool) -> View {
+    Some((shop.into(), agent.map(Into::into), open))
+}
+
+async fn st(s: &dyn DirectoryStore, conv: &str) -> View {
+    let state: Option<ServiceState> = s.service(conv).await.unwrap();
+    state.map(|x| (x.shop, x.agent, x.open))
 }
 
 async fn assign_waits_oldest_first(s: &dyn DirectoryStore) {
     // Waiting times have millisecond resolution (ties sort by conv); the pauses make
     // each conversation start waiting in a later millisecond than the one before.
     let gap = Duration::from_millis(5);
-    assert_eq!(s.service("s:s1~c3").await.unwrap(), None);
+    assert_eq!(st(s, "s:s1~c3").await, None);
     assert_eq!(s.waiting("s1").await.unwrap(), Vec::<String>::new());
-    s.assign("s:s1~c3", "s1", None).await.unwrap();
+    s.assign("s:s1~c3", "s1", None, Admit::ANY).await.unwrap();
     tokio::time::sleep(gap).await;
-    s.assign("s:s1~c1", "s1", None).await.unwrap();
+    s.assign("s:s1~c1", "s1", None, Admit::ANY).await.unwrap();
     tokio::time::sleep(gap).await;
-    s.assign("s:s1~c2", "s1", None).await.unwrap();
-    s.assign("s:s2~c9", "s2", None).await.unwrap();
-    assert_eq!(s.service("s:s1~c3").await.unwrap(), state("s1", None, true));
+    s.assign("s:s1~c2", "s1", None, Admit::ANY).await.unwrap();
+    s.assign("s:s2~c9", "s2", None, Admit::ANY).await.unwrap();
+    assert_eq!(st(s, "s:s1~c3").await, state("s1", None, true));
     // Oldest first, not by name.
     assert_eq!(
         s.waiting("s1").await.unwrap(),
@@ -270,25 +284,24 @@ async fn assign_waits_oldest_first(s: &dyn DirectoryStore) {
 
     // Waiting again keeps its place in the queue.
     tokio::time::sleep(gap).await;
-    s.assign("s:s1~c3", "s1", None).await.unwrap();
+    s.assign("s:s1~c3", "s1", None, Admit::ANY).await.unwrap();
     assert_eq!(
         s.waiting("s1").await.unwrap(),
         ["s:s1~c3", "s:s1~c1", "s:s1~c2"]
     );
 
     // Assigning takes it off the queue; no load moves for waiting ones.
-    s.assign("s:s1~c1", "s1", Some("a1")).await.unwrap();
-    assert_eq!(
-        s.service("s:s1~c1").await.unwrap(),
-        state("s1", Some("a1"), true)
-    );
+    s.assign("s:s1~c1", "s1", Some("a1"), Admit::ANY)
+        .await
+        .unwrap();
+    assert_eq!(st(s, "s:s1~c1").await, state("s1", Some("a1"), true));
     assert_eq!(s.waiting("s1").await.unwrap(), ["s:s1~c3", "s:s1~c2"]);
     assert_eq!(s.agent_loads(&strings(&["a1"])).await.unwrap(), [1]);
 
     // Back to waiting (the agent left): its load goes, it queues behind the others.
     tokio::time::sleep(gap).await;
-    s.assign("s:s1~c1", "s1", None).await.unwrap();
-    assert_eq!(s.service("s:s1~c1").await.unwrap(), state("s1", None, true));
+    s.assign("s:s1~c1", "s1", None, Admit::ANY).await.unwrap();
+    assert_eq!(st(s, "s:s1~c1").await, state("s1", None, true));
     assert_eq!(
         s.waiting("s1").await.unwrap(),
         ["s:s1~c3", "s:s1~c2", "s:s1~c1"]
@@ -300,18 +313,23 @@ async fn assign_moves_the_load(s: &dyn DirectoryStore) {
     let agents = strings(&["a1", "a2", "never"]);
     assert_eq!(s.agent_loads(&agents).await.unwrap(), [0, 0, 0]);
     assert_eq!(s.agent_loads(&[]).await.unwrap(), Vec::<u64>::new());
-    s.assign("s:s1~c1", "s1", Some("a1")).await.unwrap();
-    s.assign("s:s1~c2", "s1", Some("a1")).await.unwrap();
+    s.assign("s:s1~c1", "s1", Some("a1"), Admit::ANY)
+        .await
+        .unwrap();
+    s.assign("s:s1~c2", "s1", Some("a1"), Admit::ANY)
+        .await
+        .unwrap();
     assert_eq!(s.agent_loads(&agents).await.unwrap(), [2, 0, 0]);
     // Reassigning moves the count from the previous agent to the new one.
-    s.assign("s:s1~c2", "s1", Some("a2")).await.unwrap();
+    s.assign("s:s1~c2", "s1", Some("a2"), Admit::ANY)
+        .await
+        .unwrap();
     assert_eq!(s.agent_loads(&agents).await.unwrap(), [1, 1, 0]);
-    assert_eq!(
-        s.service("s:s1~c2").await.unwrap(),
-        state("s1", Some("a2"), true)
-    );
+    assert_eq!(st(s, "s:s1~c2").await, state("s1", Some("a2"), true));
     // Assigning to the same agent again changes nothing.
-    s.assign("s:s1~c2", "s1", Some("a2")).await.unwrap();
+    s.assign("s:s1~c2", "s1", Some("a2"), Admit::ANY)
+        .await
+        .unwrap();
     assert_eq!(s.agent_loads(&agents).await.unwrap(), [1, 1, 0]);
     // In the order asked, repeats included.
     assert_eq!(
@@ -325,40 +343,297 @@ async fn close_fixes_loads_and_waiting(s: &dyn DirectoryStore) {
     let agents = strings(&["a1", "a2"]);
     assert!(!s.close_service("s:s1~none").await.unwrap());
 
-    s.assign("s:s1~c1", "s1", Some("a1")).await.unwrap();
-    s.assign("s:s1~c2", "s1", Some("a1")).await.unwrap();
-    s.assign("s:s1~c3", "s1", None).await.unwrap();
+    s.assign("s:s1~c1", "s1", Some("a1"), Admit::ANY)
+        .await
+        .unwrap();
+    s.assign("s:s1~c2", "s1", Some("a1"), Admit::ANY)
+        .await
+        .unwrap();
+    s.assign("s:s1~c3", "s1", None, Admit::ANY).await.unwrap();
     assert!(s.close_service("s:s1~c1").await.unwrap());
     assert!(!s.close_service("s:s1~c1").await.unwrap());
     // A closed conversation keeps its shop and agent.
-    assert_eq!(
-        s.service("s:s1~c1").await.unwrap(),
-        state("s1", Some("a1"), false)
-    );
+    assert_eq!(st(s, "s:s1~c1").await, state("s1", Some("a1"), false));
     assert_eq!(s.agent_loads(&agents).await.unwrap(), [1, 0]);
 
     // Closing a waiting one takes it off the queue.
     assert!(s.close_service("s:s1~c3").await.unwrap());
     assert_eq!(s.waiting("s1").await.unwrap(), Vec::<String>::new());
-    assert_eq!(
-        s.service("s:s1~c3").await.unwrap(),
-        state("s1", None, false)
-    );
+    assert_eq!(st(s, "s:s1~c3").await, state("s1", None, false));
 
     // Reopening a closed conversation counts for the new agent only: the closed one
     // already gave its load back.
-    s.assign("s:s1~c1", "s1", Some("a2")).await.unwrap();
+    s.assign("s:s1~c1", "s1", Some("a2"), Admit::ANY)
+        .await
+        .unwrap();
     assert_eq!(s.agent_loads(&agents).await.unwrap(), [1, 1]);
-    assert_eq!(
-        s.service("s:s1~c1").await.unwrap(),
-        state("s1", Some("a2"), true)
-    );
+    assert_eq!(st(s, "s:s1~c1").await, state("s1", Some("a2"), true));
 
     // Reopening one to wait queues it again.
-    s.assign("s:s1~c3", "s1", None).await.unwrap();
+    s.assign("s:s1~c3", "s1", None, Admit::ANY).await.unwrap();
     assert_eq!(s.waiting("s1").await.unwrap(), ["s:s1~c3"]);
 
     assert!(s.close_service("s:s1~c2").await.unwrap());
     assert!(s.close_service("s:s1~c1").await.unwrap());
     assert_eq!(s.agent_loads(&agents).await.unwrap(), [0, 0]);
+}
+
+async fn assign_respects_the_cap(s: &dyn DirectoryStore) {
+    let cap = Admit {
+        max_open: 2,
+        in_turn: false,
+    };
+    assert_eq!(
+        s.assign("s:s1~c1", "s1", Some("a1"), cap).await.unwrap(),
+        Assigned::Done
+    );
+    assert_eq!(
+        s.assign("s:s1~c2", "s1", Some("a1"), cap).await.unwrap(),
+        Assigned::Done
+    );
+    // A third is refused and changes nothing.
+    assert_eq!(
+        s.assign("s:s1~c3", "s1", Some("a1"), cap).await.unwrap(),
+        Assigned::Full
+    );
+    assert_eq!(st(s, "s:s1~c3").await, None);
+    assert_eq!(loads(s, &["a1", "a2"]).await, [2, 0]);
+    // Assigning again to the agent that holds it is not one more.
+    assert_eq!(
+        s.assign("s:s1~c2", "s1", Some("a1"), cap).await.unwrap(),
+        Assigned::Done
+    );
+    assert_eq!(loads(s, &["a1", "a2"]).await, [2, 0]);
+    // A transfer to a full agent is refused too.
+    assert_eq!(
+        s.assign("s:s1~c3", "s1", Some("a2"), cap).await.unwrap(),
+        Assigned::Done
+    );
+    assert_eq!(
+        s.assign("s:s1~c3", "s1", Some("a1"), cap).await.unwrap(),
+        Assigned::Full
+    );
+    assert_eq!(st(s, "s:s1~c3").await, state("s1", Some("a2"), true));
+    // A close frees a place.
+    assert!(s.close_service("s:s1~c1").await.unwrap());
+    assert_eq!(
+        s.assign("s:s1~c3", "s1", Some("a1"), cap).await.unwrap(),
+        Assigned::Done
+    );
+    assert_eq!(loads(s, &["a1", "a2"]).await, [2, 0]);
+    // No cap: anything goes.
+    assert_eq!(
+        s.assign("s:s1~c4", "s1", Some("a1"), Admit::ANY)
+            .await
+            .unwrap(),
+        Assigned::Done
+    );
+    assert_eq!(loads(s, &["a1", "a2"]).await, [3, 0]);
+}
+
+async fn assign_in_turn(s: &dyn DirectoryStore) {
+    let gap = Duration::from_millis(5);
+    let turn = Admit {
+        max_open: 0,
+        in_turn: true,
+    };
+    // New, with nobody waiting: in turn.
+    assert_eq!(
+        s.assign("s:s1~c0", "s1", Some("a1"), turn).await.unwrap(),
+        Assigned::Done
+    );
+    s.assign("s:s1~c1", "s1", None, Admit::ANY).await.unwrap();
+    tokio::time::sleep(gap).await;
+    s.assign("s:s1~c2", "s1", None, Admit::ANY).await.unwrap();
+    // The second waiting, and a new one, wait for the first.
+    for conv in ["s:s1~c2", "s:s1~c5"] {
+        assert_eq!(
+            s.assign(conv, "s1", Some("a1"), turn).await.unwrap(),
+            Assigned::OutOfTurn,
+            "{conv}"
+        );
+    }
+    assert_eq!(st(s, "s:s1~c5").await, None);
+    assert_eq!(s.waiting("s1").await.unwrap(), ["s:s1~c1", "s:s1~c2"]);
+    // Another shop's queue is its own.
+    assert_eq!(
+        s.assign("s:s2~c1", "s2", Some("a1"), turn).await.unwrap(),
+        Assigned::Done
+    );
+    // A transfer of an assigned one is never out of turn.
+    assert_eq!(
+        s.assign("s:s1~c0", "s1", Some("a2"), turn).await.unwrap(),
+        Assigned::Done
+    );
+    // The head goes, then the next.
+    assert_eq!(
+        s.assign("s:s1~c1", "s1", Some("a1"), turn).await.unwrap(),
+        Assigned::Done
+    );
+    assert_eq!(
+        s.assign("s:s1~c2", "s1", Some("a1"), turn).await.unwrap(),
+        Assigned::Done
+    );
+    assert_eq!(s.waiting("s1").await.unwrap(), Vec::<String>::new());
+    assert_eq!(
+        s.assign("s:s1~c5", "s1", Some("a2"), turn).await.unwrap(),
+        Assigned::Done
+    );
+}
+
+async fn opening_answering_rating(s: &dyn DirectoryStore) {
+    let before = shared::time::now_ms();
+    assert_eq!(s.rate("s:s1~c1", 5).await.unwrap(), Rated::NotClosed);
+    assert_eq!(s.first_reply("s:s1~c1").await.unwrap(), None);
+    s.assign("s:s1~c1", "s1", None, Admit::ANY).await.unwrap();
+    let opened = s.service("s:s1~c1").await.unwrap().unwrap();
+    // Within a second of the test's clock (Redis keeps its own).
+    assert!(
+        (opened.since - before).abs() < 1_000,
+        "{} vs {before}",
+        opened.since
+    );
+    assert!(!opened.answered && !opened.rated);
+    // Assigning the waiting one keeps when it opened.
+    s.assign("s:s1~c1", "s1", Some("a1"), Admit::ANY)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.service("s:s1~c1").await.unwrap().unwrap().since,
+        opened.since
+    );
+    // The first answer is timed once.
+    let took = s
+        .first_reply("s:s1~c1")
+        .await
+        .unwrap()
+        .expect("the first answer");
+    assert!(took < 60_000, "{took}");
+    assert_eq!(s.first_reply("s:s1~c1").await.unwrap(), None);
+    // Rated once closed, once.
+    assert_eq!(s.rate("s:s1~c1", 4).await.unwrap(), Rated::NotClosed);
+    assert!(s.close_service("s:s1~c1").await.unwrap());
+    assert_eq!(s.first_reply("s:s1~c1").await.unwrap(), None);
+    assert_eq!(s.rate("s:s1~c1", 4).await.unwrap(), Rated::Done);
+    assert_eq!(s.rate("s:s1~c1", 5).await.unwrap(), Rated::Already);
+    // Opened again, it is new: not answered, not rated, and rated again once closed.
+    s.assign("s:s1~c1", "s1", Some("a1"), Admit::ANY)
+        .await
+        .unwrap();
+    let again = s.service("s:s1~c1").await.unwrap().unwrap();
+    assert!(!again.answered && !again.rated && again.since >= opened.since);
+    assert!(s.first_reply("s:s1~c1").await.unwrap().is_some());
+    assert!(s.close_service("s:s1~c1").await.unwrap());
+    assert_eq!(s.rate("s:s1~c1", 2).await.unwrap(), Rated::Done);
+}
+
+async fn shop_counters(s: &dyn DirectoryStore) {
+    assert_eq!(
+        s.shop_counters("s1").await.unwrap(),
+        ShopCounters::default()
+    );
+    s.assign("s:s1~c1", "s1", Some("a1"), Admit::ANY)
+        .await
+        .unwrap();
+    s.assign("s:s1~c2", "s1", Some("a1"), Admit::ANY)
+        .await
+        .unwrap();
+    s.assign("s:s1~c3", "s1", None, Admit::ANY).await.unwrap();
+    s.assign("s:s2~c1", "s2", Some("a1"), Admit::ANY)
+        .await
+        .unwrap();
+    let c = s.shop_counters("s1").await.unwrap();
+    assert_eq!((c.open, c.waiting), (2, 1));
+    // A transfer moves no open count; waiting → assigned, and back, do.
+    s.assign("s:s1~c2", "s1", Some("a2"), Admit::ANY)
+        .await
+        .unwrap();
+    s.assign("s:s1~c3", "s1", Some("a2"), Admit::ANY)
+        .await
+        .unwrap();
+    s.assign("s:s1~c1", "s1", None, Admit::ANY).await.unwrap();
+    let c = s.shop_counters("s1").await.unwrap();
+    assert_eq!((c.open, c.waiting), (2, 1));
+    assert!(s.close_service("s:s1~c2").await.unwrap());
+    assert!(s.close_service("s:s1~c1").await.unwrap());
+    let c = s.shop_counters("s1").await.unwrap();
+    assert_eq!((c.open, c.waiting), (1, 0));
+    s.count_first_response("s1", 3).await.unwrap();
+    s.count_first_response("s1", 3).await.unwrap();
+    s.count_first_response("s1", 0).await.unwrap();
+    assert_eq!(s.rate("s:s1~c2", 5).await.unwrap(), Rated::Done);
+    assert_eq!(s.rate("s:s1~c1", 2).await.unwrap(), Rated::Done);
+    let c = s.shop_counters("s1").await.unwrap();
+    assert_eq!(c.first_response, [1, 0, 0, 2]);
+    assert_eq!((c.ratings, c.rating_sum), (2, 7));
+    // Shops count apart.
+    let other = s.shop_counters("s2").await.unwrap();
+    assert_eq!(
+        (other.open, other.ratings, other.first_response.len()),
+        (1, 0, 0)
+    );
+}
+
+async fn away_flags(s: &dyn DirectoryStore) {
+    let agents = strings(&["a1", "a2", "a1"]);
+    assert_eq!(s.away(&agents).await.unwrap(), [false, false, false]);
+    assert_eq!(s.away(&[]).await.unwrap(), Vec::<bool>::new());
+    s.set_away("a1", true).await.unwrap();
+    s.set_away("a1", true).await.unwrap();
+    assert_eq!(s.away(&agents).await.unwrap(), [true, false, true]);
+    s.set_away("a1", false).await.unwrap();
+    s.set_away("a2", false).await.unwrap();
+    assert_eq!(s.away(&agents).await.unwrap(), [false, false, false]);
+}
+
+async fn shop_settings(s: &dyn DirectoryStore) {
+    assert_eq!(s.shop("s1").await.unwrap(), None);
+    assert_eq!(s.shops().await.unwrap(), Vec::<String>::new());
+    let settings = Shop {
+        agents: strings(&["a1", "a2"]),
+        max_open: 3,
+        welcome: Some(serde_json::json!({"text": "Hello"})),
+        away: Some(serde_json::json!({"text": "Back at 9"})),
+    };
+    s.set_shop("s1", settings.clone()).await.unwrap();
+    s.set_shop_agents("s0", strings(&["a2"])).await.unwrap();
+    assert_eq!(s.shop("s1").await.unwrap(), Some(settings.clone()));
+    assert_eq!(s.shops().await.unwrap(), ["s0", "s1"]);
+    assert_eq!(s.agent_shops("a2").await.unwrap(), ["s0", "s1"]);
+    // Setting the agents alone keeps the rest, and moves the reverse index.
+    s.set_shop_agents("s1", strings(&["a3"])).await.unwrap();
+    let now = s.shop("s1").await.unwrap().unwrap();
+    assert_eq!((now.max_open, now.welcome), (3, settings.welcome));
+    assert_eq!(s.agent_shops("a2").await.unwrap(), ["s0"]);
+    assert_eq!(s.agent_shops("a3").await.unwrap(), ["s1"]);
+}
+
+async fn decision_lease(s: &dyn DirectoryStore) {
+    assert!(s.try_decide("s:s1~c1", "t1", 10_000).await.unwrap());
+    if !s.shared() {
+        // One process: its own lock is the only one.
+        assert!(s.try_decide("s:s1~c1", "t2", 10_000).await.unwrap());
+        return;
+    }
+    assert!(!s.try_decide("s:s1~c1", "t2", 10_000).await.unwrap());
+    assert!(s.try_decide("s:s1~c2", "t2", 10_000).await.unwrap());
+    // Only its holder gives it back.
+    s.end_decide("s:s1~c1", "t2").await.unwrap();
+    assert!(!s.try_decide("s:s1~c1", "t2", 10_000).await.unwrap());
+    s.end_decide("s:s1~c1", "t1").await.unwrap();
+    assert!(s.try_decide("s:s1~c1", "t2", 10_000).await.unwrap());
+    // A holder that never gives it back loses it when it expires.
+    assert!(s.try_decide("s:s1~c3", "t1", 50).await.unwrap());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !s.try_decide("s:s1~c3", "t2", 10_000).await.unwrap() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lease never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn loads(s: &dyn DirectoryStore, agents: &[&str]) -> Vec<u64> {
+    s.agent_loads(&strings(agents)).await.unwrap()
 }

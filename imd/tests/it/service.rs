@@ -159,10 +159,13 @@ async fn shop_agents_are_set_and_read_back() {
     let http = imd.http();
     set_agents(&http, "s1", &["ag1", "ag2"]).await;
     let got = http.get("/admin/v1/shops/s1/agents", Some(ADMIN)).await;
-    assert_eq!(got.assert_ok(), &json!({"agents": ["ag1", "ag2"]}));
+    assert_eq!(
+        got.assert_ok(),
+        &json!({"agents": ["ag1", "ag2"], "max_open": 0})
+    );
     set_agents(&http, "s1", &["ag2"]).await;
     let got = http.get("/admin/v1/shops/s1/agents", Some(ADMIN)).await;
-    assert_eq!(got.assert_ok(), &json!({"agents": ["ag2"]}));
+    assert_eq!(got.assert_ok(), &json!({"agents": ["ag2"], "max_open": 0}));
     http.get("/admin/v1/shops/nope/agents", Some(ADMIN))
         .await
         .assert_error(404, ErrorCode::NotFound);

@@ -175,7 +175,10 @@ async fn serve_conn(
                     st.bad_reads += 1;
                 }
             }
-            ClientFrame::Ack { .. } | ClientFrame::Typing { .. } | ClientFrame::Recall { .. } => {}
+            ClientFrame::Ack { .. }
+            | ClientFrame::Typing { .. }
+            | ClientFrame::Recall { .. }
+            | ClientFrame::Status { .. } => {}
             ClientFrame::Sync { after, limit } => {
                 let st = state.lock().unwrap();
                 let inbox = st

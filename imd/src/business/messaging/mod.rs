@@ -24,6 +24,7 @@
 mod commit;
 mod read;
 mod state;
+mod workflow;
 
 pub use state::{CONV_PAGE_DEFAULT, CONV_PAGE_MAX, PRESENCE_MAX, ReadReply, RecallReply};
 
@@ -168,6 +169,7 @@ impl Messaging {
         let service = Arc::new(CustomerService::new(
             deps.dir.clone(),
             deps.presence.clone(),
+            deps.deliver.clone(),
         ));
         let inner = Inner {
             feed,
@@ -219,21 +221,22 @@ impl Messaging {
     /// returns the error, and `reply` is never called.
     pub async fn send(&self, who: &Identity, req: SendRequest, reply: Reply) -> Result<(), Error> {
         let cid = req.cid.clone();
-        // `_decided` holds the customer-service lock, when routing took it, until the
-        // ops are queued.
-        let (message, decision) = self.prepare(who, req).await?;
-        let mut decision = decision;
-        for op in std::mem::take(&mut decision.ops) {
-            self.enqueue(Queued { op, done: None }).await?;
-        }
-        let done = Some(send_done(cid, reply));
-        self.enqueue(Queued { op: message, done }).await?;
-        // The events of the decision (an agent assigned) follow the message that
-        // caused it.
-        for op in std::mem::take(&mut decision.events) {
-            self.enqueue(Queued { op, done: None }).await?;
-        }
-        Ok(())
+        // The decision holds the conversation's decision lock, when routing took it,
+        // until its last op is committed.
+        let (message, mut decision) = self.prepare(who, req).await?;
+        let mut ops: Vec<(Op, Option<Done>)> = std::mem::take(&mut decision.ops)
+            .into_iter()
+            .map(|op| (op, None))
+            .collect();
+        ops.push((message, Some(send_done(cid, reply))));
+        // The events of the decision (an agent assigned, the shop's welcome) follow
+        // the message that caused it.
+        ops.extend(
+            std::mem::take(&mut decision.events)
+                .into_iter()
+                .map(|op| (op, None)),
+        );
+        self.queue_ops(ops, decision).await
     }
 
     /// [`Messaging::send`], waiting for the commit.
@@ -248,21 +251,29 @@ impl Messaging {
         rx.await.map_err(|_| Error::ShuttingDown)?
     }
 
-    /// Queues a decision's operations (joins of agents), in order, then lets the next
-    /// decision go.
-    pub async fn submit(&self, decision: Decision) -> Result<(), Error> {
-        self.queue_decision(decision, None).await
+    /// Queues decisions' operations (joins of agents, then events), each decision's in
+    /// order; each decision's lock goes once its last op is committed.
+    pub async fn submit(&self, decisions: Vec<Decision>) -> Result<(), Error> {
+        for decision in decisions {
+            self.queue_decision(decision, None).await?;
+        }
+        Ok(())
     }
 
-    /// [`Messaging::submit`], then waits until the last operation is committed: for a
-    /// decision over one conversation that someone is told about (an admin's
-    /// transfer), which must not be answered before it is durable. (Operations on
-    /// several conversations may commit on several lanes, in any order.)
-    pub async fn submit_and_wait(&self, decision: Decision) -> Result<(), Error> {
+    /// Queues `first` and waits until its last operation is committed (a decision that
+    /// someone is told about, like an admin's transfer, must not be answered before it
+    /// is durable), then queues the others.
+    pub async fn submit_and_wait(&self, mut decisions: Vec<Decision>) -> Result<(), Error> {
+        if decisions.is_empty() {
+            return Ok(());
+        }
+        let first = decisions.remove(0);
         let (tx, rx) = oneshot::channel();
         let done: Reply = Box::new(move |r| drop(tx.send(r)));
-        self.queue_decision(decision, Some(done)).await?;
-        rx.await.map_err(|_| Error::ShuttingDown)?.map(drop)
+        self.queue_decision(first, Some(done)).await?;
+        let committed = rx.await.map_err(|_| Error::ShuttingDown)?.map(drop);
+        self.submit(decisions).await?;
+        committed
     }
 
     /// Queues `decision`'s operations, then its events; `done` answers when the last
@@ -270,31 +281,48 @@ impl Messaging {
     async fn queue_decision(
         &self,
         mut decision: Decision,
-        mut done: Option<Reply>,
+        done: Option<Reply>,
     ) -> Result<(), Error> {
-        let mut ops = std::mem::take(&mut decision.ops);
-        ops.append(&mut decision.events);
-        let last = ops.len().saturating_sub(1);
-        if ops.is_empty()
-            && let Some(done) = done.take()
-        {
-            done(Ok(SendOutcome::default()));
+        let mut ops: Vec<(Op, Option<Done>)> = std::mem::take(&mut decision.ops)
+            .into_iter()
+            .chain(std::mem::take(&mut decision.events))
+            .map(|op| (op, None))
+            .collect();
+        match (ops.last_mut(), done) {
+            (Some(last), Some(done)) => last.1 = Some(committed_done(done)),
+            (None, Some(done)) => done(Ok(SendOutcome::default())),
+            (_, None) => {}
         }
-        for (i, op) in ops.into_iter().enumerate() {
-            let done = if i == last {
-                done.take().map(committed_done)
-            } else {
-                None
-            };
+        self.queue_ops(ops, decision).await
+    }
+
+    /// Queues `ops` in order; `decision`'s lock goes when the last is committed (at
+    /// once when there is none, or when queueing fails).
+    async fn queue_ops(
+        &self,
+        mut ops: Vec<(Op, Option<Done>)>,
+        mut decision: Decision,
+    ) -> Result<(), Error> {
+        if let (Some(last), Some(held)) = (ops.last_mut(), decision.take_lock()) {
+            let done = last.1.take();
+            last.1 = Some(Box::new(move |r| {
+                if let Some(done) = done {
+                    done(r);
+                }
+                drop(held);
+            }));
+        }
+        for (op, done) in ops {
             self.enqueue(Queued { op, done }).await?;
         }
         Ok(())
     }
 
-    /// A device connected: if its user is an agent, hand it waiting conversations.
+    /// A device connected: if its user is an agent, it is available, and takes
+    /// waiting conversations.
     pub async fn connected(&self, who: &Identity) -> Result<(), Error> {
-        let decision = self.0.service.agent_online(&who.uid).await?;
-        self.submit(decision).await
+        let decisions = self.0.service.agent_online(&who.uid).await?;
+        self.submit(decisions).await
     }
 
     fn refuse_blocked(&self, who: &Identity) -> Result<(), Error> {
@@ -325,6 +353,8 @@ impl Messaging {
         if req.body.is_null() {
             return Err(Error::BadRequest("body is required".into()));
         }
+        // Whether this may be an agent's first answer in a service conversation.
+        let mut answer = false;
         let (conv, members, decision) = match (&req.to, &req.conv, &req.shop) {
             (Some(to), None, None) => {
                 if !is_valid_id(to) {
@@ -341,6 +371,7 @@ impl Messaging {
             (None, Some(conv), None) => match ConvRef::parse(conv) {
                 Some(ConvRef::Service { shop, customer }) => {
                     let route = self.0.service.from_member(&who.uid, shop, customer).await?;
+                    answer = route.answer;
                     (route.conv, route.recipients, route.joins)
                 }
                 _ => {
@@ -371,6 +402,9 @@ impl Messaging {
             .get()
             .apply(&mut req.body)
             .map_err(|_| Error::BlockedContent)?;
+        if answer {
+            self.0.service.answered(&conv).await?;
+        }
         let message = Op::Message(NewMessage {
             id: uuid::Uuid::now_v7().to_string(),
             conv,

@@ -4,8 +4,8 @@
 
 use async_trait::async_trait;
 
-use super::RedisStore;
 use super::keys::{groups_key, member_groups_prefix};
+use super::{RedisStore, to_json};
 use crate::store::{GroupStore, StoreError};
 
 #[async_trait]
@@ -15,8 +15,14 @@ impl GroupStore for RedisStore {
     }
 
     async fn set_group_members(&self, name: &str, members: Vec<String>) -> Result<(), StoreError> {
-        self.set_with_reverse_index(groups_key(), name, &members, member_groups_prefix())
-            .await
+        self.set_with_reverse_index(
+            groups_key(),
+            name,
+            to_json(&members)?,
+            &members,
+            member_groups_prefix(),
+        )
+        .await
     }
 
     async fn member_groups(&self, uid: &str) -> Result<Vec<String>, StoreError> {

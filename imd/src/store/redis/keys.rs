@@ -21,6 +21,8 @@
 //!   seq, contiguous, in seq order: `"<seq> <ts>\n<uid>\n<uid>…"` (uids never hold a
 //!   newline or a space).
 //! - `imd:{c:<conv>}:lock` the fan-out lease: a random token, `PX` `messages::LEASE_MS`.
+//! - `imd:{c:<conv>}:decide` the decision lease of a service conversation (see
+//!   `ShopStore::try_decide`): a random token with a `PX` expiry.
 //! - `imd:{c:<conv>}:read` HASH uid → read position (the highest seq read). The store
 //!   script sets a sender's to the seq of its message with a body (the conversation's
 //!   last: always forward); a `Read` op moves it forward, clamped to `LLEN msgs`.
@@ -53,14 +55,18 @@
 //! declared keys.
 //!
 //! - `imd:{g}:blacklist`: hash `<kind>:<value>` → entry JSON;
-//! - `imd:{g}:shops`: hash shop → agents JSON; `imd:{g}:agent-shops:<uid>`: set of shops;
+//! - `imd:{g}:shops`: hash shop → [`Shop`](crate::store::Shop) JSON (an agents array
+//!   when written before shops had settings); `imd:{g}:agent-shops:<uid>`: set of shops;
 //! - `imd:{g}:groups`: hash group → members JSON; `imd:{g}:member-groups:<uid>`: set of
 //!   groups;
 //! - `imd:{g}:service`: hash conv → [`ServiceState`](crate::store::ServiceState) JSON (one `HGET` per
 //!   customer-service message);
 //! - `imd:{g}:loads`: hash agent → open conversations;
 //! - `imd:{g}:waiting:<shop>`: sorted set of convs scored by when they began waiting
-//!   (unix ms from Redis's clock, the one clock every imd node shares).
+//!   (unix ms from Redis's clock, the one clock every imd node shares);
+//! - `imd:{g}:shop-counters:<shop>`: hash `open` → open conversations with an agent,
+//!   `ratings` and `rating_sum`, `frt:<bucket>` → first responses in that bucket;
+//! - `imd:{g}:away`: set of agents marked away.
 //!
 //! # Registries
 //!
@@ -150,6 +156,16 @@ pub(super) fn loads_key() -> String {
 /// Prefix of the per-shop waiting lists.
 pub(super) fn waiting_prefix() -> String {
     global_key("waiting:")
+}
+
+/// Prefix of the per-shop counters (open, ratings, first-response buckets).
+pub(super) fn counters_prefix() -> String {
+    global_key("shop-counters:")
+}
+
+/// The set of agents marked away.
+pub(super) fn away_key() -> String {
+    global_key("away")
 }
 
 #[cfg(test)]

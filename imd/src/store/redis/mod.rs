@@ -264,21 +264,19 @@ impl RedisStore {
         json.map(|j| from_json(field, &j)).transpose()
     }
 
-    /// Sets `name`'s list in the global hash `hash` (a shop's agents, a group's
-    /// members) and moves the reverse index (a set per listed uid, under
-    /// `reverse_prefix`) from the old list to the new, in one script.
+    /// Sets `name` in the global hash `hash` to `stored`, which holds `list` (a shop's
+    /// agents, a group's members), and moves the reverse index (a set per listed uid,
+    /// under `reverse_prefix`) from the old list to the new, in one script.
     async fn set_with_reverse_index(
         &self,
         hash: String,
         name: &str,
+        stored: String,
         list: &[String],
         reverse_prefix: String,
     ) -> Result<(), StoreError> {
         let mut invocation = SET_WITH_REVERSE_INDEX.key(hash);
-        invocation
-            .arg(name)
-            .arg(to_json(&list)?)
-            .arg(reverse_prefix);
+        invocation.arg(name).arg(stored).arg(reverse_prefix);
         for uid in list {
             invocation.arg(uid);
         }
@@ -290,7 +288,7 @@ impl RedisStore {
 }
 
 /// The script of [`RedisStore::set_with_reverse_index`]. KEYS[1] = the hash; ARGV[1] =
-/// name, ARGV[2] = list JSON, ARGV[3] = reverse prefix, ARGV[4..] = the list.
+/// name, ARGV[2] = the stored JSON (the list, or an object with it under `agents`), ARGV[3] = reverse prefix, ARGV[4..] = the list.
 static SET_WITH_REVERSE_INDEX: std::sync::LazyLock<redis::Script> =
     std::sync::LazyLock::new(|| redis::Script::new(include_str!("lua/set_with_reverse_index.lua")));
 

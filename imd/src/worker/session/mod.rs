@@ -563,14 +563,14 @@ async fn handle_text(
         ClientFrame::Ping => Some(wire::PONG_FRAME.to_owned()),
         // Boxed: rare next to acks and sends, so their futures do not grow every
         // session's.
-        f
-        @ (ClientFrame::Read { .. } | ClientFrame::Typing { .. } | ClientFrame::Recall { .. }) => {
-            Box::pin(handle_state(f, conn, ctx)).await
-        }
+        f @ (ClientFrame::Read { .. }
+        | ClientFrame::Typing { .. }
+        | ClientFrame::Recall { .. }
+        | ClientFrame::Status { .. }) => Box::pin(handle_state(f, conn, ctx)).await,
     }
 }
 
-/// Handles a frame about conversation state (`read`, `typing`, `recall`); returns
+/// Handles a frame about conversation state (`read`, `typing`, `recall`, `status`); returns
 /// the frame to answer with, if any. A `read` is answered only when it fails, and a
 /// `recall` with `recalled` once committed, both through the outbox.
 async fn handle_state(frame: ClientFrame, conn: &Arc<Conn>, ctx: &SessionCtx) -> Option<String> {
@@ -600,6 +600,7 @@ async fn handle_state(frame: ClientFrame, conn: &Arc<Conn>, ctx: &SessionCtx) ->
             ctx.messaging.recall(&conn.who, &conv, seq, reply).await
         }
         ClientFrame::Typing { conv } => ctx.messaging.typing(&conn.who, &conv).await,
+        ClientFrame::Status { status } => ctx.messaging.set_status(&conn.who, status).await,
         ClientFrame::Send(_)
         | ClientFrame::Ack { .. }
         | ClientFrame::Sync { .. }

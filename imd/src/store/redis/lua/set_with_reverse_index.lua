@@ -1,6 +1,8 @@
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 if old then
-  for _, a in ipairs(cjson.decode(old)) do
+  -- A stored list, or an object with the list under `agents` (shops).
+  local stored = cjson.decode(old)
+  for _, a in ipairs(stored.agents or stored) do
     redis.call('SREM', ARGV[3] .. a, ARGV[1])
   end
 end
