@@ -63,6 +63,10 @@ pub struct Decision {
     /// Event messages (`assigned`, `closed`) and the shop's messages, to commit after
     /// that message.
     pub events: Vec<Op>,
+    /// A shop whose queue must be drained once this decision's lock is gone: the
+    /// conversation entered the queue, and an agent may have become eligible since
+    /// the decision looked (or was eligible, and the queue's head was taken meanwhile).
+    pub drain_after: Option<String>,
     held: Option<Held>,
 }
 
@@ -71,6 +75,7 @@ impl Decision {
         Self {
             ops: Vec::new(),
             events: Vec::new(),
+            drain_after: None,
             held: Some(held),
         }
     }
@@ -381,6 +386,7 @@ impl CustomerService {
                 if let Some(i) = waiting.iter().position(|c| *c == conv) {
                     self.tell_queue(shop_id, i).await;
                 }
+                decision.drain_after = Some(shop_id.to_owned());
                 Ok(route(recipients(&[customer]), decision))
             }
             // Waiting, and still not its turn.
@@ -571,13 +577,14 @@ impl CustomerService {
         Ok(out)
     }
 
-    /// An agent came online: it is available, and takes waiting conversations.
+    /// An agent came online: it takes waiting conversations of its shops.
     pub async fn agent_online(&self, uid: &str) -> Result<Vec<Decision>, Error> {
-        if self.dir.agent_shops(uid).await?.is_empty() {
-            return Ok(Vec::new());
-        }
-        self.dir.set_away(uid, false).await?;
         self.drain_for(uid).await
+    }
+
+    /// Marks `uid` away or available, and nothing else.
+    pub async fn set_away(&self, uid: &str, away: bool) -> Result<(), Error> {
+        Ok(self.dir.set_away(uid, away).await?)
     }
 
     /// An agent sets its availability; available, it takes waiting conversations.

@@ -118,6 +118,11 @@ pub(super) async fn upgrade(
         pending.disarm();
     }
     let (failed, failed_hub) = (conn.clone(), ctx.hub.clone());
+    // An agent is available when it connects: set before the session reads a frame, so
+    // that a `status` the device sends at once comes after it.
+    if let Err(e) = ctx.messaging.available(&conn.who).await {
+        tracing::warn!(uid = %conn.who.uid, error = %e, "availability not reset");
+    }
     // An agent coming online takes the conversations waiting for one; off the upgrade's
     // path, and its pushes queue in the outbox until the session runs.
     let (messaging, agent) = (ctx.messaging.clone(), conn.who.clone());

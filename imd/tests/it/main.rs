@@ -23,5 +23,6 @@ mod lifecycle;
 mod redis_registry;
 mod redis_restart;
 mod service;
+mod service_workflow;
 mod slow_consumers;
 mod store_contract;

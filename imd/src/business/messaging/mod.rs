@@ -315,11 +315,31 @@ impl Messaging {
         for (op, done) in ops {
             self.enqueue(Queued { op, done }).await?;
         }
+        if let Some(shop) = decision.drain_after.take() {
+            self.drain_later(shop);
+        }
         Ok(())
     }
 
-    /// A device connected: if its user is an agent, it is available, and takes
-    /// waiting conversations.
+    /// Drains `shop`'s queue in a task of its own: after the caller's decision lock,
+    /// as the drain may take the same conversation.
+    fn drain_later(&self, shop: String) {
+        let m = self.clone();
+        // Boxed as `Send`: the drain submits decisions, which may drain again.
+        let drain: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
+            let drained = match m.0.service.drain(&shop).await {
+                Ok(decisions) => m.submit(decisions).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = drained {
+                tracing::warn!(shop, error = %e, "queue not drained");
+            }
+        });
+        tokio::spawn(drain);
+    }
+
+    /// A device connected: if its user is an agent, it takes waiting conversations
+    /// (its availability is set by [`Messaging::available`], before its frames).
     pub async fn connected(&self, who: &Identity) -> Result<(), Error> {
         let decisions = self.0.service.agent_online(&who.uid).await?;
         self.submit(decisions).await

@@ -11,6 +11,15 @@ use crate::business::{Error, Identity};
 const AGENT_ROLE: &str = "agent";
 
 impl Messaging {
+    /// A device with the agent role connected: the agent is available (nothing for
+    /// other tokens, so that a connection costs no store write).
+    pub async fn available(&self, who: &Identity) -> Result<(), Error> {
+        if who.roles.iter().any(|r| r == AGENT_ROLE) {
+            self.0.service.set_away(&who.uid, false).await?;
+        }
+        Ok(())
+    }
+
     /// An agent sets its availability; turning available, it takes waiting
     /// conversations of its shops.
     pub async fn set_status(&self, who: &Identity, status: AgentStatus) -> Result<(), Error> {

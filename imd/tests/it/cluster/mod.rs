@@ -6,7 +6,8 @@
 //!
 //! This file starts a cluster and reads its state; the tests live by the guarantee
 //! they prove: [`delivery`], [`failover`], [`admin`] (the admin API and imctl),
-//! [`service`] (customer service), [`conversations`] (read positions, typing,
+//! [`service`] (customer service), [`service_workflow`] (availability, caps, the
+//! queue, ratings), [`conversations`] (read positions, typing,
 //! presence, recall, event messages across workers), [`nodes`] (joining: secrets,
 //! start-up).
 
@@ -25,6 +26,7 @@ mod delivery;
 mod failover;
 mod nodes;
 mod service;
+mod service_workflow;
 
 /// Every node of a cluster shares these (generated secrets would differ per node).
 const SECRETS: [&str; 4] = [
