@@ -33,6 +33,13 @@ pub enum ConvRef<'a> {
         /// The customer's uid.
         customer: &'a str,
     },
+    /// The shop's internal notes on its conversation with `customer`: agents only.
+    Notes {
+        /// The shop id.
+        shop: &'a str,
+        /// The customer's uid (never a member).
+        customer: &'a str,
+    },
 }
 
 impl<'a> ConvRef<'a> {
@@ -47,6 +54,10 @@ impl<'a> ConvRef<'a> {
             let (shop, customer) = rest.split_once('~')?;
             (is_valid_id(shop) && is_valid_id(customer))
                 .then_some(ConvRef::Service { shop, customer })
+        } else if let Some(rest) = conv.strip_prefix("n:") {
+            let (shop, customer) = rest.split_once('~')?;
+            (is_valid_id(shop) && is_valid_id(customer))
+                .then_some(ConvRef::Notes { shop, customer })
         } else {
             None
         }
@@ -61,6 +72,7 @@ impl ConvRef<'_> {
             ConvRef::Direct(..) => ConvKind::Direct,
             ConvRef::Group(_) => ConvKind::Group,
             ConvRef::Service { .. } => ConvKind::Service,
+            ConvRef::Notes { .. } => ConvKind::Notes,
         }
     }
 }
@@ -74,6 +86,11 @@ pub fn direct_conv(a: &str, b: &str) -> String {
 /// The id of the customer-service conversation of `customer` with `shop`.
 pub fn service_conv(shop: &str, customer: &str) -> String {
     format!("s:{shop}~{customer}")
+}
+
+/// The id of the internal notes of `shop` on its conversation with `customer`.
+pub fn notes_conv(shop: &str, customer: &str) -> String {
+    format!("n:{shop}~{customer}")
 }
 
 /// The id of the group conversation `name`.
@@ -125,6 +142,13 @@ mod tests {
                 customer: "carol"
             })
         );
+        assert_eq!(
+            ConvRef::parse(&notes_conv("shop1", "carol")),
+            Some(ConvRef::Notes {
+                shop: "shop1",
+                customer: "carol"
+            })
+        );
         for bad in [
             "",
             "x",
@@ -134,6 +158,8 @@ mod tests {
             "g:",
             "g:a b",
             "s:shop",
+            "n:shop",
+            "n:~c",
             "q:x",
         ] {
             assert_eq!(ConvRef::parse(bad), None, "{bad:?}");

@@ -404,6 +404,8 @@ pub enum ConvKind {
     Group,
     /// A customer and a shop's agents (`s:…`).
     Service,
+    /// A shop's internal notes on a service conversation, for its agents only (`n:…`).
+    Notes,
 }
 
 /// One entry of `GET /v1/conversations`.

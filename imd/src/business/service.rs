@@ -49,7 +49,8 @@ const PICK_TRIES: usize = 8;
 /// to the next event that drains.
 const DRAIN_MAX: usize = 1_000;
 
-/// The sender of a shop's own messages (welcome, away): `shop:{shop}`.
+/// The sender of a shop's own messages (welcome, away): `shop:{shop}`. The gateway
+/// refuses tokens whose uid starts with `shop:`, so nobody else speaks as one.
 pub fn shop_sender(shop: &str) -> String {
     format!("shop:{shop}")
 }
@@ -493,6 +494,34 @@ impl CustomerService {
                 .await?;
         }
         Ok(())
+    }
+
+    /// Whether `uid` is an agent of `shop` (404 for an unknown shop).
+    pub async fn is_agent(&self, uid: &str, shop: &str) -> Result<bool, Error> {
+        Ok(self.shop(shop).await?.agents.iter().any(|a| a == uid))
+    }
+
+    /// Who a note on `s:{shop}~{customer}` goes to: the conversation's assigned agent
+    /// while it is open, and `writer`, who must be an agent of the shop. Other agents
+    /// read the notes' history; the customer never is a member.
+    pub async fn note_takers(
+        &self,
+        shop: &str,
+        customer: &str,
+        writer: Option<&str>,
+    ) -> Result<Vec<String>, Error> {
+        if let Some(w) = writer
+            && !self.is_agent(w, shop).await?
+        {
+            return Err(Error::Forbidden(format!(
+                "only agents of shop {shop:?} write its notes"
+            )));
+        }
+        let state = self.dir.service(&service_conv(shop, customer)).await?;
+        let agent = state.filter(|s| s.open).and_then(|s| s.agent);
+        let mut out: Vec<String> = writer.map(str::to_owned).into_iter().collect();
+        out.extend(agent.filter(|a| Some(a.as_str()) != writer && a != customer));
+        Ok(out)
     }
 
     /// Whether `uid` may read `s:{shop}~{customer}`: the customer and the shop's agents.

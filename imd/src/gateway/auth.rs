@@ -67,6 +67,13 @@ impl TokenKeys {
         if !is_valid_id(&c.sub) {
             return Err(AuthError::Invalid("sub is not a valid uid".into()));
         }
+        // The shops' own messages (welcome, away) come from `shop:{shop}`: nobody may
+        // speak as one.
+        if c.sub.starts_with(SHOP_SENDER_PREFIX) {
+            return Err(AuthError::Invalid(format!(
+                "uids starting with {SHOP_SENDER_PREFIX:?} are the shops' own"
+            )));
+        }
         if !is_valid_id(&c.dev) {
             return Err(AuthError::Invalid("dev is not a valid device id".into()));
         }
@@ -79,6 +86,9 @@ impl TokenKeys {
         })
     }
 }
+
+/// The prefix of the shops' own sender ids (`business::service::shop_sender`).
+const SHOP_SENDER_PREFIX: &str = "shop:";
 
 /// The bearer token of a request: the `Authorization` header, else `?token=`.
 pub fn bearer<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Option<String> {
@@ -144,6 +154,13 @@ mod tests {
             })
             .unwrap();
         assert!(matches!(keys.verify(&bad_uid), Err(AuthError::Invalid(_))));
+        let shop = keys
+            .mint(&Claims {
+                sub: "shop:s1".into(),
+                ..claims(now() + 60)
+            })
+            .unwrap();
+        assert!(matches!(keys.verify(&shop), Err(AuthError::Invalid(_))));
     }
 
     #[test]

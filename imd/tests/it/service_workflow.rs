@@ -497,3 +497,68 @@ async fn shop_stats_count_what_happened() {
     let shops = http.get("/admin/v1/shops", Some(ADMIN)).await;
     assert_eq!(shops.assert_ok(), &json!({"shops": ["s1"]}));
 }
+
+/// Internal notes live in `n:{shop}~{customer}`: the shop's agents write and read
+/// them, the assigned agent has them pushed, and nothing of them reaches the
+/// customer: not its inbox, its list, the service conversation, or the notes' history.
+#[tokio::test]
+async fn internal_notes_never_reach_the_customer() {
+    let imd = start();
+    let http = imd.http();
+    set_shop(&http, "s1", json!({"agents": ["a1", "a2"]})).await;
+    let mut a1 = imd.ws(&agent_tok("a1")).await;
+    http.send_to_shop(&tok("cu"), "s1", json!("where is my parcel?"))
+        .await;
+    assert_eq!(agent_of(&http, "cu", "s1").await.as_deref(), Some("a1"));
+    let notes = "n:s1~cu";
+
+    // a2, a colleague, notes something; a1, assigned, has it pushed.
+    let note = http
+        .send_in(&agent_tok("a2"), notes, json!("VIP: refund without asking"))
+        .await;
+    let (_, got) = a1.push_where("the note", |m| m.conv == notes).await;
+    assert_eq!(got.id, note.id);
+    let read = http.history_all(&agent_tok("a1"), notes).await;
+    assert_eq!(read.len(), 1);
+
+    // The customer: refused, and none of its read paths shows it.
+    http.post_message(&tok("cu"), &json!({"conv": notes, "body": "me too"}))
+        .await
+        .assert_error(403, ErrorCode::Forbidden);
+    http.history(&tok("cu"), notes, 0, None)
+        .await
+        .assert_error(403, ErrorCode::Forbidden);
+    http.conversation(&tok("cu"), notes)
+        .await
+        .assert_error(403, ErrorCode::Forbidden);
+    let inbox = http.sync_all(&tok("cu"), 0, 1000).await;
+    assert!(inbox.iter().all(|i| i.msg.conv != notes), "{inbox:?}");
+    let list = http.conversations(&tok("cu"), "").await;
+    assert!(!list.assert_ok().to_string().contains("refund"), "{list:?}");
+    let service = http.history_all(&tok("cu"), &conv("s1", "cu")).await;
+    assert!(service.iter().all(|m| m.id != note.id));
+    // Nor anyone outside the shop, nor a note on a shop that does not exist.
+    http.post_message(&tok("other"), &json!({"conv": notes, "body": "hi"}))
+        .await
+        .assert_error(403, ErrorCode::Forbidden);
+    http.post_message(
+        &agent_tok("a1"),
+        &json!({"conv": "n:nope~cu", "body": "hi"}),
+    )
+    .await
+    .assert_error(404, ErrorCode::NotFound);
+    // The agents' list shows the notes as their own kind.
+    let list = http.conversations(&agent_tok("a1"), "").await;
+    let kinds: Vec<(String, String)> = list.assert_ok()["convs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["conv"].as_str().unwrap().into(),
+                c["kind"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert!(kinds.contains(&(notes.into(), "notes".into())), "{kinds:?}");
+}

@@ -394,6 +394,14 @@ impl Messaging {
                     answer = route.answer;
                     (route.conv, route.recipients, route.joins)
                 }
+                Some(ConvRef::Notes { shop, customer }) => {
+                    let to = self
+                        .0
+                        .service
+                        .note_takers(shop, customer, Some(&who.uid))
+                        .await?;
+                    (conv.clone(), to, Decision::default())
+                }
                 _ => {
                     let members = self.members(conv).await?;
                     if !members.contains(&who.uid) {
@@ -447,7 +455,7 @@ impl Messaging {
                 .group_members(name)
                 .await?
                 .ok_or_else(|| Error::NotFound(format!("no such group {name:?}"))),
-            Some(ConvRef::Service { .. }) | None => {
+            Some(ConvRef::Service { .. } | ConvRef::Notes { .. }) | None => {
                 Err(Error::NotFound(format!("no such conversation {conv:?}")))
             }
         }

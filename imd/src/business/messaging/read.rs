@@ -46,6 +46,7 @@ impl Messaging {
             Some(ConvRef::Service { shop, customer }) => {
                 self.0.service.can_read(uid, shop, customer).await
             }
+            Some(ConvRef::Notes { shop, .. }) => self.0.service.is_agent(uid, shop).await,
             _ => Ok(self.members(conv).await?.iter().any(|m| m == uid)),
         }
     }

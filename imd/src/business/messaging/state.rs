@@ -82,6 +82,11 @@ impl Messaging {
                     service: Some(state),
                 })
             }
+            ConvRef::Notes { shop, customer } => Ok(Members {
+                kind: ConvKind::Notes,
+                now: self.0.service.note_takers(shop, customer, None).await?,
+                service: None,
+            }),
         }
     }
 
@@ -91,7 +96,7 @@ impl Messaging {
     async fn members_for(&self, uid: &str, conv: &str) -> Result<Members, Error> {
         let members = self.members_of(conv).await?;
         let allowed = match members.kind {
-            ConvKind::Service => self.can_read(uid, conv).await?,
+            ConvKind::Service | ConvKind::Notes => self.can_read(uid, conv).await?,
             ConvKind::Direct | ConvKind::Group => members.now.iter().any(|m| m == uid),
         };
         if !allowed {
@@ -260,11 +265,13 @@ impl Messaging {
     }
 
     /// Everyone whose inbox may hold a message of `conv`: its members, and for a
-    /// service conversation every agent of its shop (colleagues who replied, agents it
-    /// was taken from).
+    /// service conversation or its notes every agent of its shop (colleagues who
+    /// replied, agents it was taken from).
     async fn holders(&self, conv: &str, members: &Members) -> Result<Vec<String>, Error> {
         let mut holders = members.now.clone();
-        if let Some(ConvRef::Service { shop, .. }) = ConvRef::parse(conv) {
+        if let Some(ConvRef::Service { shop, .. } | ConvRef::Notes { shop, .. }) =
+            ConvRef::parse(conv)
+        {
             for agent in self.0.dir.shop_agents(shop).await?.unwrap_or_default() {
                 if !holders.contains(&agent) {
                     holders.push(agent);
@@ -361,7 +368,7 @@ impl Messaging {
                     Some(agent?.as_deref().map_or(0, read_of))
                 }
                 ConvRef::Service { customer, .. } => Some(read_of(customer)),
-                ConvRef::Group(_) => None,
+                ConvRef::Group(_) | ConvRef::Notes { .. } => None,
             };
             let last: Message = serde_json::from_slice(&e.last)
                 .map_err(|err| Error::Store(StoreError::decode("message", err)))?;
