@@ -228,6 +228,7 @@ impl App {
             node.clone(),
             background.clone(),
         ));
+
         let cluster = redis.map(|r| {
             let me = Registration {
                 id: node.id.clone(),

@@ -94,6 +94,40 @@ fn describe() {
         metrics::counter!(name).increment(0);
     }
     describe_gauge!("imd_connections", "Open WebSocket connections.");
+    for (name, help) in [
+        (
+            "imd_shop_agents_online",
+            "Agents of the shop with a device connected.",
+        ),
+        (
+            "imd_shop_agents_available",
+            "Agents of the shop online and not away.",
+        ),
+        (
+            "imd_shop_open",
+            "Open conversations of the shop with an agent.",
+        ),
+        (
+            "imd_shop_waiting",
+            "Conversations of the shop waiting in its queue.",
+        ),
+        (
+            "imd_shop_first_responses",
+            "Conversations of the shop answered by an agent.",
+        ),
+        (
+            "imd_shop_first_response_seconds",
+            "First-response time percentiles of the shop (upper bound of the histogram bucket).",
+        ),
+        ("imd_shop_ratings", "Ratings the shop received."),
+        ("imd_shop_rating_avg", "The shop's mean rating score."),
+        (
+            "imd_shop_metrics_omitted",
+            "Shops beyond the first 100 by name, which get no per-shop gauges.",
+        ),
+    ] {
+        describe_gauge!(name, help);
+    }
     metrics::gauge!("imd_connections").increment(0.0);
     describe_histogram!(
         "imd_commit_latency_seconds",

@@ -26,6 +26,9 @@ use super::words::{WordFilter, Words, WordsPolicy};
 use super::{Devices, Error, stats};
 use crate::store::{DirectoryStore, Shop};
 
+/// The most shops with per-shop gauges (see [`Admin::export_shop_metrics`]).
+pub const SHOP_METRICS_MAX: usize = 100;
+
 /// The largest welcome or away message body, in bytes of JSON.
 const SHOP_MESSAGE_MAX: usize = 8 * 1024;
 
@@ -288,6 +291,41 @@ impl Admin {
     /// Every shop, by name.
     pub async fn shops(&self) -> Result<Vec<String>, Error> {
         Ok(self.dir.shops().await?)
+    }
+
+    /// Sets the per-shop gauges (`imd_shop_…{shop}`) from [`Admin::shop_stats`], for
+    /// the first [`SHOP_METRICS_MAX`] shops by name: the label set is bounded by that,
+    /// and the shops beyond it are counted in `imd_shop_metrics_omitted`.
+    pub async fn export_shop_metrics(&self) -> Result<(), Error> {
+        let shops = self.dir.shops().await?;
+        let omitted = shops.len().saturating_sub(SHOP_METRICS_MAX);
+        metrics::gauge!("imd_shop_metrics_omitted").set(omitted as f64);
+        for shop in shops.into_iter().take(SHOP_METRICS_MAX) {
+            let s = self.shop_stats(&shop).await?;
+            let label = [("shop", shop)];
+            metrics::gauge!("imd_shop_agents_online", &label).set(s.agents_online as f64);
+            metrics::gauge!("imd_shop_agents_available", &label).set(s.agents_available as f64);
+            metrics::gauge!("imd_shop_open", &label).set(s.open as f64);
+            metrics::gauge!("imd_shop_waiting", &label).set(s.waiting as f64);
+            metrics::gauge!("imd_shop_first_responses", &label)
+                .set(s.first_response_ms.count as f64);
+            for (q, v) in [
+                ("0.5", s.first_response_ms.p50),
+                ("0.9", s.first_response_ms.p90),
+                ("0.99", s.first_response_ms.p99),
+            ] {
+                if let Some(ms) = v {
+                    let labels = [("shop", label[0].1.clone()), ("quantile", q.to_owned())];
+                    metrics::gauge!("imd_shop_first_response_seconds", &labels)
+                        .set(ms as f64 / 1000.0);
+                }
+            }
+            metrics::gauge!("imd_shop_ratings", &label).set(s.rating.count as f64);
+            if let Some(avg) = s.rating.avg {
+                metrics::gauge!("imd_shop_rating_avg", &label).set(avg);
+            }
+        }
+        Ok(())
     }
 
     /// A shop's figures: agents online and available, open and waiting conversations,

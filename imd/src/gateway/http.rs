@@ -298,9 +298,22 @@ pub(super) async fn healthz(State(app): State<AppState>) -> Response {
 }
 
 pub(super) async fn metrics(State(app): State<AppState>) -> Response {
+    // The shop gauges are read at scrape time, on the nodes that serve the admin API
+    // (one set per cluster view, not one per worker), within a bound so that a slow
+    // store does not hold the scrape.
+    if app.roles.contains(&crate::config::Role::Gateway) {
+        match tokio::time::timeout(SHOP_GAUGES_WITHIN, app.admin.export_shop_metrics()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "shop gauges not refreshed"),
+            Err(_) => tracing::warn!("shop gauges not refreshed in {SHOP_GAUGES_WITHIN:?}"),
+        }
+    }
     let text = app.metrics.as_ref().map(|h| h.render()).unwrap_or_default();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
+
+/// How long a scrape waits for the shop gauges before it answers with the last ones.
+const SHOP_GAUGES_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub(super) async fn not_found() -> ApiError {
     ApiError::new(ErrorCode::NotFound, "no such endpoint")

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use shared::protocol::{ErrorCode, Message, ServerFrame};
 
-use crate::common::{Http, Imd, WsClient, claims, encode_path, mint, wait_until};
+use crate::common::{Http, Imd, WsClient, claims, encode_path, metric, mint, wait_until};
 
 const SECRET: &str = "test-secret-0123456789abcdef";
 const ADMIN: &str = "admin-0123456789abcdef";
@@ -487,6 +487,23 @@ async fn shop_stats_count_what_happened() {
     let p50 = frt["p50"].as_u64().expect("a p50 once answered");
     assert!(p50 <= 60_000, "{s}");
     assert!(frt["p90"].as_u64().unwrap() >= p50);
+
+    // The same figures as gauges labelled by shop, read at scrape time.
+    let text = http.metrics().await;
+    for (name, want) in [
+        ("imd_shop_open{shop=\"s1\"}", 1.0),
+        ("imd_shop_waiting{shop=\"s1\"}", 1.0),
+        ("imd_shop_agents_online{shop=\"s1\"}", 1.0),
+        ("imd_shop_first_responses{shop=\"s1\"}", 1.0),
+        ("imd_shop_metrics_omitted", 0.0),
+    ] {
+        assert_eq!(metric(&text, name), Some(want), "{name}");
+    }
+    let p50_s = metric(
+        &text,
+        "imd_shop_first_response_seconds{shop=\"s1\",quantile=\"0.5\"}",
+    );
+    assert_eq!(p50_s, Some(p50 as f64 / 1000.0));
 
     http.get("/admin/v1/shops/nope/stats", Some(ADMIN))
         .await
