@@ -56,12 +56,9 @@ async fn assignment_sees_agents_on_every_worker() {
 
 /// A customer writes from two devices on two workers at the same moment, first
 /// messages of a new service conversation: the agent the conversation ends up assigned
-/// to has both messages in its inbox. The two workers decide at once, each under its
-/// own lock; they read the same loads and pick the same agent, so the two joins and
-/// the two messages agree. (Two picks that differ, because one read the loads after
-/// the other's assignment, would leave the later agent without the earlier message:
-/// the remaining cross-process race, not reproduced here in 200 tries; see
-/// `docs/architecture.md`.)
+/// to has both messages in its inbox. Both workers decide under the conversation's
+/// decision lease, the second after the first's join and message are committed, so the
+/// second routes to the agent the first assigned.
 #[tokio::test]
 async fn racing_first_messages_from_two_workers_leave_the_assigned_agent_no_hole() {
     let c = Cluster::start(Redis::standalone()).await;
