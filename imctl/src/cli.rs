@@ -8,12 +8,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use shared::admin::BlacklistKind;
+use shared::admin::{BlacklistKind, MAX_OPEN_LIMIT};
 
 /// The server imctl talks to when none is given.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8080";
 /// imd's data dir when none is given, as `imd serve` uses it.
 pub const DEFAULT_DATA_DIR: &str = "./imd-data";
+/// The largest welcome or away body imd takes, in bytes of JSON.
+pub use shared::admin::SHOP_MESSAGE_MAX;
 
 /// Operator CLI and TUI for imd: blacklists, connections, conversations, the cluster.
 #[derive(Debug, Parser)]
@@ -75,7 +77,7 @@ pub enum Command {
     Replay(ReplayArgs),
     /// Show the cluster's nodes: roles, address, uptime, connections, message rates.
     Cluster,
-    /// Customer-service shops.
+    /// Customer-service shops: agents and their load, figures, settings.
     #[command(subcommand)]
     Shop(ShopCmd),
     /// Group conversations.
@@ -84,7 +86,7 @@ pub enum Command {
     /// One conversation: its assignment, recall a message, close, transfer.
     #[command(subcommand)]
     Conv(ConvCmd),
-    /// The live console: dashboard, connections, blacklist, conversation tail.
+    /// The live console: dashboard, connections, blacklist, conversation tail, service.
     Tui,
 }
 
@@ -164,7 +166,8 @@ pub struct ReplayArgs {
 /// `imctl shop …`
 #[derive(Debug, Subcommand)]
 pub enum ShopCmd {
-    /// Show a shop's agents, or set them.
+    /// Show a shop's agents (online, available or away, open conversations against the
+    /// cap), or set them (the shop's cap and messages stay as they are).
     Agents {
         /// The shop.
         shop: String,
@@ -174,6 +177,46 @@ pub enum ShopCmd {
         /// Remove every agent.
         #[arg(long)]
         clear: bool,
+    },
+    /// Show a shop's figures: agents online and available, open and waiting
+    /// conversations, first-response times, ratings; every shop's without SHOP.
+    Stats {
+        /// The shop [default: every shop].
+        shop: Option<String>,
+    },
+    /// Show a shop's settings: agents, cap, welcome and away messages.
+    Show {
+        /// The shop.
+        shop: String,
+    },
+    /// Change a shop's cap or messages (creating the shop if it is new); what is not
+    /// given stays as it is.
+    #[command(group(
+        clap::ArgGroup::new("change")
+            .required(true)
+            .multiple(true)
+            .args(["max_open", "welcome", "no_welcome", "away", "no_away"])
+    ))]
+    Set {
+        /// The shop.
+        shop: String,
+        /// Open conversations one agent may hold at once (0: no cap).
+        #[arg(long, value_parser = parse_max_open, value_name = "N")]
+        max_open: Option<u32>,
+        /// The message the shop sends when a conversation opens (its body is
+        /// `{"text": TEXT}`).
+        #[arg(long, value_parser = parse_shop_text, value_name = "TEXT")]
+        welcome: Option<String>,
+        /// Send no welcome message.
+        #[arg(long, conflicts_with = "welcome")]
+        no_welcome: bool,
+        /// The message the shop sends when a conversation opens while no agent is
+        /// online and available.
+        #[arg(long, value_parser = parse_shop_text, value_name = "TEXT")]
+        away: Option<String>,
+        /// Send no away message.
+        #[arg(long, conflicts_with = "away")]
+        no_away: bool,
     },
 }
 
@@ -222,6 +265,35 @@ pub enum GroupCmd {
         #[arg(long)]
         clear: bool,
     },
+}
+
+/// Parses `--max-open`: 0 (no cap) to [`MAX_OPEN_LIMIT`], as imd accepts it.
+fn parse_max_open(s: &str) -> Result<u32, String> {
+    let why = || format!("must be 0 (no cap) to {MAX_OPEN_LIMIT}");
+    let n: u32 = s.trim().parse().map_err(|_| why())?;
+    if n > MAX_OPEN_LIMIT {
+        return Err(why());
+    }
+    Ok(n)
+}
+
+/// Parses `--welcome`/`--away`: some text whose body (`{"text": TEXT}`) imd takes.
+fn parse_shop_text(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        return Err("the text is empty (--no-welcome / --no-away remove a message)".into());
+    }
+    let len = shop_message(s).to_string().len();
+    if len > SHOP_MESSAGE_MAX {
+        return Err(format!(
+            "the message is {len} bytes as JSON; imd takes at most {SHOP_MESSAGE_MAX}"
+        ));
+    }
+    Ok(s.to_owned())
+}
+
+/// The body of a shop message given as text: `{"text": TEXT}`.
+pub fn shop_message(text: &str) -> serde_json::Value {
+    serde_json::json!({ "text": text })
 }
 
 /// Parses a humantime duration of at least one second (`90s`, `1h`, `7d`).
@@ -354,8 +426,46 @@ mod tests {
         };
         assert_eq!((shop.as_str(), uids.len(), clear), ("s1", 2, false));
 
+        let cli = parse(&[
+            "shop",
+            "set",
+            "s1",
+            "--max-open",
+            "3",
+            "--welcome",
+            "Hi, how can we help?",
+            "--no-away",
+        ])
+        .unwrap();
+        let Command::Shop(ShopCmd::Set {
+            shop,
+            max_open,
+            welcome,
+            no_welcome,
+            away,
+            no_away,
+        }) = cli.command
+        else {
+            panic!("not shop set")
+        };
+        assert_eq!(
+            (shop.as_str(), max_open, welcome.as_deref(), no_welcome),
+            ("s1", Some(3), Some("Hi, how can we help?"), false)
+        );
+        assert_eq!((away, no_away), (None, true));
+        let cli = parse(&["shop", "stats"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Shop(ShopCmd::Stats { shop: None })
+        ));
+
         for ok in [
             &["blacklist", "ls"][..],
+            &["shop", "stats", "s1"],
+            &["shop", "show", "s1"],
+            &["shop", "set", "s1", "--max-open", "0"],
+            &["shop", "set", "s1", "--max-open", "10000"],
+            &["shop", "set", "s1", "--away", "back at 9", "--no-welcome"],
             &["blacklist", "rm", "uid", "mallory"],
             &["kick", "alice"],
             &["cluster"],
@@ -378,10 +488,42 @@ mod tests {
             &["tail", "conversation"],
             &["kick"],
             &["shop", "agents", "s1", "ann", "--clear"],
+            &["shop", "set", "s1"],
+            &["shop", "set", "s1", "--max-open", "10001"],
+            &["shop", "set", "s1", "--max-open", "-1"],
+            &["shop", "set", "s1", "--max-open", "many"],
+            &["shop", "set", "s1", "--welcome", ""],
+            &["shop", "set", "s1", "--welcome", "  "],
+            &["shop", "set", "s1", "--welcome", "hi", "--no-welcome"],
+            &["shop", "set", "s1", "--away", "x", "--no-away"],
+            &["shop", "show"],
             &["nope"],
         ] {
             assert!(parse(bad).is_err(), "{bad:?} parsed");
         }
+    }
+
+    #[test]
+    fn shop_settings_are_checked_before_any_call() {
+        let err = |args: &[&str]| parse(args).unwrap_err().to_string();
+        let e = err(&["shop", "set", "s1", "--max-open", "10001"]);
+        assert!(e.contains("must be 0 (no cap) to 10000"), "{e}");
+        let e = err(&["shop", "set", "s1"]);
+        assert!(e.contains("--max-open"), "names what may be set: {e}");
+        let e = err(&["shop", "set", "s1", "--welcome", ""]);
+        assert!(e.contains("the text is empty"), "{e}");
+        // The limit is on the body as JSON: quotes and escapes count.
+        let fits = "a".repeat(SHOP_MESSAGE_MAX - r#"{"text":""}"#.len());
+        parse(&["shop", "set", "s1", "--away", &fits]).unwrap();
+        let over = format!("{fits}\n");
+        let e = err(&["shop", "set", "s1", "--away", &over]);
+        assert!(
+            e.contains(&format!(
+                "the message is {} bytes as JSON; imd takes at most {SHOP_MESSAGE_MAX}",
+                SHOP_MESSAGE_MAX + 2
+            )),
+            "{e}"
+        );
     }
 
     #[test]

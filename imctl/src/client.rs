@@ -8,14 +8,15 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
+use futures_util::{StreamExt, TryStreamExt};
 use reqwest::{Method, StatusCode, Url};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use shared::admin::{
     AddBlacklist, Assignment, BlacklistEntry, BlacklistKind, BlacklistList, ClusterInfo,
-    ConnectionInfo, ConnectionList, GroupMembers, Kicked, Replay, Replayed, ShopAgents,
+    ConnectionInfo, ConnectionList, GroupMembers, Kicked, Replay, Replayed, ShopAgents, ShopStats,
+    Shops,
 };
 use shared::protocol::{ErrorResponse, Message};
 
@@ -30,6 +31,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const STREAM_SILENCE: Duration = Duration::from_secs(45);
 /// Page size when listing every connection.
 const CONNECTIONS_PAGE: usize = 1000;
+/// Shop figures asked for at once when reading many shops: enough to hide the round
+/// trips, few enough not to crowd the server's admin calls.
+const STATS_AT_ONCE: usize = 8;
 
 /// What went wrong talking to imd. Each variant reads as one line for the operator.
 #[derive(Debug, thiserror::Error)]
@@ -398,29 +402,81 @@ impl Client {
             .await
     }
 
-    /// `GET /admin/v1/shops/{shop}/agents`; `NotFound` for an unknown shop.
-    pub async fn shop_agents(&self, shop: &str) -> Result<Vec<String>, ClientError> {
-        let a: ShopAgents = self
-            .call(Method::GET, self.url(&["shops", shop, "agents"]), None)
-            .await?;
-        Ok(a.agents)
+    /// `GET /admin/v1/shops`: every shop, by name.
+    pub async fn shops(&self) -> Result<Vec<String>, ClientError> {
+        let s: Shops = self.call(Method::GET, self.url(&["shops"]), None).await?;
+        Ok(s.shops)
     }
 
-    /// `PUT /admin/v1/shops/{shop}/agents`.
-    pub async fn set_shop_agents(
-        &self,
-        shop: &str,
-        agents: Vec<String>,
-    ) -> Result<(), ClientError> {
-        let body = ShopAgents::agents(agents);
+    /// `GET /admin/v1/shops/{shop}/agents`: the agents and settings; `NotFound` for an
+    /// unknown shop.
+    pub async fn shop(&self, shop: &str) -> Result<ShopAgents, ClientError> {
+        self.call(Method::GET, self.url(&["shops", shop, "agents"]), None)
+            .await
+    }
+
+    /// `PUT /admin/v1/shops/{shop}/agents`: replaces the agents and every setting.
+    pub async fn set_shop(&self, shop: &str, settings: &ShopAgents) -> Result<(), ClientError> {
         let _: serde_json::Value = self
             .call(
                 Method::PUT,
                 self.url(&["shops", shop, "agents"]),
-                self.json(&body)?,
+                self.json(settings)?,
             )
             .await?;
         Ok(())
+    }
+
+    /// Changes part of a shop: reads it (an unknown shop starts empty), lets `change`
+    /// edit it, and writes it all back, since the `PUT` replaces agents and settings
+    /// together. Returns what was written and whether the shop is new.
+    ///
+    /// The API has no version to compare against, so an operator changing the same
+    /// shop in the same instant may be overwritten; the window is one round trip.
+    pub async fn update_shop(
+        &self,
+        shop: &str,
+        change: impl FnOnce(&mut ShopAgents),
+    ) -> Result<(ShopAgents, bool), ClientError> {
+        let (mut settings, created) = match self.shop(shop).await {
+            Ok(s) => (s, false),
+            Err(ClientError::NotFound(_)) => (ShopAgents::agents(Vec::new()), true),
+            Err(e) => return Err(e),
+        };
+        change(&mut settings);
+        self.set_shop(shop, &settings).await?;
+        Ok((settings, created))
+    }
+
+    /// Sets a shop's agents, keeping its cap and messages.
+    pub async fn set_shop_agents(
+        &self,
+        shop: &str,
+        agents: Vec<String>,
+    ) -> Result<ShopAgents, ClientError> {
+        let (settings, _) = self.update_shop(shop, |s| s.agents = agents).await?;
+        Ok(settings)
+    }
+
+    /// `GET /admin/v1/shops/{shop}/stats`: the shop's figures and each agent's load.
+    pub async fn shop_stats(&self, shop: &str) -> Result<ShopStats, ClientError> {
+        self.call(Method::GET, self.url(&["shops", shop, "stats"]), None)
+            .await
+    }
+
+    /// The figures of each of `shops`, in their order, a few calls at a time. (imd has
+    /// no call that removes a shop, so a listed shop is there to read.)
+    pub async fn shops_stats(&self, shops: &[String]) -> Result<Vec<ShopStats>, ClientError> {
+        // Owned names and a client per call: with a closure that borrows, the compiler
+        // cannot prove the future `Send` for all lifetimes, and the TUI spawns it.
+        futures_util::stream::iter(shops.iter().cloned())
+            .map(|shop| {
+                let client = self.clone();
+                async move { client.shop_stats(&shop).await }
+            })
+            .buffered(STATS_AT_ONCE)
+            .try_collect()
+            .await
     }
 
     /// `GET /admin/v1/groups/{name}/members`.

@@ -1,5 +1,5 @@
-//! What imctl prints: aligned tables, relative times ("3m ago"), compact durations,
-//! JSON lines, and colour only when stdout is a terminal.
+//! What imctl prints: aligned tables, relative times ("3m ago"), compact durations and
+//! response times, JSON lines, and colour only when stdout is a terminal.
 //!
 //! It owns formatting and the writing of stdout; it must not know the admin API's
 //! calls. Every line goes through [`Out`], which flushes it (a piped `tail` must not sit
@@ -53,6 +53,15 @@ pub fn duration(ms: i64) -> String {
         format!("{m}m{:02}s", s % 60)
     } else {
         format!("{s}s")
+    }
+}
+
+/// A short span, as response times read: `250ms`, `1.2s`, `45s`, `3m12s`, `2h05m`.
+pub fn latency(ms: u64) -> String {
+    match ms {
+        0..1_000 => format!("{ms}ms"),
+        1_000..10_000 => format!("{:.1}s", ms as f64 / 1000.0),
+        _ => duration(i64::try_from(ms.saturating_add(500) / 1000 * 1000).unwrap_or(i64::MAX)),
     }
 }
 
@@ -320,6 +329,21 @@ mod tests {
             (3 * 86_400_000 + 4 * 3_600_000 + 59_000, "3d04h"),
         ] {
             assert_eq!(duration(ms), want, "{ms}");
+        }
+        for (ms, want) in [
+            (0, "0ms"),
+            (250, "250ms"),
+            (999, "999ms"),
+            (1_000, "1.0s"),
+            (1_249, "1.2s"),
+            (9_949, "9.9s"),
+            (10_000, "10s"),
+            (44_600, "45s"),
+            (192_000, "3m12s"),
+            (2 * 3_600_000 + 5 * 60_000, "2h05m"),
+            (u64::MAX, "106751991167d07h"),
+        ] {
+            assert_eq!(latency(ms), want, "{ms}");
         }
         assert_eq!(clock(0), "00:00:00");
         assert_eq!(clock(1_795_778_030_410), "11:13:50");

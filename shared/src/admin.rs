@@ -204,6 +204,9 @@ impl ShopAgents {
 /// The highest `max_open` a shop may set.
 pub const MAX_OPEN_LIMIT: u32 = 10_000;
 
+/// The largest `welcome` or `away` body a shop may set, in bytes of JSON.
+pub const SHOP_MESSAGE_MAX: usize = 8 * 1024;
+
 /// `GET /admin/v1/shops` answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Shops {

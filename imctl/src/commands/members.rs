@@ -1,24 +1,10 @@
-//! `imctl shop agents` and `imctl group members`: show or set a list of uids.
+//! `imctl group members`: show or set a group's list of uids.
 
 use serde_json::json;
 
-use crate::cli::{GroupCmd, ShopCmd};
+use crate::cli::GroupCmd;
 use crate::client::Client;
 use crate::output::{Out, Table};
-
-pub(super) async fn shop(client: &Client, out: &Out, cmd: ShopCmd) -> anyhow::Result<()> {
-    let ShopCmd::Agents { shop, uids, clear } = cmd;
-    let agents = if uids.is_empty() && !clear {
-        client.shop_agents(&shop).await?
-    } else {
-        client.set_shop_agents(&shop, uids.clone()).await?;
-        uids
-    };
-    if out.json {
-        return out.json_line(&json!({"shop": shop, "agents": agents}));
-    }
-    show(client, out, &format!("shop {shop}"), "AGENT", &agents).await
-}
 
 pub(super) async fn group(client: &Client, out: &Out, cmd: GroupCmd) -> anyhow::Result<()> {
     let GroupCmd::Members { name, uids, clear } = cmd;

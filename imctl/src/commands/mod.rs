@@ -10,9 +10,11 @@ mod conns;
 mod conv;
 mod members;
 mod replay;
+mod shop;
 mod tail;
 
 pub(crate) use cluster::roles;
+pub(crate) use shop::{cap, load, percentile, rating, status, yes_no};
 
 use crate::cli::{Cli, Command};
 use crate::client::Client;
@@ -30,7 +32,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tail(cmd) => tail::run(&client, &out, cmd).await,
         Command::Replay(args) => replay::run(&client, &out, args).await,
         Command::Cluster => cluster::run(&client, &out).await,
-        Command::Shop(cmd) => members::shop(&client, &out, cmd).await,
+        Command::Shop(cmd) => shop::run(&client, &out, cmd).await,
         Command::Group(cmd) => members::group(&client, &out, cmd).await,
         Command::Conv(cmd) => conv::run(&client, &out, cmd).await,
         Command::Tui => crate::tui::run(client).await,

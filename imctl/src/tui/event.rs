@@ -19,7 +19,7 @@ use shared::time::now_ms;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::app::{Action, App, Tab, TailEvent};
+use super::app::{Action, App, ServicePoll, Tab, TailEvent};
 use super::ui;
 use crate::client::{Client, ClientError, ErrorKind};
 
@@ -32,12 +32,16 @@ const POLL_TIMEOUT: Duration = Duration::from_secs(3);
 const CONNS_SHOWN: usize = 1000;
 /// Wait before the tail reconnects.
 const TAIL_RETRY: Duration = Duration::from_secs(1);
+/// Shops whose figures the service tab polls, by name: one call each per second, so
+/// a server with many shops is not asked for all of them every second.
+const SHOPS_SHOWN: usize = 50;
 
 /// What the spawned tasks report to the loop.
 enum Event {
     Cluster(Result<ClusterInfo, ClientError>),
     Conns(Result<(Vec<ConnectionInfo>, bool), ClientError>),
     Blacklist(Result<Vec<BlacklistEntry>, ClientError>),
+    Service(Result<ServicePoll, ClientError>),
     Tail(u64, TailEvent),
     Done(Result<String, ClientError>),
 }
@@ -48,6 +52,7 @@ struct Busy {
     cluster: bool,
     conns: bool,
     blacklist: bool,
+    service: bool,
 }
 
 /// Runs the console until `q`; restores the terminal whatever happens.
@@ -139,6 +144,10 @@ fn apply(app: &mut App, event: Event, busy: &mut Busy) -> bool {
             busy.blacklist = false;
             app.on_blacklist(r);
         }
+        Event::Service(r) => {
+            busy.service = false;
+            app.on_service(r);
+        }
         Event::Tail(generation, e) => app.on_tail(generation, e),
         Event::Done(r) => {
             app.on_done(r);
@@ -172,6 +181,23 @@ fn poll(client: &Client, app: &App, tx: &mpsc::Sender<Event>, busy: &mut Busy) {
             let _ = tx.send(Event::Blacklist(c.blacklist().await)).await;
         });
     }
+    if app.tab == Tab::Service && !busy.service {
+        busy.service = true;
+        let (c, tx) = (client.clone(), tx.clone());
+        tokio::spawn(async move {
+            let _ = tx.send(Event::Service(fetch_service(&c).await)).await;
+        });
+    }
+}
+
+/// The figures of the first [`SHOPS_SHOWN`] shops, by name.
+async fn fetch_service(client: &Client) -> Result<ServicePoll, ClientError> {
+    let mut names = client.shops().await?;
+    names.sort();
+    let total = names.len();
+    names.truncate(SHOPS_SHOWN);
+    let shops = client.shops_stats(&names).await?;
+    Ok(ServicePoll { shops, total })
 }
 
 /// The first page of connections, plus, when the search is a whole uid, that user's

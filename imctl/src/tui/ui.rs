@@ -14,7 +14,7 @@ use shared::admin::NodeInfo;
 
 use super::app::{App, BlacklistForm, FormField, Link, Tab, TailState};
 use crate::client::ErrorKind;
-use crate::commands::roles;
+use crate::commands::{cap, load, percentile, rating, roles, status, yes_no};
 use crate::output::{clock, duration, message_text, relative};
 
 /// The banner shown while the server does not answer.
@@ -36,6 +36,7 @@ pub fn draw(frame: &mut Frame<'_>, app: &App) {
         Tab::Connections => draw_connections(frame, body, app),
         Tab::Blacklist => draw_blacklist(frame, body, app),
         Tab::Tail => draw_tail(frame, body, app),
+        Tab::Service => draw_service(frame, body, app),
     }
     frame.render_widget(Paragraph::new(help_line(app)).dark_gray(), help);
 }
@@ -368,6 +369,114 @@ fn draw_tail(frame: &mut Frame<'_>, area: Rect, app: &App) {
     frame.render_widget(Paragraph::new(lines), inner);
 }
 
+fn draw_service(frame: &mut Frame<'_>, area: Rect, app: &App) {
+    let v = &app.service;
+    let shops = v.shops();
+    // The shops on top, as many rows as they need up to three fifths of the body; the
+    // selected shop's agents below.
+    let wanted = u16::try_from(shops.len().max(1))
+        .unwrap_or(u16::MAX)
+        .saturating_add(3);
+    let most = (area.height * 3 / 5).max(4);
+    let [top, bottom] =
+        Layout::vertical([Constraint::Length(wanted.min(most)), Constraint::Fill(1)]).areas(area);
+
+    let rows = shops.iter().map(|s| {
+        let f = &s.first_response_ms;
+        Row::new([
+            s.shop.clone(),
+            format!("{}/{}", s.agents_online, s.agents.len()),
+            s.agents_available.to_string(),
+            s.open.to_string(),
+            s.waiting.to_string(),
+            cap(s.max_open),
+            match f.p50 {
+                Some(_) => format!("{}/{}", percentile(f.p50), percentile(f.p90)),
+                None => "-".into(),
+            },
+            match s.rating.avg {
+                Some(_) => format!("{} ({})", rating(s.rating.avg), s.rating.count),
+                None => "-".into(),
+            },
+        ])
+    });
+    let widths = [
+        Constraint::Fill(1),
+        Constraint::Length(6),
+        Constraint::Length(5),
+        Constraint::Length(4),
+        Constraint::Length(4),
+        Constraint::Length(5),
+        Constraint::Length(13),
+        Constraint::Length(9),
+    ];
+    let title = match &v.poll {
+        Some(p) if p.total > shops.len() => {
+            format!(" shops (first {} of {}) ", shops.len(), p.total)
+        }
+        _ => format!(" shops ({}) ", shops.len()),
+    };
+    let block = Block::bordered().title(title);
+    if v.poll.is_some() && shops.is_empty() {
+        let hint = Paragraph::new("no shops yet: `imctl shop agents SHOP UID…` makes one")
+            .dark_gray()
+            .block(block);
+        frame.render_widget(hint, top);
+    } else {
+        let table = Table::new(rows, widths)
+            .header(
+                Row::new([
+                    "SHOP",
+                    "ONLINE",
+                    "AVAIL",
+                    "OPEN",
+                    "WAIT",
+                    "CAP",
+                    "REPLY p50/p90",
+                    "RATING",
+                ])
+                .bold(),
+            )
+            .block(block)
+            .row_highlight_style(Style::new().reversed());
+        let mut state =
+            TableState::default().with_selected((!shops.is_empty()).then_some(v.selected));
+        frame.render_stateful_widget(table, top, &mut state);
+    }
+
+    let Some(shop) = v.current() else {
+        frame.render_widget(Block::bordered().title(" agents "), bottom);
+        return;
+    };
+    let rows = shop.agents.iter().map(|a| {
+        let style = match status(a) {
+            "available" => Style::new().green(),
+            "away" => Style::new().yellow(),
+            _ => Style::new().dark_gray(),
+        };
+        Row::new([
+            a.uid.clone(),
+            yes_no(a.online).to_owned(),
+            status(a).to_owned(),
+            load(a.open, shop.max_open),
+        ])
+        .style(style)
+    });
+    let widths = [
+        Constraint::Fill(1),
+        Constraint::Length(6),
+        Constraint::Length(9),
+        Constraint::Length(8),
+    ];
+    let title = format!(" agents of {} ({}) ", shop.shop, shop.agents.len());
+    frame.render_widget(
+        Table::new(rows, widths)
+            .header(Row::new(["AGENT", "ONLINE", "STATUS", "OPEN/CAP"]).bold())
+            .block(Block::bordered().title(title)),
+        bottom,
+    );
+}
+
 /// A y/n question in a box over `area`.
 fn confirm(frame: &mut Frame<'_>, area: Rect, question: &str) {
     let popup = centered(area, 60, 5);
@@ -403,7 +512,7 @@ fn centered(area: Rect, width: u16, height: u16) -> Rect {
 
 /// The keys that work now.
 fn help_line(app: &App) -> String {
-    let tail = " · Tab/1-4 switch · r refresh · q quit";
+    let tail = " · Tab/1-5 switch · r refresh · q quit";
     match app.tab {
         Tab::Dashboard => format!("refreshes every second{tail}"),
         Tab::Connections if app.conns.confirm.is_some() => "y kick · n cancel".into(),
@@ -420,6 +529,7 @@ fn help_line(app: &App) -> String {
             "type a conversation id · Enter follow · Esc cancel".into()
         }
         Tab::Tail => format!("c conversation · x stop · C clear{tail}"),
+        Tab::Service => format!("↑↓ shop · refreshes every second{tail}"),
     }
 }
 
@@ -427,10 +537,13 @@ fn help_line(app: &App) -> String {
 mod tests {
     use super::*;
     use crate::client::ClientError;
-    use crate::tui::app::{BlacklistForm, TailEvent};
+    use crate::tui::app::{BlacklistForm, ServicePoll, TailEvent};
     use ratatui::Terminal;
     use ratatui::backend::TestBackend;
-    use shared::admin::{BlacklistEntry, BlacklistKind, ClusterInfo, ConnectionInfo};
+    use shared::admin::{
+        AgentStats, BlacklistEntry, BlacklistKind, ClusterInfo, ConnectionInfo, FirstResponse,
+        RatingStats, ShopStats,
+    };
     use shared::protocol::Message;
     use shared::token::Platform;
 
@@ -658,11 +771,133 @@ mod tests {
         assert_has(&s, "Enter follow");
     }
 
+    fn shop(name: &str, agents: Vec<AgentStats>, answered: bool) -> ShopStats {
+        ShopStats {
+            shop: name.into(),
+            agents_online: agents.iter().filter(|a| a.online).count() as u64,
+            agents_available: agents.iter().filter(|a| a.available).count() as u64,
+            open: agents.iter().map(|a| a.open).sum(),
+            waiting: 3,
+            max_open: 2,
+            first_response_ms: FirstResponse {
+                count: u64::from(answered),
+                p50: answered.then_some(1_250),
+                p90: answered.then_some(95_000),
+                p99: answered.then_some(95_000),
+            },
+            rating: RatingStats {
+                count: u64::from(answered) * 12,
+                avg: answered.then_some(4.4),
+            },
+            agents,
+        }
+    }
+
+    fn agent(uid: &str, online: bool, available: bool, open: u64) -> AgentStats {
+        AgentStats {
+            uid: uid.into(),
+            online,
+            available,
+            open,
+        }
+    }
+
+    #[test]
+    fn service_shows_each_shop_and_the_selected_ones_agents() {
+        let mut app = live_app();
+        app.tab = Tab::Service;
+        let s = screen(&app, 80, 24);
+        assert_has(&s, "5 Service");
+        assert_has(&s, "shops (0)");
+        assert!(
+            !has(&s, "no shops yet"),
+            "nothing is said before the first answer"
+        );
+        app.on_service(Ok(ServicePoll {
+            shops: vec![],
+            total: 0,
+        }));
+        assert_has(&screen(&app, 80, 24), "no shops yet");
+
+        app.on_service(Ok(ServicePoll {
+            shops: vec![
+                shop(
+                    "shop1",
+                    vec![
+                        agent("ann", true, true, 2),
+                        agent("bob", true, false, 1),
+                        agent("cy", false, false, 0),
+                    ],
+                    true,
+                ),
+                shop("shop2", vec![agent("dee", false, false, 0)], false),
+            ],
+            total: 60,
+        }));
+        let s = screen(&app, 80, 24);
+        assert_has(&s, "shops (first 2 of 60)");
+        assert_has(&s, "SHOP");
+        assert_has(&s, "REPLY p50/p90");
+        let row = s.iter().find(|l| l.contains("shop1")).unwrap();
+        let cells: Vec<&str> = row
+            .trim_matches(|c| c == '│' || c == ' ')
+            .split_whitespace()
+            .collect();
+        assert_eq!(
+            cells,
+            [
+                "shop1",
+                "2/3",
+                "1",
+                "3",
+                "3",
+                "2",
+                "1.2s/1m35s",
+                "4.4",
+                "(12)"
+            ],
+            "{row}"
+        );
+        let row = s.iter().find(|l| l.contains("shop2")).unwrap();
+        let cells: Vec<&str> = row
+            .trim_matches(|c| c == '│' || c == ' ')
+            .split_whitespace()
+            .collect();
+        assert_eq!(
+            cells,
+            ["shop2", "0/1", "0", "0", "3", "2", "-", "-"],
+            "no answer, no rating yet: {row}"
+        );
+        assert_has(&s, "agents of shop1 (3)");
+        for (uid, rest) in [
+            ("ann", "yes    available 2/2"),
+            ("bob", "yes    away      1/2"),
+            ("cy", "no     -         0/2"),
+        ] {
+            let row = s.iter().find(|l| l.contains(&format!("│{uid} "))).unwrap();
+            assert!(row.contains(rest), "{uid}: {row}");
+        }
+        assert_has(&s, "↑↓ shop · refreshes every second · Tab/1-5 switch");
+        assert!(s.iter().all(|l| l.chars().count() == 80));
+
+        app.service.selected = 1;
+        let s = screen(&app, 80, 24);
+        assert_has(&s, "agents of shop2 (1)");
+        assert!(!has(&s, "available"), "{}", s.join("\n"));
+    }
+
     #[test]
     fn tiny_terminals_do_not_panic() {
         let mut app = live_app();
         app.conns.confirm = Some("alice".into());
         app.blacklist.form = Some(BlacklistForm::default());
+        app.on_service(Ok(ServicePoll {
+            shops: (0..40)
+                .map(|i| shop(&format!("shop{i}"), vec![agent("ann", true, true, 1)], true))
+                .collect(),
+            total: 40,
+        }));
+        app.service.selected = 39;
         for tab in Tab::ALL {
             app.tab = tab;
             for (w, h) in [(1, 1), (10, 3), (40, 10), (80, 24), (200, 60)] {

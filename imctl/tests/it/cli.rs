@@ -303,13 +303,32 @@ async fn shop_agents_and_group_members_show_and_set() {
     imd.run(&["shop", "agents", "s1"])
         .fails(1, "not found: no such shop \"s1\"");
     imd.run(&["shop", "agents", "s1", "ann", "bob"]).ok();
-    let shown = imd.run(&["shop", "agents", "s1"]);
-    let lines: Vec<&str> = shown.ok().lines().collect();
-    assert_eq!(lines, ["AGENT  DEVICES ONLINE", "ann    1", "bob    0"]);
-    let json = imd.run(&["--json", "shop", "agents", "s1"]).json_lines();
+    let json = imd
+        .wait_json(&["shop", "agents", "s1"], "ann online", |l| {
+            l[0]["agents"][0]["online"] == true
+        })
+        .await;
     assert_eq!(
         json[0],
-        serde_json::json!({"shop": "s1", "agents": ["ann", "bob"]})
+        serde_json::json!({"shop": "s1", "max_open": 0, "agents": [
+            {"uid": "ann", "online": true, "available": true, "open": 0},
+            {"uid": "bob", "online": false, "available": false, "open": 0},
+        ]})
+    );
+    let shown = imd.run(&["shop", "agents", "s1"]);
+    let lines: Vec<&str> = shown.ok().lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "AGENT  ONLINE  STATUS     OPEN/CAP",
+            "ann    yes     available  0/-",
+            "bob    no      -          0/-",
+        ]
+    );
+    imd.run(&["shop", "agents", "s1", "--clear"]).ok();
+    assert_eq!(
+        imd.run(&["shop", "agents", "s1"]).ok().trim(),
+        "shop s1 has no agents"
     );
 
     imd.run(&["group", "members", "team", "ann", "carol"]).ok();
@@ -324,6 +343,231 @@ async fn shop_agents_and_group_members_show_and_set() {
             .contains("group team has nobody")
     );
     imd.run(&["group", "members", "team", "not a uid!"])
+        .fails(1, "400 bad_request");
+}
+
+/// `imctl shop stats s1` as JSON, once `cond` holds of it.
+async fn stats_when(imd: &Imd, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
+    imd.wait_json(&["shop", "stats", "s1"], what, |l| cond(&l[0]))
+        .await
+        .remove(0)
+}
+
+/// `imctl shop agents s1`'s table.
+fn agents_table(imd: &Imd) -> Vec<String> {
+    imd.run(&["shop", "agents", "s1"])
+        .ok()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn shop_stats_and_agents_show_availability_load_queue_and_ratings() {
+    let imd = Imd::start();
+    // A new shop made by its settings, then its agents: the agents keep the settings.
+    let set = imd.run(&[
+        "shop",
+        "set",
+        "s1",
+        "--max-open",
+        "1",
+        "--welcome",
+        "Hi, how can we help?",
+        "--away",
+        "Back at 9",
+    ]);
+    assert_eq!(
+        set.ok().trim(),
+        "created shop s1: 0 agents, at most 1 open per agent, welcome \"Hi, how can we \
+         help?\", away \"Back at 9\"; add agents with `imctl shop agents s1 UID…`"
+    );
+    imd.run(&["shop", "agents", "s1", "ann", "bob"]).ok();
+    let settings = serde_json::json!({
+        "shop": "s1",
+        "agents": ["ann", "bob"],
+        "max_open": 1,
+        "welcome": {"text": "Hi, how can we help?"},
+        "away": {"text": "Back at 9"},
+    });
+    assert_eq!(
+        imd.run(&["--json", "shop", "show", "s1"]).json_lines(),
+        std::slice::from_ref(&settings)
+    );
+    let shown = imd.run(&["shop", "show", "s1"]);
+    assert_eq!(
+        shown.ok().lines().collect::<Vec<_>>(),
+        [
+            "SHOP  AGENTS   CAP  WELCOME               AWAY",
+            "s1    ann,bob  1    Hi, how can we help?  Back at 9",
+        ]
+    );
+
+    // ann connects as an agent, bob stays offline; carol's conversation goes to ann,
+    // which fills her cap, so dave's waits.
+    let ann = imd.agent_token("ann", "desk");
+    let _ann_desk = imd.device_with(&ann).await;
+    stats_when(&imd, "ann online", |s| s["agents_online"] == 1).await;
+    let carol = imd.token("carol", "phone");
+    let sent = imd
+        .send_json(
+            &carol,
+            &serde_json::json!({"shop": "s1", "body": {"text": "is the blue one in stock?"}}),
+        )
+        .await;
+    let conv = sent["msg"]["conv"].as_str().expect("conv").to_owned();
+    stats_when(&imd, "carol's conversation open", |s| s["open"] == 1).await;
+    let dave = imd.token("dave", "phone");
+    imd.send_json(
+        &dave,
+        &serde_json::json!({"shop": "s1", "body": {"text": "hello?"}}),
+    )
+    .await;
+    stats_when(&imd, "dave waiting", |s| s["waiting"] == 1).await;
+    // ann answers carol: the shop's first response.
+    imd.send_json(
+        &ann,
+        &serde_json::json!({"conv": conv, "body": {"text": "yes, two left"}}),
+    )
+    .await;
+    let stats = stats_when(&imd, "a first response", |s| {
+        s["first_response_ms"]["count"] == 1
+    })
+    .await;
+    let p50 = stats["first_response_ms"]["p50"].as_u64().expect("p50");
+    assert_eq!(
+        stats,
+        serde_json::json!({
+            "shop": "s1",
+            "agents_online": 1,
+            "agents_available": 1,
+            "open": 1,
+            "waiting": 1,
+            "max_open": 1,
+            "first_response_ms": {"count": 1, "p50": p50, "p90": p50, "p99": p50},
+            "rating": {"count": 0, "avg": null},
+            "agents": [
+                {"uid": "ann", "online": true, "available": true, "open": 1},
+                {"uid": "bob", "online": false, "available": false, "open": 0},
+            ],
+        })
+    );
+    let human = imd.run(&["shop", "stats", "s1"]);
+    let lines: Vec<&str> = human.ok().lines().collect();
+    assert_eq!(
+        lines[0],
+        "SHOP  AGENTS  ONLINE  AVAILABLE  OPEN  WAITING  CAP  ANSWERED  P50    P90    P99    \
+         RATINGS  AVG"
+    );
+    let p = imctl::output::latency(p50);
+    assert_eq!(
+        lines[1].split_whitespace().collect::<Vec<_>>(),
+        [
+            "s1", "2", "1", "1", "1", "1", "1", "1", &p, &p, &p, "0", "-"
+        ],
+        "{}",
+        lines[1]
+    );
+    assert_eq!(
+        agents_table(&imd),
+        [
+            "AGENT  ONLINE  STATUS     OPEN/CAP",
+            "ann    yes     available  1/1",
+            "bob    no      -          0/1",
+        ]
+    );
+
+    // ann steps away: she keeps carol, takes nobody new.
+    imd.client_call(
+        reqwest::Method::PUT,
+        "agent/status",
+        &ann,
+        &serde_json::json!({"status": "away"}),
+    )
+    .await;
+    stats_when(&imd, "ann away", |s| s["agents_available"] == 0).await;
+    assert_eq!(
+        agents_table(&imd),
+        [
+            "AGENT  ONLINE  STATUS  OPEN/CAP",
+            "ann    yes     away    1/1",
+            "bob    no      -       0/1",
+        ]
+    );
+
+    // Carol's conversation closes and she rates it; dave still waits, as ann is away.
+    imd.run(&["conv", "close", &conv]).ok();
+    imd.client_call(
+        reqwest::Method::POST,
+        &format!("conversations/{conv}/rating"),
+        &carol,
+        &serde_json::json!({"score": 4}),
+    )
+    .await;
+    let stats = stats_when(&imd, "a rating", |s| s["rating"]["count"] == 1).await;
+    assert_eq!(stats["rating"]["avg"], 4.0);
+    assert_eq!(
+        (stats["open"].as_u64(), stats["waiting"].as_u64()),
+        (Some(0), Some(1))
+    );
+    let human = imd.run(&["shop", "stats", "s1"]);
+    let row = human.ok().lines().nth(1).expect("a row").to_owned();
+    assert!(row.ends_with("  1        4.0"), "{row}");
+    assert_eq!(agents_table(&imd)[1], "ann    yes     away    0/1");
+
+    // Back: she takes dave from the queue.
+    imd.client_call(
+        reqwest::Method::PUT,
+        "agent/status",
+        &ann,
+        &serde_json::json!({"status": "available"}),
+    )
+    .await;
+    stats_when(&imd, "dave assigned", |s| {
+        s["waiting"] == 0 && s["open"] == 1
+    })
+    .await;
+    assert_eq!(agents_table(&imd)[1], "ann    yes     available  1/1");
+
+    // Settings change alone, agents and the other message stay; every shop is listed.
+    let set = imd.run(&["shop", "set", "s1", "--max-open", "0", "--no-welcome"]);
+    assert_eq!(
+        set.ok().trim(),
+        "updated shop s1: 2 agents, no cap, no welcome message, away \"Back at 9\""
+    );
+    let mut now = settings;
+    now["max_open"] = 0.into();
+    now.as_object_mut().unwrap().remove("welcome");
+    assert_eq!(
+        imd.run(&["--json", "shop", "show", "s1"]).json_lines(),
+        [now]
+    );
+    imd.run(&["shop", "agents", "s0", "bob"]).ok();
+    let all = imd.run(&["--json", "shop", "stats"]).json_lines();
+    let names: Vec<&str> = all.iter().map(|s| s["shop"].as_str().unwrap()).collect();
+    assert_eq!(names, ["s0", "s1"]);
+    let human = imd.run(&["shop", "stats"]);
+    let rows: Vec<&str> = human.ok().lines().collect();
+    assert_eq!(rows.len(), 3, "{}", human.stdout);
+    assert!(
+        rows[1].starts_with("s0  ") && rows[2].starts_with("s1  "),
+        "{rows:?}"
+    );
+
+    // Unknown shops and bad settings are one clear line each.
+    for args in [
+        &["shop", "stats", "nope"][..],
+        &["shop", "agents", "nope"],
+        &["shop", "show", "nope"],
+    ] {
+        imd.run(args).fails(1, "not found: no such shop \"nope\"");
+    }
+    imd.run(&["shop", "set", "s1", "--max-open", "10001"])
+        .fails(2, "must be 0 (no cap) to 10000");
+    imd.run(&["shop", "set", "s1", "--welcome", ""])
+        .fails(2, "the text is empty");
+    imd.run(&["shop", "set", "s1"]).fails(2, "--max-open");
+    imd.run(&["shop", "set", "not a shop!", "--max-open", "1"])
         .fails(1, "400 bad_request");
 }
 

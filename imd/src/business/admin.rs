@@ -14,7 +14,7 @@ use std::time::Duration;
 use shared::admin::{
     AddBlacklist, AgentStats, BlacklistEntry, BlacklistKind, ClusterInfo, ConnCursor,
     ConnectionList, FirstResponse, MAX_OPEN_LIMIT, NodeInfo, RatingStats, Replay, Replayed,
-    ShopAgents, ShopStats,
+    SHOP_MESSAGE_MAX, ShopAgents, ShopStats,
 };
 use shared::ids::is_valid_id;
 use shared::time::now_ms;
@@ -28,9 +28,6 @@ use crate::store::{DirectoryStore, Shop};
 
 /// The most shops with per-shop gauges (see [`Admin::export_shop_metrics`]).
 pub const SHOP_METRICS_MAX: usize = 100;
-
-/// The largest welcome or away message body, in bytes of JSON.
-const SHOP_MESSAGE_MAX: usize = 8 * 1024;
 
 /// What a node says of itself in the cluster view, besides its worker's figures.
 #[derive(Debug)]

@@ -21,7 +21,7 @@ impl App {
         }
         if self.capturing() {
             return match self.tab {
-                Tab::Dashboard => None,
+                Tab::Dashboard | Tab::Service => None,
                 Tab::Connections => self.conns_capture(key.code),
                 Tab::Blacklist => self.blacklist_capture(key.code),
                 Tab::Tail => self.tail_input(key.code),
@@ -34,7 +34,7 @@ impl App {
             }
             KeyCode::Tab | KeyCode::Right => return self.switch(self.tab.step(1)),
             KeyCode::BackTab | KeyCode::Left => return self.switch(self.tab.step(-1)),
-            KeyCode::Char(c @ '1'..='4') => {
+            KeyCode::Char(c @ '1'..='5') => {
                 return self.switch(Tab::ALL[usize::from(c as u8 - b'1')]);
             }
             KeyCode::Char('r') => return Some(Action::Refresh),
@@ -45,6 +45,10 @@ impl App {
             Tab::Connections => self.conns_key(key.code),
             Tab::Blacklist => self.blacklist_key(key.code),
             Tab::Tail => self.tail_key(key.code),
+            Tab::Service => {
+                self.service_key(key.code);
+                None
+            }
         }
     }
 
@@ -195,5 +199,17 @@ impl App {
             }
             _ => None,
         }
+    }
+
+    fn service_key(&mut self, code: KeyCode) {
+        let v = &mut self.service;
+        match code {
+            KeyCode::Down => v.selected += 1,
+            KeyCode::Up => v.selected = v.selected.saturating_sub(1),
+            KeyCode::Home => v.selected = 0,
+            KeyCode::End => v.selected = usize::MAX,
+            _ => {}
+        }
+        v.clamp();
     }
 }

@@ -12,7 +12,9 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use shared::admin::{AddBlacklist, BlacklistEntry, BlacklistKind, ClusterInfo, ConnectionInfo};
+use shared::admin::{
+    AddBlacklist, BlacklistEntry, BlacklistKind, ClusterInfo, ConnectionInfo, ShopStats,
+};
 use shared::protocol::Message;
 
 use crate::client::{ClientError, ErrorKind};
@@ -37,11 +39,20 @@ pub enum Tab {
     Blacklist,
     /// A conversation, live.
     Tail,
+    /// Customer service: per shop, its agents' availability and load, the queue,
+    /// first-response times and ratings.
+    Service,
 }
 
 impl Tab {
     /// Every tab, in order.
-    pub const ALL: [Tab; 4] = [Tab::Dashboard, Tab::Connections, Tab::Blacklist, Tab::Tail];
+    pub const ALL: [Tab; 5] = [
+        Tab::Dashboard,
+        Tab::Connections,
+        Tab::Blacklist,
+        Tab::Tail,
+        Tab::Service,
+    ];
 
     /// Its title.
     pub fn title(self) -> &'static str {
@@ -50,6 +61,7 @@ impl Tab {
             Tab::Connections => "Connections",
             Tab::Blacklist => "Blacklist",
             Tab::Tail => "Tail",
+            Tab::Service => "Service",
         }
     }
 
@@ -237,6 +249,41 @@ pub struct BlacklistView {
     pub confirm: Option<(BlacklistKind, String)>,
 }
 
+/// What the service poll brings: the figures of the first shops, and how many shops
+/// there are.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ServicePoll {
+    /// The figures of the shops polled, by name.
+    pub shops: Vec<ShopStats>,
+    /// Every shop the server has (more than `shops.len()` past the poll's limit).
+    pub total: usize,
+}
+
+/// The service tab.
+#[derive(Debug, Clone, Default)]
+pub struct ServiceView {
+    /// The last poll's answer; `None` before the first.
+    pub poll: Option<ServicePoll>,
+    /// Index into the polled shops; its agents show below them.
+    pub selected: usize,
+}
+
+impl ServiceView {
+    /// The shops' figures, empty before the first answer.
+    pub fn shops(&self) -> &[ShopStats] {
+        self.poll.as_ref().map_or(&[], |p| &p.shops)
+    }
+
+    /// The selected shop's figures.
+    pub fn current(&self) -> Option<&ShopStats> {
+        self.shops().get(self.selected)
+    }
+
+    fn clamp(&mut self) {
+        self.selected = self.selected.min(self.shops().len().saturating_sub(1));
+    }
+}
+
 /// Where the tail's stream stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TailState {
@@ -332,6 +379,8 @@ pub struct App {
     pub blacklist: BlacklistView,
     /// The tail tab.
     pub tail: TailView,
+    /// The service tab.
+    pub service: ServiceView,
     /// The latest outcome to show.
     pub flash: Option<Flash>,
     /// `q` was pressed.
@@ -352,6 +401,7 @@ impl App {
             conns: ConnsView::default(),
             blacklist: BlacklistView::default(),
             tail: TailView::default(),
+            service: ServiceView::default(),
             flash: None,
             quit: false,
         }
@@ -360,7 +410,7 @@ impl App {
     /// Whether a text field or a question has the keyboard (so `q` types a `q`).
     pub fn capturing(&self) -> bool {
         match self.tab {
-            Tab::Dashboard => false,
+            Tab::Dashboard | Tab::Service => false,
             Tab::Connections => self.conns.editing || self.conns.confirm.is_some(),
             Tab::Blacklist => self.blacklist.form.is_some() || self.blacklist.confirm.is_some(),
             Tab::Tail => self.tail.input.is_some(),
@@ -434,6 +484,25 @@ impl App {
         }
     }
 
+    /// The service poll's answer; the selection stays on the same shop when it is
+    /// still there.
+    pub fn on_service(&mut self, answer: Result<ServicePoll, ClientError>) {
+        match answer {
+            Ok(poll) => {
+                let v = &mut self.service;
+                let was = v.current().map(|s| s.shop.clone());
+                if let Some(i) = was.and_then(|name| poll.shops.iter().position(|s| s.shop == name))
+                {
+                    v.selected = i;
+                }
+                v.poll = Some(poll);
+                v.clamp();
+            }
+            Err(e) if e.kind() == ErrorKind::Unreachable => self.link_down(&e),
+            Err(e) => self.say(format!("service: {e}"), true),
+        }
+    }
+
     /// What the tail's stream of `generation` reports; older streams are ignored.
     pub fn on_tail(&mut self, generation: u64, event: TailEvent) {
         if generation != self.tail.generation || self.tail.conv.is_none() {
@@ -498,7 +567,15 @@ mod tests {
         assert_eq!(app.tab, Tab::Connections);
         app.on_key(key(KeyCode::BackTab));
         app.on_key(key(KeyCode::BackTab));
+        assert_eq!(app.tab, Tab::Service);
+        app.on_key(key(KeyCode::Left));
         assert_eq!(app.tab, Tab::Tail);
+        assert_eq!(
+            app.on_key(key(KeyCode::Char('5'))),
+            Some(Action::Refresh),
+            "a tab polls what it shows at once"
+        );
+        assert_eq!(app.tab, Tab::Service);
         app.on_key(key(KeyCode::Char('3')));
         assert_eq!(app.tab, Tab::Blacklist);
         app.on_key(key(KeyCode::Char('q')));
@@ -636,6 +713,64 @@ mod tests {
         assert_eq!(app.on_key(key(KeyCode::Char('x'))), Some(Action::StopTail));
         app.on_tail(generation, TailEvent::Msg(msg(2)));
         assert_eq!(app.tail.msgs.len(), 1, "a stopped stream is ignored");
+    }
+
+    #[test]
+    fn the_service_selection_follows_its_shop() {
+        let stats = |names: &[&str]| ServicePoll {
+            shops: names
+                .iter()
+                .map(|n| ShopStats {
+                    shop: (*n).into(),
+                    agents_online: 0,
+                    agents_available: 0,
+                    open: 0,
+                    waiting: 0,
+                    max_open: 0,
+                    first_response_ms: shared::admin::FirstResponse {
+                        count: 0,
+                        p50: None,
+                        p90: None,
+                        p99: None,
+                    },
+                    rating: shared::admin::RatingStats {
+                        count: 0,
+                        avg: None,
+                    },
+                    agents: vec![],
+                })
+                .collect(),
+            total: names.len(),
+        };
+        let mut app = App::new("http://x");
+        app.on_key(key(KeyCode::Char('5')));
+        assert!(!app.capturing(), "q quits from the service tab");
+        app.on_service(Ok(stats(&["s1", "s2", "s3"])));
+        app.on_key(key(KeyCode::Down));
+        app.on_key(key(KeyCode::Down));
+        app.on_key(key(KeyCode::Down));
+        assert_eq!(
+            app.service.current().unwrap().shop,
+            "s3",
+            "stops at the end"
+        );
+        app.on_key(key(KeyCode::Up));
+        assert_eq!(app.service.current().unwrap().shop, "s2");
+        // A shop added before it: the selection stays on s2.
+        app.on_service(Ok(stats(&["s0", "s1", "s2", "s3"])));
+        assert_eq!(app.service.current().unwrap().shop, "s2");
+        // s2 is gone: the selection stays in range.
+        app.on_service(Ok(stats(&["s0"])));
+        assert_eq!(app.service.current().unwrap().shop, "s0");
+        // A refusal other than unreachable is said, and the last figures stay.
+        app.on_service(Err(ClientError::NotFound("no such admin endpoint".into())));
+        assert!(app.current_flash().unwrap().text.starts_with("service: "));
+        assert_eq!(app.service.shops().len(), 1);
+        app.on_service(Err(ClientError::Unreachable {
+            url: "http://x".into(),
+            detail: "refused".into(),
+        }));
+        assert!(matches!(app.link, Link::Down { .. }));
     }
 
     #[test]

@@ -111,6 +111,78 @@ impl Imd {
             .unwrap_or_else(|e| panic!("{uid}/{device} could not connect: {e}"))
     }
 
+    /// A token of `uid`'s web `device` with the `agent` role, which may set its
+    /// availability.
+    pub(crate) fn agent_token(&self, uid: &str, device: &str) -> String {
+        self.helper(
+            "token",
+            &[
+                "--uid",
+                uid,
+                "--device",
+                device,
+                "--platform",
+                "web",
+                "--role",
+                "agent",
+            ],
+        )
+    }
+
+    /// Connects `uid`'s `device` with the `token` given.
+    pub(crate) async fn device_with(&self, token: &str) -> Device {
+        Device::connect(self, token)
+            .await
+            .unwrap_or_else(|e| panic!("could not connect: {e}"))
+    }
+
+    /// A client call: `method /v1/{path}` as the holder of `token`, with a JSON body;
+    /// asserts a 2xx and returns the answer.
+    pub(crate) async fn client_call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: &Value,
+    ) -> Value {
+        let resp = reqwest::Client::new()
+            .request(method.clone(), format!("{}/v1/{path}", self.url()))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{method} /v1/{path}: {e}"));
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        assert!(status.is_success(), "{method} /v1/{path}: {status} {text}");
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{method} /v1/{path}: {e}: {text}"))
+    }
+
+    /// Runs `imctl --json ARGS` until its lines satisfy `cond`, and returns them; fails
+    /// with the last lines after [`FRAME_DEADLINE`].
+    pub(crate) async fn wait_json(
+        &self,
+        args: &[&str],
+        what: &str,
+        cond: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
+        let args: Vec<&str> = std::iter::once("--json")
+            .chain(args.iter().copied())
+            .collect();
+        let end = Instant::now() + FRAME_DEADLINE;
+        loop {
+            let lines = self.run(&args).json_lines();
+            if cond(&lines) {
+                return lines;
+            }
+            assert!(
+                Instant::now() < end,
+                "imctl {args:?} never showed {what}; it last printed {lines:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Whether `uid`'s `device` may connect now (false on an HTTP refusal).
     pub(crate) async fn can_connect(&self, uid: &str, device: &str) -> bool {
         Device::connect(self, &self.token(uid, device))

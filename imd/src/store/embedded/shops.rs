@@ -104,8 +104,7 @@ impl<'t> Service<'t> {
 
     fn add_load(&mut self, agent: &str, by: i64) -> Result<(), StoreError> {
         let n = load_of(&self.loads, agent)?;
-        self.loads
-            .insert(agent, n.saturating_add_signed(by).max(0))?;
+        self.loads.insert(agent, n.saturating_add_signed(by))?;
         Ok(())
     }
 
