@@ -9,6 +9,7 @@ pub mod auth;
 pub mod error;
 mod http;
 pub mod serve;
+mod web;
 mod ws;
 
 use std::sync::Arc;
@@ -71,7 +72,8 @@ impl std::ops::Deref for AppState {
 }
 
 /// The routes of this node's roles: every node serves `/healthz` and `/metrics`; a
-/// gateway the HTTP API and the admin API; a worker `/v1/ws`.
+/// gateway the HTTP API, the admin API and the SDK (`/sdk/imd-client.js`); a worker
+/// `/v1/ws`.
 pub fn router(state: AppState) -> Router {
     let roles = &state.roles;
     let mut router = Router::new()
@@ -93,6 +95,7 @@ pub fn router(state: AppState) -> Router {
             .route("/v1/conversations/{conv}/rating", post(http::rate))
             .route("/v1/agent/status", put(http::set_status))
             .route("/v1/presence", get(http::presence))
+            .route("/sdk/imd-client.js", get(web::sdk))
             .nest("/admin/v1", admin::routes());
     }
     if roles.contains(&Role::Worker) {
