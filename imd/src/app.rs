@@ -126,6 +126,19 @@ impl App {
             Hub::new(cfg.outbox_capacity, node_id.clone(), blacklist.clone())
                 .with_outbox_bytes(cfg.max_outbox_bytes),
         );
+        // The devices of this worker start in the store's generation as it is now.
+        let generation = store
+            .verify_generation()
+            .await
+            .context("checking the store's generation")?;
+        hub.observe_generation(&generation);
+        if redis.is_some() {
+            tokio::spawn(watch_generation(
+                store.clone(),
+                hub.clone(),
+                background.clone(),
+            ));
+        }
         let is_worker = cfg.roles.contains(&Role::Worker);
         let workers = Arc::new(Workers::new(
             node_id.clone(),
@@ -222,6 +235,8 @@ impl App {
             metrics,
             tracker: TaskTracker::new(),
             roles: cfg.roles.clone(),
+            web: cfg.web,
+            dev_tokens: cfg.dev_tokens,
         });
         tokio::spawn(sample_rate(
             state.messaging.clone(),
@@ -429,6 +444,24 @@ fn raise_fd_limit() {
     match raised {
         Ok(n) => tracing::debug!(limit = n, "open-files limit"),
         Err(e) => tracing::warn!(error = %e, "could not raise the open-files limit"),
+    }
+}
+
+/// Checks the store's generation once a second, so that a node with no commits of
+/// its own also notices that Redis lost state, and closes its devices' connections.
+async fn watch_generation(store: Arc<dyn MessageStore>, hub: Arc<Hub>, stop: CancellationToken) {
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = stop.cancelled() => break,
+        }
+        match store.verify_generation().await {
+            Ok(g) => {
+                hub.observe_generation(&g);
+            }
+            Err(e) => tracing::debug!(error = %e, "store generation not checked"),
+        }
     }
 }
 

@@ -130,6 +130,13 @@ pub struct Config {
     /// slow.
     #[serde(with = "humantime_serde")]
     pub write_timeout: Duration,
+    /// Serve the customer chat widget (`/chat/`) and the agent console (`/console/`)
+    /// on gateway nodes.
+    pub web: bool,
+    /// Serve `POST /dev/v1/token`, which mints a client token for any uid to anyone who
+    /// asks: for trying the pages on one machine only (refused unless `listen` is a
+    /// loopback address). Never in production.
+    pub dev_tokens: bool,
 }
 
 impl Default for Config {
@@ -162,6 +169,8 @@ impl Default for Config {
             recall_window: Duration::from_secs(120),
             max_outbox_bytes: 8 << 20,
             write_timeout: Duration::from_secs(10),
+            web: true,
+            dev_tokens: false,
         }
     }
 }
@@ -266,6 +275,15 @@ pub struct ServeArgs {
     /// Close a connection whose write makes no progress for this long [default: 10s].
     #[arg(long, env = "IMD_WRITE_TIMEOUT", value_parser = duration)]
     pub write_timeout: Option<Duration>,
+    /// Serve the chat widget (/chat/) and the agent console (/console/); `--web false`
+    /// turns them off [default: true].
+    #[arg(long, env = "IMD_WEB", num_args = 0..=1, default_missing_value = "true")]
+    pub web: Option<bool>,
+    /// Serve POST /dev/v1/token, minting tokens for any uid to anyone: for trying the
+    /// pages on one machine (loopback `--listen` only); never in production
+    /// [default: false].
+    #[arg(long, env = "IMD_DEV_TOKENS", num_args = 0..=1, default_missing_value = "true")]
+    pub dev_tokens: Option<bool>,
 }
 
 impl Config {
@@ -321,7 +339,9 @@ impl Config {
             connect_burst,
             recall_window,
             max_outbox_bytes,
-            write_timeout
+            write_timeout,
+            web,
+            dev_tokens
         );
         cfg.validate()?;
         Ok(cfg)
@@ -335,6 +355,12 @@ impl Config {
 
     /// Rejects settings that cannot work.
     pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !self.dev_tokens || self.listen.ip().is_loopback(),
+            "dev-tokens mints a token for any uid to anyone who asks: it is refused unless \
+             listen is a loopback address (it is {})",
+            self.listen
+        );
         anyhow::ensure!(
             !self.ack_timeout.is_zero(),
             "ack-timeout must be above zero"

@@ -39,10 +39,11 @@ pub fn send_response(msg: &Bytes) -> String {
     format!(r#"{{"msg":{}}}"#, raw(msg))
 }
 
-/// `[{"useq":N,"msg":…},…]` followed by `,"more":b}`; `head` opens the object.
-fn inbox_page(head: &str, items: &[(u64, Bytes)], more: bool) -> String {
+/// `[{"useq":N,"msg":…},…]` followed by `,"more":b,"generation":G}`; `head` opens
+/// the object.
+fn inbox_page(head: &str, items: &[(u64, Bytes)], more: bool, generation: &str) -> String {
     let len: usize = items.iter().map(|(_, m)| m.len() + 24).sum();
-    let mut s = String::with_capacity(head.len() + len + 20);
+    let mut s = String::with_capacity(head.len() + len + 40 + generation.len());
     s.push_str(head);
     s.push('[');
     for (i, (useq, msg)) in items.iter().enumerate() {
@@ -56,21 +57,23 @@ fn inbox_page(head: &str, items: &[(u64, Bytes)], more: bool) -> String {
         s.push('}');
     }
     s.push_str(if more {
-        r#"],"more":true}"#
+        r#"],"more":true,"generation":"#
     } else {
-        r#"],"more":false}"#
+        r#"],"more":false,"generation":"#
     });
+    s.push_str(&json_str(generation));
+    s.push('}');
     s
 }
 
-/// `{"type":"synced","msgs":[…],"more":b}`
-pub fn synced_frame(items: &[(u64, Bytes)], more: bool) -> String {
-    inbox_page(r#"{"type":"synced","msgs":"#, items, more)
+/// `{"type":"synced","msgs":[…],"more":b,"generation":G}`
+pub fn synced_frame(items: &[(u64, Bytes)], more: bool, generation: &str) -> String {
+    inbox_page(r#"{"type":"synced","msgs":"#, items, more, generation)
 }
 
-/// `{"msgs":[{"useq","msg"}…],"more":b}`, the answer of `GET /v1/sync`.
-pub fn sync_response(items: &[(u64, Bytes)], more: bool) -> String {
-    inbox_page(r#"{"msgs":"#, items, more)
+/// `{"msgs":[{"useq","msg"}…],"more":b,"generation":G}`, the answer of `GET /v1/sync`.
+pub fn sync_response(items: &[(u64, Bytes)], more: bool, generation: &str) -> String {
+    inbox_page(r#"{"msgs":"#, items, more, generation)
 }
 
 /// `{"msgs":[msg…],"more":b}`, the answer of a history read.
@@ -163,7 +166,7 @@ mod tests {
             }
         );
         let items = vec![(3, b1.clone()), (4, b2.clone())];
-        let f: ServerFrame = serde_json::from_str(&synced_frame(&items, true)).unwrap();
+        let f: ServerFrame = serde_json::from_str(&synced_frame(&items, true, "1-ab")).unwrap();
         let expect = vec![
             InboxItem {
                 useq: 3,
@@ -178,18 +181,20 @@ mod tests {
             f,
             ServerFrame::Synced {
                 msgs: expect.clone(),
-                more: true
+                more: true,
+                generation: "1-ab".into(),
             }
         );
-        let r: SyncResponse = serde_json::from_str(&sync_response(&items, false)).unwrap();
+        let r: SyncResponse = serde_json::from_str(&sync_response(&items, false, "1-ab")).unwrap();
         assert_eq!(
             r,
             SyncResponse {
                 msgs: expect,
-                more: false
+                more: false,
+                generation: "1-ab".into(),
             }
         );
-        let r: SyncResponse = serde_json::from_str(&sync_response(&[], false)).unwrap();
+        let r: SyncResponse = serde_json::from_str(&sync_response(&[], false, "1-ab")).unwrap();
         assert!(r.msgs.is_empty());
         let r: HistoryResponse = serde_json::from_str(&history_response(&[b1, b2], true)).unwrap();
         assert_eq!(

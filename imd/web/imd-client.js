@@ -45,8 +45,12 @@ export class ImdError extends Error {
 /** Send error codes that are the server's fault: the send is retried, not rejected. */
 const TRANSIENT = new Set(['internal']);
 
+/** How many delivered message ids are kept, to skip them after the server lost state. */
+const RECENT_IDS = 4096;
+
 const DEFAULTS = {
   after: 0,
+  generation: null,
   minBackoffMs: 250,
   maxBackoffMs: 30_000,
   pingMs: 20_000,
@@ -98,8 +102,12 @@ export class ImdClient {
 
   // Delivery.
   #useq;
+  #generation = null; // the server's store generation that #useq counts in
+  #recent = new Set(); // ids of the last RECENT_IDS messages delivered
+  #afterLoss = false; // the server lost state once: skip what was delivered already
   #held = new Map(); // useq -> msg, pushed or synced ahead of a missing useq
   #syncing = false;
+  #catchingUp = false; // from a connection's open to its first complete sync
   #gapTimer = null;
   #acks = [];
 
@@ -130,6 +138,7 @@ export class ImdClient {
     this.#base = String(base).replace(/\/+$/, '');
     this.#wsUrl = options.wsUrl ?? `${this.#base.replace(/^http/, 'ws')}/v1/ws`;
     this.#useq = Number(this.#o.after) || 0;
+    this.#generation = typeof this.#o.generation === 'string' && this.#o.generation !== '' ? this.#o.generation : null;
     if (typeof options.token === 'string') this.#setToken(options.token);
     this.#uid = options.uid ?? this.#uid;
     this.#ready = new Promise((resolve, reject) => {
@@ -155,6 +164,14 @@ export class ImdClient {
   /** The last useq delivered to `message` listeners; persist it and pass it as `after`. */
   get useq() {
     return this.#useq;
+  }
+
+  /**
+   * The server's store generation that `useq` counts in (null before the first sync);
+   * persist it with `useq` and pass it as `generation`.
+   */
+  get generation() {
+    return this.#generation;
   }
 
   /** `connecting`, `open`, `reconnecting` or `closed` (`idle` before connect()). */
@@ -285,7 +302,7 @@ export class ImdClient {
     this.#setState({ state: 'connecting', attempt: this.#attempt });
     let token;
     try {
-      token = this.#token ?? (await this.#refreshToken());
+      token = await this.#refreshToken();
     } catch (e) {
       if (this.#closed || id !== this.#connId) return;
       this.#emit('error', asImdError(e, 'token'));
@@ -317,6 +334,7 @@ export class ImdClient {
       // The server makes every agent available when it connects.
       if (this.#status === 'away') this.#write({ type: 'status', status: 'away' });
       this.#syncing = false;
+      this.#catchingUp = true;
       this.#sync();
       for (const p of this.#pending.values()) if (!p.retry) this.#writeSend(p);
     };
@@ -333,7 +351,9 @@ export class ImdClient {
     };
     ws.onerror = () => {}; // a close event follows, and says it
     ws.onclose = (ev) => {
-      if (this.#socket === ws || this.#connecting === ws) this.#lost(ws, this.#kick ?? `close ${ev.code}`);
+      if (this.#socket !== ws && this.#connecting !== ws) return;
+      if (ev.code === 1009) this.#tooLarge(id);
+      this.#lost(ws, this.#kick ?? `close ${ev.code}`);
     };
   }
 
@@ -360,6 +380,21 @@ export class ImdClient {
       return;
     }
     this.#reconnect(reason);
+  }
+
+  /**
+   * The server closed connection `id` for a frame over its size limit (1009), which
+   * means a smaller limit than maxFrameBytes: the largest send written on it is
+   * refused rather than resent into the same close forever.
+   */
+  #tooLarge(id) {
+    let big = null;
+    for (const p of this.#pending.values()) {
+      if (p.conn === id && (!big || p.frame.length > big.frame.length)) big = p;
+    }
+    if (!big) return;
+    this.#pending.delete(big.cid);
+    big.reject(new ImdError('too_large', 'the server closed the connection: frame too large (1009)', { cid: big.cid }));
   }
 
   #reconnect(reason) {
@@ -464,18 +499,16 @@ export class ImdClient {
   }
 
   #deliver(useq, msg) {
+    if (this.#afterLoss && this.#recent.has(msg.id)) return;
+    this.#recent.add(msg.id);
+    if (this.#recent.size > RECENT_IDS) this.#recent.delete(this.#recent.values().next().value);
     const c = this.#conv(msg.conv);
     if (msg.seq > c.last) c.last = msg.seq;
-    if (msg.event) {
-      if (msg.event.type === 'recalled') {
-        const e = { conv: msg.conv, seq: msg.event.seq, msg };
-        if (msg.event.by !== undefined) e.by = msg.event.by;
-        this.#emit('recalled', e);
-      }
-    } else if (msg.from === this.#uid) {
+    // Event messages move no read position and are never unread.
+    if (!msg.event && msg.from === this.#uid) {
       // Sending moves the sender's read position to the message.
       this.#moveRead(msg.conv, msg.seq);
-    } else {
+    } else if (!msg.event) {
       this.#stopTyping(msg.conv, msg.from);
       if (msg.seq > c.read && !c.seen.has(msg.seq)) {
         c.seen.add(msg.seq);
@@ -485,6 +518,11 @@ export class ImdClient {
       }
     }
     this.#emit('message', msg, useq);
+    if (msg.event?.type === 'recalled') {
+      const e = { conv: msg.conv, seq: msg.event.seq, msg };
+      if (msg.event.by !== undefined) e.by = msg.event.by;
+      this.#emit('recalled', e);
+    }
   }
 
   #checkGap() {
@@ -504,6 +542,21 @@ export class ImdClient {
 
   #onSynced(f) {
     this.#syncing = false;
+    if (typeof f.generation === 'string' && f.generation !== '' && f.generation !== this.#generation) {
+      const from = this.#generation;
+      this.#generation = f.generation;
+      if (from !== null) {
+        // The server lost state it had acknowledged and gives useqs again: what this
+        // page holds counts from another start. Start over from the inbox's beginning,
+        // skipping the messages already delivered (by id).
+        this.#useq = 0;
+        this.#held.clear();
+        this.#afterLoss = true;
+        this.#emit('generation', { from, to: f.generation });
+        this.#sync(0);
+        return;
+      }
+    }
     const msgs = Array.isArray(f.msgs) ? f.msgs : [];
     // What retention removed is gone for good: continue from the oldest entry kept.
     if (f.trimmed && msgs.length > 0 && msgs[0].useq > this.#useq + 1) {
@@ -518,9 +571,11 @@ export class ImdClient {
       this.#sync(Math.max(last, this.#useq));
       return;
     }
+    this.#checkGap();
+    if (!this.#catchingUp) return;
+    this.#catchingUp = false;
     this.#attempt = 0;
     this.#emit('synced', { useq: this.#useq });
-    this.#checkGap();
     if (this.#o.refreshUnread) {
       const id = this.#connId;
       this.conversations({ limit: 50 })
@@ -553,6 +608,7 @@ export class ImdClient {
       if (TRANSIENT.has(err.code)) {
         p.tries += 1;
         p.conn = 0;
+        this.#cancel(p.retry);
         const cap = Math.min(this.#o.maxBackoffMs, this.#o.minBackoffMs * 2 ** p.tries);
         p.retry = this.#later(() => {
           p.retry = null;
@@ -564,8 +620,8 @@ export class ImdClient {
       }
       return;
     }
-    // Without a cid: a failed sync (typing answers `forbidden`), or something else.
-    if (this.#syncing && err.code !== 'forbidden') {
+    // Without a cid: a failed sync (the store failed), or a refused typing notice.
+    if (this.#syncing && err.code === 'internal') {
       this.#syncing = false;
       this.#cancel(this.#gapTimer);
       this.#gapTimer = this.#later(() => {
@@ -788,7 +844,7 @@ export class ImdClient {
 
   /** Closes a service conversation (its assigned agent). Needs imd with the customer-service workflow. */
   closeConversation(conv) {
-    return this.#http('POST', `/v1/conversations/${seg(conv)}/close`, {});
+    return this.#http('POST', `/v1/conversations/${seg(conv)}/close`);
   }
 
   /** Rates a closed service conversation, score 1..5 (its customer, once). Needs imd with the customer-service workflow. */

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 /// What a blacklist entry blocks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum BlacklistKind {
     /// A user.
@@ -40,6 +41,7 @@ impl std::str::FromStr for BlacklistKind {
 
 /// One blacklist entry, as stored and as `GET /admin/v1/blacklist` lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BlacklistEntry {
     /// `uid` or `ip`.
     pub kind: BlacklistKind,
@@ -62,6 +64,7 @@ impl BlacklistEntry {
 
 /// `POST /admin/v1/blacklist` body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AddBlacklist {
     /// `uid` or `ip`.
@@ -78,6 +81,7 @@ pub struct AddBlacklist {
 
 /// `GET /admin/v1/blacklist` answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BlacklistList {
     /// Every live entry.
     pub entries: Vec<BlacklistEntry>,
@@ -85,6 +89,7 @@ pub struct BlacklistList {
 
 /// One connected device, as `GET /admin/v1/connections` lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConnectionInfo {
     /// The user.
     pub uid: String,
@@ -105,6 +110,7 @@ pub struct ConnectionInfo {
 
 /// `GET /admin/v1/connections` answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConnectionList {
     /// Connections ordered by (uid, device).
     pub connections: Vec<ConnectionInfo>,
@@ -164,6 +170,7 @@ impl std::str::FromStr for ConnCursor {
 
 /// `DELETE /admin/v1/connections/{uid}` answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Kicked {
     /// How many devices were disconnected.
     pub kicked: usize,
@@ -172,6 +179,7 @@ pub struct Kicked {
 /// `PUT`/`GET /admin/v1/shops/{shop}/agents` body: the shop's agents and its
 /// customer-service settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ShopAgents {
     /// The shop's agents.
@@ -209,6 +217,7 @@ pub const SHOP_MESSAGE_MAX: usize = 8 * 1024;
 
 /// `GET /admin/v1/shops` answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Shops {
     /// Every shop, by name.
     pub shops: Vec<String>,
@@ -216,6 +225,7 @@ pub struct Shops {
 
 /// `GET /admin/v1/shops/{shop}/stats` answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ShopStats {
     /// The shop.
     pub shop: String,
@@ -241,28 +251,35 @@ pub struct ShopStats {
 /// First-response percentiles, each the upper bound of its histogram bucket (at most
 /// 25% above the true figure); `null` before any answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FirstResponse {
     /// Conversations answered.
     pub count: u64,
     /// Median.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub p50: Option<u64>,
     /// 90th percentile.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub p90: Option<u64>,
     /// 99th percentile.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub p99: Option<u64>,
 }
 
 /// Ratings given.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RatingStats {
     /// How many.
     pub count: u64,
     /// Their mean score; `null` before the first.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub avg: Option<f64>,
 }
 
 /// One agent of [`ShopStats`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AgentStats {
     /// The agent.
     pub uid: String,
@@ -276,6 +293,7 @@ pub struct AgentStats {
 
 /// `PUT`/`GET /admin/v1/groups/{name}/members` body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct GroupMembers {
     /// The group's members.
@@ -284,6 +302,7 @@ pub struct GroupMembers {
 
 /// `POST /admin/v1/conversations/{conv}/transfer` body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Transfer {
     /// The agent who takes the conversation over.
@@ -292,6 +311,7 @@ pub struct Transfer {
 
 /// A customer-service conversation's assignment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Assignment {
     /// The conversation.
     pub conv: String,
@@ -305,6 +325,7 @@ pub struct Assignment {
 /// `PUT /admin/v1/words` body; `GET` answers with it (the words themselves are not
 /// listed back, only their number, in `count`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Words {
     /// The new word list; replaces the old one.
@@ -317,6 +338,7 @@ pub struct Words {
 
 /// `GET`/`PUT /admin/v1/words` answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WordsStatus {
     /// How many words the filter holds.
     pub count: usize,
@@ -326,6 +348,7 @@ pub struct WordsStatus {
 
 /// `POST /admin/v1/replay` body: re-push part of a user's inbox to the devices online now.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Replay {
     /// The user.
@@ -339,6 +362,7 @@ pub struct Replay {
 
 /// `POST /admin/v1/replay` answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Replayed {
     /// Inbox entries pushed.
     pub messages: usize,
@@ -352,6 +376,7 @@ pub struct Replayed {
 
 /// One node, as `GET /admin/v1/cluster` lists it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NodeInfo {
     /// The node's id.
     pub node_id: String,
@@ -379,6 +404,7 @@ pub struct NodeInfo {
 
 /// `GET /admin/v1/cluster` answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ClusterInfo {
     /// Every live node.
     pub nodes: Vec<NodeInfo>,

@@ -17,6 +17,7 @@ pub const MAX_PAGE: u32 = 1000;
 
 /// A committed message, exactly as clients see it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Message {
     /// Server-assigned unique id.
     pub id: String,
@@ -88,6 +89,7 @@ pub enum Event {
 
 /// What a client sends to post a message (WebSocket `send` frame or `POST /v1/messages`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SendRequest {
     /// Client message id for idempotent resends (≤ 64 bytes).
@@ -102,8 +104,9 @@ pub struct SendRequest {
     /// Customer-service message to this shop.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shop: Option<String>,
-    /// Application payload.
+    /// Application payload: any JSON but `null`.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub body: Value,
 }
 
@@ -158,6 +161,7 @@ pub enum ClientFrame {
 
 /// An agent's availability: only `available` agents are given new conversations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum AgentStatus {
     /// Takes new conversations (up to its shop's cap). Every agent is available when
@@ -169,6 +173,7 @@ pub enum AgentStatus {
 
 /// `PUT /v1/agent/status` body and answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct StatusRequest {
     /// The new availability.
@@ -177,12 +182,15 @@ pub struct StatusRequest {
 
 /// `POST /v1/conversations/{conv}/rating` body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RatingRequest {
     /// 1 to 5.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 5))]
     pub score: u8,
     /// The customer's words, at most [`MAX_COMMENT_CHARS`] characters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(max_length = 1000))]
     pub comment: Option<String>,
 }
 
@@ -191,6 +199,7 @@ pub const MAX_COMMENT_CHARS: usize = 1000;
 
 /// One inbox position and its message.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct InboxItem {
     /// Position in the user's inbox.
     pub useq: u64,
@@ -223,6 +232,11 @@ pub enum ServerFrame {
         msgs: Vec<InboxItem>,
         /// Whether more items follow the last one.
         more: bool,
+        /// The server's store generation: when it differs from the one the device
+        /// stored, the server lost state and gives `useq`s again; the device syncs from
+        /// the start (see `docs/protocol.md`, *Generations*).
+        #[serde(default)]
+        generation: String,
     },
     /// Answer to `ping`.
     Pong,
@@ -276,6 +290,7 @@ pub enum ServerFrame {
 
 /// Protocol error codes, shared by WebSocket `error` frames and HTTP error bodies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// The request is malformed or breaks a rule.
@@ -331,6 +346,7 @@ impl ErrorCode {
 
 /// HTTP error body: `{"error":{"code":…,"message":…}}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorResponse {
     /// The error.
     pub error: ErrorDetail,
@@ -338,6 +354,7 @@ pub struct ErrorResponse {
 
 /// The inside of [`ErrorResponse`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorDetail {
     /// Machine-readable code.
     pub code: ErrorCode,
@@ -347,6 +364,7 @@ pub struct ErrorDetail {
 
 /// `POST /v1/messages` answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SendResponse {
     /// The committed message.
     pub msg: Message,
@@ -354,15 +372,20 @@ pub struct SendResponse {
 
 /// `GET /v1/sync` answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SyncResponse {
     /// Inbox items in `useq` order.
     pub msgs: Vec<InboxItem>,
     /// Whether more items follow.
     pub more: bool,
+    /// The server's store generation (see [`ServerFrame::Synced`]).
+    #[serde(default)]
+    pub generation: String,
 }
 
 /// `GET /v1/conversations/{conv}/messages` answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HistoryResponse {
     /// Messages in `seq` order.
     pub msgs: Vec<Message>,
@@ -372,6 +395,7 @@ pub struct HistoryResponse {
 
 /// `POST /v1/conversations/{conv}/read` body.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ReadRequest {
     /// The highest seq read.
@@ -380,6 +404,7 @@ pub struct ReadRequest {
 
 /// `POST /v1/conversations/{conv}/read` answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReadResponse {
     /// The caller's read position now (it never moves back).
     pub read_seq: u64,
@@ -387,6 +412,7 @@ pub struct ReadResponse {
 
 /// `DELETE /v1/conversations/{conv}/messages/{seq}` answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RecallResponse {
     /// The conversation.
     pub conv: String,
@@ -396,6 +422,7 @@ pub struct RecallResponse {
 
 /// The kind of a conversation, from its id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ConvKind {
     /// Two users (`d:…`).
@@ -410,6 +437,7 @@ pub enum ConvKind {
 
 /// One entry of `GET /v1/conversations`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConvSummary {
     /// The conversation.
     pub conv: String,
@@ -428,6 +456,7 @@ pub struct ConvSummary {
 
 /// `GET /v1/conversations` answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConversationsResponse {
     /// Newest activity first.
     pub convs: Vec<ConvSummary>,
@@ -438,6 +467,7 @@ pub struct ConversationsResponse {
 
 /// `GET /v1/conversations/{conv}` answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConversationResponse {
     /// The conversation.
     pub conv: String,
@@ -462,6 +492,7 @@ pub struct ConversationResponse {
 
 /// One user of `GET /v1/presence`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PresenceEntry {
     /// The user.
     pub uid: String,
@@ -474,6 +505,7 @@ pub struct PresenceEntry {
 
 /// `GET /v1/presence` answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PresenceResponse {
     /// The asked users that share a conversation with the caller.
     pub users: Vec<PresenceEntry>,
@@ -571,4 +603,66 @@ mod tests {
             assert_eq!(serde_json::to_value(code).unwrap(), json!(name));
         }
     }
+}
+
+/// `GET /v1/agent` answer: the caller as an agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AgentResponse {
+    /// The caller.
+    pub uid: String,
+    /// Its availability (`available` unless it set `away`).
+    pub status: AgentStatus,
+    /// The shops it is an agent of, by name.
+    pub shops: Vec<String>,
+}
+
+/// `GET /v1/shops/{shop}` answer, for the shop's agents: its queue and its agents.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ShopView {
+    /// The shop.
+    pub shop: String,
+    /// Open conversations one agent may hold (0: no cap).
+    pub max_open: u32,
+    /// Conversations waiting for an agent, first in line first.
+    pub waiting: Vec<QueueEntry>,
+    /// The shop's agents, in its order.
+    pub agents: Vec<ShopAgent>,
+}
+
+/// One waiting conversation of [`ShopView`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct QueueEntry {
+    /// The conversation.
+    pub conv: String,
+    /// Its customer.
+    pub customer: String,
+    /// 1 = next.
+    pub position: u64,
+}
+
+/// One agent of [`ShopView`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ShopAgent {
+    /// The agent.
+    pub uid: String,
+    /// Whether a device of it is connected.
+    pub online: bool,
+    /// Whether it takes new conversations (online and not away).
+    pub available: bool,
+    /// Its open conversations.
+    pub open: u64,
+}
+
+/// `POST /v1/conversations/{conv}/transfer` body: the assigned agent hands the
+/// conversation to a colleague.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TransferRequest {
+    /// The colleague who takes it.
+    pub agent: String,
 }

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 /// Client platforms a token may name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Platform {
     /// Browser.

@@ -394,7 +394,7 @@ impl Admin {
     /// Hands a service conversation to `agent`, who receives its history.
     pub async fn transfer(&self, conv: &str, agent: &str) -> Result<(), Error> {
         name(agent, "uid")?;
-        let decisions = self.messaging.service().transfer(conv, agent).await?;
+        let decisions = self.messaging.service().transfer(conv, agent, None).await?;
         // Answered once the join is committed: the assignment is durable with it.
         self.messaging.submit_and_wait(decisions).await
     }

@@ -627,8 +627,15 @@ impl CustomerService {
     }
 
     /// Hands `conv` to `agent` (an agent of its shop, below the cap), who joins it; the
-    /// agent it was taken from may take a waiting one.
-    pub async fn transfer(&self, conv: &str, agent: &str) -> Result<Vec<Decision>, Error> {
+    /// agent it was taken from may take a waiting one. `by`, when given, must be the
+    /// assigned agent of the open conversation (an agent's handover; an operator's has
+    /// none).
+    pub async fn transfer(
+        &self,
+        conv: &str,
+        agent: &str,
+        by: Option<&str>,
+    ) -> Result<Vec<Decision>, Error> {
         let shop_id = shop_of(conv)?;
         let shop = self.shop(shop_id).await?;
         if !shop.agents.iter().any(|a| a == agent) {
@@ -640,6 +647,13 @@ impl CustomerService {
         let Some(before) = self.dir.service(conv).await? else {
             return Err(Error::NotFound(format!("no such conversation {conv:?}")));
         };
+        if let Some(uid) = by
+            && !(before.open && before.agent.as_deref() == Some(uid))
+        {
+            return Err(Error::Forbidden(
+                "only its assigned agent hands a conversation over".into(),
+            ));
+        }
         let place = if before.open && before.agent.is_none() {
             let waiting = self.dir.waiting(shop_id).await?;
             waiting.iter().position(|c| c == conv)

@@ -30,7 +30,8 @@ pub struct Direct {
 }
 
 impl Direct {
-    /// Delivers to `worker`, which holds every connection of the node.
+    /// Delivers to `worker`, which holds every connection of the node. (One node's
+    /// store never loses what it acknowledged: deliveries carry no generation.)
     pub fn new(worker: Arc<dyn Worker>) -> Self {
         Self { worker }
     }
@@ -41,6 +42,7 @@ impl Deliver for Direct {
         self.worker.deliver(Delivery {
             msg: msg.json.clone(),
             to: msg.recipients.clone(),
+            generation: None,
         });
     }
 

@@ -182,10 +182,15 @@ async fn route_loop(
         for item in batch.drain(..) {
             match item {
                 Routable::Message(msg) => {
+                    // Read after the committing node verified it (the commit task
+                    // checks before it hands a message over), so never older than the
+                    // state the message was written in.
+                    let generation = store.known_generation();
                     for (node, to) in split_by_node(&msg.recipients, &nodes_of) {
                         let d = Delivery {
                             msg: msg.json.clone(),
                             to,
+                            generation: Some(generation.as_str().to_owned()),
                         };
                         if !workers.deliver(node, d) {
                             metrics::counter!("imd_routing_dead_routes_total").increment(1);

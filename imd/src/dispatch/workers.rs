@@ -333,6 +333,7 @@ impl Devices for Workers {
                 w.deliver(Delivery {
                     msg: msg.clone(),
                     to: vec![(uid.to_owned(), *useq)],
+                    generation: None,
                 });
             }
         }

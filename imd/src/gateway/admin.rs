@@ -2,50 +2,76 @@
 //!
 //! A client token is recognised and refused with 403; anything else is 401.
 
-use axum::Router;
+use axum::Json;
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
 use serde::Deserialize;
 use shared::admin::{
-    AddBlacklist, BlacklistKind, BlacklistList, GroupMembers, Kicked, Replay, ShopAgents, Transfer,
+    AddBlacklist, Assignment, BlacklistEntry, BlacklistKind, BlacklistList, ClusterInfo,
+    ConnectionList, GroupMembers, Kicked, Replay, Replayed, ShopAgents, ShopStats, Shops, Transfer,
     Words, WordsStatus,
 };
-use shared::protocol::ErrorCode;
+use shared::protocol::{ErrorCode, HistoryResponse, RecallResponse};
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::auth::{AuthError, bearer};
-use super::http::{AdminBody, ApiPath, ApiQuery, PageQuery};
+use super::http::{AdminBody, ApiPath, ApiQuery, ConvPath, MessagePath, PageQuery, ShopPath};
+use super::openapi::{Conflict, Empty, NotFound};
 use super::{ApiError, AppState};
 use crate::wire;
 
-/// The admin routes, to nest under `/admin/v1`.
-pub(super) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/blacklist", get(blacklist).post(blacklist_add))
-        .route("/blacklist/{kind}/{*value}", delete(blacklist_remove))
-        .route("/connections", get(connections))
-        .route("/connections/{uid}", delete(kick))
-        .route("/shops", get(shops))
-        .route(
-            "/shops/{shop}/agents",
-            get(shop_agents).put(set_shop_agents),
-        )
-        .route("/shops/{shop}/stats", get(shop_stats))
-        .route(
-            "/groups/{name}/members",
-            get(group_members).put(set_group_members),
-        )
-        .route("/conversations/{conv}", get(assignment))
-        .route("/conversations/{conv}/messages", get(history))
-        .route("/conversations/{conv}/messages/{seq}", delete(recall))
-        .route("/conversations/{conv}/transfer", post(transfer))
-        .route("/conversations/{conv}/close", post(close))
-        .route("/words", get(words).put(set_words))
-        .route("/conversations/{conv}/stream", get(stream))
-        .route("/replay", post(replay))
-        .route("/cluster", get(cluster))
+/// The admin routes, to nest under `/admin/v1`; each `routes!` holds the handlers of one
+/// path (it registers them all on each path it names).
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(blacklist, blacklist_add))
+        .routes(routes!(blacklist_remove))
+        .routes(routes!(connections))
+        .routes(routes!(kick))
+        .routes(routes!(shops))
+        .routes(routes!(shop_agents, set_shop_agents))
+        .routes(routes!(shop_stats))
+        .routes(routes!(group_members, set_group_members))
+        .routes(routes!(assignment))
+        .routes(routes!(history))
+        .routes(routes!(recall))
+        .routes(routes!(transfer))
+        .routes(routes!(close))
+        .routes(routes!(words, set_words))
+        .routes(routes!(stream))
+        .routes(routes!(replay))
+        .routes(routes!(cluster))
+}
+
+/// `{kind}/{value}` of a blacklist entry.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+struct EntryPath {
+    /// `uid` or `ip`.
+    #[param(value_type = BlacklistKind)]
+    kind: String,
+    /// The uid, or the address or range (it may hold `/`: `10.1.0.0/16`).
+    value: String,
+}
+
+/// `{uid}` of a user's connections.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+struct UidPath {
+    /// The user.
+    uid: String,
+}
+
+/// `{name}` of a group.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+struct GroupPath {
+    /// The group's name.
+    name: String,
 }
 
 /// Compares without leaking, through timing, how much of a guess was right.
@@ -78,14 +104,27 @@ impl FromRequestParts<AppState> for AdminAuth {
 }
 
 fn ok() -> Response {
-    axum::Json(serde_json::json!({})).into_response()
+    Json(Empty {}).into_response()
 }
 
+/// Lists the live blacklist entries.
+#[utoipa::path(
+    get,
+    path = "/blacklist",
+    responses((status = 200, description = "Every live entry", body = BlacklistList)),
+)]
 async fn blacklist(_: AdminAuth, State(app): State<AppState>) -> Result<Response, ApiError> {
     let entries = app.admin.blacklist().await?;
     Ok(axum::Json(BlacklistList { entries }).into_response())
 }
 
+/// Adds a blacklist entry; matching connections are kicked.
+#[utoipa::path(
+    post,
+    path = "/blacklist",
+    request_body = AddBlacklist,
+    responses((status = 200, description = "The entry, its ip value canonical", body = BlacklistEntry)),
+)]
 async fn blacklist_add(
     _: AdminAuth,
     State(app): State<AppState>,
@@ -95,10 +134,20 @@ async fn blacklist_add(
     Ok(axum::Json(entry).into_response())
 }
 
+/// Removes a blacklist entry.
+#[utoipa::path(
+    delete,
+    path = "/blacklist/{kind}/{*value}",
+    params(EntryPath),
+    responses(
+        (status = 200, description = "Removed", body = Empty),
+        (status = 404, response = NotFound),
+    ),
+)]
 async fn blacklist_remove(
     _: AdminAuth,
     State(app): State<AppState>,
-    ApiPath((kind, value)): ApiPath<(String, String)>,
+    ApiPath(EntryPath { kind, value }): ApiPath<EntryPath>,
 ) -> Result<Response, ApiError> {
     let kind: BlacklistKind = kind.parse().map_err(|e: shared::admin::UnknownKind| {
         ApiError::new(ErrorCode::BadRequest, e.to_string())
@@ -107,18 +156,31 @@ async fn blacklist_remove(
     Ok(ok())
 }
 
-#[derive(Debug, Deserialize)]
+/// `?uid=` or `?limit=&after=&node=` of the connection list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ConnQuery {
+    /// Only this user's connections.
     uid: Option<String>,
     /// Only connections held by this node.
     node: Option<String>,
+    /// The cursor of the page (`uid/device`): the `next` of the previous one.
     after: Option<String>,
+    /// Page size.
     limit: Option<usize>,
     #[serde(default, rename = "token")]
+    #[param(ignore)]
     _token: Option<String>,
 }
 
+/// Lists connections: a user's, or a page of all by (uid, device).
+#[utoipa::path(
+    get,
+    path = "/connections",
+    params(ConnQuery),
+    responses((status = 200, description = "Connections by (uid, device)", body = ConnectionList)),
+)]
 async fn connections(
     _: AdminAuth,
     State(app): State<AppState>,
@@ -136,77 +198,159 @@ async fn connections(
     Ok(axum::Json(list).into_response())
 }
 
+/// Disconnects every device of a user (kick reason `admin`).
+#[utoipa::path(
+    delete,
+    path = "/connections/{uid}",
+    params(UidPath),
+    responses(
+        (status = 200, description = "How many devices were disconnected", body = Kicked),
+        (status = 404, response = NotFound),
+    ),
+)]
 async fn kick(
     _: AdminAuth,
     State(app): State<AppState>,
-    ApiPath(uid): ApiPath<String>,
+    ApiPath(UidPath { uid }): ApiPath<UidPath>,
 ) -> Result<Response, ApiError> {
     let kicked = app.admin.kick(&uid).await?;
     Ok(axum::Json(Kicked { kicked }).into_response())
 }
 
+/// A shop's agents and customer-service settings.
+#[utoipa::path(
+    get,
+    path = "/shops/{shop}/agents",
+    params(ShopPath),
+    responses(
+        (status = 200, description = "The shop's agents and settings", body = ShopAgents),
+        (status = 404, response = NotFound),
+    ),
+)]
 async fn shop_agents(
     _: AdminAuth,
     State(app): State<AppState>,
-    ApiPath(shop): ApiPath<String>,
+    ApiPath(ShopPath { shop }): ApiPath<ShopPath>,
 ) -> Result<Response, ApiError> {
     Ok(axum::Json(app.admin.shop(&shop).await?).into_response())
 }
 
+/// Every shop, by name.
+#[utoipa::path(
+    get,
+    path = "/shops",
+    responses((status = 200, description = "Every shop", body = Shops)),
+)]
 async fn shops(_: AdminAuth, State(app): State<AppState>) -> Result<Response, ApiError> {
     let shops = app.admin.shops().await?;
     Ok(axum::Json(shared::admin::Shops { shops }).into_response())
 }
 
+/// A shop's figures: agents, open and waiting conversations, first responses, ratings.
+#[utoipa::path(
+    get,
+    path = "/shops/{shop}/stats",
+    params(ShopPath),
+    responses(
+        (status = 200, description = "The shop's figures", body = ShopStats),
+        (status = 404, response = NotFound),
+    ),
+)]
 async fn shop_stats(
     _: AdminAuth,
     State(app): State<AppState>,
-    ApiPath(shop): ApiPath<String>,
+    ApiPath(ShopPath { shop }): ApiPath<ShopPath>,
 ) -> Result<Response, ApiError> {
     Ok(axum::Json(app.admin.shop_stats(&shop).await?).into_response())
 }
 
+/// Replaces a shop's agents and settings, and drains its queue to agents now eligible.
+#[utoipa::path(
+    put,
+    path = "/shops/{shop}/agents",
+    params(ShopPath),
+    request_body = ShopAgents,
+    responses((status = 200, description = "Set", body = Empty)),
+)]
 async fn set_shop_agents(
     _: AdminAuth,
     State(app): State<AppState>,
-    ApiPath(shop): ApiPath<String>,
+    ApiPath(ShopPath { shop }): ApiPath<ShopPath>,
     AdminBody(body): AdminBody<ShopAgents>,
 ) -> Result<Response, ApiError> {
     app.admin.set_shop(&shop, body).await?;
     Ok(ok())
 }
 
+/// A group's members.
+#[utoipa::path(
+    get,
+    path = "/groups/{name}/members",
+    params(GroupPath),
+    responses(
+        (status = 200, description = "The group's members", body = GroupMembers),
+        (status = 404, response = NotFound),
+    ),
+)]
 async fn group_members(
     _: AdminAuth,
     State(app): State<AppState>,
-    ApiPath(name): ApiPath<String>,
+    ApiPath(GroupPath { name }): ApiPath<GroupPath>,
 ) -> Result<Response, ApiError> {
     let members = app.admin.group_members(&name).await?;
     Ok(axum::Json(GroupMembers { members }).into_response())
 }
 
+/// Replaces a group's members (creating the group).
+#[utoipa::path(
+    put,
+    path = "/groups/{name}/members",
+    params(GroupPath),
+    request_body = GroupMembers,
+    responses((status = 200, description = "Set", body = Empty)),
+)]
 async fn set_group_members(
     _: AdminAuth,
     State(app): State<AppState>,
-    ApiPath(name): ApiPath<String>,
+    ApiPath(GroupPath { name }): ApiPath<GroupPath>,
     AdminBody(body): AdminBody<GroupMembers>,
 ) -> Result<Response, ApiError> {
     app.admin.set_group_members(&name, body.members).await?;
     Ok(ok())
 }
 
+/// A service conversation's assignment.
+#[utoipa::path(
+    get,
+    path = "/conversations/{conv}",
+    params(ConvPath),
+    responses(
+        (status = 200, description = "Its agent and whether it is open", body = Assignment),
+        (status = 404, response = NotFound),
+    ),
+)]
 async fn assignment(
     _: AdminAuth,
     State(app): State<AppState>,
-    ApiPath(conv): ApiPath<String>,
+    ApiPath(ConvPath { conv }): ApiPath<ConvPath>,
 ) -> Result<Response, ApiError> {
     Ok(axum::Json(app.admin.assignment(&conv).await?).into_response())
 }
 
+/// Reads any conversation's messages after `seq` `after`.
+#[utoipa::path(
+    get,
+    path = "/conversations/{conv}/messages",
+    params(ConvPath, PageQuery),
+    responses(
+        (status = 200, description = "Messages in `seq` order", body = HistoryResponse),
+        (status = 404, response = NotFound),
+    ),
+)]
 async fn history(
     _: AdminAuth,
     State(app): State<AppState>,
-    ApiPath(conv): ApiPath<String>,
+    ApiPath(ConvPath { conv }): ApiPath<ConvPath>,
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Response, ApiError> {
     let page = app.messaging.history_any(&conv, q.after, q.limit).await?;
@@ -217,29 +361,61 @@ async fn history(
         .into_response())
 }
 
+/// Hands a service conversation over to another agent.
+#[utoipa::path(
+    post,
+    path = "/conversations/{conv}/transfer",
+    params(ConvPath),
+    request_body = Transfer,
+    responses(
+        (status = 200, description = "The handover is committed", body = Empty),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+    ),
+)]
 async fn transfer(
     _: AdminAuth,
     State(app): State<AppState>,
-    ApiPath(conv): ApiPath<String>,
+    ApiPath(ConvPath { conv }): ApiPath<ConvPath>,
     AdminBody(body): AdminBody<Transfer>,
 ) -> Result<Response, ApiError> {
     app.admin.transfer(&conv, &body.agent).await?;
     Ok(ok())
 }
 
+/// Recalls any message.
+#[utoipa::path(
+    delete,
+    path = "/conversations/{conv}/messages/{seq}",
+    params(MessagePath),
+    responses(
+        (status = 200, description = "The message is recalled", body = RecallResponse),
+        (status = 404, response = NotFound),
+    ),
+)]
 async fn recall(
     _: AdminAuth,
     State(app): State<AppState>,
-    ApiPath((conv, seq)): ApiPath<(String, u64)>,
+    ApiPath(MessagePath { conv, seq }): ApiPath<MessagePath>,
 ) -> Result<Response, ApiError> {
     app.admin.recall(&conv, seq).await?;
-    Ok(axum::Json(shared::protocol::RecallResponse { conv, seq }).into_response())
+    Ok(Json(RecallResponse { conv, seq }).into_response())
 }
 
+/// Closes an open service conversation.
+#[utoipa::path(
+    post,
+    path = "/conversations/{conv}/close",
+    params(ConvPath),
+    responses(
+        (status = 200, description = "The `closed` event is committed", body = Empty),
+        (status = 404, response = NotFound),
+    ),
+)]
 async fn close(
     _: AdminAuth,
     State(app): State<AppState>,
-    ApiPath(conv): ApiPath<String>,
+    ApiPath(ConvPath { conv }): ApiPath<ConvPath>,
 ) -> Result<Response, ApiError> {
     app.admin.close(&conv).await?;
     Ok(ok())
@@ -257,10 +433,23 @@ fn words_status((count, policy): (usize, crate::config::WordsPolicy)) -> Respons
     .into_response()
 }
 
+/// The sensitive-word filter: how many words, which policy.
+#[utoipa::path(
+    get,
+    path = "/words",
+    responses((status = 200, description = "The filter's state", body = WordsStatus)),
+)]
 async fn words(_: AdminAuth, State(app): State<AppState>) -> Response {
     words_status(app.admin.words())
 }
 
+/// Replaces the word list, and the policy when given.
+#[utoipa::path(
+    put,
+    path = "/words",
+    request_body = Words,
+    responses((status = 200, description = "The filter's state", body = WordsStatus)),
+)]
 async fn set_words(
     _: AdminAuth,
     State(app): State<AppState>,
@@ -271,22 +460,39 @@ async fn set_words(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+/// `?from_seq=` of the conversation stream.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct StreamQuery {
     /// Start at this `seq` (default: only messages committed from now on).
     from_seq: Option<u64>,
     #[serde(default, rename = "token")]
+    #[param(ignore)]
     _token: Option<String>,
 }
 
 /// `GET /admin/v1/conversations/{conv}/stream`: server-sent events, one `msg` event per
 /// message (its JSON as data), from `from_seq` (or from now) on, gapless and in `seq`
 /// order (see [`crate::business::Admin::tail`]).
+#[utoipa::path(
+    get,
+    path = "/conversations/{conv}/stream",
+    params(ConvPath, StreamQuery),
+    responses(
+        (
+            status = 200,
+            description = "Server-sent events, one `msg` per message (its JSON as data), live until the client leaves",
+            content_type = "text/event-stream",
+            body = String,
+        ),
+        (status = 404, response = NotFound),
+    ),
+)]
 async fn stream(
     _: AdminAuth,
     State(app): State<AppState>,
-    ApiPath(conv): ApiPath<String>,
+    ApiPath(ConvPath { conv }): ApiPath<ConvPath>,
     ApiQuery(q): ApiQuery<StreamQuery>,
 ) -> Result<Response, ApiError> {
     let mut tail = app.admin.tail(&conv, q.from_seq).await?;
@@ -303,6 +509,13 @@ async fn stream(
         .into_response())
 }
 
+/// Re-pushes part of a user's inbox to the devices online now.
+#[utoipa::path(
+    post,
+    path = "/replay",
+    request_body = Replay,
+    responses((status = 200, description = "What was pushed, and where to continue", body = Replayed)),
+)]
 async fn replay(
     _: AdminAuth,
     State(app): State<AppState>,
@@ -311,6 +524,12 @@ async fn replay(
     Ok(axum::Json(app.admin.replay(req).await?).into_response())
 }
 
+/// Every live node of the cluster.
+#[utoipa::path(
+    get,
+    path = "/cluster",
+    responses((status = 200, description = "The nodes", body = ClusterInfo)),
+)]
 async fn cluster(_: AdminAuth, State(app): State<AppState>) -> Result<Response, ApiError> {
     Ok(axum::Json(app.admin.cluster().await?).into_response())
 }

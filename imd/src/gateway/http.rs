@@ -10,13 +10,17 @@ use axum::http::header;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 use shared::protocol::{
-    ConversationResponse, ConversationsResponse, ErrorCode, PresenceResponse, RatingRequest,
-    ReadRequest, ReadResponse, RecallResponse, SendRequest, StatusRequest,
+    AgentResponse, ConversationResponse, ConversationsResponse, ErrorCode, HistoryResponse,
+    PresenceResponse, RatingRequest, ReadRequest, ReadResponse, RecallResponse, SendRequest,
+    SendResponse, ShopView, StatusRequest, SyncResponse, TransferRequest,
 };
+use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{AuthError, bearer};
+use super::openapi::{Conflict, Empty, Forbidden, NotFound, RateLimited};
 use super::{ApiError, AppState};
 use crate::business::Identity;
 use crate::wire;
@@ -137,21 +141,60 @@ impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for ApiPath<T> {
 }
 
 /// `?after=&limit=` of sync and history reads.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct PageQuery {
+    /// Read after this position (`useq` of the inbox, `seq` of a conversation); 0 reads
+    /// from the start.
     #[serde(default)]
     pub(super) after: u64,
+    /// Page size: 100 by default, at most 1000 (larger asks are clamped).
     pub(super) limit: Option<u32>,
-    /// Allowed so that a token may ride in the query string.
+    /// Allowed so that a token may ride in the query string (described as a security
+    /// scheme, not as a parameter).
     #[serde(default, rename = "token")]
+    #[param(ignore)]
     _token: Option<String>,
+}
+
+/// `{conv}` of a conversation's calls.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(super) struct ConvPath {
+    /// The conversation id (`d:…`, `g:…`, `s:…`, `n:…`).
+    pub(super) conv: String,
+}
+
+/// `{conv}/messages/{seq}`: one message.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(super) struct MessagePath {
+    /// The conversation id.
+    pub(super) conv: String,
+    /// The message's position in the conversation.
+    pub(super) seq: u64,
 }
 
 fn json(body: String) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
+/// Posts a message: to a user (`to`), into a conversation (`conv`) or to a shop (`shop`).
+///
+/// Answers once the message is committed.
+#[utoipa::path(
+    post,
+    path = "/v1/messages",
+    request_body = SendRequest,
+    responses(
+        (status = 200, description = "The committed message", body = SendResponse),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 429, response = RateLimited),
+    ),
+)]
 pub(super) async fn send(
     State(app): State<AppState>,
     Client(who): Client,
@@ -161,19 +204,41 @@ pub(super) async fn send(
     Ok(json(wire::send_response(&out.json)))
 }
 
+/// Reads the caller's inbox after `after`.
+#[utoipa::path(
+    get,
+    path = "/v1/sync",
+    params(PageQuery),
+    responses((status = 200, description = "Inbox items in `useq` order", body = SyncResponse)),
+)]
 pub(super) async fn sync(
     State(app): State<AppState>,
     Client(who): Client,
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Response, ApiError> {
-    let page = app.messaging.sync(&who.uid, q.after, q.limit).await?;
-    Ok(json(wire::sync_response(&page.items, page.more)))
+    let (page, generation) = app.messaging.sync(&who.uid, q.after, q.limit).await?;
+    Ok(json(wire::sync_response(
+        &page.items,
+        page.more,
+        generation.as_str(),
+    )))
 }
 
+/// Reads a conversation's messages after `seq` `after`; members only.
+#[utoipa::path(
+    get,
+    path = "/v1/conversations/{conv}/messages",
+    params(ConvPath, PageQuery),
+    responses(
+        (status = 200, description = "Messages in `seq` order", body = HistoryResponse),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+    ),
+)]
 pub(super) async fn history(
     State(app): State<AppState>,
     Client(who): Client,
-    ApiPath(conv): ApiPath<String>,
+    ApiPath(ConvPath { conv }): ApiPath<ConvPath>,
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Response, ApiError> {
     let page = app.messaging.history(&who, &conv, q.after, q.limit).await?;
@@ -181,15 +246,26 @@ pub(super) async fn history(
 }
 
 /// `?limit=&before=` of the conversation list.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ListQuery {
+    /// Page size.
     limit: Option<u32>,
+    /// The cursor of the page: the `next` of the previous one.
     before: Option<String>,
     #[serde(default, rename = "token")]
+    #[param(ignore)]
     _token: Option<String>,
 }
 
+/// Lists the caller's conversations, newest activity first.
+#[utoipa::path(
+    get,
+    path = "/v1/conversations",
+    params(ListQuery),
+    responses((status = 200, description = "A page of conversations", body = ConversationsResponse)),
+)]
 pub(super) async fn conversations(
     State(app): State<AppState>,
     Client(who): Client,
@@ -202,28 +278,64 @@ pub(super) async fn conversations(
     Ok(Json(list))
 }
 
+/// One conversation: its members, read positions and, for a service one, its state.
+#[utoipa::path(
+    get,
+    path = "/v1/conversations/{conv}",
+    params(ConvPath),
+    responses(
+        (status = 200, description = "The conversation", body = ConversationResponse),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+    ),
+)]
 pub(super) async fn conversation(
     State(app): State<AppState>,
     Client(who): Client,
-    ApiPath(conv): ApiPath<String>,
+    ApiPath(ConvPath { conv }): ApiPath<ConvPath>,
 ) -> Result<Json<ConversationResponse>, ApiError> {
     Ok(Json(app.messaging.conversation(&who, &conv).await?))
 }
 
+/// Moves the caller's read position forward to `seq`.
+#[utoipa::path(
+    post,
+    path = "/v1/conversations/{conv}/read",
+    params(ConvPath),
+    request_body = ReadRequest,
+    responses(
+        (status = 200, description = "The caller's read position now", body = ReadResponse),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 429, response = RateLimited),
+    ),
+)]
 pub(super) async fn read(
     State(app): State<AppState>,
     Client(who): Client,
-    ApiPath(conv): ApiPath<String>,
+    ApiPath(ConvPath { conv }): ApiPath<ConvPath>,
     JsonBody(req): JsonBody<ReadRequest>,
 ) -> Result<Json<ReadResponse>, ApiError> {
     let read_seq = app.messaging.read_and_wait(&who, &conv, req.seq).await?;
     Ok(Json(ReadResponse { read_seq }))
 }
 
+/// Takes back the caller's own message, within the recall window.
+#[utoipa::path(
+    delete,
+    path = "/v1/conversations/{conv}/messages/{seq}",
+    params(MessagePath),
+    responses(
+        (status = 200, description = "The message is recalled", body = RecallResponse),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 429, response = RateLimited),
+    ),
+)]
 pub(super) async fn recall(
     State(app): State<AppState>,
     Client(who): Client,
-    ApiPath((conv, seq)): ApiPath<(String, u64)>,
+    ApiPath(MessagePath { conv, seq }): ApiPath<MessagePath>,
 ) -> Result<Json<RecallResponse>, ApiError> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     app.messaging
@@ -234,7 +346,16 @@ pub(super) async fn recall(
     Ok(Json(RecallResponse { conv, seq }))
 }
 
-/// `PUT /v1/agent/status`: an agent's availability, echoed back.
+/// Sets an agent's availability, echoed back; agents only.
+#[utoipa::path(
+    put,
+    path = "/v1/agent/status",
+    request_body = StatusRequest,
+    responses(
+        (status = 200, description = "The availability set", body = StatusRequest),
+        (status = 403, response = Forbidden),
+    ),
+)]
 pub(super) async fn set_status(
     State(app): State<AppState>,
     Client(who): Client,
@@ -244,29 +365,127 @@ pub(super) async fn set_status(
     Ok(Json(req))
 }
 
-/// `POST /v1/conversations/{conv}/close`, by its assigned agent.
+/// The caller as an agent: its availability and its shops.
+#[utoipa::path(
+    get,
+    path = "/v1/agent",
+    responses((status = 200, description = "The caller's availability and shops", body = AgentResponse)),
+)]
+pub(super) async fn agent(
+    State(app): State<AppState>,
+    Client(who): Client,
+) -> Result<Json<AgentResponse>, ApiError> {
+    Ok(Json(app.messaging.agent(&who).await?))
+}
+
+/// `{shop}` of a shop's calls.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(super) struct ShopPath {
+    /// The shop id.
+    pub(super) shop: String,
+}
+
+/// A shop's queue and agents, for its agents.
+#[utoipa::path(
+    get,
+    path = "/v1/shops/{shop}",
+    params(ShopPath),
+    responses(
+        (status = 200, description = "The waiting conversations and the agents", body = ShopView),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+    ),
+)]
+pub(super) async fn shop_view(
+    State(app): State<AppState>,
+    Client(who): Client,
+    ApiPath(ShopPath { shop }): ApiPath<ShopPath>,
+) -> Result<Json<ShopView>, ApiError> {
+    Ok(Json(app.messaging.shop_view(&who, &shop).await?))
+}
+
+/// Hands a service conversation to a colleague, by its assigned agent.
+#[utoipa::path(
+    post,
+    path = "/v1/conversations/{conv}/transfer",
+    params(ConvPath),
+    request_body = TransferRequest,
+    responses(
+        (status = 200, description = "The handover is committed", body = Empty),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+    ),
+)]
+pub(super) async fn transfer(
+    State(app): State<AppState>,
+    Client(who): Client,
+    ApiPath(ConvPath { conv }): ApiPath<ConvPath>,
+    JsonBody(req): JsonBody<TransferRequest>,
+) -> Result<Json<Empty>, ApiError> {
+    app.messaging.transfer(&who, &conv, &req.agent).await?;
+    Ok(Json(Empty {}))
+}
+
+/// Closes a service conversation, by its assigned agent.
+#[utoipa::path(
+    post,
+    path = "/v1/conversations/{conv}/close",
+    params(ConvPath),
+    responses(
+        (status = 200, description = "The `closed` event is committed", body = Empty),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+    ),
+)]
 pub(super) async fn close(
     State(app): State<AppState>,
     Client(who): Client,
-    ApiPath(conv): ApiPath<String>,
-) -> Result<Response, ApiError> {
+    ApiPath(ConvPath { conv }): ApiPath<ConvPath>,
+) -> Result<Json<Empty>, ApiError> {
     app.messaging.close(&who, &conv).await?;
-    Ok(Json(serde_json::json!({})).into_response())
+    Ok(Json(Empty {}))
 }
 
-/// `POST /v1/conversations/{conv}/rating`, by its customer, once it is closed.
+/// Rates a closed service conversation, by its customer, once.
+#[utoipa::path(
+    post,
+    path = "/v1/conversations/{conv}/rating",
+    params(ConvPath),
+    request_body = RatingRequest,
+    responses(
+        (status = 200, description = "The `rated` event is committed", body = Empty),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+    ),
+)]
 pub(super) async fn rate(
     State(app): State<AppState>,
     Client(who): Client,
-    ApiPath(conv): ApiPath<String>,
+    ApiPath(ConvPath { conv }): ApiPath<ConvPath>,
     JsonBody(req): JsonBody<RatingRequest>,
-) -> Result<Response, ApiError> {
+) -> Result<Json<Empty>, ApiError> {
     app.messaging.rate(&who, &conv, req).await?;
-    Ok(Json(serde_json::json!({})).into_response())
+    Ok(Json(Empty {}))
 }
 
-/// `GET /v1/presence?uid=A&uid=B…`: the query is read by hand, as serde's
-/// urlencoded decoder does not collect a repeated key.
+/// Whether users who share a conversation with the caller are online.
+///
+/// The query is read by hand, as serde's urlencoded decoder does not collect a repeated
+/// key; so its parameter is declared here.
+#[utoipa::path(
+    get,
+    path = "/v1/presence",
+    params((
+        "uid" = Vec<String>,
+        Query,
+        description = "A user to ask about; repeat it (`uid=A&uid=B`), at most 100",
+        explode,
+    )),
+    responses((status = 200, description = "The asked users that share a conversation with the caller", body = PresenceResponse)),
+)]
 pub(super) async fn presence(
     State(app): State<AppState>,
     Client(who): Client,
@@ -288,15 +507,37 @@ pub(super) async fn presence(
     Ok(Json(app.messaging.presence(&who, uids).await?))
 }
 
-pub(super) async fn healthz(State(app): State<AppState>) -> Response {
-    let body = serde_json::json!({
-        "status": "ok",
-        "node": app.admin.node().id,
-        "connections": app.sessions.hub.len(),
-    });
-    axum::Json(body).into_response()
+/// `GET /healthz` answer.
+#[derive(Serialize, ToSchema)]
+pub(super) struct Health {
+    /// Always `ok`.
+    status: &'static str,
+    /// This node's id.
+    node: String,
+    /// Open WebSocket connections on this node.
+    connections: usize,
 }
 
+/// Liveness: answers while the process serves.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    responses((status = 200, description = "The node is up", body = Health)),
+)]
+pub(super) async fn healthz(State(app): State<AppState>) -> Json<Health> {
+    Json(Health {
+        status: "ok",
+        node: app.admin.node().id.clone(),
+        connections: app.sessions.hub.len(),
+    })
+}
+
+/// Prometheus metrics of this node (and, on a gateway, the shop gauges).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    responses((status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain", body = String)),
+)]
 pub(super) async fn metrics(State(app): State<AppState>) -> Response {
     // The shop gauges are read at scrape time, on the nodes that serve the admin API
     // (one set per cluster view, not one per worker), within a bound so that a slow

@@ -1,4 +1,5 @@
-//! Presentation layer: the axum router, the HTTP API and the WebSocket upgrade.
+//! Presentation layer: the axum router, the HTTP API and its OpenAPI description, and
+//! the WebSocket upgrade.
 //!
 //! It authenticates, enforces size limits, decodes, and turns business results into
 //! HTTP answers. It holds no messaging rules (those are in `business`) and no session
@@ -8,6 +9,7 @@ mod admin;
 pub mod auth;
 pub mod error;
 mod http;
+mod openapi;
 pub mod serve;
 mod web;
 mod ws;
@@ -15,9 +17,11 @@ mod ws;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::{delete, get, post, put};
+use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::task::TaskTracker;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::business::limits::Limits;
 use crate::business::{Admin, Messaging};
@@ -55,6 +59,10 @@ pub struct Shared {
     pub tracker: TaskTracker,
     /// This node's roles: which routes it serves.
     pub roles: Vec<crate::config::Role>,
+    /// Whether gateway nodes serve the chat widget and the agent console.
+    pub web: bool,
+    /// Whether gateway nodes serve `POST /dev/v1/token` (demo tokens for anyone).
+    pub dev_tokens: bool,
 }
 
 impl AppState {
@@ -72,33 +80,51 @@ impl std::ops::Deref for AppState {
 }
 
 /// The routes of this node's roles: every node serves `/healthz` and `/metrics`; a
-/// gateway the HTTP API, the admin API and the SDK (`/sdk/imd-client.js`); a worker
-/// `/v1/ws`.
+/// gateway the HTTP API, the admin API, the SDK (`/sdk/imd-client.js`) and the OpenAPI
+/// description of them all (`/openapi.json`); a worker `/v1/ws`.
+///
+/// Every HTTP route is registered through `routes!`, which puts its handler's
+/// `#[utoipa::path]` into the description as it adds the route: what `/openapi.json`
+/// describes is what this router serves (see [`openapi`]).
 pub fn router(state: AppState) -> Router {
     let roles = &state.roles;
-    let mut router = Router::new()
-        .route("/healthz", get(http::healthz))
-        .route("/metrics", get(http::metrics));
+    let doc = openapi::Document::default();
+    let mut api = OpenApiRouter::with_openapi(openapi::base())
+        .routes(routes!(http::healthz))
+        .routes(routes!(http::metrics));
     if roles.contains(&Role::Gateway) {
+        api = api
+            .routes(routes!(http::send))
+            .routes(routes!(http::sync))
+            .routes(routes!(http::conversations))
+            .routes(routes!(http::conversation))
+            .routes(routes!(http::history))
+            .routes(routes!(http::recall))
+            .routes(routes!(http::read))
+            .routes(routes!(http::close))
+            .routes(routes!(http::rate))
+            .routes(routes!(http::set_status))
+            .routes(routes!(http::agent))
+            .routes(routes!(http::shop_view))
+            .routes(routes!(http::transfer))
+            .routes(routes!(http::presence))
+            .routes(routes!(web::sdk))
+            .nest("/admin/v1", admin::routes())
+            .merge(openapi::routes(doc.clone()));
+        if state.dev_tokens {
+            api = api.routes(routes!(web::dev_token));
+        }
+    }
+    let (mut router, description) = api.split_for_parts();
+    doc.set(description);
+    if roles.contains(&Role::Gateway) && state.web {
+        // Pages, not API operations: left out of the description.
         router = router
-            .route("/v1/messages", post(http::send))
-            .route("/v1/sync", get(http::sync))
-            .route("/v1/conversations", get(http::conversations))
-            .route("/v1/conversations/{conv}", get(http::conversation))
-            .route("/v1/conversations/{conv}/messages", get(http::history))
-            .route(
-                "/v1/conversations/{conv}/messages/{seq}",
-                delete(http::recall),
-            )
-            .route("/v1/conversations/{conv}/read", post(http::read))
-            .route("/v1/conversations/{conv}/close", post(http::close))
-            .route("/v1/conversations/{conv}/rating", post(http::rate))
-            .route("/v1/agent/status", put(http::set_status))
-            .route("/v1/presence", get(http::presence))
-            .route("/sdk/imd-client.js", get(web::sdk))
-            .nest("/admin/v1", admin::routes());
+            .route("/chat/", get(web::chat))
+            .route("/console/", get(web::console));
     }
     if roles.contains(&Role::Worker) {
+        // Not in the description: a WebSocket upgrade is no HTTP operation.
         router = router.route("/v1/ws", get(ws::upgrade));
     }
     router.fallback(http::not_found).with_state(state)

@@ -556,6 +556,7 @@ mod tests {
         Delivery {
             msg: Bytes::from_static(b"{}"),
             to: vec![("nobody".into(), 1)],
+            generation: None,
         }
     }
 
@@ -618,6 +619,7 @@ mod tests {
             remote.deliver(Delivery {
                 msg: Bytes::from_static(b"{}"),
                 to: vec![("bob".into(), useq)],
+                generation: None,
             });
         }
         assert!(remote.goodbye("gw1", 7).await, "taken");
@@ -686,6 +688,7 @@ mod tests {
         remote.deliver(Delivery {
             msg: Bytes::from_static(b"{}"),
             to: vec![("bob".into(), 1)],
+            generation: None,
         });
         remote.notify(Notice {
             uids: vec!["bob".into()],

@@ -40,6 +40,8 @@ pub use embedded::EmbeddedStore;
 pub use error::StoreError;
 pub use redis::{NodeInfo, RedisStore, RouteAdded};
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use bytes::Bytes;
 use shared::protocol::{Event, Message};
@@ -422,5 +424,51 @@ pub trait MessageStore: Send + Sync + 'static {
     /// [`Deliver::lost`]: crate::business::Deliver::lost
     fn pushes_lost(&self) -> bool {
         false
+    }
+
+    /// The store's generation, as last verified: an id that changes when the store has
+    /// lost state it acknowledged, so that `useq`s and `seq`s may be given again.
+    /// Clients see it in every `sync` answer; workers compare it on every delivery.
+    fn generation(&self) -> Generation;
+
+    /// Checks whether the store lost acknowledged state since the last check, and
+    /// returns the generation now. A store that cannot lose what it acknowledged (the
+    /// embedded store fsyncs every commit) never changes it. The commit task calls
+    /// this after each commit and before delivering, so that nothing written after a
+    /// loss reaches a device under the generation from before it.
+    async fn verify_generation(&self) -> Result<Generation, StoreError> {
+        Ok(self.generation())
+    }
+}
+
+/// A store generation: `<unix ms of its creation>-<random>`. A later one is newer; a
+/// device that sees a new one has seen state that no longer exists (see
+/// `docs/protocol.md`, *Generations*).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Generation(pub Arc<str>);
+
+impl Generation {
+    /// A new generation, created at `now_ms`.
+    pub fn new(now_ms: i64) -> Self {
+        let rand = uuid::Uuid::now_v7().as_u128() as u32;
+        Generation(format!("{now_ms}-{rand:08x}").into())
+    }
+
+    /// When it was created (0 for an id not of this form).
+    pub fn created_ms(&self) -> i64 {
+        self.0
+            .split_once('-')
+            .and_then(|(ms, _)| ms.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Whether `self` came after `other`.
+    pub fn newer_than(&self, other: &Generation) -> bool {
+        (self.created_ms(), &*self.0) > (other.created_ms(), &*other.0)
+    }
+
+    /// The id.
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 }

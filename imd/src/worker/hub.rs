@@ -21,6 +21,7 @@ use super::outbox::{Out, Outbox};
 use super::{Delivery, Push, Unreachable, Worker};
 use crate::business::blacklist::Blacklist;
 use crate::business::{Identity, Presence};
+use crate::store::Generation;
 
 const SHARDS: usize = 64;
 
@@ -114,6 +115,20 @@ pub struct Hub {
     /// Nodes that said goodbye: the start time of the run that said it, and when (see
     /// [`Hub::farewell`]).
     farewells: Mutex<HashMap<String, (i64, Instant)>>,
+    /// The store generation this worker's devices are in (see
+    /// [`Hub::observe_generation`]); `None` before the first.
+    generation: Mutex<Option<Generation>>,
+}
+
+/// How a generation compares with the one a worker knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GenerationSeen {
+    /// The same (or the first one seen).
+    Same,
+    /// An older one: what carries it belongs to state the store no longer has.
+    Older,
+    /// A newer one: the store lost state; every device was told.
+    Newer,
 }
 
 /// How long a goodbye excuses its node's departure from the registry. The node
@@ -158,6 +173,40 @@ impl Hub {
             routes: OnceLock::new(),
             catch_up: Notify::new(),
             farewells: Mutex::new(HashMap::new()),
+            generation: Mutex::new(None),
+        }
+    }
+
+    /// Compares `g`, the generation of something about to reach this worker's devices,
+    /// with the one they are in. A newer one means the store lost state that devices
+    /// may have, so its `useq`s are being given again: every connection is closed with
+    /// `kick` `state_lost` before anything of the new generation reaches it, and its
+    /// device syncs again and sees the new generation in the answer.
+    pub fn observe_generation(&self, g: &Generation) -> GenerationSeen {
+        let mut known = self.generation.lock().unwrap_or_else(|e| e.into_inner());
+        match known.as_ref() {
+            Some(k) if k == g => GenerationSeen::Same,
+            Some(k) if k.newer_than(g) => GenerationSeen::Older,
+            Some(_) => {
+                *known = Some(g.clone());
+                drop(known);
+                let mut kicked = 0;
+                for c in self.all() {
+                    c.outbox.close("state_lost");
+                    kicked += 1;
+                }
+                metrics::counter!("imd_state_lost_kicks_total").increment(kicked);
+                tracing::error!(
+                    generation = g.as_str(),
+                    kicked,
+                    "the store lost state: every device syncs again"
+                );
+                GenerationSeen::Newer
+            }
+            None => {
+                *known = Some(g.clone());
+                GenerationSeen::Same
+            }
         }
     }
 
@@ -520,6 +569,17 @@ impl Worker for Hub {
     }
 
     fn deliver(&self, d: Delivery) {
+        if let Some(g) = &d.generation {
+            match self.observe_generation(&Generation(g.as_str().into())) {
+                GenerationSeen::Same => {}
+                // Devices were closed; they read the inbox as it is now.
+                GenerationSeen::Newer => return,
+                GenerationSeen::Older => {
+                    metrics::counter!("imd_stale_deliveries_total").increment(1);
+                    return;
+                }
+            }
+        }
         self.push(d.into_pushes());
     }
 
@@ -756,6 +816,40 @@ mod tests {
         assert_eq!(hub.kick_user("zed", "admin"), 0);
         assert_eq!(frames(&a1).1.as_deref(), Some("admin"));
         assert_eq!(frames(&a2).1.as_deref(), Some("admin"));
+    }
+
+    #[test]
+    fn a_newer_generation_closes_every_connection_and_an_older_one_is_dropped() {
+        let hub = hub();
+        let a = hub.register(who("a", "1"), addr(), 0);
+        let b = hub.register(who("b", "1"), addr(), 0);
+        let old = Generation("100-aa".into());
+        let new = Generation("200-bb".into());
+        assert_eq!(
+            hub.observe_generation(&old),
+            GenerationSeen::Same,
+            "the first"
+        );
+        assert_eq!(hub.observe_generation(&old), GenerationSeen::Same);
+        let push = |g: &Generation| Delivery {
+            msg: bytes::Bytes::from_static(b"{}"),
+            to: vec![("a".into(), 7)],
+            generation: Some(g.as_str().to_owned()),
+        };
+        Worker::deliver(&hub, push(&old));
+        assert_eq!(a.outbox.queued_pushes(), 1);
+        // A delivery of the new generation closes everyone before any of it is pushed.
+        Worker::deliver(&hub, push(&new));
+        assert_eq!(a.outbox.queued_pushes(), 1);
+        assert_eq!(frames(&a).1.as_deref(), Some("state_lost"));
+        assert_eq!(frames(&b).1.as_deref(), Some("state_lost"));
+        // A late delivery of the old one goes nowhere, even to a new connection.
+        let a2 = hub.register(who("a", "2"), addr(), 0);
+        Worker::deliver(&hub, push(&old));
+        assert_eq!(a2.outbox.queued_pushes(), 0);
+        assert_eq!(hub.observe_generation(&old), GenerationSeen::Older);
+        Worker::deliver(&hub, push(&new));
+        assert_eq!(a2.outbox.queued_pushes(), 1);
     }
 
     #[test]

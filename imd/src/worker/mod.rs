@@ -48,6 +48,9 @@ pub struct Delivery {
     pub msg: Bytes,
     /// `(uid, useq)` of each recipient on that worker.
     pub to: Vec<(String, u64)>,
+    /// The store generation the committing node verified after the commit; `None` for
+    /// entries read back from the store (a replay), which are of the current one.
+    pub generation: Option<String>,
 }
 
 impl Delivery {

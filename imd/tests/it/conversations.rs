@@ -673,6 +673,19 @@ async fn typing_reaches_the_other_members_and_a_flood_is_cut() {
     let mut b1 = imd.ws(&tok("bob", "b1")).await;
     let mut b2 = imd.ws(&tok("bob", "b2")).await;
     let mut carol = imd.ws(&tok("carol", "c1")).await;
+    // A direct conversation that nobody wrote in is nobody's: typing into it reaches
+    // no one (it would tell a stranger that someone is there).
+    let mut zed = imd.ws(&tok("zed", "z1")).await;
+    let stranger = direct_conv("alice", "zed");
+    a1.send_json(&json!({"type": "typing", "conv": stranger}))
+        .await;
+    let frames = zed.frames_for(Duration::from_millis(300)).await;
+    assert!(
+        !frames
+            .iter()
+            .any(|f| matches!(f, ServerFrame::Typing { .. })),
+        "typing into an empty direct conversation went through: {frames:?}"
+    );
     http.send_to(&tok("alice", "a1"), "bob", None, json!("hi"))
         .await;
 

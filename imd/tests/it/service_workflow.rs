@@ -579,3 +579,70 @@ async fn internal_notes_never_reach_the_customer() {
         .collect();
     assert!(kinds.contains(&(notes.into(), "notes".into())), "{kinds:?}");
 }
+
+/// What an agent's console reads and does: `GET /v1/agent` (availability, shops),
+/// `GET /v1/shops/{shop}` (the queue and the colleagues; agents of the shop only), and
+/// a handover by the assigned agent (`POST /v1/conversations/{conv}/transfer`): refused
+/// to anyone else, and to a colleague at the cap.
+#[tokio::test]
+async fn an_agent_sees_its_shop_and_hands_a_conversation_over() {
+    let imd = start();
+    let http = imd.http();
+    set_shop(&http, "s1", json!({"agents": ["a1", "a2"], "max_open": 1})).await;
+    let _a1 = imd.ws(&agent_tok("a1")).await;
+    let me = http.get("/v1/agent", Some(&agent_tok("a1"))).await;
+    assert_eq!(
+        me.assert_ok(),
+        &json!({"uid": "a1", "status": "available", "shops": ["s1"]})
+    );
+    http.send_to_shop(&tok("c1"), "s1", json!("first")).await;
+    http.send_to_shop(&tok("c2"), "s1", json!("second")).await;
+    let view = http.get("/v1/shops/s1", Some(&agent_tok("a2"))).await;
+    let view = view.assert_ok();
+    assert_eq!(
+        view["waiting"],
+        json!([{"conv": conv("s1", "c2"), "customer": "c2", "position": 1}])
+    );
+    assert_eq!(view["agents"][0]["uid"], "a1");
+    assert_eq!(view["agents"][0]["open"], 1);
+    assert_eq!(view["max_open"], 1);
+    http.get("/v1/shops/s1", Some(&tok("c1")))
+        .await
+        .assert_error(403, ErrorCode::Forbidden);
+    http.get("/v1/shops/nope", Some(&agent_tok("a1")))
+        .await
+        .assert_error(404, ErrorCode::NotFound);
+
+    let transfer = |token: String, agent: &'static str| {
+        let http = http.clone();
+        async move {
+            http.post_json(
+                &format!(
+                    "/v1/conversations/{}/transfer",
+                    encode_path(&conv("s1", "c1"))
+                ),
+                Some(&token),
+                &json!({ "agent": agent }),
+            )
+            .await
+        }
+    };
+    // Only the assigned agent hands over.
+    transfer(agent_tok("a2"), "a2")
+        .await
+        .assert_error(403, ErrorCode::Forbidden);
+    transfer(tok("c1"), "a2")
+        .await
+        .assert_error(403, ErrorCode::Forbidden);
+    // a2 is offline but below the cap: it takes c1, and a1, freed, takes c2.
+    transfer(agent_tok("a1"), "a2").await.assert_ok();
+    assert_eq!(agent_of(&http, "c1", "s1").await.as_deref(), Some("a2"));
+    wait_until(FRAME, "a1 took the waiting c2", || async {
+        agent_of(&http, "c2", "s1").await.as_deref() == Some("a1")
+    })
+    .await;
+    // Back to a full colleague: 409.
+    transfer(agent_tok("a2"), "a1")
+        .await
+        .assert_error(409, ErrorCode::Conflict);
+}

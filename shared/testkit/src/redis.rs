@@ -183,4 +183,17 @@ impl Redis {
     pub fn is_cluster(&self) -> bool {
         self.servers.len() > 1
     }
+
+    /// Empties every server (`FLUSHALL`): what a restart without persistence, or a
+    /// failover to an empty replica, leaves.
+    pub fn flush_all(&self) {
+        for s in &self.servers {
+            let answer = raw_command(s.port, "FLUSHALL").unwrap_or_default();
+            assert!(
+                answer.starts_with("+OK"),
+                "FLUSHALL on {}: {answer:?}",
+                s.port
+            );
+        }
+    }
 }

@@ -88,6 +88,13 @@ pub(super) async fn commit_loop(
         let result = store.commit(ops).await;
         metrics::histogram!("imd_commit_latency_seconds").record(started.elapsed().as_secs_f64());
         metrics::histogram!("imd_commit_batch_size").record(n as f64);
+        if result.is_ok() {
+            // Before anything of this commit reaches a device: if the store lost state,
+            // its generation moves first (see `MessageStore::verify_generation`).
+            if let Err(e) = store.verify_generation().await {
+                tracing::warn!(error = %e, "store generation not checked after a commit");
+            }
+        }
         match result {
             Ok(outcomes) => {
                 for (outcome, done) in outcomes.into_iter().zip(answers) {

@@ -7,7 +7,7 @@ use shared::protocol::{DEFAULT_PAGE, MAX_PAGE};
 
 use super::Messaging;
 use crate::business::{Error, Identity};
-use crate::store::Page;
+use crate::store::{Generation, Page};
 
 impl Messaging {
     /// The highest `seq` of `conv`.
@@ -51,14 +51,25 @@ impl Messaging {
         }
     }
 
-    /// The inbox of `uid` after `after`: what a device that has seen `after` missed.
+    /// The inbox of `uid` after `after`: what a device that has seen `after` missed, and
+    /// the store's generation.
     pub async fn sync(
         &self,
         uid: &str,
         after: u64,
         limit: Option<u32>,
-    ) -> Result<Page<(u64, Bytes)>, Error> {
-        Ok(self.0.store.inbox(uid, after, page_size(limit)).await?)
+    ) -> Result<(Page<(u64, Bytes)>, Generation), Error> {
+        // The generation is checked alongside: a device told of a new one starts over
+        // from the inbox's beginning instead of taking reused `useq`s for ones it has.
+        let (page, generation) = tokio::join!(
+            self.0.store.inbox(uid, after, page_size(limit)),
+            self.0.store.verify_generation()
+        );
+        let generation = generation.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "store generation not checked for a sync");
+            self.0.store.generation()
+        });
+        Ok((page?, generation))
     }
 
     /// Messages of `conv` after `seq`, for a member of it.

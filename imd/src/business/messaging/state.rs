@@ -185,6 +185,12 @@ impl Messaging {
             return Ok(());
         }
         let members = self.members_for(&who.uid, conv).await?;
+        // A direct conversation exists for any pair of uids: typing into one that holds
+        // no message yet would reach a stranger (and say they are online), so it goes
+        // nowhere until someone wrote in it.
+        if members.kind == ConvKind::Direct && self.0.store.last_seq(conv).await? == 0 {
+            return Ok(());
+        }
         let others = members.others(&who.uid);
         if !others.is_empty() {
             let frame = ServerFrame::Typing {

@@ -2,7 +2,10 @@
 //! conversation, and the customer's rating. The rules are `CustomerService`'s; this
 //! checks who asks and commits what it decided.
 
-use shared::protocol::{AgentStatus, RatingRequest};
+use shared::ids::ConvRef;
+use shared::protocol::{
+    AgentResponse, AgentStatus, QueueEntry, RatingRequest, ShopAgent, ShopView,
+};
 
 use super::Messaging;
 use crate::business::{Error, Identity};
@@ -37,6 +40,76 @@ impl Messaging {
     /// committed.
     pub async fn close(&self, who: &Identity, conv: &str) -> Result<(), Error> {
         let decisions = self.0.service.close(conv, Some(&who.uid)).await?;
+        self.submit_and_wait(decisions).await
+    }
+
+    /// The caller as an agent: its availability and its shops.
+    pub async fn agent(&self, who: &Identity) -> Result<AgentResponse, Error> {
+        let shops = self.0.dir.agent_shops(&who.uid).await?;
+        let away = self.0.dir.away(std::slice::from_ref(&who.uid)).await?;
+        Ok(AgentResponse {
+            uid: who.uid.clone(),
+            status: if away.first().copied().unwrap_or(false) {
+                AgentStatus::Away
+            } else {
+                AgentStatus::Available
+            },
+            shops,
+        })
+    }
+
+    /// A shop's queue and agents, for its agents (403 for anyone else).
+    pub async fn shop_view(&self, who: &Identity, shop: &str) -> Result<ShopView, Error> {
+        let settings = self
+            .0
+            .dir
+            .shop(shop)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("no such shop {shop:?}")))?;
+        if !settings.agents.contains(&who.uid) {
+            return Err(Error::Forbidden(format!("not an agent of shop {shop:?}")));
+        }
+        let waiting = self.0.dir.waiting(shop).await?;
+        let waiting = waiting
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, conv)| {
+                let customer = match ConvRef::parse(&conv) {
+                    Some(ConvRef::Service { customer, .. }) => customer.to_owned(),
+                    _ => return None,
+                };
+                Some(QueueEntry {
+                    conv,
+                    customer,
+                    position: i as u64 + 1,
+                })
+            })
+            .collect();
+        let agents = self
+            .0
+            .service
+            .agents(&settings)
+            .await?
+            .into_iter()
+            .map(|a| ShopAgent {
+                available: a.online && !a.away,
+                online: a.online,
+                uid: a.uid,
+                open: a.open,
+            })
+            .collect();
+        Ok(ShopView {
+            shop: shop.to_owned(),
+            max_open: settings.max_open,
+            waiting,
+            agents,
+        })
+    }
+
+    /// The assigned agent hands its conversation to `agent`, a colleague below the
+    /// cap: answered once the handover is committed.
+    pub async fn transfer(&self, who: &Identity, conv: &str, agent: &str) -> Result<(), Error> {
+        let decisions = self.0.service.transfer(conv, agent, Some(&who.uid)).await?;
         self.submit_and_wait(decisions).await
     }
 

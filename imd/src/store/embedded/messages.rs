@@ -19,7 +19,7 @@ use shared::protocol::Message;
 
 use super::{EmbeddedStore, scan_second};
 use crate::store::{
-    CommitOutcome, Committed, Content, ConvCursor, ConvEntry, IDEMPOTENCY_WINDOW_MS,
+    CommitOutcome, Committed, Content, ConvCursor, ConvEntry, Generation, IDEMPOTENCY_WINDOW_MS,
     JOIN_PUSH_TAIL, MessageStore, NewMessage, Op, Page, PageFill, Recall, RecallRefused,
     StoreError, recalled_json,
 };
@@ -420,6 +420,10 @@ fn conversations_page(
 
 #[async_trait]
 impl MessageStore for EmbeddedStore {
+    fn generation(&self) -> Generation {
+        self.generation.clone()
+    }
+
     async fn commit(&self, batch: Vec<Op>) -> Result<Vec<CommitOutcome>, StoreError> {
         if batch.is_empty() {
             return Ok(Vec::new());

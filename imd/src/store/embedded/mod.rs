@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::StoreError;
+use super::{Generation, StoreError};
 
 mod blacklist;
 mod groups;
@@ -29,7 +29,13 @@ mod shops;
 #[derive(Clone)]
 pub struct EmbeddedStore {
     db: Arc<Database>,
+    /// Made once when the data dir is created; never changes (see
+    /// [`MessageStore::generation`](crate::store::MessageStore::generation)).
+    generation: Generation,
 }
+
+/// `key` → value: facts about the database itself.
+const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 
 impl EmbeddedStore {
     /// Opens (or creates) the database file `dir/imd.redb`.
@@ -45,8 +51,23 @@ impl EmbeddedStore {
         blacklist::create_tables(&txn)?;
         shops::create_tables(&txn)?;
         groups::create_tables(&txn)?;
+        let generation = {
+            let mut meta = txn.open_table(META)?;
+            let stored = meta.get("generation")?.map(|g| g.value().to_owned());
+            match stored {
+                Some(g) => Generation(g.into()),
+                None => {
+                    let g = Generation::new(shared::time::now_ms());
+                    meta.insert("generation", g.as_str())?;
+                    g
+                }
+            }
+        };
         txn.commit()?;
-        Ok(Self { db: Arc::new(db) })
+        Ok(Self {
+            db: Arc::new(db),
+            generation,
+        })
     }
 
     /// Runs blocking database work off the async runtime.

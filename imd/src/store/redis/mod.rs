@@ -28,6 +28,7 @@ use redis::{Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value};
 use super::StoreError;
 
 mod blacklist;
+mod generation;
 mod groups;
 mod keys;
 mod messages;
@@ -221,6 +222,8 @@ pub struct RedisStore {
     pub(crate) spec: String,
     /// Other writers' messages whose inbox entries this store wrote (see `messages`).
     pub(crate) relayed: Arc<messages::Relayed>,
+    /// This process's view of the store's generation (see `generation`).
+    pub(crate) generation: Arc<generation::GenerationState>,
 }
 
 impl RedisStore {
@@ -230,6 +233,7 @@ impl RedisStore {
             conn: Conn::connect(spec).await?,
             spec: spec.to_string(),
             relayed: Arc::default(),
+            generation: Arc::default(),
         })
     }
 

@@ -547,12 +547,12 @@ async fn handle_text(
         }
         ClientFrame::Sync { after, limit } => Some(
             match ctx.messaging.sync(&conn.who.uid, after, limit).await {
-                Ok(page) => {
+                Ok((page, generation)) => {
                     // A last page ends at the inbox's head: pushes are owed after it.
                     if let (false, Some((last, _))) = (page.more, page.items.last()) {
                         st.reorder.start_after(*last);
                     }
-                    wire::synced_frame(&page.items, page.more)
+                    wire::synced_frame(&page.items, page.more, generation.as_str())
                 }
                 Err(e) => {
                     tracing::warn!(uid = %conn.who.uid, error = %e, "sync failed");

@@ -372,7 +372,7 @@ impl WsClient {
                 matches!(f, ServerFrame::Synced { .. })
             })
             .await;
-        let ServerFrame::Synced { msgs, more } = f else {
+        let ServerFrame::Synced { msgs, more, .. } = f else {
             unreachable!("matched a synced frame")
         };
         (msgs, more)

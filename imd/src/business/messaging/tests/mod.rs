@@ -210,7 +210,7 @@ async fn sends_commit_deliver_in_order_and_dedupe() {
             ),
         ]
     );
-    let page = m.sync("b", 0, None).await.unwrap();
+    let page = m.sync("b", 0, None).await.unwrap().0;
     assert_eq!(page.items.len(), 2);
     assert_eq!(
         m.history(&who("a"), "d:a~b", 1, None)
@@ -296,7 +296,7 @@ async fn lanes_keep_each_conversation_in_order() {
             .collect();
         assert_eq!(seqs, (1..=25).collect::<Vec<u64>>(), "{conv}");
     }
-    let inbox = r.m.sync("hub", 0, Some(1000)).await.unwrap();
+    let inbox = r.m.sync("hub", 0, Some(1000)).await.unwrap().0;
     let stored: Vec<u64> = inbox.items.iter().map(|(u, _)| *u).collect();
     assert_eq!(stored, (1..=200).collect::<Vec<u64>>());
     let mut useqs: Vec<u64> = delivered
@@ -345,7 +345,7 @@ fn sorted<const N: usize>(uids: [&str; N]) -> Vec<String> {
 
 /// The `seq`s of the messages in `uid`'s inbox, in inbox order.
 async fn inbox_seqs(m: &Messaging, uid: &str) -> Vec<u64> {
-    let page = m.sync(uid, 0, None).await.unwrap();
+    let page = m.sync(uid, 0, None).await.unwrap().0;
     let seq = |j: &Bytes| serde_json::from_slice::<serde_json::Value>(j).unwrap()["seq"].as_u64();
     page.items.iter().map(|(_, j)| seq(j).unwrap()).collect()
 }
@@ -536,7 +536,7 @@ async fn concurrent_customers_of_two_shops_are_each_assigned_once() {
     // Which agents' inboxes hold each conversation.
     let mut holders: std::collections::HashMap<String, Vec<&str>> = Default::default();
     for a in ["a1", "a2", "a3"] {
-        let page = r.m.sync(a, 0, Some(1000)).await.unwrap();
+        let page = r.m.sync(a, 0, Some(1000)).await.unwrap().0;
         let mut convs: Vec<String> = page.items.iter().map(|(_, j)| parse_conv(j)).collect();
         convs.sort();
         convs.dedup();

@@ -126,7 +126,8 @@ use futures_util::future::try_join_all;
 use super::RedisStore;
 use super::keys::{SHARDS, conv_key, user_key};
 use crate::store::{
-    CommitOutcome, Committed, ConvCursor, ConvEntry, MessageStore, Op, Page, PageFill, StoreError,
+    CommitOutcome, Committed, ConvCursor, ConvEntry, Generation, MessageStore, Op, Page, PageFill,
+    StoreError,
 };
 
 mod commit;
@@ -285,6 +286,18 @@ impl RedisStore {
 
 #[async_trait]
 impl MessageStore for RedisStore {
+    fn generation(&self) -> Generation {
+        self.known_generation()
+    }
+
+    async fn verify_generation(&self) -> Result<Generation, StoreError> {
+        let (generation, changed) = self.verify().await?;
+        if changed {
+            metrics::counter!("imd_state_lost_total").increment(1);
+        }
+        Ok(generation)
+    }
+
     async fn commit(&self, batch: Vec<Op>) -> Result<Vec<CommitOutcome>, StoreError> {
         if batch.is_empty() {
             return Ok(Vec::new());
