@@ -277,6 +277,17 @@ impl App {
             .await
             .context("loading the blacklist")?;
         tracing::debug!(entries = n, "blacklist loaded");
+        if self.state.dev_tokens {
+            tracing::warn!(
+                "--dev-tokens: POST /dev/v1/token mints a token for any uid to anyone who \
+                 can reach this server; for trying the pages only, never in production"
+            );
+            self.state
+                .admin
+                .demo_shop()
+                .await
+                .context("setting up the demo shop")?;
+        }
         Ok(())
     }
 

@@ -641,6 +641,15 @@ export class ImdClient {
    * @param {{to?: string, conv?: string, shop?: string, body: unknown, cid?: string}} m
    * @returns {Promise<object>}
    */
+  /** The conversation a `to` or `shop` send goes to, once the uid is known. */
+  #convOf(m) {
+    const me = this.#uid;
+    if (!me) return null;
+    if (m.to !== undefined) return me <= m.to ? `d:${me}~${m.to}` : `d:${m.to}~${me}`;
+    if (m.shop !== undefined) return `s:${m.shop}~${me}`;
+    return null;
+  }
+
   send(m) {
     const targets = ['to', 'conv', 'shop'].filter((k) => m?.[k] !== undefined);
     if (targets.length !== 1) {
@@ -650,6 +659,10 @@ export class ImdClient {
       return Promise.reject(new ImdError('bad_request', 'a message needs a body (any JSON but null)'));
     }
     if (this.#closed) return Promise.reject(new ImdError('closed', 'the client was closed'));
+    // The other side stops showing us typing when this message arrives: typing again
+    // right after it must not wait for the throttle.
+    const conv = m.conv ?? this.#convOf(m);
+    if (conv) this.#typingSent.delete(conv);
     const cid = m.cid ?? globalThis.crypto.randomUUID();
     const existing = this.#pending.get(cid);
     if (existing) return existing.promise;

@@ -26,6 +26,10 @@ use super::words::{WordFilter, Words, WordsPolicy};
 use super::{Devices, Error, stats};
 use crate::store::{DirectoryStore, Shop};
 
+/// The shop `--dev-tokens` sets up, and its agent.
+const DEMO_SHOP: &str = "demo";
+const DEMO_AGENT: &str = "ann";
+
 /// The most shops with per-shop gauges (see [`Admin::export_shop_metrics`]).
 pub const SHOP_METRICS_MAX: usize = 100;
 
@@ -268,6 +272,28 @@ impl Admin {
         self.dir.set_shop(shop, settings).await?;
         let decisions = self.messaging.service().drain(shop).await?;
         self.messaging.submit(decisions).await
+    }
+
+    /// With `--dev-tokens`: the shop `demo` with the agent `ann` and a welcome
+    /// message, so that the pages can be tried at once; left alone when it exists.
+    pub async fn demo_shop(&self) -> Result<(), Error> {
+        if self.dir.shop(DEMO_SHOP).await?.is_some() {
+            return Ok(());
+        }
+        self.set_shop(
+            DEMO_SHOP,
+            ShopAgents {
+                agents: vec![DEMO_AGENT.to_owned()],
+                max_open: 0,
+                welcome: Some(serde_json::json!({"text": "Hello! How can we help?"})),
+                away: Some(serde_json::json!({
+                    "text": "Nobody is at the desk right now; we will answer as soon as we are back."
+                })),
+            },
+        )
+        .await?;
+        tracing::info!(shop = DEMO_SHOP, agent = DEMO_AGENT, "demo shop set up");
+        Ok(())
     }
 
     /// A shop's agents and settings.

@@ -1,6 +1,6 @@
 //! What imd serves to browsers: the SDK, the chat widget and the agent console (on
 //! unless `--web false`), and the demo-token endpoint (off unless `--dev-tokens`, and
-//! refused on anything but a loopback listen address).
+//! refused on anything but a loopback listen address), with its demo shop.
 
 use std::process::{Command, Stdio};
 
@@ -64,6 +64,9 @@ async fn the_sdk_and_the_pages_are_served_unless_turned_off() {
 async fn dev_tokens_only_when_asked_for() {
     let imd = start(&["--dev-tokens"]);
     let http = imd.http();
+    // The demo shop is there for the pages.
+    let demo = http.get("/admin/v1/shops/demo/agents", Some(ADMIN)).await;
+    assert_eq!(demo.assert_ok()["agents"], json!(["ann"]));
     let minted = http
         .post_json(
             "/dev/v1/token",

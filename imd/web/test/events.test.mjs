@@ -25,6 +25,8 @@ test('typing reaches the other side and expires; a recall reaches it as an event
   assert.equal(alice.events.typing.length, 0, 'not echoed to the typist');
 
   const second = await alice.client.send({ to: 'bob', body: 'oops' });
+  // Sending ends the throttle: bob stopped showing alice typing when the message came.
+  assert.equal(alice.client.typing(CONV), true, 'typing right after a send is not throttled');
   assert.deepEqual(await alice.client.recall(CONV, second.seq), { conv: CONV, seq: second.seq });
   const recalled = await waitFor(() => bob.events.recalled[0], { what: 'bob to see the recall' });
   assert.equal(recalled.conv, CONV);

@@ -145,6 +145,9 @@ async fn typing_crosses_workers_and_a_flood_is_cut() {
     let mut b1 = c.connect(&c.w2, "bob", "b1").await;
     let mut b2 = c.connect(&c.w1, "bob", "b2").await;
     let mut carol = c.connect(&c.w2, "carol", "c1").await;
+    // Typing goes nowhere in a direct conversation nobody wrote in yet.
+    http.send_to(&tok("alice", "a1"), "bob", None, json!("hi"))
+        .await;
 
     let t = Instant::now();
     a1.send_json(&json!({"type": "typing", "conv": conv})).await;
