@@ -34,6 +34,8 @@ use crate::scenario::{self, Outcome};
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long connection tasks get to close after the stop before they are aborted.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// Deadline of one HTTP call of a connection (a shop agent's close).
+const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Coordinator → agent, after the plan.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -161,8 +163,13 @@ async fn run_load(
     // Tokens outlive the run by an hour, whatever happens to it.
     let valid_for =
         Duration::from_millis(plan.ramp_ms + plan.duration_ms) + Duration::from_secs(3600);
+    let http = reqwest::Client::builder()
+        .timeout(HTTP_TIMEOUT)
+        .build()
+        .context("building the HTTP client")?;
     let ctx = Arc::new(Ctx {
         minter: TokenMinter::new(token_secret.expose(), valid_for),
+        http,
         ws_config: crate::dial::ws_config(plan.read_buffer),
         endpoints,
         clock,
@@ -238,6 +245,7 @@ async fn run_load(
         // follow the stop are imbench's own).
         open_at_stop: counters.opened + counters.reconnects - counters.dropped,
         pushes: ctx.stats.take_pushes(),
+        service: ctx.plan.workflow().then(|| ctx.stats.service.take_report()),
         errors: ctx.stats.errors(),
     };
     Ok(report)

@@ -126,6 +126,28 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 2)]
     pub shop_agents: u64,
 
+    /// Open conversations one shop agent may hold at once (service scenario; 0: no
+    /// cap), set with the shops' agents (`max_open`). With more customers than agents
+    /// × N, new conversations wait in the shop's queue until an agent closes one (see
+    /// `--close-after`). With this flag or `--close-after`, imbench also measures queue
+    /// waits (the customer message that opened a conversation which then waited → the
+    /// `assigned` event at the customer), counts assignments and closes, and has each
+    /// agent count its own open conversations from the events in its inbox: the run
+    /// fails if any agent is ever above N. Customer messages an agent receives with its
+    /// assignment are checked for delivery but left out of the send → push latency
+    /// (they include the wait).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub max_open: u32,
+
+    /// Each shop agent closes a conversation (`POST /v1/conversations/{conv}/close`,
+    /// with its agent token) once imd has acknowledged K replies of its into it, and
+    /// answers no more of its messages until the customer's next message opens it
+    /// again (service scenario; 0: never close, the default). A close not answered
+    /// with 200 within 10 s counts as failed, and the agent answers the conversation
+    /// again as if it had not tried.
+    #[arg(long, default_value_t = 0, value_name = "K")]
+    pub close_after: u64,
+
     /// How long the load lasts once every connection has been opened.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub duration: Duration,

@@ -16,13 +16,15 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::{Clock, Timeline};
 use crate::dial::{Endpoint, TokenMinter};
 use crate::plan::AgentPlan;
-use crate::report::{self, Counters, ErrorSample, LiveCounters, PushTimes};
+use crate::report::{self, Counters, ErrorSample, LiveCounters, LiveService, PushTimes};
 
 /// Live counters of one agent, shared by its connection tasks.
 #[derive(Debug, Default)]
 pub struct Stats {
     /// The counters of [`Counters`], one atomic each.
     pub(crate) counts: LiveCounters,
+    /// The customer-service workflow's figures (`--max-open`, `--close-after`).
+    pub(crate) service: LiveService,
     first_open_ms: AtomicU64,
     last_open_ms: AtomicU64,
     // std Mutexes: a record is a few nanoseconds and never awaits.
@@ -172,6 +174,9 @@ pub struct Ctx {
     pub endpoints: Vec<Endpoint>,
     /// Token minting.
     pub minter: TokenMinter,
+    /// HTTP client for the few calls a scenario makes besides its WebSocket (a shop
+    /// agent's closes); one pool per agent process.
+    pub http: reqwest::Client,
     /// Client WebSocket settings.
     pub ws_config: WebSocketConfig,
     /// The plan's clock.
@@ -193,6 +198,14 @@ impl Ctx {
         let shift = if self.plan.spread { attempt } else { 0 };
         &self.endpoints
             [(own + (shift % self.endpoints.len() as u64) as usize) % self.endpoints.len()]
+    }
+
+    /// The HTTP base URL (`http://host:port`) of global connection `i`'s own target.
+    pub fn http_base(&self, i: u64) -> String {
+        format!(
+            "http://{}",
+            self.plan.targets[self.plan.target_of(i)].authority
+        )
     }
 
     /// Source address of global connection `i`.

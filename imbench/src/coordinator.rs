@@ -329,6 +329,8 @@ pub async fn run_plan(
         group_size: (plan.scenario == Scenario::Group).then_some(plan.group_size),
         shop_size: (plan.scenario == Scenario::Service).then_some(plan.shop_size),
         shop_agents: (plan.scenario == Scenario::Service).then_some(plan.shop_agents),
+        max_open: plan.workflow().then_some(plan.max_open),
+        close_after: plan.workflow().then_some(plan.close_after),
         local_agents: agents.local,
         remote_agents: agents.remote.clone(),
         wall_s: wall.elapsed().as_secs_f64(),

@@ -25,7 +25,8 @@
 //! - [`clock`]: the plan's clock (Unix time ↔ `Instant`) and its phases.
 //! - [`conn`]: what an agent's connection tasks share: plan, endpoints, live counters.
 //! - [`dial`]: token minting, source-address binding, the WebSocket handshake.
-//! - [`scenario`]: what each connection does (`idle`; `chat`, `group`, `service`).
+//! - [`scenario`]: what each connection does (`idle`; `chat`, `group`, `service`,
+//!   and the service workflow of caps, queue and closes).
 //! - [`setup`]: groups' members and shops' agents through the admin API.
 //! - [`verify`]: per-device sequence bookkeeping and the loss/duplicate arithmetic.
 //! - [`report`]: histogram transport, latency summaries, the JSON report, the summary.

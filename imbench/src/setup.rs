@@ -1,5 +1,6 @@
 //! Set-up through imd's admin API before a run: the members of every group (`group`)
-//! and the agents of every shop (`service`), one `PUT` per unit, a few in flight.
+//! and the agents of every shop (`service`, with `--max-open` as the shop's
+//! `max_open`), one `PUT` per unit, a few in flight.
 //!
 //! The coordinator calls it once, before any agent starts; it must not open
 //! WebSockets or touch the load. A unit whose set-up fails fails the run before it
@@ -93,10 +94,54 @@ fn unit_request(plan: &RunPlan, k: u64) -> (String, serde_json::Value) {
                 "{api}/admin/v1/shops/{}/agents",
                 crate::plan::shop_id(&plan.run_id, k)
             ),
-            serde_json::to_value(ShopAgents::agents(uids(
-                first..(first + plan.shop_agents).min(end),
-            )))
+            serde_json::to_value(ShopAgents {
+                max_open: plan.max_open,
+                ..ShopAgents::agents(uids(first..(first + plan.shop_agents).min(end)))
+            })
             .expect("an agent list serializes"),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{RunPlan, Target};
+
+    #[test]
+    fn a_shops_agents_go_with_its_cap() {
+        let mut plan = RunPlan {
+            run_id: "r".into(),
+            scenario: Scenario::Service,
+            targets: vec![Target::parse("http://127.0.0.1:1").unwrap()],
+            token_secret: "s".parse().unwrap(),
+            connections: 10,
+            ramp_per_s: 100.0,
+            rate_per_s: 10.0,
+            duration_ms: 1000,
+            drain_ms: 1000,
+            source_ips: Vec::new(),
+            verify: true,
+            connect_timeout_ms: 1000,
+            heartbeat_ms: 0,
+            read_buffer: 4096,
+            spread: false,
+            read_receipts: false,
+            api: None,
+            admin_token: None,
+            group_size: 3,
+            shop_size: 5,
+            shop_agents: 2,
+            max_open: 3,
+            close_after: 2,
+        };
+        let (url, body) = unit_request(&plan, 1);
+        assert_eq!(url, "http://127.0.0.1:1/admin/v1/shops/brs1/agents");
+        assert_eq!(
+            body,
+            serde_json::json!({"agents": ["bru5", "bru6"], "max_open": 3})
+        );
+        plan.max_open = 0;
+        assert_eq!(unit_request(&plan, 0).1["max_open"], 0, "no cap");
     }
 }

@@ -44,6 +44,12 @@ pub struct AgentPlan {
     pub unit: u64,
     /// Agents per shop (service): the first connections of each shop.
     pub shop_agents: u64,
+    /// Open conversations one shop agent may hold (service; 0: no cap).
+    #[serde(default)]
+    pub max_open: u32,
+    /// Replies after which a shop agent closes a conversation (service; 0: never).
+    #[serde(default)]
+    pub close_after: u64,
     /// Ramp length over all agents.
     pub ramp_ms: u64,
     /// Pause between the ramp and the load.
@@ -81,6 +87,12 @@ impl AgentPlan {
     /// Global indices of this agent's connections.
     pub fn indices(&self) -> std::ops::Range<u64> {
         self.first..self.first + self.count
+    }
+
+    /// Whether the service scenario runs the workflow of caps, queue and closes
+    /// (`--max-open` or `--close-after`); without it, the scenario is as it was.
+    pub fn workflow(&self) -> bool {
+        self.scenario == Scenario::Service && (self.max_open > 0 || self.close_after > 0)
     }
 
     /// The chat peer of global connection `i`, if it has one.

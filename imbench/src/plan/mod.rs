@@ -77,6 +77,10 @@ pub struct RunPlan {
     pub shop_size: u64,
     /// Agents per shop (service scenario).
     pub shop_agents: u64,
+    /// Open conversations one shop agent may hold (service; 0: no cap).
+    pub max_open: u32,
+    /// Replies after which a shop agent closes a conversation (service; 0: never).
+    pub close_after: u64,
 }
 
 impl RunPlan {
@@ -104,6 +108,15 @@ impl RunPlan {
             }
             Scenario::Idle | Scenario::Chat => {}
         }
+        ensure!(
+            args.scenario == Scenario::Service || (args.max_open == 0 && args.close_after == 0),
+            "--max-open and --close-after need the service scenario"
+        );
+        ensure!(
+            args.max_open <= shared::admin::MAX_OPEN_LIMIT,
+            "--max-open is at most {} (imd's limit)",
+            shared::admin::MAX_OPEN_LIMIT
+        );
         if matches!(args.scenario, Scenario::Group | Scenario::Service) {
             ensure!(
                 args.admin_token.is_some(),
@@ -180,7 +193,15 @@ impl RunPlan {
             group_size: args.group_size,
             shop_size: args.shop_size,
             shop_agents: args.shop_agents,
+            max_open: args.max_open,
+            close_after: args.close_after,
         })
+    }
+
+    /// Whether the service scenario runs the workflow of caps, queue and closes
+    /// (`--max-open` or `--close-after`).
+    pub fn workflow(&self) -> bool {
+        self.scenario == Scenario::Service && (self.max_open > 0 || self.close_after > 0)
     }
 
     /// Connections that belong together and must share an agent process (for the
@@ -318,6 +339,8 @@ impl RunPlan {
                 senders,
                 unit,
                 shop_agents: self.shop_agents,
+                max_open: self.max_open,
+                close_after: self.close_after,
                 ramp_ms: self.ramp_ms(),
                 settle_ms: SETTLE_MS,
                 duration_ms: self.duration_ms,
@@ -469,6 +492,8 @@ mod tests {
             group_size: 5,
             shop_size: 5,
             shop_agents: 2,
+            max_open: 0,
+            close_after: 0,
         }
     }
 

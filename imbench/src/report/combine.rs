@@ -5,8 +5,8 @@
 
 use super::{
     AgentReport, AgentSection, ConnectionsSection, Counters, DeliveryGap, LatencySummary,
-    MessagesSection, PushTimes, Report, RunSection, ThroughputSection, VerifyCounts, add_error,
-    distribution, new_histogram,
+    MessagesSection, PushTimes, Report, RunSection, ServiceSection, ThroughputSection,
+    VerifyCounts, add_error, distribution, new_histogram,
 };
 
 /// Adds up agent reports into the report's sections. `statuses[i]` says what became
@@ -92,11 +92,41 @@ pub fn combine(
             failures.push(format!("agent {}: {}", a.agent, a.status));
         }
     }
+    let service = (run.max_open.is_some() || run.close_after.is_some()).then(|| {
+        let reports: Vec<_> = finals
+            .iter()
+            .flatten()
+            .filter_map(|r| r.service.as_ref())
+            .collect();
+        let mut s = ServiceSection::combine(
+            run.max_open.unwrap_or(0),
+            run.close_after.unwrap_or(0),
+            &reports,
+        );
+        s.waiting_at_end = verify.waiting;
+        s.misrouted = verify.misrouted;
+        s
+    });
+    // The cap check holds whether or not delivery is verified.
+    if let Some(s) = service.as_ref().filter(|s| s.over_cap > 0) {
+        failures.push(format!(
+            "an agent held more open conversations than --max-open {} ({} time(s) over; \
+             at most {} at once): see the `over cap` error sample",
+            s.max_open, s.over_cap, s.max_open_per_agent
+        ));
+    }
     if run.verify {
         if verify.lost > 0 {
             failures.push(format!(
                 "{} acknowledged message(s) never reached the recipient",
                 verify.lost
+            ));
+        }
+        if verify.misrouted > 0 {
+            failures.push(format!(
+                "{} acknowledged customer message(s) missed the agent their conversation was \
+                 with (by its events) and reached another agent",
+                verify.misrouted
             ));
         }
         if verify.lost_echo > 0 {
@@ -145,6 +175,7 @@ pub fn combine(
             delivered_per_s: per_second(counters.delivered, traffic_ms),
         },
         delivery_gap,
+        service,
         ok: failures.is_empty(),
         failures,
         agents,
@@ -306,6 +337,51 @@ mod tests {
         // without --verify a loss count is not a failure
         let finals = vec![Some(agent(0, 10, 1000, 2, 1_000))];
         assert!(combine(run(false), &[10], &finals, &["ok".into()], 0.0).ok);
+    }
+
+    #[test]
+    fn an_agent_over_its_cap_fails_the_run_verified_or_not() {
+        use crate::report::ServiceReport;
+        let with = |over_cap: u64, verify: bool| {
+            let mut a = agent(0, 10, 100, 0, 1_000);
+            a.service = Some(ServiceReport {
+                max_open_per_agent: 2 + over_cap.min(1),
+                over_cap,
+                queued: 3,
+                ..Default::default()
+            });
+            a.verify = Some(VerifyCounts {
+                waiting: 4,
+                ..Default::default()
+            });
+            let mut run = run(verify);
+            run.scenario = "service".into();
+            run.max_open = Some(2);
+            run.close_after = Some(3);
+            combine(run, &[10], &[Some(a)], &["ok".into()], 0.0)
+        };
+        let r = with(0, true);
+        assert!(r.ok, "{:?}", r.failures);
+        let s = r.service.as_ref().unwrap();
+        assert_eq!((s.max_open, s.close_after, s.queued), (2, 3, 3));
+        assert_eq!((s.max_open_per_agent, s.waiting_at_end), (2, 4));
+        assert!(summary(&r).contains("max open per agent 2 (cap 2 held)"));
+        for verify in [true, false] {
+            let r = with(1, verify);
+            assert!(!r.ok);
+            assert!(r.failures[0].contains("--max-open 2"), "{:?}", r.failures);
+            assert!(summary(&r).contains("OVER cap 2"));
+        }
+        // no workflow, no section
+        let r = combine(
+            run(true),
+            &[10],
+            &[Some(agent(0, 10, 1, 0, 5))],
+            &["ok".into()],
+            0.0,
+        );
+        assert!(r.service.is_none());
+        assert!(serde_json::to_value(&r).unwrap().get("service").is_none());
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! - [`latency`]: histograms, their wire form, percentile summaries.
 //! - [`sections`]: the JSON report's shape.
 //! - [`combine`]: adding agents' reports up into that shape, and the pass/fail verdict.
+//! - [`service`]: the customer-service workflow's figures (queue waits, caps).
 //! - [`summary`]: the human summary.
 
 use serde::{Deserialize, Serialize};
@@ -16,6 +17,7 @@ pub mod combine;
 pub mod counters;
 pub mod latency;
 pub mod sections;
+pub mod service;
 pub mod summary;
 
 pub use combine::{combine, longest_silence, per_second};
@@ -27,6 +29,7 @@ pub use sections::{
     AgentSection, ConnectionsSection, DeliveryGap, MessagesSection, Report, RunSection,
     ThroughputSection,
 };
+pub use service::{LiveService, ServiceReport, ServiceSection};
 pub use summary::summary;
 
 /// End-of-run delivery check of one agent's pairs.
@@ -42,6 +45,15 @@ pub struct VerifyCounts {
     pub received_unacked: u64,
     /// Acknowledged messages to a device that never connected: not counted as lost.
     pub undeliverable: u64,
+    /// Acknowledged customer messages whose conversation still waited in the shop's
+    /// queue at the end (`--max-open`): owed to no agent yet, not counted as lost.
+    #[serde(default)]
+    pub waiting: u64,
+    /// Acknowledged customer messages that missed the agent their conversation was
+    /// with (as its events told the customer) but reached another agent of the shop:
+    /// imd's events and its deliveries disagree (`--max-open`, `--close-after`).
+    #[serde(default)]
+    pub misrouted: u64,
 }
 
 impl VerifyCounts {
@@ -52,6 +64,8 @@ impl VerifyCounts {
         self.unacked += o.unacked;
         self.received_unacked += o.received_unacked;
         self.undeliverable += o.undeliverable;
+        self.waiting += o.waiting;
+        self.misrouted += o.misrouted;
     }
 }
 
@@ -109,6 +123,9 @@ pub struct AgentReport {
     /// When its devices received new pushes (None: never).
     #[serde(default)]
     pub pushes: Option<PushTimes>,
+    /// The customer-service workflow's figures (`--max-open`, `--close-after`).
+    #[serde(default)]
+    pub service: Option<ServiceReport>,
 }
 
 /// When one agent's devices received new pushes (unix µs): the first and the last,

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Counters, ErrorSample, LatencySummary, Quantile, VerifyCounts};
+use super::{Counters, ErrorSample, LatencySummary, Quantile, ServiceSection, VerifyCounts};
 
 /// `connections` of the report.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -127,6 +127,13 @@ pub struct RunSection {
     /// Agents per shop (service).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shop_agents: Option<u64>,
+    /// Open conversations one agent may hold (service with `--max-open`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_open: Option<u32>,
+    /// Replies after which an agent closes a conversation (service with
+    /// `--close-after`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub close_after: Option<u64>,
     /// Local agent processes (0 and no remote agents: in the coordinator).
     pub local_agents: usize,
     /// Remote agents (`host:port`).
@@ -160,6 +167,10 @@ pub struct Report {
     /// The longest pause in deliveries.
     #[serde(default)]
     pub delivery_gap: DeliveryGap,
+    /// The customer-service workflow (`--max-open`, `--close-after`): queue waits,
+    /// assignments, closes, the cap check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceSection>,
     /// Per agent.
     pub agents: Vec<AgentSection>,
     /// Errors by kind, all agents.

@@ -60,6 +60,45 @@ pub fn summary(r: &Report) -> String {
             "  ack ms       p50 {:.3}  p99 {:.3}  max {:.3}  (send→sent)",
             a.p50, a.p99, a.max
         );
+        if let Some(sv) = &r.service {
+            let w = &sv.queue_wait_ms;
+            let _ = writeln!(
+                s,
+                "  queue wait   p50 {:.3}  p99 {:.3}  max {:.3} ms  (n={}, opening message → assigned \
+                 push at the customer)",
+                w.p50, w.p99, w.max, w.count
+            );
+            let _ = writeln!(
+                s,
+                "  service      max_open {}  close_after {}  assignments {}  queued {}  closes {} \
+                 (failed {}; p50 {:.3} p99 {:.3} ms)  max queue position {}  queue frames {}",
+                sv.max_open,
+                sv.close_after,
+                sv.assignments,
+                sv.queued,
+                sv.closes,
+                sv.close_errors,
+                sv.close_ms.p50,
+                sv.close_ms.p99,
+                sv.max_queue_position,
+                sv.queue_frames
+            );
+            let _ = writeln!(
+                s,
+                "  caps         max open per agent {}{}  delivered at assignment {}  history {}  \
+                 waiting at end {}  misrouted {}",
+                sv.max_open_per_agent,
+                match (sv.max_open, sv.over_cap) {
+                    (0, _) => " (no cap)".to_string(),
+                    (cap, 0) => format!(" (cap {cap} held)"),
+                    (cap, n) => format!(" (OVER cap {cap}, {n} time(s))"),
+                },
+                sv.delivered_at_assignment,
+                sv.history,
+                sv.waiting_at_end,
+                sv.misrouted
+            );
+        }
         let t = &r.throughput;
         let _ = writeln!(
             s,

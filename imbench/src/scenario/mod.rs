@@ -7,6 +7,7 @@
 //! agent's stop token is cancelled.
 
 pub mod idle;
+pub mod service;
 pub mod traffic;
 
 use std::sync::Arc;

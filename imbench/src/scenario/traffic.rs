@@ -20,19 +20,31 @@
 //! another member of its unit is answered with a `read` frame for its `seq`, written
 //! with the next batch of acks.
 //!
+//! With `--max-open` or `--close-after` (the service workflow), the shops' agents are
+//! capped, each agent closes a conversation after K replies, conversations wait in the
+//! shop's queue, and [`super::service`] keeps each connection's view of it: an agent
+//! holds back pushes of conversations it does not hold until an event tells this
+//! opening's messages from history, counts its open conversations against the cap, and
+//! answers only K messages per opening; a customer measures its queue waits and knows
+//! which agent owes each of its messages, which is what [`check`] then expects.
+//!
 //! A dropped connection reconnects (bounded backoff), resends its unacknowledged
 //! messages with the same `cid` (the server must not create them twice) and catches up
 //! with `sync`.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use shared::protocol::{ClientFrame, Message, SendRequest, ServerFrame};
+use shared::ids::ConvRef;
+use shared::protocol::{ClientFrame, Event, Message, SendRequest, ServerFrame};
+use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
+use super::service::{AgentDesk, CustomerDesk, HeldBack, Owed};
 use super::{Outcome, close, dropped, open_first, reconnect, send_text};
 use crate::conn::{Ctx, bump};
 use crate::dial::Ws;
@@ -61,6 +73,8 @@ pub struct TrafficLog {
     pub seen: HashMap<u64, SeqSet>,
     /// The device's `useq` stream.
     pub device: DeviceLog,
+    /// A customer's view of its conversation (service workflow).
+    pub customer: Option<CustomerDesk>,
 }
 
 impl TrafficLog {
@@ -83,6 +97,16 @@ enum End {
     Dropped(String),
 }
 
+/// How a shop agent's close call went.
+struct CloseDone {
+    /// Whose conversation.
+    customer: u64,
+    /// imd's answer.
+    outcome: Result<(), String>,
+    /// From sending it to the answer.
+    took: Duration,
+}
+
 struct Traffic<'a> {
     ctx: &'a Ctx,
     i: u64,
@@ -99,6 +123,13 @@ struct Traffic<'a> {
     /// Read receipts to write after `queued` (`--read-receipts`); kept across a
     /// reconnect, since a receipt is as good later.
     receipts: Vec<String>,
+    /// A shop agent's desk (service workflow).
+    desk: Option<AgentDesk>,
+    /// A shop agent's close calls in flight. Dropped, with the connection's task, at
+    /// the end: the calls are aborted.
+    closes: JoinSet<CloseDone>,
+    /// A shop agent's token for its HTTP calls, minted at its first close.
+    token: Option<String>,
 }
 
 /// Runs connection `i` until the stop.
@@ -127,7 +158,7 @@ pub async fn run(ctx: Arc<Ctx>, i: u64) -> Outcome {
             }
         }
     }
-    Outcome::Traffic(Box::new(t.log))
+    Outcome::Traffic(Box::new(t.finish()))
 }
 
 impl<'a> Traffic<'a> {
@@ -148,6 +179,11 @@ impl<'a> Traffic<'a> {
             }
             _ => Duration::ZERO,
         };
+        let workflow = plan.workflow();
+        let desk = (workflow && matches!(role, Role::ShopAgent { .. }))
+            .then(|| AgentDesk::new(plan.max_open, plan.close_after));
+        let customer =
+            (workflow && matches!(role, Role::Customer { .. })).then(CustomerDesk::default);
         Traffic {
             ctx,
             i,
@@ -155,11 +191,27 @@ impl<'a> Traffic<'a> {
             role,
             period,
             next_due: ctx.timeline.traffic_start + phase,
-            log: TrafficLog::default(),
+            log: TrafficLog {
+                customer,
+                ..TrafficLog::default()
+            },
             acks: Vec::new(),
             queued: Vec::new(),
             receipts: Vec::new(),
+            desk,
+            closes: JoinSet::new(),
+            token: None,
         }
+    }
+
+    /// The log at the end: what an agent still held back did reach its device.
+    fn finish(mut self) -> TrafficLog {
+        if let Some(desk) = self.desk.as_mut() {
+            for h in desk.take_held_back() {
+                self.log.seen.entry(h.sender).or_default().insert(h.n);
+            }
+        }
+        self.log
     }
 
     async fn drive(&mut self, ws: &mut Ws) -> End {
@@ -209,6 +261,9 @@ impl<'a> Traffic<'a> {
                     if let Err(e) = self.flush_queued(ws).await {
                         return End::Dropped(e);
                     }
+                }
+                Some(done) = self.closes.join_next(), if !self.closes.is_empty() => {
+                    self.close_done(done);
                 }
             }
         }
@@ -316,17 +371,19 @@ impl<'a> Traffic<'a> {
     }
 
     fn on_text(&mut self, text: &str) {
-        let stats = &self.ctx.stats;
+        let ctx: &'a Ctx = self.ctx;
+        let stats = &ctx.stats;
         match serde_json::from_str::<ServerFrame>(text) {
             Ok(ServerFrame::Msg { useq, msg }) => self.on_push(useq, &msg),
             Ok(ServerFrame::Sent { cid, .. }) => {
                 let n = cid.and_then(|c| c.parse::<u64>().ok());
-                if let Some(t) = n.and_then(|n| self.log.pending.remove(&n)) {
+                if let Some((n, t)) = n.and_then(|n| Some((n, self.log.pending.remove(&n)?))) {
                     bump(&stats.counts.acked);
-                    stats.record_ack_latency(self.ctx.clock.now_us().saturating_sub(t));
+                    stats.record_ack_latency(ctx.clock.now_us().saturating_sub(t));
+                    self.reply_answered(n);
                 }
             }
-            Ok(ServerFrame::Synced { msgs, more }) => {
+            Ok(ServerFrame::Synced { msgs, more, .. }) => {
                 for item in &msgs {
                     self.on_push(item.useq, &item.msg);
                 }
@@ -345,6 +402,7 @@ impl<'a> Traffic<'a> {
                     self.log.refused.insert(n);
                     bump(&stats.counts.refused);
                     stats.error(&format!("refused {}", code.as_str()), &message);
+                    self.reply_answered(n);
                 } else {
                     bump(&stats.counts.server_errors);
                     stats.error(&format!("server {}", code.as_str()), &message);
@@ -354,14 +412,27 @@ impl<'a> Traffic<'a> {
                 bump(&stats.counts.kicks);
                 stats.error("kick", &reason);
             }
-            // Other members' read positions and typing, answers to recalls, and queue
-            // places: the load sends no recall, and needs none of them.
+            Ok(ServerFrame::Queue { position, .. }) => {
+                // A customer's place in its shop's queue (service workflow).
+                if self.log.customer.is_some() {
+                    bump(&stats.service.queue_frames);
+                }
+                if let Some(c) = self.log.customer.as_mut()
+                    && c.queue()
+                {
+                    stats
+                        .service
+                        .max_queue_position
+                        .fetch_max(position, Ordering::Relaxed);
+                }
+            }
+            // Other members' read positions and typing, and answers to recalls: the
+            // load sends no recall, and needs none of them.
             Ok(
                 ServerFrame::Pong
                 | ServerFrame::Read { .. }
                 | ServerFrame::Typing { .. }
-                | ServerFrame::Recalled { .. }
-                | ServerFrame::Queue { .. },
+                | ServerFrame::Recalled { .. },
             ) => {}
             Err(e) => {
                 bump(&stats.counts.server_errors);
@@ -371,7 +442,8 @@ impl<'a> Traffic<'a> {
     }
 
     fn on_push(&mut self, useq: u64, msg: &Message) {
-        let stats = &self.ctx.stats;
+        let ctx: &'a Ctx = self.ctx;
+        let stats = &ctx.stats;
         self.acks.push(useq);
         match self.log.device.record(useq) {
             Push::Retransmit => {
@@ -381,7 +453,11 @@ impl<'a> Traffic<'a> {
             Push::NewOutOfOrder => bump(&stats.counts.out_of_order),
             Push::New => {}
         }
-        let plan = &self.ctx.plan;
+        if let (true, Some(event)) = (ctx.plan.workflow(), &msg.event) {
+            self.on_event(msg, event);
+            return;
+        }
+        let plan = &ctx.plan;
         let id = msg
             .body
             .as_ref()
@@ -398,10 +474,18 @@ impl<'a> Traffic<'a> {
             bump(&stats.counts.foreign);
             return;
         };
+        let t = msg
+            .body
+            .as_ref()
+            .and_then(|b| b.get("t"))
+            .and_then(Value::as_u64);
         if sender == self.i {
             if self.log.seen.entry(sender).or_default().insert(n) {
                 bump(&stats.counts.echoed);
-                stats.record_push(self.ctx.clock.now_us());
+                stats.record_push(ctx.clock.now_us());
+                if let Some(c) = self.log.customer.as_mut() {
+                    c.own(n, t);
+                }
             } else {
                 bump(&stats.counts.duplicated);
             }
@@ -411,6 +495,43 @@ impl<'a> Traffic<'a> {
             bump(&stats.counts.foreign);
             return;
         }
+        // An agent holds back what comes of a conversation it does not hold, until an
+        // event says whether it is this opening's or history.
+        if let Some(desk) = self.desk.as_mut()
+            && let Some(customer) = customer_of(plan, &msg.conv)
+            && !desk.holds(customer)
+        {
+            desk.hold_back(
+                customer,
+                HeldBack {
+                    sender,
+                    n,
+                    t,
+                    conv: msg.conv.clone(),
+                    seq: msg.seq,
+                },
+            );
+            return;
+        }
+        self.deliver(sender, n, t, &msg.conv, msg.seq, false);
+    }
+
+    /// A first push of message `n` of `sender` (of this unit, not this connection),
+    /// intended at `t`, at `seq` of `conv`: counted, checked, timed (unless it came
+    /// with an assignment, when its time includes the queue wait), receipted, and
+    /// answered by a shop agent.
+    fn deliver(
+        &mut self,
+        sender: u64,
+        n: u64,
+        t: Option<u64>,
+        conv: &str,
+        seq: u64,
+        at_assignment: bool,
+    ) {
+        let ctx: &'a Ctx = self.ctx;
+        let stats = &ctx.stats;
+        let plan = &ctx.plan;
         if !self.log.seen.entry(sender).or_default().insert(n) {
             bump(&stats.counts.duplicated);
             return;
@@ -418,28 +539,170 @@ impl<'a> Traffic<'a> {
         bump(&stats.counts.delivered);
         if plan.read_receipts {
             let read = ClientFrame::Read {
-                conv: msg.conv.clone(),
-                seq: msg.seq,
+                conv: conv.to_owned(),
+                seq,
             };
             self.receipts
                 .push(serde_json::to_string(&read).expect("a read serializes"));
         }
-        let now = self.ctx.clock.now_us();
+        let now = ctx.clock.now_us();
         stats.record_push(now);
-        if let Some(t) = msg
-            .body
-            .as_ref()
-            .and_then(|b| b.get("t"))
-            .and_then(Value::as_u64)
-        {
+        if at_assignment {
+            bump(&stats.service.at_assignment);
+        } else if let Some(t) = t {
             stats.record_latency(now.saturating_sub(t));
         }
         if matches!(self.role, Role::ShopAgent { .. })
             && matches!(plan.role(sender), Role::Customer { .. })
-            && !self.ctx.stop.is_cancelled()
+            && !ctx.stop.is_cancelled()
+            && self.desk.as_mut().is_none_or(|d| d.may_reply(sender))
         {
             self.queue_reply(sender);
         }
+    }
+
+    /// An event message of a service conversation (service workflow): the customer
+    /// learns whom its conversation is with, and how long it waited; an agent counts
+    /// what it holds, and learns what it held back.
+    fn on_event(&mut self, msg: &Message, event: &Value) {
+        let ctx: &'a Ctx = self.ctx;
+        let stats = &ctx.stats;
+        let plan = &ctx.plan;
+        let (Some(customer), Ok(event)) = (
+            customer_of(plan, &msg.conv),
+            serde_json::from_value::<Event>(event.clone()),
+        ) else {
+            bump(&stats.counts.foreign);
+            return;
+        };
+        match event {
+            Event::Assigned { agent, previous } => {
+                let agent = plan.index_of(&agent);
+                if let (Some(c), Some(a)) = (self.log.customer.as_mut(), agent) {
+                    bump(&stats.service.assignments);
+                    if let Some(wait) = c.assigned(a, ctx.clock.now_us()) {
+                        bump(&stats.service.queued);
+                        stats.service.record_queue_wait(wait);
+                    }
+                }
+                let Some(desk) = self.desk.as_mut() else {
+                    return;
+                };
+                if agent == Some(self.i) {
+                    let (held, over) = desk.assigned(customer);
+                    stats
+                        .service
+                        .max_open_per_agent
+                        .fetch_max(desk.caps.max(), Ordering::Relaxed);
+                    if let Some(open) = over {
+                        bump(&stats.service.over_cap);
+                        stats.error(
+                            "over cap",
+                            &format!(
+                                "{} held {open} open conversations (--max-open {}) once {} \
+                                 was assigned to it (seq {})",
+                                self.uid, plan.max_open, msg.conv, msg.seq
+                            ),
+                        );
+                    }
+                    for h in held {
+                        self.deliver(h.sender, h.n, h.t, &h.conv, h.seq, true);
+                    }
+                } else if previous.as_deref() == Some(self.uid.as_str()) {
+                    desk.taken_away(customer);
+                }
+            }
+            Event::Closed => {
+                if let Some(c) = self.log.customer.as_mut() {
+                    c.closed();
+                }
+                if let Some(desk) = self.desk.as_mut() {
+                    let history = desk.closed(customer);
+                    stats.service.history.fetch_add(history, Ordering::Relaxed);
+                }
+            }
+            // Recalls and ratings change nothing here.
+            _ => {}
+        }
+    }
+
+    /// imd answered reply `n` (if it was one): a shop agent may now close its
+    /// conversation (`--close-after`).
+    fn reply_answered(&mut self, n: u64) {
+        let (Some(desk), Some(&customer)) = (self.desk.as_mut(), self.log.reply_to.get(&n)) else {
+            return;
+        };
+        if desk.reply_answered(customer) {
+            self.start_close(customer);
+        }
+    }
+
+    /// Sends the close of `customer`'s conversation, as its agent, in the background.
+    fn start_close(&mut self, customer: u64) {
+        let ctx: &'a Ctx = self.ctx;
+        let Role::ShopAgent { shop } = self.role else {
+            return;
+        };
+        let token = match &self.token {
+            Some(t) => t.clone(),
+            None => match ctx.minter.token(&self.uid, &["agent"]) {
+                Ok(t) => self.token.insert(t).clone(),
+                Err(e) => {
+                    bump(&ctx.stats.service.close_errors);
+                    ctx.stats.error("close", &format!("{e:#}"));
+                    return;
+                }
+            },
+        };
+        let conv = shared::ids::service_conv(&ctx.plan.shop_id(shop), &ctx.plan.uid(customer));
+        let call = super::service::close(ctx.http.clone(), ctx.http_base(self.i), conv, token);
+        self.closes.spawn(async move {
+            let started = Instant::now();
+            let outcome = call.await;
+            CloseDone {
+                customer,
+                outcome,
+                took: started.elapsed(),
+            }
+        });
+    }
+
+    /// A close call ended.
+    fn close_done(&mut self, done: Result<CloseDone, tokio::task::JoinError>) {
+        let stats = &self.ctx.stats;
+        match done {
+            Ok(CloseDone {
+                outcome: Ok(()),
+                took,
+                ..
+            }) => {
+                bump(&stats.service.closes);
+                stats.service.record_close_latency(took.as_micros() as u64);
+            }
+            Ok(CloseDone {
+                customer,
+                outcome: Err(e),
+                ..
+            }) => {
+                bump(&stats.service.close_errors);
+                stats.error("close", &e);
+                if let Some(desk) = self.desk.as_mut() {
+                    desk.close_failed(customer);
+                }
+            }
+            Err(e) => {
+                bump(&stats.service.close_errors);
+                stats.error("close", &format!("close task: {e}"));
+            }
+        }
+    }
+}
+
+/// The customer (global index) of a service conversation of this run.
+fn customer_of(plan: &AgentPlan, conv: &str) -> Option<u64> {
+    match ConvRef::parse(conv)? {
+        ConvRef::Service { customer, .. } => plan.index_of(customer),
+        _ => None,
     }
 }
 
@@ -484,19 +747,38 @@ pub fn check(plan: &AgentPlan, outcomes: &HashMap<u64, Outcome>) -> VerifyCounts
                 }
             }
             Role::Customer { shop } => {
-                // Whichever agent the server assigned: one of them must have it.
                 let agents: Vec<&TrafficLog> = plan.shop_agents_of(shop).filter_map(log).collect();
                 for n in (1..=sender.sent).filter(|&n| sender.acked(n)) {
-                    let got = agents
-                        .iter()
-                        .any(|a| a.seen_from(s).is_some_and(|seen| seen.contains(n)));
-                    if got {
-                        continue;
-                    }
-                    if agents.is_empty() {
-                        v.undeliverable += 1;
-                    } else {
-                        v.lost += 1;
+                    // The workflow's customer knows which agent owes it (the one its
+                    // conversation was with, or went to after waiting); otherwise
+                    // whichever agent the server assigned: one of them must have it.
+                    let owed = me.customer.as_ref().map_or(Owed::Unknown, |c| c.owed(n));
+                    match owed {
+                        Owed::Agent(a) => {
+                            let has = |l: &TrafficLog| {
+                                l.seen_from(s).is_some_and(|seen| seen.contains(n))
+                            };
+                            match log(a) {
+                                Some(al) if has(al) => {}
+                                Some(_) if agents.iter().any(|l| has(l)) => v.misrouted += 1,
+                                Some(_) => v.lost += 1,
+                                None => v.undeliverable += 1,
+                            }
+                        }
+                        Owed::Waiting => v.waiting += 1,
+                        Owed::Unknown => {
+                            let got = agents
+                                .iter()
+                                .any(|a| a.seen_from(s).is_some_and(|seen| seen.contains(n)));
+                            if got {
+                                continue;
+                            }
+                            if agents.is_empty() {
+                                v.undeliverable += 1;
+                            } else {
+                                v.lost += 1;
+                            }
+                        }
                     }
                 }
             }
@@ -546,6 +828,8 @@ mod tests {
             group_size: 3,
             shop_size: 3,
             shop_agents: 2,
+            max_open: 0,
+            close_after: 0,
         };
         p.agent_plans(1).remove(0)
     }
@@ -606,5 +890,42 @@ mod tests {
         // a customer message no agent saw is lost
         outcomes.insert(1, log(0, &[]));
         assert_eq!(check(&p, &outcomes).lost, 2);
+    }
+
+    #[test]
+    fn a_workflow_customer_message_is_owed_to_the_agent_its_conversation_was_with() {
+        let p = plan(Scenario::Service, 3); // agents 0 and 1, customer 2
+        // message 1 opens the conversation, agent 0 takes it, message 2 follows; it
+        // is closed, message 3 opens it again and still waits at the end
+        let mut desk = CustomerDesk::default();
+        desk.own(1, Some(1));
+        desk.assigned(0, 5);
+        desk.own(2, Some(6));
+        desk.closed();
+        assert!(desk.queue());
+        desk.own(3, Some(9));
+        let mut customer = TrafficLog {
+            sent: 3,
+            customer: Some(desk),
+            ..Default::default()
+        };
+        for n in 1..=3 {
+            customer.seen.entry(2).or_default().insert(n);
+        }
+        let mut outcomes = HashMap::new();
+        outcomes.insert(2, Outcome::Traffic(Box::new(customer)));
+        outcomes.insert(0, log(0, &[(2, &[1, 2])]));
+        outcomes.insert(1, log(0, &[]));
+        let v = check(&p, &outcomes);
+        assert_eq!((v.lost, v.misrouted, v.waiting), (0, 0, 1));
+        // message 2 reached agent 1 instead: events and delivery disagree
+        outcomes.insert(0, log(0, &[(2, &[1])]));
+        outcomes.insert(1, log(0, &[(2, &[2])]));
+        let v = check(&p, &outcomes);
+        assert_eq!((v.lost, v.misrouted), (0, 1));
+        // no agent has it: lost, whoever had the rest
+        outcomes.insert(1, log(0, &[]));
+        let v = check(&p, &outcomes);
+        assert_eq!((v.lost, v.misrouted), (1, 0));
     }
 }

@@ -214,6 +214,96 @@ async fn service_customers_reach_an_agent_and_get_every_reply() {
     assert_eq!(sent % 2, 0, "one reply per customer message: {}", r.report);
     // each message has one recipient device: the assigned agent, or the customer
     assert_eq!(delivered, sent, "{}", r.report);
+    // without --max-open and --close-after, the workflow's section stays out
+    assert!(r.report.get("service").is_none(), "{}", r.report);
+}
+
+/// The service workflow against imd (`--max-open`, `--close-after`): 2 agents capped
+/// at one open conversation each, 7 customers writing 2 messages a second, each agent
+/// closing a conversation after 2 replies. A queue forms and drains, agents take
+/// conversations other agents had (and receive their history), no agent ever holds
+/// two, and every message reaches the agent its conversation was with when it was
+/// sent, or went to after waiting. One agent process, so that the figures cross the
+/// agent link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_queue_forms_and_drains_and_no_agent_goes_over_its_cap() {
+    let imd = start_imd().await;
+    let url = imd.url();
+    let r = run_imbench(
+        &[
+            "--target",
+            &url,
+            "--token-secret",
+            SECRET,
+            "--admin-token",
+            ADMIN,
+            "--scenario",
+            "service",
+            "--connections",
+            "9",
+            "--shop-size",
+            "9",
+            "--shop-agents",
+            "2",
+            "--rate",
+            "14",
+            "--max-open",
+            "1",
+            "--close-after",
+            "2",
+            "--duration",
+            "4s",
+            "--drain",
+            "2s",
+            "--verify",
+            "--local-agents",
+            "1",
+        ],
+        Duration::from_secs(90),
+    )
+    .await;
+    r.assert_exit(0);
+    let rep = &r.report;
+    assert_eq!(rep["ok"], true, "{rep}");
+    assert_eq!(rep["errors"].as_array().unwrap().len(), 0, "{rep}");
+    let m = &rep["messages"];
+    for field in ["lost", "lost_echo", "duplicated", "unacked", "refused"] {
+        assert_eq!(m[field], 0, "{field} in {rep}");
+    }
+    let s = &rep["service"];
+    let n = |f: &str| {
+        s[f].as_u64()
+            .unwrap_or_else(|| panic!("service.{f} in {rep}"))
+    };
+    assert_eq!((n("max_open"), n("close_after")), (1, 2), "{rep}");
+    // the cap held, and was reached
+    assert_eq!((n("max_open_per_agent"), n("over_cap")), (1, 0), "{rep}");
+    // each message reached the agent its conversation was with, by its events
+    assert_eq!(n("misrouted"), 0, "{rep}");
+    // a queue formed (7 customers, 2 places) and drained: waits were measured
+    let queued = n("queued");
+    assert!(queued > 0 && n("max_queue_position") >= 1, "{rep}");
+    let w = &s["queue_wait_ms"];
+    assert_eq!(w["count"].as_u64(), Some(queued), "{rep}");
+    let (p50, p99) = (w["p50"].as_f64().unwrap(), w["p99"].as_f64().unwrap());
+    assert!(0.0 < p50 && p50 <= p99 && p99 < 5_000.0, "queue wait {w}");
+    // conversations were closed and opened again, every one by its agent
+    assert!(n("closes") >= 10 && n("close_errors") == 0, "{rep}");
+    assert!(n("assignments") >= n("closes"), "{rep}");
+    assert!(n("delivered_at_assignment") >= queued, "{rep}");
+    // 7 customers over 2 agents: conversations change agents, and the agent taking
+    // one over is given its earlier openings, which it holds back and never answers
+    assert!(n("history") > 0, "{rep}");
+    // every message (customer messages and replies) reached its one device once, but
+    // those still waiting in the queue at the end; the history agents were given is
+    // not counted as delivered
+    let sent = m["sent"].as_u64().unwrap();
+    assert_eq!(m["echoed"].as_u64(), Some(sent), "{rep}");
+    assert_eq!(
+        m["delivered"].as_u64().unwrap() + n("waiting_at_end"),
+        sent,
+        "{rep}"
+    );
 }
 
 /// `--read-receipts` against imd: every group message a member's device receives is
