@@ -270,8 +270,7 @@ impl Admin {
             away: body.away,
         };
         self.dir.set_shop(shop, settings).await?;
-        let decisions = self.messaging.service().drain(shop).await?;
-        self.messaging.submit(decisions).await
+        self.messaging.drain_now(shop).await
     }
 
     /// With `--dev-tokens`: the shop `demo` with the agent `ann` and a welcome
@@ -420,9 +419,8 @@ impl Admin {
     /// Hands a service conversation to `agent`, who receives its history.
     pub async fn transfer(&self, conv: &str, agent: &str) -> Result<(), Error> {
         name(agent, "uid")?;
-        let decisions = self.messaging.service().transfer(conv, agent, None).await?;
         // Answered once the join is committed: the assignment is durable with it.
-        self.messaging.submit_and_wait(decisions).await
+        self.messaging.transfer_by(conv, agent, None).await
     }
 
     /// Recalls any message of `conv` (moderation): its body goes, and a `recalled`
@@ -433,8 +431,7 @@ impl Admin {
 
     /// Ends a service conversation's assignment, with a `closed` event message.
     pub async fn close(&self, conv: &str) -> Result<(), Error> {
-        let decisions = self.messaging.service().close(conv, None).await?;
-        self.messaging.submit_and_wait(decisions).await
+        self.messaging.close_by(conv, None).await
     }
 
     /// The assignment of a service conversation.

@@ -138,6 +138,18 @@ fn shop_of(conv: &str) -> Result<&str, Error> {
     }
 }
 
+/// A close under way (see [`CustomerService::close_begin`]): the conversation's lock,
+/// held until the store has closed it, and its `closed` event to commit first.
+#[derive(Debug)]
+pub struct Closing {
+    conv: String,
+    shop: String,
+    had_agent: bool,
+    /// The `closed` event, without the lock (it stays here).
+    pub event: Decision,
+    held: Held,
+}
+
 /// Where a service message goes, and which joins must commit before it.
 #[derive(Debug)]
 pub struct Route {
@@ -682,11 +694,16 @@ impl CustomerService {
         Ok(out)
     }
 
-    /// Ends `conv`'s assignment; the customer's next message opens it again. The first
-    /// decision holds the `closed` event, from `by` (the assigned agent when `None`:
-    /// an admin's close; the customer when there was no agent either); the others hand
-    /// waiting conversations to the agent it freed. An agent may close only its own.
-    pub async fn close(&self, conv: &str, by: Option<&str>) -> Result<Vec<Decision>, Error> {
+    /// Begins ending `conv`'s assignment (the customer's next message opens it again):
+    /// takes its lock, checks that it is open and that `by` (an agent; `None`: an
+    /// operator) may close it, and makes the `closed` event, from `by` (the assigned
+    /// agent for an operator's close; the customer when there was no agent either).
+    /// The caller commits the event, then calls [`CustomerService::close_finish`].
+    ///
+    /// The event commits before the store frees the agent's place: were it the other
+    /// way round, a drain elsewhere could hand the place to a waiting customer, and the
+    /// agent's inbox show that `assigned` before the `closed` that freed it.
+    pub async fn close_begin(&self, conv: &str, by: Option<&str>) -> Result<Closing, Error> {
         let not_open = || Error::NotFound(format!("no open conversation {conv:?}"));
         let Ok(shop_id) = shop_of(conv) else {
             return Err(not_open());
@@ -697,41 +714,67 @@ impl CustomerService {
             other => drop(other?),
         }
         let held = self.lock(conv).await?;
-        let before = self.dir.service(conv).await?.ok_or_else(not_open)?;
+        let before = self
+            .dir
+            .service(conv)
+            .await?
+            .filter(|s| s.open)
+            .ok_or_else(not_open)?;
         if let Some(uid) = by
-            && before.open
             && before.agent.as_deref() != Some(uid)
         {
             return Err(Error::Forbidden(
                 "only its assigned agent may close a conversation".into(),
             ));
         }
-        let place = if before.open && before.agent.is_none() {
-            let waiting = self.dir.waiting(shop_id).await?;
-            waiting.iter().position(|c| c == conv)
-        } else {
-            None
-        };
-        if !self.dir.close_service(conv).await? {
-            return Err(not_open());
-        }
         let customer = customer_of(conv).unwrap_or_default();
         let agent = before.agent;
         let mut members = vec![customer.to_owned()];
         members.extend(agent.iter().filter(|a| *a != customer).cloned());
         let from = by.or(agent.as_deref()).unwrap_or(customer);
-        let mut decision = Decision::new(held);
-        decision
+        let mut closed = Decision::default();
+        closed
             .events
             .push(event(conv, from, Event::Closed, members));
+        Ok(Closing {
+            conv: conv.to_owned(),
+            shop: shop_id.to_owned(),
+            had_agent: agent.is_some(),
+            event: closed,
+            held,
+        })
+    }
+
+    /// Ends what [`CustomerService::close_begin`] began, once its event is committed:
+    /// the store closes the conversation (and frees the agent's place), customers who
+    /// waited behind it move up, the lock goes, and the freed place is handed to the
+    /// queue (the decisions returned).
+    pub async fn close_finish(&self, closing: Closing) -> Result<Vec<Decision>, Error> {
+        let Closing {
+            conv,
+            shop,
+            had_agent,
+            held,
+            ..
+        } = closing;
+        let place = if had_agent {
+            None
+        } else {
+            let waiting = self.dir.waiting(&shop).await?;
+            waiting.iter().position(|c| *c == conv)
+        };
+        if !self.dir.close_service(&conv).await? {
+            tracing::warn!(conv, "closed elsewhere while its closed event committed");
+        }
+        drop(held);
         if let Some(i) = place {
-            self.tell_queue(shop_id, i).await;
+            self.tell_queue(&shop, i).await;
         }
-        let mut out = vec![decision];
-        if agent.is_some() {
-            out.append(&mut self.drain(shop_id).await?);
+        if had_agent {
+            self.drain(&shop).await
+        } else {
+            Ok(Vec::new())
         }
-        Ok(out)
     }
 
     /// The customer rates the closed `conv` (once per closing): the `rated` event.

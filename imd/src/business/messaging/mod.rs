@@ -239,16 +239,21 @@ impl Messaging {
         self.queue_ops(ops, decision).await
     }
 
-    /// [`Messaging::send`], waiting for the commit.
+    /// [`Messaging::send`], waiting for the commit. Runs detached from the caller (see
+    /// [`detached`]): an HTTP client that goes away does not stop it half way.
     pub async fn send_and_wait(
         &self,
         who: &Identity,
         req: SendRequest,
     ) -> Result<SendOutcome, Error> {
-        let (tx, rx) = oneshot::channel();
-        self.send(who, req, Box::new(move |r| drop(tx.send(r))))
-            .await?;
-        rx.await.map_err(|_| Error::ShuttingDown)?
+        let (m, who) = (self.clone(), who.clone());
+        detached(async move {
+            let (tx, rx) = oneshot::channel();
+            m.send(&who, req, Box::new(move |r| drop(tx.send(r))))
+                .await?;
+            rx.await.map_err(|_| Error::ShuttingDown)?
+        })
+        .await
     }
 
     /// Queues decisions' operations (joins of agents, then events), each decision's in
@@ -319,6 +324,17 @@ impl Messaging {
             self.drain_later(shop);
         }
         Ok(())
+    }
+
+    /// Drains `shop`'s queue, detached from the caller (see [`detached`]), and queues
+    /// what it decided.
+    pub async fn drain_now(&self, shop: &str) -> Result<(), Error> {
+        let (m, shop) = (self.clone(), shop.to_owned());
+        detached(async move {
+            let decisions = m.0.service.drain(&shop).await?;
+            m.submit(decisions).await
+        })
+        .await
     }
 
     /// Drains `shop`'s queue in a task of its own: after the caller's decision lock,
@@ -460,6 +476,19 @@ impl Messaging {
             }
         }
     }
+}
+
+/// Runs `f`, a decision and the commits it waits for, in a task of its own, so that a
+/// caller that goes away (an HTTP client disconnecting drops its handler's future)
+/// cannot stop it half way: a customer-service decision writes the store, then queues
+/// its ops, then waits for them, and cut between two of those steps it would leave, say,
+/// an assignment without its join, or a conversation closed without its event.
+pub(crate) async fn detached<T, F>(f: F) -> Result<T, Error>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = Result<T, Error>> + Send + 'static,
+{
+    tokio::spawn(f).await.map_err(|_| Error::ShuttingDown)?
 }
 
 fn pair(a: &str, b: &str) -> Vec<String> {

@@ -7,7 +7,7 @@ use shared::protocol::{
     AgentResponse, AgentStatus, QueueEntry, RatingRequest, ShopAgent, ShopView,
 };
 
-use super::Messaging;
+use super::{Messaging, detached};
 use crate::business::{Error, Identity};
 
 /// The role a token must carry to set an availability.
@@ -32,15 +32,32 @@ impl Messaging {
             ));
         }
         let away = status == AgentStatus::Away;
-        let decisions = self.0.service.set_status(&who.uid, away).await?;
-        self.submit(decisions).await
+        let (m, uid) = (self.clone(), who.uid.clone());
+        detached(async move {
+            let decisions = m.0.service.set_status(&uid, away).await?;
+            m.submit(decisions).await
+        })
+        .await
     }
 
     /// The assigned agent closes its conversation: answered once the `closed` event is
     /// committed.
     pub async fn close(&self, who: &Identity, conv: &str) -> Result<(), Error> {
-        let decisions = self.0.service.close(conv, Some(&who.uid)).await?;
-        self.submit_and_wait(decisions).await
+        self.close_by(conv, Some(&who.uid)).await
+    }
+
+    /// Closes `conv` for `by` (an agent; `None`: an operator): the `closed` event is
+    /// committed, then the store closes it, then the queue takes the freed place.
+    pub async fn close_by(&self, conv: &str, by: Option<&str>) -> Result<(), Error> {
+        let (m, conv, by) = (self.clone(), conv.to_owned(), by.map(str::to_owned));
+        detached(async move {
+            let mut closing = m.0.service.close_begin(&conv, by.as_deref()).await?;
+            let event = std::mem::take(&mut closing.event);
+            m.submit_and_wait(vec![event]).await?;
+            let drains = m.0.service.close_finish(closing).await?;
+            m.submit(drains).await
+        })
+        .await
     }
 
     /// The caller as an agent: its availability and its shops.
@@ -109,18 +126,37 @@ impl Messaging {
     /// The assigned agent hands its conversation to `agent`, a colleague below the
     /// cap: answered once the handover is committed.
     pub async fn transfer(&self, who: &Identity, conv: &str, agent: &str) -> Result<(), Error> {
-        let decisions = self.0.service.transfer(conv, agent, Some(&who.uid)).await?;
-        self.submit_and_wait(decisions).await
+        self.transfer_by(conv, agent, Some(&who.uid)).await
+    }
+
+    /// Hands `conv` to `agent` for `by` (its assigned agent; `None`: an operator),
+    /// answered once the handover is committed.
+    pub async fn transfer_by(
+        &self,
+        conv: &str,
+        agent: &str,
+        by: Option<&str>,
+    ) -> Result<(), Error> {
+        let m = self.clone();
+        let (conv, agent, by) = (conv.to_owned(), agent.to_owned(), by.map(str::to_owned));
+        detached(async move {
+            let decisions = m.0.service.transfer(&conv, &agent, by.as_deref()).await?;
+            m.submit_and_wait(decisions).await
+        })
+        .await
     }
 
     /// The customer rates its closed conversation: answered once the `rated` event is
     /// committed.
     pub async fn rate(&self, who: &Identity, conv: &str, req: RatingRequest) -> Result<(), Error> {
-        let decision = self
-            .0
-            .service
-            .rate(&who.uid, conv, req.score, req.comment)
-            .await?;
-        self.submit_and_wait(vec![decision]).await
+        let (m, uid, conv) = (self.clone(), who.uid.clone(), conv.to_owned());
+        detached(async move {
+            let decision =
+                m.0.service
+                    .rate(&uid, &conv, req.score, req.comment)
+                    .await?;
+            m.submit_and_wait(vec![decision]).await
+        })
+        .await
     }
 }
