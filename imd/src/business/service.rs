@@ -49,6 +49,40 @@ const PICK_TRIES: usize = 8;
 /// to the next event that drains.
 const DRAIN_MAX: usize = 1_000;
 
+/// A running pass of `tell_queue`: if it is dropped before it ends, its shop's entry
+/// goes, so that the next change starts a pass.
+struct Running<'a> {
+    telling: &'a std::sync::Mutex<HashMap<String, (u64, usize)>>,
+    shop: &'a str,
+    pass: u64,
+    done: bool,
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let mut telling = self.telling.lock().unwrap_or_else(|e| e.into_inner());
+        if telling.get(self.shop).is_some_and(|(p, _)| *p == self.pass) {
+            telling.remove(self.shop);
+        }
+    }
+}
+
+/// How many times one drain reads the queue again after the store said its head moved.
+const DRAIN_REREADS: usize = 3;
+
+/// What an attempt to assign a conversation came to.
+enum Pick {
+    /// To this agent.
+    Assigned(String),
+    /// Nobody is eligible.
+    Nobody,
+    /// Older conversations wait before it.
+    OutOfTurn,
+}
+
 /// The sender of a shop's own messages (welcome, away): `shop:{shop}`. The gateway
 /// refuses tokens whose uid starts with `shop:`, so nobody else speaks as one.
 pub fn shop_sender(shop: &str) -> String {
@@ -193,6 +227,11 @@ pub struct CustomerService {
     /// The tie-break record; held only for the moment of a pick. Per process: in a
     /// cluster, equally loaded agents take turns per node.
     turns: std::sync::Mutex<Turns>,
+    /// Shops whose queue places are being sent: the pass, and the lowest place that
+    /// changed since it began (`usize::MAX`: none); see `tell_queue`.
+    telling: std::sync::Mutex<HashMap<String, (u64, usize)>>,
+    /// Numbers the passes of `tell_queue`.
+    passes: std::sync::atomic::AtomicU64,
 }
 
 fn recipients(of: &[&str]) -> Vec<String> {
@@ -219,6 +258,8 @@ impl CustomerService {
             presence,
             deliver,
             turns: std::sync::Mutex::new(Turns::default()),
+            telling: std::sync::Mutex::new(HashMap::new()),
+            passes: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -289,25 +330,39 @@ impl CustomerService {
         shop: &Shop,
         not: Option<&str>,
     ) -> Result<Option<String>, Error> {
+        Ok(match self.assign_in_turn(conv, shop_id, shop, not).await? {
+            Pick::Assigned(agent) => Some(agent),
+            Pick::Nobody | Pick::OutOfTurn => None,
+        })
+    }
+
+    /// [`CustomerService::assign_eligible`], telling why nobody was assigned.
+    async fn assign_in_turn(
+        &self,
+        conv: &str,
+        shop_id: &str,
+        shop: &Shop,
+        not: Option<&str>,
+    ) -> Result<Pick, Error> {
         let admit = Admit {
             max_open: shop.max_open,
             in_turn: true,
         };
         for _ in 0..PICK_TRIES {
             let Some(agent) = self.pick(shop, not).await? else {
-                return Ok(None);
+                return Ok(Pick::Nobody);
             };
             match self.dir.assign(conv, shop_id, Some(&agent), admit).await? {
                 Assigned::Done => {
                     tracing::debug!(conv, agent, "conversation assigned");
-                    return Ok(Some(agent));
+                    return Ok(Pick::Assigned(agent));
                 }
-                Assigned::OutOfTurn => return Ok(None),
+                Assigned::OutOfTurn => return Ok(Pick::OutOfTurn),
                 // Filled by another node since the loads were read: pick again.
                 Assigned::Full => {}
             }
         }
-        Ok(None)
+        Ok(Pick::Nobody)
     }
 
     /// The join of `agent` and its `assigned` event (to the customer, the agent, and
@@ -545,8 +600,51 @@ impl CustomerService {
     }
 
     /// Sends each customer waiting in `shop`'s queue from place `from` (0-based) on its
-    /// place, as a `queue` frame.
+    /// place, as a `queue` frame. One pass per shop at a time: a change while a pass
+    /// runs makes that pass go round once more (from the lowest place changed), so
+    /// every customer whose place changed gets a frame with its place as it is then,
+    /// and a burst of changes costs one more pass, not one each.
     async fn tell_queue(&self, shop: &str, from: usize) {
+        let pass = {
+            let mut telling = self.telling.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((_, again)) = telling.get_mut(shop) {
+                *again = (*again).min(from);
+                return;
+            }
+            let pass = self
+                .passes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            telling.insert(shop.to_owned(), (pass, usize::MAX));
+            pass
+        };
+        // Should this future be dropped mid-pass, the next change starts a new pass.
+        let mut running = Running {
+            telling: &self.telling,
+            shop,
+            pass,
+            done: false,
+        };
+        let mut from = from;
+        loop {
+            self.send_places(shop, from).await;
+            let mut telling = self.telling.lock().unwrap_or_else(|e| e.into_inner());
+            match telling.get(shop).copied() {
+                Some((p, again)) if p == pass && again != usize::MAX => {
+                    telling.insert(shop.to_owned(), (pass, usize::MAX));
+                    from = again;
+                }
+                _ => {
+                    // Under the lock: a change from now on starts a pass of its own.
+                    telling.remove(shop);
+                    running.done = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// One pass of [`CustomerService::tell_queue`].
+    async fn send_places(&self, shop: &str, from: usize) {
         let waiting = match self.dir.waiting(shop).await {
             Ok(w) => w,
             Err(e) => {
@@ -579,8 +677,14 @@ impl CustomerService {
         };
         let mut out = Vec::new();
         let mut moved = false;
+        // The queue is read once, and taken in its order; the store refuses a
+        // conversation that is not at the head (another node took the one before it
+        // meanwhile), and then the queue is read again, a few times at most. Whatever
+        // joins the queue after the read drains by itself (`Decision::drain_after`).
+        let mut queue: std::collections::VecDeque<String> = self.dir.waiting(shop_id).await?.into();
+        let mut rereads = 0;
         for _ in 0..DRAIN_MAX {
-            let Some(head) = self.dir.waiting(shop_id).await?.into_iter().next() else {
+            let Some(head) = queue.pop_front() else {
                 break;
             };
             let held = self.lock(&head).await?;
@@ -589,18 +693,20 @@ impl CustomerService {
                 // Assigned or closed while this waited for the lock.
                 continue;
             }
-            match self.assign_eligible(&head, shop_id, &shop, None).await? {
-                Some(agent) => {
+            match self.assign_in_turn(&head, shop_id, &shop, None).await? {
+                Pick::Assigned(agent) => {
                     let mut decision = Decision::new(held);
                     decision.push(Self::assigned(&head, &agent, state.as_ref()));
                     out.push(decision);
                     moved = true;
                 }
-                None => {
-                    // Nobody eligible; or another node took the head meanwhile, and
-                    // drains after it.
-                    break;
+                Pick::Nobody => break,
+                Pick::OutOfTurn if rereads < DRAIN_REREADS => {
+                    rereads += 1;
+                    drop(held);
+                    queue = self.dir.waiting(shop_id).await?.into();
                 }
+                Pick::OutOfTurn => break,
             }
         }
         if moved {
