@@ -49,27 +49,6 @@ const PICK_TRIES: usize = 8;
 /// to the next event that drains.
 const DRAIN_MAX: usize = 1_000;
 
-/// A running pass of `tell_queue`: if it is dropped before it ends, its shop's entry
-/// goes, so that the next change starts a pass.
-struct Running<'a> {
-    telling: &'a std::sync::Mutex<HashMap<String, (u64, usize)>>,
-    shop: &'a str,
-    pass: u64,
-    done: bool,
-}
-
-impl Drop for Running<'_> {
-    fn drop(&mut self) {
-        if self.done {
-            return;
-        }
-        let mut telling = self.telling.lock().unwrap_or_else(|e| e.into_inner());
-        if telling.get(self.shop).is_some_and(|(p, _)| *p == self.pass) {
-            telling.remove(self.shop);
-        }
-    }
-}
-
 /// How many times one drain reads the queue again after the store said its head moved.
 const DRAIN_REREADS: usize = 3;
 
@@ -227,11 +206,35 @@ pub struct CustomerService {
     /// The tie-break record; held only for the moment of a pick. Per process: in a
     /// cluster, equally loaded agents take turns per node.
     turns: std::sync::Mutex<Turns>,
-    /// Shops whose queue places are being sent: the pass, and the lowest place that
-    /// changed since it began (`usize::MAX`: none); see `tell_queue`.
-    telling: std::sync::Mutex<HashMap<String, (u64, usize)>>,
-    /// Numbers the passes of `tell_queue`.
-    passes: std::sync::atomic::AtomicU64,
+    /// Shops whose queue places are being sent, and the lowest place that changed
+    /// since the pass began (`usize::MAX`: none); see `tell_queue`.
+    telling: Arc<std::sync::Mutex<HashMap<String, usize>>>,
+}
+
+/// One pass of `CustomerService::tell_queue`: each customer waiting in `shop`'s queue
+/// from place `from` on gets its place.
+async fn send_places(dir: &dyn DirectoryStore, deliver: &dyn Deliver, shop: &str, from: usize) {
+    let waiting = match dir.waiting(shop).await {
+        Ok(w) => w,
+        Err(e) => {
+            // Their next read of the conversation shows their place.
+            tracing::warn!(shop, error = %e, "queue places not sent");
+            return;
+        }
+    };
+    for (i, conv) in waiting.iter().enumerate().skip(from) {
+        let Some(customer) = customer_of(conv) else {
+            continue;
+        };
+        let frame = ServerFrame::Queue {
+            conv: conv.clone(),
+            position: i as u64 + 1,
+        };
+        match serde_json::to_string(&frame) {
+            Ok(json) => deliver.notify(vec![customer.to_owned()], json),
+            Err(e) => tracing::error!(error = %e, "queue frame not encoded"),
+        }
+    }
 }
 
 fn recipients(of: &[&str]) -> Vec<String> {
@@ -258,8 +261,7 @@ impl CustomerService {
             presence,
             deliver,
             turns: std::sync::Mutex::new(Turns::default()),
-            telling: std::sync::Mutex::new(HashMap::new()),
-            passes: std::sync::atomic::AtomicU64::new(0),
+            telling: Arc::default(),
         }
     }
 
@@ -600,72 +602,40 @@ impl CustomerService {
     }
 
     /// Sends each customer waiting in `shop`'s queue from place `from` (0-based) on its
-    /// place, as a `queue` frame. One pass per shop at a time: a change while a pass
-    /// runs makes that pass go round once more (from the lowest place changed), so
-    /// every customer whose place changed gets a frame with its place as it is then,
-    /// and a burst of changes costs one more pass, not one each.
+    /// place, as a `queue` frame, in a task of its own. One pass per shop at a time: a
+    /// change while a pass runs makes that pass go round once more (from the lowest
+    /// place changed), so every customer whose place changed gets a frame with its place
+    /// as it is then, and a burst of changes costs one more pass, not one each.
     async fn tell_queue(&self, shop: &str, from: usize) {
-        let pass = {
+        {
             let mut telling = self.telling.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some((_, again)) = telling.get_mut(shop) {
+            if let Some(again) = telling.get_mut(shop) {
                 *again = (*again).min(from);
                 return;
             }
-            let pass = self
-                .passes
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            telling.insert(shop.to_owned(), (pass, usize::MAX));
-            pass
-        };
-        // Should this future be dropped mid-pass, the next change starts a new pass.
-        let mut running = Running {
-            telling: &self.telling,
-            shop,
-            pass,
-            done: false,
-        };
-        let mut from = from;
-        loop {
-            self.send_places(shop, from).await;
-            let mut telling = self.telling.lock().unwrap_or_else(|e| e.into_inner());
-            match telling.get(shop).copied() {
-                Some((p, again)) if p == pass && again != usize::MAX => {
-                    telling.insert(shop.to_owned(), (pass, usize::MAX));
-                    from = again;
-                }
-                _ => {
-                    // Under the lock: a change from now on starts a pass of its own.
-                    telling.remove(shop);
-                    running.done = true;
-                    return;
+            telling.insert(shop.to_owned(), usize::MAX);
+        }
+        let (dir, deliver, telling) =
+            (self.dir.clone(), self.deliver.clone(), self.telling.clone());
+        let shop = shop.to_owned();
+        tokio::spawn(async move {
+            let mut from = from;
+            loop {
+                send_places(dir.as_ref(), deliver.as_ref(), &shop, from).await;
+                let mut t = telling.lock().unwrap_or_else(|e| e.into_inner());
+                match t.get(&shop).copied() {
+                    Some(again) if again != usize::MAX => {
+                        t.insert(shop.clone(), usize::MAX);
+                        from = again;
+                    }
+                    _ => {
+                        // Under the lock: a change from now on starts a pass of its own.
+                        t.remove(&shop);
+                        return;
+                    }
                 }
             }
-        }
-    }
-
-    /// One pass of [`CustomerService::tell_queue`].
-    async fn send_places(&self, shop: &str, from: usize) {
-        let waiting = match self.dir.waiting(shop).await {
-            Ok(w) => w,
-            Err(e) => {
-                // Their next read of the conversation shows their place.
-                tracing::warn!(shop, error = %e, "queue places not sent");
-                return;
-            }
-        };
-        for (i, conv) in waiting.iter().enumerate().skip(from) {
-            let Some(customer) = customer_of(conv) else {
-                continue;
-            };
-            let frame = ServerFrame::Queue {
-                conv: conv.clone(),
-                position: i as u64 + 1,
-            };
-            match serde_json::to_string(&frame) {
-                Ok(json) => self.deliver.notify(vec![customer.to_owned()], json),
-                Err(e) => tracing::error!(error = %e, "queue frame not encoded"),
-            }
-        }
+        });
     }
 
     /// Hands `shop`'s waiting conversations, oldest first, to eligible agents, until
