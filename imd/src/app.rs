@@ -467,7 +467,7 @@ async fn watch_generation(store: Arc<dyn MessageStore>, hub: Arc<Hub>, stop: Can
             _ = every.tick() => {}
             _ = stop.cancelled() => break,
         }
-        match store.verify_generation().await {
+        match store.read_generation().await {
             Ok(g) => {
                 hub.observe_generation(&g);
             }

@@ -439,6 +439,14 @@ pub trait MessageStore: Send + Sync + 'static {
     async fn verify_generation(&self) -> Result<Generation, StoreError> {
         Ok(self.generation())
     }
+
+    /// [`MessageStore::verify_generation`] without a write of its own: it sees a loss
+    /// of everything, and a generation another process made, but not a loss of only
+    /// this process's last writes (the check after its commits sees those). For reads
+    /// (a sync) and the once-a-second watch.
+    async fn read_generation(&self) -> Result<Generation, StoreError> {
+        self.verify_generation().await
+    }
 }
 
 /// A store generation: `<unix ms of its creation>-<random>`. A later one is newer; a

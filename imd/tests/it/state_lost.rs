@@ -177,6 +177,23 @@ async fn store_generations() {
     assert_eq!(a.verify_generation().await.unwrap(), g2);
     assert_eq!(a.generation(), g2);
 
+    // A read-only check (a sync's, the watch's) sees a loss of everything too.
+    redis.flush_all();
+    let g2b = a.read_generation().await.unwrap();
+    assert!(g2b.newer_than(&g2));
+    assert_eq!(b.verify_generation().await.unwrap(), g2b);
+    assert_eq!(
+        a.read_generation().await.unwrap(),
+        g2b,
+        "nothing lost: no change"
+    );
+    assert_eq!(
+        a.verify_generation().await.unwrap(),
+        g2b,
+        "a's clock starts again"
+    );
+    let g2 = g2b;
+
     // Only a's last writes lost (its clock went back, the generation key stayed): a
     // sees it at its next check.
     let mut conn = redis::Client::open(redis.url())

@@ -63,7 +63,7 @@ impl Messaging {
         // from the inbox's beginning instead of taking reused `useq`s for ones it has.
         let (page, generation) = tokio::join!(
             self.0.store.inbox(uid, after, page_size(limit)),
-            self.0.store.verify_generation()
+            self.0.store.read_generation()
         );
         let generation = generation.unwrap_or_else(|e| {
             tracing::warn!(error = %e, "store generation not checked for a sync");

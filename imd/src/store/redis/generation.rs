@@ -17,6 +17,11 @@
 //! - the key holds a generation other than the one this process knows: another
 //!   process made it; this one adopts it.
 //!
+//! The check after a commit increments the clock (a write); the checks of a sync and
+//! of the once-a-second watch only read the key ([`RedisStore::verify_read`]), since
+//! only this process's own commits can have lost writes of its own, and a reconnect
+//! storm should not cost a write per sync.
+//!
 //! Writes persist in order (AOF, replication), so if a commit of this process was
 //! lost, the clock increment after it was lost too. A loss of only other processes'
 //! last writes is seen by them at their next check (at most a second later, or their
@@ -35,6 +40,13 @@ use crate::store::{Generation, StoreError};
 /// How long a process's write clock outlives its last check: a process that stopped
 /// leaves no key behind for long.
 const CLOCK_TTL_MS: u64 = 24 * 3600 * 1000;
+
+static READ: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("lua/now_ms_lib.lua"),
+        include_str!("lua/generation_read.lua"),
+    ))
+});
 
 static CHECK: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
@@ -75,6 +87,42 @@ impl RedisStore {
         known.clone().unwrap_or(Generation("".into()))
     }
 
+    /// Reads the generation, making a new one if the key is gone; the one now, and
+    /// whether it changed since this process's last check.
+    pub(crate) async fn verify_read(&self) -> Result<(Generation, bool), StoreError> {
+        let (id, _made): (String, u8) = READ
+            .key(global_key("generation"))
+            .arg(format!("{:08x}", uuid::Uuid::now_v7().as_u128() as u32))
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        let now = Generation(id.into());
+        let changed = self.adopt(now.clone());
+        if changed {
+            // The clock belongs to the state that was lost: what this process writes
+            // from now on starts a new lineage, whatever the key holds.
+            self.generation.seen.store(0, Ordering::Relaxed);
+        }
+        Ok((now, changed))
+    }
+
+    /// Records `now` as the generation known; whether it differs from the one before.
+    fn adopt(&self, now: Generation) -> bool {
+        let mut known = self
+            .generation
+            .known
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let changed = known.as_ref().is_some_and(|k| *k != now);
+        if changed {
+            tracing::error!(
+                generation = now.as_str(),
+                "redis lost acknowledged state; devices are told to sync again from the start"
+            );
+        }
+        *known = Some(now);
+        changed
+    }
+
     /// Checks the generation (see the module doc); the one now, and whether it
     /// changed since the last check of this process.
     pub(crate) async fn verify(&self) -> Result<(Generation, bool), StoreError> {
@@ -90,21 +138,13 @@ impl RedisStore {
             .invoke_async(&mut self.conn.clone())
             .await?;
         let now = Generation(id.into());
-        let mut known = st.known.lock().unwrap_or_else(|e| e.into_inner());
-        let changed = known.as_ref().is_some_and(|k| *k != now);
+        let changed = self.adopt(now.clone());
         if changed || made == 1 {
             // A new lineage of the clock starts here.
             st.seen.store(clock, Ordering::Relaxed);
         } else {
             st.seen.fetch_max(clock, Ordering::Relaxed);
         }
-        if changed {
-            tracing::error!(
-                generation = now.as_str(),
-                "redis lost acknowledged state; devices are told to sync again from the start"
-            );
-        }
-        *known = Some(now.clone());
         Ok((now, changed))
     }
 }

@@ -298,6 +298,14 @@ impl MessageStore for RedisStore {
         Ok(generation)
     }
 
+    async fn read_generation(&self) -> Result<Generation, StoreError> {
+        let (generation, changed) = self.verify_read().await?;
+        if changed {
+            metrics::counter!("imd_state_lost_total").increment(1);
+        }
+        Ok(generation)
+    }
+
     async fn commit(&self, batch: Vec<Op>) -> Result<Vec<CommitOutcome>, StoreError> {
         if batch.is_empty() {
             return Ok(Vec::new());
