@@ -277,19 +277,9 @@ pub struct RatingStats {
     pub avg: Option<f64>,
 }
 
-/// One agent of [`ShopStats`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct AgentStats {
-    /// The agent.
-    pub uid: String,
-    /// Whether a device of it is connected.
-    pub online: bool,
-    /// Whether it takes new conversations (online and not away).
-    pub available: bool,
-    /// Its open conversations (in every shop it serves).
-    pub open: u64,
-}
+/// One agent of [`ShopStats`]: what its colleagues see of it too
+/// (`GET /v1/shops/{shop}`).
+pub use crate::protocol::ShopAgent as AgentStats;
 
 /// `PUT`/`GET /admin/v1/groups/{name}/members` body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

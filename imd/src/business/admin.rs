@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::blacklist::{Blacklist, IpNet};
 use super::messaging::Messaging;
+use super::service::AgentState;
 use super::words::{WordFilter, Words, WordsPolicy};
 use super::{Devices, Error, stats};
 use crate::store::{DirectoryStore, Shop};
@@ -360,15 +361,7 @@ impl Admin {
             .ok_or_else(|| Error::NotFound(format!("no such shop {shop:?}")))?;
         let agents = self.messaging.service().agents(&settings).await?;
         let c = self.dir.shop_counters(shop).await?;
-        let agents: Vec<AgentStats> = agents
-            .into_iter()
-            .map(|a| AgentStats {
-                available: a.online && !a.away,
-                online: a.online,
-                uid: a.uid,
-                open: a.open,
-            })
-            .collect();
+        let agents: Vec<AgentStats> = agents.into_iter().map(AgentState::view).collect();
         let q = |q| stats::quantile_ms(&c.first_response, q);
         Ok(ShopStats {
             shop: shop.to_owned(),

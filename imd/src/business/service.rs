@@ -247,6 +247,18 @@ fn recipients(of: &[&str]) -> Vec<String> {
     out
 }
 
+impl AgentState {
+    /// As the shop's figures and its agents show it.
+    pub fn view(self) -> shared::protocol::ShopAgent {
+        shared::protocol::ShopAgent {
+            available: self.online && !self.away,
+            online: self.online,
+            uid: self.uid,
+            open: self.open,
+        }
+    }
+}
+
 impl CustomerService {
     /// Rules over `dir`, asking `presence` who is online and telling customers their
     /// place in the queue through `deliver`.

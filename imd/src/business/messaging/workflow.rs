@@ -3,11 +3,10 @@
 //! checks who asks and commits what it decided.
 
 use shared::ids::ConvRef;
-use shared::protocol::{
-    AgentResponse, AgentStatus, QueueEntry, RatingRequest, ShopAgent, ShopView,
-};
+use shared::protocol::{AgentResponse, AgentStatus, QueueEntry, RatingRequest, ShopView};
 
 use super::{Messaging, detached};
+use crate::business::service::AgentState;
 use crate::business::{Error, Identity};
 
 /// The role a token must carry to set an availability.
@@ -108,12 +107,7 @@ impl Messaging {
             .agents(&settings)
             .await?
             .into_iter()
-            .map(|a| ShopAgent {
-                available: a.online && !a.away,
-                online: a.online,
-                uid: a.uid,
-                open: a.open,
-            })
+            .map(AgentState::view)
             .collect();
         Ok(ShopView {
             shop: shop.to_owned(),
