@@ -379,6 +379,44 @@ impl CustomerService {
         Ok(Pick::Nobody)
     }
 
+    /// `conv`'s place in `shop`'s queue (0-based), if it waits there.
+    async fn queue_place(&self, shop: &str, conv: &str) -> Result<Option<usize>, Error> {
+        let waiting = self.dir.waiting(shop).await?;
+        Ok(waiting.iter().position(|c| c == conv))
+    }
+
+    /// Assigns `conv` to the agent named (an agent answering it, a transfer): out of
+    /// queue order, but within the shop's cap (409 at the cap). If it was waiting,
+    /// the customers behind it move up.
+    async fn assign_named(
+        &self,
+        conv: &str,
+        shop_id: &str,
+        shop: &Shop,
+        agent: &str,
+        before: &ServiceState,
+    ) -> Result<(), Error> {
+        let place = if before.open && before.agent.is_none() {
+            self.queue_place(shop_id, conv).await?
+        } else {
+            None
+        };
+        let admit = Admit {
+            max_open: shop.max_open,
+            in_turn: false,
+        };
+        if self.dir.assign(conv, shop_id, Some(agent), admit).await? != Assigned::Done {
+            return Err(Error::Conflict(format!(
+                "{agent:?} holds {} open conversations, the cap of shop {shop_id:?}",
+                shop.max_open
+            )));
+        }
+        if let Some(i) = place {
+            self.tell_queue(shop_id, i).await;
+        }
+        Ok(())
+    }
+
     /// The join of `agent` and its `assigned` event (to the customer, the agent, and
     /// the agent it was taken from, if any, so that its devices learn it is no longer
     /// theirs). `before` is the state the conversation had.
@@ -453,8 +491,8 @@ impl CustomerService {
                 // It opens waiting, behind whoever waits already.
                 self.dir.assign(&conv, shop_id, None, Admit::ANY).await?;
                 self.greet(&mut decision, &conv, shop_id, &shop, &[customer]);
-                if !self.anyone_available(&shop).await?
-                    && let Some(body) = &shop.away
+                if let Some(body) = &shop.away
+                    && !self.anyone_available(&shop).await?
                 {
                     let from = shop_sender(shop_id);
                     decision.events.push(Op::Message(message(
@@ -464,8 +502,7 @@ impl CustomerService {
                         vec![customer.to_owned()],
                     )));
                 }
-                let waiting = self.dir.waiting(shop_id).await?;
-                if let Some(i) = waiting.iter().position(|c| *c == conv) {
+                if let Some(i) = self.queue_place(shop_id, &conv).await? {
                     self.tell_queue(shop_id, i).await;
                 }
                 decision.drain_after = Some(shop_id.to_owned());
@@ -535,29 +572,9 @@ impl CustomerService {
             }
             // Waiting or closed: the agent who answers takes it, within the cap.
             None => {
-                let admit = Admit {
-                    max_open: shop.max_open,
-                    in_turn: false,
-                };
-                let place = if state.open {
-                    let waiting = self.dir.waiting(shop_id).await?;
-                    waiting.iter().position(|c| *c == conv)
-                } else {
-                    None
-                };
-                match self.dir.assign(&conv, shop_id, Some(uid), admit).await? {
-                    Assigned::Done => {}
-                    _ => {
-                        return Err(Error::Conflict(format!(
-                            "{uid:?} holds {} open conversations, the cap of shop {shop_id:?}",
-                            shop.max_open
-                        )));
-                    }
-                }
+                self.assign_named(&conv, shop_id, &shop, uid, &state)
+                    .await?;
                 decision.push(Self::assigned(&conv, uid, Some(&state)));
-                if let Some(i) = place {
-                    self.tell_queue(shop_id, i).await;
-                }
                 // An answer to a waiting conversation is its first response; one that
                 // opens a closed conversation again is not an answer to anything.
                 Ok(route(recipients(&[customer, uid]), decision, state.open))
@@ -754,27 +771,10 @@ impl CustomerService {
                 "only its assigned agent hands a conversation over".into(),
             ));
         }
-        let place = if before.open && before.agent.is_none() {
-            let waiting = self.dir.waiting(shop_id).await?;
-            waiting.iter().position(|c| c == conv)
-        } else {
-            None
-        };
-        let admit = Admit {
-            max_open: shop.max_open,
-            in_turn: false,
-        };
-        if self.dir.assign(conv, shop_id, Some(agent), admit).await? != Assigned::Done {
-            return Err(Error::Conflict(format!(
-                "{agent:?} holds {} open conversations, the cap of shop {shop_id:?}",
-                shop.max_open
-            )));
-        }
+        self.assign_named(conv, shop_id, &shop, agent, &before)
+            .await?;
         let mut decision = Decision::new(held);
         decision.push(Self::assigned(conv, agent, Some(&before)));
-        if let Some(i) = place {
-            self.tell_queue(shop_id, i).await;
-        }
         let mut out = vec![decision];
         if before.open && before.agent.as_deref().is_some_and(|p| p != agent) {
             out.append(&mut self.drain(shop_id).await?);
@@ -848,8 +848,7 @@ impl CustomerService {
         let place = if had_agent {
             None
         } else {
-            let waiting = self.dir.waiting(&shop).await?;
-            waiting.iter().position(|c| *c == conv)
+            self.queue_place(&shop, &conv).await?
         };
         if !self.dir.close_service(&conv).await? {
             tracing::warn!(conv, "closed elsewhere while its closed event committed");

@@ -13,6 +13,7 @@ use super::keys::{
     agent_shops_prefix, away_key, conv_key, counters_prefix, loads_key, service_key, shops_key,
     waiting_prefix,
 };
+use super::messages::scripts::RELEASE;
 use super::{RedisStore, to_json};
 use crate::store::{
     Admit, Assigned, Rated, ServiceState, Shop, ShopCounters, ShopStore, StoreError,
@@ -44,9 +45,6 @@ static FIRST_REPLY: LazyLock<Script> = LazyLock::new(|| {
         include_str!("lua/first_reply.lua"),
     ))
 });
-
-/// Gives a decision lease back if the token still holds it.
-static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/release.lua")));
 
 /// Counts a rating of a closed conversation, once per closing.
 static RATE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/rate.lua")));

@@ -138,7 +138,7 @@ mod idempotency;
 mod join;
 mod prepared;
 mod recall;
-mod scripts;
+pub(super) mod scripts;
 mod state;
 mod sweep;
 

@@ -83,8 +83,9 @@ pub(super) static RESOLVE: LazyLock<Script> =
 pub(super) static CHUNK: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../lua/chunk.lua")));
 
-/// Releases a lease if it is still ours. KEYS: lock. ARGV: token.
-pub(super) static RELEASE: LazyLock<Script> =
+/// Releases a lease if it is still ours (the fan-out lease, and the decision lease of
+/// `shops`). KEYS: lock. ARGV: token.
+pub(in crate::store::redis) static RELEASE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../lua/release.lua")));
 
 /// Moves a read position forward, clamped to the conversation's last seq. KEYS: msgs,
