@@ -51,6 +51,51 @@ impl Role {
     }
 }
 
+/// A kind of conversation, as hooks and webhooks filter them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ConvKindName {
+    /// Two users (`d:…`).
+    Direct,
+    /// A group (`g:…`).
+    Group,
+    /// A customer and a shop (`s:…`).
+    Service,
+    /// A shop's internal notes (`n:…`).
+    Notes,
+}
+
+impl ConvKindName {
+    /// Every kind.
+    pub const ALL: [ConvKindName; 4] = [Self::Direct, Self::Group, Self::Service, Self::Notes];
+
+    /// Whether `conv` is of this kind (by its id's prefix).
+    pub fn matches(self, conv: &str) -> bool {
+        use shared::protocol::ConvKind;
+        let kind = match shared::ids::ConvRef::parse(conv) {
+            Some(r) => r.kind(),
+            None => return false,
+        };
+        matches!(
+            (self, kind),
+            (Self::Direct, ConvKind::Direct)
+                | (Self::Group, ConvKind::Group)
+                | (Self::Service, ConvKind::Service)
+                | (Self::Notes, ConvKind::Notes)
+        )
+    }
+}
+
+/// Which committed messages go to the webhook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookKind {
+    /// Messages users sent (with a body).
+    Message,
+    /// Event messages (`joined`, `assigned`, `closed`, `recalled`, …).
+    Event,
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -137,6 +182,46 @@ pub struct Config {
     /// asks: for trying the pages on one machine only (refused unless `listen` is a
     /// loopback address). Never in production.
     pub dev_tokens: bool,
+    /// Where every committed message is POSTed (see `docs/webhooks.md`); none: no
+    /// webhook.
+    pub webhook_url: Option<String>,
+    /// Signs each webhook body (`X-Imd-Signature: sha256=<HMAC-SHA256 hex>`); required
+    /// with `webhook_url`.
+    pub webhook_secret: Option<Secret>,
+    /// How long one webhook POST may take before it counts as failed.
+    #[serde(with = "humantime_serde")]
+    pub webhook_timeout: Duration,
+    /// How long an event is retried before it is parked (dead letter).
+    #[serde(with = "humantime_serde")]
+    pub webhook_retry_for: Duration,
+    /// Conversations whose webhook events are in flight at once (one POST at a time
+    /// each, in `seq` order).
+    pub webhook_concurrency: usize,
+    /// Which messages go to the webhook: users' messages, event messages, or both.
+    pub webhook_events: Vec<WebhookKind>,
+    /// Which kinds of conversation go to the webhook.
+    pub webhook_convs: Vec<ConvKindName>,
+    /// Most parked events kept; past it the oldest is dropped (and counted).
+    pub webhook_parked_max: usize,
+    /// Called before a matching message is committed: allow, reject or replace.
+    pub hook_before_send: Option<String>,
+    /// How long the pre-send hook may take.
+    #[serde(with = "humantime_serde")]
+    pub hook_timeout: Duration,
+    /// Refuse the message when the pre-send hook fails or times out (default: let it
+    /// through).
+    pub hook_fail_closed: bool,
+    /// Which kinds of conversation the pre-send hook is called for.
+    pub hook_convs: Vec<ConvKindName>,
+    /// Called for a message to a user with no device online, with the user's push
+    /// tokens (a relay to APNs/FCM answers it).
+    pub push_webhook_url: Option<String>,
+    /// Put a short preview of the message in offline pushes (off: no content leaves
+    /// imd in a push).
+    pub push_preview: bool,
+    /// Messages older than this leave history and inboxes; none: kept forever.
+    #[serde(with = "humantime_serde")]
+    pub retention: Option<Duration>,
 }
 
 impl Default for Config {
@@ -171,6 +256,21 @@ impl Default for Config {
             write_timeout: Duration::from_secs(10),
             web: true,
             dev_tokens: false,
+            webhook_url: None,
+            webhook_secret: None,
+            webhook_timeout: Duration::from_secs(10),
+            webhook_retry_for: Duration::from_secs(24 * 3600),
+            webhook_concurrency: 64,
+            webhook_events: vec![WebhookKind::Message, WebhookKind::Event],
+            webhook_convs: ConvKindName::ALL.to_vec(),
+            webhook_parked_max: 100_000,
+            hook_before_send: None,
+            hook_timeout: Duration::from_millis(300),
+            hook_fail_closed: false,
+            hook_convs: ConvKindName::ALL.to_vec(),
+            push_webhook_url: None,
+            push_preview: true,
+            retention: None,
         }
     }
 }
@@ -284,6 +384,51 @@ pub struct ServeArgs {
     /// [default: false].
     #[arg(long, env = "IMD_DEV_TOKENS", num_args = 0..=1, default_missing_value = "true")]
     pub dev_tokens: Option<bool>,
+    /// POST every committed message here, signed with --webhook-secret.
+    #[arg(long, env = "IMD_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+    /// HMAC-SHA256 key of the webhook signature (required with --webhook-url).
+    #[arg(long, env = "IMD_WEBHOOK_SECRET")]
+    pub webhook_secret: Option<Secret>,
+    /// Time limit of one webhook POST [default: 10s].
+    #[arg(long, env = "IMD_WEBHOOK_TIMEOUT", value_parser = duration)]
+    pub webhook_timeout: Option<Duration>,
+    /// Retry a failing webhook event this long, then park it [default: 24h].
+    #[arg(long, env = "IMD_WEBHOOK_RETRY_FOR", value_parser = duration)]
+    pub webhook_retry_for: Option<Duration>,
+    /// Conversations delivered to the webhook at once [default: 64].
+    #[arg(long, env = "IMD_WEBHOOK_CONCURRENCY")]
+    pub webhook_concurrency: Option<usize>,
+    /// Comma-separated: message,event [default: both].
+    #[arg(long, env = "IMD_WEBHOOK_EVENTS", value_delimiter = ',')]
+    pub webhook_events: Option<Vec<WebhookKind>>,
+    /// Comma-separated conversation kinds: direct,group,service,notes [default: all].
+    #[arg(long, env = "IMD_WEBHOOK_CONVS", value_delimiter = ',')]
+    pub webhook_convs: Option<Vec<ConvKindName>>,
+    /// Parked (dead-letter) webhook events kept [default: 100000].
+    #[arg(long, env = "IMD_WEBHOOK_PARKED_MAX")]
+    pub webhook_parked_max: Option<usize>,
+    /// Ask this URL before committing a message: allow, reject or replace.
+    #[arg(long, env = "IMD_HOOK_BEFORE_SEND")]
+    pub hook_before_send: Option<String>,
+    /// Time limit of the pre-send hook [default: 300ms].
+    #[arg(long, env = "IMD_HOOK_TIMEOUT", value_parser = duration)]
+    pub hook_timeout: Option<Duration>,
+    /// Refuse messages when the pre-send hook fails [default: false: let them through].
+    #[arg(long, env = "IMD_HOOK_FAIL_CLOSED", num_args = 0..=1, default_missing_value = "true")]
+    pub hook_fail_closed: Option<bool>,
+    /// Comma-separated conversation kinds the pre-send hook sees [default: all].
+    #[arg(long, env = "IMD_HOOK_CONVS", value_delimiter = ',')]
+    pub hook_convs: Option<Vec<ConvKindName>>,
+    /// POST offline pushes (push tokens, preview, badge) here.
+    #[arg(long, env = "IMD_PUSH_WEBHOOK_URL")]
+    pub push_webhook_url: Option<String>,
+    /// Include a short preview in offline pushes [default: true].
+    #[arg(long, env = "IMD_PUSH_PREVIEW", num_args = 0..=1, default_missing_value = "true")]
+    pub push_preview: Option<bool>,
+    /// Remove messages older than this, e.g. `90d` [default: keep forever].
+    #[arg(long, env = "IMD_RETENTION", value_parser = duration)]
+    pub retention: Option<Duration>,
 }
 
 impl Config {
@@ -341,7 +486,22 @@ impl Config {
             max_outbox_bytes,
             write_timeout,
             web,
-            dev_tokens
+            dev_tokens,
+            webhook_url,
+            webhook_secret,
+            webhook_timeout,
+            webhook_retry_for,
+            webhook_concurrency,
+            webhook_events,
+            webhook_convs,
+            webhook_parked_max,
+            hook_before_send,
+            hook_timeout,
+            hook_fail_closed,
+            hook_convs,
+            push_webhook_url,
+            push_preview,
+            retention
         );
         cfg.validate()?;
         Ok(cfg)
@@ -398,6 +558,40 @@ impl Config {
             );
         }
         anyhow::ensure!(!self.roles.is_empty(), "roles must name at least one role");
+        for (name, url) in [
+            ("webhook-url", &self.webhook_url),
+            ("hook-before-send", &self.hook_before_send),
+            ("push-webhook-url", &self.push_webhook_url),
+        ] {
+            if let Some(url) = url {
+                anyhow::ensure!(
+                    url.starts_with("http://") || url.starts_with("https://"),
+                    "{name} must be an http:// or https:// URL (it is {url:?})"
+                );
+            }
+        }
+        anyhow::ensure!(
+            self.webhook_url.is_none() || self.webhook_secret.is_some(),
+            "webhook-url needs webhook-secret: receivers check every body's signature"
+        );
+        anyhow::ensure!(
+            (1..=4096).contains(&self.webhook_concurrency),
+            "webhook-concurrency must be between 1 and 4096"
+        );
+        anyhow::ensure!(
+            !self.webhook_timeout.is_zero() && !self.hook_timeout.is_zero(),
+            "webhook-timeout and hook-timeout must be above zero"
+        );
+        anyhow::ensure!(
+            !self.webhook_events.is_empty() && !self.webhook_convs.is_empty(),
+            "webhook-events and webhook-convs must name at least one kind"
+        );
+        if let Some(r) = self.retention {
+            anyhow::ensure!(
+                r >= Duration::from_secs(60),
+                "retention must be at least 1m"
+            );
+        }
         let all = [Role::Gateway, Role::Dispatcher, Role::Worker];
         anyhow::ensure!(
             self.redis.is_some() || all.iter().all(|r| self.roles.contains(r)),

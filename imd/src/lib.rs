@@ -4,6 +4,8 @@
 //! (gateway → business → store; dispatch and worker use business and rpc):
 //!
 //! - [`gateway`]: presentation. axum HTTP API and the WebSocket upgrade, auth, limits.
+//! - [`hooks`]: calls out to business systems: webhooks, the pre-send hook, offline
+//!   pushes.
 //! - [`business`]: messaging rules, validation, group commit; transport-free.
 //! - [`dispatch`]: the dispatcher role: committed messages → pushes for workers.
 //! - [`worker`]: the worker role: connection hub, sessions, acks, retransmits.
@@ -24,6 +26,7 @@ pub mod cluster;
 pub mod config;
 pub mod dispatch;
 pub mod gateway;
+pub mod hooks;
 pub mod metrics;
 pub mod rpc;
 pub mod secrets;

@@ -1,0 +1,1 @@
+//! The webhook of committed messages: a durable outbox drained per conversation.
