@@ -31,6 +31,35 @@ pub enum Command {
     /// Serve the bare relay floor: imd's client protocol for `idle` and `chat`, with
     /// no store and no durability, to measure imd against in the same run.
     Relay(RelayArgs),
+    /// Receive imd's webhook: check each event's signature and its conversation's
+    /// order, answer 500 for a while if asked, and report throughput, duplicates,
+    /// order breaks and lag once a second and at the end.
+    WebhookSink(WebhookSinkArgs),
+}
+
+/// `imbench webhook-sink`.
+#[derive(Debug, Args)]
+pub struct WebhookSinkArgs {
+    /// Address to listen on (port 0 picks one); prints
+    /// `{"event":"listening","listen":…}` once bound.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: String,
+
+    /// The webhook secret (imd's `--webhook-secret`).
+    #[arg(long, env = "IMBENCH_WEBHOOK_SECRET", hide_env_values = true)]
+    pub secret: Secret,
+
+    /// Answer 500 to everything for this long after the first event, e.g. `60s`.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub fail_for: Option<std::time::Duration>,
+
+    /// Stop after this long (the sink always stops by itself), then print the summary.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10m")]
+    pub duration: std::time::Duration,
+
+    /// Stop once this many distinct events were accepted (0: only `--duration`).
+    #[arg(long, default_value_t = 0)]
+    pub expect: u64,
 }
 
 /// `imbench relay`.

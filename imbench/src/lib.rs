@@ -35,6 +35,8 @@
 //!   authenticated TCP), and `imbench agent`'s entry point.
 //! - [`limits`]: the open-files limit.
 //! - [`relay`]: `imbench relay`, the bare floor imd is compared with in one run.
+//! - [`sink`]: `imbench webhook-sink`, a receiver of imd's webhook that checks signatures
+//!   and per-conversation order.
 
 pub mod agent;
 pub mod chart;
@@ -50,6 +52,7 @@ pub mod relay;
 pub mod report;
 pub mod scenario;
 pub mod setup;
+pub mod sink;
 pub mod verify;
 
 use std::process::ExitCode;
@@ -60,5 +63,6 @@ pub async fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Run(args) => coordinator::run_command(*args).await,
         cli::Command::Agent(args) => link::run_agent(args).await.map(|()| ExitCode::SUCCESS),
         cli::Command::Relay(args) => relay::run(args).await.map(|()| ExitCode::SUCCESS),
+        cli::Command::WebhookSink(args) => sink::run(args).await,
     }
 }

@@ -86,8 +86,47 @@ pub enum Command {
     /// One conversation: its assignment, recall a message, close, transfer.
     #[command(subcommand)]
     Conv(ConvCmd),
+    /// One user's data: erase what they sent.
+    #[command(subcommand)]
+    User(UserCmd),
+    /// The webhook to business systems: its state, parked events, re-drive.
+    #[command(subcommand)]
+    Webhooks(WebhooksCmd),
     /// The live console: dashboard, connections, blacklist, conversation tail, service.
     Tui,
+}
+
+/// `imctl webhooks …`
+#[derive(Debug, Subcommand)]
+pub enum WebhooksCmd {
+    /// Delivered, failed, parked and dropped events; backlog and lag.
+    Status,
+    /// Parked events (dead letters), oldest first.
+    Parked {
+        /// List those parked after this parked id.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// At most this many (1-1000).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Send parked events again, oldest first; stops at the first failure.
+    Redrive {
+        /// At most this many (1-1000).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+}
+
+/// `imctl user …`
+#[derive(Debug, Subcommand)]
+pub enum UserCmd {
+    /// Erase the body of every message a user sent (each stays as a tombstone,
+    /// `"erased": true`, in its conversation and every inbox); safe to repeat.
+    Erase {
+        /// The user.
+        uid: String,
+    },
 }
 
 /// `imctl blacklist …`
@@ -468,6 +507,7 @@ mod tests {
             &["shop", "set", "s1", "--away", "back at 9", "--no-welcome"],
             &["blacklist", "rm", "uid", "mallory"],
             &["kick", "alice"],
+            &["user", "erase", "alice"],
             &["cluster"],
             &["group", "members", "team"],
             &["group", "members", "team", "--clear"],
@@ -487,6 +527,7 @@ mod tests {
             &["replay", "bob", "--after", "-1"],
             &["tail", "conversation"],
             &["kick"],
+            &["user", "erase"],
             &["shop", "agents", "s1", "ann", "--clear"],
             &["shop", "set", "s1"],
             &["shop", "set", "s1", "--max-open", "10001"],

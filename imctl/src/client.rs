@@ -15,8 +15,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use shared::admin::{
     AddBlacklist, Assignment, BlacklistEntry, BlacklistKind, BlacklistList, ClusterInfo,
-    ConnectionInfo, ConnectionList, GroupMembers, Kicked, Replay, Replayed, ShopAgents, ShopStats,
-    Shops,
+    ConnectionInfo, ConnectionList, Erased, GroupMembers, Kicked, ParkedWebhooks, Redriven, Replay,
+    Replayed, ShopAgents, ShopStats, Shops, WebhookStatus,
 };
 use shared::protocol::{ErrorResponse, Message};
 
@@ -400,6 +400,47 @@ impl Client {
     pub async fn kick(&self, uid: &str) -> Result<Kicked, ClientError> {
         self.call(Method::DELETE, self.url(&["connections", uid]), None)
             .await
+    }
+
+    /// `DELETE /admin/v1/users/{uid}/messages`: erases what `uid` sent. Not limited in
+    /// time: the server works until it is done (and goes on if imctl goes away).
+    pub async fn erase_user(&self, uid: &str) -> Result<Erased, ClientError> {
+        let resp = self
+            .execute(
+                Method::DELETE,
+                self.url(&["users", uid, "messages"]),
+                None,
+                None,
+            )
+            .await?;
+        let bytes = resp.bytes().await.map_err(|e| self.transport(e))?;
+        serde_json::from_slice(&bytes).map_err(|e| self.protocol(e.to_string()))
+    }
+
+    /// `GET /admin/v1/webhooks`; `NotFound` when the server has no webhook.
+    pub async fn webhooks(&self) -> Result<WebhookStatus, ClientError> {
+        self.call(Method::GET, self.url(&["webhooks"]), None).await
+    }
+
+    /// `GET /admin/v1/webhooks/parked`: a page of parked events.
+    pub async fn webhooks_parked(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<ParkedWebhooks, ClientError> {
+        let mut url = self.url(&["webhooks", "parked"]);
+        url.query_pairs_mut()
+            .append_pair("after", &after.to_string())
+            .append_pair("limit", &limit.to_string());
+        self.call(Method::GET, url, None).await
+    }
+
+    /// `POST /admin/v1/webhooks/parked/redrive`.
+    pub async fn webhooks_redrive(&self, limit: usize) -> Result<Redriven, ClientError> {
+        let mut url = self.url(&["webhooks", "parked", "redrive"]);
+        url.query_pairs_mut()
+            .append_pair("limit", &limit.to_string());
+        self.call(Method::POST, url, Some(b"{}".to_vec())).await
     }
 
     /// `GET /admin/v1/shops`: every shop, by name.

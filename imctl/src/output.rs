@@ -87,10 +87,14 @@ pub fn datetime(ts_ms: i64) -> String {
 }
 
 /// What a message says, for one line: its body ([`body_text`]), `(recalled)` for a
-/// recalled message, or the event in words (`[assigned to bob]`, `[closed]`, …).
+/// recalled message, `(erased)` for an erased one, or the event in words
+/// (`[assigned to bob]`, `[closed]`, …).
 pub fn message_text(msg: &shared::protocol::Message) -> String {
     if msg.recalled {
         return "(recalled)".into();
+    }
+    if msg.erased {
+        return "(erased)".into();
     }
     if let Some(event) = &msg.event {
         return event_text(event);
@@ -409,6 +413,7 @@ mod tests {
                 "[event snoozed]",
             ),
             (json!({"recalled": true}), "(recalled)"),
+            (json!({"erased": true}), "(erased)"),
             (json!({"body": {"text": "hi"}}), "hi"),
         ] {
             assert_eq!(message_text(&base(extra.clone())), want, "{extra}");

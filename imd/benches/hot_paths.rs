@@ -103,6 +103,7 @@ fn group_commit(c: &mut Criterion) {
         words: Arc::new(Words::load(None, WordsPolicy::Mask).unwrap()),
         limits: Arc::new(Limits::new(off, off)),
         recall_window: Duration::from_secs(120),
+        before_send: None,
     };
     let (messaging, _task) =
         rt.block_on(async { Messaging::start(deps, 1024, 1, CancellationToken::new()) });

@@ -27,13 +27,18 @@ use crate::business::admin::AdminDeps;
 use crate::business::blacklist::Blacklist;
 use crate::business::limits::{Limits, Rate};
 use crate::business::messaging::Deps;
+use crate::business::push::{Push, PushSettings};
+use crate::business::retention::Retention;
 use crate::business::words::Words;
-use crate::business::{Admin, Deliver, Messaging, NodeCard, Presence};
+use crate::business::{Admin, BeforeSend, Deliver, Messaging, NodeCard, Presence, PushRelay};
 use crate::cluster::{Membership, RoutedPresence};
 use crate::config::{Config, Role};
 use crate::dispatch::{Direct, Routed, Workers};
 use crate::gateway::auth::TokenKeys;
 use crate::gateway::{self, AppState, Shared};
+use crate::hooks::before_send::HttpBeforeSend;
+use crate::hooks::push::HttpPushRelay;
+use crate::hooks::webhook::{self, Webhook, WebhookStore};
 use crate::rpc::auth::LinkKey;
 use crate::rpc::remote::WorkerServer;
 use crate::secrets::Secrets;
@@ -83,22 +88,36 @@ impl App {
         stop: CancellationToken,
     ) -> anyhow::Result<Self> {
         let secrets = Secrets::resolve(cfg)?;
+        // Commits write the webhook outbox when there is a webhook.
+        let webhook = webhook::Settings::from_config(cfg);
         let redis = match &cfg.redis {
-            Some(url) => Some(Arc::new(
-                RedisStore::connect(url)
+            Some(url) => {
+                let r = RedisStore::connect(url)
                     .await
-                    .with_context(|| format!("connecting to Redis at {url}"))?,
-            )),
+                    .with_context(|| format!("connecting to Redis at {url}"))?;
+                Some(Arc::new(if webhook.is_some() {
+                    r.with_outbox()
+                } else {
+                    r
+                }))
+            }
             None => None,
         };
-        let (store, dir): (Arc<dyn MessageStore>, Arc<dyn DirectoryStore>) = match &redis {
-            Some(r) => (r.clone(), r.clone()),
+        let (store, dir, outbox): (
+            Arc<dyn MessageStore>,
+            Arc<dyn DirectoryStore>,
+            Arc<dyn WebhookStore>,
+        ) = match &redis {
+            Some(r) => (r.clone(), r.clone(), r.clone()),
             None => {
-                let e =
-                    Arc::new(EmbeddedStore::open(&cfg.data_dir).with_context(|| {
-                        format!("opening the store in {}", cfg.data_dir.display())
-                    })?);
-                (e.clone(), e)
+                let e = EmbeddedStore::open(&cfg.data_dir)
+                    .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?;
+                let e = Arc::new(if webhook.is_some() {
+                    e.with_outbox()
+                } else {
+                    e
+                });
+                (e.clone(), e.clone(), e)
             }
         };
         let background = CancellationToken::new();
@@ -161,6 +180,9 @@ impl App {
             _ => (Arc::new(Direct::new(hub.clone())), hub.clone()),
         };
         let commit_stop = CancellationToken::new();
+        let push = Push::new(dir.clone(), store.clone(), presence.clone());
+        let before_send =
+            HttpBeforeSend::from_config(cfg).map(|h| Arc::new(h) as Arc<dyn BeforeSend>);
         let deps = Deps {
             store: store.clone(),
             dir: dir.clone(),
@@ -170,6 +192,7 @@ impl App {
             words: words.clone(),
             limits: limits.clone(),
             recall_window: cfg.recall_window,
+            before_send,
         };
         let (messaging, commit_task) = Messaging::start(
             deps,
@@ -177,6 +200,21 @@ impl App {
             cfg.commit_lanes(),
             commit_stop.clone(),
         );
+        // Each node pushes for what it commits, from its first commit on.
+        if let Some(relay) = HttpPushRelay::from_config(cfg) {
+            let settings = PushSettings {
+                preview: cfg.push_preview,
+                ..PushSettings::default()
+            };
+            let relay: Arc<dyn PushRelay> = Arc::new(relay);
+            push.start(messaging.subscribe(), relay, settings, background.clone());
+        }
+        // The deliverer follows this node's commits: it runs where sends commit.
+        let webhook = webhook
+            .filter(|_| cfg.roles.contains(&Role::Gateway))
+            .map(|settings| {
+                Webhook::start(settings, outbox, messaging.subscribe(), background.clone())
+            });
         let node = Arc::new(NodeCard::new(
             node_id,
             cfg.roles.iter().map(|r| r.as_str().to_owned()).collect(),
@@ -201,6 +239,14 @@ impl App {
             limits.clone(),
             background.clone(),
         ));
+        // Retention runs beside the commits on one node; in a cluster where the
+        // sweeper does (the dispatchers).
+        if let (Some(keep), Some(every)) = (cfg.retention, cfg.retention_interval())
+            && (redis.is_none() || cfg.roles.contains(&Role::Dispatcher))
+        {
+            let retention = Retention::new(store.clone(), keep, every);
+            tokio::spawn(retention.run(background.clone()));
+        }
 
         let ping_interval = cfg.ping_interval();
         let clock = Clock::start(
@@ -229,6 +275,7 @@ impl App {
             admin,
             limits,
             messaging,
+            push,
             sessions,
             max_body: cfg.max_frame_bytes,
             body_timeout: cfg.idle_timeout,
@@ -237,6 +284,7 @@ impl App {
             roles: cfg.roles.clone(),
             web: cfg.web,
             dev_tokens: cfg.dev_tokens,
+            webhook,
         });
         tokio::spawn(sample_rate(
             state.messaging.clone(),

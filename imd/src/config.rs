@@ -194,6 +194,10 @@ pub struct Config {
     /// How long an event is retried before it is parked (dead letter).
     #[serde(with = "humantime_serde")]
     pub webhook_retry_for: Duration,
+    /// The longest wait between two tries of a failing conversation (also how soon a
+    /// receiver that came back is noticed).
+    #[serde(with = "humantime_serde")]
+    pub webhook_backoff_max: Duration,
     /// Conversations whose webhook events are in flight at once (one POST at a time
     /// each, in `seq` order).
     pub webhook_concurrency: usize,
@@ -222,6 +226,10 @@ pub struct Config {
     /// Messages older than this leave history and inboxes; none: kept forever.
     #[serde(with = "humantime_serde")]
     pub retention: Option<Duration>,
+    /// How often the retention pass runs; none: a tenth of `retention`, at most a
+    /// minute (see [`Config::retention_interval`]). For tests.
+    #[serde(with = "humantime_serde")]
+    pub retention_interval: Option<Duration>,
 }
 
 impl Default for Config {
@@ -260,6 +268,7 @@ impl Default for Config {
             webhook_secret: None,
             webhook_timeout: Duration::from_secs(10),
             webhook_retry_for: Duration::from_secs(24 * 3600),
+            webhook_backoff_max: Duration::from_secs(60),
             webhook_concurrency: 64,
             webhook_events: vec![WebhookKind::Message, WebhookKind::Event],
             webhook_convs: ConvKindName::ALL.to_vec(),
@@ -271,6 +280,7 @@ impl Default for Config {
             push_webhook_url: None,
             push_preview: true,
             retention: None,
+            retention_interval: None,
         }
     }
 }
@@ -278,6 +288,13 @@ impl Default for Config {
 fn duration(s: &str) -> Result<Duration, humantime::DurationError> {
     humantime::parse_duration(s)
 }
+
+/// The shortest retention. Builds with the `test-hooks` feature (imd's own integration
+/// tests) accept a second, so that a test sees messages leave without waiting minutes.
+#[cfg(not(feature = "test-hooks"))]
+const MIN_RETENTION: Duration = Duration::from_secs(60);
+#[cfg(feature = "test-hooks")]
+const MIN_RETENTION: Duration = Duration::from_secs(1);
 
 /// Flags shared by `imd serve`, `imd token` and `imd admin-token`, so that the helpers
 /// find the same secrets as the server.
@@ -396,6 +413,9 @@ pub struct ServeArgs {
     /// Retry a failing webhook event this long, then park it [default: 24h].
     #[arg(long, env = "IMD_WEBHOOK_RETRY_FOR", value_parser = duration)]
     pub webhook_retry_for: Option<Duration>,
+    /// Longest wait between two tries of a failing conversation [default: 1m].
+    #[arg(long, env = "IMD_WEBHOOK_BACKOFF_MAX", value_parser = duration)]
+    pub webhook_backoff_max: Option<Duration>,
     /// Conversations delivered to the webhook at once [default: 64].
     #[arg(long, env = "IMD_WEBHOOK_CONCURRENCY")]
     pub webhook_concurrency: Option<usize>,
@@ -429,6 +449,9 @@ pub struct ServeArgs {
     /// Remove messages older than this, e.g. `90d` [default: keep forever].
     #[arg(long, env = "IMD_RETENTION", value_parser = duration)]
     pub retention: Option<Duration>,
+    /// How often the retention pass runs [default: retention/10, at most 1m]. For tests.
+    #[arg(long, env = "IMD_RETENTION_INTERVAL", value_parser = duration, hide = true)]
+    pub retention_interval: Option<Duration>,
 }
 
 impl Config {
@@ -491,6 +514,7 @@ impl Config {
             webhook_secret,
             webhook_timeout,
             webhook_retry_for,
+            webhook_backoff_max,
             webhook_concurrency,
             webhook_events,
             webhook_convs,
@@ -501,7 +525,8 @@ impl Config {
             hook_convs,
             push_webhook_url,
             push_preview,
-            retention
+            retention,
+            retention_interval
         );
         cfg.validate()?;
         Ok(cfg)
@@ -579,17 +604,22 @@ impl Config {
             "webhook-concurrency must be between 1 and 4096"
         );
         anyhow::ensure!(
-            !self.webhook_timeout.is_zero() && !self.hook_timeout.is_zero(),
-            "webhook-timeout and hook-timeout must be above zero"
+            !self.webhook_timeout.is_zero()
+                && !self.hook_timeout.is_zero()
+                && self.webhook_backoff_max >= Duration::from_millis(100),
+            "webhook-timeout and hook-timeout must be above zero, webhook-backoff-max at least 100ms"
         );
         anyhow::ensure!(
             !self.webhook_events.is_empty() && !self.webhook_convs.is_empty(),
             "webhook-events and webhook-convs must name at least one kind"
         );
         if let Some(r) = self.retention {
+            anyhow::ensure!(r >= MIN_RETENTION, "retention must be at least 1m");
+        }
+        if let Some(i) = self.retention_interval {
             anyhow::ensure!(
-                r >= Duration::from_secs(60),
-                "retention must be at least 1m"
+                i >= Duration::from_millis(100),
+                "retention-interval must be at least 100ms"
             );
         }
         let all = [Role::Gateway, Role::Dispatcher, Role::Worker];
@@ -625,6 +655,17 @@ impl Config {
     pub fn commit_lanes(&self) -> usize {
         self.commit_lanes
             .unwrap_or(if self.redis.is_some() { 8 } else { 1 })
+    }
+
+    /// How often the retention pass runs: `retention_interval`, or a tenth of the
+    /// retention, at most a minute (a message leaves at most that long after it is
+    /// due); `None` without retention.
+    pub fn retention_interval(&self) -> Option<Duration> {
+        let retention = self.retention?;
+        Some(
+            self.retention_interval
+                .unwrap_or_else(|| (retention / 10).min(Duration::from_secs(60))),
+        )
     }
 
     /// The interval of server pings: a third of the idle timeout.

@@ -89,11 +89,90 @@ fn describe() {
             "imd_http_write_timeouts_total",
             "HTTP connections closed for reading none of their answers in time.",
         ),
+        (
+            "imd_retention_removed_total",
+            "Messages and inbox entries removed by retention (--retention).",
+        ),
+        (
+            "imd_retention_failures_total",
+            "Retention passes that failed (the next one goes on).",
+        ),
+        (
+            "imd_erased_total",
+            "Messages whose body an operator's erasure removed.",
+        ),
+        (
+            "imd_webhook_delivered_total",
+            "Webhook events the receiver accepted (2xx).",
+        ),
+        (
+            "imd_webhook_failed_total",
+            "Webhook POSTs that failed (non-2xx, no answer, timeout).",
+        ),
+        (
+            "imd_webhook_retried_total",
+            "Webhook POSTs of an event that had failed before.",
+        ),
+        (
+            "imd_webhook_parked_total",
+            "Webhook events parked after failing for the whole retry window.",
+        ),
+        (
+            "imd_webhook_dropped_total",
+            "Webhook events lost before delivery, by reason: retention (removed before delivered), parked_cap (oldest parked dropped at the cap).",
+        ),
     ] {
         describe_counter!(name, help);
         metrics::counter!(name).increment(0);
     }
+    // Counters of the pre-send hook and offline pushes, by outcome, each at zero.
+    for (name, label, values, help) in [
+        (
+            "imd_hook_before_send_total",
+            "result",
+            &["allow", "reject", "replace", "error"][..],
+            "Pre-send hook calls, by outcome (error: the call failed, whatever the policy did).",
+        ),
+        (
+            "imd_offline_pushes_total",
+            "result",
+            &["sent", "refused", "failed"][..],
+            "Offline pushes: taken by the relay, refused by it (4xx), or given up on.",
+        ),
+        (
+            "imd_offline_push_skipped_total",
+            "reason",
+            &["no_token", "online"][..],
+            "Recipients of a message not pushed: no push token, or a device online.",
+        ),
+        (
+            "imd_offline_push_dropped_total",
+            "reason",
+            &["queue_full", "lagged"][..],
+            "Offline pushes dropped unlooked at: recipients over the queue, messages missed behind the commits.",
+        ),
+    ] {
+        describe_counter!(name, help);
+        for value in values {
+            metrics::counter!(name, label => *value).increment(0);
+        }
+    }
+    describe_counter!(
+        "imd_offline_push_retries_total",
+        "Offline pushes tried again after the relay failed."
+    );
+    metrics::counter!("imd_offline_push_retries_total").increment(0);
+    describe_histogram!(
+        "imd_hook_before_send_seconds",
+        Unit::Seconds,
+        "Time of one pre-send hook call, failures included."
+    );
     describe_gauge!("imd_connections", "Open WebSocket connections.");
+    describe_gauge!(
+        "imd_retention_last_pass_timestamp_seconds",
+        Unit::Seconds,
+        "When the last complete retention pass ended (unix seconds)."
+    );
     for (name, help) in [
         (
             "imd_shop_agents_online",
@@ -128,6 +207,19 @@ fn describe() {
     ] {
         describe_gauge!(name, help);
     }
+    for (name, help) in [
+        (
+            "imd_webhook_lag_seconds",
+            "Age of the oldest webhook event this node is retrying (0: none).",
+        ),
+        (
+            "imd_webhook_pending_conversations",
+            "Conversations with webhook events that may be undelivered.",
+        ),
+        ("imd_webhook_parked", "Webhook events parked now."),
+    ] {
+        describe_gauge!(name, help);
+    }
     metrics::gauge!("imd_connections").increment(0.0);
     describe_histogram!(
         "imd_commit_latency_seconds",
@@ -135,6 +227,16 @@ fn describe() {
         "Time to commit one batch durably."
     );
     describe_histogram!("imd_commit_batch_size", "Messages per committed batch.");
+    describe_histogram!(
+        "imd_retention_pass_seconds",
+        Unit::Seconds,
+        "Time one retention pass took."
+    );
+    describe_histogram!(
+        "imd_webhook_post_seconds",
+        Unit::Seconds,
+        "Time of one webhook POST, answered or not."
+    );
     describe_histogram!(
         "imd_push_latency_seconds",
         Unit::Seconds,

@@ -39,9 +39,15 @@ pub fn send_response(msg: &Bytes) -> String {
     format!(r#"{{"msg":{}}}"#, raw(msg))
 }
 
-/// `[{"useq":N,"msg":…},…]` followed by `,"more":b,"generation":G}`; `head` opens
-/// the object.
-fn inbox_page(head: &str, items: &[(u64, Bytes)], more: bool, generation: &str) -> String {
+/// `[{"useq":N,"msg":…},…]` followed by `,"more":b,"generation":G}` (and
+/// `"trimmed":true` when `trimmed`); `head` opens the object.
+fn inbox_page(
+    head: &str,
+    items: &[(u64, Bytes)],
+    more: bool,
+    trimmed: bool,
+    generation: &str,
+) -> String {
     let len: usize = items.iter().map(|(_, m)| m.len() + 24).sum();
     let mut s = String::with_capacity(head.len() + len + 40 + generation.len());
     s.push_str(head);
@@ -57,27 +63,45 @@ fn inbox_page(head: &str, items: &[(u64, Bytes)], more: bool, generation: &str) 
         s.push('}');
     }
     s.push_str(if more {
-        r#"],"more":true,"generation":"#
+        r#"],"more":true,"#
     } else {
-        r#"],"more":false,"generation":"#
+        r#"],"more":false,"#
     });
+    if trimmed {
+        s.push_str(r#""trimmed":true,"#);
+    }
+    s.push_str(r#""generation":"#);
     s.push_str(&json_str(generation));
     s.push('}');
     s
 }
 
-/// `{"type":"synced","msgs":[…],"more":b,"generation":G}`
-pub fn synced_frame(items: &[(u64, Bytes)], more: bool, generation: &str) -> String {
-    inbox_page(r#"{"type":"synced","msgs":"#, items, more, generation)
+/// `{"type":"synced","msgs":[…],"more":b,"generation":G}`, with `"trimmed":true` when
+/// the read started before what retention kept.
+pub fn synced_frame(items: &[(u64, Bytes)], more: bool, trimmed: bool, generation: &str) -> String {
+    inbox_page(
+        r#"{"type":"synced","msgs":"#,
+        items,
+        more,
+        trimmed,
+        generation,
+    )
 }
 
-/// `{"msgs":[{"useq","msg"}…],"more":b,"generation":G}`, the answer of `GET /v1/sync`.
-pub fn sync_response(items: &[(u64, Bytes)], more: bool, generation: &str) -> String {
-    inbox_page(r#"{"msgs":"#, items, more, generation)
+/// `{"msgs":[{"useq","msg"}…],"more":b,"generation":G}`, the answer of `GET /v1/sync`,
+/// with `"trimmed":true` when the read started before what retention kept.
+pub fn sync_response(
+    items: &[(u64, Bytes)],
+    more: bool,
+    trimmed: bool,
+    generation: &str,
+) -> String {
+    inbox_page(r#"{"msgs":"#, items, more, trimmed, generation)
 }
 
-/// `{"msgs":[msg…],"more":b}`, the answer of a history read.
-pub fn history_response(items: &[Bytes], more: bool) -> String {
+/// `{"msgs":[msg…],"more":b}`, the answer of a history read, with `"trimmed":true`
+/// when the read started before what retention kept.
+pub fn history_response(items: &[Bytes], more: bool, trimmed: bool) -> String {
     let len: usize = items.iter().map(|m| m.len() + 1).sum();
     let mut s = String::with_capacity(len + 24);
     s.push_str(r#"{"msgs":["#);
@@ -88,10 +112,11 @@ pub fn history_response(items: &[Bytes], more: bool) -> String {
         s.push_str(raw(msg));
     }
     s.push_str(if more {
-        r#"],"more":true}"#
+        r#"],"more":true"#
     } else {
-        r#"],"more":false}"#
+        r#"],"more":false"#
     });
+    s.push_str(if trimmed { r#","trimmed":true}"# } else { "}" });
     s
 }
 
@@ -166,7 +191,8 @@ mod tests {
             }
         );
         let items = vec![(3, b1.clone()), (4, b2.clone())];
-        let f: ServerFrame = serde_json::from_str(&synced_frame(&items, true, "1-ab")).unwrap();
+        let f: ServerFrame =
+            serde_json::from_str(&synced_frame(&items, true, false, "1-ab")).unwrap();
         let expect = vec![
             InboxItem {
                 useq: 3,
@@ -183,27 +209,39 @@ mod tests {
                 msgs: expect.clone(),
                 more: true,
                 generation: "1-ab".into(),
+                trimmed: false,
             }
         );
-        let r: SyncResponse = serde_json::from_str(&sync_response(&items, false, "1-ab")).unwrap();
+        let r: SyncResponse =
+            serde_json::from_str(&sync_response(&items, false, true, "1-ab")).unwrap();
         assert_eq!(
             r,
             SyncResponse {
                 msgs: expect,
                 more: false,
                 generation: "1-ab".into(),
+                trimmed: true,
             }
         );
-        let r: SyncResponse = serde_json::from_str(&sync_response(&[], false, "1-ab")).unwrap();
-        assert!(r.msgs.is_empty());
-        let r: HistoryResponse = serde_json::from_str(&history_response(&[b1, b2], true)).unwrap();
+        let r: SyncResponse =
+            serde_json::from_str(&sync_response(&[], false, false, "1-ab")).unwrap();
+        assert!(r.msgs.is_empty() && !r.trimmed);
+        let r: HistoryResponse =
+            serde_json::from_str(&history_response(&[b1.clone(), b2.clone()], true, false))
+                .unwrap();
         assert_eq!(
             r,
             HistoryResponse {
-                msgs: vec![m1, m2],
-                more: true
+                msgs: vec![m1.clone(), m2.clone()],
+                more: true,
+                trimmed: false,
             }
         );
+        let r: HistoryResponse =
+            serde_json::from_str(&history_response(&[b2], false, true)).unwrap();
+        assert_eq!((r.msgs, r.more, r.trimmed), (vec![m2], false, true));
+        // Absent unless true: the answers of a store that keeps everything are as before.
+        assert!(!history_response(&[b1], false, false).contains("trimmed"));
         let f: ServerFrame = serde_json::from_str(&kick_frame("shutdown")).unwrap();
         assert_eq!(
             f,

@@ -1,7 +1,7 @@
 // Types of imd-client.js, the JavaScript SDK for imd. docs/protocol.md of the imd
 // repository describes every shape here on the wire.
 
-/** A message as the server commits it. Exactly one of `body` and `event` is present, or neither when `recalled`. */
+/** A message as the server commits it. Exactly one of `body` and `event` is present, or neither when `recalled` or `erased`. */
 export interface Message {
   /** Unique id (a UUIDv7). */
   id: string;
@@ -21,6 +21,8 @@ export interface Message {
   cid?: string;
   /** Its sender took it back; the body is gone. */
   recalled?: true;
+  /** An operator erased what its sender wrote; the body is gone, the message stays as a tombstone. */
+  erased?: true;
 }
 
 /** An event message's `event`. Unknown types are passed through as they come. */

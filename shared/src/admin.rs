@@ -176,6 +176,15 @@ pub struct Kicked {
     pub kicked: usize,
 }
 
+/// `DELETE /admin/v1/users/{uid}/messages` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Erased {
+    /// Messages of the user whose body this call removed (0 when a call before it
+    /// erased them all).
+    pub erased: u64,
+}
+
 /// `PUT`/`GET /admin/v1/shops/{shop}/agents` body: the shop's agents and its
 /// customer-service settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -398,4 +407,72 @@ pub struct NodeInfo {
 pub struct ClusterInfo {
     /// Every live node.
     pub nodes: Vec<NodeInfo>,
+}
+
+/// `GET /admin/v1/webhooks` answer: the webhook's state. Counters are the answering
+/// node's since it started; `pending_conversations` and `parked` are the whole
+/// cluster's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct WebhookStatus {
+    /// Events delivered (a 2xx answer).
+    pub delivered: u64,
+    /// POSTs that failed (non-2xx, no answer, timeout).
+    pub failed: u64,
+    /// Events parked after failing for the whole retry window.
+    pub parked_total: u64,
+    /// Events lost before delivery: removed by retention, or parked ones dropped at the
+    /// cap of the parked list.
+    pub dropped: u64,
+    /// Whether the receiver answered lately (false after several failures in a row:
+    /// one conversation at a time probes it until it answers).
+    pub receiver_up: bool,
+    /// Conversations with events that may be undelivered.
+    pub pending_conversations: u64,
+    /// Events parked now.
+    pub parked: u64,
+    /// Age of the oldest event being retried, in ms (0: none).
+    pub lag_ms: i64,
+}
+
+/// One parked webhook event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ParkedWebhook {
+    /// The parked id (the order of parking).
+    pub id: u64,
+    /// The event id (the message id).
+    pub event: String,
+    /// The conversation.
+    pub conv: String,
+    /// The message's seq.
+    pub seq: u64,
+    /// When the message was committed (unix ms).
+    pub ts: i64,
+    /// When the event was parked (unix ms).
+    pub parked_ms: i64,
+    /// The last failure.
+    pub reason: String,
+}
+
+/// `GET /admin/v1/webhooks/parked` answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ParkedWebhooks {
+    /// Parked events, oldest first.
+    pub events: Vec<ParkedWebhook>,
+    /// The `after` of the next page, when there may be one.
+    pub next: Option<u64>,
+}
+
+/// `POST /admin/v1/webhooks/parked/redrive` answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Redriven {
+    /// Events the receiver accepted; they left the parked list.
+    pub sent: u64,
+    /// Events whose message no longer exists (retention); they left the list.
+    pub gone: u64,
+    /// 1 when a send failed, which stopped the re-drive (the rest stay parked).
+    pub failed: u64,
 }

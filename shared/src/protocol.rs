@@ -44,6 +44,10 @@ pub struct Message {
     /// The sender took the message back: its body is gone.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub recalled: bool,
+    /// An operator erased what its sender wrote (`DELETE /admin/v1/users/{uid}/messages`):
+    /// its body is gone; the message stays as a tombstone at its `seq`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub erased: bool,
 }
 
 impl Message {
@@ -237,6 +241,10 @@ pub enum ServerFrame {
         /// the start (see `docs/protocol.md`, *Generations*).
         #[serde(default)]
         generation: String,
+        /// The read asked for entries that retention removed: it starts at the oldest
+        /// entry kept.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        trimmed: bool,
     },
     /// Answer to `ping`.
     Pong,
@@ -381,6 +389,10 @@ pub struct SyncResponse {
     /// The server's store generation (see [`ServerFrame::Synced`]).
     #[serde(default)]
     pub generation: String,
+    /// The read asked for entries that retention removed: it starts at the oldest
+    /// entry kept.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub trimmed: bool,
 }
 
 /// `GET /v1/conversations/{conv}/messages` answer.
@@ -391,6 +403,10 @@ pub struct HistoryResponse {
     pub msgs: Vec<Message>,
     /// Whether more messages follow.
     pub more: bool,
+    /// The read asked for messages that retention removed: it starts at the oldest
+    /// message kept.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub trimmed: bool,
 }
 
 /// `POST /v1/conversations/{conv}/read` body.
@@ -570,6 +586,7 @@ mod tests {
             ts: 5,
             cid: None,
             recalled: false,
+            erased: false,
         };
         assert_eq!(
             serde_json::to_value(&m).unwrap(),
@@ -665,4 +682,21 @@ pub struct ShopAgent {
 pub struct TransferRequest {
     /// The colleague who takes it.
     pub agent: String,
+}
+
+/// `PUT /v1/devices/{device}/push` body: the calling device's push token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PushRegistration {
+    /// The push service that issued the token, as the relay names it (`apns`, `fcm`,
+    /// …): 1-32 characters of `[a-z0-9_-]`.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(min_length = 1, max_length = 32, pattern = "^[a-z0-9_-]{1,32}$")
+    )]
+    pub provider: String,
+    /// The device's token at that service: 1-4096 bytes, no control characters.
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 4096))]
+    pub token: String,
 }

@@ -12,6 +12,8 @@ mod members;
 mod replay;
 mod shop;
 mod tail;
+mod user;
+mod webhooks;
 
 pub(crate) use cluster::roles;
 pub(crate) use shop::{cap, load, percentile, rating, status, yes_no};
@@ -35,6 +37,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Shop(cmd) => shop::run(&client, &out, cmd).await,
         Command::Group(cmd) => members::group(&client, &out, cmd).await,
         Command::Conv(cmd) => conv::run(&client, &out, cmd).await,
+        Command::User(cmd) => user::run(&client, &out, cmd).await,
+        Command::Webhooks(cmd) => webhooks::run(&client, &out, cmd).await,
         Command::Tui => crate::tui::run(client).await,
     }
 }

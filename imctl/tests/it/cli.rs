@@ -624,6 +624,86 @@ async fn conv_recall_close_and_transfer_act_and_say_so() {
 }
 
 #[tokio::test]
+async fn user_erase_leaves_tombstones_and_says_how_many() {
+    let imd = Imd::start();
+    let alice = imd.token("alice", "laptop");
+    let bob = imd.token("bob", "phone");
+    imd.send(&alice, "bob", "my card number is 4111").await;
+    imd.send(&bob, "alice", "thanks").await;
+    imd.send(&alice, "bob", "and the code is 123").await;
+    let erased = imd.run(&["user", "erase", "alice"]);
+    assert_eq!(erased.ok().trim(), "erased 2 messages of alice");
+    let mut tail = imd.imctl();
+    tail.args([
+        "tail",
+        "conversation",
+        "d:alice~bob",
+        "--from-seq",
+        "1",
+        "--count",
+        "3",
+    ]);
+    let tail = Running::spawn(tail);
+    assert!(tail.line().ends_with("  alice: (erased)"));
+    assert!(tail.line().ends_with("  bob: thanks"));
+    assert!(tail.line().ends_with("  alice: (erased)"));
+    let again = imd.run(&["--json", "user", "erase", "alice"]).json_lines();
+    assert_eq!(again[0], serde_json::json!({"uid": "alice", "erased": 0}));
+}
+
+/// A webhook to a port where nothing listens: `status` shows the failures, `parked`
+/// lists what failed past the retry window, `redrive` stops at the first failure.
+#[tokio::test]
+async fn webhooks_status_parked_and_redrive() {
+    let nobody = format!("http://127.0.0.1:{}/hook", testkit::free_port());
+    let imd = Imd::start_with(&[
+        "--webhook-url",
+        &nobody,
+        "--webhook-secret",
+        "whsec-test",
+        "--webhook-retry-for",
+        "1s",
+        "--webhook-backoff-max",
+        "200ms",
+    ]);
+    let alice = imd.token("alice", "laptop");
+    imd.send(&alice, "bob", "order 1042?").await;
+    imd.send(&alice, "bob", "hello?").await;
+    let mut parked = Vec::new();
+    testkit::wait_until(
+        std::time::Duration::from_secs(20),
+        "two events parked",
+        || {
+            let lines = imd.run(&["--json", "webhooks", "parked"]).json_lines();
+            let n = lines.len();
+            parked = lines;
+            async move { n == 2 }
+        },
+    )
+    .await;
+    assert_eq!(parked[0]["conv"], "d:alice~bob");
+    assert_eq!(
+        (parked[0]["seq"].as_u64(), parked[1]["seq"].as_u64()),
+        (Some(1), Some(2))
+    );
+    let table = imd.run(&["webhooks", "parked"]);
+    let table = table.ok();
+    assert!(table.lines().next().unwrap().starts_with("ID"), "{table}");
+    assert!(table.contains("d:alice~bob"), "{table}");
+
+    let status = imd.run(&["webhooks", "status"]);
+    let status = status.ok();
+    assert!(status.contains("down (probing)"), "{status}");
+    assert!(status.contains("2 now"), "{status}");
+    let redrive = imd.run(&["webhooks", "redrive"]);
+    let redrive = redrive.ok();
+    assert_eq!(
+        redrive.trim(),
+        "re-drove 0 parked events; stopped at a failure (the receiver may still be down)"
+    );
+}
+
+#[tokio::test]
 async fn every_error_is_one_clear_line_and_a_non_zero_exit() {
     let imd = Imd::start();
 

@@ -422,6 +422,23 @@ impl Admin {
         self.messaging.recall_any(conv, seq).await
     }
 
+    /// Erases the body of every message `uid` sent (see `messaging::erasure`); returns
+    /// how many this call erased. Runs in a task of its own: an operator who goes away
+    /// does not stop it half way (a second call would finish it anyway).
+    pub async fn erase_user(&self, uid: &str) -> Result<u64, Error> {
+        name(uid, "uid")?;
+        let messaging = self.messaging.clone();
+        let uid = uid.to_owned();
+        let erased = super::messaging::detached(async move {
+            let erased = messaging.erase_user(&uid).await?;
+            tracing::info!(%uid, erased, "user's messages erased");
+            Ok(erased)
+        })
+        .await?;
+        metrics::counter!("imd_erased_total").increment(erased);
+        Ok(erased)
+    }
+
     /// Ends a service conversation's assignment, with a `closed` event message.
     pub async fn close(&self, conv: &str) -> Result<(), Error> {
         self.messaging.close_by(conv, None).await

@@ -7,7 +7,10 @@
 //!
 //! What it needs from the other roles it asks through traits that they implement:
 //! [`Deliver`] (the dispatcher takes committed messages), [`Presence`] (who is
-//! online), [`Devices`] (where devices are connected, for the admin operations).
+//! online), [`Devices`] (where devices are connected, for the admin operations); and
+//! from business systems, through traits that `hooks` implements over HTTP:
+//! [`BeforeSend`] (the pre-send hook's say over a message) and [`PushRelay`] (offline
+//! pushes, handed to a relay to APNs/FCM).
 
 pub mod admin;
 pub mod assignment;
@@ -15,6 +18,8 @@ pub mod blacklist;
 pub mod limits;
 pub mod locks;
 pub mod messaging;
+pub mod push;
+pub mod retention;
 pub mod service;
 pub mod stats;
 mod tail;
@@ -65,6 +70,16 @@ pub enum Error {
     /// Refused by the sensitive-word filter.
     #[error("the message contains a blocked word")]
     BlockedContent,
+    /// Refused by the pre-send hook, with its reason for the sender.
+    #[error("{0}")]
+    Rejected(String),
+    /// The pre-send hook could not be asked and `--hook-fail-closed` refuses the
+    /// message: nothing is wrong with it, so it is `internal` (resend later), not
+    /// `blocked_content`.
+    #[error(
+        "pre-send hook unavailable; the message was not sent, resend it later with the same cid"
+    )]
+    HookUnavailable,
     /// The server is shutting down and takes no more messages.
     #[error("server is shutting down")]
     ShuttingDown,
@@ -82,9 +97,16 @@ impl Error {
             Error::NotFound(_) => ErrorCode::NotFound,
             Error::RateLimited(_) => ErrorCode::RateLimited,
             Error::Conflict(_) => ErrorCode::Conflict,
-            Error::BlockedContent => ErrorCode::BlockedContent,
-            Error::ShuttingDown | Error::Store(_) => ErrorCode::Internal,
+            Error::BlockedContent | Error::Rejected(_) => ErrorCode::BlockedContent,
+            Error::ShuttingDown | Error::Store(_) | Error::HookUnavailable => ErrorCode::Internal,
         }
+    }
+
+    /// Whether it is a failure of this server, for its log at error level. A hook that
+    /// is down is logged where it is called, at most every few seconds, not once per
+    /// refused message.
+    pub fn is_server_fault(&self) -> bool {
+        matches!(self, Error::ShuttingDown | Error::Store(_))
     }
 
     /// What the client is told. Store details stay in the server's log.
@@ -157,4 +179,67 @@ pub trait Devices: Send + Sync + 'static {
     /// The figures of every node: each reachable worker's, and in a cluster what the
     /// registry says of live nodes that have no worker to ask.
     async fn nodes(&self) -> Result<Vec<NodeInfo>, Error>;
+}
+
+/// A message about to be committed, as the pre-send hook is asked about it: after the
+/// sensitive-word filter, before the commit.
+#[derive(Debug, Clone, Copy)]
+pub struct Outgoing<'a> {
+    /// The sender.
+    pub from: &'a str,
+    /// The sender's device.
+    pub device: &'a str,
+    /// The conversation.
+    pub conv: &'a str,
+    /// The body, as the filter left it.
+    pub body: &'a serde_json::Value,
+    /// The sender's client message id.
+    pub cid: Option<&'a str>,
+}
+
+/// What the pre-send hook decided.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Commit the message as it is.
+    Allow,
+    /// Refuse it; the sender is told this reason (`blocked_content`).
+    Reject(String),
+    /// Commit this body instead (not `null`, within the size limit: checked by whoever
+    /// read the answer).
+    Replace(serde_json::Value),
+    /// The hook could not be asked, and the policy is to refuse the message. (With the
+    /// policy to let it through, a failed call answers [`Verdict::Allow`].)
+    Unavailable,
+}
+
+/// A business system's say over messages before they are committed (the pre-send
+/// hook); `hooks::before_send` implements it over HTTP.
+///
+/// Called on the send path of every matching message, but never with a decision lock
+/// held: it may take as long as its timeout.
+#[async_trait::async_trait]
+pub trait BeforeSend: Send + Sync + 'static {
+    /// Whether messages of `conv` are asked about (`--hook-convs`).
+    fn applies(&self, conv: &str) -> bool;
+
+    /// What the hook says of `msg`. It never fails: a call that fails answers by the
+    /// failure policy ([`Verdict::Allow`] or [`Verdict::Unavailable`]).
+    async fn check(&self, msg: Outgoing<'_>) -> Verdict;
+}
+
+/// Why a relay did not take a push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayFailed {
+    /// It may take it later (no answer, a timeout, 408, 429, 5xx): try again.
+    Retry,
+    /// It refused it (another 4xx): trying again would get the same answer.
+    Refused,
+}
+
+/// Where offline pushes go: a relay to the push services (APNs, FCM, …) that knows
+/// their credentials; `hooks::push` implements it over HTTP.
+#[async_trait::async_trait]
+pub trait PushRelay: Send + Sync + 'static {
+    /// Hands `push` over, once; the caller retries.
+    async fn send(&self, push: &push::OfflinePush) -> Result<(), RelayFailed>;
 }

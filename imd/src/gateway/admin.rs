@@ -10,8 +10,8 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use shared::admin::{
     AddBlacklist, Assignment, BlacklistEntry, BlacklistKind, BlacklistList, ClusterInfo,
-    ConnectionList, GroupMembers, Kicked, Replay, Replayed, ShopAgents, ShopStats, Shops, Transfer,
-    Words, WordsStatus,
+    ConnectionList, Erased, GroupMembers, Kicked, Replay, Replayed, ShopAgents, ShopStats, Shops,
+    Transfer, Words, WordsStatus,
 };
 use shared::protocol::{ErrorCode, HistoryResponse, RecallResponse};
 use utoipa::IntoParams;
@@ -32,6 +32,7 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(blacklist_remove))
         .routes(routes!(connections))
         .routes(routes!(kick))
+        .routes(routes!(erase_user))
         .routes(routes!(shops))
         .routes(routes!(shop_agents, set_shop_agents))
         .routes(routes!(shop_stats))
@@ -45,6 +46,9 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(stream))
         .routes(routes!(replay))
         .routes(routes!(cluster))
+        .routes(routes!(webhooks))
+        .routes(routes!(webhooks_parked))
+        .routes(routes!(webhooks_redrive))
 }
 
 /// `{kind}/{value}` of a blacklist entry.
@@ -58,7 +62,7 @@ struct EntryPath {
     value: String,
 }
 
-/// `{uid}` of a user's connections.
+/// `{uid}` of a user's connections or messages.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Path)]
 struct UidPath {
@@ -217,6 +221,24 @@ async fn kick(
     Ok(axum::Json(Kicked { kicked }).into_response())
 }
 
+/// Erases the body of every message a user sent: each stays, without its body and with
+/// `"erased": true`, in its conversation and in every inbox. Safe to call again: a
+/// second call erases what the first left (0 when nothing).
+#[utoipa::path(
+    delete,
+    path = "/users/{uid}/messages",
+    params(UidPath),
+    responses((status = 200, description = "How many messages this call erased", body = Erased)),
+)]
+async fn erase_user(
+    _: AdminAuth,
+    State(app): State<AppState>,
+    ApiPath(UidPath { uid }): ApiPath<UidPath>,
+) -> Result<Response, ApiError> {
+    let erased = app.admin.erase_user(&uid).await?;
+    Ok(axum::Json(Erased { erased }).into_response())
+}
+
 /// A shop's agents and customer-service settings.
 #[utoipa::path(
     get,
@@ -356,7 +378,7 @@ async fn history(
     let page = app.messaging.history_any(&conv, q.after, q.limit).await?;
     Ok((
         [(axum::http::header::CONTENT_TYPE, "application/json")],
-        wire::history_response(&page.items, page.more),
+        wire::history_response(&page.items, page.more, page.trimmed),
     )
         .into_response())
 }
@@ -532,4 +554,127 @@ async fn replay(
 )]
 async fn cluster(_: AdminAuth, State(app): State<AppState>) -> Result<Response, ApiError> {
     Ok(axum::Json(app.admin.cluster().await?).into_response())
+}
+
+/// The webhook deliverer, or 404 when there is no webhook.
+fn webhook(app: &AppState) -> Result<&crate::hooks::webhook::Webhook, ApiError> {
+    app.webhook.as_ref().ok_or_else(|| {
+        ApiError::new(
+            shared::protocol::ErrorCode::NotFound,
+            "no webhook is configured (--webhook-url)",
+        )
+    })
+}
+
+fn store_failed(e: crate::store::StoreError) -> ApiError {
+    crate::business::Error::Store(e).into()
+}
+
+/// The webhook's state: deliveries, failures, backlog, parked events.
+#[utoipa::path(
+    get,
+    path = "/webhooks",
+    responses(
+        (status = 200, description = "The webhook's state", body = shared::admin::WebhookStatus),
+        (status = 404, response = NotFound),
+    ),
+)]
+async fn webhooks(_: AdminAuth, State(app): State<AppState>) -> Result<Response, ApiError> {
+    let s = webhook(&app)?.status().await.map_err(store_failed)?;
+    Ok(axum::Json(shared::admin::WebhookStatus {
+        delivered: s.delivered,
+        failed: s.failed,
+        parked_total: s.parked_total,
+        dropped: s.dropped,
+        receiver_up: s.receiver_up,
+        pending_conversations: s.pending_conversations,
+        parked: s.parked,
+        lag_ms: s.lag_ms,
+    })
+    .into_response())
+}
+
+/// A page of parked webhook events.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct ParkedQuery {
+    /// List the events parked after this parked id (0: from the oldest).
+    #[serde(default)]
+    after: u64,
+    /// Page size: 100 by default, at most 1000.
+    limit: Option<usize>,
+    #[serde(default, rename = "token")]
+    #[param(ignore)]
+    _token: Option<String>,
+}
+
+/// Lists parked webhook events (dead letters), oldest first.
+#[utoipa::path(
+    get,
+    path = "/webhooks/parked",
+    params(ParkedQuery),
+    responses(
+        (status = 200, description = "Parked events", body = shared::admin::ParkedWebhooks),
+        (status = 404, response = NotFound),
+    ),
+)]
+async fn webhooks_parked(
+    _: AdminAuth,
+    State(app): State<AppState>,
+    ApiQuery(q): ApiQuery<ParkedQuery>,
+) -> Result<Response, ApiError> {
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let page = webhook(&app)?
+        .parked(q.after, limit)
+        .await
+        .map_err(store_failed)?;
+    let next = (page.len() == limit).then(|| page.last().map_or(q.after, |(id, _)| *id));
+    let events = page
+        .into_iter()
+        .map(|(id, p)| shared::admin::ParkedWebhook {
+            id,
+            event: p.event,
+            conv: p.conv,
+            seq: p.seq,
+            ts: p.ts,
+            parked_ms: p.parked_ms,
+            reason: p.reason,
+        })
+        .collect();
+    Ok(axum::Json(shared::admin::ParkedWebhooks { events, next }).into_response())
+}
+
+/// How many parked events to re-drive.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct RedriveQuery {
+    /// At most this many, oldest first: 100 by default, at most 1000.
+    limit: Option<usize>,
+    #[serde(default, rename = "token")]
+    #[param(ignore)]
+    _token: Option<String>,
+}
+
+/// Sends parked webhook events again, oldest first; each accepted one leaves the
+/// parked list, and the first failure stops. A re-driven event arrives after later
+/// events of its conversation (its `msg.seq` tells where it belongs).
+#[utoipa::path(
+    post,
+    path = "/webhooks/parked/redrive",
+    params(RedriveQuery),
+    responses(
+        (status = 200, description = "What was re-driven", body = shared::admin::Redriven),
+        (status = 404, response = NotFound),
+    ),
+)]
+async fn webhooks_redrive(
+    _: AdminAuth,
+    State(app): State<AppState>,
+    ApiQuery(q): ApiQuery<RedriveQuery>,
+) -> Result<Response, ApiError> {
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let (sent, gone, failed) = webhook(&app)?.redrive(limit).await.map_err(store_failed)?;
+    Ok(axum::Json(shared::admin::Redriven { sent, gone, failed }).into_response())
 }

@@ -48,7 +48,7 @@ impl From<AuthError> for ApiError {
 
 impl From<business::Error> for ApiError {
     fn from(e: business::Error) -> Self {
-        if e.code() == ErrorCode::Internal {
+        if e.is_server_fault() {
             tracing::error!(error = %e, "request failed");
         }
         ApiError::new(e.code(), e.client_message())

@@ -14,8 +14,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use shared::protocol::{
     AgentResponse, ConversationResponse, ConversationsResponse, ErrorCode, HistoryResponse,
-    PresenceResponse, RatingRequest, ReadRequest, ReadResponse, RecallResponse, SendRequest,
-    SendResponse, ShopView, StatusRequest, SyncResponse, TransferRequest,
+    PresenceResponse, PushRegistration, RatingRequest, ReadRequest, ReadResponse, RecallResponse,
+    SendRequest, SendResponse, ShopView, StatusRequest, SyncResponse, TransferRequest,
 };
 use utoipa::{IntoParams, ToSchema};
 
@@ -220,6 +220,7 @@ pub(super) async fn sync(
     Ok(json(wire::sync_response(
         &page.items,
         page.more,
+        page.trimmed,
         generation.as_str(),
     )))
 }
@@ -242,7 +243,11 @@ pub(super) async fn history(
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Response, ApiError> {
     let page = app.messaging.history(&who, &conv, q.after, q.limit).await?;
-    Ok(json(wire::history_response(&page.items, page.more)))
+    Ok(json(wire::history_response(
+        &page.items,
+        page.more,
+        page.trimmed,
+    )))
 }
 
 /// `?limit=&before=` of the conversation list.
@@ -505,6 +510,57 @@ pub(super) async fn presence(
         }
     }
     Ok(Json(app.messaging.presence(&who, uids).await?))
+}
+
+/// `{device}` of a device's calls.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(super) struct DevicePath {
+    /// The device id: the caller's own (its token's `dev`).
+    pub(super) device: String,
+}
+
+/// Registers the calling device's push token, for offline pushes (replacing its
+/// earlier one). A user keeps at most 16; past that the oldest registration goes.
+#[utoipa::path(
+    put,
+    path = "/v1/devices/{device}/push",
+    params(DevicePath),
+    request_body = PushRegistration,
+    responses(
+        (status = 200, description = "The token is registered", body = Empty),
+        (status = 403, response = Forbidden),
+    ),
+)]
+pub(super) async fn push_register(
+    State(app): State<AppState>,
+    Client(who): Client,
+    ApiPath(DevicePath { device }): ApiPath<DevicePath>,
+    JsonBody(req): JsonBody<PushRegistration>,
+) -> Result<Json<Empty>, ApiError> {
+    app.push
+        .register(&who, &device, &req.provider, &req.token)
+        .await?;
+    Ok(Json(Empty {}))
+}
+
+/// Removes the calling device's push token (at logout); removing none is no error.
+#[utoipa::path(
+    delete,
+    path = "/v1/devices/{device}/push",
+    params(DevicePath),
+    responses(
+        (status = 200, description = "The device has no push token now", body = Empty),
+        (status = 403, response = Forbidden),
+    ),
+)]
+pub(super) async fn push_unregister(
+    State(app): State<AppState>,
+    Client(who): Client,
+    ApiPath(DevicePath { device }): ApiPath<DevicePath>,
+) -> Result<Json<Empty>, ApiError> {
+    app.push.unregister(&who, &device).await?;
+    Ok(Json(Empty {}))
 }
 
 /// `GET /healthz` answer.

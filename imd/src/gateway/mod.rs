@@ -24,6 +24,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::business::limits::Limits;
+use crate::business::push::Push;
 use crate::business::{Admin, Messaging};
 use crate::config::{Role, Secret};
 use crate::worker::session::SessionCtx;
@@ -47,6 +48,8 @@ pub struct Shared {
     pub limits: Arc<Limits>,
     /// The business layer.
     pub messaging: Messaging,
+    /// Devices' push tokens.
+    pub push: Push,
     /// What WebSocket sessions share.
     pub sessions: Arc<SessionCtx>,
     /// Largest HTTP body and WebSocket frame.
@@ -63,6 +66,8 @@ pub struct Shared {
     pub web: bool,
     /// Whether gateway nodes serve `POST /dev/v1/token` (demo tokens for anyone).
     pub dev_tokens: bool,
+    /// The webhook deliverer, when there is a webhook (for the admin API).
+    pub webhook: Option<crate::hooks::webhook::Webhook>,
 }
 
 impl AppState {
@@ -108,6 +113,7 @@ pub fn router(state: AppState) -> Router {
             .routes(routes!(http::shop_view))
             .routes(routes!(http::transfer))
             .routes(routes!(http::presence))
+            .routes(routes!(http::push_register, http::push_unregister))
             .routes(routes!(web::sdk))
             .nest("/admin/v1", admin::routes())
             .merge(openapi::routes(doc.clone()));

@@ -54,7 +54,9 @@ fn describe(code: ErrorCode) -> &'static str {
         ErrorCode::BadRequest => {
             "the body, query or path does not parse, or the request breaks a rule"
         }
-        ErrorCode::BlockedContent => "the sensitive-word filter refused the content",
+        ErrorCode::BlockedContent => {
+            "the sensitive-word filter or the pre-send hook refused the content"
+        }
         ErrorCode::Unauthorized => "the token is missing, invalid or expired",
         ErrorCode::Forbidden => {
             "the caller may not do this: not a member, not the sender, not the agent, \

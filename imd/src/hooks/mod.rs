@@ -6,6 +6,8 @@
 //! `--webhook-secret` (see `docs/webhooks.md`). None of them may hold a lock, a
 //! conversation or a commit while it waits on the network.
 
+pub mod before_send;
+pub mod push;
 pub mod webhook;
 
 use std::time::Duration;
@@ -46,9 +48,74 @@ pub fn client(timeout: Duration) -> reqwest::Client {
         .expect("the HTTP client's TLS backend starts")
 }
 
+/// Lets a warning through at most once per `every`, and says how many it held back
+/// since the last: a business system that is down fails every call, and the log must
+/// not grow with the traffic. A `std` atomic: no lock on the call path.
+pub(crate) struct Throttle {
+    every_ms: i64,
+    last_ms: std::sync::atomic::AtomicI64,
+    held: std::sync::atomic::AtomicU64,
+}
+
+impl Throttle {
+    /// At most one warning per `every`.
+    pub(crate) fn new(every: Duration) -> Self {
+        Self {
+            every_ms: i64::try_from(every.as_millis()).unwrap_or(i64::MAX),
+            last_ms: std::sync::atomic::AtomicI64::new(i64::MIN),
+            held: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(held back since the last)` when a warning may go out now.
+    pub(crate) fn allow(&self) -> Option<u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = shared::time::now_ms();
+        let last = self.last_ms.load(Relaxed);
+        if now.saturating_sub(last) >= self.every_ms
+            && self
+                .last_ms
+                .compare_exchange(last, now, Relaxed, Relaxed)
+                .is_ok()
+        {
+            return Some(self.held.swap(0, Relaxed));
+        }
+        self.held.fetch_add(1, Relaxed);
+        None
+    }
+}
+
+/// Reads at most `limit` bytes of `res`'s body; `None` when it is longer.
+pub(crate) async fn body_within(
+    mut res: reqwest::Response,
+    limit: usize,
+) -> Result<Option<Vec<u8>>, reqwest::Error> {
+    let mut out = Vec::new();
+    while let Some(chunk) = res.chunk().await? {
+        if out.len() + chunk.len() > limit {
+            return Ok(None);
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(Some(out))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_throttle_lets_one_warning_through_per_period_and_counts_the_rest() {
+        let t = Throttle::new(Duration::from_secs(3600));
+        assert_eq!(t.allow(), Some(0));
+        assert_eq!(t.allow(), None);
+        assert_eq!(t.allow(), None);
+        // The period has not passed: still held back, and counted.
+        assert_eq!(t.held.load(std::sync::atomic::Ordering::Relaxed), 2);
+        let every = Throttle::new(Duration::ZERO);
+        assert_eq!(every.allow(), Some(0));
+        assert_eq!(every.allow(), Some(0));
+    }
 
     #[test]
     fn signature_matches_rfc_4231_case_2() {

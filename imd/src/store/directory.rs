@@ -1,5 +1,6 @@
-//! The directory: blacklists, shops (with their customer-service assignments) and
-//! groups, the state the business rules read and the admin API changes. One trait per
+//! The directory: blacklists, shops (with their customer-service assignments), groups
+//! and devices' push tokens, the state the business rules read and the admin API (or,
+//! for push tokens, the devices themselves) changes. One trait per
 //! domain, so that a backend keeps each domain in a file of its own; [`DirectoryStore`]
 //! is their union, the one callers hold. It must not hold rules: what a blacklist
 //! entry blocks, or which agent gets a conversation, is the business layer's.
@@ -12,9 +13,9 @@ use super::StoreError;
 /// Everything the directory holds: every domain trait. Blanket-implemented, so a
 /// backend implements the domain traits and never this one (see the module doc of
 /// `store` for adding a domain).
-pub trait DirectoryStore: BlacklistStore + ShopStore + GroupStore {}
+pub trait DirectoryStore: BlacklistStore + ShopStore + GroupStore + PushStore {}
 
-impl<T: BlacklistStore + ShopStore + GroupStore + ?Sized> DirectoryStore for T {}
+impl<T: BlacklistStore + ShopStore + GroupStore + PushStore + ?Sized> DirectoryStore for T {}
 
 /// Blacklist entries: who may not send, and until when.
 #[async_trait]
@@ -255,4 +256,46 @@ pub struct ServiceState {
     /// Whether the customer rated it since it last closed.
     #[serde(default)]
     pub rated: bool,
+}
+
+/// A device's push registration: where an offline push for its user goes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PushToken {
+    /// The device (the client token's `dev`).
+    pub device: String,
+    /// The push service that knows the token (`apns`, `fcm`, …): the relay's business.
+    pub provider: String,
+    /// The token the push service gave the device.
+    pub token: String,
+    /// When it was registered (unix ms): the oldest goes first past the bound.
+    pub at: i64,
+}
+
+/// Devices' push tokens, per user, bounded.
+#[async_trait]
+pub trait PushStore: Send + Sync + 'static {
+    /// Sets the push token of `uid`'s `token.device`, replacing that device's earlier
+    /// one. When `uid` then has more than `max` devices, the ones registered longest
+    /// ago (the smallest `at`, then the smallest device id) go, but never the device
+    /// just registered. Returns the devices removed.
+    async fn push_register(
+        &self,
+        uid: &str,
+        token: PushToken,
+        max: usize,
+    ) -> Result<Vec<String>, StoreError>;
+    /// Removes `uid`'s `device`'s push token; whether it had one.
+    async fn push_unregister(&self, uid: &str, device: &str) -> Result<bool, StoreError>;
+    /// Every push token of `uid`, by device id.
+    async fn push_tokens(&self, uid: &str) -> Result<Vec<PushToken>, StoreError>;
+}
+
+/// The devices [`PushStore::push_register`] removes: of `all` (every device of the
+/// user, the new one included, as `(at, device)`), the oldest beyond `max`, never
+/// `new`. Both backends follow it (the Redis script in its own words).
+pub(crate) fn push_evictions(mut all: Vec<(i64, String)>, new: &str, max: usize) -> Vec<String> {
+    let over = all.len().saturating_sub(max);
+    all.retain(|(_, d)| d != new);
+    all.sort();
+    all.into_iter().take(over).map(|(_, d)| d).collect()
 }

@@ -90,6 +90,13 @@ pub enum StoreError {
         /// The conversation.
         conv: String,
     },
+    /// An erasure lost its conversation's lease before the erased forms were set (going
+    /// on could let an inbox receive an original afterwards).
+    #[error("erasure in {conv} lost its lease")]
+    EraseLeaseLost {
+        /// The conversation.
+        conv: String,
+    },
     /// Messages kept meeting cancelled ids or moving idempotency claims past the rounds
     /// a commit allows them.
     #[error("{count} message(s) kept meeting cancelled ids or moving claims")]

@@ -10,9 +10,12 @@
 //! - this file: [`MessageStore`] (messages, sequences, inboxes, idempotency) and the
 //!   types of a commit;
 //! - `directory`: one trait per directory domain, [`BlacklistStore`], [`ShopStore`]
-//!   (shops and customer-service assignments) and [`GroupStore`], and their union
+//!   (shops and customer-service assignments), [`GroupStore`] and [`PushStore`]
+//!   (devices' push tokens), and their union
 //!   [`DirectoryStore`], which callers hold (`Arc<dyn DirectoryStore>`);
 //! - `error`: [`StoreError`];
+//! - `outbox`: [`OutboxStore`], the webhook outbox (marks and cursors over the
+//!   conversations' history, leases, parked events);
 //! - `embedded/`: redb under `--data-dir`, one file per domain beside `messages.rs`;
 //! - `redis/`: standalone Redis or Redis Cluster, one file per domain beside
 //!   `messages/`, plus the cluster's registries.
@@ -30,16 +33,19 @@
 mod directory;
 mod embedded;
 mod error;
+mod outbox;
 mod redis;
 
 pub use directory::{
-    Admit, Assigned, BlacklistStore, DirectoryStore, GroupStore, Rated, ServiceState, Shop,
-    ShopCounters, ShopStore,
+    Admit, Assigned, BlacklistStore, DirectoryStore, GroupStore, PushStore, PushToken, Rated,
+    ServiceState, Shop, ShopCounters, ShopStore,
 };
 pub use embedded::EmbeddedStore;
 pub use error::StoreError;
+pub use outbox::{OUTBOX_SETTLE_MS, OutboxCursor, OutboxMark, OutboxStore, ParkedEvent};
 pub use redis::{NodeInfo, RedisStore, RouteAdded};
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -97,6 +103,7 @@ impl NewMessage {
             ts: self.ts,
             cid: self.cid.clone(),
             recalled: false,
+            erased: false,
         }
     }
 }
@@ -116,6 +123,24 @@ pub fn recalled_json(json: &[u8]) -> Result<Bytes, StoreError> {
     Ok(Bytes::from(
         serde_json::to_vec(&m).map_err(StoreError::encode)?,
     ))
+}
+
+/// `json` (a stored message) as erased: without its body, with `"erased": true` (see
+/// [`MessageStore::erase`]).
+pub fn erased_json(json: &[u8]) -> Result<Bytes, StoreError> {
+    let mut m: Message =
+        serde_json::from_slice(json).map_err(|e| StoreError::decode("message", e))?;
+    m.body = None;
+    m.erased = true;
+    Ok(Bytes::from(
+        serde_json::to_vec(&m).map_err(StoreError::encode)?,
+    ))
+}
+
+/// Whether a stored message is one [`MessageStore::erase`] takes the body of: a
+/// message with a body from `sender`.
+pub fn erasable(m: &Message, sender: &str) -> bool {
+    m.from == sender && m.body.is_some() && !m.is_event()
 }
 
 /// A recall: the sender takes a message back.
@@ -283,6 +308,9 @@ pub struct Page<T> {
     pub items: Vec<T>,
     /// Whether more items follow the last one.
     pub more: bool,
+    /// The read asked for positions that retention removed ([`MessageStore::trim`]):
+    /// it starts at the oldest one kept.
+    pub trimmed: bool,
 }
 
 /// Most message bytes in one page of a read (at least one message is always returned).
@@ -298,6 +326,7 @@ pub(crate) struct PageFill<T> {
     limit: usize,
     bytes: usize,
     more: bool,
+    trimmed: bool,
 }
 
 impl<T> PageFill<T> {
@@ -308,7 +337,13 @@ impl<T> PageFill<T> {
             limit: limit as usize,
             bytes: 0,
             more: false,
+            trimmed: false,
         }
+    }
+
+    /// Records that the read started before the oldest position kept.
+    pub(crate) fn set_trimmed(&mut self) {
+        self.trimmed = true;
     }
 
     /// Items so far.
@@ -342,12 +377,40 @@ impl<T> PageFill<T> {
         Page {
             items: self.items,
             more: self.more,
+            trimmed: self.trimmed,
         }
     }
 }
 
 /// How long a `(sender, cid)` pair deduplicates resends.
 pub const IDEMPOTENCY_WINDOW_MS: i64 = 24 * 3600 * 1000;
+
+/// Where a retention pass stands between calls of [`MessageStore::trim`]: a new one
+/// (`TrimPass::default()`) starts a pass, and the store moves it on until
+/// [`TrimPass::done`]. What it holds is the backend's (the embedded store: the table
+/// and the last key looked at; Redis: the shard).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrimPass {
+    /// The part of the pass the next call looks at (the backend's numbering).
+    pub(crate) part: u32,
+    /// The last key looked at in that part; `None`: its start.
+    pub(crate) after: Option<String>,
+    /// The pass is over.
+    pub(crate) done: bool,
+}
+
+impl TrimPass {
+    /// Whether the pass has looked at everything.
+    pub fn done(&self) -> bool {
+        self.done
+    }
+
+    /// Moves on to part `part`, from its start.
+    pub(crate) fn next_part(&mut self, part: u32) {
+        self.part = part;
+        self.after = None;
+    }
+}
 
 /// Messages, sequences, inboxes and idempotency keys.
 #[async_trait]
@@ -397,6 +460,46 @@ pub trait MessageStore: Send + Sync + 'static {
 
     /// Forgets idempotency keys committed before `before_ms`; returns how many.
     async fn expire_idempotency(&self, before_ms: i64) -> Result<u64, StoreError>;
+
+    /// One step of a retention pass: removes messages committed before `before_ms`
+    /// from their conversations and from the inboxes, oldest first from each one's
+    /// head (a conversation's, an inbox's), about `budget` of them at most, in small
+    /// writes; returns how many entries (messages and inbox entries) it removed. Call
+    /// again with the same `pass` until [`TrimPass::done`].
+    ///
+    /// What goes, goes for good: a read that starts before what is kept answers from
+    /// the oldest entry kept, with [`Page::trimmed`]; a conversation's `seq`s and a
+    /// user's `useq`s go on from where they were; a conversation all of whose messages
+    /// in a user's inbox left leaves the user's list; a recall or an idempotency key
+    /// that names a removed message finds none. Safe to run on several processes at
+    /// once, and beside commits: a message still being fanned out is never removed.
+    async fn trim(
+        &self,
+        before_ms: i64,
+        budget: usize,
+        pass: &mut TrimPass,
+    ) -> Result<u64, StoreError>;
+
+    /// Erasure, in the conversation: replaces each message of `seqs` in `conv` that
+    /// `sender` sent with a body ([`erasable`]) by its erased form ([`erased_json`]:
+    /// the body is gone from the store, the message stays as a tombstone), as a recall
+    /// does, without an event message; returns how many it changed (an erased, recalled
+    /// or missing one is left as it is). The embedded store's inboxes show the
+    /// conversation's copy, so they change with it; a store that copies messages into
+    /// inboxes needs [`MessageStore::erase_copies`] as well.
+    async fn erase(&self, conv: &str, sender: &str, seqs: &[u64]) -> Result<u64, StoreError>;
+
+    /// Erasure, in one inbox: replaces each copy in `uid`'s inbox of a message of
+    /// `targets` (`(conv, seq)` pairs) by its erased form; returns how many it changed.
+    /// Looks at the whole inbox, a chunk per request. Nothing to do for a store whose
+    /// inboxes point at the conversation's copy.
+    async fn erase_copies(
+        &self,
+        _uid: &str,
+        _targets: &HashSet<(String, u64)>,
+    ) -> Result<u64, StoreError> {
+        Ok(0)
+    }
 
     /// Finishes fan-outs that some writer began and did not finish (it died between
     /// storing a message and writing its inbox entries); returns how many messages it

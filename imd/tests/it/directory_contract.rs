@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use imd::store::{
-    Admit, Assigned, DirectoryStore, EmbeddedStore, Rated, RedisStore, ServiceState, Shop,
-    ShopCounters,
+    Admit, Assigned, DirectoryStore, EmbeddedStore, PushToken, Rated, RedisStore, ServiceState,
+    Shop, ShopCounters,
 };
 use shared::admin::{BlacklistEntry, BlacklistKind};
 
@@ -88,6 +88,8 @@ contract!(
     away_flags,
     shop_settings,
     decision_lease,
+    push_register_replace_remove,
+    push_bound_replaces_the_oldest,
 );
 
 fn entry(
@@ -636,4 +638,112 @@ async fn decision_lease(s: &dyn DirectoryStore) {
 
 async fn loads(s: &dyn DirectoryStore, agents: &[&str]) -> Vec<u64> {
     s.agent_loads(&strings(agents)).await.unwrap()
+}
+
+fn push_token(device: &str, token: &str, at: i64) -> PushToken {
+    PushToken {
+        device: device.into(),
+        provider: "apns".into(),
+        token: token.into(),
+        at,
+    }
+}
+
+fn devices(tokens: &[PushToken]) -> Vec<&str> {
+    tokens.iter().map(|t| t.device.as_str()).collect()
+}
+
+async fn push_register_replace_remove(s: &dyn DirectoryStore) {
+    assert_eq!(s.push_tokens("bob").await.unwrap(), []);
+    let removed = s
+        .push_register("bob", push_token("tablet", "t1", 10), 16)
+        .await
+        .unwrap();
+    assert!(removed.is_empty());
+    s.push_register("bob", push_token("phone", "p1", 20), 16)
+        .await
+        .unwrap();
+    // Another user's tokens are apart, even for a device of the same name.
+    s.push_register("carol", push_token("phone", "c1", 30), 16)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.push_tokens("bob").await.unwrap(),
+        [
+            push_token("phone", "p1", 20),
+            push_token("tablet", "t1", 10)
+        ],
+        "by device"
+    );
+    // A device registers again: its token is replaced, nothing is added.
+    let fcm = PushToken {
+        provider: "fcm".into(),
+        ..push_token("phone", "p2", 40)
+    };
+    s.push_register("bob", fcm.clone(), 16).await.unwrap();
+    assert_eq!(
+        s.push_tokens("bob").await.unwrap(),
+        [fcm, push_token("tablet", "t1", 10)]
+    );
+    assert!(s.push_unregister("bob", "phone").await.unwrap());
+    assert!(!s.push_unregister("bob", "phone").await.unwrap());
+    assert!(!s.push_unregister("nobody", "phone").await.unwrap());
+    assert_eq!(devices(&s.push_tokens("bob").await.unwrap()), ["tablet"]);
+    assert_eq!(devices(&s.push_tokens("carol").await.unwrap()), ["phone"]);
+}
+
+async fn push_bound_replaces_the_oldest(s: &dyn DirectoryStore) {
+    for (device, at) in [("a", 30), ("b", 10), ("c", 20)] {
+        let removed = s
+            .push_register("bob", push_token(device, device, at), 3)
+            .await
+            .unwrap();
+        assert!(removed.is_empty(), "within the bound");
+    }
+    // Past the bound, the registration longest ago goes.
+    let removed = s
+        .push_register("bob", push_token("d", "d", 40), 3)
+        .await
+        .unwrap();
+    assert_eq!(removed, ["b"]);
+    assert_eq!(
+        devices(&s.push_tokens("bob").await.unwrap()),
+        ["a", "c", "d"]
+    );
+    // A registration again moves a device to the newest; no one goes.
+    let removed = s
+        .push_register("bob", push_token("c", "c2", 50), 3)
+        .await
+        .unwrap();
+    assert!(removed.is_empty());
+    let removed = s
+        .push_register("bob", push_token("e", "e", 40), 3)
+        .await
+        .unwrap();
+    assert_eq!(
+        removed,
+        ["a"],
+        "a (30) is older than c (50, registered again)"
+    );
+    // Equal times (d and e at 40): the smaller device id goes first.
+    let removed = s
+        .push_register("bob", push_token("f", "f", 60), 3)
+        .await
+        .unwrap();
+    assert_eq!(removed, ["d"]);
+    // The device just registered never goes, even when its clock is behind.
+    let removed = s
+        .push_register("bob", push_token("g", "g", 1), 3)
+        .await
+        .unwrap();
+    assert_eq!(removed, ["e"]);
+    assert_eq!(
+        devices(&s.push_tokens("bob").await.unwrap()),
+        ["c", "f", "g"]
+    );
+    // Only this user's devices count.
+    s.push_register("carol", push_token("x", "x", 0), 3)
+        .await
+        .unwrap();
+    assert_eq!(s.push_tokens("bob").await.unwrap().len(), 3);
 }

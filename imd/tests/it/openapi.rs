@@ -31,6 +31,8 @@ const DOCUMENTED: &[(&str, &str)] = &[
     ("get", "/v1/agent"),
     ("get", "/v1/shops/{shop}"),
     ("post", "/v1/conversations/{conv}/transfer"),
+    ("put", "/v1/devices/{device}/push"),
+    ("delete", "/v1/devices/{device}/push"),
     ("get", "/healthz"),
     ("get", "/metrics"),
     ("get", "/admin/v1/blacklist"),
@@ -38,6 +40,7 @@ const DOCUMENTED: &[(&str, &str)] = &[
     ("delete", "/admin/v1/blacklist/{kind}/{value}"),
     ("get", "/admin/v1/connections"),
     ("delete", "/admin/v1/connections/{uid}"),
+    ("delete", "/admin/v1/users/{uid}/messages"),
     ("get", "/admin/v1/shops"),
     ("get", "/admin/v1/shops/{shop}/agents"),
     ("put", "/admin/v1/shops/{shop}/agents"),
@@ -54,6 +57,9 @@ const DOCUMENTED: &[(&str, &str)] = &[
     ("get", "/admin/v1/conversations/{conv}/stream"),
     ("post", "/admin/v1/replay"),
     ("get", "/admin/v1/cluster"),
+    ("get", "/admin/v1/webhooks"),
+    ("get", "/admin/v1/webhooks/parked"),
+    ("post", "/admin/v1/webhooks/parked/redrive"),
 ];
 
 const METHODS: [&str; 9] = [

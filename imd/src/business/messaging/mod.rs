@@ -3,10 +3,11 @@
 //! - this file: the checks and routing of a send ([`Messaging::send`],
 //!   `Messaging::prepare`) and the lanes it is queued on;
 //! - [`commit`]: a lane's commit task and the feed of committed messages;
-//! - [`read`]: sync, history and who may read what.
+//! - [`read`]: sync, history and who may read what;
+//! - [`erasure`]: an operator's erasure of what a user sent.
 //!
 //! Every send, from any transport, is checked here (blacklist, rate limit, rules,
-//! sensitive words), resolved to its recipients, queued to a commit task, and committed
+//! sensitive words, the pre-send hook), resolved to its recipients, queued to a commit task, and committed
 //! in batches: one store transaction (one fsync) for everything that queued while the
 //! previous batch was being written. The commit task then hands each new message to
 //! the [`Deliver`] sink and answers its sender, both in commit order, so pushes leave in
@@ -22,6 +23,7 @@
 //! order (`worker::reorder`), as it does for pushes from different nodes.
 
 mod commit;
+mod erasure;
 mod read;
 mod state;
 mod workflow;
@@ -32,7 +34,7 @@ use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use shared::ids::{ConvRef, direct_conv, is_valid_id};
+use shared::ids::{ConvRef, direct_conv, is_valid_id, service_conv};
 use shared::protocol::{MAX_CID_LEN, SendRequest};
 use shared::time::now_ms;
 use tokio::sync::{mpsc, oneshot};
@@ -44,7 +46,7 @@ use super::blacklist::Blacklist;
 use super::limits::Limits;
 use super::service::{CustomerService, Decision};
 use super::words::Words;
-use super::{Deliver, Error, Identity, Presence};
+use super::{BeforeSend, Deliver, Error, Identity, Outgoing, Presence, Verdict};
 use crate::store::{
     CommitOutcome, Committed, Content, DirectoryStore, MessageStore, NewMessage, Op,
 };
@@ -114,6 +116,8 @@ pub struct Deps {
     pub limits: Arc<Limits>,
     /// How long after sending a user may recall a message.
     pub recall_window: std::time::Duration,
+    /// The pre-send hook, when one is configured.
+    pub before_send: Option<Arc<dyn BeforeSend>>,
 }
 
 struct Inner {
@@ -126,6 +130,7 @@ struct Inner {
     blacklist: Arc<Blacklist>,
     words: Arc<Words>,
     limits: Arc<Limits>,
+    before_send: Option<Arc<dyn BeforeSend>>,
     service: Arc<CustomerService>,
     /// One queue per commit lane.
     lanes: Vec<mpsc::Sender<Queued>>,
@@ -181,6 +186,7 @@ impl Messaging {
             blacklist: deps.blacklist,
             words: deps.words,
             limits: deps.limits,
+            before_send: deps.before_send,
             service,
             lanes,
             hasher: std::hash::RandomState::new(),
@@ -372,6 +378,13 @@ impl Messaging {
 
     /// Checks and routes a send: its message op, and the decision it took (agents to
     /// join before it, events to commit after it), with the decision lock held.
+    ///
+    /// The order: the sender (blacklist, rate), the request, who may write there, the
+    /// content (the sensitive-word filter, then the pre-send hook), and last the
+    /// decision of a service conversation. That decision takes the conversation's lock
+    /// and may write an assignment, so it comes after everything that can still refuse
+    /// the message: a refused message leaves no assignment behind, and the hook, which
+    /// may take its whole timeout, is never waited on with the lock held.
     async fn prepare(&self, who: &Identity, mut req: SendRequest) -> Result<(Op, Decision), Error> {
         self.refuse_blocked(who)?;
         if !self.0.limits.allow_send(&who.uid) {
@@ -389,63 +402,53 @@ impl Messaging {
         if req.body.is_null() {
             return Err(Error::BadRequest("body is required".into()));
         }
+        let target = self.target(who, &req).await?;
+        // Filter after the target's checks, so that a refused target is reported as
+        // such, and before commit, so that what is stored is what was filtered.
+        let filtered = self.0.words.get().apply(&mut req.body);
+        let hook = self
+            .0
+            .before_send
+            .as_ref()
+            .filter(|h| h.applies(target.conv()));
+        if let Target::Service { shop, customer, .. } = &target
+            && (filtered.is_err() || hook.is_some())
+        {
+            // Only now that it matters (routing checks it again): a refusal of the
+            // target comes first, and the hook hears only of writers who may write.
+            self.may_write(who, shop, customer).await?;
+        }
+        filtered.map_err(|_| Error::BlockedContent)?;
+        if let Some(hook) = hook {
+            let verdict = hook
+                .check(Outgoing {
+                    from: &who.uid,
+                    device: &who.device,
+                    conv: target.conv(),
+                    body: &req.body,
+                    cid: req.cid.as_deref(),
+                })
+                .await;
+            match verdict {
+                Verdict::Allow => {}
+                Verdict::Reject(reason) => return Err(Error::Rejected(reason)),
+                // The business system's own body: not filtered again.
+                Verdict::Replace(body) => req.body = body,
+                Verdict::Unavailable => return Err(Error::HookUnavailable),
+            }
+        }
         // Whether this may be an agent's first answer in a service conversation.
-        let mut answer = false;
-        let (conv, members, decision) = match (&req.to, &req.conv, &req.shop) {
-            (Some(to), None, None) => {
-                if !is_valid_id(to) {
-                    return Err(Error::BadRequest(format!(
-                        "invalid uid {to:?}: 1-64 characters of [A-Za-z0-9_.:@-]"
-                    )));
-                }
-                (
-                    direct_conv(&who.uid, to),
-                    pair(&who.uid, to),
-                    Decision::default(),
-                )
-            }
-            (None, Some(conv), None) => match ConvRef::parse(conv) {
-                Some(ConvRef::Service { shop, customer }) => {
-                    let route = self.0.service.from_member(&who.uid, shop, customer).await?;
-                    answer = route.answer;
-                    (route.conv, route.recipients, route.joins)
-                }
-                Some(ConvRef::Notes { shop, customer }) => {
-                    let to = self
-                        .0
-                        .service
-                        .note_takers(shop, customer, Some(&who.uid))
-                        .await?;
-                    (conv.clone(), to, Decision::default())
-                }
-                _ => {
-                    let members = self.members(conv).await?;
-                    if !members.contains(&who.uid) {
-                        return Err(Error::Forbidden(format!("not a member of {conv}")));
-                    }
-                    (conv.clone(), members, Decision::default())
-                }
-            },
-            (None, None, Some(shop)) => {
-                if !is_valid_id(shop) {
-                    return Err(Error::BadRequest(format!("invalid shop id {shop:?}")));
-                }
-                let route = self.0.service.from_customer(&who.uid, shop).await?;
-                (route.conv, route.recipients, route.joins)
-            }
-            _ => {
-                return Err(Error::BadRequest(
-                    "give exactly one of to, conv, shop".into(),
-                ));
+        let (conv, members, decision, answer) = match target {
+            Target::Routed { conv, members } => (conv, members, Decision::default(), false),
+            Target::Service { shop, customer, .. } => {
+                let route = self
+                    .0
+                    .service
+                    .from_member(&who.uid, &shop, &customer)
+                    .await?;
+                (route.conv, route.recipients, route.joins, route.answer)
             }
         };
-        // Filter after routing, so that a refused target is reported as such, and
-        // before commit, so that what is stored is what was filtered.
-        self.0
-            .words
-            .get()
-            .apply(&mut req.body)
-            .map_err(|_| Error::BlockedContent)?;
         if answer {
             self.0.service.answered(&conv).await?;
         }
@@ -459,6 +462,78 @@ impl Messaging {
             members,
         });
         Ok((message, decision))
+    }
+
+    /// Where `req` goes, and whether `who` may write there; for a service
+    /// conversation, only where (its routing checks the writer, later, under the lock;
+    /// see [`Messaging::may_write`]).
+    async fn target(&self, who: &Identity, req: &SendRequest) -> Result<Target, Error> {
+        Ok(match (&req.to, &req.conv, &req.shop) {
+            (Some(to), None, None) => {
+                if !is_valid_id(to) {
+                    return Err(Error::BadRequest(format!(
+                        "invalid uid {to:?}: 1-64 characters of [A-Za-z0-9_.:@-]"
+                    )));
+                }
+                Target::Routed {
+                    conv: direct_conv(&who.uid, to),
+                    members: pair(&who.uid, to),
+                }
+            }
+            (None, Some(conv), None) => match ConvRef::parse(conv) {
+                Some(ConvRef::Service { shop, customer }) => Target::Service {
+                    shop: shop.to_owned(),
+                    customer: customer.to_owned(),
+                    conv: conv.clone(),
+                },
+                Some(ConvRef::Notes { shop, customer }) => {
+                    let to = self
+                        .0
+                        .service
+                        .note_takers(shop, customer, Some(&who.uid))
+                        .await?;
+                    Target::Routed {
+                        conv: conv.clone(),
+                        members: to,
+                    }
+                }
+                _ => {
+                    let members = self.members(conv).await?;
+                    if !members.contains(&who.uid) {
+                        return Err(Error::Forbidden(format!("not a member of {conv}")));
+                    }
+                    Target::Routed {
+                        conv: conv.clone(),
+                        members,
+                    }
+                }
+            },
+            (None, None, Some(shop)) => {
+                if !is_valid_id(shop) {
+                    return Err(Error::BadRequest(format!("invalid shop id {shop:?}")));
+                }
+                Target::Service {
+                    shop: shop.clone(),
+                    customer: who.uid.clone(),
+                    conv: service_conv(shop, &who.uid),
+                }
+            }
+            _ => {
+                return Err(Error::BadRequest(
+                    "give exactly one of to, conv, shop".into(),
+                ));
+            }
+        })
+    }
+
+    /// Whether `who` may write into `s:{shop}~{customer}`: the same rule as its
+    /// routing's, without the lock: 404 for a shop that does not exist, 403 for
+    /// anyone but the customer and the shop's agents.
+    async fn may_write(&self, who: &Identity, shop: &str, customer: &str) -> Result<(), Error> {
+        if !self.0.service.is_agent(&who.uid, shop).await? && who.uid != customer {
+            return Err(Error::Forbidden(format!("not an agent of shop {shop:?}")));
+        }
+        Ok(())
     }
 
     /// The members of a direct or group conversation.
@@ -489,6 +564,27 @@ where
     F: std::future::Future<Output = Result<T, Error>> + Send + 'static,
 {
     tokio::spawn(f).await.map_err(|_| Error::ShuttingDown)?
+}
+
+/// Where a send goes (see [`Messaging::target`]).
+enum Target {
+    /// A direct, group or notes conversation, with its recipients: no decision to take.
+    Routed { conv: String, members: Vec<String> },
+    /// A customer-service conversation: routed by its decision, under its lock.
+    Service {
+        shop: String,
+        customer: String,
+        conv: String,
+    },
+}
+
+impl Target {
+    /// The conversation.
+    fn conv(&self) -> &str {
+        match self {
+            Target::Routed { conv, .. } | Target::Service { conv, .. } => conv,
+        }
+    }
 }
 
 fn pair(a: &str, b: &str) -> Vec<String> {

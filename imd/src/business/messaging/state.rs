@@ -270,6 +270,12 @@ impl Messaging {
         rx.await.map_err(|_| Error::ShuttingDown)?
     }
 
+    /// Everyone whose inbox may hold a message of `conv` (see [`Messaging::holders`]).
+    pub(super) async fn holders_of(&self, conv: &str) -> Result<Vec<String>, Error> {
+        let members = self.members_of(conv).await?;
+        self.holders(conv, &members).await
+    }
+
     /// Everyone whose inbox may hold a message of `conv`: its members, and for a
     /// service conversation or its notes every agent of its shop (colleagues who
     /// replied, agents it was taken from).

@@ -17,35 +17,38 @@ use redb::{
 };
 use shared::protocol::Message;
 
+use super::outbox::OutboxTables;
 use super::{EmbeddedStore, scan_second};
 use crate::store::{
     CommitOutcome, Committed, Content, ConvCursor, ConvEntry, Generation, IDEMPOTENCY_WINDOW_MS,
     JOIN_PUSH_TAIL, MessageStore, NewMessage, Op, Page, PageFill, Recall, RecallRefused,
-    StoreError, recalled_json,
+    StoreError, TrimPass, recalled_json,
 };
 
 /// `(conv, seq)` → message JSON.
-const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
+pub(super) const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
 /// `conv` → last `seq`.
-const CONV_SEQ: TableDefinition<&str, u64> = TableDefinition::new("conv_seq");
+pub(super) const CONV_SEQ: TableDefinition<&str, u64> = TableDefinition::new("conv_seq");
 /// `(uid, useq)` → `(conv, seq)`.
-const INBOX: TableDefinition<(&str, u64), (&str, u64)> = TableDefinition::new("inbox");
+pub(super) const INBOX: TableDefinition<(&str, u64), (&str, u64)> = TableDefinition::new("inbox");
 /// `uid` → last `useq`.
-const USER_SEQ: TableDefinition<&str, u64> = TableDefinition::new("user_seq");
+pub(super) const USER_SEQ: TableDefinition<&str, u64> = TableDefinition::new("user_seq");
 /// `(from, cid)` → `(conv, seq, ts)`.
 const IDEM: TableDefinition<(&str, &str), (&str, u64, i64)> = TableDefinition::new("idem");
 /// `(ts, from, cid)` → (), to expire [`IDEM`] in time order.
 const IDEM_BY_TS: TableDefinition<(i64, &str, &str), ()> = TableDefinition::new("idem_by_ts");
 /// `(conv, uid)` → the last `seq` of a service conversation in `uid`'s inbox, so that
 /// a join copies only what the joiner is missing.
-const MEMBER_SEQ: TableDefinition<(&str, &str), u64> = TableDefinition::new("member_seq");
+pub(super) const MEMBER_SEQ: TableDefinition<(&str, &str), u64> =
+    TableDefinition::new("member_seq");
 /// `(uid, conv)` → `(ts, seq)`: `conv`'s place in `uid`'s conversation list, its
 /// activity (the commit time of the last of its messages in `uid`'s inbox, never moved
 /// back) and that message's seq. The key of its [`BY_ACTIVITY`] row.
-const ACTIVITY: TableDefinition<(&str, &str), (i64, u64)> = TableDefinition::new("conv_activity");
+pub(super) const ACTIVITY: TableDefinition<(&str, &str), (i64, u64)> =
+    TableDefinition::new("conv_activity");
 /// `(uid, ts, conv)` → seq: [`ACTIVITY`] ordered by activity, read backward for the
 /// list (newest first, equal times by conversation id descending).
-const BY_ACTIVITY: TableDefinition<(&str, i64, &str), u64> =
+pub(super) const BY_ACTIVITY: TableDefinition<(&str, i64, &str), u64> =
     TableDefinition::new("conv_by_activity");
 /// `(conv, uid)` → `uid`'s read position in `conv` (the highest seq read; only moves
 /// forward).
@@ -53,7 +56,15 @@ const READS: TableDefinition<(&str, &str), u64> = TableDefinition::new("read_seq
 /// `(conv, seq)` → how many event messages `conv` holds up to and including `seq`; one
 /// row per event message. The events in `(a, b]` are the count at or before `b` less
 /// the count at or before `a`: two lookups, whatever lies between.
-const EVENTS: TableDefinition<(&str, u64), u64> = TableDefinition::new("events");
+pub(super) const EVENTS: TableDefinition<(&str, u64), u64> = TableDefinition::new("events");
+
+/// The last seq of `conv` as `txn` sees it (0: none).
+pub(super) fn last_seq_in(txn: &WriteTransaction, conv: &str) -> Result<u64, StoreError> {
+    Ok(txn
+        .open_table(CONV_SEQ)?
+        .get(conv)?
+        .map_or(0, |g| g.value()))
+}
 
 /// Creates the tables of this domain (see [`super::EmbeddedStore::open`]).
 pub(super) fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
@@ -95,17 +106,23 @@ struct Tables<'t> {
     reads: Table<'t, (&'static str, &'static str), u64>,
     /// [`EVENTS`].
     events: Table<'t, (&'static str, u64), u64>,
+    /// The webhook outbox's marks and cursors, when the outbox is on.
+    outbox: Option<OutboxTables<'t>>,
     /// Messages committed earlier in this batch, by `(from, cid)`: the table lookups
     /// would find them too, but this spares reading back what we just wrote.
     in_batch: HashMap<(String, String), Bytes>,
 }
 
-fn commit_batch(db: &Database, batch: Vec<Op>) -> Result<Vec<CommitOutcome>, StoreError> {
+fn commit_batch(
+    db: &Database,
+    batch: Vec<Op>,
+    outbox: bool,
+) -> Result<Vec<CommitOutcome>, StoreError> {
     let mut txn = db.begin_write()?;
     txn.set_durability(Durability::Immediate)?;
     let mut out = Vec::with_capacity(batch.len());
     {
-        let mut t = Tables::open(&txn)?;
+        let mut t = Tables::open(&txn, outbox)?;
         for op in batch {
             out.push(match op {
                 Op::Message(m) => t.message(&m)?,
@@ -120,8 +137,8 @@ fn commit_batch(db: &Database, batch: Vec<Op>) -> Result<Vec<CommitOutcome>, Sto
 }
 
 impl<'t> Tables<'t> {
-    /// Opens every table of a commit in `txn`.
-    fn open(txn: &'t WriteTransaction) -> Result<Self, StoreError> {
+    /// Opens every table of a commit in `txn` (the outbox's when `outbox`).
+    fn open(txn: &'t WriteTransaction, outbox: bool) -> Result<Self, StoreError> {
         Ok(Self {
             messages: txn.open_table(MESSAGES)?,
             conv_seq: txn.open_table(CONV_SEQ)?,
@@ -134,6 +151,7 @@ impl<'t> Tables<'t> {
             by_activity: txn.open_table(BY_ACTIVITY)?,
             reads: txn.open_table(READS)?,
             events: txn.open_table(EVENTS)?,
+            outbox: outbox.then(|| OutboxTables::open(txn)).transpose()?,
             in_batch: HashMap::new(),
         })
     }
@@ -149,17 +167,18 @@ impl<'t> Tables<'t> {
                 (conv.to_owned(), seq, ts)
             });
             if let Some((conv, seq, ts)) = earlier {
-                if m.ts - ts < IDEMPOTENCY_WINDOW_MS {
-                    let json = self
-                        .messages
-                        .get((conv.as_str(), seq))?
-                        .map(|g| Bytes::copy_from_slice(g.value()))
-                        .ok_or_else(|| {
-                            StoreError::Corrupt(format!("idempotency key names {conv}#{seq}"))
-                        })?;
+                // A key whose message retention removed deduplicates no more.
+                let json = self
+                    .messages
+                    .get((conv.as_str(), seq))?
+                    .map(|g| Bytes::copy_from_slice(g.value()));
+                if let Some(json) = json
+                    && m.ts - ts < IDEMPOTENCY_WINDOW_MS
+                {
                     return Ok(CommitOutcome::Duplicate(json));
                 }
-                // Expired but not purged yet: the new message takes the key over.
+                // Expired (or its message removed) but not purged yet: the new message
+                // takes the key over.
                 self.idem_by_ts
                     .remove((ts, m.from.as_str(), cid.as_str()))?;
             }
@@ -173,6 +192,9 @@ impl<'t> Tables<'t> {
     fn append(&mut self, m: &NewMessage) -> Result<Committed, StoreError> {
         let seq = self.conv_seq.get(m.conv.as_str())?.map_or(0, |g| g.value()) + 1;
         self.conv_seq.insert(m.conv.as_str(), seq)?;
+        if let Some(outbox) = &mut self.outbox {
+            outbox.mark(&m.conv, seq, m.ts)?;
+        }
 
         let mut recipients = Vec::with_capacity(m.members.len());
         for uid in &m.members {
@@ -335,7 +357,7 @@ impl<'t> Tables<'t> {
 }
 
 /// How many event messages `conv` holds with seq at most `seq`.
-fn events_upto(
+pub(super) fn events_upto(
     events: &impl ReadableTable<(&'static str, u64), u64>,
     conv: &str,
     seq: u64,
@@ -347,7 +369,7 @@ fn events_upto(
 }
 
 /// The commit time inside a stored message's JSON.
-fn stored_ts(json: &[u8]) -> Result<i64, StoreError> {
+pub(super) fn stored_ts(json: &[u8]) -> Result<i64, StoreError> {
     /// The one field read.
     #[derive(serde::Deserialize)]
     struct Ts {
@@ -387,16 +409,23 @@ fn conversations_page(
         let (k, v) = row?;
         let (_, ts, conv) = k.value();
         let last_seq = v.value();
-        let last = messages
+        // Retention may have removed it, before the user's list entry follows (the
+        // next pass removes that): nothing to show.
+        let Some(last) = messages
             .get((conv, last_seq))?
             .map(|g| Bytes::copy_from_slice(g.value()))
-            .ok_or_else(|| {
-                StoreError::Corrupt(format!("list of {uid} names missing {conv}#{last_seq}"))
-            })?;
+        else {
+            continue;
+        };
+        let first_kept = match messages.range((conv, 0)..=(conv, u64::MAX))?.next() {
+            Some(entry) => entry?.0.value().1,
+            None => continue,
+        };
         let read_seq = reads.get((conv, uid))?.map_or(0, |g| g.value());
         // Own messages never lie past the reader's position (sending moves it), so the
-        // unread ones are those past it less the events among them.
-        let from = read_seq.min(last_seq);
+        // unread ones are those past it less the events among them; messages that
+        // retention removed count no more.
+        let from = read_seq.min(last_seq).max(first_kept - 1);
         let events_between =
             events_upto(&events, conv, last_seq)?.saturating_sub(events_upto(&events, conv, from)?);
         let unread = (last_seq - from).saturating_sub(events_between);
@@ -415,7 +444,11 @@ fn conversations_page(
             reads,
         });
     }
-    Ok(Page { items, more })
+    Ok(Page {
+        items,
+        more,
+        trimmed: false,
+    })
 }
 
 #[async_trait]
@@ -428,7 +461,9 @@ impl MessageStore for EmbeddedStore {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        self.blocking(move |db| commit_batch(db, batch)).await
+        let outbox = self.outbox;
+        self.blocking(move |db| commit_batch(db, batch, outbox))
+            .await
     }
 
     async fn inbox(
@@ -444,6 +479,19 @@ impl MessageStore for EmbeddedStore {
             let messages = txn.open_table(MESSAGES)?;
             let start = after.saturating_add(1);
             let mut page = PageFill::new(limit);
+            let first_kept = match inbox
+                .range((uid.as_str(), 0)..=(uid.as_str(), u64::MAX))?
+                .next()
+            {
+                Some(entry) => entry?.0.value().1,
+                None => {
+                    let user_seq = txn.open_table(USER_SEQ)?;
+                    user_seq.get(uid.as_str())?.map_or(0, |g| g.value()) + 1
+                }
+            };
+            if start < first_kept {
+                page.set_trimmed();
+            }
             for entry in inbox.range((uid.as_str(), start)..=(uid.as_str(), u64::MAX))? {
                 let (k, v) = entry?;
                 if !page.has_room() {
@@ -451,12 +499,14 @@ impl MessageStore for EmbeddedStore {
                 }
                 let (_, useq) = k.value();
                 let (conv, seq) = v.value();
-                let json = messages
+                // Retention removed the message; its inbox entry goes in the same pass.
+                let Some(json) = messages
                     .get((conv, seq))?
                     .map(|g| Bytes::copy_from_slice(g.value()))
-                    .ok_or_else(|| {
-                        StoreError::Corrupt(format!("inbox of {uid} names missing {conv}#{seq}"))
-                    })?;
+                else {
+                    page.set_trimmed();
+                    continue;
+                };
                 let len = json.len();
                 if !page.push((useq, json), len) {
                     break;
@@ -474,6 +524,19 @@ impl MessageStore for EmbeddedStore {
             let messages = txn.open_table(MESSAGES)?;
             let start = after.saturating_add(1);
             let mut page = PageFill::new(limit);
+            let first_kept = match messages
+                .range((conv.as_str(), 0)..=(conv.as_str(), u64::MAX))?
+                .next()
+            {
+                Some(entry) => entry?.0.value().1,
+                None => {
+                    let conv_seq = txn.open_table(CONV_SEQ)?;
+                    conv_seq.get(conv.as_str())?.map_or(0, |g| g.value()) + 1
+                }
+            };
+            if start < first_kept {
+                page.set_trimmed();
+            }
             for entry in messages.range((conv.as_str(), start)..=(conv.as_str(), u64::MAX))? {
                 let (_, v) = entry?;
                 if !page.has_room() {
@@ -529,6 +592,29 @@ impl MessageStore for EmbeddedStore {
             Ok(t.get(conv.as_str())?.map_or(0, |g| g.value()))
         })
         .await
+    }
+
+    async fn trim(
+        &self,
+        before_ms: i64,
+        budget: usize,
+        pass: &mut TrimPass,
+    ) -> Result<u64, StoreError> {
+        let mut moved = pass.clone();
+        let (n, moved) = self
+            .blocking(move |db| {
+                let n = super::retention::trim_step(db, before_ms, budget, &mut moved)?;
+                Ok((n, moved))
+            })
+            .await?;
+        *pass = moved;
+        Ok(n)
+    }
+
+    async fn erase(&self, conv: &str, sender: &str, seqs: &[u64]) -> Result<u64, StoreError> {
+        let (conv, sender, seqs) = (conv.to_owned(), sender.to_owned(), seqs.to_vec());
+        self.blocking(move |db| super::retention::erase(db, &conv, &sender, &seqs))
+            .await
     }
 
     async fn expire_idempotency(&self, before_ms: i64) -> Result<u64, StoreError> {

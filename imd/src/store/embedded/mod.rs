@@ -10,8 +10,9 @@
 //! their own file beside it (`imd token` must read them while `imd serve` runs).
 //!
 //! This file owns the database handle and the helpers the domains share; each domain
-//! (`messages`, `blacklist`, `shops`, `groups`) owns its tables and must not touch
-//! another's, except the messages' commit, which is the only writer of its tables.
+//! (`messages`, `blacklist`, `shops`, `groups`, `push`) owns its tables and must not touch
+//! another's, except the messages' commit, which is the only writer of its tables, and
+//! also writes the webhook outbox's marks (`outbox`), which reads the last seqs.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -23,6 +24,9 @@ use super::{Generation, StoreError};
 mod blacklist;
 mod groups;
 mod messages;
+mod outbox;
+mod push;
+mod retention;
 mod shops;
 
 /// The embedded store. Cheap to clone.
@@ -32,6 +36,10 @@ pub struct EmbeddedStore {
     /// Made once when the data dir is created; never changes (see
     /// [`MessageStore::generation`](crate::store::MessageStore::generation)).
     generation: Generation,
+    /// Whether commits write the webhook outbox (see `crate::store::outbox`).
+    outbox: bool,
+    /// The outbox's delivery leases.
+    leases: Arc<outbox::Leases>,
 }
 
 /// `key` → value: facts about the database itself.
@@ -51,6 +59,8 @@ impl EmbeddedStore {
         blacklist::create_tables(&txn)?;
         shops::create_tables(&txn)?;
         groups::create_tables(&txn)?;
+        push::create_tables(&txn)?;
+        outbox::create_tables(&txn)?;
         let generation = {
             let mut meta = txn.open_table(META)?;
             let stored = meta.get("generation")?.map(|g| g.value().to_owned());
@@ -67,7 +77,15 @@ impl EmbeddedStore {
         Ok(Self {
             db: Arc::new(db),
             generation,
+            outbox: false,
+            leases: Arc::default(),
         })
+    }
+
+    /// Has every later commit write the webhook outbox (call before sharing the store).
+    pub fn with_outbox(mut self) -> Self {
+        self.outbox = true;
+        self
     }
 
     /// Runs blocking database work off the async runtime.

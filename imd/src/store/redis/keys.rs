@@ -12,9 +12,13 @@
 //!
 //! # Messages
 //!
-//! - `imd:{c:<conv>}:msgs` LIST of message JSON; `seq` is the list position (from 1), so
-//!   it is gapless by construction. `history` is an `LRANGE`, `last_seq` an `LLEN`. A
-//!   recall `LSET`s an item to its recalled form; nothing else changes an item.
+//! - `imd:{c:<conv>}:msgs` LIST of message JSON; `seq` is the list position (from 1)
+//!   plus the base, so it is gapless by construction. `history` is an `LRANGE`,
+//!   `last_seq` an `LLEN` plus the base. A recall or an erasure `LSET`s an item to its
+//!   recalled or erased form; nothing else changes an item.
+//! - `imd:{c:<conv>}:msgs:base` how many messages retention removed from the head of
+//!   `msgs` (absent: none); every script that turns a seq into an index, or gives the
+//!   next seq, reads it (`lua/list_base_lib.lua`).
 //! - `imd:{c:<conv>}:ids` HASH message id → seq, or `0` for a cancelled id (see
 //!   *Idempotency* in `messages`). It makes the conversation script idempotent by message id.
 //! - `imd:{c:<conv>}:pending` LIST of fan-outs not yet written into inboxes, one per
@@ -29,8 +33,11 @@
 //! - `imd:{c:<conv>}:events` ZSET seq → seq of the event messages, set by the store
 //!   script. Unread of a user = last seq − read position − events after it (exact: the
 //!   user's own messages lie at or below its position).
-//! - `imd:{u:<uid>}:inbox` LIST of message JSON; `useq` is the list position. A recall
-//!   `LSET`s an entry to the message's recalled form.
+//! - `imd:{u:<uid>}:inbox` LIST of message JSON; `useq` is the list position plus the
+//!   base. A recall or an erasure `LSET`s an entry to the message's recalled or erased
+//!   form.
+//! - `imd:{u:<uid>}:inbox:base` how many entries retention removed from the head of
+//!   `inbox`, as for `msgs`.
 //! - `imd:{u:<uid>}:pos` HASH conv → the highest seq of that conversation already in this
 //!   inbox. A member append skips what is at or below it, which makes appends
 //!   idempotent and keeps each conversation in seq order inside every inbox.
@@ -43,6 +50,32 @@
 //!   after [`IDEMPOTENCY_WINDOW_MS`](crate::store::IDEMPOTENCY_WINDOW_MS).
 //! - `imd:{f:<k>}:fanout`, k in 0..16, ZSET conv → server time (ms) of its last commit:
 //!   the conversations the sweeper looks at.
+//! - `imd:{f:<k>}:retain-convs` ZSET conv → a commit time (ms) at or before its oldest
+//!   message kept, and `imd:{f:<k>}:retain-users` ZSET uid (by the shard of the uid) →
+//!   one at or before the oldest entry of its inbox: where a retention pass looks (see
+//!   `messages/retention.rs`). Members never leave; a visit moves their score on.
+//!
+//! # Webhook outbox
+//!
+//! Written only when the outbox is on (`--webhook-url`); see `crate::store::outbox`.
+//!
+//! - `imd:{f:<k>}:hook` ZSET conv → server time (ms) of its last mark: the
+//!   conversations that may hold undelivered events. Marked by the mark script with
+//!   the fan-out shard of the same slot, so it has the same age guarantee.
+//! - `imd:{c:<conv>}:hook` HASH `seq` → the last seq delivered (set by the store
+//!   script before the first message it stores, if unset), `since` → since when (ms)
+//!   the next event has been failing (0: not failing).
+//! - `imd:{c:<conv>}:hook-lock` the delivery lease: a random token, `PX`.
+//! - `imd:{g}:hook-parked` ZSET parked id → `"<id> <ParkedEvent JSON>"`, capped;
+//!   `imd:{g}:hook-parked-id` the counter of parked ids.
+//!
+//! # Push tokens
+//!
+//! Per user, so that they spread over the cluster's slots like the inboxes:
+//!
+//! - `imd:{u:<uid>}:push` HASH device → [`PushToken`](crate::store::PushToken) JSON;
+//! - `imd:{u:<uid>}:push-at` ZSET device → when it was registered (ms): the order in
+//!   which devices past the bound go. One script changes both.
 //!
 //! # Directory
 //!
@@ -103,6 +136,32 @@ pub(super) fn shard_key(k: u32) -> String {
     format!("imd:{{f:{k}}}:fanout")
 }
 
+/// The retention index of the conversations of shard `k` (the same slot as fan-out
+/// shard `k`).
+pub(super) fn retain_convs_key(k: u32) -> String {
+    format!("imd:{{f:{k}}}:retain-convs")
+}
+
+/// The retention index of the users of shard `k` (by [`shard_of`] their uid).
+pub(super) fn retain_users_key(k: u32) -> String {
+    format!("imd:{{f:{k}}}:retain-users")
+}
+
+/// The key of webhook outbox shard `k` (the same slot as fan-out shard `k`).
+pub(super) fn hook_shard_key(k: u32) -> String {
+    format!("imd:{{f:{k}}}:hook")
+}
+
+/// The key of the parked webhook events.
+pub(super) fn hook_parked_key() -> String {
+    global_key("hook-parked")
+}
+
+/// The counter of parked webhook event ids.
+pub(super) fn hook_parked_id_key() -> String {
+    global_key("hook-parked-id")
+}
+
 /// The shard of `conv` (FNV-1a, stable across processes and builds).
 pub(super) fn shard_of(conv: &str) -> u32 {
     let mut h: u32 = 0x811c_9dc5;
@@ -111,6 +170,16 @@ pub(super) fn shard_of(conv: &str) -> u32 {
         h = h.wrapping_mul(0x0100_0193);
     }
     h % SHARDS
+}
+
+/// The hash of `uid`'s push tokens, by device.
+pub(super) fn push_key(uid: &str) -> String {
+    user_key(uid, "push")
+}
+
+/// The sorted set of `uid`'s devices with a push token, by registration time.
+pub(super) fn push_at_key(uid: &str) -> String {
+    user_key(uid, "push-at")
 }
 
 /// The blacklist hash.

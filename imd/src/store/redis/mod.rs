@@ -7,7 +7,7 @@
 //! - `messages/`: [`MessageStore`](super::MessageStore), the commit protocol (one
 //!   file per part: claims, commit steps, drain, join, recall, sweep) and the
 //!   conversation state (read positions, conversation lists);
-//! - `blacklist`, `shops`, `groups`: one directory domain each;
+//! - `blacklist`, `shops`, `groups`, `push`: one directory domain each;
 //! - `registry`: node discovery, connection routes, blacklist notifications;
 //! - `lua/`: the server-side scripts, loaded with `include_str!` by the file that runs
 //!   them.
@@ -32,6 +32,8 @@ mod generation;
 mod groups;
 mod keys;
 mod messages;
+mod outbox;
+mod push;
 mod registry;
 mod shops;
 
@@ -224,6 +226,10 @@ pub struct RedisStore {
     pub(crate) relayed: Arc<messages::Relayed>,
     /// This process's view of the store's generation (see `generation`).
     pub(crate) generation: Arc<generation::GenerationState>,
+    /// The conversations and users this process indexed for retention lately.
+    indexed: Arc<messages::Indexed>,
+    /// Whether commits write the webhook outbox (see `crate::store::outbox`).
+    pub(crate) outbox: bool,
 }
 
 impl RedisStore {
@@ -234,7 +240,15 @@ impl RedisStore {
             spec: spec.to_string(),
             relayed: Arc::default(),
             generation: Arc::default(),
+            indexed: Arc::default(),
+            outbox: false,
         })
+    }
+
+    /// Has every later commit write the webhook outbox (call before sharing the store).
+    pub fn with_outbox(mut self) -> Self {
+        self.outbox = true;
+        self
     }
 
     /// Whether the server is a Redis Cluster.

@@ -30,6 +30,7 @@ use redis::{IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Script};
 use tokio::sync::mpsc;
 
 use super::keys::{global_key, node_key, user_key};
+use super::messages::scripts::LIST_END;
 use super::{RESPONSE_TIMEOUT, RedisStore};
 use crate::store::StoreError;
 
@@ -75,11 +76,15 @@ pub struct RouteAdded {
     pub inbox_head: u64,
 }
 
-/// `route_add`: sets the route; returns `{the node it named before or "", the length of
-/// the user's inbox}`, both read atomically with the write.
+/// `route_add`: sets the route; returns `{the node it named before or "", the last useq
+/// of the user's inbox}`, both read atomically with the write.
 /// KEYS[1] = conns hash, KEYS[2] = the user's inbox; ARGV[1] = device, ARGV[2] = node.
-static ROUTE_ADD: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("lua/route_add.lua")));
+static ROUTE_ADD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("lua/list_base_lib.lua"),
+        include_str!("lua/route_add.lua"),
+    ))
+});
 
 /// `route_remove`: deletes the route if it names the node; returns `{removed, devices
 /// of the user still on that node}`.
@@ -322,9 +327,9 @@ impl RedisStore {
             let mut conn = self.conn.clone();
             let key = user_key(uid, "inbox");
             async move {
-                redis::cmd("LLEN")
-                    .arg(key)
-                    .query_async(&mut conn)
+                LIST_END
+                    .key(key)
+                    .invoke_async(&mut conn)
                     .await
                     .map_err(StoreError::from)
             }

@@ -552,7 +552,7 @@ async fn handle_text(
                     if let (false, Some((last, _))) = (page.more, page.items.last()) {
                         st.reorder.start_after(*last);
                     }
-                    wire::synced_frame(&page.items, page.more, generation.as_str())
+                    wire::synced_frame(&page.items, page.more, page.trimmed, generation.as_str())
                 }
                 Err(e) => {
                     tracing::warn!(uid = %conn.who.uid, error = %e, "sync failed");

@@ -195,6 +195,7 @@ fn rig() -> Rig {
         ),
         limits: Arc::new(crate::business::limits::Limits::new(off, off)),
         recall_window: std::time::Duration::from_secs(120),
+        before_send: None,
     };
     let (messaging, _) = Messaging::start(deps, 64, 1, CancellationToken::new());
     let ctx = Arc::new(SessionCtx {

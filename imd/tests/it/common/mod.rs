@@ -6,7 +6,8 @@
 //! testkit; only what speaks imd's protocol lives here:
 //! - [`http`]: the HTTP API and `/metrics`;
 //! - [`ws`]: a WebSocket client that decodes server frames;
-//! - [`raw`]: hand-made upgrades for clients that misbehave on purpose.
+//! - [`raw`]: hand-made upgrades for clients that misbehave on purpose;
+//! - [`receiver`]: a real HTTP receiver for webhooks, the pre-send hook and pushes.
 //!
 //! Nothing here sleeps for luck: waits are for a condition ([`wait_until`], a frame, a
 //! close, an exit) under a deadline. The one exception, [`WsClient::expect_no_frame_for`],
@@ -15,6 +16,7 @@
 
 mod http;
 mod raw;
+mod receiver;
 mod ws;
 
 use std::ops::{Deref, DerefMut};
@@ -24,6 +26,7 @@ use shared::token::{Claims, Platform};
 
 pub(crate) use http::{Http, Resp, encode_path, entry_of, metric};
 pub(crate) use raw::{raw_upgrade, wait_eof};
+pub(crate) use receiver::{Answer, Got, Receiver};
 pub(crate) use testkit::{now_ms, now_secs, wait_until};
 pub(crate) use ws::{Auth, WsClient, try_ws, try_ws_from};
 

@@ -14,6 +14,7 @@
 //! finishing each other's work).
 //! [`state_many_writers`] adds conversation state under several writers: recalls beside
 //! other writers or after one died, the list of a user with many conversations.
+//! [`retention`]: trims by a cutoff, and erasures of a sender's messages.
 
 use std::sync::Arc;
 
@@ -29,6 +30,7 @@ use testkit::{Redis, now_ms};
 mod conversations;
 mod many_writers;
 mod one_writer;
+mod retention;
 mod state_many_writers;
 
 /// A store under test and what keeps its database alive.
@@ -124,6 +126,9 @@ contract!(many_writers::finish_behind_the_answer => contract_finish_behind_the_a
 contract!(state_many_writers::recall_beside_writers => contract_recall_beside_writers_standalone, contract_recall_beside_writers_cluster);
 contract!(state_many_writers::recall_finishes_a_half_done_one => contract_recall_finishes_a_half_done_one_standalone, contract_recall_finishes_a_half_done_one_cluster);
 contract!(state_many_writers::list_of_many => contract_list_of_many_standalone, contract_list_of_many_cluster);
+contract!(retention::trim_removes_old_messages_everywhere => contract_trim_removes_old_messages_everywhere_embedded, contract_trim_removes_old_messages_everywhere_standalone, contract_trim_removes_old_messages_everywhere_cluster);
+contract!(retention::erase_takes_the_bodies_everywhere => contract_erase_takes_the_bodies_everywhere_embedded, contract_erase_takes_the_bodies_everywhere_standalone, contract_erase_takes_the_bodies_everywhere_cluster);
+contract!(retention::trim_waits_for_a_pending_fan_out => contract_trim_waits_for_a_pending_fan_out_standalone, contract_trim_waits_for_a_pending_fan_out_cluster);
 
 fn new_msg(conv: &str, from: &str, cid: Option<&str>, body: Value, members: &[&str]) -> NewMessage {
     NewMessage {

@@ -1,6 +1,7 @@
 //! The messaging rules over a real embedded store, with recorded deliveries; the
 //! conversation state (reads, typing, recall, the list, presence) in `state`.
 
+mod before_send;
 mod state;
 
 use super::*;
@@ -106,6 +107,7 @@ fn rig_full(limits: Limits, words: Words, lanes: usize, recall_window: std::time
         words: Arc::new(words),
         limits: Arc::new(limits),
         recall_window,
+        before_send: None,
     };
     let (m, _task) = Messaging::start(deps, 64, lanes, stop.clone());
     Rig {

@@ -1,10 +1,14 @@
 -- One conversation of a user's list, up to `upto` (0: the conversation's end): that
 -- seq, its message, the user's position, every member's position when `all` is '1',
--- and the event messages between the user's position and that seq.
+-- the event messages between the user's position and that seq, and how many messages
+-- retention removed from the conversation's head.
 local function conv_state(msgs, read, events, uid, all, upto)
   upto = tonumber(upto)
-  if upto == 0 then upto = redis.call('LLEN', msgs) end
-  local last = redis.call('LINDEX', msgs, upto - 1) or ''
+  if upto == 0 then upto = list_end(msgs) end
+  -- Retention may have removed it (and what came before).
+  local b = base_of(msgs)
+  local last = ''
+  if upto > b then last = redis.call('LINDEX', msgs, upto - 1 - b) or '' end
   local mine = 0
   local reads = {}
   if all == '1' then
@@ -15,8 +19,9 @@ local function conv_state(msgs, read, events, uid, all, upto)
   else
     mine = tonumber(redis.call('HGET', read, uid) or '0')
   end
-  local from = math.min(mine, upto)
+  -- What retention removed is unread no more.
+  local from = math.max(math.min(mine, upto), b)
   local between = redis.call('ZCOUNT', events, '(' .. string.format('%d', from),
     string.format('%d', upto))
-  return {upto, last, mine, reads, between}
+  return {upto, last, mine, reads, between, b}
 end

@@ -1,5 +1,5 @@
 local want = tonumber(ARGV[2])
-local n = redis.call('LLEN', KEYS[1])
+local n = list_end(KEYS[1])
 if want > n then want = n end
 local cur = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
 if want > cur then

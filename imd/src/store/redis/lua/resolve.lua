@@ -9,4 +9,9 @@ end
 if s == '0' then
   return {2, ''}
 end
-return {0, redis.call('LINDEX', KEYS[2], tonumber(s) - 1) or ''}
+local i = tonumber(s) - 1 - base_of(KEYS[2])
+if i < 0 then
+  -- Retention removed it: the key deduplicates no more, as if cancelled.
+  return {2, ''}
+end
+return {0, redis.call('LINDEX', KEYS[2], i) or ''}

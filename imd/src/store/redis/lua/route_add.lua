@@ -1,3 +1,3 @@
 local prev = redis.call('HGET', KEYS[1], ARGV[1])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-return {prev or '', redis.call('LLEN', KEYS[2])}
+return {prev or '', list_end(KEYS[2])}

@@ -15,7 +15,8 @@ local function read(pending, msgs, nmax, budget)
       break
     end
   end
-  local js = redis.call('LRANGE', msgs, seq_of(es[1]) - 1, seq_of(es[#es]) - 1)
+  local b = base_of(msgs)
+  local js = redis.call('LRANGE', msgs, seq_of(es[1]) - 1 - b, seq_of(es[#es]) - 1 - b)
   return es, js
 end
 
@@ -44,7 +45,7 @@ local function step(pending, lock, msgs, token, lease, last, need, nmax, budget,
     end
   end
   if need <= 0 then
-    need = redis.call('LLEN', msgs)
+    need = list_end(msgs)
   end
   local owner = redis.call('GET', lock)
   local h = redis.call('LINDEX', pending, 0)

@@ -5,10 +5,15 @@ for b = 6, #ARGV, 5 do
   if s then
     s = tonumber(s)
   else
-    s = redis.call('LLEN', KEYS[1]) + 1
+    s = list_end(KEYS[1]) + 1
     local seq = string.format('%d', s)
     redis.call('RPUSH', KEYS[1], ARGV[b + 1] .. seq .. ARGV[b + 2])
     redis.call('HSET', KEYS[2], ARGV[b], seq)
+    if KEYS[7] then
+      -- The webhook outbox: a conversation's first cursor sits before its first
+      -- message committed while the outbox is on.
+      redis.call('HSETNX', KEYS[7], 'seq', string.format('%d', s - 1))
+    end
     redis.call('RPUSH', KEYS[3], seq .. ARGV[b + 3])
     local reader = ARGV[b + 4]
     if reader == '' then

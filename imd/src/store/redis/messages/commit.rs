@@ -18,7 +18,7 @@ use super::prepared::Prepared;
 use super::scripts::{MARK, STORE};
 use super::{LEASE_MS, MAX_ROUNDS, REMARK_AFTER, ROUND_ENTRIES, ROUND_MEMBERS, corrupt, group_by};
 use crate::store::redis::RedisStore;
-use crate::store::redis::keys::{conv_key, shard_key, shard_of};
+use crate::store::redis::keys::{conv_key, hook_shard_key, shard_key, shard_of};
 use crate::store::{CommitOutcome, Committed, Op, StoreError};
 
 /// Where step 1 sent each message of a round (indices into the round's messages).
@@ -213,9 +213,11 @@ impl RedisStore {
         known: &HashMap<String, Bytes>,
     ) -> Result<Sorted, StoreError> {
         let marked = Instant::now();
-        let (claims, ()) = tokio::try_join!(
+        // The retention index goes beside them (rarely anything: see `retention`).
+        let (claims, (), ()) = tokio::try_join!(
             self.claim(todo),
-            self.mark(todo.iter().map(|p| p.conv.as_str()))
+            self.mark(todo.iter().map(|p| p.conv.as_str())),
+            self.index_for_retention(todo)
         )?;
 
         let here: HashSet<&str> = todo.iter().map(|p| p.id.as_str()).collect();
@@ -410,6 +412,9 @@ impl RedisStore {
         }
         try_join_all(by_shard.into_iter().map(|(k, convs)| {
             let mut inv = MARK.key(shard_key(k));
+            if self.outbox {
+                inv.key(hook_shard_key(k));
+            }
             for conv in convs {
                 inv.arg(conv);
             }
@@ -439,8 +444,11 @@ impl RedisStore {
             .key(conv_key(conv, "pending"))
             .key(conv_key(conv, "lock"))
             .key(conv_key(conv, "read"))
-            .key(conv_key(conv, "events"))
-            .arg(&token)
+            .key(conv_key(conv, "events"));
+        if self.outbox {
+            inv.key(conv_key(conv, "hook"));
+        }
+        inv.arg(&token)
             .arg(LEASE_MS)
             .arg(ROUND_ENTRIES)
             .arg(ROUND_MEMBERS)

@@ -26,7 +26,8 @@ impl RedisStore {
         .await
     }
 
-    /// The copy of a join: `msgs[pos[conv]..]` into `uid`'s inbox, in chunks.
+    /// The copy of a join: the messages after `pos[conv]` (those retention kept) into
+    /// `uid`'s inbox, in chunks.
     pub(super) async fn copy_history(
         &self,
         conv: &str,
@@ -42,7 +43,7 @@ impl RedisStore {
         let mut next = have.unwrap_or(0);
         let mut tail: VecDeque<Committed> = VecDeque::with_capacity(JOIN_PUSH_TAIL);
         loop {
-            let (mine, jsons): (i64, Vec<Vec<u8>>) = CHUNK
+            let (mine, jsons, from): (i64, Vec<Vec<u8>>, u64) = CHUNK
                 .key(conv_key(conv, "msgs"))
                 .key(conv_key(conv, "lock"))
                 .arg(token)
@@ -56,6 +57,9 @@ impl RedisStore {
                     conv: conv.to_owned(),
                 });
             }
+            // Later than asked when retention removed what followed: the copy starts at
+            // the oldest message kept.
+            next = from;
             let n = jsons.len() as u64;
             if n == 0 {
                 break;

@@ -13,7 +13,7 @@
 //! messages before it, as in the embedded store. The other `Read`s (the usual ones: a
 //! client reads what was committed before it read) run beside all of that, since no
 //! message of the batch changes what they clamp to. A read is one script on the
-//! conversation's slot (clamp to `LLEN msgs`, move only forward). Outcomes keep the
+//! conversation's slot (clamp to the last seq, move only forward). Outcomes keep the
 //! batch's order. A group:
 //!
 //! 1. claims the idempotency keys (one script per sender) and, at the same time, marks
@@ -73,7 +73,7 @@
 //! Under the conversation's lease, as a join:
 //!
 //! 1. take the lease and drain everything pending up to the conversation's end;
-//! 2. read the message (`LINDEX`) and check it in Rust: missing, an event message or
+//! 2. read the message (at its seq, less the base) and check it in Rust: missing, an event message or
 //!    another sender's, older than allowed, or recalled already (which still goes on
 //!    to step 4, so that a second try finishes a recall that died half-way);
 //! 3. compare-and-set the stored message from its original bytes to its recalled
@@ -95,6 +95,12 @@
 //! that seq, the read positions and the event messages between the user's position and
 //! that seq. Two round trips, whatever the number of conversations.
 //!
+//! # Retention
+//!
+//! A conversation's and an inbox's lists lose their heads to retention, and a base
+//! (`<list>:base`) counts what left: a position is the base plus the index, in every
+//! script that reads one (see `retention`).
+//!
 //! # Sweep
 //!
 //! For each shard, the conversations marked more than [`SWEEP_AGE_MS`] ago: take the
@@ -110,11 +116,13 @@
 //! - `idempotency`: claims, and resolving or taking over another writer's key;
 //! - `drain`: the lease, the step script and the rounds of member appends;
 //! - `join`, `recall`, `sweep`: the join's copy, the recall and the sweeper;
+//! - `retention`: trimming the heads of conversations and inboxes (and its index),
+//!   and erasures;
 //! - `state`: read positions and the conversation list;
 //! - `scripts`: the Lua scripts (`../lua/`), with their keys and arguments;
 //! - `hooks`: test-only entry points (a writer that died part-way).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
@@ -127,8 +135,9 @@ use super::RedisStore;
 use super::keys::{SHARDS, conv_key, user_key};
 use crate::store::{
     CommitOutcome, Committed, ConvCursor, ConvEntry, Generation, MessageStore, Op, Page, PageFill,
-    StoreError,
+    StoreError, TrimPass,
 };
+use scripts::{LIST_END, PAGE};
 
 mod commit;
 mod drain;
@@ -138,7 +147,10 @@ mod idempotency;
 mod join;
 mod prepared;
 mod recall;
+mod retention;
 pub(super) mod scripts;
+
+pub(super) use retention::Indexed;
 mod state;
 mod sweep;
 
@@ -159,7 +171,7 @@ pub(super) const BACKOFF_MAX: Duration = Duration::from_millis(2);
 /// How long a writer waits for its messages' fan-out before it fails the batch.
 pub(super) const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 /// A conversation marked longer ago than this is the sweeper's to finish.
-pub(super) const SWEEP_AGE_MS: u64 = 2000;
+pub(in crate::store::redis) const SWEEP_AGE_MS: u64 = 2000;
 /// Conversations one sweep takes per shard.
 pub(super) const SWEEP_LIMIT: u64 = 64;
 /// A group whose claims took longer than this marks its conversations again before
@@ -249,7 +261,9 @@ pub(super) fn corrupt(what: impl std::fmt::Display) -> StoreError {
 }
 
 impl RedisStore {
-    /// One page of the list at `key`: items after position `after`, as (position, item).
+    /// One page of the list at `key` (whose head retention trims): items after position
+    /// `after`, as (position, item), from the oldest one kept (and `trimmed`) when
+    /// `after` lies before it.
     pub(super) async fn page(
         &self,
         key: String,
@@ -257,29 +271,38 @@ impl RedisStore {
         limit: u32,
     ) -> Result<Page<(u64, Bytes)>, StoreError> {
         let mut page = PageFill::new(limit);
-        let Ok(mut start) = i64::try_from(after) else {
+        if i64::try_from(after).is_err() {
             return Ok(page.finish());
-        };
+        }
         let mut conn = self.conn.clone();
+        let mut from = after;
+        let mut first = true;
         loop {
-            let want = (limit as usize - page.len() + 1).min(READ_CHUNK) as i64;
-            let chunk: Vec<Vec<u8>> = redis::cmd("LRANGE")
-                .arg(&key)
-                .arg(start)
-                .arg(start + want - 1)
-                .query_async(&mut conn)
+            let want = (limit as usize - page.len() + 1).min(READ_CHUNK) as u64;
+            // Each chunk reads the base with its items: a trim between two chunks moves
+            // the list's indices, never the positions.
+            let (base, chunk): (u64, Vec<Vec<u8>>) = PAGE
+                .key(&key)
+                .arg(from)
+                .arg(want)
+                .invoke_async(&mut conn)
                 .await?;
-            let got = chunk.len() as i64;
+            if first && from < base {
+                page.set_trimmed();
+            }
+            first = false;
+            let start = from.max(base);
+            let got = chunk.len() as u64;
             for (k, item) in chunk.into_iter().enumerate() {
                 let len = item.len();
-                if !page.push((start as u64 + k as u64 + 1, Bytes::from(item)), len) {
+                if !page.push((start + k as u64 + 1, Bytes::from(item)), len) {
                     return Ok(page.finish());
                 }
             }
             if got < want {
                 return Ok(page.finish());
             }
-            start += got;
+            from = start + got;
         }
     }
 }
@@ -327,6 +350,7 @@ impl MessageStore for RedisStore {
         Ok(Page {
             items: page.items.into_iter().map(|(_, json)| json).collect(),
             more: page.more,
+            trimmed: page.trimmed,
         })
     }
 
@@ -348,10 +372,9 @@ impl MessageStore for RedisStore {
     }
 
     async fn last_seq(&self, conv: &str) -> Result<u64, StoreError> {
-        let mut conn = self.conn.clone();
-        redis::cmd("LLEN")
-            .arg(conv_key(conv, "msgs"))
-            .query_async(&mut conn)
+        LIST_END
+            .key(conv_key(conv, "msgs"))
+            .invoke_async(&mut self.conn.clone())
             .await
             .map_err(StoreError::from)
     }
@@ -361,6 +384,27 @@ impl MessageStore for RedisStore {
     /// `PX`), so there is nothing left to purge.
     async fn expire_idempotency(&self, _before_ms: i64) -> Result<u64, StoreError> {
         Ok(0)
+    }
+
+    async fn trim(
+        &self,
+        before_ms: i64,
+        budget: usize,
+        pass: &mut TrimPass,
+    ) -> Result<u64, StoreError> {
+        self.trim_step(before_ms, budget, pass).await
+    }
+
+    async fn erase(&self, conv: &str, sender: &str, seqs: &[u64]) -> Result<u64, StoreError> {
+        self.erase_in_conversation(conv, sender, seqs).await
+    }
+
+    async fn erase_copies(
+        &self,
+        uid: &str,
+        targets: &HashSet<(String, u64)>,
+    ) -> Result<u64, StoreError> {
+        self.erase_in_inbox(uid, targets).await
     }
 
     async fn sweep(&self) -> Result<usize, StoreError> {

@@ -160,6 +160,7 @@ mod tests {
                 ts,
                 cid: cid.map(Into::into),
                 recalled: false,
+                erased: false,
             })
             .unwrap();
             assert_eq!(p.json(seq), expected, "case {id}");

@@ -10,7 +10,7 @@ use futures_util::{StreamExt, TryStreamExt, stream};
 use shared::protocol::Message;
 
 use super::drain::Drain;
-use super::scripts::{HELD, RECALL_INBOX, RECALL_SET};
+use super::scripts::{HELD, PAGE, RECALL_INBOX, RECALL_SET};
 use super::{LEASE_MS, RECALL_CHUNK, RECALL_HOLDERS_AT_ONCE, RECALL_SCAN, corrupt};
 use crate::store::redis::RedisStore;
 use crate::store::redis::keys::{conv_key, user_key};
@@ -84,15 +84,7 @@ impl RedisStore {
         drained: u64,
     ) -> Result<Checked, StoreError> {
         let conv = r.conv.as_str();
-        let Some(index) = r.seq.checked_sub(1).and_then(|i| i64::try_from(i).ok()) else {
-            return Ok(Checked::Refused(RecallRefused::NotFound));
-        };
-        let original: Option<Vec<u8>> = redis::cmd("LINDEX")
-            .arg(conv_key(conv, "msgs"))
-            .arg(index)
-            .query_async(&mut self.conn.clone())
-            .await?;
-        let Some(original) = original else {
+        let Some(original) = self.message_at(conv, r.seq).await? else {
             return Ok(Checked::Refused(RecallRefused::NotFound));
         };
         let m: Message =
@@ -113,7 +105,7 @@ impl RedisStore {
                 .key(conv_key(conv, "lock"))
                 .arg(token)
                 .arg(LEASE_MS)
-                .arg(index)
+                .arg(r.seq)
                 .arg(&original[..])
                 .arg(&recalled[..])
                 .invoke_async(&mut self.conn.clone())
@@ -125,6 +117,8 @@ impl RedisStore {
                         conv: conv.to_owned(),
                     });
                 }
+                // Retention removed it since it was read.
+                3 => return Ok(Checked::Refused(RecallRefused::NotFound)),
                 _ => return Err(corrupt(format!("{conv} {} changed under the lease", r.seq))),
             }
             recalled
@@ -145,6 +139,25 @@ impl RedisStore {
             recalled,
             already: m.recalled,
         })
+    }
+
+    /// The message at `seq` of `conv`, if it is there (retention may have removed it).
+    pub(super) async fn message_at(
+        &self,
+        conv: &str,
+        seq: u64,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let Some(after) = seq.checked_sub(1) else {
+            return Ok(None);
+        };
+        let (base, mut items): (u64, Vec<Vec<u8>>) = PAGE
+            .key(conv_key(conv, "msgs"))
+            .arg(after)
+            .arg(1)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        // Past the base, the item read is the one at `seq`; before it, a later one.
+        Ok(items.pop().filter(|_| base <= after))
     }
 
     /// Sets the entry of the message in each holder's inbox to `recalled`, a bounded

@@ -43,7 +43,7 @@ fn positions(flat: Vec<String>) -> Result<Vec<(String, u64)>, StoreError> {
 }
 
 /// A conversation as [`CONV_STATE`] reads it.
-type StateReply = (u64, Vec<u8>, u64, Vec<String>, u64);
+type StateReply = (u64, Vec<u8>, u64, Vec<String>, u64, u64);
 
 impl RedisStore {
     /// Moves `uid`'s read position in `conv` forward to `seq`, clamped to the last seq.
@@ -114,17 +114,17 @@ impl RedisStore {
         };
         let mut items = Vec::with_capacity(listed.len());
         for ((conv, ts, _), state) in listed.into_iter().zip(states) {
-            let (last_seq, last, read_seq, reads, events_between) = state;
+            let (last_seq, last, read_seq, reads, events_between, base) = state;
             if last.is_empty() {
-                // Listed but without messages: nothing to show (it cannot happen while
-                // messages are never removed).
-                tracing::warn!(%uid, %conv, "a listed conversation has no messages");
+                // Listed but retention removed its messages, before the user's list
+                // follows (the next pass of the user's inbox does): nothing to show.
                 continue;
             }
             // Exact: the user's own messages all lie at or below its read position
-            // (sending one moves the position to it).
+            // (sending one moves the position to it); what retention removed counts
+            // no more.
             let unread = last_seq
-                .saturating_sub(read_seq)
+                .saturating_sub(read_seq.max(base))
                 .saturating_sub(events_between);
             items.push(ConvEntry {
                 conv,
@@ -136,7 +136,11 @@ impl RedisStore {
                 reads: positions(reads)?,
             });
         }
-        Ok(Page { items, more })
+        Ok(Page {
+            items,
+            more,
+            trimmed: false,
+        })
     }
 
     /// One conversation of `uid`'s list, up to `upto`, the last seq of it in `uid`'s

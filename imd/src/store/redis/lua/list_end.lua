@@ -1,0 +1,1 @@
+return list_end(KEYS[1])
