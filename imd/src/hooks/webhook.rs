@@ -18,7 +18,7 @@
 //!   the cursor moves; a cursor moves only under its lease. Conversations proceed
 //!   independently, `--webhook-concurrency` at once.
 //! - **Failures**: a conversation whose head event fails waits with exponential
-//!   backoff and jitter (1 s doubling to `--webhook-backoff-max`, 1 min by default)
+//!   backoff and jitter (1 s doubling to `--webhook-backoff-max`, 10 s by default)
 //!   while the others go on. After [`DOWN_AFTER`] failures in a row, with no success
 //!   between, the receiver counts as down: one conversation at a time probes it,
 //!   paced by the same backoff over the failures in a row, until one succeeds; then

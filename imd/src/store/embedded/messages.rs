@@ -21,8 +21,8 @@ use super::outbox::OutboxTables;
 use super::{EmbeddedStore, scan_second};
 use crate::store::{
     CommitOutcome, Committed, Content, ConvCursor, ConvEntry, Generation, IDEMPOTENCY_WINDOW_MS,
-    JOIN_PUSH_TAIL, MessageStore, NewMessage, Op, Page, PageFill, Recall, RecallRefused,
-    StoreError, TrimPass, recalled_json,
+    JOIN_PUSH_TAIL, MessageStore, NewMessage, Op, OutboxCursor, Page, PageFill, Recall,
+    RecallRefused, StoreError, TrimPass, recalled_json,
 };
 
 /// `(conv, seq)` → message JSON.
@@ -113,16 +113,21 @@ struct Tables<'t> {
     in_batch: HashMap<(String, String), Bytes>,
 }
 
+/// Commits `batch` in one durable transaction; with the outbox on (`outbox` holds the
+/// deliverer's cursor moves that waited), writes its marks and those moves too.
 fn commit_batch(
     db: &Database,
     batch: Vec<Op>,
-    outbox: bool,
+    outbox: Option<Vec<(String, OutboxCursor)>>,
 ) -> Result<Vec<CommitOutcome>, StoreError> {
     let mut txn = db.begin_write()?;
     txn.set_durability(Durability::Immediate)?;
     let mut out = Vec::with_capacity(batch.len());
     {
-        let mut t = Tables::open(&txn, outbox)?;
+        let mut t = Tables::open(&txn, outbox.is_some())?;
+        if let (Some(tables), Some(moves)) = (&mut t.outbox, outbox) {
+            tables.write_cursors(moves)?;
+        }
         for op in batch {
             out.push(match op {
                 Op::Message(m) => t.message(&m)?,
@@ -461,7 +466,7 @@ impl MessageStore for EmbeddedStore {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let outbox = self.outbox;
+        let outbox = self.outbox.then(|| self.cursors.take());
         self.blocking(move |db| commit_batch(db, batch, outbox))
             .await
     }

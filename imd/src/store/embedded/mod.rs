@@ -40,6 +40,8 @@ pub struct EmbeddedStore {
     outbox: bool,
     /// The outbox's delivery leases.
     leases: Arc<outbox::Leases>,
+    /// The outbox's cursor moves not written yet.
+    cursors: Arc<outbox::Cursors>,
 }
 
 /// `key` → value: facts about the database itself.
@@ -79,6 +81,7 @@ impl EmbeddedStore {
             generation,
             outbox: false,
             leases: Arc::default(),
+            cursors: Arc::default(),
         })
     }
 

@@ -1,9 +1,10 @@
 //! The webhook outbox in redb (see `crate::store::outbox`). The commit writes the
-//! marks and first cursors in its own transaction ([`OutboxTables`]); the deliverer's
-//! cursor moves are transactions without fsync (`Durability::None`: redb makes them
-//! durable with the next durable commit; one lost in a crash re-sends events, which
-//! at-least-once allows), and an unmark is durable. Leases live in memory: one
-//! process owns the data dir.
+//! marks and first cursors in its own transaction ([`OutboxTables`]). The deliverer's
+//! cursor moves wait in memory ([`Cursors`]) and ride along with the next commit's
+//! transaction or the conversation's unmark, so delivering adds no write transaction
+//! of its own to the one writer the commits use; a move lost in a crash re-sends
+//! events, which at-least-once allows. A cursor never moves back: a write keeps the
+//! higher seq. Leases live in memory: one process owns the data dir.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, PoisonError};
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use redb::{
-    Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table, TableDefinition,
+    ReadableDatabase, ReadableTable, ReadableTableMetadata, Table, TableDefinition,
     WriteTransaction,
 };
 
@@ -56,6 +57,17 @@ impl<'t> OutboxTables<'t> {
         })
     }
 
+    /// Writes cursor moves that waited in memory (each only forward).
+    pub(super) fn write_cursors(
+        &mut self,
+        moves: Vec<(String, OutboxCursor)>,
+    ) -> Result<(), StoreError> {
+        for (conv, c) in moves {
+            write_cursor(&mut self.cursors, &conv, c)?;
+        }
+        Ok(())
+    }
+
     /// Marks `conv`, which this transaction gives message `seq` committed at `ts`; a
     /// conversation without a cursor starts it before `seq`.
     pub(super) fn mark(&mut self, conv: &str, seq: u64, ts: i64) -> Result<(), StoreError> {
@@ -71,6 +83,34 @@ impl<'t> OutboxTables<'t> {
             self.cursors.insert(conv, (seq - 1, 0))?;
         }
         Ok(())
+    }
+}
+
+/// Sets `conv`'s cursor to `c` unless it stands past it already.
+fn write_cursor(
+    cursors: &mut Table<'_, &'static str, (u64, i64)>,
+    conv: &str,
+    c: OutboxCursor,
+) -> Result<(), StoreError> {
+    let stored = cursors.get(conv)?.map(|g| g.value().0);
+    if stored.is_none_or(|seq| c.seq >= seq) {
+        cursors.insert(conv, (c.seq, c.failing_since))?;
+    }
+    Ok(())
+}
+
+/// Cursor moves not written yet: conv → cursor.
+#[derive(Default)]
+pub(super) struct Cursors(Mutex<HashMap<String, OutboxCursor>>);
+
+impl Cursors {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, OutboxCursor>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Every waiting move, for a transaction to write.
+    pub(super) fn take(&self) -> Vec<(String, OutboxCursor)> {
+        self.lock().drain().collect()
     }
 }
 
@@ -154,6 +194,9 @@ impl OutboxStore for EmbeddedStore {
         if !self.leases.take(conv, token, ttl_ms) {
             return Ok(None);
         }
+        if let Some(c) = self.cursors.lock().get(conv) {
+            return Ok(Some(*c));
+        }
         let conv = conv.to_owned();
         self.blocking(move |db| {
             let txn = db.begin_read()?;
@@ -175,16 +218,8 @@ impl OutboxStore for EmbeddedStore {
             return Ok(false);
         }
         self.leases.take(conv, token, ttl_ms);
-        let conv = conv.to_owned();
-        self.blocking(move |db| {
-            let mut txn = db.begin_write()?;
-            txn.set_durability(Durability::None)?;
-            txn.open_table(CURSORS)?
-                .insert(conv.as_str(), (cursor.seq, cursor.failing_since))?;
-            txn.commit()?;
-            Ok(true)
-        })
-        .await
+        self.cursors.lock().insert(conv.to_owned(), cursor);
+        Ok(true)
     }
 
     async fn outbox_release(&self, conv: &str, token: &str) -> Result<(), StoreError> {
@@ -194,11 +229,15 @@ impl OutboxStore for EmbeddedStore {
 
     async fn outbox_unmark(&self, mark: &OutboxMark, _delivered: u64) -> Result<bool, StoreError> {
         let conv = mark.conv.clone();
+        let moved = self.cursors.lock().remove(&conv);
         self.blocking(move |db| {
             let txn = db.begin_write()?;
             let removed = {
                 let last = super::messages::last_seq_in(&txn, &conv)?;
                 let mut cursors = txn.open_table(CURSORS)?;
+                if let Some(c) = moved {
+                    write_cursor(&mut cursors, &conv, c)?;
+                }
                 let delivered = cursors.get(conv.as_str())?.map_or(0, |g| g.value().0);
                 let mut marks = txn.open_table(MARKS)?;
                 if delivered < last {

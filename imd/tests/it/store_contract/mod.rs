@@ -15,6 +15,7 @@
 //! [`state_many_writers`] adds conversation state under several writers: recalls beside
 //! other writers or after one died, the list of a user with many conversations.
 //! [`retention`]: trims by a cutoff, and erasures of a sender's messages.
+//! [`outbox`]: the webhook outbox's marks, cursors, leases and parked events.
 
 use std::sync::Arc;
 
@@ -30,6 +31,7 @@ use testkit::{Redis, now_ms};
 mod conversations;
 mod many_writers;
 mod one_writer;
+mod outbox;
 mod retention;
 mod state_many_writers;
 
