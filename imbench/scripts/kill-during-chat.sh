@@ -12,8 +12,14 @@
 # PID). Exits non-zero when a message was lost. Bounded: about DURATION + DRAIN + 60 s
 # after the build.
 #
+# The kill and the restart are marked on the chart's time axis (imbench --mark-file);
+# with REPORT=FILE.json the report and its chart (FILE.html: deliveries, p99, open
+# connections and errors per second around the kill) are kept, else they go with the
+# temp dir.
+#
 #   imbench/scripts/kill-during-chat.sh
 #   RATE=2000 CONNECTIONS=200 DURATION=30 KILL_AFTER=10 imbench/scripts/kill-during-chat.sh
+#   REPORT=/tmp/kill.json imbench/scripts/kill-during-chat.sh
 source "$(dirname "$0")/lib.sh"
 
 RATE=${RATE:-1000}
@@ -23,6 +29,8 @@ KILL_AFTER=${KILL_AFTER:-10}
 DRAIN=${DRAIN:-10}
 SECRET="kill-during-chat-$$"
 BUDGET=$(( DURATION + DRAIN + 60 ))
+MARKS="$WORK/marks"
+: >"$MARKS"
 
 [ "${SKIP_BUILD:-0}" = 1 ] || build
 start_imd "$SECRET" "$BUDGET"
@@ -31,7 +39,7 @@ PORT=${IMD_URL##*:}
 timeout "$BUDGET" "$IMBENCH_BIN" run --target "$IMD_URL" --token-secret "$SECRET" \
     --scenario chat --connections "$CONNECTIONS" --rate "$RATE" --duration "${DURATION}s" \
     --drain "${DRAIN}s" --verify --local-agents 1 --report "$WORK/kill.json" \
-    >"$WORK/bench.out" 2>"$WORK/bench.err" &
+    --mark-file "$MARKS" >"$WORK/bench.out" 2>"$WORK/bench.err" &
 BENCH_PID=$!
 PIDS+=("$BENCH_PID")
 
@@ -42,6 +50,7 @@ kill -0 "$BENCH_PID" 2>/dev/null || { cat "$WORK/bench.err" >&2; echo "imbench e
 OLD_PID=$IMD_PID
 KILLED_AT=$(date +%s%3N)
 kill -KILL "$OLD_PID"
+echo "$KILLED_AT kill -9 imd" >>"$MARKS"
 wait "$OLD_PID" 2>/dev/null || true
 kill "$IMD_WATCHDOG" 2>/dev/null || true
 wait "$IMD_WATCHDOG" 2>/dev/null || true
@@ -50,6 +59,7 @@ forget_pid "$IMD_WATCHDOG"
 echo "== killed imd $OLD_PID (kill -9); restarting on 127.0.0.1:$PORT, same data dir" >&2
 start_imd "$SECRET" "$BUDGET" "127.0.0.1:$PORT"
 READY_AT=$(date +%s%3N)
+echo "$READY_AT imd ready again" >>"$MARKS"
 [ "$IMD_URL" = "http://127.0.0.1:$PORT" ] || { echo "imd came back on $IMD_URL" >&2; exit 1; }
 
 finish_kill_run \

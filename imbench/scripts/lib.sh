@@ -180,8 +180,9 @@ p99.9 $(json "$r" .latency_ms.p999), max $(json "$r" .latency_ms.max)"
 
 # finish_kill_run TITLE LAST_LINE [THEN]: waits for imbench ($BENCH_PID), prints its
 # output, then TITLE, kill_report of $WORK/kill.json against $KILLED_AT, LAST_LINE, and
-# what the command THEN prints (run once the traffic is over); exits 1 when a message
-# was lost, else with imbench's status.
+# what the command THEN prints (run once the traffic is over); with REPORT=FILE.json,
+# keeps the report there and its chart as FILE.html; exits 1 when a message was lost,
+# else with imbench's status.
 finish_kill_run() {
     local rc=0
     wait "$BENCH_PID" || rc=$?
@@ -192,6 +193,11 @@ finish_kill_run() {
     echo "$1"
     kill_report "$WORK/kill.json" "$KILLED_AT"
     echo "$2"
+    if [ -n "${REPORT:-}" ]; then
+        cp "$WORK/kill.json" "$REPORT"
+        cp "$WORK/kill.html" "${REPORT%.json}.html"
+        echo "  report kept in $REPORT, its chart in ${REPORT%.json}.html"
+    fi
     [ -z "${3:-}" ] || "$3"
     [ "$LOST" = 0 ] || { echo "FAILED: ${LOST} message(s) lost" >&2; exit 1; }
     exit "$rc"

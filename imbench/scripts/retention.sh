@@ -8,8 +8,8 @@
 # CONNECTIONS connections for WARM s (unverified), then a verified run of MEASURE s
 # whose latency (intended send → push) is printed: with retention, that run is when
 # the trim removes as much as comes in. Every SAMPLE s a line shows the time, the
-# store's size (the embedded store's data dir, or Redis used_memory), imd's RSS and
-# imd_retention_removed_total. Loopback only; stops everything it started (by PID).
+# store's size (the embedded store's data dir, or Redis used_memory, and its key
+# count), imd's RSS and imd_retention_removed_total. Loopback only; stops everything it started (by PID).
 # Bounded: about 2 × STORES × (WARM + MEASURE + 30) s after the build.
 #
 #   imbench/scripts/retention.sh                     # 500 msg/s, 200 connections, 120 s + 60 s
@@ -37,6 +37,12 @@ size() {
     fi
 }
 
+# keys STORE: Redis's key count (idempotency keys, which live 24 h, are most of what
+# grows with retention on); "-" for the embedded store.
+keys() {
+    if [ "$1" = redis ]; then redis-cli -u "$REDIS_URL" dbsize; else echo -; fi
+}
+
 # mib BYTES: in MiB, one decimal.
 mib() { awk -v b="${1:-0}" 'BEGIN {printf "%.1f", b / 1048576}'; }
 
@@ -51,8 +57,8 @@ sample() {
     local rss
     while kill -0 "$IMD_PID" 2>/dev/null; do
         rss=$(rss_kb "$IMD_PID")
-        printf '%-8s %-9s t=%4ds  store %s MiB  rss %s MiB  removed %s\n' \
-            "$1" "$2" $(( SECONDS - t0 )) "$(mib "$(size "$1")")" \
+        printf '%-8s %-9s t=%4ds  store %s MiB  keys %s  rss %s MiB  removed %s\n' \
+            "$1" "$2" $(( SECONDS - t0 )) "$(mib "$(size "$1")")" "$(keys "$1")" \
             "$(mib "$(( ${rss:-0} * 1024 ))")" "$(removed)" || true
         sleep "$SAMPLE"
     done

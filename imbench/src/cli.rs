@@ -24,7 +24,10 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run a benchmark: plan it, start the agents, report.
+    /// Run a benchmark: plan it, start the agents, report. Exits 1 when the run failed:
+    /// it did not happen as asked (a connection that never opened, under 90% of the
+    /// intended messages sent, a refused send, an error from imd, a dead agent) or,
+    /// with `--verify`, lost messages; the summary names each cause and what to change.
     Run(Box<RunArgs>),
     /// Run one load agent (normally started by `imbench run --local-agents K`).
     Agent(AgentArgs),
@@ -195,9 +198,16 @@ pub struct RunArgs {
     #[arg(long)]
     pub verify: bool,
 
-    /// Write the JSON report here.
+    /// Write the JSON report here, and its chart next to it (`r.json` → `r.html`).
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
+
+    /// Moments to mark on the chart's time axis, read at the end of the run: one
+    /// `<unix ms> <label>` a line (`echo "$(date +%s%3N) kill -9 imd" >> FILE`), so
+    /// that a script can note what it did to the system (a kill, a restart) while the
+    /// load ran. A missing file or a bad line is reported, not fatal.
+    #[arg(long, value_name = "FILE")]
+    pub mark_file: Option<PathBuf>,
 
     /// Spawn this many agent processes on this machine and split the plan across
     /// them (and the `--agents`). 0 with no `--agents` runs the load inside this

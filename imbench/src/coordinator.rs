@@ -1,8 +1,9 @@
 //! `imbench run`: the coordinator. It checks the plan against this machine, starts the
 //! agents (in this process, or as `imbench agent` children), starts them together,
-//! prints one progress line a second on stderr, stops them at the end of the plan (or
-//! on Ctrl-C, or when they overrun), and turns their final reports into the summary,
-//! the JSON report and the exit code.
+//! prints one progress line a second on stderr (and keeps each second for the report's
+//! series), stops them at the end of the plan (or on Ctrl-C, or when they overrun), and
+//! turns their final reports into the summary, the JSON report, its chart (with the
+//! marks of `--mark-file`) and the exit code.
 //!
 //! It owns no sockets to imd. An agent that dies, fails or overruns is recorded in
 //! the report and fails the run; it does not crash the coordinator.
@@ -24,8 +25,10 @@ use crate::clock::Clock;
 use crate::limits;
 use crate::link;
 use crate::link::PlanLine;
-use crate::plan::{AgentPlan, RunPlan};
-use crate::report::{self, AgentReport, Counters, LatencySummary, Report, RunSection};
+use crate::plan::{AgentPlan, RunPlan, SETTLE_MS};
+use crate::report::{
+    self, AgentReport, Counters, LatencySummary, Report, RunSection, Second, SeriesSection,
+};
 use crate::setup;
 
 /// How long agents get to say `ready`.
@@ -36,7 +39,8 @@ const OVERRUN_SLACK: Duration = Duration::from_secs(15);
 const START_DELAY: Duration = Duration::from_millis(500);
 
 /// Runs `imbench run` and returns the process exit code: 0 when the run passed, 1
-/// when it ran but failed (loss, dead agent), errors before the run starts as `Err`.
+/// when it ran but failed (it did not happen as planned, or lost messages: see
+/// `report::verdict`), errors before the run starts as `Err`.
 pub async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
     let plan = RunPlan::from_args(&args)?;
     let fd = limits::raise_nofile()?;
@@ -76,7 +80,11 @@ pub async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
         Some(p) => p.clone(),
         None => std::env::current_exe().context("locating this binary to start agents")?,
     };
-    let report = run_plan(&plan, &agents, agent_bin).await?;
+    let mut report = run_plan(&plan, &agents, agent_bin).await?;
+    if let Some(path) = &args.mark_file {
+        report.series.marks.extend(read_marks(path));
+        report.series.marks.sort_by_key(|m| m.unix_ms);
+    }
     print!("{}", report::summary(&report));
     if let Some(path) = &args.report {
         write_report(path, &report)?;
@@ -84,9 +92,15 @@ pub async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
         std::fs::write(&chart, crate::chart::html(&report))
             .with_context(|| format!("writing {}", chart.display()))?;
         eprintln!(
-            "imbench: report written to {}, latency chart to {}",
+            "imbench: report written to {}, charts to {}",
             path.display(),
             chart.display()
+        );
+    }
+    if !report.ok {
+        eprintln!(
+            "imbench: the run FAILED ({} problem(s)); see the summary above",
+            report.failures.len()
         );
     }
     Ok(if report.ok {
@@ -94,6 +108,27 @@ pub async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// The marks of a `--mark-file`; what cannot be read is said on stderr and skipped
+/// (the marks only annotate the chart).
+fn read_marks(path: &std::path::Path) -> Vec<report::Mark> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let (marks, bad) = report::parse_marks(&text);
+            for b in bad {
+                eprintln!("imbench: --mark-file {}: {b}; skipped", path.display());
+            }
+            marks
+        }
+        Err(e) => {
+            eprintln!(
+                "imbench: --mark-file {}: {e}; no marks on the chart",
+                path.display()
+            );
+            Vec::new()
+        }
+    }
 }
 
 /// Where the chart of the report at `path` goes: `r.json` → `r.html`.
@@ -194,7 +229,7 @@ pub async fn run_plan(
             ..Default::default()
         })
         .collect();
-    let mut latency = report::new_histogram();
+    let mut latency = LiveLatency::default();
 
     // Everyone ready, or out of time.
     let ready_deadline = tokio::time::Instant::now() + READY_TIMEOUT;
@@ -272,23 +307,32 @@ pub async fn run_plan(
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     let mut stopping = false;
+    // What the coordinator itself saw happen, for the chart (with `--mark-file`'s).
+    let mut marks = Vec::new();
     while !states.iter().all(|s| s.closed) {
         tokio::select! {
             incoming = rx.recv() => match incoming {
-                Some((i, msg)) => on_incoming(&mut states[i], msg, planned[i], &mut latency),
+                Some((i, msg)) => {
+                    if msg.is_none() && states[i].final_report.is_none() && !stopping {
+                        marks.push(mark_now(format!("agent {i} gone")));
+                    }
+                    on_incoming(&mut states[i], msg, planned[i], &mut latency);
+                }
                 None => break,
             },
             _ = progress.tick() => {
-                eprintln!("{}", view.line(clock.elapsed_ms(), &states, &latency));
+                eprintln!("{}", view.line(clock.elapsed_ms(), &states, &mut latency));
             }
             _ = &mut ctrl_c, if !stopping => {
                 eprintln!("imbench: stopping (Ctrl-C)");
+                marks.push(mark_now("Ctrl-C".into()));
                 stopping = true;
                 stop_all(&mut links);
                 kill_deadline = Some(tokio::time::Instant::now() + OVERRUN_SLACK);
             }
             _ = tokio::time::sleep_until(stop_deadline), if !stopping => {
                 eprintln!("imbench: agents overran the plan; stopping them");
+                marks.push(mark_now("agents overran; stop".into()));
                 stopping = true;
                 stop_all(&mut links);
                 kill_deadline = Some(tokio::time::Instant::now() + OVERRUN_SLACK);
@@ -336,13 +380,44 @@ pub async fn run_plan(
         wall_s: wall.elapsed().as_secs_f64(),
     };
     let mut report = report::combine(run, &planned, &finals, &statuses, view.peak_handshakes);
+    let load_from_s = (plan.ramp_ms() + SETTLE_MS) as f64 / 1000.0;
+    report.series = SeriesSection {
+        start_unix_ms: at,
+        load_s: [load_from_s, load_from_s + plan.duration_ms as f64 / 1000.0],
+        seconds: view.seconds,
+        marks,
+    };
     for (section, link) in report.agents.iter_mut().zip(&links) {
         section.addr = link.addr.clone();
     }
     Ok(report)
 }
 
-fn on_incoming(state: &mut AgentState, msg: Incoming, planned: u64, latency: &mut Histogram<u64>) {
+/// A mark of the coordinator's own, now.
+fn mark_now(label: String) -> report::Mark {
+    report::Mark {
+        unix_ms: shared::time::now_ms_u64(),
+        label,
+    }
+}
+
+/// The coordinator's latency samples: the run's, and the current second's (for the
+/// series).
+struct LiveLatency {
+    run: Histogram<u64>,
+    second: Histogram<u64>,
+}
+
+impl Default for LiveLatency {
+    fn default() -> Self {
+        LiveLatency {
+            run: report::new_histogram(),
+            second: report::new_histogram(),
+        }
+    }
+}
+
+fn on_incoming(state: &mut AgentState, msg: Incoming, planned: u64, latency: &mut LiveLatency) {
     let msg = match msg {
         Some(event) => event,
         None => {
@@ -375,7 +450,8 @@ fn on_incoming(state: &mut AgentState, msg: Incoming, planned: u64, latency: &mu
             ..
         } => {
             state.counters = counters;
-            delta.add_to(latency);
+            delta.add_to(&mut latency.run);
+            delta.add_to(&mut latency.second);
         }
         AgentEvent::Final(r) => {
             state.counters = r.counters;
@@ -504,13 +580,14 @@ async fn spawn_remote(
     }
 }
 
-/// The one-line-a-second progress view.
+/// The one-line-a-second progress view, which keeps each second for the series.
 struct Progress {
     target: u64,
     scenario: Scenario,
     last: Counters,
     last_ms: u64,
     peak_handshakes: f64,
+    seconds: Vec<Second>,
 }
 
 impl Progress {
@@ -521,10 +598,16 @@ impl Progress {
             last: Counters::default(),
             last_ms: 0,
             peak_handshakes: 0.0,
+            seconds: Vec::new(),
         }
     }
 
-    fn line(&mut self, elapsed_ms: u64, states: &[AgentState], latency: &Histogram<u64>) -> String {
+    fn line(
+        &mut self,
+        elapsed_ms: u64,
+        states: &[AgentState],
+        latency: &mut LiveLatency,
+    ) -> String {
         let mut c = Counters::default();
         for s in states {
             c.add(&s.counters);
@@ -536,7 +619,12 @@ impl Progress {
             self.last.opened + self.last.reconnects,
         );
         self.peak_handshakes = self.peak_handshakes.max(handshakes);
-        let errors = c.failed + c.dropped + c.refused + c.server_errors + c.kicks;
+        let errors = report::series::error_count(&c);
+        let second = &mut latency.second;
+        let p99 = (!second.is_empty()).then(|| LatencySummary::from_histogram(second).p99);
+        second.reset();
+        self.seconds
+            .push(Second::between(&self.last, &c, dt, elapsed_ms, p99));
         let mut line = format!(
             "[{:>4}s] open {}/{} failed {} | {:.0} hs/s",
             elapsed_ms / 1000,
@@ -546,7 +634,7 @@ impl Progress {
             handshakes
         );
         if self.scenario != Scenario::Idle {
-            let l = LatencySummary::from_histogram(latency);
+            let l = LatencySummary::from_histogram(&latency.run);
             line += &format!(
                 " | sent {:.0}/s deliv {:.0}/s | p50 {:.2} p99 {:.2} ms",
                 rate(c.sent, self.last.sent),

@@ -29,8 +29,11 @@
 //!   and the service workflow of caps, queue and closes).
 //! - [`setup`]: groups' members and shops' agents through the admin API.
 //! - [`verify`]: per-device sequence bookkeeping and the loss/duplicate arithmetic.
-//! - [`report`]: histogram transport, latency summaries, the JSON report, the summary.
-//! - [`chart`]: the HTML page with the SVG percentile chart next to the report.
+//! - [`report`]: histogram transport, latency summaries, the JSON report, the verdict
+//!   (a run that did not happen as asked fails, with its cause and fix), the
+//!   per-second series, the summary.
+//! - [`chart`]: the HTML page next to the report: the result, the run second by second
+//!   (with the moments of `--mark-file`), the percentile chart; inline SVG.
 //! - [`link`]: the JSON-lines link between coordinator and agents (stdio, or
 //!   authenticated TCP), and `imbench agent`'s entry point.
 //! - [`limits`]: the open-files limit.

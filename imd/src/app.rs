@@ -34,12 +34,11 @@ use crate::business::{Admin, BeforeSend, Deliver, Messaging, NodeCard, Presence,
 use crate::cluster::{Membership, RoutedPresence};
 use crate::config::{Config, Role};
 use crate::dispatch::{Direct, Routed, Workers};
-use crate::gateway::auth::TokenKeys;
+use crate::gateway::bans::AuthBans;
 use crate::gateway::{self, AppState, Shared};
 use crate::hooks::before_send::HttpBeforeSend;
 use crate::hooks::push::HttpPushRelay;
 use crate::hooks::webhook::{self, Webhook, WebhookStore};
-use crate::rpc::auth::LinkKey;
 use crate::rpc::remote::WorkerServer;
 use crate::secrets::Secrets;
 use crate::store::{
@@ -163,7 +162,7 @@ impl App {
             node_id.clone(),
             is_worker.then(|| hub.clone()),
             redis.clone(),
-            LinkKey::derive(secrets.token_secret.expose().as_bytes()),
+            secrets.link_key(),
         ));
         let routed = redis.as_ref().map(|r| {
             Arc::new(Routed::start(
@@ -215,12 +214,15 @@ impl App {
             .map(|settings| {
                 Webhook::start(settings, outbox, messaging.subscribe(), background.clone())
             });
-        let node = Arc::new(NodeCard::new(
-            node_id,
-            cfg.roles.iter().map(|r| r.as_str().to_owned()).collect(),
-            listen.to_string(),
-            now_ms(),
-        ));
+        let node = Arc::new(
+            NodeCard::new(
+                node_id,
+                cfg.roles.iter().map(|r| r.as_str().to_owned()).collect(),
+                listen.to_string(),
+                now_ms(),
+            )
+            .with_rpc_version(crate::rpc::rpc_version()),
+        );
         let admin = Admin::new(AdminDeps {
             dir,
             blacklist,
@@ -270,8 +272,10 @@ impl App {
             shutdown: stop,
         });
         let state = AppState::new(Shared {
-            keys: TokenKeys::new(&secrets.token_secret),
-            admin_token: secrets.admin_token,
+            keys: secrets.token_keys(),
+            admin_tokens: secrets.admin_tokens(),
+            auth_bans: AuthBans::new(cfg.auth_fail_limit, cfg.auth_fail_window, cfg.auth_ban)
+                .exempting(cfg.auth_ban_exempt.clone()),
             admin,
             limits,
             messaging,
@@ -299,6 +303,7 @@ impl App {
                 listen: node.listen.clone(),
                 rpc: None,
                 started_ms: node.started_at_ms,
+                rpc_version: crate::rpc::rpc_version(),
             };
             (r, me)
         });
@@ -435,6 +440,16 @@ const GOODBYE_WAIT: Duration = Duration::from_secs(3);
 pub async fn serve_until(cfg: Config, stop: CancellationToken) -> anyhow::Result<()> {
     raise_fd_limit();
 
+    // Read before binding: a bad certificate stops the start with its error.
+    let tls = match (&cfg.tls_cert, &cfg.tls_key) {
+        (Some(cert), Some(key)) => Some(gateway::tls::acceptor(cert, key)?),
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let front = gateway::serve::Front {
+        tls,
+        proxy: cfg.proxy_protocol.then(|| cfg.proxy_from.clone().into()),
+    };
     let listener = TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("binding {}", cfg.listen))?;
@@ -445,15 +460,33 @@ pub async fn serve_until(cfg: Config, stop: CancellationToken) -> anyhow::Result
     tokio::spawn(reload_on_sighup(app.state.admin.clone(), stop.clone()));
     let node_id = app.state.admin.node().id.clone();
     // The one machine-readable line on stdout; logs go to stderr.
-    let mut ready =
-        serde_json::json!({"event": "ready", "listen": listen.to_string(), "node_id": node_id});
+    let mut ready = serde_json::json!({
+        "event": "ready",
+        "listen": listen.to_string(),
+        "url": format!("{scheme}://{listen}"),
+        "node_id": node_id,
+    });
     if let Some(rpc) = rpc {
         ready["rpc"] = rpc.to_string().into();
     }
     println!("{ready}");
-    tracing::info!(%listen, node_id, cluster = cfg.redis.is_some(), "imd serving");
+    tracing::info!(
+        %listen,
+        scheme,
+        proxy_protocol = cfg.proxy_protocol,
+        node_id,
+        cluster = cfg.redis.is_some(),
+        "imd serving"
+    );
 
-    gateway::serve::serve(listener, app.router(), cfg.idle_timeout, stop.clone()).await;
+    gateway::serve::serve(
+        listener,
+        front,
+        app.router(),
+        cfg.idle_timeout,
+        stop.clone(),
+    )
+    .await;
     // The listener is closed and HTTP requests are answered; sessions saw `stop` too.
     app.shutdown().await;
     tracing::info!("imd stopped");

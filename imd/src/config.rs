@@ -12,9 +12,42 @@ use std::time::Duration;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
+use crate::business::blacklist::IpNet;
+
 /// Secrets in the configuration; the type lives in `shared` so that imbench wraps its
 /// flags in the same one.
 pub use shared::secret::Secret;
+
+/// A verification-only token key: a secret that signed tokens before a rotation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OldTokenKey {
+    /// The key id that tokens signed with it carry in their header; none: only tokens
+    /// without a `kid` are checked against it.
+    #[serde(default)]
+    pub kid: Option<String>,
+    /// The HS256 secret.
+    pub secret: Secret,
+}
+
+impl std::str::FromStr for OldTokenKey {
+    type Err = shared::secret::EmptySecret;
+
+    /// `kid=secret`, or a bare `secret` (no key id). Secrets made by imd are hex, so
+    /// the first `=` separates the two.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s.split_once('=') {
+            Some((kid, secret)) if !kid.is_empty() => OldTokenKey {
+                kid: Some(kid.to_owned()),
+                secret: secret.parse()?,
+            },
+            _ => OldTokenKey {
+                kid: None,
+                secret: s.parse()?,
+            },
+        })
+    }
+}
 
 /// What the sensitive-word filter does with a match.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
@@ -117,8 +150,16 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// HS256 secret that signs client tokens; generated into `data_dir` when absent.
     pub token_secret: Option<Secret>,
+    /// Key id of `token_secret`, written into the header of the tokens it signs (`kid`),
+    /// so that a rotated-out key's tokens are told apart; none: tokens carry no `kid`.
+    pub token_kid: Option<String>,
+    /// Earlier token secrets, accepted for verification only while their tokens expire
+    /// (see "Rotating secrets" in `docs/operations.md`).
+    pub token_secrets_old: Vec<OldTokenKey>,
     /// Bearer token of the admin API; generated into `data_dir` when absent.
     pub admin_token: Option<Secret>,
+    /// Earlier admin tokens, still accepted until removed.
+    pub admin_tokens_old: Vec<Secret>,
     /// How long a push waits for its ack before it is resent.
     #[serde(with = "humantime_serde")]
     pub ack_timeout: Duration,
@@ -142,8 +183,21 @@ pub struct Config {
     /// This node's id in the cluster and in connection listings.
     pub node_id: Option<String>,
     /// Address of a worker's RPC listener in a cluster, as other nodes reach it
-    /// (default 127.0.0.1 on an ephemeral port: one machine only).
+    /// (default 127.0.0.1 on an ephemeral port: one machine only). The link is
+    /// authenticated but not encrypted: across machines, keep it on a private network
+    /// or a WireGuard/IPsec tunnel.
     pub rpc_listen: Option<SocketAddr>,
+    /// PEM certificate chain (the server's certificate first): serve https:// and
+    /// wss:// on `listen`. Needs `tls_key`.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Every connection starts with a PROXY header (v1 or v2) from a TCP load balancer,
+    /// whose client address is the one imd uses; connections without one are refused.
+    pub proxy_protocol: bool,
+    /// With `proxy_protocol`: only these peers (addresses or CIDR networks) may connect;
+    /// empty: any.
+    pub proxy_from: Vec<IpNet>,
     /// Frames queued for one connection before it counts as too slow and is closed.
     pub outbox_capacity: usize,
     /// Unacked pushes tracked for one connection before it counts as too slow.
@@ -166,6 +220,19 @@ pub struct Config {
     pub connect_rate: u32,
     /// Connections one ip may open at once.
     pub connect_burst: u32,
+    /// Failed authentications (bad or expired client token, bad admin token) of one ip
+    /// within `auth_fail_window` that ban it for `auth_ban` (0: never ban).
+    pub auth_fail_limit: u32,
+    /// The window in which `auth_fail_limit` failures count.
+    #[serde(with = "humantime_serde")]
+    pub auth_fail_window: Duration,
+    /// How long an automatic ban lasts (an ip blacklist entry with this TTL).
+    #[serde(with = "humantime_serde")]
+    pub auth_ban: Duration,
+    /// Addresses or CIDRs never banned automatically: by default this host's own
+    /// 127.0.0.1 and ::1, where a co-located reverse proxy (every client behind it
+    /// would be banned together) and the operators' own tools connect from.
+    pub auth_ban_exempt: Vec<IpNet>,
     /// How long after sending a user may recall a message.
     #[serde(with = "humantime_serde")]
     pub recall_window: Duration,
@@ -238,7 +305,10 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("./imd-data"),
             token_secret: None,
+            token_kid: None,
+            token_secrets_old: Vec::new(),
             admin_token: None,
+            admin_tokens_old: Vec::new(),
             ack_timeout: Duration::from_secs(18),
             ack_retries: 3,
             idle_timeout: Duration::from_secs(60),
@@ -249,6 +319,10 @@ impl Default for Config {
             roles: vec![Role::Gateway, Role::Dispatcher, Role::Worker],
             node_id: None,
             rpc_listen: None,
+            tls_cert: None,
+            tls_key: None,
+            proxy_protocol: false,
+            proxy_from: Vec::new(),
             outbox_capacity: 1024,
             max_unacked: 4096,
             commit_batch: 1024,
@@ -259,6 +333,12 @@ impl Default for Config {
             send_burst: 200,
             connect_rate: 20,
             connect_burst: 100,
+            auth_fail_limit: 20,
+            auth_fail_window: Duration::from_secs(60),
+            auth_ban: Duration::from_secs(600),
+            auth_ban_exempt: ["127.0.0.1", "::1"]
+                .map(|ip| IpNet::parse(ip).expect("a valid address"))
+                .to_vec(),
             recall_window: Duration::from_secs(120),
             max_outbox_bytes: 8 << 20,
             write_timeout: Duration::from_secs(10),
@@ -268,7 +348,7 @@ impl Default for Config {
             webhook_secret: None,
             webhook_timeout: Duration::from_secs(10),
             webhook_retry_for: Duration::from_secs(24 * 3600),
-            webhook_backoff_max: Duration::from_secs(60),
+            webhook_backoff_max: Duration::from_secs(10),
             webhook_concurrency: 64,
             webhook_events: vec![WebhookKind::Message, WebhookKind::Event],
             webhook_convs: ConvKindName::ALL.to_vec(),
@@ -309,9 +389,29 @@ pub struct CommonArgs {
     /// HS256 secret for client tokens [default: generated into the data dir].
     #[arg(long, env = "IMD_TOKEN_SECRET", hide_env_values = true)]
     pub token_secret: Option<Secret>,
+    /// Key id of --token-secret, carried in the tokens it signs (`kid`).
+    #[arg(long, env = "IMD_TOKEN_KID")]
+    pub token_kid: Option<String>,
+    /// Comma-separated `kid=secret` (or bare `secret`): earlier token secrets, accepted
+    /// for verification only.
+    #[arg(
+        long,
+        env = "IMD_TOKEN_SECRETS_OLD",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
+    pub token_secrets_old: Option<Vec<OldTokenKey>>,
     /// Admin bearer token [default: generated into the data dir].
     #[arg(long, env = "IMD_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<Secret>,
+    /// Comma-separated earlier admin tokens, still accepted.
+    #[arg(
+        long,
+        env = "IMD_ADMIN_TOKENS_OLD",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
+    pub admin_tokens_old: Option<Vec<Secret>>,
 }
 
 /// Flags of `imd serve`. Each is also read from `IMD_<NAME>`.
@@ -349,9 +449,24 @@ pub struct ServeArgs {
     /// Node id [default: imd-<listen port>].
     #[arg(long, env = "IMD_NODE_ID")]
     pub node_id: Option<String>,
-    /// RPC listen address between roles.
+    /// RPC listen address between roles. Authenticated, not encrypted: across machines
+    /// use a private network or a WireGuard/IPsec tunnel.
     #[arg(long, env = "IMD_RPC_LISTEN")]
     pub rpc_listen: Option<SocketAddr>,
+    /// PEM certificate chain: serve https:// and wss:// (with --tls-key).
+    #[arg(long, env = "IMD_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "IMD_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Each connection starts with a PROXY header (v1/v2) from a TCP load balancer;
+    /// its client address is used, connections without one refused [default: false].
+    #[arg(long, env = "IMD_PROXY_PROTOCOL", num_args = 0..=1, default_missing_value = "true")]
+    pub proxy_protocol: Option<bool>,
+    /// Comma-separated addresses or CIDRs of the balancers allowed to connect with
+    /// --proxy-protocol [default: any].
+    #[arg(long, env = "IMD_PROXY_FROM", value_delimiter = ',')]
+    pub proxy_from: Option<Vec<IpNet>>,
     /// Frames queued per connection before it is closed as too slow [default: 1024].
     #[arg(long, env = "IMD_OUTBOX_CAPACITY")]
     pub outbox_capacity: Option<usize>,
@@ -383,6 +498,20 @@ pub struct ServeArgs {
     /// Burst of connections per ip [default: 100].
     #[arg(long, env = "IMD_CONNECT_BURST")]
     pub connect_burst: Option<u32>,
+    /// Failed authentications of one ip within --auth-fail-window that ban it; 0 turns
+    /// bans off [default: 20].
+    #[arg(long, env = "IMD_AUTH_FAIL_LIMIT")]
+    pub auth_fail_limit: Option<u32>,
+    /// Window of --auth-fail-limit [default: 1m].
+    #[arg(long, env = "IMD_AUTH_FAIL_WINDOW", value_parser = duration)]
+    pub auth_fail_window: Option<Duration>,
+    /// How long an automatic ban lasts [default: 10m].
+    #[arg(long, env = "IMD_AUTH_BAN", value_parser = duration)]
+    pub auth_ban: Option<Duration>,
+    /// Comma-separated addresses or CIDRs never banned automatically [default:
+    /// 127.0.0.1,::1].
+    #[arg(long, env = "IMD_AUTH_BAN_EXEMPT", value_delimiter = ',')]
+    pub auth_ban_exempt: Option<Vec<IpNet>>,
     /// How long after sending a user may recall a message [default: 2m].
     #[arg(long, env = "IMD_RECALL_WINDOW", value_parser = duration)]
     pub recall_window: Option<Duration>,
@@ -413,7 +542,7 @@ pub struct ServeArgs {
     /// Retry a failing webhook event this long, then park it [default: 24h].
     #[arg(long, env = "IMD_WEBHOOK_RETRY_FOR", value_parser = duration)]
     pub webhook_retry_for: Option<Duration>,
-    /// Longest wait between two tries of a failing conversation [default: 1m].
+    /// Longest wait between two tries of a failing conversation [default: 10s].
     #[arg(long, env = "IMD_WEBHOOK_BACKOFF_MAX", value_parser = duration)]
     pub webhook_backoff_max: Option<Duration>,
     /// Conversations delivered to the webhook at once [default: 64].
@@ -470,6 +599,15 @@ impl Config {
         if let Some(v) = &common.admin_token {
             cfg.admin_token = Some(v.clone());
         }
+        if let Some(v) = &common.token_kid {
+            cfg.token_kid = Some(v.clone());
+        }
+        if let Some(v) = &common.token_secrets_old {
+            cfg.token_secrets_old = v.clone();
+        }
+        if let Some(v) = &common.admin_tokens_old {
+            cfg.admin_tokens_old = v.clone();
+        }
         Ok(cfg)
     }
 
@@ -495,6 +633,10 @@ impl Config {
             roles,
             node_id,
             rpc_listen,
+            tls_cert,
+            tls_key,
+            proxy_protocol,
+            proxy_from,
             outbox_capacity,
             max_unacked,
             commit_batch,
@@ -505,6 +647,10 @@ impl Config {
             send_burst,
             connect_rate,
             connect_burst,
+            auth_fail_limit,
+            auth_fail_window,
+            auth_ban,
+            auth_ban_exempt,
             recall_window,
             max_outbox_bytes,
             write_timeout,
@@ -546,6 +692,25 @@ impl Config {
              listen is a loopback address (it is {})",
             self.listen
         );
+        anyhow::ensure!(
+            self.auth_fail_limit == 0
+                || (!self.auth_fail_window.is_zero() && self.auth_ban >= Duration::from_secs(1)),
+            "auth-fail-window must be above zero and auth-ban at least 1s"
+        );
+        let kids = std::iter::once(&self.token_kid)
+            .chain(self.token_secrets_old.iter().map(|k| &k.kid))
+            .flatten();
+        let mut seen = std::collections::HashSet::new();
+        for kid in kids {
+            anyhow::ensure!(
+                shared::ids::is_valid_id(kid),
+                "token key ids must be 1-64 of [A-Za-z0-9_.:@-] (got {kid:?})"
+            );
+            anyhow::ensure!(
+                seen.insert(kid),
+                "token key id {kid:?} names two keys (token-kid and token-secrets-old)"
+            );
+        }
         anyhow::ensure!(
             !self.ack_timeout.is_zero(),
             "ack-timeout must be above zero"
@@ -626,6 +791,14 @@ impl Config {
         anyhow::ensure!(
             self.redis.is_some() || all.iter().all(|r| self.roles.contains(r)),
             "--roles: splitting roles needs --redis (nodes share state through it); leave --roles out for one node"
+        );
+        anyhow::ensure!(
+            self.tls_cert.is_some() == self.tls_key.is_some(),
+            "tls-cert and tls-key go together: give both or neither"
+        );
+        anyhow::ensure!(
+            self.proxy_protocol || self.proxy_from.is_empty(),
+            "proxy-from names who may send a PROXY header: it needs proxy-protocol"
         );
         if let Some(rpc) = self.rpc_listen {
             anyhow::ensure!(
@@ -717,6 +890,42 @@ mod tests {
     }
 
     #[test]
+    fn tls_and_proxy_settings_from_the_file_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("imd.toml");
+        std::fs::write(
+            &file,
+            "tls_cert = \"/etc/imd/cert.pem\"\ntls_key = \"/etc/imd/key.pem\"\n\
+             proxy_protocol = true\nproxy_from = [\"10.0.0.0/8\", \"fd00::1\"]\n",
+        )
+        .unwrap();
+        let cli = Cli::parse_from(["imd", "--config", file.to_str().unwrap()]);
+        let cfg = Config::load(&cli.serve).unwrap();
+        assert_eq!(cfg.tls_cert, Some(PathBuf::from("/etc/imd/cert.pem")));
+        assert!(cfg.proxy_protocol);
+        assert_eq!(
+            cfg.proxy_from,
+            [
+                IpNet::parse("10.0.0.0/8").unwrap(),
+                IpNet::parse("fd00::1").unwrap()
+            ]
+        );
+        let cli = Cli::parse_from([
+            "imd",
+            "--config",
+            file.to_str().unwrap(),
+            "--proxy-from",
+            "192.168.1.0/24,127.0.0.1",
+        ]);
+        let cfg = Config::load(&cli.serve).unwrap();
+        assert_eq!(cfg.proxy_from.len(), 2, "flag over file");
+        assert!(Cli::try_parse_from(["imd", "--proxy-from", "10.0.0.0/33"]).is_err());
+        std::fs::write(&file, "proxy_from = [\"not-an-ip\"]\n").unwrap();
+        let cli = Cli::parse_from(["imd", "--config", file.to_str().unwrap()]);
+        assert!(Config::load(&cli.serve).is_err());
+    }
+
+    #[test]
     fn unknown_file_keys_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("imd.toml");
@@ -759,6 +968,19 @@ mod tests {
                 commit_lanes: Some(0),
                 ..Config::default()
             },
+            // A certificate without its key, and the other way round.
+            Config {
+                tls_cert: Some("cert.pem".into()),
+                ..Config::default()
+            },
+            Config {
+                tls_key: Some("key.pem".into()),
+                ..Config::default()
+            },
+            Config {
+                proxy_from: vec![IpNet::parse("10.0.0.0/8").unwrap()],
+                ..Config::default()
+            },
             // Other nodes cannot reach an unspecified address.
             Config {
                 redis: Some("redis://127.0.0.1:6379".into()),
@@ -768,6 +990,46 @@ mod tests {
         ] {
             assert!(bad.validate().is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn old_token_keys_parse_and_key_ids_are_unique() {
+        let cli = Cli::parse_from([
+            "imd",
+            "--token-kid",
+            "k2",
+            "--token-secrets-old",
+            "k1=s=1,bare",
+            "--admin-tokens-old",
+            "a1,a2",
+        ]);
+        let cfg = Config::load(&cli.serve).unwrap();
+        assert_eq!(cfg.token_kid.as_deref(), Some("k2"));
+        let old: Vec<(Option<&str>, &str)> = cfg
+            .token_secrets_old
+            .iter()
+            .map(|k| (k.kid.as_deref(), k.secret.expose()))
+            .collect();
+        assert_eq!(old, [(Some("k1"), "s=1"), (None, "bare")]);
+        assert_eq!(cfg.admin_tokens_old.len(), 2);
+        assert!(
+            !format!("{cfg:?}").contains("s=1"),
+            "old secrets do not print"
+        );
+        for bad in [
+            Config {
+                token_kid: Some("k1".into()),
+                token_secrets_old: vec!["k1=x".parse().unwrap()],
+                ..Config::default()
+            },
+            Config {
+                token_kid: Some("a b".into()),
+                ..Config::default()
+            },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
+        assert!("k1=".parse::<OldTokenKey>().is_err(), "an empty secret");
     }
 
     #[test]

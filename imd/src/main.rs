@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use imd::config::{CommonArgs, Config, LogFormat, ServeArgs};
-use imd::gateway::auth::TokenKeys;
 use imd::secrets::Secrets;
 use shared::token::{Claims, Platform};
 
@@ -77,7 +76,7 @@ fn token(args: TokenArgs) -> anyhow::Result<String> {
         exp: now + args.ttl.as_secs(),
         roles: args.roles,
     };
-    TokenKeys::new(&secrets.token_secret).mint(&claims)
+    secrets.token_keys().mint(&claims)
 }
 
 fn main() -> ExitCode {

@@ -74,6 +74,14 @@ fn describe() {
             "Connections closed after the idle timeout.",
         ),
         (
+            "imd_auth_failures_total",
+            "Failed authentications: bad or expired client tokens, bad admin tokens.",
+        ),
+        (
+            "imd_auth_bans_total",
+            "Ips banned after repeated failed authentications.",
+        ),
+        (
             "imd_bad_frames_total",
             "WebSocket frames that failed to decode.",
         ),
@@ -88,6 +96,10 @@ fn describe() {
         (
             "imd_http_write_timeouts_total",
             "HTTP connections closed for reading none of their answers in time.",
+        ),
+        (
+            "imd_connections_refused_total",
+            "Connections closed before HTTP, by reason: open_timeout (no PROXY header or TLS handshake in time), proxy_peer, proxy_header, tls.",
         ),
         (
             "imd_retention_removed_total",

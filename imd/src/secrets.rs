@@ -11,7 +11,9 @@ use std::path::Path;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Config, Secret};
+use crate::config::{Config, OldTokenKey, Secret};
+use crate::gateway::auth::TokenKeys;
+use crate::rpc::auth::LinkKey;
 
 /// File name of the generated secrets inside the data dir.
 pub const SECRETS_FILE: &str = "secrets.toml";
@@ -24,28 +26,72 @@ pub struct Secrets {
     pub token_secret: Secret,
     /// Bearer token of the admin API.
     pub admin_token: Secret,
+    /// Key id of `token_secret` (from the configuration only).
+    #[serde(skip)]
+    pub token_kid: Option<String>,
+    /// Earlier token secrets, accepted for verification (from the configuration only).
+    #[serde(skip)]
+    pub token_secrets_old: Vec<OldTokenKey>,
+    /// Earlier admin tokens, still accepted (from the configuration only).
+    #[serde(skip)]
+    pub admin_tokens_old: Vec<Secret>,
 }
 
 impl Secrets {
     /// The configured secrets, completed from (or generated into) the data dir.
     pub fn resolve(cfg: &Config) -> anyhow::Result<Self> {
-        if let (Some(token_secret), Some(admin_token)) = (&cfg.token_secret, &cfg.admin_token) {
-            return Ok(Self {
-                token_secret: token_secret.clone(),
-                admin_token: admin_token.clone(),
-            });
-        }
-        // Generated secrets live in one node's data dir; the nodes of a cluster would
-        // each make their own and refuse each other's tokens.
-        anyhow::ensure!(
-            cfg.redis.is_none(),
-            "cluster mode (--redis) needs --token-secret and --admin-token, the same on every node"
-        );
-        let stored = load_or_create(&cfg.data_dir)?;
+        let (token_secret, admin_token) = match (&cfg.token_secret, &cfg.admin_token) {
+            (Some(token_secret), Some(admin_token)) => (token_secret.clone(), admin_token.clone()),
+            (token_secret, admin_token) => {
+                // Generated secrets live in one node's data dir; the nodes of a cluster
+                // would each make their own and refuse each other's tokens.
+                anyhow::ensure!(
+                    cfg.redis.is_none(),
+                    "cluster mode (--redis) needs --token-secret and --admin-token, the same on every node"
+                );
+                let stored = load_or_create(&cfg.data_dir)?;
+                (
+                    token_secret.clone().unwrap_or(stored.token_secret),
+                    admin_token.clone().unwrap_or(stored.admin_token),
+                )
+            }
+        };
         Ok(Self {
-            token_secret: cfg.token_secret.clone().unwrap_or(stored.token_secret),
-            admin_token: cfg.admin_token.clone().unwrap_or(stored.admin_token),
+            token_secret,
+            admin_token,
+            token_kid: cfg.token_kid.clone(),
+            token_secrets_old: cfg.token_secrets_old.clone(),
+            admin_tokens_old: cfg.admin_tokens_old.clone(),
         })
+    }
+
+    /// The keys that sign (`token_secret`, named `token_kid`) and verify client tokens.
+    pub fn token_keys(&self) -> TokenKeys {
+        TokenKeys::rotating(
+            &self.token_secret,
+            self.token_kid.as_deref(),
+            &self.token_secrets_old,
+        )
+    }
+
+    /// Every admin token accepted: the current one, then the earlier ones.
+    pub fn admin_tokens(&self) -> Vec<Secret> {
+        std::iter::once(self.admin_token.clone())
+            .chain(self.admin_tokens_old.iter().cloned())
+            .collect()
+    }
+
+    /// The RPC link key: derived from `token_secret` (this node proves it when
+    /// dialling), also accepting those of the earlier token secrets from a peer that
+    /// still runs with one of them as its `--token-secret` (the middle of a rotation;
+    /// see [`LinkKey`]).
+    pub fn link_key(&self) -> LinkKey {
+        LinkKey::rotating(
+            self.token_secret.expose().as_bytes(),
+            self.token_secrets_old
+                .iter()
+                .map(|k| k.secret.expose().as_bytes()),
+        )
     }
 }
 
@@ -67,6 +113,9 @@ fn load_or_create(dir: &Path) -> anyhow::Result<Secrets> {
         let fresh = Secrets {
             token_secret: Secret::new(random_hex(32)?),
             admin_token: Secret::new(random_hex(24)?),
+            token_kid: None,
+            token_secrets_old: Vec::new(),
+            admin_tokens_old: Vec::new(),
         };
         let tmp = dir.join(format!(".{SECRETS_FILE}.{}", std::process::id()));
         {

@@ -385,6 +385,10 @@ pub struct NodeInfo {
     pub listen: String,
     /// Its version.
     pub version: String,
+    /// The RPC protocol version it speaks between nodes; nodes of different versions
+    /// refuse each other's links (0: unknown, a node from before it was reported).
+    #[serde(default)]
+    pub rpc_version: u32,
     /// When it started, unix milliseconds.
     pub started_at: i64,
     /// Open WebSocket connections.

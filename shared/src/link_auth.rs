@@ -280,7 +280,13 @@ pub async fn client_handshake<S>(io: &mut S, key: &LinkKey) -> Result<(), Handsh
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    handshake(Role::Client, io, key, HANDSHAKE_TIMEOUT).await
+    handshake(
+        Role::Client,
+        io,
+        std::slice::from_ref(key),
+        HANDSHAKE_TIMEOUT,
+    )
+    .await
 }
 
 /// Runs the accepting side's handshake on `io`, within [`HANDSHAKE_TIMEOUT`], in the
@@ -294,25 +300,41 @@ pub async fn server_handshake<S>(io: &mut S, key: &LinkKey) -> Result<(), Handsh
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    handshake(Role::Server, io, key, HANDSHAKE_TIMEOUT).await
+    server_handshake_any(io, std::slice::from_ref(key)).await
 }
 
-/// Runs `role`'s side within `limit`, and shuts the write half down on failure so
+/// [`server_handshake`] that accepts a client proving any of `keys` (all of one
+/// protocol, the first one's), and proves back with the key the client proved: while
+/// a shared secret is rotated, a node accepts peers that still hold the previous one.
+///
+/// # Panics
+///
+/// If `keys` is empty.
+pub async fn server_handshake_any<S>(io: &mut S, keys: &[LinkKey]) -> Result<(), HandshakeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    handshake(Role::Server, io, keys, HANDSHAKE_TIMEOUT).await
+}
+
+/// Runs `role`'s side within `limit` (a client proves `keys[0]`; a server accepts any
+/// of `keys`), and shuts the write half down on failure so
 /// that the peer sees the end of the stream at once instead of waiting for its own
 /// timeout.
 async fn handshake<S>(
     role: Role,
     io: &mut S,
-    key: &LinkKey,
+    keys: &[LinkKey],
     limit: Duration,
 ) -> Result<(), HandshakeError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let key = keys.first().expect("a handshake needs a key");
     let steps = async {
         let result = match role {
             Role::Client => client_steps(io, key).await,
-            Role::Server => server_steps(io, key).await,
+            Role::Server => server_steps(io, keys).await,
         };
         if result.is_err() {
             // Best effort: the stream is being abandoned, and the caller drops it.
@@ -346,16 +368,24 @@ where
 /// The server's steps: the client's hello, hello, the client's proof, proof. The
 /// server answers nothing until the magic matches, and proves nothing until the
 /// client has.
-async fn server_steps<S>(io: &mut S, key: &LinkKey) -> Result<(), HandshakeErrorKind>
+async fn server_steps<S>(io: &mut S, keys: &[LinkKey]) -> Result<(), HandshakeErrorKind>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let magic = &key.protocol.magic;
+    let magic = &keys[0].protocol.magic;
     let peer_nonce = read_hello(io, magic).await?;
     let own_nonce = fresh_nonce()?;
     send(io, &hello(magic, &own_nonce), "sending the hello").await?;
     let peer_proof: Proof = recv(io, "reading the peer's proof").await?;
-    key.verify(Role::Client, &own_nonce, &peer_nonce, &peer_proof)?;
+    // Each check is constant-time; which key matched may leak through timing, which
+    // tells a peer nothing it can use without a key.
+    let key = keys
+        .iter()
+        .find(|k| {
+            k.verify(Role::Client, &own_nonce, &peer_nonce, &peer_proof)
+                .is_ok()
+        })
+        .ok_or(HandshakeErrorKind::BadProof)?;
     let proof = key.prove(Role::Server, &peer_nonce, &own_nonce);
     send(io, &proof, "sending the proof").await
 }
@@ -599,6 +629,21 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_server_with_several_keys_accepts_a_client_of_any_and_no_other() {
+        let server = [key(b"new"), key(b"old")];
+        for (client, ok) in [(b"new", true), (b"old", true), (b"xxx", false)] {
+            let (mut c, mut s) = pipe();
+            let client = key(client);
+            let (cr, sr) = tokio::join!(
+                client_handshake(&mut c, &client),
+                server_handshake_any(&mut s, &server)
+            );
+            assert_eq!(cr.is_ok(), ok, "client {cr:?}");
+            assert_eq!(sr.is_ok(), ok, "server {sr:?}");
+        }
+    }
+
+    #[tokio::test]
     async fn client_rejects_a_server_with_a_bad_proof() {
         let key = key(b"s");
         let (mut c, mut peer) = pipe();
@@ -661,7 +706,7 @@ mod tests {
         for role in [Role::Client, Role::Server] {
             // `peer` stays open and says nothing.
             let (mut own, _peer) = pipe();
-            let result = handshake(role, &mut own, &key, SHORT).await;
+            let result = handshake(role, &mut own, std::slice::from_ref(&key), SHORT).await;
             assert!(
                 matches!(
                     result.as_ref().map_err(HandshakeError::kind),
@@ -738,7 +783,7 @@ mod tests {
         );
 
         let (_peer, mut s) = tcp_pair().await;
-        let sr = handshake(Role::Server, &mut s, &key, SHORT)
+        let sr = handshake(Role::Server, &mut s, std::slice::from_ref(&key), SHORT)
             .await
             .expect_err("server");
         assert!(

@@ -1,12 +1,13 @@
 //! Adding up agents' final reports into the run's report: totals, latency over every
-//! agent, the longest delivery pause across agents, rates, and the pass/fail verdict.
+//! agent, the longest delivery pause across agents, rates; then it asks
+//! [`super::verdict`] whether the run passed.
 //!
-//! Arithmetic only; what counts as a failure is decided here and nowhere else.
+//! Arithmetic only; what counts as a failure is decided in `verdict`.
 
 use super::{
     AgentReport, AgentSection, ConnectionsSection, Counters, DeliveryGap, LatencySummary,
-    MessagesSection, PushTimes, Report, RunSection, ServiceSection, ThroughputSection,
-    VerifyCounts, add_error, distribution, new_histogram,
+    MessagesSection, PushTimes, Report, RunSection, SeriesSection, ServiceSection,
+    ThroughputSection, VerifyCounts, add_error, distribution, new_histogram, verdict,
 };
 
 /// Adds up agent reports into the report's sections. `statuses[i]` says what became
@@ -86,12 +87,6 @@ pub fn combine(
         (Some(a), Some(b)) if b > a => b - a,
         _ => 0,
     };
-    let mut failures = Vec::new();
-    for a in &agents {
-        if a.status != "ok" {
-            failures.push(format!("agent {}: {}", a.agent, a.status));
-        }
-    }
     let service = (run.max_open.is_some() || run.close_after.is_some()).then(|| {
         let reports: Vec<_> = finals
             .iter()
@@ -107,40 +102,21 @@ pub fn combine(
         s.misrouted = verify.misrouted;
         s
     });
-    // The cap check holds whether or not delivery is verified.
-    if let Some(s) = service.as_ref().filter(|s| s.over_cap > 0) {
-        failures.push(format!(
-            "an agent held more open conversations than --max-open {} ({} time(s) over; \
-             at most {} at once): see the `over cap` error sample",
-            s.max_open, s.over_cap, s.max_open_per_agent
-        ));
-    }
-    if run.verify {
-        if verify.lost > 0 {
-            failures.push(format!(
-                "{} acknowledged message(s) never reached the recipient",
-                verify.lost
-            ));
-        }
-        if verify.misrouted > 0 {
-            failures.push(format!(
-                "{} acknowledged customer message(s) missed the agent their conversation was \
-                 with (by its events) and reached another agent",
-                verify.misrouted
-            ));
-        }
-        if verify.lost_echo > 0 {
-            failures.push(format!(
-                "{} acknowledged message(s) never reached the sender's own device",
-                verify.lost_echo
-            ));
-        }
-    }
-    Report {
+    let intended = if run.scenario == "idle" {
+        0
+    } else {
+        (run.rate * run.duration_s).round() as u64
+    };
+    let mut report = Report {
         connections: ConnectionsSection {
             target: planned.iter().sum(),
             opened: counters.opened,
             failed: counters.failed + missing_connections,
+            failed_by_cause: errors
+                .iter()
+                .filter(|e| verdict::is_handshake(&e.kind))
+                .map(|e| (e.kind.clone(), e.count))
+                .collect(),
             dropped: counters.dropped,
             reconnects: counters.reconnects,
             open_at_end,
@@ -152,9 +128,12 @@ pub fn combine(
             handshakes_per_s_peak: handshakes_peak,
         },
         messages: MessagesSection {
+            intended,
             sent: counters.sent,
+            replies: counters.replies,
             acked: counters.acked,
             refused: counters.refused,
+            server_errors: counters.server_errors,
             delivered: counters.delivered,
             echoed: counters.echoed,
             lost: verify.lost,
@@ -176,12 +155,16 @@ pub fn combine(
         },
         delivery_gap,
         service,
-        ok: failures.is_empty(),
-        failures,
+        ok: false,
+        failures: Vec::new(),
         agents,
         errors,
+        series: SeriesSection::default(),
         run,
-    }
+    };
+    report.failures = verdict(&report);
+    report.ok = report.failures.is_empty();
+    report
 }
 
 /// The longest time during which no device of any agent received a push, between the
@@ -292,7 +275,19 @@ mod tests {
             &["ok".into(), "ok".into()],
             7.0,
         );
-        assert!(r.ok, "{:?}", r.failures);
+        assert_eq!(
+            r.connections.failed_by_cause,
+            [("http 401".to_string(), 2)].into_iter().collect()
+        );
+        assert!(summary(&r).contains("failed by cause: http 401 ×2"));
+        // two handshakes of agent 1 failed: the one problem of the run
+        assert_eq!(r.failures.len(), 1, "{:?}", r.failures);
+        assert!(
+            r.failures[0].starts_with("opened 18 of 20 connections")
+                && r.failures[0].contains("http 401 ×2"),
+            "{:?}",
+            r.failures
+        );
         assert_eq!(
             (
                 r.connections.target,
@@ -333,7 +328,8 @@ mod tests {
         assert!(!r.ok);
         assert_eq!(r.messages.lost, 2);
         assert_eq!(r.connections.failed, 10);
-        assert_eq!(r.failures.len(), 2, "{:?}", r.failures);
+        // the dead agent, the connections it took with it, the loss
+        assert_eq!(r.failures.len(), 3, "{:?}", r.failures);
         // without --verify a loss count is not a failure
         let finals = vec![Some(agent(0, 10, 1000, 2, 1_000))];
         assert!(combine(run(false), &[10], &finals, &["ok".into()], 0.0).ok);
@@ -411,6 +407,13 @@ mod tests {
             "/throughput/sent_per_s",
             "/throughput/delivered_per_s",
             "/agents/0/status",
+            "/messages/intended",
+            "/messages/refused",
+            "/messages/server_errors",
+            "/series/seconds",
+            "/series/marks",
+            "/ok",
+            "/failures",
         ] {
             assert!(v.pointer(path).is_some(), "{path} missing in {v}");
         }

@@ -59,6 +59,8 @@ counters! {
     reconnects,
     /// `send` frames written.
     sent,
+    /// Of `sent`, shop agents' replies (answers, not on the schedule).
+    replies,
     /// `sent` frames received (messages the server acknowledged).
     acked,
     /// `error` frames answering a `send`.
@@ -98,7 +100,7 @@ mod tests {
         assert_eq!((sum.opened, sum.foreign), (4, 6));
         // The JSON names are the list's names.
         let json = serde_json::to_value(sum).unwrap();
-        assert_eq!(json.as_object().unwrap().len(), 17);
+        assert_eq!(json.as_object().unwrap().len(), 18);
         assert_eq!(json["out_of_order"], 0);
         assert_eq!(json["foreign"], 6);
     }

@@ -7,7 +7,9 @@
 //! - [`counters`]: the one list of counters, its wire form and its live (atomic) form.
 //! - [`latency`]: histograms, their wire form, percentile summaries.
 //! - [`sections`]: the JSON report's shape.
-//! - [`combine`]: adding agents' reports up into that shape, and the pass/fail verdict.
+//! - [`combine`]: adding agents' reports up into that shape.
+//! - [`verdict`]: whether the run passed; each problem with its cause and its fix.
+//! - [`series`]: the run second by second, and the moments scripts marked.
 //! - [`service`]: the customer-service workflow's figures (queue waits, caps).
 //! - [`summary`]: the human summary.
 
@@ -17,8 +19,10 @@ pub mod combine;
 pub mod counters;
 pub mod latency;
 pub mod sections;
+pub mod series;
 pub mod service;
 pub mod summary;
+pub mod verdict;
 
 pub use combine::{combine, longest_silence, per_second};
 pub use counters::{Counters, LiveCounters};
@@ -29,8 +33,10 @@ pub use sections::{
     AgentSection, ConnectionsSection, DeliveryGap, MessagesSection, Report, RunSection,
     ThroughputSection,
 };
+pub use series::{Mark, Second, SeriesSection, parse_marks};
 pub use service::{LiveService, ServiceReport, ServiceSection};
 pub use summary::summary;
+pub use verdict::verdict;
 
 /// End-of-run delivery check of one agent's pairs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

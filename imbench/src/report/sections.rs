@@ -1,9 +1,13 @@
 //! The shape of the JSON report of `--report` (a contract: tests and scripts read its
 //! fields by path). Plain data; [`super::combine`] fills it, [`super::summary`] prints it.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
-use super::{Counters, ErrorSample, LatencySummary, Quantile, ServiceSection, VerifyCounts};
+use super::{
+    Counters, ErrorSample, LatencySummary, Quantile, SeriesSection, ServiceSection, VerifyCounts,
+};
 
 /// `connections` of the report.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -12,8 +16,13 @@ pub struct ConnectionsSection {
     pub target: u64,
     /// Handshakes that succeeded.
     pub opened: u64,
-    /// Handshakes that failed.
+    /// Connections whose first handshake failed (or never tried: the run stopped
+    /// before their turn, or their agent never ran).
     pub failed: u64,
+    /// Failed handshakes by cause, first tries and reconnections alike: `http 429`
+    /// (imd's connect limit), `http 401`, `tcp connect`, `timeout`, `not attempted`, …
+    #[serde(default)]
+    pub failed_by_cause: BTreeMap<String, u64>,
     /// Closed by the server or network during the run.
     pub dropped: u64,
     /// Reconnections after a drop.
@@ -29,12 +38,23 @@ pub struct ConnectionsSection {
 /// `messages` of the report.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct MessagesSection {
-    /// `send` frames written.
+    /// Messages the plan meant to send on its schedule: `--rate` × `--duration`
+    /// (0 for idle). A run that sends under 90% of them fails.
+    #[serde(default)]
+    pub intended: u64,
+    /// `send` frames written (shop agents' replies included).
     pub sent: u64,
+    /// Of `sent`, shop agents' replies (service): answers, not on the schedule.
+    #[serde(default)]
+    pub replies: u64,
     /// Acknowledged by `sent`.
     pub acked: u64,
-    /// Refused with `error`.
+    /// Refused with `error` (any: the run fails).
     pub refused: u64,
+    /// `error` frames not tied to a send, and frames imbench could not read (any: the
+    /// run fails).
+    #[serde(default)]
+    pub server_errors: u64,
     /// First pushes on the recipient's device.
     pub delivered: u64,
     /// First pushes back on the sender's device.
@@ -175,8 +195,14 @@ pub struct Report {
     pub agents: Vec<AgentSection>,
     /// Errors by kind, all agents.
     pub errors: Vec<ErrorSample>,
-    /// Whether the run passed (no loss when verifying, every agent finished).
+    /// Per second over the run (the progress view's samples) and the marks of
+    /// `--mark-file`, for the chart.
+    #[serde(default)]
+    pub series: SeriesSection,
+    /// Whether the run passed: it happened as planned (every connection opened, at
+    /// least 90% of the intended messages sent, no refusal or server error, every
+    /// agent finished), and nothing was lost when verifying. See `report::verdict`.
     pub ok: bool,
-    /// Why not.
+    /// Why not: one line per problem, each with its cause and what to change.
     pub failures: Vec<String>,
 }

@@ -38,12 +38,28 @@ pub fn summary(r: &Report) -> String {
         c.handshakes_per_s,
         c.handshakes_per_s_peak
     );
+    if !c.failed_by_cause.is_empty() {
+        let causes: Vec<String> = c
+            .failed_by_cause
+            .iter()
+            .map(|(kind, n)| format!("{kind} ×{n}"))
+            .collect();
+        let _ = writeln!(s, "  handshakes   failed by cause: {}", causes.join("  "));
+    }
     if run.scenario != "idle" {
         let m = &r.messages;
         let _ = writeln!(
             s,
-            "  messages     sent {}  acked {}  refused {}  delivered {}  echoed {}  retransmits {}",
-            m.sent, m.acked, m.refused, m.delivered, m.echoed, m.retransmits
+            "  messages     sent {} (intended {})  acked {}  refused {}  delivered {}  echoed {}  \
+             retransmits {}  server errors {}",
+            m.sent,
+            m.intended,
+            m.acked,
+            m.refused,
+            m.delivered,
+            m.echoed,
+            m.retransmits,
+            m.server_errors
         );
         if m.reads > 0 {
             let _ = writeln!(s, "  receipts     read {}", m.reads);
@@ -120,6 +136,11 @@ pub fn summary(r: &Report) -> String {
     if r.ok {
         let _ = writeln!(s, "  result       OK");
     } else {
+        let _ = writeln!(
+            s,
+            "  result       FAILED: {} problem(s), each with its cause",
+            r.failures.len()
+        );
         for f in &r.failures {
             let _ = writeln!(s, "  FAILED       {f}");
         }

@@ -323,6 +323,7 @@ impl<'a> Traffic<'a> {
         let frame = self.send_frame(n, t);
         self.queued.push(frame);
         bump(&self.ctx.stats.counts.sent);
+        bump(&self.ctx.stats.counts.replies);
     }
 
     fn send_frame(&self, n: u64, t: u64) -> String {

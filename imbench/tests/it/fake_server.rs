@@ -40,6 +40,8 @@ async fn two_agent_chat_delivers_everything() {
     assert!(p50 > 0.0 && p50 < 500.0, "p50 {p50}");
     assert!(r.stdout.contains("result       OK"), "{}", r.stdout);
     assert!(r.stderr.contains("open 20/20"), "{}", r.stderr);
+    assert!(r.chart.contains("Result: OK"), "{}", r.chart);
+    assert_eq!(r.report["messages"]["intended"], 400, "{}", r.report);
 }
 
 /// `--read-receipts`: each message delivered to a device from its peer is answered
@@ -153,8 +155,11 @@ async fn idle_connections_open_and_hold() {
     );
 }
 
+/// A wrong secret is not fatal to the coordinator (it runs, writes its report), but a
+/// run where no connection opened did not happen: it fails, naming the status imd
+/// answered and what to change.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wrong_secret_is_counted_not_fatal() {
+async fn a_wrong_secret_fails_the_run_with_the_status_and_the_fix() {
     let server = FakeImd::start(Faults::default()).await;
     let r = run_imbench(
         &[
@@ -170,9 +175,19 @@ async fn a_wrong_secret_is_counted_not_fatal() {
         Duration::from_secs(60),
     )
     .await;
-    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    r.assert_exit(1);
     assert_eq!(r.report["connections"]["failed"], 5);
     assert_eq!(r.report["errors"][0]["kind"], "http 401", "{}", r.report);
+    assert_eq!(r.report["ok"], false);
+    let failure = r.report["failures"][0].as_str().unwrap();
+    assert!(
+        failure.starts_with("opened 0 of 5 connections")
+            && failure.contains("http 401 ×5")
+            && failure.contains("--token-secret"),
+        "{failure}"
+    );
+    assert!(r.stdout.contains("http 401 ×5"), "{}", r.stdout);
+    assert!(r.chart.contains("Result: FAILED"), "{}", r.chart);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -242,6 +257,35 @@ async fn a_killed_agent_fails_the_run_not_the_coordinator() {
     );
     assert_eq!(r["connections"]["failed"], 10, "{r}");
     assert_eq!(r["messages"]["lost"], 0, "{r}");
+    // the failure names the dead agent and what went with it
+    let failures: Vec<&str> = r["failures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    assert!(
+        failures[0].starts_with("agent 1: died") && failures[0].contains("its 10 connection(s)"),
+        "{failures:?}"
+    );
+    assert!(
+        failures
+            .iter()
+            .any(|f| f.contains("10 were planned on agent(s) that never reported")),
+        "{failures:?}"
+    );
+    // and when: its link closing is marked on the time axis
+    assert!(
+        r["series"]["marks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["label"] == "agent 1 gone"),
+        "{r}"
+    );
+    let chart = std::fs::read_to_string(report.with_extension("html")).unwrap();
+    assert!(chart.contains("Result: FAILED"), "{chart}");
+    assert!(chart.contains("agent 1: died"), "{chart}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,8 @@
 //! imbench against a real `imd serve` process: the "done when" check, a
 //! verified chat run with two agent processes and zero loss, over stdio children and
-//! over authenticated TCP links to `imbench agent --listen` processes.
+//! over authenticated TCP links to `imbench agent --listen` processes; and runs that
+//! imd's limits kept from happening as asked (connections turned away with 429, sends
+//! refused), which must fail and say why.
 //!
 //! Needs the imd binary next to imbench's (`cargo test --workspace` builds it;
 //! alone, run `cargo build -p imd` first).
@@ -8,7 +10,9 @@
 use std::time::Duration;
 
 use crate::common;
-use crate::common::{ADMIN, Imd, RemoteAgent, SECRET, SecretBy, run_imbench, start_imd_with};
+use crate::common::{
+    ADMIN, Imd, RemoteAgent, SECRET, SecretBy, run_imbench, start_imd_limited, start_imd_with,
+};
 
 async fn start_imd() -> Imd {
     tokio::task::spawn_blocking(|| start_imd_with(SECRET))
@@ -212,6 +216,7 @@ async fn service_customers_reach_an_agent_and_get_every_reply() {
     // 120 customer messages a second for 3 s, and one reply to each
     assert!((680..=760).contains(&sent), "sent {sent}: {}", r.report);
     assert_eq!(sent % 2, 0, "one reply per customer message: {}", r.report);
+    assert_eq!(r.report["messages"]["replies"], sent / 2, "{}", r.report);
     // each message has one recipient device: the assigned agent, or the customer
     assert_eq!(delivered, sent, "{}", r.report);
     // without --max-open and --close-after, the workflow's section stays out
@@ -328,4 +333,170 @@ async fn read_receipts_are_taken_by_imd_without_errors() {
         "one receipt per delivery: {}",
         r.report
     );
+}
+
+/// A small verified chat of `connections` at `rate` msg/s for 2 s against `url`.
+fn small_chat<'a>(url: &'a str, connections: &'a str, rate: &'a str) -> Vec<&'a str> {
+    vec![
+        "--target",
+        url,
+        "--token-secret",
+        SECRET,
+        "--scenario",
+        "chat",
+        "--connections",
+        connections,
+        "--ramp",
+        "500",
+        "--rate",
+        rate,
+        "--duration",
+        "2s",
+        "--drain",
+        "1s",
+        "--verify",
+    ]
+}
+
+/// The new user: imd's per-IP connect limit (`--connect-rate 1 --connect-burst
+/// 5` here) turns most of a 50-connection ramp away with 429. That run did not happen
+/// as asked: it exits non-zero, and its summary and chart say why (429 from the
+/// connect limit) and what to change. A run within the burst passes, and its report
+/// carries the per-second series and the marks of `--mark-file`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_the_connect_limit_turned_away_fails_with_the_cause_and_the_fix() {
+    let imd = tokio::task::spawn_blocking(|| {
+        start_imd_limited(
+            SECRET,
+            &[
+                "--connect-rate",
+                "1",
+                "--connect-burst",
+                "5",
+                "--send-rate",
+                "0",
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    let url = imd.url();
+
+    // within the burst: passes, with its seconds and a mark on the chart
+    let dir = tempfile::tempdir().unwrap();
+    let marks = dir.path().join("marks");
+    let soon = shared::time::now_ms_u64() + 1_500;
+    std::fs::write(&marks, format!("{soon} something happened\nnot a mark\n")).unwrap();
+    let marks_arg = marks.to_str().unwrap();
+    let mut args = small_chat(&url, "4", "20");
+    args.extend_from_slice(&["--mark-file", marks_arg]);
+    let r = run_imbench(&args, Duration::from_secs(60)).await;
+    r.assert_exit(0);
+    let rep = &r.report;
+    assert_eq!(rep["connections"]["opened"], 4, "{rep}");
+    assert_eq!(rep["messages"]["lost"], 0, "{rep}");
+    assert!(r.stdout.contains("result       OK"), "{}", r.stdout);
+    assert!(r.chart.contains("Result: OK"), "{}", r.chart);
+    let seconds = rep["series"]["seconds"].as_array().unwrap();
+    assert!(seconds.len() >= 3, "{rep}");
+    assert!(
+        seconds
+            .iter()
+            .any(|s| s["sent_per_s"].as_f64().unwrap() > 0.0),
+        "{rep}"
+    );
+    assert_eq!(rep["series"]["marks"][0]["unix_ms"], soon, "{rep}");
+    assert_eq!(rep["series"]["marks"][0]["label"], "something happened");
+    assert!(
+        r.stderr.contains("line 2"),
+        "the bad line is reported: {}",
+        r.stderr
+    );
+    assert!(
+        r.chart.contains(">something happened</text>"),
+        "{}",
+        r.chart
+    );
+    assert_eq!(r.chart.matches("<polyline").count(), 5 + 2, "{}", r.chart);
+
+    // 50 at 500/s: a handful fit the burst, the rest get 429
+    let r = run_imbench(&small_chat(&url, "50", "100"), Duration::from_secs(60)).await;
+    r.assert_exit(1);
+    let rep = &r.report;
+    assert_eq!(rep["ok"], false, "{rep}");
+    let opened = rep["connections"]["opened"].as_u64().unwrap();
+    assert!((1..50).contains(&opened), "{rep}");
+    assert_eq!(
+        rep["connections"]["failed_by_cause"]["http 429"],
+        50 - opened,
+        "{rep}"
+    );
+    let failure = rep["failures"][0].as_str().unwrap();
+    assert!(
+        failure.starts_with(&format!("opened {opened} of 50 connections")),
+        "{failure}"
+    );
+    for needle in [
+        "http 429",
+        "--connect-rate",
+        "--connect-burst",
+        "--source-ips",
+    ] {
+        assert!(failure.contains(needle), "{needle} missing: {failure}");
+        assert!(r.stdout.contains(needle), "{needle} missing: {}", r.stdout);
+    }
+    // the message shortfall follows from it, and says so
+    assert!(
+        rep["failures"].as_array().unwrap().iter().any(|f| f
+            .as_str()
+            .unwrap()
+            .contains("never opened, so their messages")),
+        "{rep}"
+    );
+    assert!(r.stdout.contains("result       FAILED"), "{}", r.stdout);
+    assert!(r.chart.contains("Result: FAILED"), "{}", r.chart);
+    assert!(!r.chart.contains("Result: OK"), "{}", r.chart);
+    assert!(r.chart.contains("http 429"), "{}", r.chart);
+}
+
+/// Sends imd refuses (its per-user `--send-rate`, 2 a second here, against 10 a
+/// second from each user) fail the run, naming the refusal and the flag; none of them
+/// counts as lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_refused_by_the_send_limit_fail_the_run_with_the_cause() {
+    let imd = tokio::task::spawn_blocking(|| {
+        start_imd_limited(
+            SECRET,
+            &[
+                "--connect-rate",
+                "0",
+                "--send-rate",
+                "2",
+                "--send-burst",
+                "2",
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    let r = run_imbench(&small_chat(&imd.url(), "4", "40"), Duration::from_secs(60)).await;
+    r.assert_exit(1);
+    let rep = &r.report;
+    assert_eq!(rep["connections"]["opened"], 4, "{rep}");
+    let refused = rep["messages"]["refused"].as_u64().unwrap();
+    assert!(refused > 0, "{rep}");
+    assert_eq!(rep["messages"]["lost"], 0, "{rep}");
+    let failure = rep["failures"][0].as_str().unwrap();
+    assert!(
+        failure.starts_with(&format!(
+            "imd refused {refused} send(s): refused rate_limited ×{refused}"
+        )) && failure.contains("--send-rate"),
+        "{rep}"
+    );
+    assert!(
+        r.stdout.contains("FAILED       imd refused"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.chart.contains("Result: FAILED"), "{}", r.chart);
 }

@@ -581,6 +581,7 @@ mod tests {
             roles: vec!["gateway".into(), "dispatcher".into(), "worker".into()],
             listen: "127.0.0.1:40123".into(),
             version: "0.1.0".into(),
+            rpc_version: 2,
             started_at: NOW - 3_723_000,
             connections: conns,
             unacked: 4,

@@ -287,13 +287,15 @@ async fn cluster_reports_the_live_connection() {
     assert_eq!(nodes[0]["node_id"], imd.node_id.as_str());
     assert_eq!(nodes[0]["connections"], 1);
     assert_eq!(nodes[0]["listen"], imd.addr.to_string());
+    assert_eq!(nodes[0]["rpc_version"], 2, "the RPC protocol version");
     let human = imd.run(&["cluster"]);
     let lines: Vec<&str> = human.ok().lines().collect();
     assert!(lines[0].starts_with("NODE"), "{}", lines[0]);
     let cols: Vec<&str> = lines[1].split_whitespace().collect();
     assert_eq!(cols[0], imd.node_id);
     assert_eq!(cols[1], "all");
-    assert_eq!(cols[5], "1", "CONNS: {}", lines[1]);
+    assert_eq!(cols[4], "2", "RPC: {}", lines[1]);
+    assert_eq!(cols[6], "1", "CONNS: {}", lines[1]);
 }
 
 #[tokio::test]

@@ -45,6 +45,8 @@ pub struct NodeCard {
     pub listen: String,
     /// When it started, unix ms.
     pub started_at_ms: i64,
+    /// The RPC protocol version it speaks (`rpc::rpc_version`; 0 where nothing set it).
+    pub rpc_version: u32,
     /// Messages committed in the last second, sampled.
     committed_per_s: AtomicU64,
 }
@@ -57,7 +59,16 @@ impl NodeCard {
             roles,
             listen,
             started_at_ms,
+            rpc_version: 0,
             committed_per_s: AtomicU64::new(0),
+        }
+    }
+
+    /// The same node, speaking RPC version `version`.
+    pub fn with_rpc_version(self, version: u32) -> Self {
+        Self {
+            rpc_version: version,
+            ..self
         }
     }
 
@@ -584,6 +595,7 @@ impl Admin {
             roles: node.roles.clone(),
             listen: node.listen.clone(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            rpc_version: node.rpc_version,
             started_at: node.started_at_ms,
             committed: self.messaging.committed_total(),
             committed_per_s: node.committed_per_s.load(Ordering::Relaxed),

@@ -13,8 +13,10 @@ use std::sync::RwLock;
 
 pub use shared::admin::{BlacklistEntry as Entry, BlacklistKind as Kind};
 
-/// An IPv4 or IPv6 network: an address and a prefix length.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// An IPv4 or IPv6 network: an address and a prefix length. In configuration files it
+/// is the string [`IpNet::parse`] takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct IpNet {
     addr: IpAddr,
     prefix: u8,
@@ -127,6 +129,28 @@ impl IpNet {
     }
 }
 
+impl std::str::FromStr for IpNet {
+    type Err = IpNetError;
+
+    fn from_str(s: &str) -> Result<Self, IpNetError> {
+        Self::parse(s)
+    }
+}
+
+impl TryFrom<String> for IpNet {
+    type Error = IpNetError;
+
+    fn try_from(s: String) -> Result<Self, IpNetError> {
+        Self::parse(&s)
+    }
+}
+
+impl From<IpNet> for String {
+    fn from(net: IpNet) -> String {
+        net.to_string()
+    }
+}
+
 impl std::fmt::Display for IpNet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if self.is_host() {
@@ -137,10 +161,16 @@ impl std::fmt::Display for IpNet {
     }
 }
 
+/// How the reason of an automatic ban begins (`gateway::bans`): such entries also
+/// refuse the ip before authentication, the admin API included.
+pub const AUTO_BAN_REASON: &str = "auto-ban:";
+
 #[derive(Debug, Default)]
 struct Cache {
     uids: HashMap<String, Option<i64>>,
     hosts: HashMap<IpAddr, Option<i64>>,
+    /// The hosts whose entry is an automatic ban ([`AUTO_BAN_REASON`]).
+    auto: std::collections::HashSet<IpAddr>,
     ranges: Vec<(IpNet, Option<i64>)>,
 }
 
@@ -179,6 +209,14 @@ impl Blacklist {
                 if let Ok(net) = IpNet::parse(&e.value) {
                     if net.is_host() {
                         cache.hosts.insert(net.addr, e.expires_at);
+                        if e.reason
+                            .as_deref()
+                            .is_some_and(|r| r.starts_with(AUTO_BAN_REASON))
+                        {
+                            cache.auto.insert(net.addr);
+                        } else {
+                            cache.auto.remove(&net.addr);
+                        }
                     } else {
                         cache.ranges.retain(|(n, _)| *n != net);
                         cache.ranges.push((net, e.expires_at));
@@ -206,6 +244,7 @@ impl Blacklist {
             Kind::Ip => {
                 if let Ok(net) = IpNet::parse(value) {
                     cache.hosts.remove(&net.addr);
+                    cache.auto.remove(&net.addr);
                     cache.ranges.retain(|(n, _)| *n != net);
                 }
             }
@@ -216,6 +255,14 @@ impl Blacklist {
     pub fn uid_blocked(&self, uid: &str, now_ms: i64) -> bool {
         let cache = self.cache.read().unwrap_or_else(|e| e.into_inner());
         cache.uids.get(uid).is_some_and(|exp| live(*exp, now_ms))
+    }
+
+    /// Whether `ip` is blocked at `now_ms` by an automatic ban (repeated failed
+    /// authentications), which refuses it before any authentication.
+    pub fn ip_auto_banned(&self, ip: IpAddr, now_ms: i64) -> bool {
+        let ip = canonical(ip);
+        let cache = self.cache.read().unwrap_or_else(|e| e.into_inner());
+        cache.auto.contains(&ip) && cache.hosts.get(&ip).is_some_and(|exp| live(*exp, now_ms))
     }
 
     /// Whether `ip` is blocked at `now_ms`.

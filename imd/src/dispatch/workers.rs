@@ -42,6 +42,9 @@ pub struct Workers {
     failed: Mutex<HashMap<String, Instant>>,
     /// Ids of every node (any role) live at the last [`Workers::follow`].
     nodes: Mutex<HashSet<String>>,
+    /// Runs (id, start) of live workers of another RPC version, not linked to; each
+    /// is logged once.
+    mismatched: Mutex<HashSet<(String, i64)>>,
     /// One [`Workers::follow`] at a time (the discovery tick and the routing task both
     /// call it): two would connect to the same new worker, and the second client would
     /// replace the first with its queued deliveries.
@@ -72,6 +75,7 @@ impl Workers {
             all: RwLock::new(all),
             failed: Mutex::new(HashMap::new()),
             nodes: Mutex::new(HashSet::new()),
+            mismatched: Mutex::new(HashSet::new()),
             following: tokio::sync::Mutex::new(()),
         }
     }
@@ -145,9 +149,28 @@ impl Workers {
                 hub.catch_up_skipped(CatchUpCause::NodeLeft);
             }
         }
+        let ours = crate::rpc::rpc_version();
+        {
+            let mut mismatched = self.mismatched.lock().unwrap_or_else(|e| e.into_inner());
+            mismatched.retain(|(id, started)| {
+                live.iter().any(|n| n.id == *id && n.started_ms == *started)
+            });
+            for n in live.iter().filter(|n| n.rpc_version != ours) {
+                if mismatched.insert((n.id.clone(), n.started_ms)) {
+                    tracing::error!(
+                        node = %n.id,
+                        ours,
+                        theirs = n.rpc_version,
+                        "rpc version mismatch: not linking to this node (every node of a \
+                         cluster must run the same rpc version)"
+                    );
+                }
+            }
+        }
         let wanted: HashMap<&str, SocketAddr> = live
             .iter()
             .filter(|n| n.id != self.local_id && n.roles.iter().any(|r| r == "worker"))
+            .filter(|n| n.rpc_version == ours)
             .filter_map(|n| Some((n.id.as_str(), n.rpc.as_deref()?.parse().ok()?)))
             .collect();
         let stale: Vec<String> = self
@@ -367,6 +390,7 @@ impl Devices for Workers {
                         roles: n.roles,
                         listen: n.listen,
                         started_at: n.started_ms,
+                        rpc_version: n.rpc_version,
                         ..NodeInfo::default()
                     });
                 }
@@ -416,6 +440,7 @@ mod tests {
             listen: "127.0.0.1:1".into(),
             rpc: None,
             started_ms: 0,
+            rpc_version: crate::rpc::RPC_VERSION,
         }
     }
 

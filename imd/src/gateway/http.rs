@@ -20,6 +20,7 @@ use shared::protocol::{
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{AuthError, bearer};
+use super::bans;
 use super::openapi::{Conflict, Empty, Forbidden, NotFound, RateLimited};
 use super::{ApiError, AppState};
 use crate::business::Identity;
@@ -32,12 +33,20 @@ impl FromRequestParts<AppState> for Client {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
-        let token = bearer(&parts.headers, parts.uri.query()).ok_or(AuthError::Missing)?;
-        let mut who = app.keys.verify(&token)?;
-        who.ip = parts
+        let ip = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0.ip());
+        bans::refuse_banned(app, ip)?;
+        let token = bearer(&parts.headers, parts.uri.query()).ok_or(AuthError::Missing)?;
+        let mut who = match app.keys.verify(&token) {
+            Ok(who) => who,
+            Err(e) => {
+                bans::record_failure(app, ip, &e).await;
+                return Err(e.into());
+            }
+        };
+        who.ip = ip;
         Ok(Client(who))
     }
 }

@@ -7,10 +7,13 @@
 
 mod admin;
 pub mod auth;
+pub mod bans;
 pub mod error;
 mod http;
 mod openapi;
+pub mod proxy_protocol;
 pub mod serve;
+pub mod tls;
 mod web;
 mod ws;
 
@@ -40,8 +43,10 @@ pub struct AppState(Arc<Shared>);
 pub struct Shared {
     /// Verifies client tokens.
     pub keys: TokenKeys,
-    /// The admin API's bearer token.
-    pub admin_token: Secret,
+    /// The admin API's bearer tokens: the current one, then earlier ones still accepted.
+    pub admin_tokens: Vec<Secret>,
+    /// Failed authentications per ip, and the rule that bans an ip for them.
+    pub auth_bans: bans::AuthBans,
     /// Admin operations.
     pub admin: Admin,
     /// Rate limits (connections per ip are checked at the upgrade).

@@ -16,6 +16,13 @@
 //! hyper closes the connection. It stays under upgraded WebSocket connections as a
 //! backstop to the session's own write timeout.
 //!
+//! Before HTTP, a connection may have to open in up to two steps, both within the idle
+//! timeout in all ([`Front`]): a PROXY header when imd stands behind a TCP load balancer
+//! (its client address replaces the peer's, for the blacklist, the per-ip limits and
+//! the connection listings alike), then a TLS handshake. Without that deadline a client
+//! that opens TCP and sends nothing would hold its slot, as with a request head. Both
+//! run on the connection's own task, so a slow one never holds up the accept loop.
+//!
 //! Accept errors (EMFILE when the open-files limit is reached) are counted and retried
 //! after a short pause, rather than axum's one second.
 
@@ -23,6 +30,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -32,23 +40,75 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Sleep;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
+
+use super::proxy_protocol;
+use crate::business::blacklist::IpNet;
 
 /// Pause after a failed accept: long enough not to spin while the process is out of
 /// file descriptors, short enough to take connections again soon after.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
-/// Serves `router` on `listener` until `stop` is cancelled. Each connection must send
-/// a complete request head within `head_timeout` of the server waiting for one. On
-/// `stop`: no more accepts, idle connections close, requests in flight are answered,
-/// and this returns once every connection has closed or been upgraded (WebSocket
+/// How an accepted connection opens before HTTP. The default: plain HTTP, the peer's
+/// address as the client's.
+#[derive(Clone, Default)]
+pub struct Front {
+    /// Serve TLS (https, wss) with this.
+    pub tls: Option<TlsAcceptor>,
+    /// Every connection starts with a PROXY header (v1 or v2), and only peers in these
+    /// networks may connect at all (empty: any peer).
+    pub proxy: Option<Arc<[IpNet]>>,
+}
+
+/// Why a connection was closed before HTTP.
+#[derive(Debug, thiserror::Error)]
+enum OpenError {
+    #[error("peer not allowed to send a PROXY header")]
+    ProxyPeer,
+    #[error(transparent)]
+    ProxyHeader(#[from] proxy_protocol::ProxyHeaderError),
+    #[error("TLS handshake: {0}")]
+    Tls(io::Error),
+}
+
+impl OpenError {
+    /// The `reason` label of `imd_connections_refused_total`.
+    fn reason(&self) -> &'static str {
+        match self {
+            OpenError::ProxyPeer => "proxy_peer",
+            OpenError::ProxyHeader(_) => "proxy_header",
+            OpenError::Tls(_) => "tls",
+        }
+    }
+}
+
+impl Front {
+    /// Reads the PROXY header when one is due; returns the client's address.
+    async fn client(&self, tcp: &mut TcpStream, peer: SocketAddr) -> Result<SocketAddr, OpenError> {
+        let Some(allowed) = &self.proxy else {
+            return Ok(peer);
+        };
+        if !allowed.is_empty() && !allowed.iter().any(|net| net.contains(peer.ip())) {
+            return Err(OpenError::ProxyPeer);
+        }
+        Ok(proxy_protocol::read_header(tcp).await?.unwrap_or(peer))
+    }
+}
+
+/// Serves `router` on `listener` until `stop` is cancelled. Each connection must open
+/// (see [`Front`]) within `head_timeout` of being accepted, and send a complete request
+/// head within `head_timeout` of the server waiting for one. On `stop`: no more
+/// accepts, connections still opening and idle ones close, requests in flight are
+/// answered, and this returns once every connection has closed or been upgraded (WebSocket
 /// sessions are the application's to end), or after `head_timeout` at most.
 pub async fn serve(
     listener: TcpListener,
+    front: Front,
     router: Router,
     head_timeout: Duration,
     stop: CancellationToken,
@@ -58,7 +118,7 @@ pub async fn serve(
         .header_read_timeout(head_timeout);
     let connections = TaskTracker::new();
     loop {
-        let (tcp, remote) = tokio::select! {
+        let (mut tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -75,33 +135,42 @@ pub async fn serve(
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
-        let service = TowerToHyperService::new(router.clone().map_request(
-            move |mut req: hyper::Request<Incoming>| {
-                req.extensions_mut()
-                    .insert(ConnectInfo::<SocketAddr>(remote));
-                req
-            },
-        ));
-        let conn = http
-            .serve_connection(TokioIo::new(WriteDeadline::new(tcp, head_timeout)), service)
-            .with_upgrades();
-        let stop = stop.clone();
+        let (front, http, router, stop) =
+            (front.clone(), http.clone(), router.clone(), stop.clone());
         connections.spawn(async move {
-            let mut conn = std::pin::pin!(conn);
-            let ended = tokio::select! {
-                ended = conn.as_mut() => ended,
-                _ = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
+            let opening = async {
+                let remote = front.client(&mut tcp, peer).await?;
+                // Under TLS too, so that the handshake's writes have the deadline.
+                let tcp = WriteDeadline::new(tcp, head_timeout);
+                let opened = match &front.tls {
+                    Some(tls) => {
+                        Opened::Tls(Box::new(tls.accept(tcp).await.map_err(OpenError::Tls)?))
+                    }
+                    None => Opened::Plain(tcp),
+                };
+                Ok::<_, OpenError>((opened, remote))
             };
-            if let Err(e) = ended {
-                if e.is_timeout() {
-                    metrics::counter!("imd_http_head_timeouts_total").increment(1);
-                } else if stalled_write(&e) {
-                    metrics::counter!("imd_http_write_timeouts_total").increment(1);
+            let opened = tokio::select! {
+                opened = tokio::time::timeout(head_timeout, opening) => opened,
+                _ = stop.cancelled() => return,
+            };
+            match opened {
+                Err(_) => {
+                    metrics::counter!("imd_connections_refused_total", "reason" => "open_timeout")
+                        .increment(1);
+                    tracing::debug!(%peer, "connection did not open in time; closed");
                 }
-                tracing::debug!(%remote, error = %e, "http connection ended");
+                Ok(Err(e)) => {
+                    metrics::counter!("imd_connections_refused_total", "reason" => e.reason())
+                        .increment(1);
+                    tracing::debug!(%peer, error = %e, "connection refused");
+                }
+                Ok(Ok((Opened::Plain(io), remote))) => {
+                    serve_http(&http, io, remote, router, stop).await
+                }
+                Ok(Ok((Opened::Tls(io), remote))) => {
+                    serve_http(&http, io, remote, router, stop).await
+                }
             }
         });
     }
@@ -117,6 +186,54 @@ pub async fn serve(
             left = connections.len(),
             "http connections still open at shutdown; closing them"
         );
+    }
+}
+
+/// A connection ready for HTTP.
+enum Opened {
+    Plain(WriteDeadline<TcpStream>),
+    /// Boxed: rustls's state is a kilobyte or so, the plain socket a few words.
+    Tls(Box<tokio_rustls::server::TlsStream<WriteDeadline<TcpStream>>>),
+}
+
+/// Serves HTTP/1 (and upgrades) on one opened connection until it ends; on `stop`,
+/// idle connections close and requests in flight are answered.
+async fn serve_http<IO>(
+    http: &hyper::server::conn::http1::Builder,
+    io: IO,
+    remote: SocketAddr,
+    router: Router,
+    stop: CancellationToken,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    // The client's address as the handlers see it: the PROXY header's when there is
+    // one.
+    let service = TowerToHyperService::new(router.map_request(
+        move |mut req: hyper::Request<Incoming>| {
+            req.extensions_mut()
+                .insert(ConnectInfo::<SocketAddr>(remote));
+            req
+        },
+    ));
+    let conn = http
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    let mut conn = std::pin::pin!(conn);
+    let ended = tokio::select! {
+        ended = conn.as_mut() => ended,
+        _ = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = ended {
+        if e.is_timeout() {
+            metrics::counter!("imd_http_head_timeouts_total").increment(1);
+        } else if stalled_write(&e) {
+            metrics::counter!("imd_http_write_timeouts_total").increment(1);
+        }
+        tracing::debug!(%remote, error = %e, "http connection ended");
     }
 }
 

@@ -13,6 +13,7 @@ use shared::time::now_ms;
 use tracing::Instrument;
 
 use super::auth::{AuthError, bearer};
+use super::bans;
 use super::{ApiError, AppState};
 use crate::worker::session;
 
@@ -54,11 +55,18 @@ pub(super) async fn upgrade(
     uri: Uri,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    let peer_ip = connect_info.as_ref().map(|c| c.0.0.ip());
+    if let Err(e) = bans::refuse_banned(&app, peer_ip) {
+        return e.into_response();
+    }
     // Authentication comes first: a bad token is a 401 whatever else is wrong.
     let who = match bearer(&headers, uri.query()).ok_or(AuthError::Missing) {
         Ok(token) => match app.keys.verify(&token) {
             Ok(who) => who,
-            Err(e) => return ApiError::from(e).into_response(),
+            Err(e) => {
+                bans::record_failure(&app, peer_ip, &e).await;
+                return ApiError::from(e).into_response();
+            }
         },
         Err(e) => return ApiError::from(e).into_response(),
     };

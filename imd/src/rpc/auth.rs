@@ -4,7 +4,7 @@
 //! Before a TCP connection is handed to tarpc, both ends run the handshake on the raw
 //! stream and prove that they hold the same [`LinkKey`], derived from the
 //! `--token-secret` that every node of a cluster shares; the secret never crosses the
-//! wire. What this module adds is imd's [`RPC_LINK`] protocol (its magic `IMDRPC01`,
+//! wire. What this module adds is imd's [`RPC_LINK`] protocol (its magic `IMDRPC02`,
 //! its key label, the hints of its error messages), so that callers derive a key from
 //! the secret alone and cannot pick another protocol by mistake.
 //!
@@ -18,28 +18,60 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 pub use shared::link_auth::{HANDSHAKE_TIMEOUT, HandshakeError, HandshakeErrorKind};
 
-/// imd's RPC link. The magic and the key label are the wire format: changing either
-/// breaks clusters of mixed versions.
+/// imd's RPC link. The magic and the key label are the wire format: the magic ends
+/// in [`super::RPC_VERSION`] (two digits), so that nodes of another RPC version fail
+/// the handshake with `WrongMagic` ([`peer_rpc_version`] reads theirs from it).
 pub const RPC_LINK: Protocol = Protocol {
     name: "rpc handshake",
-    magic: *b"IMDRPC01",
+    magic: *b"IMDRPC02",
     key_label: b"imd rpc link v1",
     endpoint: "an imd node's RPC port (--rpc-listen)",
     secret_hint: "the peer's --token-secret differs from this node's (all nodes of a \
                   cluster need the same one)",
 };
 
+/// The protocol of this node's RPC version: [`RPC_LINK`], or (test builds only) the
+/// same with the magic of another version.
+fn link_protocol() -> &'static Protocol {
+    static PROTOCOL: std::sync::OnceLock<&'static Protocol> = std::sync::OnceLock::new();
+    PROTOCOL.get_or_init(|| {
+        let version = super::rpc_version();
+        if version == super::RPC_VERSION {
+            return &RPC_LINK;
+        }
+        let mut magic = RPC_LINK.magic;
+        magic[6..].copy_from_slice(format!("{:02}", version % 100).as_bytes());
+        // Once per process, and only where the version was overridden (tests).
+        Box::leak(Box::new(Protocol { magic, ..RPC_LINK }))
+    })
+}
+
+/// The RPC version of a peer whose handshake failed with `WrongMagic { got }`, when
+/// it is an imd node (`IMDRPCnn`).
+pub fn peer_rpc_version(got: &[u8; shared::link_auth::MAGIC_LEN]) -> Option<u32> {
+    let digits = got.strip_prefix(b"IMDRPC")?;
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
 /// The key that nodes of one cluster prove to each other: the [`RPC_LINK`] key of
 /// [`shared::link_auth::LinkKey`], HMAC-SHA256 of `b"imd rpc link v1"` under the
 /// shared `--token-secret`, so that it is never the token key itself.
 ///
+/// While the token secret is rotated (`--token-secrets-old`), a node still accepts the
+/// links of peers that prove the key of an earlier secret, so that nodes restarted
+/// with the new secret and nodes not yet restarted keep talking; it always dials with
+/// the key of its own `--token-secret`.
+///
 /// Its `Debug` prints `LinkKey(..)`, never the key.
 #[derive(Clone)]
-pub struct LinkKey(link_auth::LinkKey);
+pub struct LinkKey {
+    /// The key of `--token-secret` first, then those of earlier secrets.
+    keys: Vec<link_auth::LinkKey>,
+}
 
 impl std::fmt::Debug for LinkKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
+        self.keys[0].fmt(f)
     }
 }
 
@@ -47,7 +79,24 @@ impl LinkKey {
     /// Derives the link key from the cluster's token secret:
     /// HMAC-SHA256(key = `token_secret`, msg = `b"imd rpc link v1"`).
     pub fn derive(token_secret: &[u8]) -> Self {
-        Self(link_auth::LinkKey::derive(&RPC_LINK, token_secret))
+        Self::rotating(token_secret, std::iter::empty())
+    }
+
+    /// The key of `token_secret`, also accepting from peers the keys of `old` secrets.
+    pub fn rotating<'a>(token_secret: &'a [u8], old: impl Iterator<Item = &'a [u8]>) -> Self {
+        let keys = std::iter::once(token_secret)
+            .chain(old)
+            .map(|s| link_auth::LinkKey::derive(link_protocol(), s))
+            .collect();
+        Self { keys }
+    }
+
+    /// The keys to dial with, one at a time: this node's own first, then those of the
+    /// earlier secrets, for a peer that has not been given the new secret yet.
+    pub fn for_dialling(&self) -> impl Iterator<Item = LinkKey> + '_ {
+        self.keys.iter().map(|k| LinkKey {
+            keys: vec![k.clone()],
+        })
     }
 }
 
@@ -58,7 +107,7 @@ pub async fn client_handshake<S>(io: &mut S, key: &LinkKey) -> Result<(), Handsh
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    link_auth::client_handshake(io, &key.0).await
+    link_auth::client_handshake(io, &key.keys[0]).await
 }
 
 /// Runs the accepting side's handshake on `io` (see
@@ -68,7 +117,7 @@ pub async fn server_handshake<S>(io: &mut S, key: &LinkKey) -> Result<(), Handsh
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    link_auth::server_handshake(io, &key.0).await
+    link_auth::server_handshake_any(io, &key.keys).await
 }
 
 #[cfg(test)]
@@ -84,7 +133,11 @@ mod tests {
     fn the_wire_format_is_unchanged() {
         // shared::link_auth checks HMAC-SHA256 of this label against a value computed
         // independently; a change of either breaks clusters of mixed versions.
-        assert_eq!(&RPC_LINK.magic, b"IMDRPC01");
+        assert_eq!(&RPC_LINK.magic, b"IMDRPC02");
+        let version = format!("{:02}", super::super::RPC_VERSION);
+        assert_eq!(&RPC_LINK.magic[6..], version.as_bytes());
+        assert_eq!(peer_rpc_version(b"IMDRPC01"), Some(1));
+        assert_eq!(peer_rpc_version(b"OTHERL01"), None);
         assert_eq!(RPC_LINK.key_label, b"imd rpc link v1");
         assert_eq!(format!("{:?}", LinkKey::derive(b"s")), "LinkKey(..)");
     }
@@ -110,6 +163,29 @@ mod tests {
         assert!(matches!(sr.kind(), HandshakeErrorKind::BadProof), "{sr:?}");
         let cr = cr.expect_err("client");
         assert!(matches!(cr.kind(), HandshakeErrorKind::Rejected), "{cr:?}");
+    }
+
+    #[tokio::test]
+    async fn during_a_rotation_nodes_of_either_secret_link() {
+        let rotating = LinkKey::rotating(b"new", [&b"old"[..]].into_iter());
+        let old = LinkKey::derive(b"old");
+        let (mut c, mut s) = duplex(1024);
+        let (cr, sr) = tokio::join!(
+            client_handshake(&mut c, &old),
+            server_handshake(&mut s, &rotating)
+        );
+        cr.expect("old dials rotating");
+        sr.expect("rotating accepts old");
+        // The other way the old node must accept the new key: it is given
+        // `--token-secrets-old` with the new secret first (step 1 of the rotation).
+        let staged = LinkKey::rotating(b"old", [&b"new"[..]].into_iter());
+        let (mut c, mut s) = duplex(1024);
+        let (cr, sr) = tokio::join!(
+            client_handshake(&mut c, &rotating),
+            server_handshake(&mut s, &staged)
+        );
+        cr.expect("rotating dials staged");
+        sr.expect("staged accepts new");
     }
 
     #[tokio::test]

@@ -38,7 +38,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::auth::{LinkKey, client_handshake, server_handshake};
+use super::auth::{
+    HandshakeErrorKind, LinkKey, client_handshake, peer_rpc_version, server_handshake,
+};
 use crate::worker::{CatchUpCause, ConnPage, Delivery, Hub, Notice, Unreachable, Worker};
 
 /// Largest RPC frame. A batch is at most [`BATCH_MAX`] deliveries of messages of at
@@ -143,7 +145,20 @@ impl WorkerServer {
                 let mut tcp = tcp;
                 if let Err(e) = server_handshake(&mut tcp, &server.key).await {
                     metrics::counter!("imd_rpc_handshake_failures_total").increment(1);
-                    tracing::warn!(%peer, error = %e, "rpc connection refused");
+                    let theirs = match e.kind() {
+                        HandshakeErrorKind::WrongMagic { got } => peer_rpc_version(got),
+                        _ => None,
+                    };
+                    match theirs {
+                        Some(theirs) => tracing::error!(
+                            %peer,
+                            ours = super::rpc_version(),
+                            theirs,
+                            "rpc version mismatch: link refused (every node of a cluster \
+                             must run the same rpc version)"
+                        ),
+                        None => tracing::warn!(%peer, error = %e, "rpc connection refused"),
+                    }
                     return;
                 }
                 let transport = serde_transport::new(framed(tcp), Bincode::default());
@@ -246,16 +261,36 @@ pub struct RemoteWorker {
 impl RemoteWorker {
     /// Connects to the worker of node `node` at `addr`, proves `key` to it (and checks
     /// that it holds the same), and starts the delivery task.
+    ///
+    /// While the token secret is rotated, a peer not yet restarted refuses the key of
+    /// the new secret: the keys of the earlier secrets are then tried in turn, each on
+    /// a fresh connection (the peer closes after a failed proof).
     pub async fn connect(node: &str, addr: SocketAddr, key: &LinkKey) -> std::io::Result<Self> {
-        let mut tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
-            .await
-            .map_err(|_| {
-                std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
-            })??;
-        tcp.set_nodelay(true)?;
-        client_handshake(&mut tcp, key)
-            .await
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::PermissionDenied, e))?;
+        let mut dial = key.for_dialling().peekable();
+        let tcp = loop {
+            let key = dial.next().expect("a link key has at least one key");
+            let mut tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+                .await
+                .map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
+                })??;
+            tcp.set_nodelay(true)?;
+            match client_handshake(&mut tcp, &key).await {
+                Ok(()) => break tcp,
+                Err(e)
+                    if dial.peek().is_some()
+                        && matches!(
+                            e.kind(),
+                            HandshakeErrorKind::Rejected | HandshakeErrorKind::BadProof
+                        ) =>
+                {
+                    continue;
+                }
+                Err(e) => {
+                    return Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, e));
+                }
+            }
+        };
         let transport = serde_transport::new(framed(tcp), Bincode::default());
         let tarpc::client::NewClient { client, dispatch } =
             WorkerRpcClient::new(tarpc::client::Config::default(), transport);

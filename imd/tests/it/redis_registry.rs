@@ -73,6 +73,7 @@ fn node(id: &str) -> NodeInfo {
         listen: format!("127.0.0.1:80{}", id.len()),
         rpc: Some("127.0.0.1:9000".into()),
         started_ms: 1_700_000_000_000,
+        rpc_version: imd::rpc::RPC_VERSION,
     }
 }
 

@@ -182,6 +182,7 @@ fn node() -> NodeInfo {
         listen: "127.0.0.1:8080".into(),
         rpc: Some("127.0.0.1:9000".into()),
         started_ms: 1_700_000_000_000,
+        rpc_version: imd::rpc::RPC_VERSION,
     }
 }
 

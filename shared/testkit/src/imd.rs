@@ -25,7 +25,14 @@ const READY_DEADLINE: Duration = Duration::from_secs(20);
 const REBIND_DEADLINE: Duration = Duration::from_secs(10);
 /// Flags of `imd serve` that `imd token` and `imd admin-token` take too: without them
 /// the helpers would sign with the data dir's generated secret, not the server's.
-const COMMON_FLAGS: [&str; 3] = ["--config", "--token-secret", "--admin-token"];
+const COMMON_FLAGS: [&str; 6] = [
+    "--config",
+    "--token-secret",
+    "--token-kid",
+    "--token-secrets-old",
+    "--admin-token",
+    "--admin-tokens-old",
+];
 /// How many lines of stderr a panicking test prints.
 const STDERR_TAIL: usize = 60;
 
@@ -93,8 +100,9 @@ impl ImdBuilder {
         }
     }
 
-    /// Adds flags of `imd serve`. `--config`, `--token-secret` and `--admin-token` are
-    /// passed to `imd token` and `imd admin-token` too.
+    /// Adds flags of `imd serve`. `--config` and the secrets' flags (`--token-secret`,
+    /// `--token-kid`, `--admin-token`, …) are passed to `imd token` and `imd admin-token`
+    /// too.
     pub fn args<I, S>(mut self, args: I) -> Self
     where
         I: IntoIterator<Item = S>,

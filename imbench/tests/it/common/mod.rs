@@ -117,17 +117,16 @@ pub(crate) async fn run_imbench(args: &[&str], limit: Duration) -> RunResult {
 /// A real `imd serve` on a temporary data dir (the testkit's, killed on drop) that
 /// takes tokens signed with `secret`, with no connect or send rate limit.
 pub(crate) fn start_imd_with(secret: &str) -> Imd {
+    start_imd_limited(secret, &["--connect-rate", "0", "--send-rate", "0"])
+}
+
+/// [`start_imd_with`], with imd's rate limits as `limits` sets them (`--connect-rate`,
+/// `--connect-burst`, `--send-rate`, `--send-burst`; those it leaves out keep imd's
+/// defaults).
+pub(crate) fn start_imd_limited(secret: &str, limits: &[&str]) -> Imd {
     Imd::builder(testkit::sibling_bin(imbench_bin(), "imd"))
-        .args([
-            "--token-secret",
-            secret,
-            "--admin-token",
-            ADMIN,
-            "--connect-rate",
-            "0",
-            "--send-rate",
-            "0",
-        ])
+        .args(["--token-secret", secret, "--admin-token", ADMIN])
+        .args(limits.iter().copied())
         .start()
 }
 

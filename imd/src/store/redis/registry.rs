@@ -64,6 +64,14 @@ pub struct NodeInfo {
     pub rpc: Option<String>,
     /// When it started, unix milliseconds.
     pub started_ms: i64,
+    /// The RPC protocol version it speaks (`rpc::RPC_VERSION`); absent: a node from
+    /// before versions were announced, which speaks version 1.
+    #[serde(default = "rpc_version_1")]
+    pub rpc_version: u32,
+}
+
+fn rpc_version_1() -> u32 {
+    1
 }
 
 /// What [`RedisStore::route_add`] found.

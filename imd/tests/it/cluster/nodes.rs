@@ -83,3 +83,77 @@ fn cluster_mode_start_up_errors_are_clear() {
         "{err}"
     );
 }
+
+/// Nodes of different RPC versions refuse to link, at once and loudly: each logs an
+/// error naming the peer and both versions, and the cluster view shows each node's
+/// version (the other node registered, not reached).
+#[tokio::test]
+async fn nodes_of_different_rpc_versions_refuse_each_other_with_a_clear_error() {
+    let redis = Redis::standalone();
+    let url = redis.url();
+    let args = |id: &'static str| {
+        let mut a = vec!["--redis", url.as_str(), "--node-id", id];
+        a.extend(SECRETS);
+        a.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let n1 = Imd::builder()
+        .args(
+            args("n1")
+                .into_iter()
+                .chain(["--roles".into(), "gateway,dispatcher,worker".into()]),
+        )
+        .start();
+    let n2 = Imd::builder()
+        .args(
+            args("n2")
+                .into_iter()
+                .chain(["--roles".into(), "worker".into()]),
+        )
+        .env("IMD_TEST_RPC_VERSION", "3")
+        .start();
+    let ours = imd::rpc::RPC_VERSION;
+    for (node, peer, theirs) in [(&n1, "n2", 3), (&n2, "n1", ours)] {
+        let want = format!("theirs={theirs}");
+        wait_until(
+            FAILOVER_DEADLINE,
+            "an rpc version mismatch error in the log",
+            || async {
+                plain(&node.stderr()).lines().any(|l| {
+                    l.contains("ERROR")
+                        && l.contains("rpc version mismatch")
+                        && l.contains(&format!("node={peer}"))
+                        && l.contains(&want)
+                })
+            },
+        )
+        .await;
+    }
+    let view = n1.http().get("/admin/v1/cluster", Some(SECRETS[3])).await;
+    let view: ClusterInfo = serde_json::from_value(view.assert_ok().clone()).expect("cluster view");
+    let version = |id: &str| {
+        view.nodes
+            .iter()
+            .find(|n| n.node_id == id)
+            .map(|n| (n.rpc_version, n.version.is_empty()))
+    };
+    assert_eq!(version("n1"), Some((ours, false)), "{view:?}");
+    assert_eq!(
+        version("n2"),
+        Some((3, true)),
+        "registered, not reached: {view:?}"
+    );
+}
+
+/// `text` without the ANSI colour sequences of a terminal log (`ESC [ … m`).
+fn plain(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|&c| c == 'm');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}

@@ -28,7 +28,7 @@ pub(crate) use http::{Http, Resp, encode_path, entry_of, metric};
 pub(crate) use raw::{raw_upgrade, wait_eof};
 pub(crate) use receiver::{Answer, Got, Receiver};
 pub(crate) use testkit::{now_ms, now_secs, wait_until};
-pub(crate) use ws::{Auth, WsClient, try_ws, try_ws_from};
+pub(crate) use ws::{Auth, WsClient, try_ws, try_ws_from, try_ws_over};
 
 /// Default deadline for a frame that must come.
 pub(crate) const FRAME_DEADLINE: Duration = Duration::from_secs(5);
@@ -71,8 +71,8 @@ pub(crate) fn claims(uid: &str, device: &str, ttl_secs: i64) -> Claims {
 pub(crate) struct ImdBuilder(testkit::ImdBuilder);
 
 impl ImdBuilder {
-    /// Adds flags of `imd serve`. `--config`, `--token-secret` and `--admin-token` are
-    /// passed to `imd token` and `imd admin-token` too.
+    /// Adds flags of `imd serve`. `--config` and the secrets' flags are passed to
+    /// `imd token` and `imd admin-token` too.
     pub(crate) fn args<I, S>(self, args: I) -> Self
     where
         I: IntoIterator<Item = S>,

@@ -80,21 +80,40 @@ pub(crate) async fn try_ws_from(
         .and_then(|h| h.trim_matches(['[', ']']).parse().ok())
         .unwrap_or_else(|| panic!("{url}: the host must be an IP address"));
     let server = SocketAddr::new(host, uri.port_u16().unwrap_or(80));
-    let upgrade = async {
-        let socket = match local {
-            IpAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
-            IpAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
-        }
-        .expect("tcp socket");
-        socket
-            .bind(SocketAddr::new(local, 0))
-            .unwrap_or_else(|e| panic!("bind to {local}: {e}"));
-        let stream = socket
-            .connect(server)
-            .await
-            .unwrap_or_else(|e| panic!("connect from {local} to {server}: {e}"));
-        tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(stream)).await
-    };
+    let socket = match local {
+        IpAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        IpAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    }
+    .expect("tcp socket");
+    socket
+        .bind(SocketAddr::new(local, 0))
+        .unwrap_or_else(|e| panic!("bind to {local}: {e}"));
+    let stream = tokio::time::timeout(FRAME_DEADLINE, socket.connect(server))
+        .await
+        .unwrap_or_else(|_| panic!("connect from {local} to {server} timed out"))
+        .unwrap_or_else(|e| panic!("connect from {local} to {server}: {e}"));
+    upgrade_over(&url, req, stream).await
+}
+
+/// Tries the WebSocket upgrade over `stream`, already connected (a test may have
+/// written a PROXY header on it first); `Ok(client)` on 101, `Err(answer)` (status and
+/// body) when refused with an HTTP answer.
+pub(crate) async fn try_ws_over(
+    url: &str,
+    auth: Auth<'_>,
+    stream: TcpStream,
+) -> Result<WsClient, Resp> {
+    let (url, req) = ws_request(url, auth);
+    upgrade_over(&url, req, stream).await
+}
+
+async fn upgrade_over(
+    url: &str,
+    req: tokio_tungstenite::tungstenite::handshake::client::Request,
+    stream: TcpStream,
+) -> Result<WsClient, Resp> {
+    let local = stream.local_addr().expect("local address");
+    let upgrade = tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(stream));
     match tokio::time::timeout(FRAME_DEADLINE, upgrade).await {
         Err(_) => panic!("WebSocket upgrade to {url} from {local} timed out"),
         Ok(Ok((ws, _))) => Ok(WsClient {

@@ -1,19 +1,19 @@
-//! The latency chart written next to the JSON report (`r.json` → `r.html`): one
-//! self-contained HTML page with an inline SVG of the percentile distribution, drawn
-//! like HdrHistogram's plots (latency up, percentile along a log axis in "nines":
-//! 0%, 90%, 99%, 99.9%, …), plus the summary figures as a table.
+//! The latency percentile chart: an inline SVG of the distribution, drawn like
+//! HdrHistogram's plots (latency up, percentile along a log axis in "nines": 0%, 90%,
+//! 99%, 99.9%, …), with p50, p90, p99 and p99.9 marked on each curve.
 //!
-//! It reads only the [`Report`] (so a chart can be redrawn from a saved report) and
-//! references nothing outside the page: no scripts, no fonts, no stylesheets.
+//! Drawing only, from the report's distributions; the page around it is `super`'s.
 
 use std::fmt::Write as _;
 
+use super::{CHAR_W, escape, nice_step, trim_float};
 use crate::report::{LatencySummary, Quantile, Report};
 
 const W: f64 = 860.0;
 const H: f64 = 480.0;
 const LEFT: f64 = 76.0;
-const RIGHT: f64 = 24.0;
+/// Room right of the plot for the last axis label, centred on its edge.
+const RIGHT: f64 = 40.0;
 const TOP: f64 = 36.0;
 const BOTTOM: f64 = 64.0;
 
@@ -27,42 +27,9 @@ fn marks(l: &LatencySummary) -> [(&'static str, f64, f64); 4] {
     ]
 }
 
-/// The whole page.
-pub fn html(r: &Report) -> String {
-    let run = &r.run;
-    let title = format!(
-        "imbench {} {}: latency by percentile",
-        escape(&run.scenario),
-        escape(&run.run_id)
-    );
-    let mut s = String::new();
-    let _ = write!(
-        s,
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>{title}</title>\n\
-         <style>body{{font-family:sans-serif;margin:24px;color:#222}}\
-         table{{border-collapse:collapse}}td,th{{padding:2px 10px;text-align:right;\
-         border-bottom:1px solid #ddd}}th:first-child,td:first-child{{text-align:left}}</style>\n\
-         </head>\n<body>\n<h1 style=\"font-size:20px\">{title}</h1>\n"
-    );
-    let _ = writeln!(
-        s,
-        "<p>{} connection(s) to {} target(s), {:.0} s load at {} msg/s; sent {}, delivered {}, \
-         lost {}, duplicated {}. {}</p>",
-        r.connections.target,
-        run.targets.len(),
-        run.duration_s,
-        run.rate,
-        r.messages.sent,
-        r.messages.delivered,
-        r.messages.lost,
-        r.messages.duplicated,
-        if r.ok {
-            "Result: OK."
-        } else {
-            "Result: FAILED."
-        }
-    );
-    let series = [
+/// The report's two curves: send → push, and send → sent (the acknowledgement).
+pub fn of_report(r: &Report) -> [Series<'_>; 2] {
+    [
         Series {
             name: "send → push",
             color: "#1f6fb4",
@@ -75,29 +42,7 @@ pub fn html(r: &Report) -> String {
             points: &r.ack_latency_distribution,
             summary: &r.ack_latency_ms,
         },
-    ];
-    s += &svg(&series);
-    s += "\n<table>\n<tr><th>latency ms</th><th>p50</th><th>p90</th><th>p99</th><th>p99.9</th>\
-          <th>max</th><th>n</th></tr>\n";
-    for (name, l) in [
-        ("send → push", &r.latency_ms),
-        ("send → sent (ack)", &r.ack_latency_ms),
-    ] {
-        let _ = writeln!(
-            s,
-            "<tr><td>{}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td>\
-             <td>{:.3}</td><td>{}</td></tr>",
-            escape(name),
-            l.p50,
-            l.p90,
-            l.p99,
-            l.p999,
-            l.max,
-            l.count
-        );
-    }
-    s += "</table>\n</body>\n</html>\n";
-    s
+    ]
 }
 
 /// One curve.
@@ -128,22 +73,6 @@ pub fn nines_label(k: u32) -> String {
         1 => "90%".into(),
         2 => "99%".into(),
         k => format!("99.{}%", "9".repeat(k as usize - 2)),
-    }
-}
-
-/// A round step (1, 2 or 5 × 10^k) that cuts `range` into about 5 parts.
-fn nice_step(range: f64) -> f64 {
-    let raw = (range / 5.0).max(1e-9);
-    let mag = 10f64.powf(raw.log10().floor());
-    let f = raw / mag;
-    mag * if f <= 1.0 {
-        1.0
-    } else if f <= 2.0 {
-        2.0
-    } else if f <= 5.0 {
-        5.0
-    } else {
-        10.0
     }
 }
 
@@ -234,14 +163,21 @@ pub fn svg(series: &[Series<'_>]) -> String {
         );
         for (label, q, ms) in marks(series.summary) {
             let (mx, my) = (x(nines(q, max_nines)), y(ms));
+            let text = format!("{label} {ms:.3}");
+            // Right of the point, unless that runs past the picture's edge: then left.
+            let width = text.chars().count() as f64 * CHAR_W;
+            let (tx, anchor) = if mx + 5.0 + width > W - 2.0 {
+                (mx - 5.0, "end")
+            } else {
+                (mx + 5.0, "start")
+            };
             let _ = writeln!(
                 s,
                 "<circle cx=\"{mx:.1}\" cy=\"{my:.1}\" r=\"3.5\" fill=\"{}\"><title>{} {label} {ms:.3} ms</title></circle>\
-                 <text x=\"{:.1}\" y=\"{:.1}\" fill=\"{}\">{label} {ms:.3}</text>",
+                 <text x=\"{tx:.1}\" y=\"{:.1}\" text-anchor=\"{anchor}\" fill=\"{}\">{text}</text>",
                 series.color,
                 escape(series.name),
-                mx + 5.0,
-                my - 6.0 - 14.0 * i as f64,
+                (my - 6.0 - 14.0 * i as f64).max(TOP - 4.0),
                 series.color
             );
         }
@@ -264,91 +200,11 @@ pub fn svg(series: &[Series<'_>]) -> String {
     s
 }
 
-fn trim_float(v: f64) -> String {
-    let s = format!("{v:.3}");
-    s.trim_end_matches('0').trim_end_matches('.').to_owned()
-}
-
-/// Escapes text for HTML and SVG.
-pub fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::check::{labels_fit, svg_titled, well_formed};
     use super::*;
     use crate::report;
-
-    /// A small XML well-formedness check: every tag closes in order, attributes are
-    /// quoted, and text holds no raw `<` or bare `&`.
-    fn well_formed(xml: &str) -> Result<(), String> {
-        let mut stack: Vec<String> = Vec::new();
-        let mut rest = xml;
-        while let Some(open) = rest.find('<') {
-            check_text(&rest[..open])?;
-            let close = rest[open..].find('>').ok_or("unterminated tag")? + open;
-            let tag = &rest[open + 1..close];
-            rest = &rest[close + 1..];
-            if let Some(name) = tag.strip_prefix('/') {
-                let top = stack.pop().ok_or(format!("</{name}> closes nothing"))?;
-                if top != name.trim() {
-                    return Err(format!("</{name}> closes <{top}>"));
-                }
-                continue;
-            }
-            let self_closing = tag.ends_with('/');
-            let body = tag.trim_end_matches('/');
-            let name = body.split_whitespace().next().ok_or("empty tag")?;
-            check_attrs(&body[name.len()..])?;
-            if !self_closing {
-                stack.push(name.to_owned());
-            }
-        }
-        check_text(rest)?;
-        match stack.pop() {
-            None => Ok(()),
-            Some(open) => Err(format!("<{open}> never closed")),
-        }
-    }
-
-    fn check_text(t: &str) -> Result<(), String> {
-        for (i, _) in t.match_indices('&') {
-            let entity = &t[i..t[i..].find(';').map_or(t.len(), |e| i + e + 1)];
-            if !["&amp;", "&lt;", "&gt;", "&quot;"].contains(&entity) {
-                return Err(format!("bare & in {t:?}"));
-            }
-        }
-        Ok(())
-    }
-
-    fn check_attrs(mut a: &str) -> Result<(), String> {
-        loop {
-            a = a.trim_start();
-            if a.is_empty() {
-                return Ok(());
-            }
-            let eq = a
-                .find('=')
-                .ok_or(format!("attribute without value: {a:?}"))?;
-            let name = &a[..eq];
-            if name.is_empty()
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-:_".contains(c))
-            {
-                return Err(format!("bad attribute name {name:?}"));
-            }
-            let v = a[eq + 1..]
-                .strip_prefix('"')
-                .ok_or(format!("unquoted {name}"))?;
-            let end = v.find('"').ok_or(format!("unterminated {name}"))?;
-            check_text(&v[..end])?;
-            a = &v[end + 1..];
-        }
-    }
 
     fn report() -> Report {
         let mut h = report::new_histogram();
@@ -363,15 +219,11 @@ mod tests {
     }
 
     #[test]
-    fn the_page_is_well_formed_and_carries_the_percentiles() {
+    fn the_chart_carries_the_percentiles() {
         let r = report();
-        let page = html(&r);
-        let start = page.find("<svg").unwrap();
-        let end = page.find("</svg>").unwrap() + "</svg>".len();
-        let svg = &page[start..end];
+        let page = super::super::html(&r);
+        let svg = svg_titled(&page, "Latency by percentile");
         well_formed(svg).unwrap();
-        well_formed(&page["<!DOCTYPE html>\n".len()..].replace("<meta charset=\"utf-8\">", ""))
-            .unwrap();
         // the nines axis: 10,000 samples reach 99.99%
         for label in ["0%", "90%", "99%", "99.9%", "99.99%"] {
             assert!(svg.contains(&format!(">{label}</text>")), "{label}");
@@ -388,27 +240,39 @@ mod tests {
             assert!(svg.contains(&text), "{text} missing");
         }
         assert!((r.latency_ms.p99 - 99.0).abs() < 0.2, "{:?}", r.latency_ms);
-        assert!(svg.contains("<polyline"));
-        // self-contained: nothing to fetch
-        for outside in ["<script", "src=", "href=", "url(", "@import"] {
-            assert!(!page.contains(outside), "{outside}");
-        }
-        assert!(page.contains("chat &lt;&amp;&gt;"));
+        assert_eq!(
+            svg.matches("<polyline").count(),
+            1,
+            "no ack samples, no curve"
+        );
     }
 
     #[test]
-    fn the_checker_catches_bad_markup() {
-        assert!(well_formed("<a><b></a></b>").is_err());
-        assert!(well_formed("<a x=1/>").is_err());
-        assert!(well_formed("<a>1 & 2</a>").is_err());
-        assert!(well_formed("<a x=\"1\"><b/>t &amp; u</a>").is_ok());
+    fn labels_at_the_right_edge_stay_inside_the_picture() {
+        // 1,000 samples: p99.9 sits on the last nine, the plot's right edge
+        let mut h = report::new_histogram();
+        for us in 1..=1_000u64 {
+            report::record_us(&mut h, us * 1_000);
+        }
+        let mut r = Report::default();
+        r.latency_ms = LatencySummary::from_histogram(&h);
+        r.latency_distribution = report::distribution(&h);
+        r.ack_latency_ms = r.latency_ms;
+        r.ack_latency_distribution = r.latency_distribution.clone();
+        let svg = svg(&of_report(&r));
+        well_formed(&svg).unwrap();
+        labels_fit(&svg, W).unwrap();
+        assert!(
+            svg.contains("text-anchor=\"end\" fill=\"#1f6fb4\">p99.9"),
+            "{svg}"
+        );
     }
 
     #[test]
     fn an_empty_run_still_draws() {
-        let page = html(&Report::default());
-        let start = page.find("<svg").unwrap();
-        well_formed(&page[start..page.find("</svg>").unwrap() + 6]).unwrap();
+        let svg = svg(&of_report(&Report::default()));
+        well_formed(&svg).unwrap();
+        labels_fit(&svg, W).unwrap();
     }
 
     #[test]
@@ -418,7 +282,5 @@ mod tests {
         assert_eq!(nines(1.0, 3.0), 3.0);
         assert_eq!(nines(0.99999, 3.0), 3.0);
         assert_eq!(nines_label(4), "99.99%");
-        assert_eq!(nice_step(100.0), 20.0);
-        assert_eq!(nice_step(7.0), 2.0);
     }
 }
