@@ -661,6 +661,9 @@ mod tests {
         // The sender has a token too, and gets no push for its own message.
         r.register("alice", "phone").await;
         r.say("alice", "bob", "hi").await;
+        // The badge is read when the push is made: the second message waits for the
+        // first push, or the first badge could count it too.
+        r.relay.wait_for(1).await;
         let long = "é".repeat(PREVIEW_CHARS + 20);
         r.say("carol", "bob", &long).await;
         let got = r.relay.wait_for(2).await;

@@ -44,6 +44,7 @@ const CLOCK_TTL_MS: u64 = 24 * 3600 * 1000;
 static READ: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
         include_str!("lua/now_ms_lib.lua"),
+        include_str!("lua/generation_lib.lua"),
         include_str!("lua/generation_read.lua"),
     ))
 });
@@ -51,6 +52,7 @@ static READ: LazyLock<Script> = LazyLock::new(|| {
 static CHECK: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
         include_str!("lua/now_ms_lib.lua"),
+        include_str!("lua/generation_lib.lua"),
         include_str!("lua/generation.lua"),
     ))
 });
@@ -90,9 +92,11 @@ impl RedisStore {
     /// Reads the generation, making a new one if the key is gone; the one now, and
     /// whether it changed since this process's last check.
     pub(crate) async fn verify_read(&self) -> Result<(Generation, bool), StoreError> {
+        let known = self.known_generation();
         let (id, _made): (String, u8) = READ
             .key(global_key("generation"))
             .arg(format!("{:08x}", uuid::Uuid::now_v7().as_u128() as u32))
+            .arg(known.as_str())
             .invoke_async(&mut self.conn.clone())
             .await?;
         let now = Generation(id.into());

@@ -9,6 +9,6 @@ local g = redis.call('GET', KEYS[2])
 if g and not (c <= tonumber(ARGV[1]) and g == ARGV[2]) then
   return {c, g, 0}
 end
-g = now_ms() .. '-' .. ARGV[4]
+g = new_generation_id(ARGV[2], ARGV[4])
 redis.call('SET', KEYS[2], g)
 return {c, g, 1}
