@@ -38,6 +38,21 @@ impl Got {
     pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
+
+    /// Whether its `X-Imd-Signature` is the HMAC-SHA256 of its raw body keyed with
+    /// `secret`, checked with the recipe of `docs/webhooks.md`.
+    pub(crate) fn signed_with(&self, secret: &str) -> bool {
+        use hmac::{Hmac, Mac};
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+        mac.update(&self.body);
+        let want: String = mac
+            .finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        self.header("x-imd-signature") == Some(&format!("sha256={want}"))
+    }
 }
 
 /// How the receiver answers.
