@@ -414,6 +414,10 @@ impl App {
         {
             tracing::warn!("commit task did not finish within the grace period");
         }
+        // Deliveries in flight free their conversations' leases for the other nodes.
+        if let Some(webhook) = &self.state.webhook {
+            webhook.shutdown(self.grace).await;
+        }
         self.membership_stop.cancel();
         if let (Some((store, me)), Some(routed)) = (&self.cluster, &self.routed) {
             // Every push this node owes goes out, then each worker hears goodbye and

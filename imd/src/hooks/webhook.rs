@@ -44,6 +44,7 @@ use serde::Deserialize;
 use shared::time::now_ms;
 use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ConvKindName, WebhookKind};
 use crate::store::{
@@ -151,6 +152,8 @@ struct Inner {
     health: Mutex<Health>,
     stats: Stats,
     stop: CancellationToken,
+    /// The workers, for [`Webhook::shutdown`] to wait for.
+    workers: TaskTracker,
 }
 
 /// A conversation to deliver.
@@ -261,7 +264,8 @@ struct Head {
 
 impl Webhook {
     /// Starts the deliverer: `settings.concurrency` workers, the scan, and the
-    /// follower of `feed` (this node's commits). Everything stops on `stop`.
+    /// follower of `feed` (this node's commits). Everything stops on `stop` (or on
+    /// [`Webhook::shutdown`], which also waits for the tries in flight).
     pub fn start(
         settings: Settings,
         store: Arc<dyn WebhookStore>,
@@ -287,14 +291,30 @@ impl Webhook {
                 up: AtomicBool::new(true),
                 ..Stats::default()
             },
-            stop,
+            stop: stop.child_token(),
+            workers: TaskTracker::new(),
         });
         for _ in 0..workers {
-            tokio::spawn(inner.clone().work());
+            inner.workers.spawn(inner.clone().work());
         }
+        inner.workers.close();
         tokio::spawn(inner.clone().scan());
         tokio::spawn(inner.clone().follow(feed));
         Self(inner)
+    }
+
+    /// Stops taking conversations and waits, at most `grace`, for the tries in flight:
+    /// each ends after its current event, saves its cursor and frees its lease, so
+    /// that another node takes the conversation over at once instead of after the
+    /// lease's expiry.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.0.stop.cancel();
+        if tokio::time::timeout(grace, self.0.workers.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("webhook deliveries still in flight after the grace period");
+        }
     }
 
     /// The webhook's state now.
@@ -460,6 +480,9 @@ impl Inner {
     async fn work(self: Arc<Self>) {
         loop {
             let job = loop {
+                if self.stop.is_cancelled() {
+                    return;
+                }
                 let notified = self.ready.notified();
                 let until = match self.take() {
                     Take::Job(job) => break job,
@@ -596,6 +619,18 @@ impl Inner {
                 break;
             }
             for json in &page.items {
+                if self.stop.is_cancelled() {
+                    // Shutting down: save what was delivered and free the lease.
+                    if *cursor != saved
+                        && !self
+                            .store
+                            .outbox_advance(conv, &self.token, *cursor, ttl)
+                            .await?
+                    {
+                        return Ok(Outcome::Lost);
+                    }
+                    return Ok(Outcome::Failed);
+                }
                 let head: Head =
                     serde_json::from_slice(json).map_err(|e| StoreError::decode("message", e))?;
                 if head.seq <= cursor.seq {

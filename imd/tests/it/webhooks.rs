@@ -380,3 +380,39 @@ async fn a_cluster_node_killed_while_the_receiver_is_down_loses_nothing() {
         "the survivor delivered them"
     );
 }
+
+/// A cluster node stopped with SIGTERM while a POST of its hangs frees the
+/// conversation's lease on the way out: the other node delivers at once, not after the
+/// lease's 30 s expiry.
+#[tokio::test]
+async fn a_node_stopping_cleanly_hands_its_conversations_over_at_once() {
+    let redis = Redis::standalone();
+    let url = redis.url();
+    let receiver = Receiver::start(Answer::Hang).await;
+    let extra = [
+        "--redis",
+        &url,
+        "--webhook-timeout",
+        "2s",
+        "--shutdown-grace",
+        "10s",
+    ];
+    let mut a = start(&receiver, &extra);
+    let b = start(&receiver, &extra);
+    let alice = tok("alice");
+    let m = a
+        .http()
+        .send_to(&alice, "bob", None, json!({"text": "hi"}))
+        .await;
+    receiver
+        .wait_for(DEADLINE, "a POST in flight", |got| !got.is_empty())
+        .await;
+    a.sigterm();
+    a.wait_exit(Duration::from_secs(20)).await;
+    receiver.answer(Answer::Status(200));
+    let want: BTreeMap<String, u64> = [(m.conv.clone(), m.seq)].into();
+    // Well under the lease's 30 s: B takes the conversation at its next scan.
+    wait_delivered_within(&receiver, &want, Duration::from_secs(15)).await;
+    let s = b.http().get("/admin/v1/webhooks", Some(ADMIN)).await;
+    assert_eq!(s.assert_ok()["delivered"], 1, "the other node delivered it");
+}
