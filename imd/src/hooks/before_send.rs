@@ -104,17 +104,10 @@ impl HttpBeforeSend {
             cid: msg.cid,
         })
         .expect("strings and a JSON value serialize");
-        let mut req = self
-            .client
-            .post(&self.url)
-            .header(reqwest::header::CONTENT_TYPE, "application/json");
-        if let Some(secret) = &self.secret {
-            req = req.header(
-                super::SIGNATURE_HEADER,
-                super::sign(secret.expose().as_bytes(), &body),
-            );
-        }
-        let res = req.body(body).send().await?;
+        let secret = self.secret.as_ref().map(|s| s.expose().as_bytes());
+        let res = super::signed_post(&self.client, &self.url, secret, body)
+            .send()
+            .await?;
         if !res.status().is_success() {
             return Err(Failure::Status(res.status().as_u16()));
         }

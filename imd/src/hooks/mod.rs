@@ -33,6 +33,23 @@ pub fn sign(secret: &[u8], body: &[u8]) -> String {
     out
 }
 
+/// A POST of the JSON `body` to `url`, signed with `secret` when there is one: the
+/// request every call to a business system makes.
+pub fn signed_post(
+    client: &reqwest::Client,
+    url: &str,
+    secret: Option<&[u8]>,
+    body: Vec<u8>,
+) -> reqwest::RequestBuilder {
+    let mut req = client
+        .post(url)
+        .header(reqwest::header::CONTENT_TYPE, "application/json");
+    if let Some(secret) = secret {
+        req = req.header(SIGNATURE_HEADER, sign(secret, &body));
+    }
+    req.body(body)
+}
+
 /// An HTTP client for calls to business systems: `timeout` for the whole call, a
 /// short connect timeout, kept-alive connections, no redirects (a POST that is
 /// redirected is a misconfiguration, not something to follow with a signed body).

@@ -60,17 +60,11 @@ impl PushRelay for HttpPushRelay {
     async fn send(&self, push: &OfflinePush) -> Result<(), RelayFailed> {
         let body = serde_json::to_vec(&Body { kind: "push", push })
             .expect("strings and numbers serialize");
-        let mut req = self
-            .client
-            .post(&self.url)
-            .header(reqwest::header::CONTENT_TYPE, "application/json");
-        if let Some(secret) = &self.secret {
-            req = req.header(
-                super::SIGNATURE_HEADER,
-                super::sign(secret.expose().as_bytes(), &body),
-            );
-        }
-        let res = match req.body(body).send().await {
+        let secret = self.secret.as_ref().map(|s| s.expose().as_bytes());
+        let res = match super::signed_post(&self.client, &self.url, secret, body)
+            .send()
+            .await
+        {
             Ok(res) => res,
             Err(e) => {
                 self.warn(&push.uid, &e);

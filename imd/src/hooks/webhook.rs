@@ -761,18 +761,15 @@ impl Inner {
     async fn post(&self, head: &Head, json: &[u8]) -> Result<(), String> {
         let body = event_body(head, json);
         let started = Instant::now();
-        let answer = self
-            .client
-            .post(&self.settings.url)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header(
-                super::SIGNATURE_HEADER,
-                super::sign(&self.settings.secret, &body),
-            )
-            .header("X-Imd-Event-Id", &head.id)
-            .body(body)
-            .send()
-            .await;
+        let answer = super::signed_post(
+            &self.client,
+            &self.settings.url,
+            Some(&self.settings.secret),
+            body,
+        )
+        .header("X-Imd-Event-Id", &head.id)
+        .send()
+        .await;
         metrics::histogram!("imd_webhook_post_seconds").record(started.elapsed().as_secs_f64());
         let failure = match answer {
             Ok(r) if r.status().is_success() => None,

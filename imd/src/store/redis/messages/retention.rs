@@ -254,6 +254,25 @@ impl RedisStore {
         Ok(removed)
     }
 
+    /// The first `asked` entries of `list`, its base, and how many of them were
+    /// committed before `before` (the prefix a trim may remove).
+    async fn head_of(
+        &self,
+        list: &str,
+        asked: u64,
+        before: i64,
+    ) -> Result<(u64, Vec<Head>, usize), StoreError> {
+        let (base, items): (u64, Vec<Vec<u8>>) = PAGE
+            .key(list)
+            .arg(0)
+            .arg(asked)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        let heads = heads(&items)?;
+        let due = heads.iter().take_while(|h| h.ts < before).count();
+        Ok((base, heads, due))
+    }
+
     /// Removes the messages of `conv` older than `before` from its head, at most
     /// `max`; returns how many, and the conversation's next score in the index.
     async fn trim_conversation(
@@ -265,14 +284,7 @@ impl RedisStore {
         let msgs = conv_key(conv, "msgs");
         let asked = max.min(TRIM_CHUNK);
         let mut conn = self.conn.clone();
-        let (base, items): (u64, Vec<Vec<u8>>) = PAGE
-            .key(&msgs)
-            .arg(0)
-            .arg(asked)
-            .invoke_async(&mut conn)
-            .await?;
-        let heads = heads(&items)?;
-        let due = heads.iter().take_while(|h| h.ts < before).count();
+        let (base, heads, due) = self.head_of(&msgs, asked, before).await?;
         let removed = if due == 0 {
             0
         } else {
@@ -309,14 +321,7 @@ impl RedisStore {
         let inbox = user_key(uid, "inbox");
         let asked = max.min(TRIM_CHUNK);
         let mut conn = self.conn.clone();
-        let (base, items): (u64, Vec<Vec<u8>>) = PAGE
-            .key(&inbox)
-            .arg(0)
-            .arg(asked)
-            .invoke_async(&mut conn)
-            .await?;
-        let heads = heads(&items)?;
-        let due = heads.iter().take_while(|h| h.ts < before).count();
+        let (base, heads, due) = self.head_of(&inbox, asked, before).await?;
         let (n, _listed, oldest): (i64, u64, String) = TRIM_INBOX
             .key(&inbox)
             .key(user_key(uid, "convs"))
