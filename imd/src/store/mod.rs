@@ -43,7 +43,7 @@ pub use directory::{
 pub use embedded::EmbeddedStore;
 pub use error::StoreError;
 pub use outbox::{OUTBOX_SETTLE_MS, OutboxCursor, OutboxMark, OutboxStore, ParkedEvent};
-pub use redis::{NodeInfo, RedisStore, RouteAdded};
+pub use redis::{NodeInfo, RedisStore, RouteAdded, RouteRestored};
 
 use std::collections::HashSet;
 use std::sync::Arc;

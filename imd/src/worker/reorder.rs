@@ -18,6 +18,12 @@
 //! same window, then reads what is still missing. This needs to know where the device
 //! stands: the inbox head when its route was written, its last complete `sync`, or its
 //! last push ([`Reorder::start_after`]).
+//!
+//! A repair that cannot read the inbox (Redis restarting and loading its AOF answers
+//! `LOADING` for about a second) keeps holding and tries again every
+//! [`REPAIR_RETRY`], up to [`REPAIR_TRIES`] times: releasing past the gap would leave
+//! the device without those messages until its next `sync`, and an online device has
+//! no reason to sync.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -30,6 +36,12 @@ use tokio::time::Sleep;
 pub(crate) const WINDOW: Duration = Duration::from_millis(50);
 /// Most pushes held at once; one more releases them all.
 pub(crate) const MAX_HELD: usize = 256;
+/// How long a gap whose repair could not read the inbox waits for the next try.
+pub(crate) const REPAIR_RETRY: Duration = Duration::from_millis(250);
+/// Tries a gap's repair gets before what is held goes out past the gap: about 5 s of a
+/// store that cannot be read (a restarted Redis loaded a 30 s run's AOF in about 1 s
+/// here).
+pub(crate) const REPAIR_TRIES: u32 = 20;
 
 /// A push as the outbox queued it.
 pub(crate) struct Held {
@@ -55,6 +67,8 @@ struct Holding {
     until: u64,
     /// Fires when the oldest hold's window ends.
     timer: Pin<Box<Sleep>>,
+    /// Repairs of this gap that could not read the inbox.
+    failed: u32,
 }
 
 impl Reorder {
@@ -83,6 +97,7 @@ impl Reorder {
                 held: BTreeMap::new(),
                 until: 0,
                 timer: Box::pin(tokio::time::sleep_until((now + WINDOW).into())),
+                failed: 0,
             })
         })
     }
@@ -138,6 +153,21 @@ impl Reorder {
             Some(h) => h.timer.as_mut().poll(cx),
             None => std::task::Poll::Pending,
         })
+    }
+
+    /// The gap's repair could not read the inbox: keeps holding for another
+    /// [`REPAIR_RETRY`] and returns true, unless this gap failed [`REPAIR_TRIES`] times
+    /// (false: release what is held, [`Reorder::release_all`]).
+    pub(crate) fn retry_repair(&mut self, now: Instant) -> bool {
+        let Some(h) = &mut self.holding else {
+            return false;
+        };
+        h.failed += 1;
+        if h.failed >= REPAIR_TRIES {
+            return false;
+        }
+        h.timer.as_mut().reset((now + REPAIR_RETRY).into());
+        true
     }
 
     /// The window ended: appends everything held to `out`, in order, past the gap. An
@@ -278,6 +308,27 @@ mod tests {
         assert_eq!(offer(&mut r, &[14]), Vec::<u64>::new());
         r.start_after(20);
         assert_eq!(r.gap(), Some((12, 14)), "a hold keeps its place");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_gap_whose_inbox_cannot_be_read_is_held_and_tried_again() {
+        // The paused clock, which the timers follow.
+        let now = || tokio::time::Instant::now().into_std();
+        let mut r = Reorder::default();
+        assert_eq!(offer(&mut r, &[1, 3]), [1]);
+        r.expired().await;
+        for _ in 1..REPAIR_TRIES {
+            let failed_at = tokio::time::Instant::now();
+            assert!(r.retry_repair(now()), "held for another try");
+            r.expired().await;
+            assert!(failed_at.elapsed() >= REPAIR_RETRY);
+            assert_eq!(r.gap(), Some((1, 3)), "the gap is still there to read");
+        }
+        assert!(!r.retry_repair(now()), "given up after the last try");
+        let mut out = Vec::new();
+        r.release_all(&mut out);
+        assert_eq!(out.iter().map(|p| p.useq).collect::<Vec<_>>(), [3]);
+        assert!(!r.retry_repair(now()), "nothing held, nothing to retry");
     }
 
     #[tokio::test]

@@ -327,6 +327,17 @@ impl Imd {
         self.signal("HUP");
     }
 
+    /// Freezes the process (SIGSTOP) until [`Imd::sigcont`]; a frozen one still dies
+    /// by `kill9`, so `Drop` ends it either way.
+    pub fn sigstop(&self) {
+        self.signal("STOP");
+    }
+
+    /// Wakes a process frozen by [`Imd::sigstop`].
+    pub fn sigcont(&self) {
+        self.signal("CONT");
+    }
+
     /// Sends a signal by name with `kill(1)`, to this process's pid only.
     fn signal(&self, name: &str) {
         let status = Command::new("kill")

@@ -37,7 +37,7 @@ mod push;
 mod registry;
 mod shops;
 
-pub use registry::{NodeInfo, RouteAdded};
+pub use registry::{NodeInfo, RouteAdded, RouteRestored};
 
 /// How long one command may take before it fails (redis-rs defaults to 500 ms).
 pub(crate) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);

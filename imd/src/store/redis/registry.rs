@@ -94,6 +94,32 @@ static ROUTE_ADD: LazyLock<Script> = LazyLock::new(|| {
     ))
 });
 
+/// What [`RedisStore::route_restore`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteRestored {
+    /// The route names the node (again); the user's highest `useq` when it was
+    /// written, as in [`RouteAdded::inbox_head`].
+    Restored {
+        /// The user's inbox head.
+        inbox_head: u64,
+    },
+    /// The route names another node, which the device connected to since: left as is.
+    Moved {
+        /// The node it names.
+        to: String,
+    },
+}
+
+/// `route_restore`: sets the route unless it names another node; returns `{the other
+/// node, 0}` when it does, else `{"", the last useq of the user's inbox}`.
+/// KEYS[1] = conns hash, KEYS[2] = the user's inbox; ARGV[1] = device, ARGV[2] = node.
+static ROUTE_RESTORE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("lua/list_base_lib.lua"),
+        include_str!("lua/route_restore.lua"),
+    ))
+});
+
 /// `route_remove`: deletes the route if it names the node; returns `{removed, devices
 /// of the user still on that node}`.
 /// KEYS[1] = conns hash; ARGV[1] = device, ARGV[2] = node.
@@ -277,6 +303,38 @@ impl RedisStore {
         Ok(RouteAdded {
             previous: Some(previous).filter(|p| !p.is_empty() && p != node),
             inbox_head,
+        })
+    }
+
+    /// Records again that device `device` of `uid` is connected on `node`, after
+    /// `node`'s registration expired and its routes may have been removed, unless the
+    /// route now names another node: the device connected there meanwhile, and the
+    /// connection on `node` is the stale one. Unlike [`RedisStore::route_add`], it never
+    /// takes a device away from another node.
+    pub async fn route_restore(
+        &self,
+        uid: &str,
+        device: &str,
+        node: &str,
+    ) -> Result<RouteRestored, StoreError> {
+        let mut conn = self.conn.clone();
+        // The node's user set first, as in `route_add`.
+        redis::cmd("SADD")
+            .arg(users_key(node))
+            .arg(uid)
+            .exec_async(&mut conn)
+            .await?;
+        let (other, inbox_head): (String, u64) = ROUTE_RESTORE
+            .key(conns_key(uid))
+            .key(user_key(uid, "inbox"))
+            .arg(device)
+            .arg(node)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(if other.is_empty() {
+            RouteRestored::Restored { inbox_head }
+        } else {
+            RouteRestored::Moved { to: other }
         })
     }
 

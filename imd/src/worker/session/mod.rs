@@ -393,6 +393,10 @@ where
                 }
             }
             Err(e) => {
+                if st.reorder.retry_repair(now) {
+                    tracing::debug!(uid = %conn.who.uid, error = %e, "reading a push gap from the inbox failed; trying again");
+                    return Ok(());
+                }
                 tracing::warn!(uid = %conn.who.uid, error = %e, "reading a push gap from the inbox failed; sync covers it");
             }
         }

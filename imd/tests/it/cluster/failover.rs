@@ -214,3 +214,52 @@ async fn sigterm_drains_a_worker() {
         "w1 left the registry at once, not after its TTL: {live:?}"
     );
 }
+
+/// A worker frozen (SIGSTOP) past its registration's TTL finds, once woken, that the
+/// cluster moved on without it: it registers again and writes back the routes of the
+/// devices still connected to it, which then get what was sent to them meanwhile; a
+/// device that reconnected to another worker meanwhile keeps its new route (the woken
+/// worker does not take its pushes back), and its stale connection there is closed
+/// with `replaced`.
+#[tokio::test]
+async fn a_worker_woken_after_its_registration_expired_leaves_moved_devices_alone() {
+    let c = Cluster::start(Redis::standalone()).await;
+    let alice = c.gateway.token("alice", "a1");
+    let mut bob_before = c.connect(&c.w2, "bob", "b1").await;
+    let mut carol = c.connect(&c.w2, "carol", "c1").await;
+    c.w2.sigstop();
+    c.wait_for_nodes(&["gw1", "w1"]).await;
+    let redis = &c.redis;
+    wait_until(
+        FAILOVER_DEADLINE,
+        "the frozen worker's routes removed",
+        || async {
+            routes(redis, "bob").await.is_empty() && routes(redis, "carol").await.is_empty()
+        },
+    )
+    .await;
+    // Bob gives up on w2 and connects to w1; carol stays, and is sent a message that
+    // nobody can push to her while she has no route.
+    let mut bob = c.connect(&c.w1, "bob", "b1").await;
+    let http = c.gateway.http();
+    let to_carol = http
+        .send_to(&alice, "carol", None, json!("while w2 was frozen"))
+        .await;
+
+    c.w2.sigcont();
+    assert_eq!(expect_push_of(&mut carol, &to_carol.id).await.0, 1);
+    wait_until(FAILOVER_DEADLINE, "carol's route back on w2", || async {
+        routes(redis, "carol").await == [("c1".to_owned(), "w2".to_owned())]
+    })
+    .await;
+    assert_eq!(bob_before.expect_kick().await, "replaced");
+    assert_eq!(
+        routes(redis, "bob").await,
+        [("b1".to_owned(), "w1".to_owned())],
+        "the woken worker left the moved device's route alone"
+    );
+    let to_bob = http
+        .send_to(&alice, "bob", None, json!("after w2 woke"))
+        .await;
+    expect_push_of(&mut bob, &to_bob.id).await;
+}
