@@ -52,6 +52,12 @@ const RETRY_BACKOFF: Duration = Duration::from_millis(50);
 /// this already waited out the manager's own reconnect backoff (about 6 s while Redis
 /// is down), and its caller should hear of it rather than wait that long again.
 const RETRY_WITHIN: Duration = Duration::from_secs(1);
+/// How long a request keeps being sent again while Redis answers `LOADING` (it ran
+/// nothing, so trying again is always safe): a send waits out a restart's load rather
+/// than fail with `internal`. A longer load (a large AOF) fails the request then.
+const LOADING_WAIT: Duration = Duration::from_secs(5);
+/// The wait between tries while Redis is loading.
+const LOADING_POLL: Duration = Duration::from_millis(50);
 
 /// One multiplexed connection to standalone Redis or to a Redis Cluster.
 ///
@@ -127,7 +133,7 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c, retried) => Box::pin(retry_lost(retried, move || {
                 let mut c = c.clone();
-                async move { c.send_packed_command(cmd).await }
+                async move { loading_as_error(c.send_packed_command(cmd).await?) }
             })),
             Conn::Cluster(c) => c.req_packed_command(cmd),
         }
@@ -140,10 +146,24 @@ impl ConnectionLike for Conn {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
-            Conn::Single(c, retried) => Box::pin(retry_lost(retried, move || {
-                let mut c = c.clone();
-                async move { c.send_packed_commands(pipeline, offset, count).await }
-            })),
+            Conn::Single(c, retried) => {
+                let flag = retried.clone();
+                Box::pin(retry_lost(retried, move || {
+                    let (mut c, retried) = (c.clone(), flag.clone());
+                    async move {
+                        let values = c.send_packed_commands(pipeline, offset, count).await?;
+                        let Some(e) = values.iter().find_map(loading_value) else {
+                            return Ok(values);
+                        };
+                        // Redis finished loading part-way through: what ran will run again,
+                        // with the same consequences as after a lost answer.
+                        if values.iter().any(|v| loading_value(v).is_none()) {
+                            retried.store(true, Ordering::Relaxed);
+                        }
+                        Err(e)
+                    }
+                }))
+            }
             Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }
@@ -158,7 +178,9 @@ impl ConnectionLike for Conn {
 
 /// Runs `request` until it succeeds, fails otherwise than by [`connection_lost`], has
 /// had [`TRIES`] tries, or [`RETRY_WITHIN`] has passed since the first; returns the last
-/// outcome. Waits [`RETRY_BACKOFF`], doubling, between tries.
+/// outcome. Waits [`RETRY_BACKOFF`], doubling, between tries. While Redis answers
+/// `LOADING` ([`loading`]), tries again every [`LOADING_POLL`] for up to
+/// [`LOADING_WAIT`] since the first try.
 ///
 /// Sending a request again is safe only because every request imd sends may run twice:
 /// a connection lost after the request went out may have lost only the answer. Reads,
@@ -179,6 +201,12 @@ where
     let mut tries = 1;
     loop {
         match request().await {
+            // Not run at all: safe to send again whatever it is, and nothing is lost.
+            Err(e) if loading(&e) && first.elapsed() < LOADING_WAIT => {
+                tracing::debug!(error = %e, "redis is loading its data; waiting");
+                metrics::counter!("imd_redis_retries_total").increment(1);
+                tokio::time::sleep(LOADING_POLL).await;
+            }
             Err(e) if tries < TRIES && connection_lost(&e) && first.elapsed() < RETRY_WITHIN => {
                 tracing::debug!(error = %e, tries, "redis connection lost; retrying the request");
                 metrics::counter!("imd_redis_retries_total").increment(1);
@@ -189,6 +217,31 @@ where
             }
             outcome => return outcome,
         }
+    }
+}
+
+/// Whether `e` is Redis's `LOADING`: a restarted server answers it to every command
+/// until it has read its AOF or RDB (about a second for a 30 s chat run's AOF here).
+fn loading(e: &RedisError) -> bool {
+    e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading)
+}
+
+/// `value` as an error when it is a `LOADING` answer, which a request's answer may
+/// carry as a value rather than an error, so that [`retry_lost`] sees it.
+fn loading_as_error(value: Value) -> RedisResult<Value> {
+    match loading_value(&value) {
+        Some(e) => Err(e),
+        None => Ok(value),
+    }
+}
+
+/// The error of `value` when it is a `LOADING` answer (see [`loading`]).
+fn loading_value(value: &Value) -> Option<RedisError> {
+    match value {
+        Value::ServerError(e) if e.kind() == Some(redis::ServerErrorKind::BusyLoading) => {
+            Some(e.clone().into())
+        }
+        _ => None,
     }
 }
 
