@@ -9,9 +9,10 @@
 # down DOWN more seconds, and starts it again on the same port with the same dir, so
 # from the same AOF. With AOF always every acknowledged write is on disk, so the
 # store's generation must not change: no node may log "redis lost acknowledged state"
-# or kick its devices with `state_lost`. Sends while Redis is gone or loading its AOF
-# (it answers LOADING, which imd does not retry) are refused with `internal`: imbench
-# counts them as refused, not lost, and its verdict fails the run for them.
+# or kick its devices with `state_lost`. Sends while Redis is loading its AOF (it
+# answers LOADING) wait for it, up to 5 s; a send refused with `internal` (Redis gone
+# longer than imd's retries) is counted as refused, not lost, and fails imbench's
+# verdict.
 #
 # Prints lost (must be 0), duplicated, refused, the longest time no device received
 # anything, the first deliveries per second around the restart, how long Redis was

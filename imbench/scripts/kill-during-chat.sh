@@ -5,7 +5,7 @@
 # Builds release binaries, starts imd on a temp data dir (rate limits off), runs a
 # verified chat (RATE msg/s over CONNECTIONS connections for DURATION s), and
 # KILL_AFTER s into the traffic kill -9s imd and restarts it at once on the SAME port
-# and data dir. imbench's clients reconnect (100 ms backoff doubling to 2 s), resend
+# and data dir. imbench's clients reconnect (full jitter: 100 ms window doubling to 2 s), resend
 # their unacknowledged messages with the same cid and sync their inboxes. Prints lost
 # (must be 0), duplicated, the longest delivery gap (the longest time no device
 # received any push) and imd's restart time, then stops everything it started (by

@@ -40,14 +40,17 @@ build() {
 
 # start_imd SECRET MAX_SECONDS [LISTEN] [DATA_DIR]: starts imd (default: a free port
 # on 127.0.0.1 and $WORK/data), sets IMD_PID, IMD_URL, IMD_WATCHDOG and IMD_OUT.
-# Flags in the array IMD_ARGS are added (cluster mode: --redis, --roles, …).
+# The per-ip connect limit is off unless CONNECT_RATE (and CONNECT_BURST) are set.
+# Flags in the array IMD_ARGS are added (cluster mode: --redis, --roles, …); its log
+# goes to $IMD_ERR (default $WORK/imd.err).
 IMD_ARGS=()
 start_imd() {
     local secret=$1 max=$2 listen_arg=${3:-127.0.0.1:0} data=${4:-$WORK/data}
     IMD_OUT="$WORK/imd.$RANDOM$RANDOM.out"
     "$IMD_BIN" serve --listen "$listen_arg" --data-dir "$data" --token-secret "$secret" \
-        --connect-rate 0 --send-rate 0 "${IMD_ARGS[@]}" \
-        >"$IMD_OUT" 2>>"$WORK/imd.err" &
+        --connect-rate "${CONNECT_RATE:-0}" ${CONNECT_BURST:+--connect-burst "$CONNECT_BURST"} \
+        --send-rate 0 "${IMD_ARGS[@]}" \
+        >"$IMD_OUT" 2>>"${IMD_ERR:-$WORK/imd.err}" &
     IMD_PID=$!
     PIDS+=("$IMD_PID")
     # watchdog: imd never outlives the script's time budget
@@ -58,7 +61,7 @@ start_imd() {
     for _ in $(seq 1 100); do
         listen=$(grep -o '"listen":"[^"]*"' "$IMD_OUT" 2>/dev/null | head -1 | cut -d'"' -f4 || true)
         [ -n "$listen" ] && break
-        kill -0 "$IMD_PID" 2>/dev/null || { cat "$WORK/imd.err" >&2; echo "imd exited" >&2; exit 1; }
+        kill -0 "$IMD_PID" 2>/dev/null || { cat "${IMD_ERR:-$WORK/imd.err}" >&2; echo "imd exited" >&2; exit 1; }
         sleep 0.1
     done
     [ -n "$listen" ] || { echo "imd printed no ready line in 10 s" >&2; exit 1; }
@@ -112,7 +115,8 @@ print(v)' "$1" "$2"
 }
 
 # start_redis MAX_SECONDS [EXTRA…]: starts redis-server on a free port in $WORK with
-# the extra settings, sets REDIS_PID and REDIS_URL. Stopped by cleanup like the rest.
+# the extra settings, sets REDIS_PID, REDIS_URL, REDIS_PORT, REDIS_ARGS and
+# REDIS_WATCHDOG. Stopped by cleanup like the rest.
 start_redis() {
     local max=$1 port
     shift
@@ -124,10 +128,13 @@ start_redis() {
         REDIS_PID=$!
         PIDS+=("$REDIS_PID")
         (sleep "$max"; kill -TERM "$REDIS_PID" 2>/dev/null) &
-        PIDS+=("$!")
+        REDIS_WATCHDOG=$!
+        PIDS+=("$REDIS_WATCHDOG")
         for _ in $(seq 1 50); do
             if redis-cli -p "$port" ping 2>/dev/null | grep -q PONG; then
                 REDIS_URL="redis://127.0.0.1:$port"
+                REDIS_PORT=$port
+                REDIS_ARGS=("$@")
                 echo "== redis pid $REDIS_PID on $REDIS_URL ($*)" >&2
                 return 0
             fi
@@ -140,11 +147,14 @@ start_redis() {
 }
 
 # start_node SECRET ADMIN MAX_SECONDS ROLES ID: starts one cluster node on $REDIS_URL
-# (start_redis first), on a free port; sets IMD_PID and IMD_URL like start_imd.
+# (start_redis first), on a free port, logging to $WORK/imd-ID.err; sets IMD_PID and
+# IMD_URL like start_imd.
 start_node() {
     IMD_ARGS=(--redis "$REDIS_URL" --roles "$4" --node-id "$5" --admin-token "$2")
+    IMD_ERR="$WORK/imd-$5.err"
     start_imd "$1" "$3" 127.0.0.1:0 "$WORK/data-$5"
     IMD_ARGS=()
+    unset IMD_ERR
 }
 
 # cluster_nodes GATEWAY_URL ADMIN [registered]: ids of the nodes in the gateway's
@@ -206,7 +216,7 @@ finish_kill_run() {
 # start_test_cluster SECRET ADMIN MAX_SECONDS: start_redis (AOF per $AOF: always by
 # default, everysec, or no), then a gateway gw1 (gateway,dispatcher) and workers w1
 # and w2, and waits until the gateway reaches both; sets GW_URL, W1_URL, W2_URL,
-# W2_PID.
+# GW_PID, W1_PID, W2_PID.
 start_test_cluster() {
     local secret=$1 admin=$2 max=$3
     if [ "${AOF:-always}" = no ]; then
@@ -214,12 +224,157 @@ start_test_cluster() {
     else
         start_redis "$max" --appendonly yes --appendfsync "${AOF:-always}"
     fi
-    start_node "$secret" "$admin" "$max" gateway,dispatcher gw1; GW_URL=$IMD_URL
-    start_node "$secret" "$admin" "$max" worker w1; W1_URL=$IMD_URL
+    start_node "$secret" "$admin" "$max" gateway,dispatcher gw1; GW_URL=$IMD_URL; GW_PID=$IMD_PID
+    start_node "$secret" "$admin" "$max" worker w1; W1_URL=$IMD_URL; W1_PID=$IMD_PID
     start_node "$secret" "$admin" "$max" worker w2; W2_URL=$IMD_URL; W2_PID=$IMD_PID
     for _ in $(seq 1 50); do
         [ "$(cluster_nodes "$GW_URL" "$admin")" = "gw1 w1 w2" ] && break
         sleep 0.1
     done
     echo "== cluster: $(cluster_nodes "$GW_URL" "$admin")" >&2
+}
+
+# start_cluster_chat MAX_SECONDS: starts imbench's verified chat ($RATE msg/s over
+# $CONNECTIONS connections for $DURATION s, then $DRAIN s) on both workers of
+# start_test_cluster with --spread (the two ends of every pair on different workers),
+# the report in $WORK/kill.json, the marks from $MARKS (created empty); sets
+# BENCH_PID, for finish_kill_run.
+start_cluster_chat() {
+    MARKS="$WORK/marks"
+    : >"$MARKS"
+    timeout "$1" "$IMBENCH_BIN" run --target "$W1_URL" --target "$W2_URL" --spread \
+        --token-secret "$SECRET" --scenario chat --connections "$CONNECTIONS" --rate "$RATE" \
+        --duration "${DURATION}s" --drain "${DRAIN}s" --verify --local-agents 1 \
+        --report "$WORK/kill.json" --mark-file "$MARKS" >"$WORK/bench.out" 2>"$WORK/bench.err" &
+    BENCH_PID=$!
+    PIDS+=("$BENCH_PID")
+}
+
+# into_traffic SECONDS: sleeps until SECONDS into the traffic of the run just started
+# (about 0.5 s start + the ramp at 1000 conn/s + 1 s settle come first); fails when
+# imbench ended meanwhile.
+into_traffic() {
+    sleep $(( 2 + CONNECTIONS / 1000 + $1 ))
+    kill -0 "$BENCH_PID" 2>/dev/null || { cat "$WORK/bench.err" >&2; echo "imbench ended early" >&2; exit 1; }
+}
+
+# mark LABEL: writes now (unix ms) and LABEL to the chart's mark file; sets MARKED_AT.
+mark() {
+    MARKED_AT=$(date +%s%3N)
+    echo "$MARKED_AT $1" >>"$MARKS"
+}
+
+# counters URL NAME…: the node's Prometheus counters NAME (imd_…_total, every label
+# summed, 0 when never moved), as `name value` pairs without the imd_ and _total.
+counters() {
+    local url=$1
+    shift
+    curl -s --max-time 5 "$url/metrics" | awk -v names="$*" '
+        BEGIN { n = split(names, want, " "); for (i = 1; i <= n; i++) sum[want[i]] = 0 }
+        { m = $1; sub(/\{.*/, "", m); if (m in sum) sum[m] += $2 }
+        END { for (i = 1; i <= n; i++) { s = want[i]; sub(/^imd_/, "", s); sub(/_total$/, "", s); printf "%s%s %d", (i > 1 ? ", " : ""), s, sum[want[i]] } print "" }'
+}
+
+# alive NAME PID…: `NAME up` or `NAME DEAD` per process, space-separated.
+alive() {
+    local out=() name pid
+    while [ $# -ge 2 ]; do
+        name=$1 pid=$2
+        shift 2
+        if kill -0 "$pid" 2>/dev/null; then out+=("$name up"); else out+=("$name DEAD"); fi
+    done
+    echo "${out[*]}"
+}
+
+# stop_redis SIGNAL: sends SIGNAL (TERM: Redis saves and exits; KILL) to redis-server,
+# waits for it to exit, and forgets it and its watchdog.
+stop_redis() {
+    kill -"$1" "$REDIS_PID"
+    wait "$REDIS_PID" 2>/dev/null || true
+    kill "$REDIS_WATCHDOG" 2>/dev/null || true
+    wait "$REDIS_WATCHDOG" 2>/dev/null || true
+    forget_pid "$REDIS_PID"
+    forget_pid "$REDIS_WATCHDOG"
+}
+
+# restart_redis MAX_SECONDS: starts redis-server again on $REDIS_PORT with the same
+# settings and dir (so the same AOF) as start_redis, and waits until it answers PING
+# (after loading the AOF), at most 30 s; sets REDIS_PID and REDIS_WATCHDOG.
+restart_redis() {
+    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$WORK" --save '' "${REDIS_ARGS[@]}" \
+        >>"$WORK/redis.log" 2>&1 &
+    REDIS_PID=$!
+    PIDS+=("$REDIS_PID")
+    (sleep "$1"; kill -TERM "$REDIS_PID" 2>/dev/null) &
+    REDIS_WATCHDOG=$!
+    PIDS+=("$REDIS_WATCHDOG")
+    for _ in $(seq 1 3000); do
+        redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG && return 0
+        kill -0 "$REDIS_PID" 2>/dev/null || break
+        sleep 0.01
+    done
+    tail -20 "$WORK/redis.log" >&2
+    echo "redis-server did not come back on port $REDIS_PORT" >&2
+    exit 1
+}
+
+# log_lines PATTERN FILE…: the imd log lines matching PATTERN (an extended regex) in
+# FILEs, without colours, timestamps and hex ids, counted alike: at most 8, the most
+# frequent first, indented.
+log_lines() {
+    local pattern=$1
+    shift
+    cat "$@" | sed -E 's/\x1b\[[0-9;]*m//g' | grep -E "$pattern" |
+        sed -E 's/^[^ ]+ +//; s/ (conv|uid|device|node|generation)=[^ ]+/ \1=…/g; s/[0-9a-f]{8,}/…/g; s/[0-9]{10,}/…/g' |
+        sort | uniq -c | sort -rn | head -8 | sed 's/^/    /' || true
+}
+
+# routes_per_node: how many device routes name each node now, from Redis
+# ($REDIS_PORT), e.g. `w1=100 w2=100`.
+routes_per_node() {
+    redis-cli -p "$REDIS_PORT" eval "local n, cur = {}, '0'
+repeat
+  local r = redis.call('SCAN', cur, 'MATCH', ARGV[1], 'COUNT', 1000)
+  cur = r[1]
+  for _, k in ipairs(r[2]) do
+    for _, v in ipairs(redis.call('HVALS', k)) do n[v] = (n[v] or 0) + 1 end
+  end
+until cur == '0'
+local out = {}
+for k, v in pairs(n) do out[#out + 1] = k .. '=' .. v end
+table.sort(out)
+return out" 0 'imd:{u:*}:conns' | tr '\n' ' '
+}
+
+# delivered_around REPORT FROM_MS TO_MS: the report's first deliveries per second (its
+# per-second series) from 2 s before FROM_MS to 5 s after TO_MS, and how many whole
+# seconds of the load phase delivered under a tenth of its median rate.
+delivered_around() {
+    python3 - "$@" <<'PY'
+import json, statistics, sys
+r = json.load(open(sys.argv[1]))
+s = r["series"]
+t0, (a, b) = s["start_unix_ms"], s["load_s"]
+lo, hi = int(sys.argv[2]) - 2000, int(sys.argv[3]) + 5000
+secs = [x for x in s["seconds"] if a < x["t_s"] <= b]
+med = statistics.median(x["delivered_per_s"] for x in secs) if secs else 0
+near = [x for x in s["seconds"] if lo <= t0 + x["t_s"] * 1000 <= hi]
+print("  first deliveries per second, 2 s before to 5 s after: "
+      + " ".join(str(round(x["delivered_per_s"])) for x in near))
+print(f"  seconds of the load phase under a tenth of the median ({round(med)}/s): "
+      f"{sum(1 for x in secs if x['delivered_per_s'] < med / 10)}")
+PY
+}
+
+# log_times PATTERN REF_MS FILE: the imd log lines matching PATTERN (an extended
+# regex), each as milliseconds from REF_MS (unix ms) and the line without its
+# timestamp and colours, at most 10.
+log_times() {
+    sed -E 's/\x1b\[[0-9;]*m//g' "$3" | grep -E "$1" | head -10 | python3 -c '
+import datetime, sys
+ref = int(sys.argv[1])
+for line in sys.stdin:
+    stamp, _, rest = line.strip().partition(" ")
+    t = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() * 1000
+    print(f"    {t - ref:+8.0f} ms {rest.strip()}")' "$2" || true
 }

@@ -241,9 +241,10 @@ async fn run_load(
         first_open_ms: open_span.map(|(first, _)| first),
         last_open_ms: open_span.map(|(_, last)| last),
         traffic_ms,
-        // Up when the stop came: every open minus every drop (the closes that
-        // follow the stop are imbench's own).
-        open_at_stop: counters.opened + counters.reconnects - counters.dropped,
+        // Up when the stop came: every open minus every drop and churn (the closes
+        // that follow the stop are imbench's own).
+        open_at_stop: (counters.opened + counters.reconnects)
+            .saturating_sub(counters.dropped + counters.churned),
         pushes: ctx.stats.take_pushes(),
         service: ctx.plan.workflow().then(|| ctx.stats.service.take_report()),
         errors: ctx.stats.errors(),

@@ -225,6 +225,25 @@ pub struct RunArgs {
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     pub heartbeat: Duration,
 
+    /// Widest backoff window of a reconnection: after a drop a connection waits a
+    /// random time in a window of 100 ms that doubles with each failed try up to this
+    /// (full jitter), so that connections dropped together come back spread out. The
+    /// 2 s default finds a restarted imd fast; thousands of connections dropped at once
+    /// may need more (see `chaos-reconnect-storm.sh`).
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub reconnect_max: Duration,
+
+    /// Connection churn: each connection closes itself (a clean WebSocket close) this
+    /// long after it opened, and opens again at once (after the reconnection's jitter,
+    /// up to 100 ms): a chat connection then resends what was not acknowledged and
+    /// syncs, as after a drop, and goes on being verified. The first openings last
+    /// between 1/1000 and all of this, spread over the connections, so that about
+    /// `--connections` / LIFETIME connections close every second, evenly; churn happens
+    /// in the load phase only (not the ramp or the drain). 0: never (the default).
+    /// The report counts the closes as `churned` (not `dropped`).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub lifetime: Duration,
+
     /// Send a read receipt (`{"type":"read","conv","seq"}`) for every message a
     /// connection receives from someone else in its unit, so that the load includes
     /// receipts and the `read` notices they fan out (chat, group, service). imd limits

@@ -124,6 +124,8 @@ mod tests {
             verify: true,
             connect_timeout_ms: 1000,
             heartbeat_ms: 0,
+            lifetime_ms: 0,
+            reconnect_max_ms: 2000,
             read_buffer: 4096,
             spread: false,
             read_receipts: false,

@@ -66,6 +66,12 @@ pub struct AgentPlan {
     pub connect_timeout_ms: u64,
     /// Application ping period (0: none).
     pub heartbeat_ms: u64,
+    /// Connection lifetime for churn (`--lifetime`; 0: none).
+    #[serde(default)]
+    pub lifetime_ms: u64,
+    /// Widest reconnection backoff window (`--reconnect-max`).
+    #[serde(default = "default_reconnect_max_ms")]
+    pub reconnect_max_ms: u64,
     /// Client WebSocket read buffer.
     pub read_buffer: usize,
     /// Whether a unit's connections are spread over the targets (see
@@ -214,4 +220,9 @@ pub fn group_name(run_id: &str, k: u64) -> String {
 /// The id of shop `k` of run `run_id`.
 pub fn shop_id(run_id: &str, k: u64) -> String {
     format!("b{run_id}s{k}")
+}
+
+/// `--reconnect-max`'s default, for a plan from an imbench without it.
+fn default_reconnect_max_ms() -> u64 {
+    2000
 }

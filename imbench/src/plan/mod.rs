@@ -60,6 +60,10 @@ pub struct RunPlan {
     pub connect_timeout_ms: u64,
     /// Application ping period (0: none).
     pub heartbeat_ms: u64,
+    /// Connection lifetime for churn (`--lifetime`; 0: none).
+    pub lifetime_ms: u64,
+    /// Widest reconnection backoff window (`--reconnect-max`).
+    pub reconnect_max_ms: u64,
     /// Client WebSocket read buffer.
     pub read_buffer: usize,
     /// Whether a unit's connections are spread over the targets.
@@ -185,6 +189,8 @@ impl RunPlan {
             verify: args.verify,
             connect_timeout_ms: args.connect_timeout.as_millis().max(1) as u64,
             heartbeat_ms: args.heartbeat.as_millis() as u64,
+            lifetime_ms: args.lifetime.as_millis() as u64,
+            reconnect_max_ms: args.reconnect_max.as_millis() as u64,
             read_buffer: args.read_buffer,
             spread: args.spread,
             read_receipts: args.read_receipts,
@@ -349,6 +355,8 @@ impl RunPlan {
                 verify: self.verify,
                 connect_timeout_ms: self.connect_timeout_ms,
                 heartbeat_ms: self.heartbeat_ms,
+                lifetime_ms: self.lifetime_ms,
+                reconnect_max_ms: self.reconnect_max_ms,
                 read_buffer: self.read_buffer,
                 spread: self.spread,
                 read_receipts: self.read_receipts,
@@ -484,6 +492,8 @@ mod tests {
             verify: true,
             connect_timeout_ms: 10_000,
             heartbeat_ms: 0,
+            lifetime_ms: 0,
+            reconnect_max_ms: 2000,
             read_buffer: 4096,
             spread: false,
             read_receipts: false,

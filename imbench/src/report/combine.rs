@@ -119,6 +119,7 @@ pub fn combine(
                 .collect(),
             dropped: counters.dropped,
             reconnects: counters.reconnects,
+            churned: counters.churned,
             open_at_end,
             handshakes_per_s: if ramp_ms == 0 {
                 counters.opened as f64

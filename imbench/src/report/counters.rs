@@ -55,8 +55,10 @@ counters! {
     open,
     /// Connections the server or the network closed during the run.
     dropped,
-    /// Successful reconnections after a drop.
+    /// Successful reconnections after a drop or a churn.
     reconnects,
+    /// Openings a connection ended itself to open again (`--lifetime`).
+    churned,
     /// `send` frames written.
     sent,
     /// Of `sent`, shop agents' replies (answers, not on the schedule).
@@ -100,7 +102,7 @@ mod tests {
         assert_eq!((sum.opened, sum.foreign), (4, 6));
         // The JSON names are the list's names.
         let json = serde_json::to_value(sum).unwrap();
-        assert_eq!(json.as_object().unwrap().len(), 18);
+        assert_eq!(json.as_object().unwrap().len(), 19);
         assert_eq!(json["out_of_order"], 0);
         assert_eq!(json["foreign"], 6);
     }

@@ -25,8 +25,11 @@ pub struct ConnectionsSection {
     pub failed_by_cause: BTreeMap<String, u64>,
     /// Closed by the server or network during the run.
     pub dropped: u64,
-    /// Reconnections after a drop.
+    /// Reconnections after a drop or a churn.
     pub reconnects: u64,
+    /// Openings the connections ended themselves to open again (`--lifetime`).
+    #[serde(default)]
+    pub churned: u64,
     /// Open when the load ended, just before imbench closed them.
     pub open_at_end: u64,
     /// Opened per second over the ramp (first to last handshake).

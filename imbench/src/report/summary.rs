@@ -46,6 +46,13 @@ pub fn summary(r: &Report) -> String {
             .collect();
         let _ = writeln!(s, "  handshakes   failed by cause: {}", causes.join("  "));
     }
+    if c.churned > 0 {
+        let _ = writeln!(
+            s,
+            "  churn        {} openings ended by their connection (--lifetime) and opened again",
+            c.churned
+        );
+    }
     if run.scenario != "idle" {
         let m = &r.messages;
         let _ = writeln!(

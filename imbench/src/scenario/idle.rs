@@ -1,7 +1,9 @@
 //! `idle`: a connection that only stays open. It answers the server's WebSocket pings
 //! (tungstenite queues the pong; reading and flushing sends it), optionally sends an
 //! application `ping` every `--heartbeat`, and counts kicks and errors. A dropped idle
-//! connection is counted and not reopened: the figure of interest is how many stay up.
+//! connection is counted and reconnects like a messaging one (jittered backoff), so a
+//! mass drop is followed by a reconnection storm of every connection, not only the
+//! talking ones; with `--lifetime` it also closes itself and reopens (churn).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,9 +12,20 @@ use futures_util::{SinkExt, StreamExt};
 use shared::protocol::{ClientFrame, ServerFrame};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-use super::{Outcome, close, dropped, open_first, send_text};
+use super::{
+    Outcome, churn, churn_at, close, dropped, first_lifetime, open_first, reconnect, send_text,
+    sleep_until_some,
+};
 use crate::conn::{Ctx, bump};
+use crate::dial::Ws;
 use crate::plan::Role;
+
+/// How one opening of an idle connection ended.
+enum End {
+    Stop,
+    Dropped(String),
+    Churn,
+}
 
 /// Runs idle connection `i` until the stop.
 pub async fn run(ctx: Arc<Ctx>, i: u64) -> Outcome {
@@ -29,12 +42,50 @@ pub async fn run(ctx: Arc<Ctx>, i: u64) -> Outcome {
             Duration::from_secs_f64(period.as_secs_f64() * ((i * 7919) % 1000) as f64 / 1000.0);
         tokio::time::interval_at(tokio::time::Instant::now() + phase, period)
     });
+    let lifetime = Duration::from_millis(ctx.plan.lifetime_ms);
+    let mut this_time = first_lifetime(ctx.plan.lifetime_ms, i);
     loop {
-        tokio::select! {
-            _ = ctx.stop.cancelled() => {
+        let next = match serve(
+            &ctx,
+            &mut ws,
+            &ping,
+            beat.as_mut(),
+            churn_at(&ctx, this_time),
+        )
+        .await
+        {
+            End::Stop => {
                 close(&ctx, ws).await;
                 return Outcome::Idle;
             }
+            End::Dropped(why) => {
+                dropped(&ctx, &why);
+                reconnect(&ctx, i, &uid, Role::Idle).await
+            }
+            End::Churn => churn(&ctx, ws, i, &uid, Role::Idle).await,
+        };
+        match next {
+            Some(new) => ws = new,
+            None => return Outcome::Idle,
+        }
+        this_time = this_time.map(|_| lifetime);
+    }
+}
+
+/// Serves one opening until the stop, a drop or its churn time.
+async fn serve(
+    ctx: &Ctx,
+    ws: &mut Ws,
+    ping: &str,
+    mut beat: Option<&mut tokio::time::Interval>,
+    churn_at: Option<tokio::time::Instant>,
+) -> End {
+    let churn = sleep_until_some(churn_at);
+    tokio::pin!(churn);
+    loop {
+        tokio::select! {
+            _ = ctx.stop.cancelled() => return End::Stop,
+            _ = &mut churn => return End::Churn,
             frame = ws.next() => match frame {
                 Some(Ok(WsMessage::Text(text))) => match serde_json::from_str::<ServerFrame>(&text) {
                     Ok(ServerFrame::Kick { reason }) => {
@@ -53,28 +104,19 @@ pub async fn run(ctx: Arc<Ctx>, i: u64) -> Outcome {
                 },
                 Some(Ok(WsMessage::Ping(_))) => {
                     if let Err(e) = ws.flush().await {
-                        dropped(&ctx, &format!("flushing a pong: {e}"));
-                        return Outcome::Idle;
+                        return End::Dropped(format!("flushing a pong: {e}"));
                     }
                 }
                 Some(Ok(WsMessage::Close(frame))) => {
-                    dropped(&ctx, &format!("closed by the server: {frame:?}"));
-                    return Outcome::Idle;
+                    return End::Dropped(format!("closed by the server: {frame:?}"));
                 }
                 Some(Ok(_)) => {}
-                Some(Err(e)) => {
-                    dropped(&ctx, &format!("read: {e}"));
-                    return Outcome::Idle;
-                }
-                None => {
-                    dropped(&ctx, "stream ended");
-                    return Outcome::Idle;
-                }
+                Some(Err(e)) => return End::Dropped(format!("read: {e}")),
+                None => return End::Dropped("stream ended".into()),
             },
             _ = async { beat.as_mut().expect("guarded").tick().await }, if beat.is_some() => {
-                if let Err(e) = send_text(&mut ws, ping.clone()).await {
-                    dropped(&ctx, &e);
-                    return Outcome::Idle;
+                if let Err(e) = send_text(ws, ping.to_owned()).await {
+                    return End::Dropped(e);
                 }
             }
         }

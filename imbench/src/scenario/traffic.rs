@@ -28,9 +28,10 @@
 //! answers only K messages per opening; a customer measures its queue waits and knows
 //! which agent owes each of its messages, which is what [`check`] then expects.
 //!
-//! A dropped connection reconnects (bounded backoff), resends its unacknowledged
-//! messages with the same `cid` (the server must not create them twice) and catches up
-//! with `sync`.
+//! A dropped connection reconnects (jittered bounded backoff), resends its
+//! unacknowledged messages with the same `cid` (the server must not create them twice)
+//! and catches up with `sync`; so does one that ends its own opening (`--lifetime`,
+//! connection churn).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -45,7 +46,10 @@ use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use super::service::{AgentDesk, CustomerDesk, HeldBack, Owed};
-use super::{Outcome, close, dropped, open_first, reconnect, send_text};
+use super::{
+    Outcome, churn, churn_at, close, dropped, first_lifetime, open_first, reconnect, send_text,
+    sleep_until_some,
+};
 use crate::conn::{Ctx, bump};
 use crate::dial::Ws;
 use crate::plan::{AgentPlan, Role};
@@ -95,6 +99,8 @@ impl TrafficLog {
 enum End {
     Stop,
     Dropped(String),
+    /// Its opening's lifetime is over (`--lifetime`).
+    Churn,
 }
 
 /// How a shop agent's close call went.
@@ -140,23 +146,28 @@ pub async fn run(ctx: Arc<Ctx>, i: u64) -> Outcome {
         return Outcome::NeverOpened;
     };
     let mut t = Traffic::new(&ctx, i, uid, role);
+    let lifetime = Duration::from_millis(ctx.plan.lifetime_ms);
+    let mut this_time = first_lifetime(ctx.plan.lifetime_ms, i);
     loop {
-        match t.drive(&mut ws).await {
+        let next = match t.drive(&mut ws, churn_at(&ctx, this_time)).await {
             End::Stop => {
                 close(&ctx, ws).await;
                 break;
             }
             End::Dropped(why) => {
                 dropped(&ctx, &why);
-                match reconnect(&ctx, i, &t.uid, role).await {
-                    Some(new) => {
-                        ws = new;
-                        t.after_reconnect();
-                    }
-                    None => break,
-                }
+                reconnect(&ctx, i, &t.uid, role).await
             }
+            End::Churn => churn(&ctx, ws, i, &t.uid, role).await,
+        };
+        match next {
+            Some(new) => {
+                ws = new;
+                t.after_reconnect();
+            }
+            None => break,
         }
+        this_time = this_time.map(|_| lifetime);
     }
     Outcome::Traffic(Box::new(t.finish()))
 }
@@ -214,14 +225,17 @@ impl<'a> Traffic<'a> {
         self.log
     }
 
-    async fn drive(&mut self, ws: &mut Ws) -> End {
+    async fn drive(&mut self, ws: &mut Ws, churn_at: Option<tokio::time::Instant>) -> End {
         let timer = tokio::time::sleep_until(self.next_due.into());
         tokio::pin!(timer);
+        let churn = sleep_until_some(churn_at);
+        tokio::pin!(churn);
         loop {
             let can_send = self.period.is_some() && self.next_due < self.ctx.timeline.traffic_end;
             tokio::select! {
                 biased;
                 _ = self.ctx.stop.cancelled() => return End::Stop,
+                _ = &mut churn => return End::Churn,
                 frame = ws.next() => {
                     match frame {
                         Some(Ok(WsMessage::Text(text))) => self.on_text(&text),
@@ -821,6 +835,8 @@ mod tests {
             verify: true,
             connect_timeout_ms: 1000,
             heartbeat_ms: 0,
+            lifetime_ms: 0,
+            reconnect_max_ms: 2000,
             read_buffer: 4096,
             spread: false,
             read_receipts: false,

@@ -155,6 +155,92 @@ async fn idle_connections_open_and_hold() {
     );
 }
 
+/// The idle flags of `idle_connections_open_and_hold` for 300 connections, with
+/// `--duration` and `extra`.
+fn idle_args<'a>(url: &'a str, duration: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "--target",
+        url,
+        "--token-secret",
+        SECRET,
+        "--scenario",
+        "idle",
+        "--connections",
+        "300",
+        "--ramp",
+        "1000",
+        "--duration",
+        duration,
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_idle_connections_reconnect() {
+    // The server drops all 300 once, 200 ms after each opened (in the ramp or early in
+    // the load): every one comes back, with jitter.
+    let server = FakeImd::start(Faults {
+        drop_first: Some((300, Duration::from_millis(200))),
+        ..Default::default()
+    })
+    .await;
+    let r = run_imbench(&idle_args(&server.url, "2s", &[]), Duration::from_secs(60)).await;
+    r.assert_exit(0);
+    let c = &r.report["connections"];
+    assert_eq!(c["opened"], 300, "{}", r.report);
+    assert_eq!(c["dropped"], 300, "{}", r.report);
+    assert_eq!(c["reconnects"], 300, "{}", r.report);
+    assert_eq!(c["open_at_end"], 300, "{}", r.report);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churned_idle_connections_close_and_open_again() {
+    let server = FakeImd::start(Faults::default()).await;
+    let r = run_imbench(
+        &idle_args(&server.url, "2s", &["--lifetime", "500ms"]),
+        Duration::from_secs(60),
+    )
+    .await;
+    r.assert_exit(0);
+    let c = &r.report["connections"];
+    // 300 connections living 500 ms, for 2 s of load of which the last second has no
+    // churn: each first close within the first 500 ms, some a second one
+    let churned = c["churned"].as_u64().unwrap();
+    assert!((300..=700).contains(&churned), "{}", r.report);
+    assert_eq!(c["reconnects"], churned, "{}", r.report);
+    assert_eq!(c["dropped"], 0, "{}", r.report);
+    assert_eq!(c["open_at_end"], 300, "{}", r.report);
+    assert!(
+        r.stdout
+            .contains(&format!("churn        {churned} openings")),
+        "{}",
+        r.stdout
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churned_chat_connections_resend_sync_and_lose_nothing() {
+    let server = FakeImd::start(Faults::default()).await;
+    let r = run_imbench(
+        &chat_args(&server.url, &["--lifetime", "400ms"]),
+        Duration::from_secs(60),
+    )
+    .await;
+    r.assert_exit(0);
+    let c = &r.report["connections"];
+    assert!(c["churned"].as_u64().unwrap() >= 40, "{}", r.report);
+    assert_eq!(c["reconnects"], c["churned"], "{}", r.report);
+    assert_eq!(c["dropped"], 0, "{}", r.report);
+    assert_eq!(c["open_at_end"], 20, "{}", r.report);
+    let m = &r.report["messages"];
+    assert_eq!(m["lost"], 0, "{}", r.report);
+    assert_eq!(m["lost_echo"], 0, "{}", r.report);
+    assert_eq!(m["duplicated"], 0, "{}", r.report);
+    assert_eq!(m["unacked"], 0, "{}", r.report);
+    assert!(m["sent"].as_u64().unwrap() >= 390, "{}", r.report);
+}
+
 /// A wrong secret is not fatal to the coordinator (it runs, writes its report), but a
 /// run where no connection opened did not happen: it fails, naming the status imd
 /// answered and what to change.

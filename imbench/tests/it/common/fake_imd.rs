@@ -1,6 +1,7 @@
 //! A fake imd, in process: `/v1/ws?token=…`, send/sent, msg pushes to every device of
 //! both members, ack, sync, ping, cid idempotency and server WebSocket pings, with
-//! faults to inject (a skipped push, a sender dropped after the commit). It counts the
+//! faults to inject (a skipped push, a sender dropped after the commit, the first
+//! connections dropped). It counts the
 //! `read` frames it receives (and those naming a conversation or seq the reader could
 //! not have seen), and answers none. It is what imbench's own checks are tested
 //! against; it must not grow imd's other behaviour.
@@ -30,6 +31,9 @@ pub(crate) struct Faults {
     pub(crate) skip_push_every: Option<u64>,
     /// Commit every Nth message, then close the sender's connection before `sent`.
     pub(crate) drop_sender_every: Option<u64>,
+    /// Close each of the first N connections the server accepts this long after it
+    /// opened (a server dropping every client once).
+    pub(crate) drop_first: Option<(u64, Duration)>,
 }
 
 #[derive(Default)]
@@ -150,6 +154,15 @@ async fn serve_conn(
             }
         }
     });
+    if let Some((n, after)) = faults.drop_first
+        && conn_id < n
+    {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            let _ = tx.send(WsMessage::Close(None));
+        });
+    }
     let text = |v: Value| WsMessage::text(v.to_string());
     while let Some(Ok(frame)) = stream.next().await {
         let WsMessage::Text(t) = frame else { continue };
