@@ -77,7 +77,7 @@ impl Membership {
                 tokio::spawn(write_routes(
                     self.store.clone(),
                     self.workers.clone(),
-                    hub.node_id().to_owned(),
+                    hub.clone(),
                     changes,
                     stop.clone(),
                 ));
@@ -242,11 +242,14 @@ const REPUBLISH_FAN_OUT: usize = 64;
 /// concurrently (the connection pipelines them) and those of one device in order, so
 /// that a ramp of thousands of connections per second does not queue up behind one
 /// round trip each. A device that was held by another worker until now is kicked there
-/// with `replaced`.
+/// with `replaced`, without holding up the round (the other worker may be as busy as
+/// this one). A connection whose upgrade stopped waiting for its route (it was refused,
+/// see `gateway::ws`) gets none: in a reconnection storm those writes would only delay
+/// the upgrades still waiting, and kick the device's newer connection elsewhere.
 async fn write_routes(
     store: Arc<RedisStore>,
     workers: Arc<Workers>,
-    me: String,
+    hub: Arc<Hub>,
     mut changes: tokio::sync::mpsc::UnboundedReceiver<RouteChange>,
     stop: CancellationToken,
 ) {
@@ -276,37 +279,49 @@ async fn write_routes(
                 }
             }
         }
-        let (store, workers, me) = (&store, &workers, me.as_str());
+        let (store, workers, hub) = (&store, &workers, &hub);
         futures_util::future::join_all(per_device.into_iter().map(|changes| async move {
             for change in changes {
-                write_route(store, workers, me, change).await;
+                let connected = matches!(change, RouteChange::Connected { .. });
+                write_route(store, workers, hub.node_id(), change).await;
+                if connected {
+                    hub.route_taken();
+                }
             }
         }))
         .await;
     }
 }
 
-async fn write_route(store: &RedisStore, workers: &Workers, me: &str, change: RouteChange) {
+async fn write_route(store: &RedisStore, workers: &Arc<Workers>, me: &str, change: RouteChange) {
     match change {
         RouteChange::Connected {
             uid,
             device,
             written,
         } => {
+            // Its `Disconnected` follows and removes nothing.
+            if written.is_closed() {
+                metrics::counter!("imd_route_writes_skipped_total").increment(1);
+                return;
+            }
             let added = store.route_add(&uid, &device, me).await;
             // The upgrade waits for this: a failed write refuses it (no other node could
             // reach the device).
             let _ = written.send(added.as_ref().ok().map(|a| a.inbox_head));
             match added.map(|a| a.previous) {
                 Ok(Some(previous)) => {
-                    if !workers.is_live(&previous) {
-                        // A worker started less than a discovery tick ago: look now.
-                        workers.refresh().await;
-                    }
-                    let kicked = workers
-                        .kick_device(&previous, &uid, &device, "replaced")
-                        .await;
-                    tracing::debug!(uid, device, previous, kicked, "device moved here");
+                    let workers = workers.clone();
+                    tokio::spawn(async move {
+                        if !workers.is_live(&previous) {
+                            // A worker started less than a discovery tick ago: look now.
+                            workers.refresh().await;
+                        }
+                        let kicked = workers
+                            .kick_device(&previous, &uid, &device, "replaced")
+                            .await;
+                        tracing::debug!(uid, device, previous, kicked, "device moved here");
+                    });
                 }
                 Ok(None) => {}
                 Err(e) => tracing::warn!(uid, device, error = %e, "writing a route failed"),

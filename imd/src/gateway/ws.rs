@@ -91,6 +91,19 @@ pub(super) async fn upgrade(
             .into_response();
     }
     let ctx = app.sessions.clone();
+    if ctx.hub.routes_backlogged() {
+        metrics::counter!("imd_ws_route_backlog_refusals_total").increment(1);
+        let mut res = ApiError::new(
+            ErrorCode::RateLimited,
+            "too many connections are being registered with the cluster; retry in a moment",
+        )
+        .into_response();
+        res.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from_static("1"),
+        );
+        return res;
+    }
     let mut who = who;
     who.ip = Some(remote.ip());
     // Registered here, in the order the upgrades were accepted, not in the order their

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
@@ -110,6 +110,8 @@ pub struct Hub {
     /// per connection are ever in it, and connections are bounded by the rate limits
     /// and the open-files limit.
     routes: OnceLock<mpsc::UnboundedSender<RouteChange>>,
+    /// Connections whose route waits to be written (see [`Hub::routes_backlogged`]).
+    routes_waiting: AtomicUsize,
     /// Wakes the cluster's catch-up pass (see [`Hub::catch_up_soon`]).
     catch_up: Notify,
     /// Nodes that said goodbye: the start time of the run that said it, and when (see
@@ -134,6 +136,10 @@ pub enum GenerationSeen {
 /// How long a goodbye excuses its node's departure from the registry. The node
 /// deregisters right after it; this only bounds what a departure never seen leaves
 /// behind.
+/// Routes waiting to be written past which new upgrades are refused at once (see
+/// [`Hub::routes_backlogged`]): one round of the cluster's route writer, which a
+/// loaded node writes in well under the two seconds an upgrade waits.
+const ROUTES_WAITING_MAX: usize = 512;
 const FAREWELL_KEEP: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Why a worker is asked to catch up (the `cause` label of the catch-up counters).
@@ -171,6 +177,7 @@ impl Hub {
             blacklist,
             stats: WorkerStats::default(),
             routes: OnceLock::new(),
+            routes_waiting: AtomicUsize::new(0),
             catch_up: Notify::new(),
             farewells: Mutex::new(HashMap::new()),
             generation: Mutex::new(None),
@@ -215,6 +222,18 @@ impl Hub {
     pub fn watch_routes(&self) -> Option<mpsc::UnboundedReceiver<RouteChange>> {
         let (tx, rx) = mpsc::unbounded_channel();
         self.routes.set(tx).ok().map(|()| rx)
+    }
+
+    /// Whether so many connections wait for their routes that a new one would not be
+    /// written before its upgrade gives up (a reconnection storm): the upgrade is then
+    /// better refused at once, before it costs anything, and retried by its client.
+    pub fn routes_backlogged(&self) -> bool {
+        self.routes_waiting.load(Ordering::Relaxed) >= ROUTES_WAITING_MAX
+    }
+
+    /// The route writer took a connection's route change off the queue.
+    pub fn route_taken(&self) {
+        self.routes_waiting.fetch_sub(1, Ordering::Relaxed);
     }
 
     fn route_change(&self, change: RouteChange) {
@@ -393,6 +412,7 @@ impl Hub {
             None => metrics::gauge!("imd_connections").increment(1.0),
         }
         let written = self.routes.get().map(|tx| {
+            self.routes_waiting.fetch_add(1, Ordering::Relaxed);
             let (written, rx) = tokio::sync::oneshot::channel();
             let _ = tx.send(RouteChange::Connected {
                 uid: conn.who.uid.clone(),
