@@ -8,6 +8,10 @@ use imd::config::{CommonArgs, Config, LogFormat, ServeArgs};
 use imd::secrets::Secrets;
 use shared::token::{Claims, Platform};
 
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The instant-messaging daemon.
 #[derive(Debug, Parser)]
 #[command(name = "imd", version, about)]
