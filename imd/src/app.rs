@@ -109,7 +109,7 @@ impl App {
         ) = match &redis {
             Some(r) => (r.clone(), r.clone(), r.clone()),
             None => {
-                let e = EmbeddedStore::open(&cfg.data_dir)
+                let e = EmbeddedStore::open_with_cache(&cfg.data_dir, cfg.store_cache_bytes)
                     .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?;
                 let e = Arc::new(if webhook.is_some() {
                     e.with_outbox()
@@ -239,6 +239,7 @@ impl App {
             store.clone(),
             admin.clone(),
             limits.clone(),
+            idempotency_window(cfg.retention),
             background.clone(),
         ));
         // Retention runs beside the commits on one node; in a cluster where the
@@ -594,12 +595,23 @@ async fn reload_on_sighup(admin: Admin, stop: CancellationToken) {
     }
 }
 
-/// Periodic upkeep: idempotency keys past their window (every ten minutes), expired
+/// How long idempotency keys are kept: [`IDEMPOTENCY_WINDOW_MS`], or the retention
+/// when it is shorter, since a key whose message retention removed deduplicates no more
+/// (`docs/protocol.md`, *Retention and erasure*) and would only grow the store.
+fn idempotency_window(retention: Option<Duration>) -> i64 {
+    let retention = retention.map_or(i64::MAX, |r| {
+        i64::try_from(r.as_millis()).unwrap_or(i64::MAX)
+    });
+    IDEMPOTENCY_WINDOW_MS.min(retention)
+}
+
+/// Periodic upkeep: idempotency keys past `window_ms` (every ten minutes), expired
 /// blacklist entries, and idle rate-limiter keys (every ten seconds).
 async fn housekeeping(
     store: Arc<dyn MessageStore>,
     admin: Admin,
     limits: Arc<Limits>,
+    window_ms: i64,
     stop: CancellationToken,
 ) {
     let mut every = tokio::time::interval(Duration::from_secs(10));
@@ -611,10 +623,7 @@ async fn housekeeping(
         }
         limits.retain_recent();
         if ticks.is_multiple_of(60) {
-            match store
-                .expire_idempotency(now_ms() - IDEMPOTENCY_WINDOW_MS)
-                .await
-            {
+            match store.expire_idempotency(now_ms() - window_ms).await {
                 Ok(0) => {}
                 Ok(n) => tracing::debug!(expired = n, "idempotency keys expired"),
                 Err(e) => tracing::warn!(error = %e, "expiring idempotency keys failed"),
@@ -624,5 +633,18 @@ async fn housekeeping(
             }
         }
         ticks += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idempotency_keys_live_no_longer_than_the_retention() {
+        assert_eq!(idempotency_window(None), IDEMPOTENCY_WINDOW_MS);
+        assert_eq!(idempotency_window(Some(Duration::from_secs(60))), 60_000);
+        let longer = Duration::from_secs(48 * 3600);
+        assert_eq!(idempotency_window(Some(longer)), IDEMPOTENCY_WINDOW_MS);
     }
 }

@@ -238,6 +238,9 @@ pub struct Config {
     pub recall_window: Duration,
     /// Bytes of frames queued for one connection before it counts as too slow.
     pub max_outbox_bytes: usize,
+    /// Bytes of the embedded store's page cache (redb's own default, 1 GiB, would let
+    /// a busy node's memory grow with its data file for a long while).
+    pub store_cache_bytes: usize,
     /// A write to a connection that makes no progress for this long closes it as too
     /// slow.
     #[serde(with = "humantime_serde")]
@@ -341,6 +344,7 @@ impl Default for Config {
                 .to_vec(),
             recall_window: Duration::from_secs(120),
             max_outbox_bytes: 8 << 20,
+            store_cache_bytes: crate::store::EMBEDDED_CACHE_BYTES,
             write_timeout: Duration::from_secs(10),
             web: true,
             dev_tokens: false,
@@ -518,6 +522,10 @@ pub struct ServeArgs {
     /// Bytes queued for one connection before it is closed as too slow [default: 8 MiB].
     #[arg(long, env = "IMD_MAX_OUTBOX_BYTES")]
     pub max_outbox_bytes: Option<usize>,
+    /// Bytes of the embedded store's page cache; pages beyond it are read again from
+    /// the file (the OS's page cache) [default: 64 MiB].
+    #[arg(long, env = "IMD_STORE_CACHE_BYTES")]
+    pub store_cache_bytes: Option<usize>,
     /// Close a connection whose write makes no progress for this long [default: 10s].
     #[arg(long, env = "IMD_WRITE_TIMEOUT", value_parser = duration)]
     pub write_timeout: Option<Duration>,
@@ -653,6 +661,7 @@ impl Config {
             auth_ban_exempt,
             recall_window,
             max_outbox_bytes,
+            store_cache_bytes,
             write_timeout,
             web,
             dev_tokens,

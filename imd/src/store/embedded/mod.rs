@@ -44,17 +44,31 @@ pub struct EmbeddedStore {
     cursors: Arc<outbox::Cursors>,
 }
 
+/// The embedded store's page cache unless configured (`--store-cache-bytes`): redb's
+/// default, 1 GiB, grew a node's memory with its data file by about 5 MiB a minute at
+/// 500 msg/s for the whole of a 30-minute soak (docs/benchmarks.md, *Chaos runs*).
+pub const EMBEDDED_CACHE_BYTES: usize = 64 << 20;
+
 /// `key` → value: facts about the database itself.
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 
 impl EmbeddedStore {
-    /// Opens (or creates) the database file `dir/imd.redb`.
+    /// Opens (or creates) the database file `dir/imd.redb`, with a page cache of
+    /// [`EMBEDDED_CACHE_BYTES`].
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with_cache(dir, EMBEDDED_CACHE_BYTES)
+    }
+
+    /// Opens (or creates) the database file `dir/imd.redb`, keeping at most
+    /// `cache_bytes` of its pages in memory (`--store-cache-bytes`).
+    pub fn open_with_cache(dir: &Path, cache_bytes: usize) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::DataDir {
             path: dir.to_owned(),
             source: Arc::new(e),
         })?;
-        let db = Database::create(dir.join("imd.redb"))?;
+        let db = redb::Builder::new()
+            .set_cache_size(cache_bytes)
+            .create(dir.join("imd.redb"))?;
         // Create every table once, so read transactions never meet a missing one.
         let txn = db.begin_write()?;
         messages::create_tables(&txn)?;
