@@ -285,21 +285,7 @@ impl RedisStore {
         device: &str,
         node: &str,
     ) -> Result<RouteAdded, StoreError> {
-        let mut conn = self.conn.clone();
-        // The node's user set first: a uid listed without a route is harmless, a route
-        // whose uid is not listed would outlive the node.
-        redis::cmd("SADD")
-            .arg(users_key(node))
-            .arg(uid)
-            .exec_async(&mut conn)
-            .await?;
-        let (previous, inbox_head): (String, u64) = ROUTE_ADD
-            .key(conns_key(uid))
-            .key(user_key(uid, "inbox"))
-            .arg(device)
-            .arg(node)
-            .invoke_async(&mut conn)
-            .await?;
+        let (previous, inbox_head) = self.write_route(&ROUTE_ADD, uid, device, node).await?;
         Ok(RouteAdded {
             previous: Some(previous).filter(|p| !p.is_empty() && p != node),
             inbox_head,
@@ -317,25 +303,38 @@ impl RedisStore {
         device: &str,
         node: &str,
     ) -> Result<RouteRestored, StoreError> {
-        let mut conn = self.conn.clone();
-        // The node's user set first, as in `route_add`.
-        redis::cmd("SADD")
-            .arg(users_key(node))
-            .arg(uid)
-            .exec_async(&mut conn)
-            .await?;
-        let (other, inbox_head): (String, u64) = ROUTE_RESTORE
-            .key(conns_key(uid))
-            .key(user_key(uid, "inbox"))
-            .arg(device)
-            .arg(node)
-            .invoke_async(&mut conn)
-            .await?;
+        let (other, inbox_head) = self.write_route(&ROUTE_RESTORE, uid, device, node).await?;
         Ok(if other.is_empty() {
             RouteRestored::Restored { inbox_head }
         } else {
             RouteRestored::Moved { to: other }
         })
+    }
+
+    /// Adds `uid` to `node`'s user set, then runs `script` (`route_add` or
+    /// `route_restore`) on the user's routes and inbox: its `{node, inbox head}` answer.
+    async fn write_route(
+        &self,
+        script: &Script,
+        uid: &str,
+        device: &str,
+        node: &str,
+    ) -> Result<(String, u64), StoreError> {
+        let mut conn = self.conn.clone();
+        // The node's user set first: a uid listed without a route is harmless, a route
+        // whose uid is not listed would outlive the node.
+        redis::cmd("SADD")
+            .arg(users_key(node))
+            .arg(uid)
+            .exec_async(&mut conn)
+            .await?;
+        Ok(script
+            .key(conns_key(uid))
+            .key(user_key(uid, "inbox"))
+            .arg(device)
+            .arg(node)
+            .invoke_async(&mut conn)
+            .await?)
     }
 
     /// Removes the route of (uid, device) if it still names `node`; whether it did.
