@@ -12,6 +12,10 @@ use shared::token::{Claims, Platform};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// The instant-messaging daemon.
 #[derive(Debug, Parser)]
 #[command(name = "imd", version, about)]
