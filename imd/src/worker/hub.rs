@@ -133,13 +133,14 @@ pub enum GenerationSeen {
     Newer,
 }
 
-/// How long a goodbye excuses its node's departure from the registry. The node
-/// deregisters right after it; this only bounds what a departure never seen leaves
-/// behind.
 /// Routes waiting to be written past which new upgrades are refused at once (see
 /// [`Hub::routes_backlogged`]): one round of the cluster's route writer, which a
 /// loaded node writes in well under the two seconds an upgrade waits.
 const ROUTES_WAITING_MAX: usize = 512;
+
+/// How long a goodbye excuses its node's departure from the registry. The node
+/// deregisters right after it; this only bounds what a departure never seen leaves
+/// behind.
 const FAREWELL_KEEP: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Why a worker is asked to catch up (the `cause` label of the catch-up counters).
