@@ -109,6 +109,33 @@ pub(crate) fn nice_step(range: f64) -> f64 {
     }
 }
 
+/// Horizontal grid lines at every `step` from 0 to `y_max`, across `left..left + width`,
+/// each labelled with its value left of `left`; `y` maps a value to its height.
+pub(crate) fn value_grid(
+    s: &mut String,
+    y: impl Fn(f64) -> f64,
+    y_max: f64,
+    step: f64,
+    left: f64,
+    width: f64,
+    stroke: &str,
+) {
+    let mut v = 0.0;
+    while v <= y_max + step / 2.0 {
+        let gy = y(v);
+        let _ = writeln!(
+            s,
+            "<line x1=\"{left}\" y1=\"{gy:.1}\" x2=\"{:.1}\" y2=\"{gy:.1}\" stroke=\"{stroke}\"/>\
+             <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
+            left + width,
+            left - 6.0,
+            gy + 4.0,
+            trim_float(v)
+        );
+        v += step;
+    }
+}
+
 pub(crate) fn trim_float(v: f64) -> String {
     let s = format!("{v:.3}");
     s.trim_end_matches('0').trim_end_matches('.').to_owned()

@@ -6,7 +6,7 @@
 
 use std::fmt::Write as _;
 
-use super::{CHAR_W, escape, nice_step, trim_float};
+use super::{CHAR_W, escape, nice_step, value_grid};
 use crate::report::{LatencySummary, Quantile, Report};
 
 const W: f64 = 860.0;
@@ -121,20 +121,7 @@ pub fn svg(series: &[Series<'_>]) -> String {
         H - 14.0
     );
     // y grid
-    let mut v = 0.0;
-    while v <= y_max + step / 2.0 {
-        let gy = y(v);
-        let _ = writeln!(
-            s,
-            "<line x1=\"{LEFT}\" y1=\"{gy:.1}\" x2=\"{:.1}\" y2=\"{gy:.1}\" stroke=\"#ddd\"/>\
-             <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
-            LEFT + pw,
-            LEFT - 6.0,
-            gy + 4.0,
-            trim_float(v)
-        );
-        v += step;
-    }
+    value_grid(&mut s, y, y_max, step, LEFT, pw, "#ddd");
     let _ = writeln!(
         s,
         "<text x=\"16\" y=\"{:.1}\" text-anchor=\"middle\" transform=\"rotate(-90 16 {:.1})\">latency (ms)</text>",

@@ -9,7 +9,7 @@
 
 use std::fmt::Write as _;
 
-use super::{CHAR_W, escape, nice_step, trim_float};
+use super::{CHAR_W, escape, nice_step, trim_float, value_grid};
 use crate::report::{Second, SeriesSection};
 
 const W: f64 = 860.0;
@@ -144,20 +144,7 @@ pub fn svg(series: &SeriesSection) -> String {
             t += t_step;
         }
         // value grid, labelled on the left
-        let mut v = 0.0;
-        while v <= y_max + step / 2.0 {
-            let gy = y(v);
-            let _ = writeln!(
-                s,
-                "<line x1=\"{LEFT}\" y1=\"{gy:.1}\" x2=\"{:.1}\" y2=\"{gy:.1}\" stroke=\"#e2e2e2\"/>\
-                 <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
-                LEFT + pw,
-                LEFT - 6.0,
-                gy + 4.0,
-                trim_float(v)
-            );
-            v += step;
-        }
+        value_grid(&mut s, y, y_max, step, LEFT, pw, "#e2e2e2");
         // title and legend above the panel
         let mut lx = LEFT;
         let ty = y0 - 8.0;
