@@ -621,15 +621,7 @@ impl Inner {
             for json in &page.items {
                 if self.stop.is_cancelled() {
                     // Shutting down: save what was delivered and free the lease.
-                    if *cursor != saved
-                        && !self
-                            .store
-                            .outbox_advance(conv, &self.token, *cursor, ttl)
-                            .await?
-                    {
-                        return Ok(Outcome::Lost);
-                    }
-                    return Ok(Outcome::Failed);
+                    return self.save_and_stop(conv, *cursor, saved, ttl).await;
                 }
                 let head: Head =
                     serde_json::from_slice(json).map_err(|e| StoreError::decode("message", e))?;
@@ -652,15 +644,7 @@ impl Inner {
                 if wanted && self.settings.kind_wanted(head.event.is_some()) {
                     if let Err(reason) = self.send(conv, &head, json, cursor).await? {
                         tracing::debug!(conv, seq = head.seq, reason, "webhook POST failed");
-                        if *cursor != saved
-                            && !self
-                                .store
-                                .outbox_advance(conv, &self.token, *cursor, ttl)
-                                .await?
-                        {
-                            return Ok(Outcome::Lost);
-                        }
-                        return Ok(Outcome::Failed);
+                        return self.save_and_stop(conv, *cursor, saved, ttl).await;
                     }
                 } else {
                     cursor.seq = head.seq;
@@ -683,18 +667,45 @@ impl Inner {
                 break;
             }
         }
-        if *cursor != saved
-            && !self
-                .store
-                .outbox_advance(conv, &self.token, *cursor, ttl)
-                .await?
-        {
+        if !self.save(conv, *cursor, saved, ttl).await? {
             return Ok(Outcome::Lost);
         }
         if let Some(mark) = mark {
             self.store.outbox_unmark(&mark, cursor.seq).await?;
         }
         Ok(Outcome::Done)
+    }
+
+    /// Saves `cursor` unless it is still where it was `saved`; whether the lease still
+    /// held (false: another node took the conversation over).
+    async fn save(
+        &self,
+        conv: &str,
+        cursor: OutboxCursor,
+        saved: OutboxCursor,
+        ttl: u64,
+    ) -> Result<bool, StoreError> {
+        Ok(cursor == saved
+            || self
+                .store
+                .outbox_advance(conv, &self.token, cursor, ttl)
+                .await?)
+    }
+
+    /// Ends a try before the end of the history: saves `cursor` ([`Self::save`]), then
+    /// [`Outcome::Failed`], or [`Outcome::Lost`] when the lease was gone.
+    async fn save_and_stop(
+        &self,
+        conv: &str,
+        cursor: OutboxCursor,
+        saved: OutboxCursor,
+        ttl: u64,
+    ) -> Result<Outcome, StoreError> {
+        Ok(if self.save(conv, cursor, saved, ttl).await? {
+            Outcome::Failed
+        } else {
+            Outcome::Lost
+        })
     }
 
     /// POSTs the event of `head`; on success moves `cursor` past it. A failure past
