@@ -61,6 +61,14 @@ async fn before_and_after(
     }
 }
 
+/// The mark of `conv` as the scan lists it; it must be listed.
+async fn listed(store: &dyn WebhookStore, conv: &str) -> imd::store::OutboxMark {
+    let due = store.outbox_due(0, 100).await.unwrap();
+    due.into_iter()
+        .find(|m| m.conv == conv)
+        .unwrap_or_else(|| panic!("{conv} listed"))
+}
+
 async fn outbox_contract(backend: &str) {
     let (store, _redis, _dir) = before_and_after(backend).await;
     assert_eq!(
@@ -113,12 +121,7 @@ async fn outbox_contract(backend: &str) {
     store.outbox_release("d:a~b", "t2").await.unwrap();
 
     // Listed, then written to again: that mark may not go.
-    let due = store.outbox_due(0, 100).await.unwrap();
-    let mark = due
-        .iter()
-        .find(|m| m.conv == "d:a~b")
-        .expect("listed")
-        .clone();
+    let mark = listed(&*store, "d:a~b").await;
     tokio::time::sleep(Duration::from_millis(3)).await; // a later mark time on Redis's clock
     store
         .commit(vec![msg("d:a~b", "a", None, &["a", "b"])])
@@ -147,12 +150,7 @@ async fn outbox_contract(backend: &str) {
             .unwrap()
     );
     store.outbox_release("d:a~b", "t1").await.unwrap();
-    let due = store.outbox_due(0, 100).await.unwrap();
-    let mark = due
-        .iter()
-        .find(|m| m.conv == "d:a~b")
-        .expect("listed")
-        .clone();
+    let mark = listed(&*store, "d:a~b").await;
     assert!(store.outbox_unmark(&mark, 4).await.unwrap());
     assert_eq!(
         store.outbox_marked().await.unwrap(),
