@@ -48,6 +48,17 @@ impl Drop for Unregister {
 /// Longest an upgrade waits for its route to be written (cluster mode).
 const ROUTE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// 429 `rate_limited` with `Retry-After: 1`: the worker is too busy registering
+/// connections with the cluster to take this one now.
+fn busy(message: &'static str) -> Response {
+    let mut res = ApiError::new(ErrorCode::RateLimited, message).into_response();
+    res.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        axum::http::HeaderValue::from_static("1"),
+    );
+    res
+}
+
 pub(super) async fn upgrade(
     State(app): State<AppState>,
     connect_info: Option<Extension<ConnectInfo<SocketAddr>>>,
@@ -93,16 +104,9 @@ pub(super) async fn upgrade(
     let ctx = app.sessions.clone();
     if ctx.hub.routes_backlogged() {
         metrics::counter!("imd_ws_route_backlog_refusals_total").increment(1);
-        let mut res = ApiError::new(
-            ErrorCode::RateLimited,
+        return busy(
             "too many connections are being registered with the cluster; retry in a moment",
-        )
-        .into_response();
-        res.headers_mut().insert(
-            axum::http::header::RETRY_AFTER,
-            axum::http::HeaderValue::from_static("1"),
         );
-        return res;
     }
     let mut who = who;
     who.ip = Some(remote.ip());
@@ -113,22 +117,28 @@ pub(super) async fn upgrade(
     // In a cluster, other nodes push to a device only once its route is written. The
     // client may `sync` as soon as it has the 101, so the route is written first: a
     // message whose push missed the route was in the inbox before that sync. Without
-    // a route no other node can reach the device, so the upgrade is refused (500
-    // `internal`) rather than leave it connected and deaf to them; the client retries.
+    // a route no other node can reach the device, so the upgrade is refused rather
+    // than leave it connected and deaf to them (429 when the writer is behind, 500
+    // when the write failed); the client retries.
     if let Some(route) = route {
         // Unregisters on every way out but success, the client leaving included.
         let pending = Unregister(Some((ctx.hub.clone(), conn.clone())));
         match tokio::time::timeout(ROUTE_WAIT, route).await {
             // Entries after this head are pushed here by whoever writes them.
             Ok(Ok(Some(head))) => conn.start_after(head),
-            failed => {
-                let why = if failed.is_err() {
-                    "not written in time"
-                } else {
-                    "write failed"
-                };
-                tracing::warn!(uid = %conn.who.uid, why, "route not written; upgrade refused");
-                metrics::counter!("imd_ws_route_failures_total").increment(1);
+            // Not written in time: the writer is behind (a reconnection storm, a slow
+            // Redis). That is load to shed, like the backlog above, not a fault.
+            Err(_) => {
+                // In a storm these come by the thousand: counted, not logged one by one.
+                tracing::debug!(uid = %conn.who.uid, "route not written in time; upgrade refused");
+                metrics::counter!("imd_ws_route_failures_total", "why" => "timeout").increment(1);
+                return busy(
+                    "this connection could not be registered with the cluster in time; retry in a moment",
+                );
+            }
+            Ok(_) => {
+                tracing::warn!(uid = %conn.who.uid, "route write failed; upgrade refused");
+                metrics::counter!("imd_ws_route_failures_total", "why" => "error").increment(1);
                 return ApiError::new(
                     ErrorCode::Internal,
                     "this connection could not be registered with the cluster; retry",

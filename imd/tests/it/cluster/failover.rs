@@ -137,11 +137,11 @@ async fn a_gateway_stopping_cleanly_costs_the_workers_no_catch_up() {
     assert_eq!(after, before, "no catch-up was asked for");
 }
 
-/// An upgrade whose connection route cannot be written is refused with 500, rather
-/// than leave a device connected that no other node can reach. Redis is made to hold
-/// every write (`CLIENT PAUSE … WRITE`) for longer than an upgrade waits for its route
-/// (2 s); once writes flow again the device connects, and the gateway's pushes reach
-/// it.
+/// An upgrade whose connection route is not written in time is refused with 429 and
+/// `Retry-After`, rather than leave a device connected that no other node can reach.
+/// Redis is made to hold every write (`CLIENT PAUSE … WRITE`) for longer than an
+/// upgrade waits for its route (2 s); once writes flow again the device connects, and
+/// the gateway's pushes reach it.
 #[tokio::test]
 async fn an_upgrade_whose_route_cannot_be_written_is_refused() {
     let c = Cluster::start(Redis::standalone()).await;
@@ -161,7 +161,7 @@ async fn an_upgrade_whose_route_cannot_be_written_is_refused() {
         .await
         .expect("CLIENT PAUSE");
     match try_ws(&c.w1.ws_url(), Auth::Header(&bob)).await {
-        Err(status) => assert_eq!(status, 500),
+        Err(status) => assert_eq!(status, 429),
         Ok(_) => panic!("upgraded without a route"),
     }
     assert!(
@@ -171,7 +171,7 @@ async fn an_upgrade_whose_route_cannot_be_written_is_refused() {
     let mut ws = loop {
         match try_ws(&c.w1.ws_url(), Auth::Header(&bob)).await {
             Ok(ws) => break ws,
-            Err(500) if paused.elapsed() < Duration::from_secs(20) => {
+            Err(429) if paused.elapsed() < Duration::from_secs(20) => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(status) => panic!("upgrade answered {status}"),
