@@ -279,21 +279,61 @@ async fn write_routes(
                 }
             }
         }
-        let (store, workers, hub) = (&store, &workers, &hub);
+        // One SADD for the node's user set instead of one per route: the uids whose
+        // changes this round are all connections still waiting. A uid with a
+        // disconnection in the round keeps its own SADD after the removal's SREM.
+        let started = std::time::Instant::now();
+        let mut uids: Vec<&str> = Vec::new();
+        let mut mixed = std::collections::HashSet::new();
+        for change in per_device.iter().flatten() {
+            match change {
+                RouteChange::Connected { uid, written, .. } if !written.is_closed() => {
+                    uids.push(uid)
+                }
+                RouteChange::Connected { .. } => {}
+                RouteChange::Disconnected { uid, .. } => {
+                    mixed.insert(uid.as_str());
+                }
+            }
+        }
+        uids.retain(|uid| !mixed.contains(uid));
+        uids.sort_unstable();
+        uids.dedup();
+        let listed: std::collections::HashSet<String> = match store
+            .list_users(hub.node_id(), &uids)
+            .await
+        {
+            Ok(()) => uids.into_iter().map(str::to_owned).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "listing this round's users failed; each route lists its own");
+                Default::default()
+            }
+        };
+        let (store, workers, hub, listed) = (&store, &workers, &hub, &listed);
         futures_util::future::join_all(per_device.into_iter().map(|changes| async move {
             for change in changes {
                 let connected = matches!(change, RouteChange::Connected { .. });
-                write_route(store, workers, hub.node_id(), change).await;
+                write_route(store, workers, hub.node_id(), listed, change).await;
                 if connected {
                     hub.route_taken();
                 }
             }
         }))
         .await;
+        metrics::histogram!("imd_route_write_round_seconds")
+            .record(started.elapsed().as_secs_f64());
+        metrics::histogram!("imd_route_write_round_size").record(n as f64);
     }
 }
 
-async fn write_route(store: &RedisStore, workers: &Arc<Workers>, me: &str, change: RouteChange) {
+/// Writes one change. `listed` holds the uids already in this node's user set.
+async fn write_route(
+    store: &RedisStore,
+    workers: &Arc<Workers>,
+    me: &str,
+    listed: &std::collections::HashSet<String>,
+    change: RouteChange,
+) {
     match change {
         RouteChange::Connected {
             uid,
@@ -305,7 +345,11 @@ async fn write_route(store: &RedisStore, workers: &Arc<Workers>, me: &str, chang
                 metrics::counter!("imd_route_writes_skipped_total").increment(1);
                 return;
             }
-            let added = store.route_add(&uid, &device, me).await;
+            let added = if listed.contains(&uid) {
+                store.route_add_listed(&uid, &device, me).await
+            } else {
+                store.route_add(&uid, &device, me).await
+            };
             // The upgrade waits for this: a failed write refuses it (no other node could
             // reach the device).
             let _ = written.send(added.as_ref().ok().map(|a| a.inbox_head));

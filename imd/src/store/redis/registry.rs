@@ -278,6 +278,20 @@ impl RedisStore {
         Ok(removed)
     }
 
+    /// Adds `uids` to `node`'s user set in one request, for routes written next with
+    /// [`RedisStore::route_add_listed`].
+    pub async fn list_users(&self, node: &str, uids: &[&str]) -> Result<(), StoreError> {
+        if uids.is_empty() {
+            return Ok(());
+        }
+        redis::cmd("SADD")
+            .arg(users_key(node))
+            .arg(uids)
+            .exec_async(&mut self.conn.clone())
+            .await
+            .map_err(StoreError::from)
+    }
+
     /// Records that device `device` of `uid` is connected on `node`.
     pub async fn route_add(
         &self,
@@ -285,7 +299,19 @@ impl RedisStore {
         device: &str,
         node: &str,
     ) -> Result<RouteAdded, StoreError> {
-        let (previous, inbox_head) = self.write_route(&ROUTE_ADD, uid, device, node).await?;
+        self.list_users(node, &[uid]).await?;
+        self.route_add_listed(uid, device, node).await
+    }
+
+    /// [`RedisStore::route_add`] for a `uid` already added to `node`'s user set with
+    /// [`RedisStore::list_users`] (one request for a round of routes).
+    pub async fn route_add_listed(
+        &self,
+        uid: &str,
+        device: &str,
+        node: &str,
+    ) -> Result<RouteAdded, StoreError> {
+        let (previous, inbox_head) = self.run_route(&ROUTE_ADD, uid, device, node).await?;
         Ok(RouteAdded {
             previous: Some(previous).filter(|p| !p.is_empty() && p != node),
             inbox_head,
@@ -303,7 +329,8 @@ impl RedisStore {
         device: &str,
         node: &str,
     ) -> Result<RouteRestored, StoreError> {
-        let (other, inbox_head) = self.write_route(&ROUTE_RESTORE, uid, device, node).await?;
+        self.list_users(node, &[uid]).await?;
+        let (other, inbox_head) = self.run_route(&ROUTE_RESTORE, uid, device, node).await?;
         Ok(if other.is_empty() {
             RouteRestored::Restored { inbox_head }
         } else {
@@ -311,9 +338,11 @@ impl RedisStore {
         })
     }
 
-    /// Adds `uid` to `node`'s user set, then runs `script` (`route_add` or
-    /// `route_restore`) on the user's routes and inbox: its `{node, inbox head}` answer.
-    async fn write_route(
+    /// Runs `script` (`route_add` or `route_restore`) on the user's routes and inbox:
+    /// its `{node, inbox head}` answer. The caller has added `uid` to `node`'s user set
+    /// first: a uid listed without a route is harmless, a route whose uid is not listed
+    /// would outlive the node.
+    async fn run_route(
         &self,
         script: &Script,
         uid: &str,
@@ -321,13 +350,6 @@ impl RedisStore {
         node: &str,
     ) -> Result<(String, u64), StoreError> {
         let mut conn = self.conn.clone();
-        // The node's user set first: a uid listed without a route is harmless, a route
-        // whose uid is not listed would outlive the node.
-        redis::cmd("SADD")
-            .arg(users_key(node))
-            .arg(uid)
-            .exec_async(&mut conn)
-            .await?;
         Ok(script
             .key(conns_key(uid))
             .key(user_key(uid, "inbox"))
