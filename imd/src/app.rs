@@ -93,7 +93,8 @@ impl App {
             Some(url) => {
                 let r = RedisStore::connect(url)
                     .await
-                    .with_context(|| format!("connecting to Redis at {url}"))?;
+                    .with_context(|| format!("connecting to Redis at {url}"))?
+                    .with_idempotency_window(idempotency_window(cfg.retention));
                 Some(Arc::new(if webhook.is_some() {
                     r.with_outbox()
                 } else {

@@ -47,7 +47,8 @@
 //!   append and a join's copy set it in the same script as the inbox entries, with
 //!   `ZADD GT`: it never moves back, whatever order writers' clocks give.
 //! - `imd:{u:<from>}:cid:<cid>` idempotency key, `"<conv>\n<message id>"`, expiring
-//!   after [`IDEMPOTENCY_WINDOW_MS`](crate::store::IDEMPOTENCY_WINDOW_MS).
+//!   after [`IDEMPOTENCY_WINDOW_MS`](crate::store::IDEMPOTENCY_WINDOW_MS), or a shorter
+//!   retention.
 //! - `imd:{f:<k>}:fanout`, k in 0..16, ZSET conv → server time (ms) of its last commit:
 //!   the conversations the sweeper looks at.
 //! - `imd:{f:<k>}:retain-convs` ZSET conv → a commit time (ms) at or before its oldest

@@ -283,6 +283,8 @@ pub struct RedisStore {
     indexed: Arc<messages::Indexed>,
     /// Whether commits write the webhook outbox (see `crate::store::outbox`).
     pub(crate) outbox: bool,
+    /// How long an idempotency key lives, in ms (Redis expires it).
+    pub(crate) idempotency_ms: i64,
 }
 
 impl RedisStore {
@@ -295,7 +297,16 @@ impl RedisStore {
             generation: Arc::default(),
             indexed: Arc::default(),
             outbox: false,
+            idempotency_ms: crate::store::IDEMPOTENCY_WINDOW_MS,
         })
+    }
+
+    /// Has idempotency keys claimed from now on live `ms` instead of
+    /// [`IDEMPOTENCY_WINDOW_MS`](crate::store::IDEMPOTENCY_WINDOW_MS) (a shorter
+    /// retention: a key outliving its message deduplicates nothing).
+    pub fn with_idempotency_window(mut self, ms: i64) -> Self {
+        self.idempotency_ms = ms;
+        self
     }
 
     /// Has every later commit write the webhook outbox (call before sharing the store).

@@ -11,9 +11,9 @@ use futures_util::future::try_join_all;
 use super::prepared::Prepared;
 use super::scripts::{CLAIM, RESOLVE};
 use super::{TAKEOVER_AFTER, corrupt, group_by};
+use crate::store::StoreError;
 use crate::store::redis::RedisStore;
 use crate::store::redis::keys::{conv_key, user_key};
-use crate::store::{IDEMPOTENCY_WINDOW_MS, StoreError};
 
 /// What a claim came to.
 pub(super) enum Claim {
@@ -41,7 +41,7 @@ impl RedisStore {
         );
         let calls = by_sender.iter().map(|(from, idx)| {
             let mut inv = CLAIM.prepare_invoke();
-            inv.arg(IDEMPOTENCY_WINDOW_MS);
+            inv.arg(self.idempotency_ms);
             for &i in idx {
                 let p = &todo[i];
                 let cid = p.cid.as_deref().unwrap_or_default();
@@ -112,7 +112,7 @@ impl RedisStore {
         let pttl: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut conn).await?;
         // -2: the key is gone, -1: no expiry (not ours): nothing to wait for.
         let age = if pttl >= 0 {
-            Duration::from_millis((IDEMPOTENCY_WINDOW_MS - pttl).max(0) as u64)
+            Duration::from_millis((self.idempotency_ms - pttl).max(0) as u64)
         } else {
             TAKEOVER_AFTER
         };

@@ -379,9 +379,9 @@ impl MessageStore for RedisStore {
             .map_err(StoreError::from)
     }
 
-    /// Returns 0: Redis expires each idempotency key by itself
-    /// ([`IDEMPOTENCY_WINDOW_MS`](crate::store::IDEMPOTENCY_WINDOW_MS) after its claim,
-    /// `PX`), so there is nothing left to purge.
+    /// Returns 0: Redis expires each idempotency key by itself (its window after its
+    /// claim, `PX`: see [`RedisStore::with_idempotency_window`]), so there is nothing
+    /// left to purge.
     async fn expire_idempotency(&self, _before_ms: i64) -> Result<u64, StoreError> {
         Ok(0)
     }
