@@ -70,7 +70,7 @@ pub struct DeviceLog {
     useqs: SeqSet,
     /// Pushes of a `useq` already seen (the server's retransmits).
     pub retransmits: u64,
-    /// New `useq`s below one already seen.
+    /// New `useq`s pushed below one already seen.
     pub out_of_order: u64,
 }
 
@@ -79,25 +79,41 @@ pub struct DeviceLog {
 pub enum Push {
     /// A `useq` not seen before, above every one seen.
     New,
-    /// A `useq` not seen before, below one already seen.
+    /// A `useq` not seen before, pushed below one already seen.
     NewOutOfOrder,
+    /// A `useq` not seen before, below one already seen, brought by a `sync`: the
+    /// catch-up after a reconnection, whose answer may come after the first live
+    /// pushes of newer ones. That is what the sync is for, not disorder.
+    CaughtUp,
     /// A `useq` already seen: a retransmit, ignored after the ack.
     Retransmit,
 }
 
 impl DeviceLog {
-    /// Records a push (or a synced item) of `useq`.
+    /// Records a push of `useq`.
     pub fn record(&mut self, useq: u64) -> Push {
+        self.record_from(useq, false)
+    }
+
+    /// Records an item of `useq` in a `sync` answer.
+    pub fn record_synced(&mut self, useq: u64) -> Push {
+        self.record_from(useq, true)
+    }
+
+    fn record_from(&mut self, useq: u64, synced: bool) -> Push {
         let max = self.useqs.max();
         if !self.useqs.insert(useq) {
             self.retransmits += 1;
             return Push::Retransmit;
         }
-        if useq < max {
-            self.out_of_order += 1;
-            return Push::NewOutOfOrder;
+        match (useq < max, synced) {
+            (false, _) => Push::New,
+            (true, true) => Push::CaughtUp,
+            (true, false) => {
+                self.out_of_order += 1;
+                Push::NewOutOfOrder
+            }
         }
-        Push::New
     }
 
     /// The `useq` a `sync` should continue after.
@@ -188,6 +204,19 @@ mod tests {
         assert_eq!(d.record(3), Push::Retransmit);
         assert_eq!(d.record(4), Push::New);
         assert_eq!((d.retransmits, d.out_of_order, d.sync_after()), (1, 1, 4));
+    }
+
+    #[test]
+    fn a_sync_filling_in_below_live_pushes_is_not_disorder() {
+        let mut d = DeviceLog::default();
+        assert_eq!(d.record(1), Push::New);
+        // Reconnected: 4 and 5 are pushed before the sync after 1 answers 2 and 3.
+        assert_eq!(d.record(4), Push::New);
+        assert_eq!(d.record(5), Push::New);
+        assert_eq!(d.record_synced(2), Push::CaughtUp);
+        assert_eq!(d.record_synced(3), Push::CaughtUp);
+        assert_eq!(d.record_synced(4), Push::Retransmit);
+        assert_eq!((d.out_of_order, d.sync_after()), (0, 5));
     }
 
     #[test]

@@ -389,7 +389,7 @@ impl<'a> Traffic<'a> {
         let ctx: &'a Ctx = self.ctx;
         let stats = &ctx.stats;
         match serde_json::from_str::<ServerFrame>(text) {
-            Ok(ServerFrame::Msg { useq, msg }) => self.on_push(useq, &msg),
+            Ok(ServerFrame::Msg { useq, msg }) => self.on_push(useq, &msg, false),
             Ok(ServerFrame::Sent { cid, .. }) => {
                 let n = cid.and_then(|c| c.parse::<u64>().ok());
                 if let Some((n, t)) = n.and_then(|n| Some((n, self.log.pending.remove(&n)?))) {
@@ -400,7 +400,7 @@ impl<'a> Traffic<'a> {
             }
             Ok(ServerFrame::Synced { msgs, more, .. }) => {
                 for item in &msgs {
-                    self.on_push(item.useq, &item.msg);
+                    self.on_push(item.useq, &item.msg, true);
                 }
                 if let (true, Some(last)) = (more, msgs.last()) {
                     let sync = ClientFrame::Sync {
@@ -456,17 +456,23 @@ impl<'a> Traffic<'a> {
         }
     }
 
-    fn on_push(&mut self, useq: u64, msg: &Message) {
+    /// A message pushed, or brought by a `sync` (`synced`).
+    fn on_push(&mut self, useq: u64, msg: &Message, synced: bool) {
         let ctx: &'a Ctx = self.ctx;
         let stats = &ctx.stats;
         self.acks.push(useq);
-        match self.log.device.record(useq) {
+        let seen = if synced {
+            self.log.device.record_synced(useq)
+        } else {
+            self.log.device.record(useq)
+        };
+        match seen {
             Push::Retransmit => {
                 bump(&stats.counts.retransmits);
                 return;
             }
             Push::NewOutOfOrder => bump(&stats.counts.out_of_order),
-            Push::New => {}
+            Push::New | Push::CaughtUp => {}
         }
         if let (true, Some(event)) = (ctx.plan.workflow(), &msg.event) {
             self.on_event(msg, event);
