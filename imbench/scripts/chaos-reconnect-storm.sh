@@ -73,6 +73,20 @@ open_count() {
     b=$(curl -s -m 1 "$W2_URL/healthz" | grep -o '"connections":[0-9]*' | cut -d: -f2 || true)
     echo $(( ${a:-0} + ${b:-0} ))
 }
+# round_times URL: the worker's rounds of route writes: how many, their mean, and the
+# bucket bound under which the longest fell (imd_route_write_round_seconds).
+round_times() {
+    curl -s --max-time 5 "$1/metrics" | awk '
+        /^imd_route_write_round_seconds_bucket/ { le = $1; sub(/.*le="/, "", le); sub(/".*/, "", le); b[++n] = le; c[n] = $2 }
+        /^imd_route_write_round_seconds_sum/ { sum = $2 }
+        /^imd_route_write_round_seconds_count/ { count = $2 }
+        END {
+            if (count == 0) { print "none"; exit }
+            for (i = 1; i <= n; i++) if (c[i] == count) { top = b[i]; break }
+            over1 = 0; for (i = 1; i <= n; i++) if (b[i] == "1") over1 = count - c[i]
+            printf "%d, mean %.1f ms, longest under %s s, %d over 1 s\n", count, 1000 * sum / count, top, over1
+        }'
+}
 # rss_all: VmRSS of w1, w2 and the gateway, in KiB, space-separated.
 rss_all() { echo "$(rss_kb "$W1_PID") $(rss_kb "$W2_PID") $(rss_kb "$GW_PID")"; }
 # With SPREAD=1 (the default) a pair's two ends are on different workers and every
@@ -166,7 +180,7 @@ done
 
 # shellcheck disable=SC2317 # called by finish_kill_run
 storm_report() {
-    local causes f
+    local causes f name url
     wait "$IDLE_PID" 2>/dev/null || true
     forget_pid "$IDLE_PID"
     echo "  imd VmRSS KiB (w1, w2, gateway) with all open before the first drop: $R1_START, $R2_START, $RG_START"
@@ -186,8 +200,11 @@ open at end $(json "$WORK/idle.json" .connections.open_at_end) of $IDLE"
     cat "$WORK"/imd*.err 2>/dev/null | sed 's/\x1b\[[0-9;]*m//g' | grep -aE '^[^ ]+ +(WARN|ERROR) ' |
         sed -E 's/^[^ ]+ +([A-Z]+) /\1 /; s/ [a-z_.]+=("[^"]*"|[^ ]*)//g' | cut -c1-150 |
         sort | uniq -c | sort -rn | head -8 | sed 's/^/    /' || true
-    cat "$WORK"/imd*.err 2>/dev/null | sed 's/\x1b\[[0-9;]*m//g' | grep -aho 'why="[^"]*"' |
-        sort | uniq -c | sed 's/^/    route not written: /' || true
+    for w in "w1 $W1_URL" "w2 $W2_URL"; do
+        read -r name url <<<"$w"
+        echo "  $name: $(counters "$url" imd_ws_route_backlog_refusals_total imd_ws_route_failures_total imd_route_writes_skipped_total)"
+        echo "  $name route write rounds: $(round_times "$url")"
+    done
     if [ -n "${KEEP_LOGS:-}" ]; then
         mkdir -p "$KEEP_LOGS"
         cp "$WORK"/imd*.err "$WORK"/redis.log "$KEEP_LOGS"/ 2>/dev/null || true

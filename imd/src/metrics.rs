@@ -19,7 +19,7 @@ pub fn install(stop: CancellationToken) -> Option<PrometheusHandle> {
     let recorder = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
         .ok()?
-        .set_buckets_for_metric(Matcher::Full("imd_commit_batch_size".into()), BATCH_BUCKETS)
+        .set_buckets_for_metric(Matcher::Suffix("_size".into()), BATCH_BUCKETS)
         .ok()?
         .build_recorder();
     let handle = recorder.handle();
@@ -239,6 +239,15 @@ fn describe() {
         "Time to commit one batch durably."
     );
     describe_histogram!("imd_commit_batch_size", "Messages per committed batch.");
+    describe_histogram!(
+        "imd_route_write_round_seconds",
+        Unit::Seconds,
+        "Time one round of connection route writes took (cluster workers)."
+    );
+    describe_histogram!(
+        "imd_route_write_round_size",
+        "Connection changes in one round of route writes (cluster workers)."
+    );
     describe_histogram!(
         "imd_retention_pass_seconds",
         Unit::Seconds,
