@@ -19,10 +19,10 @@
 # half (after the warm-up).
 #
 # Read the RSS next to the file: redb keeps the pages it touches in its cache (up to
-# 1 GiB), so imd's RSS follows the data file, and the file grows with every message
-# even under --retention (each message's (sender, cid) idempotency key lives 24 h;
-# retention trims messages and inboxes, not those keys). Churn alone (RATE=1: a
-# nearly silent chat) must leave RSS flat. Exits non-zero when a
+# --store-cache-bytes, 64 MiB by default), so imd's RSS follows the data file until
+# the cache is full; under --retention the file stops growing once messages and their
+# idempotency keys (kept no longer than the retention) leave as fast as they come.
+# Churn alone (RATE=1: a nearly silent chat) must leave RSS flat. Exits non-zero when a
 # message was lost, when imd died, or when its fds at the end exceed those at the start
 # by more than FD_SLACK (sockets leak); the RSS slope is printed, not judged. Stops
 # everything it started (by PID). Bounded: about DURATION + IDLE/RAMP + 120 s after
