@@ -62,6 +62,12 @@ measure() {
 p50 $(json "$j" .latency_ms.p50) ms, p90 $(json "$j" .latency_ms.p90) ms, \
 p99 $(json "$j" .latency_ms.p99) ms, p99.9 $(json "$j" .latency_ms.p999) ms, \
 max $(json "$j" .latency_ms.max) ms; lost $(json "$j" .messages.lost), delivered $(json "$j" .messages.delivered)"
+    if [ "$name" = imd ]; then
+        # Where a send's time goes inside imd (buckets, since imd started).
+        echo "  imd commits (durable, per batch): $(histogram "$url" imd_commit_latency_seconds 1000 ' ms')"
+        echo "  imd batch sizes: $(histogram "$url" imd_commit_batch_size)"
+        echo "  imd push queue → socket: $(histogram "$url" imd_push_latency_seconds 1000 ' ms')"
+    fi
     kill -TERM "$idle_pid" 2>/dev/null || true
     wait "$idle_pid" 2>/dev/null || true
     forget_pid "$idle_pid"

@@ -264,6 +264,22 @@ mark() {
     echo "$MARKED_AT $1" >>"$MARKS"
 }
 
+# histogram URL NAME [SCALE UNIT]: one line on the node's Prometheus histogram NAME
+# (every label summed): its count, its mean and the bucket bounds its p50, p99 and
+# p99.9 fall under, the values multiplied by SCALE (1000: seconds shown in ms).
+histogram() {
+    local url=$1 name=$2 scale=${3:-1} unit=${4:-}
+    curl -s --max-time 5 "$url/metrics" | awk -v n="$name" -v k="$scale" -v u="$unit" '
+        index($1, n "_bucket") == 1 { le = $1; sub(/.*le="/, "", le); sub(/".*/, "", le); if (!(le in c)) b[++m] = le; c[le] += $2 }
+        index($1, n "_sum") == 1 { sum += $2 }
+        index($1, n "_count") == 1 { count += $2 }
+        function under(q,   i) { for (i = 1; i <= m; i++) if (c[b[i]] >= q * count) return (b[i] == "+Inf" ? "+Inf" : b[i] * k); return "?" }
+        END {
+            if (count == 0) { print "none"; exit }
+            printf "%d, mean %.3g%s, p50 <= %s%s, p99 <= %s%s, p99.9 <= %s%s\n", count, k * sum / count, u, under(0.5), u, under(0.99), u, under(0.999), u
+        }'
+}
+
 # counters URL NAME…: the node's Prometheus counters NAME (imd_…_total, every label
 # summed, 0 when never moved), as `name value` pairs without the imd_ and _total.
 counters() {
