@@ -295,8 +295,9 @@ const MSG_CONV: &str = "$response.body#/msg/conv";
 /// them, and the security and tag of its API, decided by the path as the router nests
 /// them (every `/v1/…` handler takes `http::Client`, every `/admin/v1/…` one
 /// `admin::AdminAuth`):
-/// - `/v1/…`: a client token; 401, 500.
-/// - `/admin/v1/…`: the admin token; 401, 403 (a client token), 500; operation ids
+/// - `/v1/…`: a client token; 401, 403 (an ip under an automatic ban), 500.
+/// - `/admin/v1/…`: the admin token; 401, 403 (a client token, or a banned ip), 500;
+///   operation ids
 ///   prefixed `admin_` (the client API has handlers of the same names).
 /// - with a body: 400, 413; with parameters: 400 (they may not parse).
 ///
@@ -309,7 +310,7 @@ fn finish(api: &mut OpenApi) {
         let (tag, security, shared): (&str, &[&str], &[u16]) = if path.starts_with("/admin/v1/") {
             ("admin", &[ADMIN, ADMIN_QUERY], &[401, 403, 500])
         } else if path.starts_with("/v1/") {
-            ("client", &[CLIENT, CLIENT_QUERY], &[401, 500])
+            ("client", &[CLIENT, CLIENT_QUERY], &[401, 403, 500])
         } else {
             ("node", &[], &[])
         };
