@@ -606,8 +606,21 @@ fn idempotency_window(retention: Option<Duration>) -> i64 {
     IDEMPOTENCY_WINDOW_MS.min(retention)
 }
 
-/// Periodic upkeep: idempotency keys past `window_ms` (every ten minutes), expired
-/// blacklist entries, and idle rate-limiter keys (every ten seconds).
+/// How often [`housekeeping`] runs.
+const HOUSEKEEPING_TICK: Duration = Duration::from_secs(10);
+
+/// Every how many housekeeping ticks idempotency keys past a window of `window_ms`
+/// are expired: a tenth of the window, at most every ten minutes (the default 24 h
+/// window) and at least every tick (a short retention's: a minute's keys, not ten
+/// minutes' worth, then wait in the store).
+fn expire_every(window_ms: i64) -> u64 {
+    let tick_ms = HOUSEKEEPING_TICK.as_millis() as i64;
+    (window_ms / 10 / tick_ms).clamp(1, 60) as u64
+}
+
+/// Periodic upkeep: idempotency keys past `window_ms` (see [`expire_every`]), expired
+/// blacklist entries (every ten minutes), and idle rate-limiter keys (every ten
+/// seconds).
 async fn housekeeping(
     store: Arc<dyn MessageStore>,
     admin: Admin,
@@ -615,7 +628,8 @@ async fn housekeeping(
     window_ms: i64,
     stop: CancellationToken,
 ) {
-    let mut every = tokio::time::interval(Duration::from_secs(10));
+    let mut every = tokio::time::interval(HOUSEKEEPING_TICK);
+    let expire = expire_every(window_ms);
     let mut ticks = 0u64;
     loop {
         tokio::select! {
@@ -623,12 +637,14 @@ async fn housekeeping(
             _ = stop.cancelled() => break,
         }
         limits.retain_recent();
-        if ticks.is_multiple_of(60) {
+        if ticks.is_multiple_of(expire) {
             match store.expire_idempotency(now_ms() - window_ms).await {
                 Ok(0) => {}
                 Ok(n) => tracing::debug!(expired = n, "idempotency keys expired"),
                 Err(e) => tracing::warn!(error = %e, "expiring idempotency keys failed"),
             }
+        }
+        if ticks.is_multiple_of(60) {
             if let Err(e) = admin.purge_blacklist().await {
                 tracing::warn!(error = %e, "purging the blacklist failed");
             }
@@ -647,5 +663,16 @@ mod tests {
         assert_eq!(idempotency_window(Some(Duration::from_secs(60))), 60_000);
         let longer = Duration::from_secs(48 * 3600);
         assert_eq!(idempotency_window(Some(longer)), IDEMPOTENCY_WINDOW_MS);
+    }
+
+    #[test]
+    fn idempotency_keys_are_expired_a_tenth_of_their_window_apart() {
+        // The 24 h window: every ten minutes (60 ticks of 10 s).
+        assert_eq!(expire_every(IDEMPOTENCY_WINDOW_MS), 60);
+        // A one-hour retention: every six minutes.
+        assert_eq!(expire_every(3_600_000), 36);
+        // A minute's: every tick, not ten minutes' worth of keys at a time.
+        assert_eq!(expire_every(60_000), 1);
+        assert_eq!(expire_every(1_000), 1);
     }
 }

@@ -623,29 +623,49 @@ impl MessageStore for EmbeddedStore {
     }
 
     async fn expire_idempotency(&self, before_ms: i64) -> Result<u64, StoreError> {
-        self.blocking(move |db| {
-            let txn = db.begin_write()?;
-            let mut n = 0;
-            {
-                let mut idem = txn.open_table(IDEM)?;
-                let mut by_ts = txn.open_table(IDEM_BY_TS)?;
-                let mut expired = Vec::new();
-                for entry in by_ts.range((i64::MIN, "", "")..(before_ms, "", ""))? {
-                    let (k, _) = entry?;
-                    let (ts, from, cid) = k.value();
-                    expired.push((ts, from.to_owned(), cid.to_owned()));
-                }
-                for (ts, from, cid) in expired {
-                    by_ts.remove((ts, from.as_str(), cid.as_str()))?;
-                    idem.remove((from.as_str(), cid.as_str()))?;
-                    n += 1;
-                }
+        // In transactions of EXPIRE_CHUNK keys, so that the commits waiting for the
+        // writer get it in between.
+        let mut total = 0;
+        loop {
+            let n = self
+                .blocking(move |db| expire_idempotency_chunk(db, before_ms, EXPIRE_CHUNK))
+                .await?;
+            total += n;
+            if n < EXPIRE_CHUNK {
+                return Ok(total);
             }
-            txn.commit()?;
-            Ok(n)
-        })
-        .await
+        }
     }
+}
+
+/// Most idempotency keys one transaction expires.
+const EXPIRE_CHUNK: u64 = 5_000;
+
+/// Removes up to `limit` idempotency keys claimed before `before_ms`, oldest first; how
+/// many.
+fn expire_idempotency_chunk(db: &Database, before_ms: i64, limit: u64) -> Result<u64, StoreError> {
+    let txn = db.begin_write()?;
+    let mut n = 0;
+    {
+        let mut idem = txn.open_table(IDEM)?;
+        let mut by_ts = txn.open_table(IDEM_BY_TS)?;
+        let mut expired = Vec::new();
+        for entry in by_ts
+            .range((i64::MIN, "", "")..(before_ms, "", ""))?
+            .take(limit as usize)
+        {
+            let (k, _) = entry?;
+            let (ts, from, cid) = k.value();
+            expired.push((ts, from.to_owned(), cid.to_owned()));
+        }
+        for (ts, from, cid) in expired {
+            by_ts.remove((ts, from.as_str(), cid.as_str()))?;
+            idem.remove((from.as_str(), cid.as_str()))?;
+            n += 1;
+        }
+    }
+    txn.commit()?;
+    Ok(n)
 }
 
 #[cfg(test)]
@@ -764,6 +784,35 @@ mod tests {
             .await
             .unwrap();
         assert!(matches!(out[0], CommitOutcome::Duplicate(_)));
+    }
+
+    #[tokio::test]
+    async fn idempotency_keys_expire_oldest_first_in_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let ops = (1..=5)
+            .map(|ts| msg("d:a~b", "a", Some(&format!("c{ts}")), ts, &["a", "b"]))
+            .collect();
+        store.commit(ops).await.unwrap();
+        let db = store.db.clone();
+        let chunk = move |before| expire_idempotency_chunk(&db, before, 2).unwrap();
+        // Keys of ts 1..=4 are past; at most two a transaction, the oldest first.
+        assert_eq!(chunk(5), 2);
+        let c3 = store
+            .commit(vec![msg("d:a~b", "a", Some("c3"), 6, &["a", "b"])])
+            .await
+            .unwrap();
+        assert!(matches!(c3[0], CommitOutcome::Duplicate(_)), "c3 was kept");
+        assert_eq!(chunk(5), 2);
+        assert_eq!(chunk(5), 0);
+        // c5 (ts 5) is within the window still.
+        let c5 = store
+            .commit(vec![msg("d:a~b", "a", Some("c5"), 7, &["a", "b"])])
+            .await
+            .unwrap();
+        assert!(matches!(c5[0], CommitOutcome::Duplicate(_)));
+        // And the loop goes on until a chunk comes back short.
+        assert_eq!(store.expire_idempotency(6).await.unwrap(), 1);
     }
 
     #[tokio::test]
