@@ -58,13 +58,13 @@ start_imd() {
     IMD_WATCHDOG=$!
     PIDS+=("$IMD_WATCHDOG")
     local listen=""
-    for _ in $(seq 1 100); do
+    for _ in $(seq 1 $(( ${READY_WAIT:-10} * 10 ))); do
         listen=$(grep -o '"listen":"[^"]*"' "$IMD_OUT" 2>/dev/null | head -1 | cut -d'"' -f4 || true)
         [ -n "$listen" ] && break
         kill -0 "$IMD_PID" 2>/dev/null || { cat "${IMD_ERR:-$WORK/imd.err}" >&2; echo "imd exited" >&2; exit 1; }
         sleep 0.1
     done
-    [ -n "$listen" ] || { echo "imd printed no ready line in 10 s" >&2; exit 1; }
+    [ -n "$listen" ] || { echo "imd printed no ready line in ${READY_WAIT:-10} s" >&2; exit 1; }
     IMD_URL="http://$listen"
     echo "== imd pid $IMD_PID on $IMD_URL" >&2
 }
