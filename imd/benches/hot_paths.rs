@@ -13,7 +13,7 @@ use imd::business::limits::{Limits, Rate};
 use imd::business::messaging::Deps;
 use imd::business::words::{WordFilter, Words, WordsPolicy};
 use imd::business::{Deliver, Identity, Messaging};
-use imd::store::{Committed, EmbeddedStore, MessageStore, NewMessage, Op};
+use imd::store::{Committed, EmbeddedOptions, EmbeddedStore, MessageStore, NewMessage, Op};
 use serde_json::json;
 use shared::protocol::{ClientFrame, SendRequest};
 use tokio_util::sync::CancellationToken;
@@ -49,10 +49,21 @@ fn new_message(i: u64) -> NewMessage {
 }
 
 fn store_commit(c: &mut Criterion) {
+    commit_group(c, "store_commit", EmbeddedOptions::default());
+    // `--store-quick-repair`: two-phase commits that save the allocator state.
+    let quick = EmbeddedOptions {
+        quick_repair: true,
+        ..Default::default()
+    };
+    commit_group(c, "store_commit_quick_repair", quick);
+}
+
+/// Durable commits of 1, 16 and 256 direct messages on a store opened with `options`.
+fn commit_group(c: &mut Criterion, name: &str, options: EmbeddedOptions) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let store = EmbeddedStore::open(dir.path()).unwrap();
-    let mut g = c.benchmark_group("store_commit");
+    let store = EmbeddedStore::open_with(dir.path(), options).unwrap();
+    let mut g = c.benchmark_group(name);
     g.sample_size(20).measurement_time(Duration::from_secs(5));
     let mut next = 0u64;
     for batch in [1u64, 16, 256] {

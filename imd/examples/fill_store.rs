@@ -1,5 +1,5 @@
-//! Fills an embedded store's data dir with direct messages until its file reaches a
-//! size, to measure how long imd takes to open it after a crash (issue 17: a data dir
+//! Fills an embedded store's data dir with direct messages until its file holds a
+//! size on disk, to measure how long imd takes to open it after a crash (issue 17: a data dir
 //! of 10 GB must recover in seconds; `imbench/scripts/recovery.sh` runs the rest).
 //!
 //! ```sh
@@ -14,7 +14,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use imd::store::{Content, EmbeddedStore, MessageStore, NewMessage, Op};
+use imd::store::{Content, EmbeddedOptions, EmbeddedStore, MessageStore, NewMessage, Op};
 use serde_json::json;
 
 const USERS: u64 = 100_000;
@@ -28,12 +28,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let body_bytes: usize = args.next().map_or(Ok(600), |b| b.parse())?;
     let target = (gib * f64::from(1u32 << 30)) as u64;
     let file = dir.join("imd.redb");
-    let size = || std::fs::metadata(&file).map_or(0, |m| m.len());
+    // The bytes the file holds on disk (redb grows its file a region at a time and
+    // the new region's pages are holes until written), not its length.
+    let size = || {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&file).map_or(0, |m| m.blocks() * 512)
+    };
 
     let rt = tokio::runtime::Builder::new_current_thread().build()?;
     // A cache bigger than imd's default only to fill faster; the measured imd opens
     // the dir with its own.
-    let store = EmbeddedStore::open_with_cache(&dir, 2 << 30)?;
+    let opening = Instant::now();
+    let options = EmbeddedOptions {
+        cache_bytes: 2 << 30,
+        ..Default::default()
+    };
+    let store = EmbeddedStore::open_with(&dir, options)?;
+    eprintln!(
+        "opened {} ({:.2} GiB on disk) in {:.2} s",
+        file.display(),
+        size() as f64 / f64::from(1u32 << 30),
+        opening.elapsed().as_secs_f64()
+    );
     let text = "x".repeat(body_bytes);
     let started = Instant::now();
     // A run that continues a dir goes on with new ids and cids.

@@ -42,8 +42,8 @@ use crate::hooks::webhook::{self, Webhook, WebhookStore};
 use crate::rpc::remote::WorkerServer;
 use crate::secrets::Secrets;
 use crate::store::{
-    DirectoryStore, EmbeddedStore, IDEMPOTENCY_WINDOW_MS, MessageStore, NodeInfo as Registration,
-    RedisStore,
+    DirectoryStore, EmbeddedOptions, EmbeddedStore, IDEMPOTENCY_WINDOW_MS, MessageStore,
+    NodeInfo as Registration, RedisStore,
 };
 use crate::worker::session::{SessionCtx, SessionSettings};
 use crate::worker::{Clock, Hub};
@@ -110,7 +110,11 @@ impl App {
         ) = match &redis {
             Some(r) => (r.clone(), r.clone(), r.clone()),
             None => {
-                let e = EmbeddedStore::open_with_cache(&cfg.data_dir, cfg.store_cache_bytes)
+                let options = EmbeddedOptions {
+                    cache_bytes: cfg.store_cache_bytes,
+                    quick_repair: cfg.store_quick_repair,
+                };
+                let e = EmbeddedStore::open_with(&cfg.data_dir, options)
                     .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?;
                 let e = Arc::new(if webhook.is_some() {
                     e.with_outbox()

@@ -241,6 +241,9 @@ pub struct Config {
     /// Bytes of the embedded store's page cache (redb's own default, 1 GiB, would let
     /// a busy node's memory grow with its data file for a long while).
     pub store_cache_bytes: usize,
+    /// Every embedded-store commit saves redb's allocator state, in two phases: a
+    /// second fsync per commit, and a reopen after a crash without a walk of the file.
+    pub store_quick_repair: bool,
     /// A write to a connection that makes no progress for this long closes it as too
     /// slow.
     #[serde(with = "humantime_serde")]
@@ -345,6 +348,7 @@ impl Default for Config {
             recall_window: Duration::from_secs(120),
             max_outbox_bytes: 8 << 20,
             store_cache_bytes: crate::store::EMBEDDED_CACHE_BYTES,
+            store_quick_repair: false,
             write_timeout: Duration::from_secs(10),
             web: true,
             dev_tokens: false,
@@ -526,6 +530,11 @@ pub struct ServeArgs {
     /// the file (the OS's page cache) [default: 64 MiB].
     #[arg(long, env = "IMD_STORE_CACHE_BYTES")]
     pub store_cache_bytes: Option<usize>,
+    /// Commit the embedded store in two phases with its allocator state: a second
+    /// fsync per commit, and a restart after a crash that does not walk the whole file
+    /// [default: false].
+    #[arg(long, env = "IMD_STORE_QUICK_REPAIR", num_args = 0..=1, default_missing_value = "true")]
+    pub store_quick_repair: Option<bool>,
     /// Close a connection whose write makes no progress for this long [default: 10s].
     #[arg(long, env = "IMD_WRITE_TIMEOUT", value_parser = duration)]
     pub write_timeout: Option<Duration>,
@@ -662,6 +671,7 @@ impl Config {
             recall_window,
             max_outbox_bytes,
             store_cache_bytes,
+            store_quick_repair,
             write_timeout,
             web,
             dev_tokens,

@@ -40,7 +40,7 @@ pub use directory::{
     Admit, Assigned, BlacklistStore, DirectoryStore, GroupStore, PushStore, PushToken, Rated,
     ServiceState, Shop, ShopCounters, ShopStore,
 };
-pub use embedded::{EMBEDDED_CACHE_BYTES, EmbeddedStore};
+pub use embedded::{EMBEDDED_CACHE_BYTES, EmbeddedOptions, EmbeddedStore};
 pub use error::StoreError;
 pub use outbox::{OUTBOX_SETTLE_MS, OutboxCursor, OutboxMark, OutboxStore, ParkedEvent};
 pub use redis::{NodeInfo, RedisStore, RouteAdded, RouteRestored};

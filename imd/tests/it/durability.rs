@@ -18,10 +18,26 @@ async fn history(imd: &Imd, token: &str, conv: &str) -> Vec<Message> {
 
 /// Messages answered with HTTP 200 are all there after kill -9: in the conversation's
 /// history and in every member's inbox, with the same ids, seqs and useqs; and seq and
-/// useq go on from there.
+/// useq go on from there. The restart repaired the store (a walk of its file).
 #[tokio::test]
 async fn http_acknowledged_messages_survive_kill_9() {
-    let mut imd = Imd::start(&[]);
+    let imd = acknowledged_messages_survive_kill_9(&[]).await;
+    assert!(imd.stderr().contains(REPAIRING), "no repair logged");
+}
+
+/// The same with `--store-quick-repair`, and the restart needed no repair: every
+/// commit recorded what a repair would have rebuilt.
+#[tokio::test]
+async fn with_quick_repair_acknowledged_messages_survive_kill_9_without_a_repair() {
+    let imd = acknowledged_messages_survive_kill_9(&["--store-quick-repair"]).await;
+    assert!(!imd.stderr().contains(REPAIRING), "{}", imd.stderr());
+}
+
+/// What imd logs while it repairs its store after a crash.
+const REPAIRING: &str = "the store was not shut down cleanly";
+
+async fn acknowledged_messages_survive_kill_9(args: &[&str]) -> Imd {
+    let mut imd = Imd::start(args);
     // Tokens are signed with the secret generated into the data dir, so they outlive
     // the process.
     let alice = imd.token("alice", "a1");
@@ -91,6 +107,7 @@ async fn http_acknowledged_messages_survive_kill_9() {
     // A resent cid is still known after the crash.
     let again = http.send_to(&alice, "bob", Some("ab3"), json!(3)).await;
     assert_eq!(again, ab[6]);
+    imd
 }
 
 /// Messages answered with a `sent` frame survive a kill -9 that comes right after the

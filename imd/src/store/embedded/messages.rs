@@ -12,13 +12,11 @@ use std::collections::{HashMap, VecDeque};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction,
-};
+use redb::{Durability, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
 use shared::protocol::Message;
 
 use super::outbox::OutboxTables;
-use super::{EmbeddedStore, scan_second};
+use super::{Db, EmbeddedStore, scan_second};
 use crate::store::{
     CommitOutcome, Committed, Content, ConvCursor, ConvEntry, Generation, IDEMPOTENCY_WINDOW_MS,
     JOIN_PUSH_TAIL, MessageStore, NewMessage, Op, OutboxCursor, Page, PageFill, Recall,
@@ -116,7 +114,7 @@ struct Tables<'t> {
 /// Commits `batch` in one durable transaction; with the outbox on (`outbox` holds the
 /// deliverer's cursor moves that waited), writes its marks and those moves too.
 fn commit_batch(
-    db: &Database,
+    db: &Db,
     batch: Vec<Op>,
     outbox: Option<Vec<(String, OutboxCursor)>>,
 ) -> Result<Vec<CommitOutcome>, StoreError> {
@@ -387,7 +385,7 @@ pub(super) fn stored_ts(json: &[u8]) -> Result<i64, StoreError> {
 
 /// A page of `uid`'s conversation list (see [`MessageStore::conversations`]).
 fn conversations_page(
-    db: &Database,
+    db: &Db,
     uid: &str,
     before: Option<&ConvCursor>,
     limit: u32,
@@ -643,7 +641,7 @@ const EXPIRE_CHUNK: u64 = 5_000;
 
 /// Removes up to `limit` idempotency keys claimed before `before_ms`, oldest first; how
 /// many.
-fn expire_idempotency_chunk(db: &Database, before_ms: i64, limit: u64) -> Result<u64, StoreError> {
+fn expire_idempotency_chunk(db: &Db, before_ms: i64, limit: u64) -> Result<u64, StoreError> {
     let txn = db.begin_write()?;
     let mut n = 0;
     {

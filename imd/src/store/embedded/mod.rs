@@ -17,7 +17,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 
 use super::{Generation, StoreError};
 
@@ -32,7 +32,7 @@ mod shops;
 /// The embedded store. Cheap to clone.
 #[derive(Clone)]
 pub struct EmbeddedStore {
-    db: Arc<Database>,
+    db: Arc<Db>,
     /// Made once when the data dir is created; never changes (see
     /// [`MessageStore::generation`](crate::store::MessageStore::generation)).
     generation: Generation,
@@ -49,26 +49,81 @@ pub struct EmbeddedStore {
 /// 500 msg/s for the whole of a 30-minute soak (docs/benchmarks.md, *Chaos runs*).
 pub const EMBEDDED_CACHE_BYTES: usize = 64 << 20;
 
+/// How the embedded store opens its file.
+#[derive(Debug, Clone, Copy)]
+pub struct EmbeddedOptions {
+    /// The most bytes of the file's pages kept in memory (`--store-cache-bytes`).
+    pub cache_bytes: usize,
+    /// Every write transaction saves redb's allocator state and commits in two phases
+    /// (`--store-quick-repair`): a commit costs a second fsync, and opening the file
+    /// after a crash no longer walks all of it (docs/benchmarks.md, *Recovery*).
+    pub quick_repair: bool,
+}
+
+impl Default for EmbeddedOptions {
+    fn default() -> Self {
+        Self {
+            cache_bytes: EMBEDDED_CACHE_BYTES,
+            quick_repair: false,
+        }
+    }
+}
+
+/// The database, and how its write transactions commit. Reads go to the [`Database`]
+/// itself; writes begin with [`Db::begin_write`], which applies the options.
+pub(super) struct Db {
+    inner: Database,
+    quick_repair: bool,
+}
+
+impl std::ops::Deref for Db {
+    type Target = Database;
+
+    fn deref(&self) -> &Database {
+        &self.inner
+    }
+}
+
+impl Db {
+    /// Begins a write transaction with the store's commit options (this method, not
+    /// [`Database::begin_write`], which the deref would also offer).
+    pub(super) fn begin_write(&self) -> Result<WriteTransaction, redb::TransactionError> {
+        let mut txn = self.inner.begin_write()?;
+        txn.set_quick_repair(self.quick_repair);
+        Ok(txn)
+    }
+}
+
 /// `key` → value: facts about the database itself.
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 
 impl EmbeddedStore {
-    /// Opens (or creates) the database file `dir/imd.redb`, with a page cache of
-    /// [`EMBEDDED_CACHE_BYTES`].
+    /// Opens (or creates) the database file `dir/imd.redb` with the default options.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        Self::open_with_cache(dir, EMBEDDED_CACHE_BYTES)
+        Self::open_with(dir, EmbeddedOptions::default())
     }
 
-    /// Opens (or creates) the database file `dir/imd.redb`, keeping at most
-    /// `cache_bytes` of its pages in memory (`--store-cache-bytes`).
-    pub fn open_with_cache(dir: &Path, cache_bytes: usize) -> Result<Self, StoreError> {
+    /// Opens (or creates) the database file `dir/imd.redb`. After a crash this repairs
+    /// the file first, which takes a walk of all of it unless every commit before the
+    /// crash was made with [`EmbeddedOptions::quick_repair`].
+    pub fn open_with(dir: &Path, options: EmbeddedOptions) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::DataDir {
             path: dir.to_owned(),
             source: Arc::new(e),
         })?;
-        let db = redb::Builder::new()
-            .set_cache_size(cache_bytes)
-            .create(dir.join("imd.redb"))?;
+        let db = Db {
+            inner: redb::Builder::new()
+                .set_cache_size(options.cache_bytes)
+                .set_repair_callback(|session| {
+                    tracing::warn!(
+                        done = %format!("{:.0}%", 100.0 * session.progress()),
+                        "the store was not shut down cleanly: repairing it, which reads the \
+                         whole file (--store-quick-repair makes this instant)"
+                    );
+                })
+                .create(dir.join("imd.redb"))?,
+            quick_repair: options.quick_repair,
+        };
         // Create every table once, so read transactions never meet a missing one.
         let txn = db.begin_write()?;
         messages::create_tables(&txn)?;
@@ -109,7 +164,7 @@ impl EmbeddedStore {
     async fn blocking<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&Db) -> Result<T, StoreError> + Send + 'static,
     {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || f(&db)).await?
@@ -137,7 +192,7 @@ fn json_at<T: serde::de::DeserializeOwned>(
 
 /// Reads one JSON value of a `&str → &[u8]` table.
 fn get_json<T: serde::de::DeserializeOwned>(
-    db: &Database,
+    db: &Db,
     table: TableDefinition<&str, &[u8]>,
     key: &str,
 ) -> Result<Option<T>, StoreError> {

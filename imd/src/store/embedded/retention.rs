@@ -32,9 +32,10 @@
 
 use std::ops::Bound;
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, Table, WriteTransaction};
+use redb::{Durability, ReadableDatabase, ReadableTable, Table, WriteTransaction};
 use shared::protocol::Message;
 
+use super::Db;
 use super::messages::{
     ACTIVITY, BY_ACTIVITY, CONV_SEQ, EVENTS, INBOX, MEMBER_SEQ, MESSAGES, USER_SEQ, stored_ts,
 };
@@ -72,7 +73,7 @@ impl Gone {
 
 /// One step of a pass (see [`crate::store::MessageStore::trim`]).
 pub(super) fn trim_step(
-    db: &Database,
+    db: &Db,
     before: i64,
     budget: usize,
     pass: &mut TrimPass,
@@ -107,7 +108,7 @@ pub(super) fn trim_step(
 /// finds what of them is older than `before`, at most `budget` rows; returns it, the
 /// last key done (all of its due rows found), and whether that was the last key.
 fn look(
-    db: &Database,
+    db: &Db,
     before: i64,
     users: bool,
     after: Option<&str>,
@@ -275,12 +276,7 @@ impl<'t> TrimTables<'t> {
 
 /// Erases the messages of `seqs` of `conv` that `sender` sent with a body (see
 /// [`crate::store::MessageStore::erase`]), in one fsynced write; returns how many.
-pub(super) fn erase(
-    db: &Database,
-    conv: &str,
-    sender: &str,
-    seqs: &[u64],
-) -> Result<u64, StoreError> {
+pub(super) fn erase(db: &Db, conv: &str, sender: &str, seqs: &[u64]) -> Result<u64, StoreError> {
     let mut txn = db.begin_write()?;
     txn.set_durability(Durability::Immediate)?;
     let mut n = 0;
