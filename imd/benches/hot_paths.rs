@@ -49,13 +49,14 @@ fn new_message(i: u64) -> NewMessage {
 }
 
 fn store_commit(c: &mut Criterion) {
-    commit_group(c, "store_commit", EmbeddedOptions::default());
-    // `--store-quick-repair`: two-phase commits that save the allocator state.
-    let quick = EmbeddedOptions {
-        quick_repair: true,
+    // `--store-quick-repair false`: one-phase commits, without the allocator state.
+    let one_phase = EmbeddedOptions {
+        quick_repair: false,
         ..Default::default()
     };
-    commit_group(c, "store_commit_quick_repair", quick);
+    commit_group(c, "store_commit", one_phase);
+    // The default: two-phase commits that save the allocator state.
+    commit_group(c, "store_commit_quick_repair", EmbeddedOptions::default());
 }
 
 /// Durable commits of 1, 16 and 256 direct messages on a store opened with `options`.

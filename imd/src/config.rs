@@ -242,7 +242,8 @@ pub struct Config {
     /// a busy node's memory grow with its data file for a long while).
     pub store_cache_bytes: usize,
     /// Every embedded-store commit saves redb's allocator state, in two phases: a
-    /// second fsync per commit, and a reopen after a crash without a walk of the file.
+    /// second fsync per commit, and a reopen after a crash without a walk of the file
+    /// (a 10 GB data dir: 0.14 s instead of 25 s, or 133 s from a cold page cache).
     pub store_quick_repair: bool,
     /// A write to a connection that makes no progress for this long closes it as too
     /// slow.
@@ -348,7 +349,7 @@ impl Default for Config {
             recall_window: Duration::from_secs(120),
             max_outbox_bytes: 8 << 20,
             store_cache_bytes: crate::store::EMBEDDED_CACHE_BYTES,
-            store_quick_repair: false,
+            store_quick_repair: true,
             write_timeout: Duration::from_secs(10),
             web: true,
             dev_tokens: false,
@@ -531,8 +532,8 @@ pub struct ServeArgs {
     #[arg(long, env = "IMD_STORE_CACHE_BYTES")]
     pub store_cache_bytes: Option<usize>,
     /// Commit the embedded store in two phases with its allocator state: a second
-    /// fsync per commit, and a restart after a crash that does not walk the whole file
-    /// [default: false].
+    /// fsync per commit, and a restart after a crash that does not read the whole file
+    /// first; `false` saves the fsync [default: true].
     #[arg(long, env = "IMD_STORE_QUICK_REPAIR", num_args = 0..=1, default_missing_value = "true")]
     pub store_quick_repair: Option<bool>,
     /// Close a connection whose write makes no progress for this long [default: 10s].

@@ -55,8 +55,9 @@ pub struct EmbeddedOptions {
     /// The most bytes of the file's pages kept in memory (`--store-cache-bytes`).
     pub cache_bytes: usize,
     /// Every write transaction saves redb's allocator state and commits in two phases
-    /// (`--store-quick-repair`): a commit costs a second fsync, and opening the file
-    /// after a crash no longer walks all of it (docs/benchmarks.md, *Recovery*).
+    /// (`--store-quick-repair`, on by default): a commit costs a second fsync, and
+    /// opening the file after a crash no longer walks all of it (docs/benchmarks.md,
+    /// *Recovery after a crash*).
     pub quick_repair: bool,
 }
 
@@ -64,7 +65,7 @@ impl Default for EmbeddedOptions {
     fn default() -> Self {
         Self {
             cache_bytes: EMBEDDED_CACHE_BYTES,
-            quick_repair: false,
+            quick_repair: true,
         }
     }
 }
@@ -118,7 +119,7 @@ impl EmbeddedStore {
                     tracing::warn!(
                         done = %format!("{:.0}%", 100.0 * session.progress()),
                         "the store was not shut down cleanly: repairing it, which reads the \
-                         whole file (--store-quick-repair makes this instant)"
+                         whole file (with --store-quick-repair, the default, it need not)"
                     );
                 })
                 .create(dir.join("imd.redb"))?,
