@@ -648,10 +648,10 @@ async fn housekeeping(
                 Err(e) => tracing::warn!(error = %e, "expiring idempotency keys failed"),
             }
         }
-        if ticks.is_multiple_of(60) {
-            if let Err(e) = admin.purge_blacklist().await {
-                tracing::warn!(error = %e, "purging the blacklist failed");
-            }
+        if ticks.is_multiple_of(60)
+            && let Err(e) = admin.purge_blacklist().await
+        {
+            tracing::warn!(error = %e, "purging the blacklist failed");
         }
         ticks += 1;
     }
