@@ -4,8 +4,9 @@
 //! format, and durable by default (`Durability::Immediate` fsyncs at commit). After a
 //! crash the open repairs the file: from the allocator state every commit saves with
 //! quick repair (the default, [`EmbeddedOptions::quick_repair`]), in a fraction of a
-//! second; without it, by reading the whole file (25 s for 10 GB). Its single writer suits us: the business layer already funnels
-//! every commit through one group-commit task, so many messages share one fsync.
+//! second; without it, by reading the whole file (25 s for 10 GB). Its single writer
+//! suits us: the business layer already funnels every commit through one group-commit
+//! task, so many messages share one fsync.
 //! Reads run in MVCC read transactions and never wait for the writer.
 //!
 //! The file is locked by the process that opens it, which is why the secrets live in
