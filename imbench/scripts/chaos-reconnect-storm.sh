@@ -73,20 +73,6 @@ open_count() {
     b=$(curl -s -m 1 "$W2_URL/healthz" | grep -o '"connections":[0-9]*' | cut -d: -f2 || true)
     echo $(( ${a:-0} + ${b:-0} ))
 }
-# round_times URL: the worker's rounds of route writes: how many, their mean, and the
-# bucket bound under which the longest fell (imd_route_write_round_seconds).
-round_times() {
-    curl -s --max-time 5 "$1/metrics" | awk '
-        /^imd_route_write_round_seconds_bucket/ { le = $1; sub(/.*le="/, "", le); sub(/".*/, "", le); b[++n] = le; c[n] = $2 }
-        /^imd_route_write_round_seconds_sum/ { sum = $2 }
-        /^imd_route_write_round_seconds_count/ { count = $2 }
-        END {
-            if (count == 0) { print "none"; exit }
-            for (i = 1; i <= n; i++) if (c[i] == count) { top = b[i]; break }
-            over1 = 0; for (i = 1; i <= n; i++) if (b[i] == "1") over1 = count - c[i]
-            printf "%d, mean %.1f ms, longest under %s s, %d over 1 s\n", count, 1000 * sum / count, top, over1
-        }'
-}
 # rss_all: VmRSS of w1, w2 and the gateway, in KiB, space-separated.
 rss_all() { echo "$(rss_kb "$W1_PID") $(rss_kb "$W2_PID") $(rss_kb "$GW_PID")"; }
 # With SPREAD=1 (the default) a pair's two ends are on different workers and every
@@ -203,7 +189,7 @@ open at end $(json "$WORK/idle.json" .connections.open_at_end) of $IDLE"
     for w in "w1 $W1_URL" "w2 $W2_URL"; do
         read -r name url <<<"$w"
         echo "  $name: $(counters "$url" imd_ws_route_backlog_refusals_total imd_ws_route_failures_total imd_route_writes_skipped_total)"
-        echo "  $name route write rounds: $(round_times "$url")"
+        echo "  $name route write rounds: $(histogram "$url" imd_route_write_round_seconds 1000 ' ms')"
     done
     if [ -n "${KEEP_LOGS:-}" ]; then
         mkdir -p "$KEEP_LOGS"

@@ -265,8 +265,8 @@ mark() {
 }
 
 # histogram URL NAME [SCALE UNIT]: one line on the node's Prometheus histogram NAME
-# (every label summed): its count, its mean and the bucket bounds its p50, p99 and
-# p99.9 fall under, the values multiplied by SCALE (1000: seconds shown in ms).
+# (every label summed): its count, its mean and the bucket bounds its p50, p99, p99.9
+# and largest value fall under, the values multiplied by SCALE (1000: seconds in ms).
 histogram() {
     local url=$1 name=$2 scale=${3:-1} unit=${4:-}
     curl -s --max-time 5 "$url/metrics" | awk -v n="$name" -v k="$scale" -v u="$unit" '
@@ -276,7 +276,7 @@ histogram() {
         function under(q,   i) { for (i = 1; i <= m; i++) if (c[b[i]] >= q * count) return (b[i] == "+Inf" ? "+Inf" : b[i] * k); return "?" }
         END {
             if (count == 0) { print "none"; exit }
-            printf "%d, mean %.3g%s, p50 <= %s%s, p99 <= %s%s, p99.9 <= %s%s\n", count, k * sum / count, u, under(0.5), u, under(0.99), u, under(0.999), u
+            printf "%d, mean %.3g%s, p50 <= %s%s, p99 <= %s%s, p99.9 <= %s%s, max <= %s%s\n", count, k * sum / count, u, under(0.5), u, under(0.99), u, under(0.999), u, under(1), u
         }'
 }
 

@@ -1,6 +1,7 @@
 //! Fills an embedded store's data dir with direct messages until its file holds a
-//! size on disk, to measure how long imd takes to open it after a crash (issue 17: a data dir
-//! of 10 GB must recover in seconds; `imbench/scripts/recovery.sh` runs the rest).
+//! size on disk, to measure how long imd takes to open it after a crash (issue 17: a
+//! data dir of 10 GB must recover in seconds; `DATA=DIR
+//! imbench/scripts/kill-during-chat.sh` runs the rest).
 //!
 //! ```sh
 //! cargo run --release -p imd --example fill_store -- DIR GIB [BODY_BYTES]
@@ -34,6 +35,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         use std::os::unix::fs::MetadataExt;
         std::fs::metadata(&file).map_or(0, |m| m.blocks() * 512)
     };
+    let gib = || size() as f64 / f64::from(1u32 << 30);
 
     let rt = tokio::runtime::Builder::new_current_thread().build()?;
     // A cache bigger than imd's default only to fill faster; the measured imd opens
@@ -47,13 +49,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     eprintln!(
         "opened {} ({:.2} GiB on disk) in {:.2} s",
         file.display(),
-        size() as f64 / f64::from(1u32 << 30),
+        gib(),
         opening.elapsed().as_secs_f64()
     );
     let text = "x".repeat(body_bytes);
     let started = Instant::now();
-    // A run that continues a dir goes on with new ids and cids.
-    let run = started.elapsed().as_nanos() ^ u128::from(std::process::id());
+    // A run that continues a dir goes on with new ids and cids: its start time.
+    let run = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_nanos();
     let mut sent = 0u64;
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
     while size() < target {
@@ -81,7 +85,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let s = started.elapsed().as_secs_f64();
             eprintln!(
                 "{sent} messages, {:.2} GiB, {:.0} msg/s",
-                size() as f64 / f64::from(1u32 << 30),
+                gib(),
                 sent as f64 / s
             );
         }
@@ -89,7 +93,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "{}: {:.2} GiB after {sent} more messages in {:.0} s",
         file.display(),
-        size() as f64 / f64::from(1u32 << 30),
+        gib(),
         started.elapsed().as_secs_f64()
     );
     Ok(())

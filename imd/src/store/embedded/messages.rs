@@ -643,7 +643,7 @@ const EXPIRE_CHUNK: u64 = 5_000;
 /// many.
 fn expire_idempotency_chunk(db: &Db, before_ms: i64, limit: u64) -> Result<u64, StoreError> {
     let txn = db.begin_write()?;
-    let mut n = 0;
+    let n;
     {
         let mut idem = txn.open_table(IDEM)?;
         let mut by_ts = txn.open_table(IDEM_BY_TS)?;
@@ -656,10 +656,10 @@ fn expire_idempotency_chunk(db: &Db, before_ms: i64, limit: u64) -> Result<u64, 
             let (ts, from, cid) = k.value();
             expired.push((ts, from.to_owned(), cid.to_owned()));
         }
+        n = expired.len() as u64;
         for (ts, from, cid) in expired {
             by_ts.remove((ts, from.as_str(), cid.as_str()))?;
             idem.remove((from.as_str(), cid.as_str()))?;
-            n += 1;
         }
     }
     txn.commit()?;
