@@ -113,14 +113,12 @@ impl App {
                 let options = EmbeddedOptions {
                     cache_bytes: cfg.store_cache_bytes,
                     quick_repair: cfg.store_quick_repair,
+                    log: cfg.store_log,
+                    outbox: webhook.is_some(),
                 };
                 let e = EmbeddedStore::open_with(&cfg.data_dir, options)
                     .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?;
-                let e = Arc::new(if webhook.is_some() {
-                    e.with_outbox()
-                } else {
-                    e
-                });
+                let e = Arc::new(e);
                 (e.clone(), e.clone(), e)
             }
         };

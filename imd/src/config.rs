@@ -245,6 +245,10 @@ pub struct Config {
     /// second fsync per commit, and a reopen after a crash without a walk of the file
     /// (a 10 GB data dir: 0.14 s instead of 25 s, or 133 s from a cold page cache).
     pub store_quick_repair: bool,
+    /// Embedded-store commits append one record to a commit log and `fdatasync` it; the
+    /// tables are written behind, by an indexer thread, and reads wait for it (see
+    /// docs/benchmarks.md, *The log commit*). Off: each commit writes the tables.
+    pub store_log: bool,
     /// A write to a connection that makes no progress for this long closes it as too
     /// slow.
     #[serde(with = "humantime_serde")]
@@ -350,6 +354,7 @@ impl Default for Config {
             max_outbox_bytes: 8 << 20,
             store_cache_bytes: crate::store::EMBEDDED_CACHE_BYTES,
             store_quick_repair: true,
+            store_log: false,
             write_timeout: Duration::from_secs(10),
             web: true,
             dev_tokens: false,
@@ -536,6 +541,10 @@ pub struct ServeArgs {
     /// first; `false` saves the fsync [default: true].
     #[arg(long, env = "IMD_STORE_QUICK_REPAIR", num_args = 0..=1, default_missing_value = "true")]
     pub store_quick_repair: Option<bool>,
+    /// Embedded store: commit by appending to a commit log (one fdatasync a batch) and
+    /// write the tables behind it; reads wait for them [default: false].
+    #[arg(long, env = "IMD_STORE_LOG", num_args = 0..=1, default_missing_value = "true")]
+    pub store_log: Option<bool>,
     /// Close a connection whose write makes no progress for this long [default: 10s].
     #[arg(long, env = "IMD_WRITE_TIMEOUT", value_parser = duration)]
     pub write_timeout: Option<Duration>,
@@ -673,6 +682,7 @@ impl Config {
             max_outbox_bytes,
             store_cache_bytes,
             store_quick_repair,
+            store_log,
             write_timeout,
             web,
             dev_tokens,

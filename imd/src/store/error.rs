@@ -121,6 +121,9 @@ pub enum StoreError {
     /// error: the store found the contradiction itself.
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    /// The embedded store's commit log could not be read or written.
+    #[error("commit log: {0}")]
+    Log(#[source] Arc<std::io::Error>),
     /// The store is shutting down.
     #[error("store closed")]
     Closed,
@@ -130,6 +133,11 @@ impl StoreError {
     /// A value that did not encode as JSON.
     pub(crate) fn encode(source: serde_json::Error) -> Self {
         StoreError::Encode(Arc::new(source))
+    }
+
+    /// A commit log failure.
+    pub(crate) fn log(source: std::io::Error) -> Self {
+        StoreError::Log(Arc::new(source))
     }
 
     /// A stored record named `what` that did not decode.

@@ -223,7 +223,7 @@ impl Op {
 pub const JOIN_PUSH_TAIL: usize = 256;
 
 /// A committed message: its serialized form and where it landed in each inbox.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Committed {
     /// The message as clients see it, serialized once (the `Message` JSON object).
     pub json: Bytes,

@@ -34,6 +34,13 @@ async fn without_quick_repair_acknowledged_messages_survive_kill_9_and_a_repair(
     assert!(imd.stderr().contains(REPAIRING), "no repair logged");
 }
 
+/// The same with the log commit (`--store-log`): what was acknowledged is in the log,
+/// and the restart applies what the indexer had not written.
+#[tokio::test]
+async fn with_the_log_acknowledged_messages_survive_kill_9() {
+    acknowledged_messages_survive_kill_9(&["--store-log"]).await;
+}
+
 /// What imd logs while it repairs its store after a crash.
 const REPAIRING: &str = "the store was not shut down cleanly";
 
@@ -115,7 +122,18 @@ async fn acknowledged_messages_survive_kill_9(args: &[&str]) -> Imd {
 /// last `sent`, and pushes after the restart go on from the stored useq.
 #[tokio::test]
 async fn ws_sent_messages_survive_kill_9() {
-    let mut imd = Imd::start(&[]);
+    ws_sent_messages_survive_kill_9_with(&[]).await;
+}
+
+/// The same with the log commit: a kill this close to the last `sent` usually finds
+/// records the indexer has not written, which the restart applies.
+#[tokio::test]
+async fn with_the_log_ws_sent_messages_survive_kill_9() {
+    ws_sent_messages_survive_kill_9_with(&["--store-log"]).await;
+}
+
+async fn ws_sent_messages_survive_kill_9_with(args: &[&str]) {
+    let mut imd = Imd::start(args);
     let bob = imd.token("bob", "b1");
     let mut alice = imd.ws_as("alice", "a1").await;
     for i in 0..20 {

@@ -18,7 +18,7 @@ use shared::protocol::Message;
 use super::outbox::OutboxTables;
 use super::{Db, EmbeddedStore, scan_second};
 use crate::store::{
-    CommitOutcome, Committed, Content, ConvCursor, ConvEntry, Generation, IDEMPOTENCY_WINDOW_MS,
+    CommitOutcome, Committed, ConvCursor, ConvEntry, Generation, IDEMPOTENCY_WINDOW_MS,
     JOIN_PUSH_TAIL, MessageStore, NewMessage, Op, OutboxCursor, Page, PageFill, Recall,
     RecallRefused, StoreError, TrimPass, recalled_json,
 };
@@ -32,7 +32,8 @@ pub(super) const INBOX: TableDefinition<(&str, u64), (&str, u64)> = TableDefinit
 /// `uid` → last `useq`.
 pub(super) const USER_SEQ: TableDefinition<&str, u64> = TableDefinition::new("user_seq");
 /// `(from, cid)` → `(conv, seq, ts)`.
-const IDEM: TableDefinition<(&str, &str), (&str, u64, i64)> = TableDefinition::new("idem");
+pub(super) const IDEM: TableDefinition<(&str, &str), (&str, u64, i64)> =
+    TableDefinition::new("idem");
 /// `(ts, from, cid)` → (), to expire [`IDEM`] in time order.
 const IDEM_BY_TS: TableDefinition<(i64, &str, &str), ()> = TableDefinition::new("idem_by_ts");
 /// `(conv, uid)` → the last `seq` of a service conversation in `uid`'s inbox, so that
@@ -50,7 +51,7 @@ pub(super) const BY_ACTIVITY: TableDefinition<(&str, i64, &str), u64> =
     TableDefinition::new("conv_by_activity");
 /// `(conv, uid)` → `uid`'s read position in `conv` (the highest seq read; only moves
 /// forward).
-const READS: TableDefinition<(&str, &str), u64> = TableDefinition::new("read_seq");
+pub(super) const READS: TableDefinition<(&str, &str), u64> = TableDefinition::new("read_seq");
 /// `(conv, seq)` → how many event messages `conv` holds up to and including `seq`; one
 /// row per event message. The events in `(a, b]` are the count at or before `b` less
 /// the count at or before `a`: two lookups, whatever lies between.
@@ -81,7 +82,7 @@ pub(super) fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
 }
 
 /// The tables a commit writes, open in its write transaction.
-struct Tables<'t> {
+pub(super) struct Tables<'t> {
     /// [`MESSAGES`].
     messages: Table<'t, (&'static str, u64), &'static [u8]>,
     /// [`CONV_SEQ`].
@@ -111,9 +112,71 @@ struct Tables<'t> {
     in_batch: HashMap<(String, String), Bytes>,
 }
 
+/// A message whose place is decided: its seq, every member's useq, its JSON. Its rows
+/// are written from it ([`Tables::write`]): at once by a direct commit, or later by the
+/// indexer from the commit log (`logged`).
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Placed {
+    /// Where it landed, and its JSON.
+    pub(super) committed: Committed,
+    /// The sender.
+    pub(super) from: String,
+    /// The sender's client message id.
+    pub(super) cid: Option<String>,
+    /// Whether it is an event message.
+    pub(super) event: bool,
+}
+
+impl Placed {
+    /// `m` at `seq`, with `recipients` (each member and its useq).
+    pub(super) fn new(
+        m: &NewMessage,
+        seq: u64,
+        recipients: Vec<(String, u64)>,
+    ) -> Result<Self, StoreError> {
+        let json = serde_json::to_vec(&m.to_message(seq)).map_err(StoreError::encode)?;
+        Ok(Self {
+            committed: Committed {
+                json: json.into(),
+                conv: m.conv.clone(),
+                seq,
+                ts: m.ts,
+                recipients,
+            },
+            from: m.from.clone(),
+            cid: m.cid.clone(),
+            event: m.is_event(),
+        })
+    }
+}
+
+/// The message that an earlier send with `(from, cid)` committed, if that key still
+/// deduplicates a send at `ts`: within the window, and its message not removed by
+/// retention (a key past either is taken over by the new message).
+pub(super) fn earlier_send(
+    idem: &impl ReadableTable<(&'static str, &'static str), (&'static str, u64, i64)>,
+    messages: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
+    from: &str,
+    cid: &str,
+    ts: i64,
+) -> Result<Option<Bytes>, StoreError> {
+    let Some((conv, seq, at)) = idem.get((from, cid))?.map(|g| {
+        let (conv, seq, at) = g.value();
+        (conv.to_owned(), seq, at)
+    }) else {
+        return Ok(None);
+    };
+    if ts - at >= IDEMPOTENCY_WINDOW_MS {
+        return Ok(None);
+    }
+    Ok(messages
+        .get((conv.as_str(), seq))?
+        .map(|g| Bytes::copy_from_slice(g.value())))
+}
+
 /// Commits `batch` in one durable transaction; with the outbox on (`outbox` holds the
 /// deliverer's cursor moves that waited), writes its marks and those moves too.
-fn commit_batch(
+pub(super) fn commit_batch(
     db: &Db,
     batch: Vec<Op>,
     outbox: Option<Vec<(String, OutboxCursor)>>,
@@ -123,9 +186,7 @@ fn commit_batch(
     let mut out = Vec::with_capacity(batch.len());
     {
         let mut t = Tables::open(&txn, outbox.is_some())?;
-        if let (Some(tables), Some(moves)) = (&mut t.outbox, outbox) {
-            tables.write_cursors(moves)?;
-        }
+        t.move_cursors(outbox)?;
         for op in batch {
             out.push(match op {
                 Op::Message(m) => t.message(&m)?,
@@ -141,7 +202,7 @@ fn commit_batch(
 
 impl<'t> Tables<'t> {
     /// Opens every table of a commit in `txn` (the outbox's when `outbox`).
-    fn open(txn: &'t WriteTransaction, outbox: bool) -> Result<Self, StoreError> {
+    pub(super) fn open(txn: &'t WriteTransaction, outbox: bool) -> Result<Self, StoreError> {
         Ok(Self {
             messages: txn.open_table(MESSAGES)?,
             conv_seq: txn.open_table(CONV_SEQ)?,
@@ -159,94 +220,96 @@ impl<'t> Tables<'t> {
         })
     }
 
+    /// Writes the webhook deliverer's cursor `moves` (when the outbox is on).
+    pub(super) fn move_cursors(
+        &mut self,
+        moves: Option<Vec<(String, OutboxCursor)>>,
+    ) -> Result<(), StoreError> {
+        if let (Some(tables), Some(moves)) = (&mut self.outbox, moves) {
+            tables.write_cursors(moves)?;
+        }
+        Ok(())
+    }
+
     /// Commits `m`, or recognises it as a resend of an earlier `(from, cid)`.
     fn message(&mut self, m: &NewMessage) -> Result<CommitOutcome, StoreError> {
         if let Some(cid) = &m.cid {
             if let Some(json) = self.in_batch.get(&(m.from.clone(), cid.clone())) {
                 return Ok(CommitOutcome::Duplicate(json.clone()));
             }
-            let earlier = self.idem.get((m.from.as_str(), cid.as_str()))?.map(|g| {
-                let (conv, seq, ts) = g.value();
-                (conv.to_owned(), seq, ts)
-            });
-            if let Some((conv, seq, ts)) = earlier {
-                // A key whose message retention removed deduplicates no more.
-                let json = self
-                    .messages
-                    .get((conv.as_str(), seq))?
-                    .map(|g| Bytes::copy_from_slice(g.value()));
-                if let Some(json) = json
-                    && m.ts - ts < IDEMPOTENCY_WINDOW_MS
-                {
-                    return Ok(CommitOutcome::Duplicate(json));
-                }
-                // Expired (or its message removed) but not purged yet: the new message
-                // takes the key over.
-                self.idem_by_ts
-                    .remove((ts, m.from.as_str(), cid.as_str()))?;
+            if let Some(json) = earlier_send(&self.idem, &self.messages, &m.from, cid, m.ts)? {
+                return Ok(CommitOutcome::Duplicate(json));
             }
         }
         Ok(CommitOutcome::New(self.append(m)?))
     }
 
-    /// Appends `m` to its conversation and its members' inboxes, with everything a new
-    /// message moves: the members' conversation lists, the sender's read position (for
-    /// a body) or the event count (for an event), the idempotency key.
+    /// Appends `m` to its conversation and its members' inboxes: places it after what
+    /// the tables hold, then writes its rows.
     fn append(&mut self, m: &NewMessage) -> Result<Committed, StoreError> {
         let seq = self.conv_seq.get(m.conv.as_str())?.map_or(0, |g| g.value()) + 1;
-        self.conv_seq.insert(m.conv.as_str(), seq)?;
-        if let Some(outbox) = &mut self.outbox {
-            outbox.mark(&m.conv, seq, m.ts)?;
-        }
-
         let mut recipients = Vec::with_capacity(m.members.len());
         for uid in &m.members {
             let useq = self.user_seq.get(uid.as_str())?.map_or(0, |g| g.value()) + 1;
-            self.user_seq.insert(uid.as_str(), useq)?;
-            self.inbox
-                .insert((uid.as_str(), useq), (m.conv.as_str(), seq))?;
             recipients.push((uid.clone(), useq));
-            if m.conv.starts_with("s:") {
-                self.member_seq
-                    .insert((m.conv.as_str(), uid.as_str()), seq)?;
-            }
-            self.touch(uid, &m.conv, m.ts, seq)?;
         }
-
-        match &m.content {
-            // The sender has read what it sent; `seq` is the newest, so this is forward.
-            Content::Body(_) => {
-                self.reads.insert((m.conv.as_str(), m.from.as_str()), seq)?;
-            }
-            Content::Event(_) => {
-                let before = events_upto(&self.events, &m.conv, seq)?;
-                self.events.insert((m.conv.as_str(), seq), before + 1)?;
-            }
-        }
-
-        if let Some(cid) = &m.cid {
-            self.idem.insert(
-                (m.from.as_str(), cid.as_str()),
-                (m.conv.as_str(), seq, m.ts),
-            )?;
-            self.idem_by_ts
-                .insert((m.ts, m.from.as_str(), cid.as_str()), ())?;
-        }
-
-        let json = Bytes::from(serde_json::to_vec(&m.to_message(seq)).map_err(StoreError::encode)?);
-        self.messages
-            .insert((m.conv.as_str(), seq), json.as_ref())?;
+        let placed = Placed::new(m, seq, recipients)?;
+        self.write(&placed)?;
         if let Some(cid) = &m.cid {
             self.in_batch
-                .insert((m.from.clone(), cid.clone()), json.clone());
+                .insert((m.from.clone(), cid.clone()), placed.committed.json.clone());
         }
-        Ok(Committed {
+        Ok(placed.committed)
+    }
+
+    /// Writes the rows of a placed message, with everything a new message moves: the
+    /// counters, the members' inboxes and conversation lists, the sender's read
+    /// position (for a body) or the event count (for an event), the idempotency key
+    /// (taking over an expired one).
+    pub(super) fn write(&mut self, p: &Placed) -> Result<(), StoreError> {
+        let Committed {
             json,
-            conv: m.conv.clone(),
+            conv,
             seq,
-            ts: m.ts,
+            ts,
             recipients,
-        })
+        } = &p.committed;
+        let (conv, seq, ts) = (conv.as_str(), *seq, *ts);
+        self.conv_seq.insert(conv, seq)?;
+        if let Some(outbox) = &mut self.outbox {
+            outbox.mark(conv, seq, ts)?;
+        }
+        for (uid, useq) in recipients {
+            self.user_seq.insert(uid.as_str(), *useq)?;
+            self.inbox.insert((uid.as_str(), *useq), (conv, seq))?;
+            if conv.starts_with("s:") {
+                self.member_seq.insert((conv, uid.as_str()), seq)?;
+            }
+            self.touch(uid, conv, ts, seq)?;
+        }
+        if p.event {
+            let before = events_upto(&self.events, conv, seq)?;
+            self.events.insert((conv, seq), before + 1)?;
+        } else {
+            // The sender has read what it sent; `seq` is the newest, so this is forward.
+            self.reads.insert((conv, p.from.as_str()), seq)?;
+        }
+        if let Some(cid) = &p.cid {
+            let key = (p.from.as_str(), cid.as_str());
+            let old = self.idem.insert(key, (conv, seq, ts))?.map(|g| g.value().2);
+            if let Some(old_ts) = old {
+                self.idem_by_ts.remove((old_ts, key.0, key.1))?;
+            }
+            self.idem_by_ts.insert((ts, key.0, key.1), ())?;
+        }
+        self.messages.insert((conv, seq), json.as_ref())?;
+        Ok(())
+    }
+
+    /// Moves `uid`'s read position in `conv` to `seq` (forward: the caller checked).
+    pub(super) fn write_read(&mut self, conv: &str, uid: &str, seq: u64) -> Result<(), StoreError> {
+        self.reads.insert((conv, uid), seq)?;
+        Ok(())
     }
 
     /// Moves `conv` in `uid`'s list to `ts`, its last message there to `seq`; neither
@@ -464,6 +527,12 @@ impl MessageStore for EmbeddedStore {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
+        if let Some(logged) = &self.logged {
+            let (logged, outbox) = (logged.clone(), self.outbox);
+            return self
+                .blocking(move |db| logged.commit(db, batch, outbox))
+                .await;
+        }
         let outbox = self.outbox.then(|| self.cursors.take());
         self.blocking(move |db| commit_batch(db, batch, outbox))
             .await
@@ -475,6 +544,7 @@ impl MessageStore for EmbeddedStore {
         after: u64,
         limit: u32,
     ) -> Result<Page<(u64, Bytes)>, StoreError> {
+        self.indexed().await?;
         let uid = uid.to_owned();
         self.blocking(move |db| {
             let txn = db.begin_read()?;
@@ -521,6 +591,7 @@ impl MessageStore for EmbeddedStore {
     }
 
     async fn history(&self, conv: &str, after: u64, limit: u32) -> Result<Page<Bytes>, StoreError> {
+        self.indexed().await?;
         let conv = conv.to_owned();
         self.blocking(move |db| {
             let txn = db.begin_read()?;
@@ -561,6 +632,7 @@ impl MessageStore for EmbeddedStore {
         before: Option<&ConvCursor>,
         limit: u32,
     ) -> Result<Page<ConvEntry>, StoreError> {
+        self.indexed().await?;
         let uid = uid.to_owned();
         let before = before.cloned();
         self.blocking(move |db| conversations_page(db, &uid, before.as_ref(), limit))
@@ -568,6 +640,7 @@ impl MessageStore for EmbeddedStore {
     }
 
     async fn in_conversations(&self, uid: &str, conv: &str) -> Result<bool, StoreError> {
+        self.indexed().await?;
         let (uid, conv) = (uid.to_owned(), conv.to_owned());
         self.blocking(move |db| {
             let txn = db.begin_read()?;
@@ -578,6 +651,7 @@ impl MessageStore for EmbeddedStore {
     }
 
     async fn read_positions(&self, conv: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        self.indexed().await?;
         let conv = conv.to_owned();
         self.blocking(move |db| {
             let txn = db.begin_read()?;
@@ -588,6 +662,7 @@ impl MessageStore for EmbeddedStore {
     }
 
     async fn last_seq(&self, conv: &str) -> Result<u64, StoreError> {
+        self.indexed().await?;
         let conv = conv.to_owned();
         self.blocking(move |db| {
             let txn = db.begin_read()?;
@@ -603,6 +678,7 @@ impl MessageStore for EmbeddedStore {
         budget: usize,
         pass: &mut TrimPass,
     ) -> Result<u64, StoreError> {
+        self.indexed().await?;
         let mut moved = pass.clone();
         let (n, moved) = self
             .blocking(move |db| {
@@ -615,12 +691,14 @@ impl MessageStore for EmbeddedStore {
     }
 
     async fn erase(&self, conv: &str, sender: &str, seqs: &[u64]) -> Result<u64, StoreError> {
+        self.indexed().await?;
         let (conv, sender, seqs) = (conv.to_owned(), sender.to_owned(), seqs.to_vec());
         self.blocking(move |db| super::retention::erase(db, &conv, &sender, &seqs))
             .await
     }
 
     async fn expire_idempotency(&self, before_ms: i64) -> Result<u64, StoreError> {
+        self.indexed().await?;
         // In transactions of EXPIRE_CHUNK keys, so that the commits waiting for the
         // writer get it in between.
         let mut total = 0;
@@ -669,9 +747,47 @@ fn expire_idempotency_chunk(db: &Db, before_ms: i64, limit: u64) -> Result<u64, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::NewMessage;
+    use crate::store::{Content, NewMessage};
     use serde_json::json;
     use shared::protocol::Message;
+
+    use crate::store::EmbeddedOptions;
+
+    /// The store in `dir`, committing directly or (`log`) through its commit log.
+    fn open(dir: &std::path::Path, log: bool) -> EmbeddedStore {
+        let options = EmbeddedOptions {
+            log,
+            ..Default::default()
+        };
+        EmbeddedStore::open_with(dir, options).unwrap()
+    }
+
+    /// Runs each `name(log)` as two tests, `name::direct` and `name::log`.
+    macro_rules! both {
+        ($($name:ident),* $(,)?) => {$(
+            mod $name {
+                #[tokio::test]
+                async fn direct() {
+                    super::$name(false).await
+                }
+
+                #[tokio::test]
+                async fn log() {
+                    super::$name(true).await
+                }
+            }
+        )*};
+    }
+
+    both!(
+        sequences_are_gapless_per_conv_and_per_user,
+        idempotency_within_batch_across_batches_and_after_expiry,
+        data_survives_reopen,
+        join_gives_the_whole_history_to_the_joiner,
+        the_list_orders_by_activity_and_counts_unread,
+        a_join_lists_the_conversation_at_its_last_message,
+        a_recall_rewrites_the_message_and_commits_its_event,
+    );
 
     fn msg(conv: &str, from: &str, cid: Option<&str>, ts: i64, members: &[&str]) -> Op {
         Op::Message(NewMessage {
@@ -708,10 +824,9 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn sequences_are_gapless_per_conv_and_per_user() {
+    async fn sequences_are_gapless_per_conv_and_per_user(log: bool) {
         let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let store = open(dir.path(), log);
         let out = store
             .commit(vec![
                 msg("d:a~b", "a", None, 1, &["a", "b"]),
@@ -742,10 +857,9 @@ mod tests {
         assert!(!h.more);
     }
 
-    #[tokio::test]
-    async fn idempotency_within_batch_across_batches_and_after_expiry() {
+    async fn idempotency_within_batch_across_batches_and_after_expiry(log: bool) {
         let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let store = open(dir.path(), log);
         let out = store
             .commit(vec![
                 msg("d:a~b", "a", Some("c1"), 10, &["a", "b"]),
@@ -787,7 +901,7 @@ mod tests {
     #[tokio::test]
     async fn idempotency_keys_expire_oldest_first_in_chunks() {
         let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let store = open(dir.path(), false);
         let ops = (1..=5)
             .map(|ts| msg("d:a~b", "a", Some(&format!("c{ts}")), ts, &["a", "b"]))
             .collect();
@@ -813,17 +927,16 @@ mod tests {
         assert_eq!(store.expire_idempotency(6).await.unwrap(), 1);
     }
 
-    #[tokio::test]
-    async fn data_survives_reopen() {
+    async fn data_survives_reopen(log: bool) {
         let dir = tempfile::tempdir().unwrap();
         {
-            let store = EmbeddedStore::open(dir.path()).unwrap();
+            let store = open(dir.path(), log);
             store
                 .commit(vec![msg("d:a~b", "a", Some("k"), 1, &["a", "b"])])
                 .await
                 .unwrap();
         }
-        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let store = open(dir.path(), log);
         assert_eq!(store.inbox("b", 0, 10).await.unwrap().items.len(), 1);
         let out = store
             .commit(vec![msg("d:a~b", "a", Some("k"), 2, &["a", "b"])])
@@ -837,10 +950,9 @@ mod tests {
         assert_eq!(new(&out[0]).recipients, [("a".into(), 2), ("b".into(), 2)]);
     }
 
-    #[tokio::test]
-    async fn join_gives_the_whole_history_to_the_joiner() {
+    async fn join_gives_the_whole_history_to_the_joiner(log: bool) {
         let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let store = open(dir.path(), log);
         store
             .commit(vec![
                 msg("s:shop~c", "c", None, 1, &["c"]),
@@ -887,10 +999,9 @@ mod tests {
         assert!(matches!(&out[0], CommitOutcome::Joined(j) if j.is_empty()));
     }
 
-    #[tokio::test]
-    async fn the_list_orders_by_activity_and_counts_unread() {
+    async fn the_list_orders_by_activity_and_counts_unread(log: bool) {
         let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let store = open(dir.path(), log);
         store
             .commit(vec![
                 msg("d:a~b", "b", None, 10, &["a", "b"]),
@@ -943,10 +1054,9 @@ mod tests {
         assert_eq!(reads, [("a".into(), 3), ("b".into(), 3)]);
     }
 
-    #[tokio::test]
-    async fn a_join_lists_the_conversation_at_its_last_message() {
+    async fn a_join_lists_the_conversation_at_its_last_message(log: bool) {
         let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let store = open(dir.path(), log);
         store
             .commit(vec![
                 msg("s:shop~c", "c", None, 7, &["c"]),
@@ -974,10 +1084,9 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn a_recall_rewrites_the_message_and_commits_its_event() {
+    async fn a_recall_rewrites_the_message_and_commits_its_event(log: bool) {
         let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let store = open(dir.path(), log);
         store
             .commit(vec![
                 msg("d:a~b", "a", None, 100, &["a", "b"]),

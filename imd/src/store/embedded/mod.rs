@@ -26,6 +26,8 @@ use super::{Generation, StoreError};
 
 mod blacklist;
 mod groups;
+mod log;
+mod logged;
 mod messages;
 mod outbox;
 mod push;
@@ -45,6 +47,8 @@ pub struct EmbeddedStore {
     leases: Arc<outbox::Leases>,
     /// The outbox's cursor moves not written yet.
     cursors: Arc<outbox::Cursors>,
+    /// The log commit, with [`EmbeddedOptions::log`].
+    logged: Option<Arc<logged::Logged>>,
 }
 
 /// The embedded store's page cache unless configured (`--store-cache-bytes`): redb's
@@ -62,6 +66,13 @@ pub struct EmbeddedOptions {
     /// opening the file after a crash no longer walks all of it (docs/benchmarks.md,
     /// *Recovery after a crash*).
     pub quick_repair: bool,
+    /// A commit is one append to a commit log and one `fdatasync`; the tables are
+    /// written after it, in the background (`--store-log`; see `logged`). Off: every
+    /// commit writes the tables in its own durable transaction.
+    pub log: bool,
+    /// Every commit writes the webhook outbox (see `crate::store::outbox`): on when a
+    /// webhook is configured.
+    pub outbox: bool,
 }
 
 impl Default for EmbeddedOptions {
@@ -69,6 +80,8 @@ impl Default for EmbeddedOptions {
         Self {
             cache_bytes: EMBEDDED_CACHE_BYTES,
             quick_repair: true,
+            log: false,
+            outbox: false,
         }
     }
 }
@@ -109,7 +122,8 @@ impl EmbeddedStore {
 
     /// Opens (or creates) the database file `dir/imd.redb`. After a crash this repairs
     /// the file first, which takes a walk of all of it unless every commit before the
-    /// crash was made with [`EmbeddedOptions::quick_repair`].
+    /// crash was made with [`EmbeddedOptions::quick_repair`], then applies what the
+    /// commit log (`dir/log/`, with [`EmbeddedOptions::log`]) holds past the tables.
     pub fn open_with(dir: &Path, options: EmbeddedOptions) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::DataDir {
             path: dir.to_owned(),
@@ -136,6 +150,7 @@ impl EmbeddedStore {
         groups::create_tables(&txn)?;
         push::create_tables(&txn)?;
         outbox::create_tables(&txn)?;
+        logged::create_tables(&txn)?;
         let generation = {
             let mut meta = txn.open_table(META)?;
             let stored = meta.get("generation")?.map(|g| g.value().to_owned());
@@ -149,19 +164,26 @@ impl EmbeddedStore {
             }
         };
         txn.commit()?;
+        let db = Arc::new(db);
+        let cursors = Arc::default();
+        let logged = logged::Logged::open(&db, dir, options.log, options.outbox, &cursors)?;
         Ok(Self {
-            db: Arc::new(db),
+            db,
             generation,
-            outbox: false,
+            outbox: options.outbox,
             leases: Arc::default(),
-            cursors: Arc::default(),
+            cursors,
+            logged: logged.map(Arc::new),
         })
     }
 
-    /// Has every later commit write the webhook outbox (call before sharing the store).
-    pub fn with_outbox(mut self) -> Self {
-        self.outbox = true;
-        self
+    /// Waits, with the log commit, until the tables hold every commit made so far
+    /// (reads that answer clients call it first); at once without it.
+    async fn indexed(&self) -> Result<(), StoreError> {
+        match &self.logged {
+            Some(logged) => logged.indexed().await,
+            None => Ok(()),
+        }
     }
 
     /// Runs blocking database work off the async runtime.

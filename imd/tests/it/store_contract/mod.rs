@@ -21,7 +21,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use imd::store::{
-    CommitOutcome, Committed, EmbeddedStore, MessageStore, NewMessage, Op, RedisStore,
+    CommitOutcome, Committed, EmbeddedOptions, EmbeddedStore, MessageStore, NewMessage, Op,
+    RedisStore,
 };
 use serde_json::{Value, json};
 use shared::protocol::Message;
@@ -44,9 +45,14 @@ struct Backend {
 }
 
 impl Backend {
-    fn embedded() -> Backend {
+    /// The embedded store; with `log`, committing through its commit log.
+    fn embedded(log: bool) -> Backend {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = EmbeddedStore::open(dir.path()).expect("open the embedded store");
+        let options = EmbeddedOptions {
+            log,
+            ..Default::default()
+        };
+        let store = EmbeddedStore::open_with(dir.path(), options).expect("open the embedded store");
         Backend {
             store: Arc::new(store),
             redis: None,
@@ -88,12 +94,22 @@ impl Backend {
     }
 }
 
-/// One test per backend of property `$prop`.
+/// One test per backend of property `$prop` (the embedded store twice: committing
+/// directly, `$embedded::direct`, and through its commit log, `$embedded::log`).
 macro_rules! contract {
     ($prop:path => $embedded:ident, $standalone:ident, $cluster:ident) => {
-        #[tokio::test]
-        async fn $embedded() {
-            $prop(Backend::embedded()).await;
+        mod $embedded {
+            use super::*;
+
+            #[tokio::test]
+            async fn direct() {
+                $prop(Backend::embedded(false)).await;
+            }
+
+            #[tokio::test]
+            async fn log() {
+                $prop(Backend::embedded(true)).await;
+            }
         }
         contract!($prop => $standalone, $cluster);
     };

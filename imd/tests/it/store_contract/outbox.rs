@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use imd::hooks::webhook::WebhookStore;
-use imd::store::{EmbeddedStore, OutboxCursor, ParkedEvent, RedisStore};
+use imd::store::{EmbeddedOptions, EmbeddedStore, OutboxCursor, ParkedEvent, RedisStore};
 use testkit::Redis;
 
 use super::{msg, new};
@@ -37,7 +37,11 @@ async fn before_and_after(
                     .await
                     .unwrap();
             }
-            let on = EmbeddedStore::open(dir.path()).unwrap().with_outbox();
+            let options = EmbeddedOptions {
+                outbox: true,
+                ..Default::default()
+            };
+            let on = EmbeddedStore::open_with(dir.path(), options).unwrap();
             (Arc::new(on), None, Some(dir))
         }
         _ => {
