@@ -57,6 +57,68 @@ fn store_commit(c: &mut Criterion) {
     commit_group(c, "store_commit", one_phase);
     // The default: two-phase commits that save the allocator state.
     commit_group(c, "store_commit_quick_repair", EmbeddedOptions::default());
+    // `--store-log`: one log append per commit, the tables written behind it. Run long
+    // enough, the indexer's pace shows too: a commit waits when 16 MiB of records wait
+    // for it.
+    commit_group(c, "store_commit_log", log());
+}
+
+/// The options of `--store-log`.
+fn log() -> EmbeddedOptions {
+    EmbeddedOptions {
+        log: true,
+        ..Default::default()
+    }
+}
+
+/// One message to a 500-member group: committed directly; through the log, the
+/// commit alone with the indexer idle (`log_commit`: what its sender and members wait
+/// for) and the commit with its indexing (`log_indexed`: what a read after it waits
+/// for, and the sustained rate).
+fn group_500(c: &mut Criterion) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let members: Vec<String> = (0..500).map(|i| format!("m{i}")).collect();
+    let message = |i: u64| NewMessage {
+        id: format!("g{i}"),
+        conv: "g:five-hundred".into(),
+        from: members[0].clone(),
+        cid: None,
+        content: imd::store::Content::Body(json!({"text": "sale starts at noon"})),
+        ts: 1,
+        members: members.clone(),
+    };
+    let mut g = c.benchmark_group("group_500");
+    g.sample_size(20).measurement_time(Duration::from_secs(5));
+    for (name, options) in [
+        ("direct", EmbeddedOptions::default()),
+        ("log_commit", log()),
+        ("log_indexed", log()),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open_with(dir.path(), options).unwrap();
+        let mut next = 0u64;
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    next += 1;
+                    let started = Instant::now();
+                    rt.block_on(store.commit(vec![Op::Message(message(next))]))
+                        .unwrap();
+                    if name == "log_indexed" {
+                        // Reads wait for the indexer to write what was committed.
+                        rt.block_on(store.last_seq("g:five-hundred")).unwrap();
+                    }
+                    total += started.elapsed();
+                    if name == "log_commit" {
+                        rt.block_on(store.last_seq("g:five-hundred")).unwrap();
+                    }
+                }
+                total
+            })
+        });
+    }
+    g.finish();
 }
 
 /// Durable commits of 1, 16 and 256 direct messages on a store opened with `options`.
@@ -99,9 +161,15 @@ impl Deliver for Discard {
 /// Messages per second through the group-commit task with many concurrent senders,
 /// each waiting for its commit: what HTTP senders see.
 fn group_commit(c: &mut Criterion) {
+    group_commit_with(c, "group_commit", EmbeddedOptions::default());
+    group_commit_with(c, "group_commit_log", log());
+}
+
+/// [`group_commit`] on a store opened with `options`.
+fn group_commit_with(c: &mut Criterion, name: &str, options: EmbeddedOptions) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    let store = Arc::new(EmbeddedStore::open_with(dir.path(), options).unwrap());
     let off = Rate {
         per_second: 0,
         burst: 0,
@@ -119,7 +187,7 @@ fn group_commit(c: &mut Criterion) {
     };
     let (messaging, _task) =
         rt.block_on(async { Messaging::start(deps, 1024, 1, CancellationToken::new()) });
-    let mut g = c.benchmark_group("group_commit");
+    let mut g = c.benchmark_group(name);
     g.sample_size(10).measurement_time(Duration::from_secs(10));
     for senders in [1u64, 64, 512] {
         let per_sender = 2000 / senders.min(200) + 1;
@@ -232,5 +300,13 @@ fn blacklist(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, codec, words, blacklist, store_commit, group_commit);
+criterion_group!(
+    benches,
+    codec,
+    words,
+    blacklist,
+    store_commit,
+    group_500,
+    group_commit
+);
 criterion_main!(benches);

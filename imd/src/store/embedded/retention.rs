@@ -267,8 +267,17 @@ impl<'t> TrimTables<'t> {
         for (uid, ts, conv) in &gone.listed {
             self.by_activity
                 .remove((uid.as_str(), *ts, conv.as_str()))?;
-            self.activity.remove((uid.as_str(), conv.as_str()))?;
-            self.member_seq.remove((conv.as_str(), uid.as_str()))?;
+            // A message committed since the look moved the entry: it stays, at its
+            // new place.
+            let listed_at = |g: redb::AccessGuard<'_, (i64, u64)>| g.value().0 == *ts;
+            let unmoved = self
+                .activity
+                .get((uid.as_str(), conv.as_str()))?
+                .is_some_and(listed_at);
+            if unmoved {
+                self.activity.remove((uid.as_str(), conv.as_str()))?;
+                self.member_seq.remove((conv.as_str(), uid.as_str()))?;
+            }
         }
         Ok(())
     }
