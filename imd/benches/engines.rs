@@ -304,7 +304,13 @@ impl Engine for Fjall {
 fn engines(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let store = EmbeddedStore::open(&dir.path().join("store")).unwrap();
+    // The store committing straight to its tables (`--store-log false`): the engines
+    // compared here are what the log commit's indexer writes with.
+    let direct = imd::store::EmbeddedOptions {
+        log: false,
+        ..Default::default()
+    };
+    let store = EmbeddedStore::open_with(&dir.path().join("store"), direct).unwrap();
     let mut lean = RedbLean::open(dir.path());
     let mut lean_writer = Writer::default();
     let mut fj = Fjall::open(dir.path());

@@ -49,24 +49,30 @@ fn new_message(i: u64) -> NewMessage {
 }
 
 fn store_commit(c: &mut Criterion) {
-    // `--store-quick-repair false`: one-phase commits, without the allocator state.
+    // `--store-log false --store-quick-repair false`: each commit writes the tables in
+    // a one-phase transaction, without the allocator state.
     let one_phase = EmbeddedOptions {
         quick_repair: false,
-        ..Default::default()
+        ..direct()
     };
     commit_group(c, "store_commit", one_phase);
-    // The default: two-phase commits that save the allocator state.
-    commit_group(c, "store_commit_quick_repair", EmbeddedOptions::default());
-    // `--store-log`: one log append per commit, the tables written behind it. Run long
-    // enough, the indexer's pace shows too: a commit waits when 16 MiB of records wait
-    // for it.
+    // `--store-log false`: two-phase commits that save the allocator state.
+    commit_group(c, "store_commit_quick_repair", direct());
+    // The default (`--store-log`): one log append per commit, the tables written behind
+    // it. Run long enough, the indexer's pace shows too: a commit waits when 16 MiB of
+    // records wait for it.
     commit_group(c, "store_commit_log", log());
 }
 
-/// The options of `--store-log`.
+/// The options of `--store-log` (the default).
 fn log() -> EmbeddedOptions {
+    EmbeddedOptions::default()
+}
+
+/// The options of `--store-log false`: each commit writes the tables.
+fn direct() -> EmbeddedOptions {
     EmbeddedOptions {
-        log: true,
+        log: false,
         ..Default::default()
     }
 }
@@ -90,7 +96,7 @@ fn group_500(c: &mut Criterion) {
     let mut g = c.benchmark_group("group_500");
     g.sample_size(20).measurement_time(Duration::from_secs(5));
     for (name, options) in [
-        ("direct", EmbeddedOptions::default()),
+        ("direct", direct()),
         ("log_commit", log()),
         ("log_indexed", log()),
     ] {
@@ -161,7 +167,7 @@ impl Deliver for Discard {
 /// Messages per second through the group-commit task with many concurrent senders,
 /// each waiting for its commit: what HTTP senders see.
 fn group_commit(c: &mut Criterion) {
-    group_commit_with(c, "group_commit", EmbeddedOptions::default());
+    group_commit_with(c, "group_commit", direct());
     group_commit_with(c, "group_commit_log", log());
 }
 

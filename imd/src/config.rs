@@ -247,7 +247,8 @@ pub struct Config {
     pub store_quick_repair: bool,
     /// Embedded-store commits append one record to a commit log and `fdatasync` it; the
     /// tables are written behind, by an indexer thread, and reads wait for it (see
-    /// docs/benchmarks.md, *The log commit*). Off: each commit writes the tables.
+    /// docs/benchmarks.md, *The log commit*). Off: each commit writes the tables in its
+    /// own durable transaction.
     pub store_log: bool,
     /// A write to a connection that makes no progress for this long closes it as too
     /// slow.
@@ -354,7 +355,7 @@ impl Default for Config {
             max_outbox_bytes: 8 << 20,
             store_cache_bytes: crate::store::EMBEDDED_CACHE_BYTES,
             store_quick_repair: true,
-            store_log: false,
+            store_log: true,
             write_timeout: Duration::from_secs(10),
             web: true,
             dev_tokens: false,
@@ -542,7 +543,8 @@ pub struct ServeArgs {
     #[arg(long, env = "IMD_STORE_QUICK_REPAIR", num_args = 0..=1, default_missing_value = "true")]
     pub store_quick_repair: Option<bool>,
     /// Embedded store: commit by appending to a commit log (one fdatasync a batch) and
-    /// write the tables behind it; reads wait for them [default: false].
+    /// write the tables behind it, reads waiting for them; `false` writes the tables in
+    /// each commit's own transaction [default: true].
     #[arg(long, env = "IMD_STORE_LOG", num_args = 0..=1, default_missing_value = "true")]
     pub store_log: Option<bool>,
     /// Close a connection whose write makes no progress for this long [default: 10s].

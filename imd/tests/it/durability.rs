@@ -18,8 +18,10 @@ async fn history(imd: &Imd, token: &str, conv: &str) -> Vec<Message> {
 
 /// Messages answered with HTTP 200 are all there after kill -9: in the conversation's
 /// history and in every member's inbox, with the same ids, seqs and useqs; and seq and
-/// useq go on from there. The restart needed no repair of the store: every commit
-/// recorded what a repair would rebuild (`--store-quick-repair`, the default).
+/// useq go on from there. The commit log holds them (`--store-log`, the default) and
+/// the restart applies what its indexer had not written. The restart needed no repair
+/// of the store: every commit recorded what a repair would rebuild
+/// (`--store-quick-repair`, the default).
 #[tokio::test]
 async fn http_acknowledged_messages_survive_kill_9() {
     let imd = acknowledged_messages_survive_kill_9(&[]).await;
@@ -34,11 +36,11 @@ async fn without_quick_repair_acknowledged_messages_survive_kill_9_and_a_repair(
     assert!(imd.stderr().contains(REPAIRING), "no repair logged");
 }
 
-/// The same with the log commit (`--store-log`): what was acknowledged is in the log,
-/// and the restart applies what the indexer had not written.
+/// The same with each commit writing the tables itself (`--store-log false`).
 #[tokio::test]
-async fn with_the_log_acknowledged_messages_survive_kill_9() {
-    acknowledged_messages_survive_kill_9(&["--store-log"]).await;
+async fn without_the_log_acknowledged_messages_survive_kill_9() {
+    let imd = acknowledged_messages_survive_kill_9(&["--store-log", "false"]).await;
+    assert!(!imd.stderr().contains(REPAIRING), "{}", imd.stderr());
 }
 
 /// What imd logs while it repairs its store after a crash.
@@ -119,17 +121,17 @@ async fn acknowledged_messages_survive_kill_9(args: &[&str]) -> Imd {
 }
 
 /// Messages answered with a `sent` frame survive a kill -9 that comes right after the
-/// last `sent`, and pushes after the restart go on from the stored useq.
+/// last `sent` (which usually finds records the indexer has not written), and pushes
+/// after the restart go on from the stored useq.
 #[tokio::test]
 async fn ws_sent_messages_survive_kill_9() {
     ws_sent_messages_survive_kill_9_with(&[]).await;
 }
 
-/// The same with the log commit: a kill this close to the last `sent` usually finds
-/// records the indexer has not written, which the restart applies.
+/// The same with each commit writing the tables itself (`--store-log false`).
 #[tokio::test]
-async fn with_the_log_ws_sent_messages_survive_kill_9() {
-    ws_sent_messages_survive_kill_9_with(&["--store-log"]).await;
+async fn without_the_log_ws_sent_messages_survive_kill_9() {
+    ws_sent_messages_survive_kill_9_with(&["--store-log", "false"]).await;
 }
 
 async fn ws_sent_messages_survive_kill_9_with(args: &[&str]) {

@@ -67,8 +67,8 @@ pub struct EmbeddedOptions {
     /// *Recovery after a crash*).
     pub quick_repair: bool,
     /// A commit is one append to a commit log and one `fdatasync`; the tables are
-    /// written after it, in the background (`--store-log`; see `logged`). Off: every
-    /// commit writes the tables in its own durable transaction.
+    /// written after it, in the background (`--store-log`, on by default; see
+    /// `logged`). Off: every commit writes the tables in its own durable transaction.
     pub log: bool,
     /// Every commit writes the webhook outbox (see `crate::store::outbox`): on when a
     /// webhook is configured.
@@ -80,7 +80,7 @@ impl Default for EmbeddedOptions {
         Self {
             cache_bytes: EMBEDDED_CACHE_BYTES,
             quick_repair: true,
-            log: false,
+            log: true,
             outbox: false,
         }
     }
