@@ -544,6 +544,7 @@ impl Logged {
             p.bytes += payload.len();
             p.rows += rows;
             metrics::gauge!("imd_store_unindexed_bytes").set(p.bytes as f64);
+            metrics::gauge!("imd_store_unindexed_rows").set(p.rows as f64);
             p.applied
         };
         self.shared.logged.store(lsn, Ordering::Release);
@@ -620,6 +621,7 @@ fn index(db: &Db, shared: &Shared, cursors: Option<&Cursors>, batches: mpsc::Rec
             p.applied = applied;
             p.trim_counters(applied);
             metrics::gauge!("imd_store_unindexed_bytes").set(p.bytes as f64);
+            metrics::gauge!("imd_store_unindexed_rows").set(p.rows as f64);
         }
         shared.moved.notify_all();
         shared.applied.send_replace(applied);
