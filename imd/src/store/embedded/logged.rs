@@ -41,7 +41,7 @@ use tokio::sync::watch;
 use super::Db;
 use super::log::CommitLog;
 use super::messages::{
-    self, CONV_SEQ, IDEM, MESSAGES, Placed, READS, Tables, USER_SEQ, earlier_send,
+    self, CONV_SEQ, IDEM, Later, MESSAGES, Placed, READS, Tables, USER_SEQ, earlier_send,
 };
 use super::outbox::Cursors;
 use crate::store::{CommitOutcome, Committed, IDEMPOTENCY_WINDOW_MS, NewMessage, Op, StoreError};
@@ -659,15 +659,18 @@ fn apply<'r>(
     {
         let mut t = Tables::open(&txn, moves.is_some())?;
         t.move_cursors(moves)?;
+        // Counters, list places and read positions once per key for the whole round.
+        let mut later = Later::default();
         for (lsn, records) in batches {
             for record in records {
                 match record {
-                    Record::Message(p) => t.write(p)?,
-                    Record::Read { conv, uid, seq } => t.write_read(conv, uid, *seq)?,
+                    Record::Message(p) => t.write(p, &mut later)?,
+                    Record::Read { conv, uid, seq } => later.read(conv, uid, *seq),
                 }
             }
             last = Some(lsn);
         }
+        t.finish(later)?;
     }
     if let Some(lsn) = last {
         txn.open_table(LOG_APPLIED)?.insert("applied", lsn)?;

@@ -150,6 +150,33 @@ impl Placed {
     }
 }
 
+/// Rows that several messages of one write move, each kept at its last value until
+/// [`Tables::finish`] writes it once: a conversation's seq, a user's useq, a service
+/// conversation's member seqs, a conversation's place in a member's list (its latest
+/// time and seq), a read position (the highest). The indexer writes thousands of
+/// messages at a time, and most of them share these keys.
+#[derive(Default)]
+pub(super) struct Later<'a> {
+    /// `conv` → last seq.
+    conv_seq: HashMap<&'a str, u64>,
+    /// `uid` → last useq.
+    user_seq: HashMap<&'a str, u64>,
+    /// `(conv, uid)` → last seq, for service conversations.
+    member_seq: HashMap<(&'a str, &'a str), u64>,
+    /// `(uid, conv)` → the latest (time, seq).
+    places: HashMap<(&'a str, &'a str), (i64, u64)>,
+    /// `(conv, uid)` → the highest read position.
+    reads: HashMap<(&'a str, &'a str), u64>,
+}
+
+impl<'a> Later<'a> {
+    /// Moves `uid`'s read position in `conv` to `seq` if that is forward of what waits.
+    pub(super) fn read(&mut self, conv: &'a str, uid: &'a str, seq: u64) {
+        let at = self.reads.entry((conv, uid)).or_insert(seq);
+        *at = (*at).max(seq);
+    }
+}
+
 /// The message that an earlier send with `(from, cid)` committed, if that key still
 /// deduplicates a send at `ts`: within the window, and its message not removed by
 /// retention (a key past either is taken over by the new message).
@@ -254,7 +281,9 @@ impl<'t> Tables<'t> {
             recipients.push((uid.clone(), useq));
         }
         let placed = Placed::new(m, seq, recipients)?;
-        self.write(&placed)?;
+        let mut later = Later::default();
+        self.write(&placed, &mut later)?;
+        self.finish(later)?;
         if let Some(cid) = &m.cid {
             self.in_batch
                 .insert((m.from.clone(), cid.clone()), placed.committed.json.clone());
@@ -265,8 +294,13 @@ impl<'t> Tables<'t> {
     /// Writes the rows of a placed message, with everything a new message moves: the
     /// counters, the members' inboxes and conversation lists, the sender's read
     /// position (for a body) or the event count (for an event), the idempotency key
-    /// (taking over an expired one).
-    pub(super) fn write(&mut self, p: &Placed) -> Result<(), StoreError> {
+    /// (taking over an expired one). The rows that only the last of several messages
+    /// decides wait in `later`, for [`Tables::finish`].
+    pub(super) fn write<'p>(
+        &mut self,
+        p: &'p Placed,
+        later: &mut Later<'p>,
+    ) -> Result<(), StoreError> {
         let Committed {
             json,
             conv,
@@ -275,24 +309,26 @@ impl<'t> Tables<'t> {
             recipients,
         } = &p.committed;
         let (conv, seq, ts) = (conv.as_str(), *seq, *ts);
-        self.conv_seq.insert(conv, seq)?;
+        later.conv_seq.insert(conv, seq);
         if let Some(outbox) = &mut self.outbox {
             outbox.mark(conv, seq, ts)?;
         }
         for (uid, useq) in recipients {
-            self.user_seq.insert(uid.as_str(), *useq)?;
-            self.inbox.insert((uid.as_str(), *useq), (conv, seq))?;
+            let uid = uid.as_str();
+            later.user_seq.insert(uid, *useq);
+            self.inbox.insert((uid, *useq), (conv, seq))?;
             if conv.starts_with("s:") {
-                self.member_seq.insert((conv, uid.as_str()), seq)?;
+                later.member_seq.insert((conv, uid), seq);
             }
-            self.touch(uid, conv, ts, seq)?;
+            let place = later.places.entry((uid, conv)).or_insert((ts, seq));
+            *place = (place.0.max(ts), place.1.max(seq));
         }
         if p.event {
             let before = events_upto(&self.events, conv, seq)?;
             self.events.insert((conv, seq), before + 1)?;
         } else {
-            // The sender has read what it sent; `seq` is the newest, so this is forward.
-            self.reads.insert((conv, p.from.as_str()), seq)?;
+            // The sender has read what it sent.
+            later.read(conv, &p.from, seq);
         }
         if let Some(cid) = &p.cid {
             let key = (p.from.as_str(), cid.as_str());
@@ -306,9 +342,23 @@ impl<'t> Tables<'t> {
         Ok(())
     }
 
-    /// Moves `uid`'s read position in `conv` to `seq` (forward: the caller checked).
-    pub(super) fn write_read(&mut self, conv: &str, uid: &str, seq: u64) -> Result<(), StoreError> {
-        self.reads.insert((conv, uid), seq)?;
+    /// Writes what waited in `later`: each key once, at its last value.
+    pub(super) fn finish(&mut self, later: Later<'_>) -> Result<(), StoreError> {
+        for (conv, seq) in later.conv_seq {
+            self.conv_seq.insert(conv, seq)?;
+        }
+        for (uid, useq) in later.user_seq {
+            self.user_seq.insert(uid, useq)?;
+        }
+        for (key, seq) in later.member_seq {
+            self.member_seq.insert(key, seq)?;
+        }
+        for ((uid, conv), (ts, seq)) in later.places {
+            self.touch(uid, conv, ts, seq)?;
+        }
+        for (key, seq) in later.reads {
+            self.reads.insert(key, seq)?;
+        }
         Ok(())
     }
 

@@ -178,7 +178,8 @@ impl EmbeddedStore {
     }
 
     /// Waits, with the log commit, until the tables hold every commit made so far
-    /// (reads that answer clients call it first); at once without it.
+    /// (reads that answer clients, and the webhook outbox's, call it first); at once
+    /// without it.
     async fn indexed(&self) -> Result<(), StoreError> {
         match &self.logged {
             Some(logged) => logged.indexed().await,

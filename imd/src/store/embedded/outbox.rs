@@ -158,6 +158,8 @@ impl OutboxStore for EmbeddedStore {
         min_age_ms: u64,
         limit: usize,
     ) -> Result<Vec<OutboxMark>, StoreError> {
+        // The marks are written with the rows, by the log commit's indexer.
+        self.indexed().await?;
         let cut = shared::time::now_ms() - min_age_ms as i64;
         self.blocking(move |db| {
             let txn = db.begin_read()?;
@@ -181,6 +183,7 @@ impl OutboxStore for EmbeddedStore {
     }
 
     async fn outbox_marked(&self) -> Result<u64, StoreError> {
+        self.indexed().await?;
         self.blocking(|db| Ok(db.begin_read()?.open_table(MARKS)?.len()?))
             .await
     }
@@ -197,6 +200,7 @@ impl OutboxStore for EmbeddedStore {
         if let Some(c) = self.cursors.lock().get(conv) {
             return Ok(Some(*c));
         }
+        self.indexed().await?;
         let conv = conv.to_owned();
         self.blocking(move |db| {
             let txn = db.begin_read()?;
@@ -228,6 +232,7 @@ impl OutboxStore for EmbeddedStore {
     }
 
     async fn outbox_unmark(&self, mark: &OutboxMark, _delivered: u64) -> Result<bool, StoreError> {
+        self.indexed().await?;
         let conv = mark.conv.clone();
         let moved = self.cursors.lock().remove(&conv);
         self.blocking(move |db| {
