@@ -558,7 +558,11 @@ impl Logged {
         if !matches!(sent, Some(Ok(()))) {
             return Err(StoreError::Closed);
         }
-        log.release(applied).map_err(StoreError::log)?;
+        // The record is durable and handed over: a segment that could not be deleted
+        // now is tried again at the next append.
+        if let Err(e) = log.release(applied) {
+            tracing::warn!(error = %e, "the commit log kept a segment it no longer needs");
+        }
         Ok(())
     }
 
