@@ -1,7 +1,9 @@
 //! Messages in redb: conversations, inboxes, idempotency keys, each user's
-//! conversation list and the read positions, all written by [`commit_batch`] in one
-//! write transaction per batch (one fsync), so a crash keeps a batch whole or not at
-//! all. It must not read or write the directory's tables.
+//! conversation list and the read positions. Their rows are written by
+//! [`Tables::write`]: by [`commit_batch`] in one durable write transaction per batch (the
+//! direct commit, `--store-log false`, and a join or a recall), or behind the commit log
+//! by its indexer (`logged`), many batches to a transaction; either way a crash keeps a
+//! batch whole or not at all. It must not read or write the directory's tables.
 //!
 //! The conversation list is an index ordered by activity ([`BY_ACTIVITY`]), so a page
 //! of it costs the same whatever the number of the user's conversations; unread counts

@@ -14,8 +14,9 @@
 //!
 //! This file owns the database handle and the helpers the domains share; each domain
 //! (`messages`, `blacklist`, `shops`, `groups`, `push`) owns its tables and must not touch
-//! another's, except the messages' commit, which is the only writer of its tables, and
-//! also writes the webhook outbox's marks (`outbox`), which reads the last seqs.
+//! another's, except the messages' commit (directly, or through the commit log and its
+//! indexer: `log`, `logged`), which is the only writer of its tables, and also writes
+//! the webhook outbox's marks (`outbox`), which reads the last seqs.
 
 use std::path::Path;
 use std::sync::Arc;
