@@ -281,6 +281,27 @@ impl Pending {
         }
     }
 
+    /// Counts `batch`, just logged, in the backlog.
+    fn logged(&mut self, batch: &Batch) {
+        self.bytes += batch.bytes;
+        self.rows += batch.rows;
+        self.report();
+    }
+
+    /// Takes `batch`, now in the tables, out of the backlog, with what it set.
+    fn indexed(&mut self, batch: &Batch) {
+        self.forget(batch.lsn, &batch.records);
+        self.bytes -= batch.bytes;
+        self.rows -= batch.rows;
+        self.report();
+    }
+
+    /// The backlog, as metrics.
+    fn report(&self) {
+        metrics::gauge!("imd_store_unindexed_bytes").set(self.bytes as f64);
+        metrics::gauge!("imd_store_unindexed_rows").set(self.rows as f64);
+    }
+
     /// Forgets the read positions and idempotency keys that the records at `lsn` set,
     /// now in the tables, unless a later record set them again.
     fn forget(&mut self, lsn: u64, records: &[Record]) {
@@ -539,21 +560,18 @@ impl Logged {
                 "the commit log gave LSN {got} to the record placed at {lsn}"
             )));
         }
-        let applied = {
-            let mut p = self.shared.pending()?;
-            p.bytes += payload.len();
-            p.rows += rows;
-            metrics::gauge!("imd_store_unindexed_bytes").set(p.bytes as f64);
-            metrics::gauge!("imd_store_unindexed_rows").set(p.rows as f64);
-            p.applied
-        };
-        self.shared.logged.store(lsn, Ordering::Release);
         let batch = Batch {
             lsn,
             records,
             bytes: payload.len(),
             rows,
         };
+        let applied = {
+            let mut p = self.shared.pending()?;
+            p.logged(&batch);
+            p.applied
+        };
+        self.shared.logged.store(lsn, Ordering::Release);
         let sent = self.to_indexer.as_ref().map(|tx| tx.send(batch));
         if !matches!(sent, Some(Ok(()))) {
             return Err(StoreError::Closed);
@@ -584,6 +602,20 @@ impl Drop for Logged {
             && indexer.join().is_err()
         {
             tracing::error!("the store's indexer panicked");
+            return;
+        }
+        // Everything is in the tables: empty the log, or the next open reads the
+        // current segment (up to 64 MiB) through only to find nothing to apply.
+        let indexed = self.shared.pending().is_ok_and(|p| {
+            p.failed.is_none() && p.applied == self.shared.logged.load(Ordering::Acquire)
+        });
+        if !indexed {
+            return;
+        }
+        if let Ok(mut log) = self.log.lock()
+            && let Err(e) = log.reset()
+        {
+            tracing::warn!(error = %e, "the commit log was left for the next start to read");
         }
     }
 }
@@ -618,14 +650,10 @@ fn index(db: &Db, shared: &Shared, cursors: Option<&Cursors>, batches: mpsc::Rec
         {
             let mut p = shared.pending.lock().unwrap_or_else(|p| p.into_inner());
             for b in &round {
-                p.forget(b.lsn, &b.records);
-                p.bytes -= b.bytes;
-                p.rows -= b.rows;
+                p.indexed(b);
             }
             p.applied = applied;
             p.trim_counters(applied);
-            metrics::gauge!("imd_store_unindexed_bytes").set(p.bytes as f64);
-            metrics::gauge!("imd_store_unindexed_rows").set(p.rows as f64);
         }
         shared.moved.notify_all();
         shared.applied.send_replace(applied);
@@ -989,6 +1017,12 @@ mod tests {
                     .unwrap();
                 assert_eq!(placed(&out[0]).0, 1);
             }
+            // A clean stop left the log empty: the next open reads nothing.
+            let logged: u64 = std::fs::read_dir(dir.path().join(LOG_DIR))
+                .unwrap()
+                .map(|e| e.unwrap().metadata().unwrap().len())
+                .sum();
+            assert_eq!(logged, 0);
             {
                 // What a crash right after an append leaves.
                 let (mut log, replayed) = CommitLog::open(&dir.path().join(LOG_DIR), 1).unwrap();
